@@ -1,0 +1,49 @@
+"""Proof-of-secrecy records, their RFC 9162 Merkle log with C2SP checkpoints, and storage.
+
+A record is an in-toto Statement v1 in a DSSE envelope signed with the log's Ed25519 key; it
+holds metadata and HMAC commitments only, never content. ``AuditLog`` appends records durably
+(group commit), integrates them into the Merkle tree and publishes signed checkpoints.
+"""
+
+from ._checkpoint import SignedCheckpoint
+from ._errors import (
+    AuditError,
+    AuditUnavailable,
+    InvalidRecord,
+    ProofError,
+    RecordNotFound,
+    VerificationError,
+)
+from ._keys import load_or_create_signing_key
+from ._log import AuditLog
+from ._merkle import verify_consistency, verify_inclusion
+from ._proofs import ConsistencyProof, InclusionProof
+from ._receipt import Receipt
+from ._record import PREDICATE_TYPE, Record, RecordBuilder, commit
+from ._store import LogStore
+from ._verify import VerifyReport, verify_log, verify_receipt
+
+__all__ = [
+    "PREDICATE_TYPE",
+    "AuditError",
+    "AuditLog",
+    "AuditUnavailable",
+    "ConsistencyProof",
+    "InclusionProof",
+    "InvalidRecord",
+    "LogStore",
+    "ProofError",
+    "Receipt",
+    "Record",
+    "RecordBuilder",
+    "RecordNotFound",
+    "SignedCheckpoint",
+    "VerificationError",
+    "VerifyReport",
+    "commit",
+    "load_or_create_signing_key",
+    "verify_consistency",
+    "verify_inclusion",
+    "verify_log",
+    "verify_receipt",
+]

@@ -1,0 +1,74 @@
+"""DSSE v1 envelopes (secure-systems-lab/dsse, envelope.md + protocol.md) with Ed25519."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ._errors import VerificationError
+
+__all__ = ["PAYLOAD_TYPE", "open_envelope", "pae", "seal_envelope"]
+
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE protocol §Signature definition: PAE(type, body)."""
+    t = payload_type.encode()
+    return b"DSSEv1 %d %b %d %b" % (len(t), t, len(payload), payload)
+
+
+def seal_envelope(payload: bytes, key: Ed25519PrivateKey, keyid: str) -> tuple[bytes, bytes]:
+    """Sign ``payload``; returns (canonical envelope bytes, raw signature)."""
+    sig = key.sign(pae(PAYLOAD_TYPE, payload))
+    envelope = {
+        "payload": base64.b64encode(payload).decode(),
+        "payloadType": PAYLOAD_TYPE,
+        "signatures": [{"keyid": keyid, "sig": base64.b64encode(sig).decode()}],
+    }
+    return rfc8785.dumps(envelope), sig
+
+
+def _decode(envelope: bytes) -> tuple[bytes, list[Any]]:
+    try:
+        obj = json.loads(envelope)
+        payload = base64.b64decode(obj["payload"], validate=True)
+        sigs = obj["signatures"]
+        if obj["payloadType"] != PAYLOAD_TYPE or not isinstance(sigs, list):
+            raise VerificationError("unexpected envelope payload type")
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise VerificationError("malformed envelope") from exc
+    return payload, sigs
+
+
+def open_envelope(
+    envelope: bytes, public_key: Ed25519PublicKey, keyid: str | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """Verify an envelope signed by ``public_key``; returns (statement, signature).
+
+    Only signatures whose keyid matches (when given) are tried; one valid one suffices.
+    """
+    payload, sigs = _decode(envelope)
+    message = pae(PAYLOAD_TYPE, payload)
+    for entry in sigs:
+        if not isinstance(entry, dict) or (keyid is not None and entry.get("keyid") != keyid):
+            continue
+        try:
+            sig = base64.b64decode(entry["sig"], validate=True)
+            public_key.verify(sig, message)
+        except (KeyError, TypeError, ValueError, binascii.Error, InvalidSignature):
+            continue
+        try:
+            statement = json.loads(payload)
+        except ValueError as exc:
+            raise VerificationError("malformed statement") from exc
+        if not isinstance(statement, dict):
+            raise VerificationError("malformed statement")
+        return statement, sig
+    raise VerificationError("no valid envelope signature for the log key")

@@ -1,0 +1,139 @@
+"""``AuditLog``: the asyncio face of one log (append, read, prove, checkpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ._checkpoint import SignedCheckpoint
+from ._errors import AuditUnavailable, RecordNotFound
+from ._note import check_name, key_id, vkey_for
+from ._proofs import ConsistencyProof, InclusionProof, TreeReader
+from ._receipt import Receipt
+from ._record import Record
+from ._store import LogStore
+from ._writer import LogIdentity, LogWriter, Pending
+
+__all__ = ["AuditLog"]
+
+
+class AuditLog:
+    """One append-only proof-of-secrecy log, identified by its signing key and origin.
+
+    ``log_id`` is the hex note key id of (origin, public key); every row carries it, so
+    several logs (replicas) can share one database.
+    """
+
+    def __init__(self, store: LogStore, writer: LogWriter) -> None:
+        self._store = store
+        self._writer = writer
+        self._reader = TreeReader(store, writer.ident.log_id)
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        signing_key: Ed25519PrivateKey,
+        origin: str,
+        *,
+        checkpoint_every_n: int = 1000,
+        checkpoint_every_ms: int = 1000,
+    ) -> AuditLog:
+        """Open (migrating and recovering) the log at ``url``; see ``LogStore.open`` for URLs."""
+        try:
+            check_name(origin)
+        except ValueError as exc:
+            raise AuditUnavailable("log origin must be non-empty with no spaces or '+'") from exc
+        public = signing_key.public_key()
+        ident = LogIdentity(
+            key_id(origin, public).hex(), origin, vkey_for(origin, public), signing_key
+        )
+
+        def start() -> AuditLog:
+            store = LogStore.open(url)
+            try:
+                writer = LogWriter(store, ident, checkpoint_every_n, checkpoint_every_ms)
+                writer.recover()
+            except BaseException:
+                store.close()
+                raise
+            writer.thread.start()
+            return cls(store, writer)
+
+        return await asyncio.to_thread(start)
+
+    @property
+    def log_id(self) -> str:
+        return self._writer.ident.log_id
+
+    @property
+    def origin(self) -> str:
+        return self._writer.ident.origin
+
+    @property
+    def vkey(self) -> str:
+        """The note verifier key: ``origin+keyid+base64(0x01 || pubkey)``."""
+        return self._writer.ident.vkey
+
+    @property
+    def store(self) -> LogStore:
+        return self._store
+
+    def _submit(self, record: Record | None = None, control: str | None = None) -> Any:
+        if self._closed:
+            raise AuditUnavailable("audit log is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._writer.submit(Pending(future, loop, record, control))
+        return future
+
+    async def append(self, record: Record) -> Receipt:
+        """Sign and store ``record``; returns once it is committed (durable)."""
+        receipt: Receipt = await self._submit(record=record)
+        return receipt
+
+    async def publish(self) -> SignedCheckpoint:
+        """Integrate every committed record now and return the resulting checkpoint."""
+        checkpoint: SignedCheckpoint = await self._submit(control="publish")
+        return checkpoint
+
+    async def checkpoint(self) -> SignedCheckpoint:
+        """The latest published checkpoint."""
+        latest = self._writer.latest
+        if latest is None:
+            raise AuditUnavailable("no checkpoint has been published")
+        return latest
+
+    async def get_record(self, record_id: str, tenant: str | None = None) -> bytes:
+        """The stored DSSE envelope; with ``tenant``, only that tenant pseudonym's records."""
+        row = await asyncio.to_thread(self._store.get_record, record_id)
+        if row is None or (tenant is not None and row.tenant != tenant):
+            raise RecordNotFound("no such record")
+        return bytes(row.envelope)
+
+    async def inclusion_proof(self, index: int, size: int | None = None) -> InclusionProof:
+        """RFC 9162 §2.1.3 proof for leaf ``index`` in the tree of ``size`` (default: latest)."""
+        latest = await self.checkpoint()
+        tree = latest.size if size is None else size
+        return await asyncio.to_thread(self._reader.inclusion, index, tree, latest.size)
+
+    async def consistency_proof(self, old: int, new: int | None = None) -> ConsistencyProof:
+        """RFC 9162 §2.1.4 proof between tree sizes ``old`` and ``new`` (default: latest)."""
+        latest = await self.checkpoint()
+        tree = latest.size if new is None else new
+        return await asyncio.to_thread(self._reader.consistency, old, tree, latest.size)
+
+    async def close(self) -> None:
+        """Flush: integrate pending leaves, publish a final checkpoint, release the store."""
+        if self._closed:
+            return
+        stop = self._submit(control="stop")
+        self._closed = True
+        try:
+            await stop
+        finally:
+            await asyncio.to_thread(self._writer.thread.join)
+            await asyncio.to_thread(self._store.close)

@@ -1,0 +1,220 @@
+"""The log store: SQLAlchemy Core over the sqlmodel tables, SQLite by default, PostgreSQL by URL.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: each commit is fsynced, so an append that
+returned is durable across power loss; group commit amortises that fsync over a whole batch.
+All methods are synchronous; ``AuditLog`` calls them from its writer thread or a worker thread.
+SQLAlchemy errors are translated to ``AuditUnavailable`` here and never escape the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, insert, select, text, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from ._errors import AuditError, AuditUnavailable
+from ._tables import CheckpointRow, LogRow, NodeRow, RecordRow
+
+__all__ = ["LogStore", "normalize_url"]
+
+LOGS = LogRow.__table__  # type: ignore[attr-defined]
+RECORDS = RecordRow.__table__  # type: ignore[attr-defined]
+NODES = NodeRow.__table__  # type: ignore[attr-defined]
+CHECKPOINTS = CheckpointRow.__table__  # type: ignore[attr-defined]
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_PG_MIGRATION_LOCK = 0x5EA16A7E  # advisory lock: replicas sharing a database migrate one at a time
+
+
+def normalize_url(url: str) -> str:
+    """Map accepted URL spellings to the synchronous drivers this store uses."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise AuditUnavailable("the audit store needs a database file, not memory")
+        return str(parsed.set(drivername="sqlite"))
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    raise AuditUnavailable(f"unsupported audit database backend {backend!r}")
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except AuditError:
+        raise
+    except (SQLAlchemyError, OSError) as exc:
+        raise AuditUnavailable(f"audit store failed to {what} ({type(exc).__name__})") from exc
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class LogStore:
+    """Persistence of records, Merkle nodes and checkpoints for one or more logs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> LogStore:
+        """Connect and run the migrations to ``head``."""
+        with _translated("open"):
+            sync_url = normalize_url(url)
+            parsed = make_url(sync_url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(sync_url, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+            if parsed.get_backend_name() == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            store = cls(engine)
+            store._migrate()
+            return store
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def _migrate(self) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _begin(self) -> contextlib.AbstractContextManager[Connection]:
+        return self.engine.begin()
+
+    # -- logs ------------------------------------------------------------------------------
+    def register_log(self, log_id: str, origin: str, vkey: str) -> int:
+        """Create the log row if absent; returns its integrated size."""
+        with _translated("register the log"), self._begin() as conn:
+            row = conn.execute(select(LOGS).where(LOGS.c.log_id == log_id)).first()
+            if row is None:
+                values = {"log_id": log_id, "origin": origin, "vkey": vkey, "integrated_size": 0}
+                conn.execute(insert(LOGS).values(**values))
+                return 0
+            if row.vkey != vkey:
+                raise AuditUnavailable("stored log identity does not match the signing key")
+            return int(row.integrated_size)
+
+    def logs(self) -> list[tuple[str, str, str, int]]:
+        """(log_id, origin, vkey, integrated_size) for every log in the store."""
+        with _translated("list logs"), self.engine.connect() as conn:
+            rows = conn.execute(select(LOGS).order_by(LOGS.c.log_id)).all()
+        return [(r.log_id, r.origin, r.vkey, int(r.integrated_size)) for r in rows]
+
+    # -- records ---------------------------------------------------------------------------
+    def next_index(self, log_id: str) -> int:
+        with _translated("read the log size"), self.engine.connect() as conn:
+            top = conn.execute(
+                select(func.max(RECORDS.c.leaf_index)).where(RECORDS.c.log_id == log_id)
+            ).scalar()
+        return 0 if top is None else int(top) + 1
+
+    def insert_records(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert a batch of records in one transaction (group commit)."""
+        with _translated("write records"), self._begin() as conn:
+            conn.execute(insert(RECORDS), list(rows))
+
+    def records_from(self, log_id: str, start: int, limit: int) -> list[tuple[int, bytes]]:
+        """(leaf_index, envelope) for indices >= start, in order."""
+        query = (
+            select(RECORDS.c.leaf_index, RECORDS.c.envelope)
+            .where(RECORDS.c.log_id == log_id, RECORDS.c.leaf_index >= start)
+            .order_by(RECORDS.c.leaf_index)
+            .limit(limit)
+        )
+        with _translated("read records"), self.engine.connect() as conn:
+            return [(int(i), bytes(e)) for i, e in conn.execute(query)]
+
+    def record_rows(self, log_id: str, start: int, limit: int) -> list[Any]:
+        """Full record rows (envelope and metadata) for indices >= start, in order."""
+        query = (
+            select(RECORDS)
+            .where(RECORDS.c.log_id == log_id, RECORDS.c.leaf_index >= start)
+            .order_by(RECORDS.c.leaf_index)
+            .limit(limit)
+        )
+        with _translated("read records"), self.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    def get_record(self, record_id: str) -> Any | None:
+        with _translated("read a record"), self.engine.connect() as conn:
+            return conn.execute(select(RECORDS).where(RECORDS.c.record_id == record_id)).first()
+
+    def count_records(self, log_id: str) -> int:
+        with _translated("count records"), self.engine.connect() as conn:
+            query = select(func.count()).select_from(RECORDS).where(RECORDS.c.log_id == log_id)
+            return int(conn.execute(query).scalar_one())
+
+    # -- Merkle nodes and checkpoints --------------------------------------------------------
+    def integrate(
+        self,
+        log_id: str,
+        nodes: Sequence[tuple[int, bytes]],
+        size: int,
+        checkpoint: tuple[bytes, str, int] | None,
+    ) -> None:
+        """Persist new complete nodes, the integrated size and optionally a checkpoint, atomically."""
+        with _translated("integrate leaves"), self._begin() as conn:
+            if nodes:
+                rows = [{"log_id": log_id, "node_id": n, "hash": h} for n, h in nodes]
+                conn.execute(insert(NODES), rows)
+            conn.execute(update(LOGS).where(LOGS.c.log_id == log_id).values(integrated_size=size))
+            if checkpoint is not None:
+                root, note, time_us = checkpoint
+                values = {"log_id": log_id, "size": size, "root_hash": root, "note": note}
+                conn.execute(insert(CHECKPOINTS).values(time_us=time_us, **values))
+
+    def get_nodes(self, log_id: str, node_ids: Sequence[int]) -> dict[int, bytes]:
+        if not node_ids:
+            return {}
+        query = select(NODES.c.node_id, NODES.c.hash).where(
+            NODES.c.log_id == log_id, NODES.c.node_id.in_(list(node_ids))
+        )
+        with _translated("read tree nodes"), self.engine.connect() as conn:
+            return {int(n): bytes(h) for n, h in conn.execute(query)}
+
+    def bulk_nodes(self, log_id: str, nodes: Sequence[tuple[int, bytes]], size: int) -> None:
+        """Load precomputed nodes for a fresh log (benchmarks and imports)."""
+        self.integrate(log_id, nodes, size, None)
+
+    def latest_checkpoint(self, log_id: str) -> tuple[int, bytes, str] | None:
+        query = (
+            select(CHECKPOINTS.c.size, CHECKPOINTS.c.root_hash, CHECKPOINTS.c.note)
+            .where(CHECKPOINTS.c.log_id == log_id)
+            .order_by(CHECKPOINTS.c.size.desc())
+            .limit(1)
+        )
+        with _translated("read the checkpoint"), self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (int(row[0]), bytes(row[1]), str(row[2]))
+
+    def checkpoints(self, log_id: str) -> list[tuple[int, bytes, str]]:
+        query = (
+            select(CHECKPOINTS.c.size, CHECKPOINTS.c.root_hash, CHECKPOINTS.c.note)
+            .where(CHECKPOINTS.c.log_id == log_id)
+            .order_by(CHECKPOINTS.c.size)
+        )
+        with _translated("read checkpoints"), self.engine.connect() as conn:
+            return [(int(s), bytes(r), str(n)) for s, r, n in conn.execute(query)]
+

@@ -1,0 +1,193 @@
+"""Offline verification: a whole stored log (``verify_log``) and one client receipt."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._checkpoint import SignedCheckpoint
+from ._dsse import open_envelope
+from ._errors import VerificationError
+from ._merkle import CompactRange, empty_root, leaf_hash, verify_consistency, verify_inclusion
+from ._note import NoteVerifier
+from ._proofs import InclusionProof, TreeReader
+from ._receipt import Receipt
+from ._record import PREDICATE_TYPE, STATEMENT_TYPE
+from ._store import LogStore
+from ._writer import _time_us
+
+__all__ = ["VerifyReport", "verify_log", "verify_receipt"]
+
+Progress = Callable[[int, int], None]
+_CHUNK = 2000
+# Metadata columns that must restate the signed predicate exactly.
+_COLUMNS = ("kind", "tenant", "request_id", "decision", "channel", "endpoint", "model", "status")
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify_log`` checked for one log."""
+
+    log_id: str
+    origin: str
+    records: int
+    integrated: int
+    checkpoints: int
+    latest: SignedCheckpoint | None
+
+
+def _check_row(row: Any, expect_index: int, verifier: NoteVerifier, log_id: str) -> bytes:
+    if int(row.leaf_index) != expect_index:
+        raise VerificationError(f"record indices have a gap at leaf {expect_index}")
+    envelope = bytes(row.envelope)
+    try:
+        statement, _ = open_envelope(envelope, verifier.public_key, log_id)
+    except VerificationError as exc:
+        raise VerificationError(f"leaf {expect_index}: {exc.detail}") from None
+    pred = statement.get("predicate", {})
+    if statement.get("predicateType") != PREDICATE_TYPE or not isinstance(pred, dict):
+        raise VerificationError(f"leaf {expect_index}: not a proof-of-secrecy statement")
+    stored = {c: getattr(row, c) for c in _COLUMNS}
+    signed = {c: pred.get(c) for c in _COLUMNS}
+    if stored != signed or int(row.time_us) != _time_us(str(pred.get("time"))):
+        raise VerificationError(f"leaf {expect_index}: metadata columns differ from the record")
+    return leaf_hash(envelope)
+
+
+class _LogCheck:
+    """Recomputes one log's tree from its envelopes and compares every stored artefact."""
+
+    def __init__(self, store: LogStore, log: tuple[str, str, str, int], progress: Progress | None):
+        self.store, self.progress = store, progress
+        self.log_id, self.origin, vkey, self.integrated = log
+        self.vkey = vkey
+        self.verifier = NoteVerifier.parse(vkey)
+        if self.verifier.key_id.hex() != self.log_id or self.verifier.name != self.origin:
+            raise VerificationError("log id or origin does not match the log key")
+        self.checkpoints = [self._checkpoint(*row) for row in store.checkpoints(self.log_id)]
+        self.roots: dict[int, bytes] = {0: empty_root()}
+        self.wanted = {cp.size for cp in self.checkpoints}
+
+    def _checkpoint(self, size: int, root: bytes, note: str) -> SignedCheckpoint:
+        cp = SignedCheckpoint.parse(note, self.vkey, self.origin)
+        if (cp.size, cp.root_hash) != (size, root):
+            raise VerificationError(f"checkpoint {size}: columns differ from its signed note")
+        return cp
+
+    def _compare_nodes(self, nodes: list[tuple[int, bytes]]) -> None:
+        stored = self.store.get_nodes(self.log_id, [n for n, _ in nodes])
+        for n, h in nodes:
+            if stored.get(n) != h:
+                raise VerificationError(f"stored tree node {n} does not match the records")
+
+    def run(self) -> int:
+        total, done = self.store.count_records(self.log_id), 0
+        rng = CompactRange()
+        while True:
+            rows = self.store.record_rows(self.log_id, done, _CHUNK)
+            nodes: list[tuple[int, bytes]] = []
+            for row in rows:
+                new = rng.append(_check_row(row, done, self.verifier, self.log_id))
+                done += 1
+                if done <= self.integrated:
+                    nodes.extend(new)
+                if done in self.wanted:
+                    self.roots[done] = rng.root()
+            self._compare_nodes(nodes)
+            if self.progress is not None:
+                self.progress(done, total)
+            if len(rows) < _CHUNK:
+                return done
+
+    def check_checkpoints(self, size: int, trusted: SignedCheckpoint | None) -> None:
+        if self.integrated > size:
+            raise VerificationError("integrated size exceeds the stored records")
+        for cp in self.checkpoints:
+            if cp.size > self.integrated or self.roots.get(cp.size) != cp.root_hash:
+                raise VerificationError(f"checkpoint {cp.size} does not match the records")
+        reader = TreeReader(self.store, self.log_id)
+        chain = ([trusted] if trusted is not None else []) + self.checkpoints
+        for old, new in zip(chain, chain[1:], strict=False):
+            if 0 < old.size <= new.size:
+                proof = reader.consistency(old.size, new.size, self.integrated)
+                verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof.hashes)
+
+
+def verify_log(
+    store: LogStore,
+    from_checkpoint: str | None = None,
+    progress: Progress | None = None,
+    *,
+    vkey: str | None = None,
+) -> list[VerifyReport]:
+    """Verify every log in ``store`` (or only the one of ``vkey``, pinning its key).
+
+    Recomputes each tree from the stored envelopes, checks every envelope signature, every
+    checkpoint signature and root, every stored tree node, and consistency between consecutive
+    checkpoints; ``from_checkpoint`` (a signed note kept from earlier) must be a prefix too.
+    Raises ``VerificationError`` on the first discrepancy.
+    """
+    logs = store.logs()
+    if vkey is not None:
+        pinned = NoteVerifier.parse(vkey)
+        logs = [log for log in logs if log[0] == pinned.key_id.hex()]
+        if not logs or logs[0][2] != vkey:
+            raise VerificationError("no log with that key in the store")
+    reports = []
+    for log in logs:
+        check = _LogCheck(store, log, progress)
+        trusted = None
+        if from_checkpoint is not None and from_checkpoint.split("\n", 1)[0] == check.origin:
+            trusted = SignedCheckpoint.parse(from_checkpoint, check.vkey, check.origin)
+            check.wanted.add(trusted.size)
+        size = check.run()
+        if trusted is not None and check.roots.get(trusted.size) != trusted.root_hash:
+            raise VerificationError("the log is not an extension of the given checkpoint")
+        check.check_checkpoints(size, trusted)
+        latest = check.checkpoints[-1] if check.checkpoints else None
+        reports.append(
+            VerifyReport(check.log_id, check.origin, size, check.integrated,
+                         len(check.checkpoints), latest)
+        )  # fmt: skip
+    return reports
+
+
+def verify_receipt(
+    receipt: Receipt | str,
+    envelope: bytes,
+    checkpoint_note: str,
+    inclusion_proof: InclusionProof | dict[str, Any],
+    log_public_key: str,
+) -> dict[str, Any]:
+    """Check a receipt end to end against the log's verifier key; returns the statement.
+
+    The envelope must carry the receipt's signature under the log key, and its leaf must be
+    included (RFC 9162 §2.1.3.2) in the tree of the signed checkpoint.
+    """
+    if isinstance(receipt, str):
+        receipt = Receipt.parse(receipt)
+    if isinstance(inclusion_proof, dict):
+        inclusion_proof = InclusionProof.from_json(inclusion_proof)
+    verifier = NoteVerifier.parse(log_public_key)
+    if receipt.log_id != verifier.key_id.hex():
+        raise VerificationError("receipt is from a different log")
+    checkpoint = SignedCheckpoint.parse(checkpoint_note, log_public_key)
+    statement, sig = open_envelope(envelope, verifier.public_key, receipt.log_id)
+    try:
+        same_sig = base64.b64decode(receipt.signature, validate=True) == sig
+    except (ValueError, binascii.Error):
+        same_sig = False
+    if not same_sig:
+        raise VerificationError("receipt signature does not match the envelope")
+    if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
+        raise VerificationError("envelope is not a proof-of-secrecy statement")
+    if (inclusion_proof.index, inclusion_proof.size) != (receipt.leaf_index, checkpoint.size):
+        raise VerificationError("inclusion proof is for another leaf or tree size")
+    verify_inclusion(
+        receipt.leaf_index, checkpoint.size, leaf_hash(envelope),
+        inclusion_proof.hashes, checkpoint.root_hash,
+    )  # fmt: skip
+    return statement

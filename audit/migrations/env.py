@@ -1,0 +1,12 @@
+"""Alembic environment for the audit store; run only programmatically with a live connection."""
+
+from __future__ import annotations
+
+from alembic import context
+
+VERSION_TABLE = "audit_alembic_version"
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, version_table=VERSION_TABLE)
+with context.begin_transaction():
+    context.run_migrations()

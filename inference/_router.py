@@ -1,0 +1,47 @@
+"""Model routing: public model name → route (backend + retention tier) → backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from inference._base import Backend, ModelRoute
+from inference._errors import ModelNotFound
+
+__all__ = ["BackendRouter"]
+
+
+class BackendRouter:
+    """Holds the configured backends and the model routes that point at them."""
+
+    def __init__(self, routes: Iterable[ModelRoute], backends: Mapping[str, Backend]) -> None:
+        self._routes = {route.name: route for route in routes}
+        self._backends = dict(backends)
+        for route in self._routes.values():
+            if route.backend not in self._backends:
+                raise ValueError(f"model {route.name!r} names unknown backend {route.backend!r}")
+
+    @property
+    def routes(self) -> tuple[ModelRoute, ...]:
+        return tuple(self._routes.values())
+
+    @property
+    def backends(self) -> Mapping[str, Backend]:
+        return self._backends
+
+    def route(self, model: str) -> tuple[ModelRoute, Backend]:
+        """The route and backend for ``model``; :class:`ModelNotFound` when none is configured."""
+        route = self._routes.get(model)
+        if route is None:
+            raise ModelNotFound("the requested model does not exist")
+        return route, self._backends[route.backend]
+
+    async def start(self) -> None:
+        for backend in self._backends.values():
+            await backend.start()
+
+    async def close(self) -> None:
+        for backend in self._backends.values():
+            await backend.close()
+
+    async def ready(self) -> dict[str, bool]:
+        return {name: await backend.ready() for name, backend in self._backends.items()}

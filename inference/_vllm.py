@@ -1,0 +1,155 @@
+"""vLLM backend: supervise a ``vllm serve`` child on loopback, or use an existing vLLM service.
+
+Requests go through the OpenAI-compatible upstream backend either way. The supervised child is
+started with request logging off (prompts must never reach its logs), bound to loopback only,
+health-checked, and restarted when it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from inference._base import GenerationKind, Json
+from inference._errors import BackendUnavailable
+from inference._openai import OpenAIBackend, OpenAIConfig
+
+__all__ = ["VLLMBackend", "VLLMConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class VLLMConfig:
+    """Settings of the vLLM backend."""
+
+    model: str = ""
+    """Model path or name passed to ``vllm serve`` (supervised mode)."""
+    url: str = ""
+    """Base URL (with ``/v1``) of an existing vLLM service; empty means supervise a child."""
+    port: int = 8011
+    """Loopback port of the supervised child."""
+    python: str = ""
+    """Python interpreter that has vLLM installed; empty means this one."""
+    served_model_name: str = ""
+    """``--served-model-name``; empty means vLLM's default (the model path)."""
+    tensor_parallel_size: int = 1
+    """``--tensor-parallel-size``."""
+    extra_args: tuple[str, ...] = ()
+    """Further ``vllm serve`` arguments (e.g. ``--max-model-len 2048``)."""
+    startup_timeout_s: float = 600.0
+    """How long the child may take to answer ``/health``."""
+    health_interval_s: float = 5.0
+    """Seconds between health checks of the child."""
+    max_restarts: int = 5
+    """Restarts allowed before the backend stays down."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment for the child (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
+
+
+class VLLMBackend:
+    """Supervises vLLM and forwards to it through :class:`OpenAIBackend`."""
+
+    def __init__(self, name: str, config: VLLMConfig) -> None:
+        self.name = name
+        self._config = config
+        self._managed = not config.url
+        url = config.url or f"http://127.0.0.1:{config.port}/v1"
+        self._upstream = OpenAIBackend(name, OpenAIConfig(url=url, timeout_s=600.0))
+        self._process: asyncio.subprocess.Process | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._restarts = 0
+        self._healthy = False
+
+    def command(self) -> list[str]:
+        """The child's command line: loopback only, request logging off."""
+        cfg = self._config
+        cmd = [cfg.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", cfg.model, "--host", "127.0.0.1", "--port", str(cfg.port),
+               "--tensor-parallel-size", str(cfg.tensor_parallel_size),
+               "--disable-uvicorn-access-log", "--no-enable-log-requests"]
+        if cfg.served_model_name:
+            cmd += ["--served-model-name", cfg.served_model_name]
+        return cmd + list(cfg.extra_args)
+
+    async def start(self) -> None:
+        await self._upstream.start()
+        if self._managed:
+            await self._spawn()
+            self._watchdog = asyncio.create_task(self._watch(), name=f"vllm-watchdog-{self.name}")
+        else:
+            self._healthy = await self._upstream.ready()
+
+    async def _spawn(self) -> None:
+        env = {**os.environ, **self._config.env, "VLLM_NO_USAGE_STATS": "1",
+               "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self._process = await asyncio.create_subprocess_exec(
+            *self.command(), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        deadline = time.monotonic() + self._config.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.returncode is not None:
+                raise BackendUnavailable(f"vllm exited during start-up ({self._process.returncode})")
+            if await self._health():
+                self._healthy = True
+                return
+            await asyncio.sleep(1.0)
+        await self._stop_child()
+        raise BackendUnavailable("vllm did not become healthy in time")
+
+    async def _health(self) -> bool:
+        base = f"http://127.0.0.1:{self._config.port}"
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
+                return (await client.get(f"{base}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.health_interval_s)
+            process = self._process
+            alive = process is not None and process.returncode is None
+            self._healthy = alive and await self._health()
+            if alive or self._restarts >= self._config.max_restarts:
+                continue
+            self._restarts += 1
+            with contextlib.suppress(BackendUnavailable):
+                await self._spawn()
+
+    async def _stop_child(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        await self._stop_child()
+        await self._upstream.close()
+
+    async def ready(self) -> bool:
+        return self._healthy if self._managed else await self._upstream.ready()
+
+    async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
+        return await self._upstream.generate(kind, body)
+
+    def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+        return self._upstream.stream(kind, body)
+
+    async def embed(self, body: Mapping[str, Any]) -> Json:
+        return await self._upstream.embed(body)

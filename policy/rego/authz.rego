@@ -1,0 +1,81 @@
+# Sealgate authorization policy: may this request reach a model backend?
+#
+# Default deny. `allow` is true only when no rule in `deny` fired, and every rule below is
+# written as "deny unless the request positively passes the check", so a missing or malformed
+# input field denies instead of slipping through. Each denial carries a stable rule id
+# (SG-AREA-NNN) that proof-of-secrecy records cite; ids are never reused for a new meaning.
+#
+# The rules live in several files of this one package:
+#   authz.rego      decision document, contract lookup, input shape (SG-INPUT, SG-CONTRACT)
+#   channel.rego    sealed channel (SG-CHANNEL)
+#   retention.rego  backend retention tier, stored state, training-shaped endpoints
+#                   (SG-RETENTION, SG-STORE, SG-TRAIN, SG-ENDPOINT)
+#   tenant.rego     per-tenant limits: models, regions, tokens, streaming (SG-MODEL, SG-REGION,
+#                   SG-TOKENS, SG-STREAM)
+#   enclave.rego    enclave evidence in production (SG-ENCLAVE)
+#
+# Builtins are limited to those both OPA and the embedded rego-cpp engine provide.
+package sealgate.authz
+
+default allow := false
+
+allow if count(deny) == 0
+
+# The decision document the gateway reads (docs/policy.md, "Decision document"). The gateway
+# adds the bundle digest; obligations must be honoured before the request is forwarded.
+decision := {
+	"allow": allow,
+	"deny": [d | some d in deny],
+	"obligations": obligations,
+}
+
+obligations := object.union(store_obligation, plaintext_obligation)
+
+# The tenant's contract (policy/data/contracts.yaml), looked up by tenant name. A tenant
+# without a contract of its own is held to the `default` contract.
+contract := object.get(data.contracts, input.tenant.name, data.contracts["default"])
+
+# SG-INPUT-001: the input document must have the shape the gateway builds. Anything else is
+# denied so that no rule can be skipped by leaving a field out.
+input_well_formed if {
+	input.channel in {"sealed", "plaintext"}
+	is_string(input.tenant.id)
+	is_string(input.tenant.name)
+	is_string(input.endpoint.method)
+	is_string(input.endpoint.path)
+	is_boolean(input.request.stream)
+	is_boolean(input.request.previous_response_id)
+	is_boolean(input.request.conversation)
+	is_array(input.request.metadata_keys)
+	is_object(input.backend)
+	is_object(input.enclave)
+	is_string(input.time)
+	input.deployment.mode in {"production", "development"}
+	is_string(input.deployment.region)
+}
+
+deny contains {
+	"rule": "SG-INPUT-001",
+	"message": "the policy input document is incomplete or malformed",
+} if not input_well_formed
+
+# SG-CONTRACT-001: a contract with an `expires` instant stops covering requests from that
+# instant on. Both `expires` and the input's `time` are UTC in the fixed RFC 3339 form
+# YYYY-MM-DDTHH:MM:SSZ, so comparing them as strings compares them as instants. Contracts
+# without `expires` do not lapse.
+contract_current if {
+	is_object(contract)
+	not contract.expires
+}
+
+contract_current if input.time < contract.expires
+
+deny contains {
+	"rule": "SG-CONTRACT-001",
+	"message": "the tenant's contract is missing or has expired",
+} if not contract_current
+
+# `path` is under `prefix`: the prefix itself or anything below it.
+under(path, prefix) if path == prefix
+
+under(path, prefix) if startswith(path, concat("", [prefix, "/"]))

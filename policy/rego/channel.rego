@@ -1,0 +1,26 @@
+# Channel rules: content must reach the gateway sealed to the enclave.
+package sealgate.authz
+
+# SG-CHANNEL-001: requests must arrive HPKE-sealed (Oblivious HTTP, RFC 9458), so only the
+# attested enclave can read them. Outside production, the development flag `allow_plaintext`
+# admits plaintext requests; the decision then carries the obligation
+# `plaintext_dev_mode: true`, which the gateway writes into the audit record. In production the
+# flag is ignored.
+channel_ok if input.channel == "sealed"
+
+channel_ok if plaintext_dev_mode
+
+plaintext_dev_mode if {
+	input.channel == "plaintext"
+	input.dev.allow_plaintext == true
+	input.deployment.mode == "development"
+}
+
+deny contains {
+	"rule": "SG-CHANNEL-001",
+	"message": "requests must use the sealed channel",
+} if not channel_ok
+
+default plaintext_obligation := {}
+
+plaintext_obligation := {"plaintext_dev_mode": true} if plaintext_dev_mode

@@ -1,0 +1,30 @@
+# Enclave rules: production traffic only reaches a real, non-debug confidential VM.
+package sealgate.authz
+
+# SG-ENCLAVE-001: in production the enclave evidence must come from real hardware
+# (AMD SEV-SNP or Intel TDX), not the development `simulated` provider.
+enclave_real if {
+	input.enclave.simulated == false
+	input.enclave.platform != "simulated"
+}
+
+deny contains {
+	"rule": "SG-ENCLAVE-001",
+	"message": "a simulated enclave is not allowed in production",
+} if {
+	input.deployment.mode == "production"
+	not enclave_real
+}
+
+# SG-ENCLAVE-002: in production the guest must not run with debugging enabled (SEV-SNP
+# policy DEBUG bit, TDX TD_ATTRIBUTES.DEBUG), since a debug guest's memory can be read by the
+# host.
+deny contains {
+	"rule": "SG-ENCLAVE-002",
+	"message": "a debug enclave is not allowed in production",
+} if {
+	input.deployment.mode == "production"
+	not enclave_nondebug
+}
+
+enclave_nondebug if input.enclave.debug == false

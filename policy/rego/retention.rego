@@ -1,0 +1,83 @@
+# Retention rules: no backend that may keep content, and no request that asks for stored state.
+package sealgate.authz
+
+# SG-RETENTION-001: the backend's retention tier must be `attested-zero` (it runs inside the
+# attested boundary and keeps nothing), or `contractual-zero` (outside the boundary, under a
+# zero-retention contract) when the tenant's contract sets `allow_contractual_zero: true`.
+# Tier `none` is never allowed, whatever a contract says. Requests that send no content to a
+# backend (e.g. GET /v1/models) have no retention to check.
+allowed_tiers contains "attested-zero"
+
+allowed_tiers contains "contractual-zero" if contract.allow_contractual_zero == true
+
+retention_ok if {
+	forwards_content
+	input.backend.retention_tier != "none"
+	input.backend.retention_tier in allowed_tiers
+}
+
+retention_ok if {
+	is_string(input.endpoint.path)
+	not forwards_content
+}
+
+deny contains {
+	"rule": "SG-RETENTION-001",
+	"message": "the backend's retention tier is not allowed for this tenant",
+} if not retention_ok
+
+# SG-STORE-001: `store: true` asks the backend to keep the completion (chat completions,
+# responses). It is denied, or, when the contract sets `rewrite_store: true`, the decision
+# carries the obligation `set_params: {store: false}` and the gateway rewrites the request.
+# The Responses API stores by default, so a `/v1/responses` request that does not say
+# `store: false` always gets that obligation.
+store_rewritten if {
+	input.request.store == true
+	contract.rewrite_store == true
+}
+
+store_defaults_on if {
+	input.endpoint.path == "/v1/responses"
+	input.request.store == null
+}
+
+store_ok if input.request.store in {false, null}
+
+store_ok if store_rewritten
+
+deny contains {
+	"rule": "SG-STORE-001",
+	"message": "store=true is not allowed: completions are never kept",
+} if not store_ok
+
+default store_obligation := {}
+
+store_obligation := {"set_params": {"store": false}} if store_rewritten
+
+store_obligation := {"set_params": {"store": false}} if store_defaults_on
+
+# SG-STORE-002: `previous_response_id` continues a response kept on the server.
+deny contains {
+	"rule": "SG-STORE-002",
+	"message": "previous_response_id needs server-side state and is not allowed",
+} if input.request.previous_response_id == true
+
+# SG-STORE-003: conversation objects are state kept on the server.
+deny contains {
+	"rule": "SG-STORE-003",
+	"message": "conversation objects are server-side state and are not allowed",
+} if input.request.conversation == true
+
+# SG-STORE-004: request metadata whose keys mark it for distillation, evals or training. Keys
+# are matched case-insensitively on substrings, so `distill_set` or `EvalRun` are caught;
+# only metadata keys reach the policy, never values or message text.
+training_terms := {"distill", "eval", "train", "finetun", "fine_tun", "fine-tun", "dataset"}
+
+deny contains {
+	"rule": "SG-STORE-004",
+	"message": "metadata marked for distillation, evals or training is not allowed",
+} if {
+	some key in input.request.metadata_keys
+	some term in training_terms
+	contains(lower(key), term)
+}

@@ -1,0 +1,58 @@
+# Tenant rules: what the tenant's contract (policy/data/contracts.yaml) allows.
+package sealgate.authz
+
+# SG-MODEL-001: the model must be on the contract's `models` list ("*" allows any model).
+# Only requests that send content to a backend name a model.
+model_ok if not forwards_content
+
+model_ok if "*" in contract.models
+
+model_ok if input.model in contract.models
+
+deny contains {
+	"rule": "SG-MODEL-001",
+	"message": "this model is not allowed for the tenant",
+} if not model_ok
+
+# SG-REGION-001: data residency. The gateway's deployment region must be one of the
+# contract's `regions`; there is no wildcard.
+region_ok if input.deployment.region in contract.regions
+
+deny contains {
+	"rule": "SG-REGION-001",
+	"message": "the deployment region is outside the tenant's data residency regions",
+} if not region_ok
+
+# SG-TOKENS-001: a requested output-token limit may not exceed the contract's `max_tokens`.
+# A request without a limit is bounded by the backend.
+tokens_ok if input.request.max_tokens == null
+
+tokens_ok if input.request.max_tokens <= contract.max_tokens
+
+deny contains {
+	"rule": "SG-TOKENS-001",
+	"message": "max_tokens exceeds the tenant's limit",
+} if not tokens_ok
+
+# SG-TOKENS-002: the number of choices `n` may not exceed the contract's `max_n`.
+choices_ok if input.request.n == null
+
+choices_ok if input.request.n <= contract.max_n
+
+deny contains {
+	"rule": "SG-TOKENS-002",
+	"message": "n exceeds the tenant's limit on choices",
+} if not choices_ok
+
+# SG-STREAM-001: streaming responses only when the contract sets `allow_streaming: true`.
+stream_ok if input.request.stream == false
+
+stream_ok if {
+	input.request.stream == true
+	contract.allow_streaming == true
+}
+
+deny contains {
+	"rule": "SG-STREAM-001",
+	"message": "streaming is not allowed for the tenant",
+} if not stream_ok

@@ -1,0 +1,27 @@
+"""Liveness and readiness (content-free, always plain)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get
+
+from inference import BackendRouter
+
+__all__ = ["health_handlers"]
+
+
+@get("/healthz", summary="Liveness", tags=["health"], sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Readiness: every backend answers", tags=["health"])
+async def readyz(backend_router: BackendRouter) -> Response[dict[str, Any]]:
+    backends = await backend_router.ready()
+    ready = all(backends.values())
+    return Response({"status": "ready" if ready else "not_ready", "backends": backends},
+                    status_code=200 if ready else 503)
+
+
+health_handlers = [healthz, readyz]

@@ -1,0 +1,39 @@
+"""Thin route handlers for the OpenAI API; the logic lives in :mod:`.serving`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get, post
+
+from proxy.api.openai.serving import OpenAIService
+
+__all__ = ["openai_handlers"]
+
+_DOC = "Content endpoint: sealed channel (OHTTP) and a tenant API key required."
+
+
+@get("/v1/models", summary="List models", description=_DOC, tags=["openai"])
+async def list_models(request: Request[Any, Any, Any], openai_service: OpenAIService) -> dict[str, Any]:
+    return await openai_service.models(request)
+
+
+@post("/v1/chat/completions", summary="Create chat completion", description=_DOC, tags=["openai"],
+      status_code=200)
+async def chat_completions(request: Request[Any, Any, Any], openai_service: OpenAIService) -> Response[Any]:
+    return await openai_service.generate("chat", request)
+
+
+@post("/v1/completions", summary="Create completion", description=_DOC, tags=["openai"],
+      status_code=200)
+async def completions(request: Request[Any, Any, Any], openai_service: OpenAIService) -> Response[Any]:
+    return await openai_service.generate("completions", request)
+
+
+@post("/v1/embeddings", summary="Create embeddings", description=_DOC, tags=["openai"],
+      status_code=200)
+async def embeddings(request: Request[Any, Any, Any], openai_service: OpenAIService) -> Response[Any]:
+    return await openai_service.embeddings(request)
+
+
+openai_handlers = [list_models, chat_completions, completions, embeddings]

@@ -1,0 +1,222 @@
+"""The OpenAI endpoints' logic: validate → pipeline → backend → OpenAI-shaped response."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+import msgspec
+from litestar import Request, Response
+from litestar.response import Stream
+
+from inference import BackendRouter, GenerationKind, ModelRoute
+from proxy.api.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    decode_request,
+)
+from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment
+from proxy.tenants import TenantStore
+
+__all__ = ["Gate", "OpenAIService"]
+
+_encode = msgspec.json.encode
+_SCHEMAS: dict[GenerationKind, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+}
+_OBJECTS = {"chat": ("chatcmpl-", "chat.completion"), "completions": ("cmpl-", "text_completion")}
+# Request fields that steer the gateway or policy and are not forwarded to a backend.
+_NOT_FORWARDED = ("metadata", "user", "previous_response_id", "conversation")
+
+
+class Gate(Protocol):
+    """Policy decision and audit records around one forwarded request."""
+
+    async def admit(self, ctx: CallContext, params: Mapping[str, Any]) -> Admission: ...
+
+    async def finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None: ...
+
+
+class OpenAIService:
+    """Serves ``/v1/models``, chat, completions and embeddings through the pipeline."""
+
+    def __init__(self, router: BackendRouter, tenants: TenantStore, gate: Gate | None, *,
+                 allow_plaintext: bool) -> None:
+        self._router = router
+        self._tenants = tenants
+        self._gate = gate
+        self._allow_plaintext = allow_plaintext
+        self._created = int(time.time())
+
+    async def _begin(self, request: Request[Any, Any, Any]) -> tuple[CallContext, bytes]:
+        ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
+        ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
+        body = await request.body()
+        ctx.commit_request(body)
+        return ctx, body
+
+    async def _admit(self, ctx: CallContext, params: dict[str, Any]) -> Admission:
+        if self._gate is None:
+            return Admission()
+        return await self._gate.admit(ctx, params)
+
+    async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None:
+        outcome.log(ctx)
+        if self._gate is not None:
+            await self._gate.finish(ctx, admission, outcome)
+
+    # -- models -------------------------------------------------------------------------------
+    async def models(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
+        ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
+        data = [{"id": r.name, "object": "model", "created": self._created, "owned_by": r.owned_by}
+                for r in self._router.routes]
+        return {"object": "list", "data": data}
+
+    # -- chat and text completions ------------------------------------------------------------
+    async def generate(self, kind: GenerationKind, request: Request[Any, Any, Any]) -> Response[Any]:
+        ctx, raw = await self._begin(request)
+        parsed = decode_request(raw, _SCHEMAS[kind])
+        ctx.route, backend = self._router.route(parsed.model)
+        params = msgspec.to_builtins(parsed)
+        admission = await self._admit(ctx, params)
+        body = _forward_body(params, ctx.route, admission)
+        headers = _headers(ctx, admission)
+        if parsed.stream:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            chunks = await self._first_chunk(ctx, admission, backend.stream(kind, body))
+            stream = self._stream(kind, ctx, admission, chunks, include_usage)
+            return Stream(stream, media_type="text/event-stream",
+                          headers={**headers, "Cache-Control": "no-store"})
+        try:
+            result = await backend.generate(kind, body)
+        except Exception:
+            await self._finish(ctx, admission, Outcome(502, aborted="backend_error"))
+            raise
+        _shape(result, kind, ctx.route)
+        payload = _encode(result)
+        usage = result.get("usage") or {}
+        commitment = ResponseCommitment(ctx.commitment_key)
+        commitment.update(payload)
+        await self._finish(ctx, admission, Outcome(
+            200, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+            commitment.value()))
+        return Response(payload, media_type="application/json", headers=headers)
+
+    async def _first_chunk(self, ctx: CallContext, admission: Admission,
+                           chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """Wait for the first chunk before answering, so a backend that is down gets a proper
+        503 instead of a 200 stream that fails."""
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return _prepend(None, chunks)
+        except Exception:
+            await _aclose(chunks)
+            await self._finish(ctx, admission, Outcome(503, aborted="backend_error"))
+            raise
+        return _prepend(first, chunks)
+
+    async def _stream(self, kind: GenerationKind, ctx: CallContext, admission: Admission,
+                      chunks: AsyncIterator[dict[str, Any]], include_usage: bool
+                      ) -> AsyncIterator[bytes]:
+        assert ctx.route is not None
+        commitment = ResponseCommitment(ctx.commitment_key)
+        outcome = Outcome(200, response_commitment=None, aborted="client_disconnected")
+        try:
+            async for chunk in chunks:
+                if outcome.ttft_ms is None:
+                    outcome.ttft_ms = ctx.elapsed_ms()
+                usage = chunk.get("usage")
+                if usage:
+                    outcome.prompt_tokens = usage.get("prompt_tokens", 0)
+                    outcome.completion_tokens = usage.get("completion_tokens", 0)
+                    if not chunk.get("choices") and not include_usage:
+                        continue
+                    if not include_usage:
+                        chunk.pop("usage", None)
+                _shape(chunk, kind, ctx.route, chunk=True)
+                yield commitment.update(b"data: " + _encode(chunk) + b"\n\n")
+            yield commitment.update(b"data: [DONE]\n\n")
+            outcome.aborted = None
+        except Exception as exc:
+            outcome.status, outcome.aborted = 502, "backend_error"
+            error = {"error": {"message": "the backend failed mid-stream", "type": "api_error",
+                               "param": None, "code": getattr(exc, "code", "backend_unavailable")}}
+            yield commitment.update(b"data: " + _encode(error) + b"\n\n")
+        finally:
+            await _aclose(chunks)
+            outcome.response_commitment = commitment.value()
+            await self._finish(ctx, admission, outcome)
+
+    # -- embeddings ---------------------------------------------------------------------------
+    async def embeddings(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        ctx, raw = await self._begin(request)
+        parsed = decode_request(raw, EmbeddingRequest)
+        ctx.route, backend = self._router.route(parsed.model)
+        params = msgspec.to_builtins(parsed)
+        admission = await self._admit(ctx, params)
+        body = _forward_body(params, ctx.route, admission)
+        try:
+            result = await backend.embed(body)
+        except Exception:
+            await self._finish(ctx, admission, Outcome(502, aborted="backend_error"))
+            raise
+        result["object"] = "list"
+        result["model"] = ctx.route.name
+        usage = result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
+        payload = _encode(result)
+        commitment = ResponseCommitment(ctx.commitment_key)
+        commitment.update(payload)
+        await self._finish(ctx, admission, Outcome(200, usage.get("prompt_tokens", 0), 0,
+                                                   commitment.value()))
+        return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
+
+
+def _forward_body(params: dict[str, Any], route: ModelRoute, admission: Admission) -> dict[str, Any]:
+    body = {k: v for k, v in params.items() if k not in _NOT_FORWARDED}
+    body.update(admission.obligations.get("set_params", {}))
+    body["model"] = route.upstream_model or route.name
+    if body.get("stream"):
+        body["stream_options"] = {"include_usage": True}  # token counts for the record
+    return body
+
+
+def _headers(ctx: CallContext, admission: Admission) -> dict[str, str]:
+    headers = {"x-request-id": ctx.request_id, "sealgate-channel": ctx.channel}
+    if admission.receipt is not None:
+        headers["sealgate-receipt"] = admission.receipt
+    return headers
+
+
+def _shape(doc: dict[str, Any], kind: GenerationKind, route: ModelRoute, *, chunk: bool = False) -> None:
+    """Make a backend document match the OpenAI shape exactly (ids, object, model, created)."""
+    prefix, obj = _OBJECTS[kind]
+    if not str(doc.get("id", "")).startswith(prefix):
+        doc["id"] = prefix + secrets.token_hex(12)
+    doc["object"] = obj + ".chunk" if chunk and kind == "chat" else obj
+    doc["model"] = route.name
+    doc.setdefault("created", int(time.time()))
+    for field in ("timings", "system_fingerprint"):
+        doc.pop(field, None)
+
+
+async def _prepend(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]
+                   ) -> AsyncIterator[dict[str, Any]]:
+    try:
+        if first is not None:
+            yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await _aclose(rest)
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,100 @@
+"""TDX collateral evaluation: CRLs, TCB info and QE identity (Intel DCAP QVL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+
+from ._collateral import Collateral
+from ._errors import VerificationError, translate
+from ._tdx_quote import TdxQuote
+from ._tdx_tcb import combine_status, level_status, load_signed, module_status, qe_status
+from ._verdict import Trace
+from ._x509 import check_crl, load_certificates, pinned_root, verify_chain
+
+if TYPE_CHECKING:
+    from ._tdx import PckInfo
+
+__all__ = ["evaluate_collateral"]
+
+
+def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
+    with translate("collateral_invalid", what):
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+
+
+def _require(collateral: Collateral) -> tuple[bytes, bytes, bytes, bytes]:
+    missing = [
+        name for name, value in (
+            ("tcb_infos", collateral.tcb_infos), ("qe_identity", collateral.qe_identity),
+            ("tcb_signing_chain", collateral.tcb_signing_chain),
+            ("pck_crl", collateral.pck_crl), ("root_crl", collateral.root_crl),
+        ) if not value
+    ]
+    if missing:
+        raise VerificationError("collateral_missing", "missing " + ", ".join(missing))
+    assert collateral.qe_identity and collateral.pck_crl and collateral.root_crl  # noqa: S101
+    return (collateral.qe_identity, collateral.tcb_signing_chain, collateral.pck_crl,
+            collateral.root_crl)
+
+
+def _check_crls(chain: Sequence[x509.Certificate], pck_crl: bytes, root_crl: bytes,
+                when: datetime, trace: Trace) -> None:
+    root = pinned_root("intel_sgx_root_ca")
+    check_crl(_load_crl(root_crl, "root CRL"), root, chain[1:], when, "root")
+    crl = _load_crl(pck_crl, "PCK CRL")
+    issuer = next((c for c in chain[1:] if c.subject == crl.issuer), None)
+    if issuer is None:
+        raise VerificationError("collateral_invalid", "PCK CRL is not from the PCK's issuer CA")
+    check_crl(crl, issuer, chain[:1], when, "PCK")
+    trace.append("PCK certificate and its CA are not revoked (PCK CRL, root CRL)")
+
+
+def _tcb_info(quote: TdxQuote, pck: PckInfo, infos: Sequence[bytes],
+              signer: x509.Certificate, when: datetime) -> str:
+    for data in infos:
+        doc = load_signed(data, "tcbInfo", signer, when).body
+        if bytes.fromhex(str(doc.get("fmspc", ""))) != pck.fmspc:
+            continue
+        with translate("collateral_invalid", "tcbInfo"):
+            if doc["id"] != "TDX" or bytes.fromhex(doc["pceId"]) != pck.pce_id:
+                raise VerificationError("collateral_invalid", "TCB info is not for this TDX PCE")
+            body = quote.body
+            module = module_status(doc, body.mr_signer_seam, body.seam_attributes,
+                                   body.tee_tcb_svn)
+            status = level_status(doc["tcbLevels"], pck.sgx_svns, pck.pce_svn, body.tee_tcb_svn)
+        if status is None:
+            raise VerificationError("tcb_below_minimum", "platform TCB is below every TCB level")
+        return combine_status(status, module)
+    raise VerificationError("fmspc_mismatch", f"no TCB info for FMSPC {pck.fmspc.hex()}")
+
+
+def evaluate_collateral(
+    quote: TdxQuote,
+    pck: PckInfo,
+    chain: Sequence[x509.Certificate],
+    collateral: Collateral,
+    when: datetime,
+    trace: Trace,
+) -> tuple[str, str]:
+    """Return ``(overall TCB status, QE TCB status)``; raise on revocation or mismatch."""
+    qe_doc, signing_pem, pck_crl, root_crl = _require(collateral)
+    _check_crls(chain, pck_crl, root_crl, when, trace)
+    signing = load_certificates(signing_pem, "TCB signing chain")
+    verify_chain(signing, [pinned_root("intel_sgx_root_ca")], when, "TCB signing chain")
+    platform = _tcb_info(quote, pck, collateral.tcb_infos, signing[0], when)
+    trace.append(f"TCB info signed by Intel, FMSPC matches, TCB level status {platform}")
+    identity = load_signed(qe_doc, "enclaveIdentity", signing[0], when).body
+    qe = quote.qe_report
+    qe_level = qe_status(identity, qe.misc_select, qe.attributes, qe.mr_signer,
+                         qe.isv_prod_id, qe.isv_svn)
+    trace.append(f"QE identity signed by Intel, MRSIGNER/ISVPRODID match, QE status {qe_level}")
+    overall = combine_status(platform, qe_level)
+    if overall == "Revoked":
+        raise VerificationError("tcb_revoked", "the platform or QE TCB is revoked")
+    return overall, qe_level

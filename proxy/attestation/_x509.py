@@ -1,0 +1,126 @@
+"""Certificates, pinned roots, chains, CRLs and validity windows (RFC 5280 §6, simplified).
+
+Chains here are short, vendor-defined and pinned: each certificate must be signed by the next,
+the last must be (or be signed by) a pinned root, and every certificate must be inside its
+validity window at the verification time.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.utils import CryptographyDeprecationWarning
+
+from ._errors import VerificationError
+
+__all__ = [
+    "check_crl",
+    "check_window",
+    "load_certificate",
+    "load_certificates",
+    "pinned_root",
+    "resolve_time",
+    "verify_chain",
+]
+
+
+def resolve_time(at: datetime | None) -> datetime:
+    """The verification time: the pinned ``at`` (naive means UTC) or the current time."""
+    if at is None:
+        return datetime.now(UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def load_certificates(data: bytes, what: str) -> list[x509.Certificate]:
+    """Load one DER certificate or a PEM bundle (AMD certificates may carry serial 0)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            if b"-----BEGIN" in data:
+                return x509.load_pem_x509_certificates(data)
+            return [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise VerificationError("cert_chain_invalid", f"{what}: not a certificate") from exc
+
+
+def load_certificate(data: bytes, what: str) -> x509.Certificate:
+    """Load exactly one certificate."""
+    certs = load_certificates(data, what)
+    if len(certs) != 1:
+        raise VerificationError("cert_chain_invalid", f"{what}: expected one certificate")
+    return certs[0]
+
+
+@cache
+def pinned_root(name: str) -> x509.Certificate:
+    """A root certificate shipped in ``proxy/attestation/roots/`` (package data)."""
+    data = resources.files(__package__).joinpath("roots").joinpath(f"{name}.pem").read_bytes()
+    return load_certificate(data, name)
+
+
+def check_window(
+    not_before: datetime, not_after: datetime | None, when: datetime, what: str
+) -> None:
+    """``collateral_expired`` unless ``not_before <= when <= not_after``."""
+    if when < not_before:
+        raise VerificationError("collateral_expired", f"{what} is not valid before {not_before}")
+    if not_after is not None and when > not_after:
+        raise VerificationError("collateral_expired", f"{what} expired at {not_after}")
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise VerificationError(
+            "cert_chain_invalid", f"{what}: {cert.subject.rfc4514_string()} not signed by its issuer"
+        ) from exc
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    when: datetime,
+    what: str,
+) -> x509.Certificate:
+    """Verify ``chain`` (leaf first) up to one of ``roots``; return the root reached."""
+    if not chain:
+        raise VerificationError("cert_chain_invalid", f"{what}: empty chain")
+    for cert, issuer in zip(chain, chain[1:], strict=False):
+        _signed_by(cert, issuer, what)
+    last = chain[-1]
+    root = next((r for r in roots if r == last), None)
+    if root is None:
+        root = next((r for r in roots if r.subject == last.issuer), None)
+        if root is None or last.issuer == last.subject:
+            raise VerificationError("root_not_trusted", f"{what}: chain ends at an untrusted root")
+        _signed_by(last, root, what)
+    for cert in (*chain, root):
+        name = cert.subject.rfc4514_string()
+        check_window(cert.not_valid_before_utc, cert.not_valid_after_utc, when, f"{what}: {name}")
+    return root
+
+
+def check_crl(
+    crl: x509.CertificateRevocationList,
+    issuer: x509.Certificate,
+    certs: Sequence[x509.Certificate],
+    when: datetime,
+    what: str,
+) -> None:
+    """Verify ``crl`` against ``issuer`` and its window; ``crl_revoked`` if a cert is listed."""
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+        raise VerificationError("collateral_invalid", f"{what}: CRL signature does not verify")
+    check_window(crl.last_update_utc, crl.next_update_utc, when, f"{what} CRL")
+    for cert in certs:
+        if cert.issuer != crl.issuer:
+            continue
+        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            name = cert.subject.rfc4514_string()
+            raise VerificationError("crl_revoked", f"{what}: {name} is revoked")

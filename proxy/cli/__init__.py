@@ -1,0 +1,57 @@
+"""The ``sealgate`` command line: one argparse tree, one module per command group.
+
+Each command module exposes ``register(subparsers)`` and sets ``func`` on its parsers; ``func``
+takes the parsed namespace and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# Command groups, in the order `sealgate --help` lists them. A module that is not present in this
+# build is skipped, so a partial install still gives a working CLI.
+_GROUPS = (
+    "serve",
+    "config",
+    "tenants",
+    "policy",
+    "audit",
+    "attest",
+    "client_proxy",
+    "evidence",
+    "users",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sealgate", description="Sealgate confidential LLM gateway")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _GROUPS:
+        try:
+            module = importlib.import_module(f"proxy.cli._{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"proxy.cli._{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""``sealgate tenants …`` and ``sealgate keys …``: tenant and API key administration."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from proxy.cli._common import add_config_arg
+
+    tenants = sub.add_parser("tenants", help="manage tenants")
+    tcmd = tenants.add_subparsers(dest="tenants_command", metavar="COMMAND", required=True)
+    create = tcmd.add_parser("create", help="create a tenant")
+    create.add_argument("name")
+    create.add_argument("--exist-ok", action="store_true", help="succeed if it already exists")
+    create.add_argument("--json", action="store_true")
+    listing = tcmd.add_parser("list", help="list tenants")
+    listing.add_argument("--json", action="store_true")
+    for parser in (create, listing):
+        add_config_arg(parser)
+    create.set_defaults(func=_tenant_create)
+    listing.set_defaults(func=_tenant_list)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    kcmd = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    kcreate = kcmd.add_parser("create", help="create a key (printed once, on its own line)")
+    kcreate.add_argument("--tenant", required=True)
+    klist = kcmd.add_parser("list", help="list keys (never the keys themselves)")
+    klist.add_argument("--tenant")
+    klist.add_argument("--json", action="store_true")
+    krevoke = kcmd.add_parser("revoke", help="revoke a key by id or prefix")
+    krevoke.add_argument("key")
+    for parser in (kcreate, klist, krevoke):
+        add_config_arg(parser)
+    kcreate.set_defaults(func=_key_create)
+    klist.set_defaults(func=_key_list)
+    krevoke.set_defaults(func=_key_revoke)
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from proxy.cli._common import load_settings
+    from proxy.tenants import TenantStore
+
+    settings = load_settings(args)
+    return TenantStore(settings.tenants_url)
+
+
+def _run(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
+    from proxy.cli._common import fail
+    from proxy.errors import SealgateError
+
+    store = _store(args)
+    try:
+        return action(store)
+    except SealgateError as exc:
+        return fail(str(exc))
+    finally:
+        store.close()
+
+
+def _tenant_create(args: argparse.Namespace) -> int:
+    from proxy.cli._common import print_json
+
+    def act(store) -> int:  # type: ignore[no-untyped-def]
+        tenant = store.create_tenant(args.name, exist_ok=args.exist_ok)
+        if args.json:
+            print_json({"id": tenant.id, "name": tenant.name, "pseudonym": tenant.pseudonym})
+        else:
+            print(f"tenant {tenant.name} ({tenant.id}, records as {tenant.pseudonym})")
+        return 0
+
+    return int(_run(args, act))
+
+
+def _tenant_list(args: argparse.Namespace) -> int:
+    from proxy.cli._common import print_json
+
+    def act(store) -> int:  # type: ignore[no-untyped-def]
+        tenants = store.tenants()
+        if args.json:
+            print_json([{"id": t.id, "name": t.name, "pseudonym": t.pseudonym} for t in tenants])
+        for t in [] if args.json else tenants:
+            print(f"{t.name:<24} {t.id:<22} {t.pseudonym}")
+        return 0
+
+    return int(_run(args, act))
+
+
+def _key_create(args: argparse.Namespace) -> int:
+    import sys
+
+    def act(store) -> int:  # type: ignore[no-untyped-def]
+        info, key = store.create_key(args.tenant)
+        print(f"created key {info.id} for tenant {info.tenant}; it is shown once:", file=sys.stderr)
+        print(key)
+        return 0
+
+    return int(_run(args, act))
+
+
+def _key_list(args: argparse.Namespace) -> int:
+    from proxy.cli._common import print_json
+
+    def act(store) -> int:  # type: ignore[no-untyped-def]
+        keys = store.keys(args.tenant)
+        rows = [{"id": k.id, "tenant": k.tenant, "prefix": k.prefix, "created_at": k.created_at,
+                 "revoked_at": k.revoked_at} for k in keys]
+        if args.json:
+            print_json(rows)
+        for r in [] if args.json else rows:
+            state = "revoked" if r["revoked_at"] else "active"
+            print(f"{r['id']:<22} {r['tenant']:<20} sg-{r['prefix']}-…  {state}")
+        return 0
+
+    return int(_run(args, act))
+
+
+def _key_revoke(args: argparse.Namespace) -> int:
+    def act(store) -> int:  # type: ignore[no-untyped-def]
+        info = store.revoke_key(args.key)
+        print(f"revoked {info.id} (tenant {info.tenant})")
+        return 0
+
+    return int(_run(args, act))

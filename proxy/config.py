@@ -1,0 +1,241 @@
+"""Typed, explicit configuration: one frozen settings object from TOML plus ``SEALGATE_*``.
+
+Precedence: built-in defaults < TOML file (``sealgate serve --config F``) < environment.
+Every field has a docstring; :meth:`Settings.redacted` is what ``sealgate config show`` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference import LlamaCppConfig, ModelRoute, OpenAIConfig, RetentionTier, VLLMConfig
+from proxy.errors import ConfigError
+
+__all__ = ["BackendSettings", "Settings"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_SECRET_WORDS = ("password", "secret", "token", "api_key")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    """One configured backend: its kind and the kind's own settings."""
+
+    kind: str
+    """``llamacpp``, ``openai`` or ``vllm``."""
+    options: LlamaCppConfig | OpenAIConfig | VLLMConfig
+    """Settings of that kind."""
+
+
+def _default_backends() -> dict[str, BackendSettings]:
+    return {"local": BackendSettings("llamacpp", LlamaCppConfig())}
+
+
+def _default_models() -> dict[str, ModelRoute]:
+    name = "SmolLM2-135M-Instruct"
+    return {name: ModelRoute(name, "local", RetentionTier.ATTESTED_ZERO)}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``sealgate serve`` needs; built by :meth:`load` / :meth:`from_env`."""
+
+    host: str = "127.0.0.1"
+    """Listen address (``SEALGATE_HOST``)."""
+    port: int = 8080
+    """Listen port (``SEALGATE_PORT``)."""
+    data_dir: Path = Path("var")
+    """State directory: tenant database, audit log, keys (``SEALGATE_DATA_DIR``)."""
+    allow_plaintext: bool = False
+    """Development only: serve content endpoints without the sealed channel; every decision
+    and record then says so (``SEALGATE_ALLOW_PLAINTEXT``)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (``SEALGATE_MAX_BODY_BYTES``)."""
+    deployment_mode: str = "development"
+    """``development`` or ``production``; production refuses simulated or debug enclaves
+    (``SEALGATE_DEPLOYMENT_MODE``)."""
+    region: str = "local"
+    """Region this deployment runs in, for data-residency rules (``SEALGATE_REGION``)."""
+    log_level: str = "info"
+    """Minimum log level (``SEALGATE_LOG_LEVEL``)."""
+    replay_window_s: int = 60
+    """Accepted clock skew of a sealed request's ``Date`` (``SEALGATE_REPLAY_WINDOW_S``)."""
+    policy_engine: str = "regopy"
+    """``regopy`` (embedded) or ``opa`` (server) (``SEALGATE_POLICY_ENGINE``)."""
+    policy_bundle: str = ""
+    """Policy bundle directory; empty means the bundle shipped in the package
+    (``SEALGATE_POLICY_BUNDLE``)."""
+    opa_url: str = "http://127.0.0.1:8181"
+    """OPA server for engine ``opa`` (``SEALGATE_OPA_URL``)."""
+    policy_timeout_ms: int = 250
+    """A decision slower than this fails closed (``SEALGATE_POLICY_TIMEOUT_MS``)."""
+    audit_url: str = ""
+    """Audit database URL; empty means SQLite under the data directory; PostgreSQL as
+    ``postgresql+psycopg://…`` (``SEALGATE_AUDIT_URL``)."""
+    checkpoint_every_n: int = 256
+    """Publish a checkpoint after this many new leaves (``SEALGATE_CHECKPOINT_EVERY_N``)."""
+    checkpoint_every_ms: int = 1000
+    """…or after this many milliseconds with new leaves (``SEALGATE_CHECKPOINT_EVERY_MS``)."""
+    evidence_provider: str = "simulated"
+    """``simulated``, ``configfs-tsm``, ``sev-guest`` or ``auto`` (``SEALGATE_EVIDENCE_PROVIDER``)."""
+    release_measurement: str = ""
+    """Measurement of this release as published in the release manifest
+    (``SEALGATE_RELEASE_MEASUREMENT``); the simulated provider reports it."""
+    session_secret: str = ""
+    """Dashboard session signing secret; empty means one generated and kept in the data
+    directory (``SEALGATE_SESSION_SECRET``)."""
+    backends: Mapping[str, BackendSettings] = field(default_factory=_default_backends)
+    """Configured backends by name (TOML ``[backends.NAME]``)."""
+    models: Mapping[str, ModelRoute] = field(default_factory=_default_models)
+    """Model routes by public name (TOML ``[models."NAME"]``)."""
+
+    # -- named constructors -------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Defaults, then the TOML file (if given), then ``SEALGATE_*`` variables."""
+        doc: dict[str, Any] = {}
+        if path is not None:
+            try:
+                doc = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        return cls._from_mapping(doc, os.environ if env is None else env)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Defaults plus ``SEALGATE_*`` variables; ``SEALGATE_CONFIG`` names a TOML file."""
+        env = os.environ if env is None else env
+        return cls.load(env.get("SEALGATE_CONFIG") or None, env)
+
+    @classmethod
+    def _from_mapping(cls, doc: dict[str, Any], env: Mapping[str, str]) -> Settings:
+        doc = dict(doc)
+        backends = _parse_backends(doc.pop("backends", None))
+        models = _parse_models(doc.pop("models", None))
+        simple = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("backends", "models")}
+        unknown = set(doc) - set(simple)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, f in simple.items():
+            raw = env.get(f"SEALGATE_{name.upper()}")
+            if raw is not None:
+                values[name] = _coerce(name, f.default, raw)
+            elif name in doc:
+                values[name] = _coerce(name, f.default, doc[name])
+        settings = cls(**values, **({"backends": backends} if backends else {}),
+                       **({"models": models} if models else {}))
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.deployment_mode not in ("development", "production"):
+            raise ConfigError("deployment_mode must be 'development' or 'production'")
+        if self.policy_engine not in ("regopy", "opa"):
+            raise ConfigError("policy_engine must be 'regopy' or 'opa'")
+        if not 0 < self.port < 65536:
+            raise ConfigError("port must be between 1 and 65535")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes must be at least 1024")
+        for route in self.models.values():
+            if route.backend not in self.backends:
+                raise ConfigError(f"model {route.name!r} names unknown backend {route.backend!r}")
+
+    # -- derived values -----------------------------------------------------------------------
+    @property
+    def tenants_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'sealgate.db'}"
+
+    @property
+    def audit_db_url(self) -> str:
+        return self.audit_url or f"sqlite:///{self.data_dir / 'audit.db'}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets and URL credentials masked."""
+        return _mask(_plain(self))
+
+
+def _coerce(name: str, default: Any, raw: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, Path):
+            return Path(str(raw))
+        return str(raw)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for {name}: {raw!r}") from exc
+
+
+_KINDS: dict[str, type[Any]] = {"llamacpp": LlamaCppConfig, "openai": OpenAIConfig, "vllm": VLLMConfig}
+
+
+def _parse_backends(table: Any) -> dict[str, BackendSettings]:
+    result: dict[str, BackendSettings] = {}
+    for name, body in (table or {}).items():
+        body = dict(body)
+        kind = body.pop("type", None)
+        if kind not in _KINDS:
+            raise ConfigError(f"backend {name!r}: type must be one of {', '.join(_KINDS)}")
+        try:
+            if "extra_args" in body:
+                body["extra_args"] = tuple(body["extra_args"])
+            options = _KINDS[kind](**body)
+        except TypeError as exc:
+            raise ConfigError(f"backend {name!r}: {exc}") from exc
+        result[name] = BackendSettings(kind, options)
+    return result
+
+
+def _parse_models(table: Any) -> dict[str, ModelRoute]:
+    result: dict[str, ModelRoute] = {}
+    for name, body in (table or {}).items():
+        try:
+            tier = RetentionTier(body.get("retention_tier", "attested-zero"))
+            result[name] = ModelRoute(name, body["backend"], tier, body.get("upstream_model"),
+                                      body.get("owned_by", "sealgate"))
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"model {name!r}: {exc}") from exc
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    if isinstance(value, str) and value:
+        if any(word in key.lower() for word in _SECRET_WORDS) and not key.endswith("_env"):
+            return "********"
+        if "://" in value and "@" in value.split("://", 1)[1]:
+            scheme, rest = value.split("://", 1)
+            return f"{scheme}://********@{rest.split('@', 1)[1]}"
+    return value

@@ -1,0 +1,125 @@
+"""The request pipeline every content endpoint goes through, in the order DESIGN.md fixes.
+
+channel check → authenticate (key in the *inner* request) → route → policy decision →
+durable intent record → backend → completion record. Each step fails closed: an error stops the
+request before anything is forwarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+from litestar import Request
+
+from inference import ModelRoute
+from proxy.errors import SealedChannelRequired
+from proxy.tenants import Tenant
+
+__all__ = ["Admission", "CallContext", "Outcome", "ResponseCommitment", "sealed_marker"]
+
+_log = structlog.get_logger("sealgate.request")
+Channel = Literal["sealed", "plaintext"]
+
+
+def sealed_marker(scope: Mapping[str, Any]) -> Any:
+    """The sealed-channel marker the OHTTP gateway puts on inner requests, or None.
+
+    Only the gateway builds scopes with it (from scratch, in-process); a request that arrived on
+    a socket never has it.
+    """
+    extensions = scope.get("extensions") or {}
+    return extensions.get("sealgate")
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What the pipeline knows about one request. Never holds content."""
+
+    request_id: str
+    endpoint: str
+    method: str
+    channel: Channel
+    commitment_key: bytes | None
+    started: float = field(default_factory=time.perf_counter)
+    tenant: Tenant | None = None
+    route: ModelRoute | None = None
+    request_commitment: str | None = None
+
+    @classmethod
+    def begin(cls, request: Request[Any, Any, Any], *, allow_plaintext: bool) -> CallContext:
+        marker = sealed_marker(request.scope)
+        if marker is None and not allow_plaintext:
+            raise SealedChannelRequired(
+                "this endpoint carries content and is served only through the sealed "
+                "channel (Oblivious HTTP at /.well-known/ohttp-gateway)")
+        return cls(
+            request_id="req_" + secrets.token_hex(12),
+            endpoint=request.url.path,
+            method=request.method,
+            channel="sealed" if marker is not None else "plaintext",
+            commitment_key=getattr(marker, "commitment_key", None),
+        )
+
+    def commit_request(self, body: bytes) -> None:
+        if self.commitment_key is not None:
+            self.request_commitment = _commit(self.commitment_key, body)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+
+def _commit(key: bytes, data: bytes) -> str:
+    return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+class ResponseCommitment:
+    """HMAC over exactly the response bytes sent, fed as they go out (streaming included)."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256) if key is not None else None
+
+    def update(self, data: bytes) -> bytes:
+        if self._mac is not None:
+            self._mac.update(data)
+        return data
+
+    def value(self) -> str | None:
+        return None if self._mac is None else "hmac-sha256:" + self._mac.hexdigest()
+
+
+@dataclass(slots=True)
+class Admission:
+    """The pipeline's go-ahead: obligations to apply and the intent receipt to return."""
+
+    obligations: Mapping[str, Any] = field(default_factory=dict)
+    decision: Mapping[str, Any] | None = None
+    receipt: str | None = None
+    intent_id: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a forwarded request ended, for the completion record and the log line."""
+
+    status: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    response_commitment: str | None = None
+    aborted: str | None = None
+    ttft_ms: float | None = None
+
+    def log(self, ctx: CallContext) -> None:
+        _log.info("request", request_id=ctx.request_id, endpoint=ctx.endpoint,
+                  tenant=ctx.tenant.pseudonym if ctx.tenant else None,
+                  model=ctx.route.name if ctx.route else None, channel=ctx.channel,
+                  status=self.status, latency_ms=round(ctx.elapsed_ms(), 3),
+                  ttft_ms=None if self.ttft_ms is None else round(self.ttft_ms, 3),
+                  prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                  reason=self.aborted)

@@ -1,0 +1,198 @@
+"""Security shape of the rendered chart: pod hardening, resources, secrets, network policy."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import Any
+
+from tests.helm.conftest import Rendered
+
+# A URL carrying credentials (scheme://user:secret@host) or a secret-looking name/value pair.
+CREDENTIAL_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
+SECRET_WORD = re.compile(r"passw(or)?d|secret|api[_-]?key|token", re.IGNORECASE)
+
+
+def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def test_pods_run_non_root_with_runtime_default_seccomp(each_render: Rendered) -> None:
+    for where, spec in each_render.pod_specs():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, where
+        assert pod["runAsUser"] > 0, where
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        # Service links would inject SEALGATE_* variables that shadow the config overrides.
+        assert spec["enableServiceLinks"] is False, where
+
+
+def test_containers_are_locked_down(each_render: Rendered) -> None:
+    for where, spec in each_render.pod_specs():
+        for container in _containers(spec):
+            ctx = container["securityContext"]
+            name = f"{where}/{container['name']}"
+            assert ctx["runAsNonRoot"] is True, name
+            assert ctx["readOnlyRootFilesystem"] is True, name
+            assert ctx["allowPrivilegeEscalation"] is False, name
+            assert ctx["privileged"] is False, name
+            assert ctx["capabilities"] == {"drop": ["ALL"]}, name
+            assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, name
+
+
+def test_every_container_has_requests_and_limits(each_render: Rendered) -> None:
+    for where, spec in each_render.pod_specs():
+        for container in _containers(spec):
+            resources = container["resources"]
+            name = f"{where}/{container['name']}"
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= resources[kind].keys(), name
+
+
+def test_vllm_gets_cc_gpus(each_render: Rendered) -> None:
+    spec = each_render.get("Deployment", "sealgate-vllm")["spec"]["template"]["spec"]
+    (vllm,) = spec["containers"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert spec["nodeSelector"]["nvidia.com/cc.mode"] == "on"
+    args = vllm["args"]
+    assert args[0] == "serve"
+    assert "--disable-log-requests" in args or "--no-enable-log-requests" in args
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    assert args[args.index("--port") + 1] == "8000"
+    assert "--tensor-parallel-size" in args
+    env = {e["name"]: e["value"] for e in vllm["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_proxy_uses_opa_sidecar_on_loopback(each_render: Rendered) -> None:
+    spec = each_render.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    opa = containers["opa"]
+    assert opa["image"].startswith("openpolicyagent/opa")
+    assert opa["args"][:4] == ["run", "--server", "--addr", "127.0.0.1:8181"]
+    assert opa["args"][-1] == "/policy"
+    env = {e["name"]: e.get("value") for e in containers["proxy"]["env"]}
+    assert env["SEALGATE_POLICY_ENGINE"] == "opa"
+    assert env["SEALGATE_OPA_URL"] == "http://127.0.0.1:8181"
+    assert containers["proxy"]["args"] == [
+        "serve", "--config", "/etc/sealgate/sealgate.toml", "--host", "0.0.0.0", "--port", "8080",
+    ]
+
+
+def test_model_routes_point_at_vllm(each_render: Rendered) -> None:
+    config = each_render.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"]
+    models = tomllib.loads(config)["models"]
+    (route,) = models.values()
+    assert route == {
+        "backend": "openai",
+        "url": "http://sealgate-vllm:8000/v1",
+        "retention_tier": "attested-zero",
+    }
+
+
+def test_no_plaintext_secrets_in_configmaps_or_env(each_render: Rendered) -> None:
+    for cm in each_render.of_kind("ConfigMap"):
+        for key, text in cm.get("data", {}).items():
+            assert not CREDENTIAL_URL.search(text), f"ConfigMap {cm['metadata']['name']}/{key}"
+    for where, spec in each_render.pod_specs():
+        for container in _containers(spec):
+            for var in container.get("env", []):
+                value = var.get("value", "")
+                assert not CREDENTIAL_URL.search(value), f"{where}: {var['name']}"
+                assert not SECRET_WORD.search(var["name"]) or "valueFrom" in var, var["name"]
+
+
+def test_audit_url_comes_from_a_secret(production_render: Rendered) -> None:
+    spec = production_render.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    proxy = next(c for c in spec["containers"] if c["name"] == "proxy")
+    (audit,) = [e for e in proxy["env"] if e["name"] == "SEALGATE_AUDIT_URL"]
+    assert "value" not in audit
+    assert audit["valueFrom"] == {"secretKeyRef": {"name": "sealgate-audit-db", "key": "url"}}
+
+
+def test_production_runs_in_kata_without_the_host_tsm(production_render: Rendered) -> None:
+    spec = production_render.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    assert spec["runtimeClassName"] == "kata-cc"
+    # Under Kata the pod VM's own kernel provides configfs-tsm; the host's must not leak in.
+    assert all("hostPath" not in v for v in spec["volumes"])
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["SEALGATE_EVIDENCE_PROVIDER"] == "configfs-tsm"
+    assert env["SEALGATE_DEPLOYMENT_MODE"] == "production"
+
+
+def test_default_mounts_host_tsm_without_kata(default_render: Rendered) -> None:
+    spec = default_render.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in spec
+    (tsm,) = [v for v in spec["volumes"] if "hostPath" in v]
+    assert tsm["hostPath"] == {"path": "/sys/kernel/config/tsm", "type": "Directory"}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts[tsm["name"]]["mountPath"] == "/sys/kernel/config/tsm"
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    assert mounts["data"]["mountPath"] == "/var/lib/sealgate"
+
+
+def _proxy_env(rendered: Rendered) -> dict[str, Any]:
+    spec = rendered.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    proxy = next(c for c in spec["containers"] if c["name"] == "proxy")
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in proxy["env"]}
+
+
+def _policy(rendered: Rendered, name: str) -> dict[str, Any]:
+    return rendered.get("NetworkPolicy", name)["spec"]
+
+
+def _selected_component(policy: dict[str, Any]) -> str:
+    return str(policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"])
+
+
+def test_vllm_has_no_egress_and_only_proxy_ingress(each_render: Rendered) -> None:
+    policy = _policy(each_render, "sealgate-vllm")
+    assert _selected_component(policy) == "vllm"
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy["egress"] == []
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "proxy"
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+
+
+def test_default_deny_covers_proxy_and_vllm(each_render: Rendered) -> None:
+    policy = _policy(each_render, "sealgate-default-deny")
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in policy and "egress" not in policy
+    (expr,) = policy["podSelector"]["matchExpressions"]
+    assert expr["operator"] == "In" and set(expr["values"]) == {"proxy", "vllm"}
+
+
+def test_proxy_egress_is_vllm_dns_and_database_only(each_render: Rendered) -> None:
+    policy = _policy(each_render, "sealgate-proxy")
+    assert _selected_component(policy) == "proxy"
+    ports = sorted((p["port"], p["protocol"]) for r in policy["egress"] for p in r["ports"])
+    database = [(5432, "TCP")] if _proxy_env(each_render).get("SEALGATE_AUDIT_URL") else []
+    assert ports == sorted([(53, "TCP"), (53, "UDP"), (8000, "TCP"), *database])
+    for rule in policy["egress"]:
+        assert rule.get("to"), "every proxy egress rule names its destination"
+
+
+def test_production_ingress_is_restricted_but_admits_the_test_hook(
+    production_render: Rendered,
+) -> None:
+    (rule,) = _policy(production_render, "sealgate-proxy")["ingress"]
+    components = [
+        p["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
+        for p in rule["from"]
+        if "podSelector" in p
+    ]
+    assert components == ["test"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+def test_helm_test_hook_fetches_the_identity_document(each_render: Rendered) -> None:
+    (pod,) = each_render.of_kind("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["image"].startswith("curlimages/curl:")
+    assert "--fail" in container["args"]
+    assert container["args"][-1] == "http://sealgate:8080/.well-known/sealgate/identity"
+    assert pod["spec"]["restartPolicy"] == "Never"

@@ -1,0 +1,133 @@
+"""RFC 9292 §5 examples, byte for byte, plus malformed inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.ohttp import (
+    BHTTPRequest,
+    BHTTPResponse,
+    InformationalResponse,
+    OHTTPError,
+    ResponseDecoder,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
+from tests.ohttp._vectors import fields, h, ohttp_vector
+
+EXAMPLES = "rfc9292-bhttp-examples.json"
+
+
+def _example(name: str) -> Any:
+    return next(e for e in ohttp_vector(EXAMPLES)["examples"] if e["name"] == name)
+
+
+def _request_from(decoded: Any) -> BHTTPRequest:
+    return BHTTPRequest(
+        decoded["method"].encode(),
+        decoded["scheme"].encode(),
+        decoded["authority"].encode(),
+        decoded["path"].encode(),
+        fields(decoded["header_fields"]),
+        decoded["content"].encode(),
+        fields(decoded["trailer_fields"]),
+    )
+
+
+def _response_from(decoded: Any) -> BHTTPResponse:
+    info = tuple(
+        InformationalResponse(i["status"], fields(i["fields"])) for i in decoded["informational"]
+    )
+    return BHTTPResponse(
+        decoded["status"],
+        fields(decoded["header_fields"]),
+        decoded["content"].encode(),
+        fields(decoded["trailer_fields"]),
+        info,
+    )
+
+
+@pytest.mark.parametrize("name", ["request_known_length", "request_indeterminate_length"])
+def test_request_example(name: str) -> None:
+    example = _example(name)
+    decoded = example["decoded"]
+    request = _request_from(decoded)
+    assert decode_request(h(example["hex"])) == request
+    encoded = encode_request(
+        request,
+        indeterminate=decoded["framing_indicator"] == 2,
+        padding=decoded["trailing_padding_bytes"],
+    )
+    assert encoded == h(example["hex"])
+
+
+@pytest.mark.parametrize(
+    "name", ["response_indeterminate_length_with_informational", "response_known_length_chunked_example"]
+)
+def test_response_example(name: str) -> None:
+    example = _example(name)
+    decoded = example["decoded"]
+    response = _response_from(decoded)
+    assert decode_response(h(example["hex"])) == response
+    encoded = encode_response(response, indeterminate=decoded["framing_indicator"] == 3)
+    assert encoded == h(example["hex"])
+
+
+@pytest.mark.parametrize(
+    "name", ["response_indeterminate_length_with_informational", "response_known_length_chunked_example"]
+)
+def test_response_example_byte_at_a_time(name: str) -> None:
+    data = h(_example(name)["hex"])
+    decoder = ResponseDecoder()
+    events = [event for i in range(len(data)) for event in decoder.feed(data[i : i + 1])]
+    events += decoder.close()
+    kinds = [e.kind for e in events]
+    assert kinds[-1] == "end" and kinds.count("head") == 1
+    body = b"".join(e.data for e in events if e.kind == "body")
+    assert body == _example(name)["decoded"]["content"].encode()
+
+
+def test_truncated_known_length_request_is_allowed_rfc9292_3_8() -> None:
+    full = h(_example("request_known_length")["hex"])
+    assert decode_request(full[:-2]) == decode_request(full)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\x01", id="response-framing-as-request"),
+        pytest.param(b"\x04", id="unknown-framing"),
+        pytest.param(b"\x00\x03GE", id="truncated-control-data"),
+        pytest.param(b"\x00\x00\x00\x00\x00\x05\x01a", id="section-overrun"),
+        pytest.param(b"\x00\x00\x00\x00\x00\x00\x00\x00\x01", id="non-zero-padding"),
+    ],
+)
+def test_malformed_request(data: bytes) -> None:
+    with pytest.raises(OHTTPError) as err:
+        decode_request(data)
+    assert err.value.code == "bhttp_malformed"
+    assert str(err.value).startswith("bhttp_malformed: ")
+    assert err.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\x01\x40", id="truncated-status"),
+        pytest.param(b"\x01\x40\x63\x00", id="status-99"),
+        pytest.param(b"\x01\x42\x58\x00", id="status-600"),
+        pytest.param(b"\x01\x40\x64\x00", id="only-informational"),
+        pytest.param(b"\x01\x40\xc8\x00\x05ab", id="truncated-content"),
+        pytest.param(b"\x03\x40\xc8\x00\x02ab", id="truncated-indeterminate-content"),
+    ],
+)
+def test_malformed_response(data: bytes) -> None:
+    with pytest.raises(OHTTPError) as err:
+        decode_response(data)
+    assert err.value.code == "bhttp_malformed"
