@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
-import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -16,6 +16,7 @@ from ._errors import VerificationError
 __all__ = ["PAYLOAD_TYPE", "open_envelope", "pae", "seal_envelope"]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
+_KEYID = re.compile(r"^[0-9a-f]{1,64}$")
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -27,12 +28,17 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 def seal_envelope(payload: bytes, key: Ed25519PrivateKey, keyid: str) -> tuple[bytes, bytes]:
     """Sign ``payload``; returns (canonical envelope bytes, raw signature)."""
     sig = key.sign(pae(PAYLOAD_TYPE, payload))
-    envelope = {
-        "payload": base64.b64encode(payload).decode(),
-        "payloadType": PAYLOAD_TYPE,
-        "signatures": [{"keyid": keyid, "sig": base64.b64encode(sig).decode()}],
-    }
-    return rfc8785.dumps(envelope), sig
+    if not _KEYID.match(keyid):
+        raise ValueError("DSSE keyid must be lowercase hex")
+    # RFC 8785 output for this fixed shape: keys in code-unit order, and every value is
+    # base64 or hex or the constant type, none of which JSON escapes. A test pins the
+    # equality with rfc8785.dumps.
+    envelope = (
+        f'{{"payload":"{base64.b64encode(payload).decode()}",'
+        f'"payloadType":"{PAYLOAD_TYPE}",'
+        f'"signatures":[{{"keyid":"{keyid}","sig":"{base64.b64encode(sig).decode()}"}}]}}'
+    )
+    return envelope.encode(), sig
 
 
 def _decode(envelope: bytes) -> tuple[bytes, list[Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -14,9 +15,11 @@ from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import Record
 from ._store import LogStore
-from ._writer import LogIdentity, LogWriter, Pending
+from ._writer import LogIdentity, LogWriter, Pending, Sealed, seal
 
 __all__ = ["AuditLog"]
+
+_RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class AuditLog:
@@ -82,17 +85,20 @@ class AuditLog:
     def store(self) -> LogStore:
         return self._store
 
-    def _submit(self, record: Record | None = None, control: str | None = None) -> Any:
+    def _submit(self, sealed: Sealed | None = None, control: str | None = None) -> Any:
         if self._closed:
             raise AuditUnavailable("audit log is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._writer.submit(Pending(future, loop, record, control))
+        self._writer.submit(Pending(future, loop, sealed, control))
         return future
 
     async def append(self, record: Record) -> Receipt:
-        """Sign and store ``record``; returns once it is committed (durable)."""
-        receipt: Receipt = await self._submit(record=record)
+        """Sign and store ``record``; returns once it is committed (durable).
+
+        Raises ``AuditUnavailable`` when the store cannot commit it: do not forward then.
+        """
+        receipt: Receipt = await self._submit(sealed=seal(record, self._writer.ident))
         return receipt
 
     async def publish(self) -> SignedCheckpoint:
@@ -109,6 +115,8 @@ class AuditLog:
 
     async def get_record(self, record_id: str, tenant: str | None = None) -> bytes:
         """The stored DSSE envelope; with ``tenant``, only that tenant pseudonym's records."""
+        if not _RECORD_ID.match(record_id):
+            raise RecordNotFound("no such record")
         row = await asyncio.to_thread(self._store.get_record, record_id)
         if row is None or (tenant is not None and row.tenant != tenant):
             raise RecordNotFound("no such record")

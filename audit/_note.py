@@ -2,7 +2,8 @@
 
 A note is UTF-8 text ending in a newline, a blank line, then signature lines
 ``— <name> base64(keyid(4) || signature)``. The key id is the first 4 bytes of
-SHA-256(name || 0x0A || 0x01 || pubkey) and a verifier key is ``name+hex(keyid)+base64(0x01 || pubkey)``.
+SHA-256(name || 0x0A || 0x01 || pubkey); a verifier key is
+``name+hex(keyid)+base64(0x01 || pubkey)``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class NoteVerifier:
     @classmethod
     def parse(cls, vkey: str) -> NoteVerifier:
         try:
-            name, hexid, b64 = vkey.split("+")
+            name, hexid, b64 = vkey.split("+", 2)
             raw = base64.b64decode(b64, validate=True)
             kid = bytes.fromhex(hexid)
         except (ValueError, binascii.Error) as exc:

@@ -27,7 +27,10 @@ class Receipt:
 
     def to_header(self) -> str:
         """``id=<hex32>; leaf=<n>; log=<hex8>; sig=<base64>``."""
-        return f"id={self.record_id}; leaf={self.leaf_index}; log={self.log_id}; sig={self.signature}"
+        return (
+            f"id={self.record_id}; leaf={self.leaf_index}; "
+            f"log={self.log_id}; sig={self.signature}"
+        )
 
     @classmethod
     def parse(cls, header: str) -> Receipt:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
-
-import rfc8785
 
 from ._errors import InvalidRecord
 
@@ -70,10 +68,12 @@ def _int(lo: int, hi: int) -> Callable[[object], object]:
 
 
 def _latency(value: object) -> object:
-    ok = type(value) in (int, float) and math.isfinite(value) and 0 <= value <= 1e9  # type: ignore[arg-type]
-    if not ok:
+    if type(value) not in (int, float) or not 0 <= float(value) <= 1e9:  # type: ignore[arg-type]
         raise InvalidRecord("latency must be a finite non-negative number of milliseconds")
-    return round(float(value), 3)  # type: ignore[arg-type]
+    ms = round(float(value), 3)  # type: ignore[arg-type]
+    # Integral values are kept as int so that every number serialises identically under
+    # RFC 8785 (ES6 Number.toString) and Python's json (see Record.canonical).
+    return int(ms) if ms.is_integer() else ms
 
 
 def _bool(value: object) -> object:
@@ -161,8 +161,16 @@ class Record:
         }
 
     def canonical(self) -> bytes:
-        """RFC 8785 canonical JSON of the statement: the bytes that get signed."""
-        return rfc8785.dumps(self.statement())
+        """RFC 8785 canonical JSON of the statement: the bytes that get signed.
+
+        The closed schema admits only ASCII strings that JSON never escapes, integers within
+        ±2**53, booleans and non-integral floats in [0.001, 1e9], so sorted keys with minimal
+        separators *is* RFC 8785 (§3.2.2 numbers, §3.2.3 key order) and is several times faster
+        than the general ``rfc8785`` encoder; a property test pins the two together.
+        """
+        return json.dumps(
+            self.statement(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
 
 
 class RecordBuilder:

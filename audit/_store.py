@@ -174,7 +174,7 @@ class LogStore:
         size: int,
         checkpoint: tuple[bytes, str, int] | None,
     ) -> None:
-        """Persist new complete nodes, the integrated size and optionally a checkpoint, atomically."""
+        """Persist new complete nodes, the integrated size and a checkpoint in one transaction."""
         with _translated("integrate leaves"), self._begin() as conn:
             if nodes:
                 rows = [{"log_id": log_id, "node_id": n, "hash": h} for n, h in nodes]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +111,7 @@ class _LogCheck:
                 raise VerificationError(f"checkpoint {cp.size} does not match the records")
         reader = TreeReader(self.store, self.log_id)
         chain = ([trusted] if trusted is not None else []) + self.checkpoints
-        for old, new in zip(chain, chain[1:], strict=False):
+        for old, new in itertools.pairwise(chain):
             if 0 < old.size <= new.size:
                 proof = reader.consistency(old.size, new.size, self.integrated)
                 verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof.hashes)

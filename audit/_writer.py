@@ -1,7 +1,8 @@
 """The single writer of one log: group commit of records, then Merkle integration off the hot path.
 
-Appends are queued by the event loop and committed by this thread in batches, one transaction
-per batch; futures resolve only after the commit. Leaves are integrated (interior nodes,
+Records are signed by the appending coroutine (CPU only; that overlaps with the writer's fsync,
+during which the GIL is released), queued, and committed by this thread in batches, one
+transaction per batch; futures resolve only after the commit. Leaves are integrated (interior nodes,
 integrated size and a signed checkpoint, in one transaction) every N leaves or T milliseconds.
 """
 
@@ -13,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ from ._receipt import Receipt
 from ._record import Record
 from ._store import LogStore
 
-__all__ = ["LogIdentity", "LogWriter", "Pending"]
+__all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
 
 MAX_BATCH = 2048
 RECOVERY_CHUNK = 10_000  # records per transaction when catching up
@@ -42,21 +43,46 @@ class LogIdentity:
     key: Ed25519PrivateKey
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """A signed record ready to store; only its leaf index is assigned by the writer."""
+
+    row: dict[str, Any]
+    leaf: bytes
+    record_id: str
+    signature: str
+    log_id: str
+
+    def receipt(self, index: int) -> Receipt:
+        return Receipt(self.record_id, index, self.signature, self.log_id)
+
+
+def seal(record: Record, ident: LogIdentity) -> Sealed:
+    """Sign a record into its DSSE envelope and its table row (CPU only, no I/O)."""
+    try:
+        envelope, sig = seal_envelope(record.canonical(), ident.key, ident.log_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRecord("record cannot be encoded") from exc
+    record_id = uuid.uuid4().hex
+    f = record.fields
+    row = {
+        "log_id": ident.log_id, "record_id": record_id, "envelope": envelope,
+        "kind": f["kind"], "tenant": f["tenant"], "request_id": f["request_id"],
+        "time_us": _time_us(f["time"]), "decision": f["decision"], "channel": f["channel"],
+        "endpoint": f["endpoint"], "model": f.get("model"), "status": f.get("status"),
+    }  # fmt: skip
+    signature = base64.b64encode(sig).decode()
+    return Sealed(row, leaf_hash(envelope), record_id, signature, ident.log_id)
+
+
 @dataclass
 class Pending:
-    """A queued append (``record`` set) or a control message (``stop``/``publish``)."""
+    """A queued append (``sealed`` set) or a control message (``stop``/``publish``)."""
 
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
-    record: Record | None = None
+    sealed: Sealed | None = None
     control: str | None = None
-
-
-@dataclass
-class _Batch:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    leaves: list[bytes] = field(default_factory=list)
-    done: list[tuple[Pending, Any]] = field(default_factory=list)
 
 
 def _time_us(value: str) -> int:
@@ -171,43 +197,24 @@ class LogWriter:
                 self.reload = True
                 self.last_publish = time.monotonic()
 
-    # -- group commit --------------------------------------------------------------------------
-    def _seal(self, pending: Pending, index: int, batch: _Batch) -> None:
-        record = pending.record
-        assert record is not None
-        try:
-            envelope, sig = seal_envelope(record.canonical(), self.ident.key, self.ident.log_id)
-        except (ValueError, TypeError) as exc:
-            batch.done.append((pending, InvalidRecord(f"record cannot be encoded ({exc})")))
-            return
-        record_id = uuid.uuid4().hex
-        f = record.fields
-        batch.rows.append({
-            "log_id": self.ident.log_id, "leaf_index": index, "record_id": record_id,
-            "envelope": envelope, "kind": f["kind"], "tenant": f["tenant"],
-            "request_id": f["request_id"], "time_us": _time_us(f["time"]),
-            "decision": f["decision"], "channel": f["channel"], "endpoint": f["endpoint"],
-            "model": f.get("model"), "status": f.get("status"),
-        })  # fmt: skip
-        batch.leaves.append(leaf_hash(envelope))
-        receipt = Receipt(record_id, index, base64.b64encode(sig).decode(), self.ident.log_id)
-        batch.done.append((pending, receipt))
-
+    # -- group commit ------------------------------------------------------------------------
     def _write(self, items: list[Pending]) -> None:
-        batch = _Batch()
-        for pending in items:
-            self._seal(pending, self.next_index + len(batch.rows), batch)
+        rows = []
+        for offset, pending in enumerate(items):
+            assert pending.sealed is not None
+            pending.sealed.row["leaf_index"] = self.next_index + offset
+            rows.append(pending.sealed.row)
         try:
-            if batch.rows:
-                self.store.insert_records(batch.rows)
+            self.store.insert_records(rows)
         except AuditUnavailable as exc:
-            _resolve([(p, exc) for p, _ in batch.done])
+            _resolve([(p, exc) for p in items])
             self._resync()
             return
-        self.next_index += len(batch.rows)
+        done = [(p, p.sealed.receipt(self.next_index + i)) for i, p in enumerate(items) if p.sealed]
+        self.next_index += len(rows)
         if not self.reload:
-            self.pending.extend(batch.leaves)
-        _resolve(batch.done)
+            self.pending.extend(p.sealed.leaf for p in items if p.sealed)
+        _resolve(done)
 
     def _resync(self) -> None:
         """After a failed commit the database is the truth (a commit may have landed)."""

@@ -1,1 +1,34 @@
-"""policy package."""
+"""Sealgate policy: Rego rules that forbid retention and training use, and their engines.
+
+``PolicyEngine.decide(PolicyInput) -> Decision``; engines are ``RegopyEngine`` (embedded,
+default) and ``OPAEngine`` (an OPA server). See docs/policy.md.
+"""
+
+from ._bundle import PolicyBundle, load_bundle
+from ._decision import Decision, Denial
+from ._engine import PolicyEngine
+from ._errors import PolicyBundleError, PolicyError, PolicyInputError, PolicyUnavailable
+from ._input import PolicyInput, RequestParams
+from ._opa import OPAEngine
+from ._rego_tests import RegoTestResult, run_rego_tests
+from ._regopy import RegopyEngine
+from ._watch import BundleWatcher
+
+__all__ = [
+    "BundleWatcher",
+    "Decision",
+    "Denial",
+    "OPAEngine",
+    "PolicyBundle",
+    "PolicyBundleError",
+    "PolicyEngine",
+    "PolicyError",
+    "PolicyInput",
+    "PolicyInputError",
+    "PolicyUnavailable",
+    "RegoTestResult",
+    "RegopyEngine",
+    "RequestParams",
+    "load_bundle",
+    "run_rego_tests",
+]

@@ -2,23 +2,26 @@
 # denied with their own rule ids so audit records say why.
 package sealgate.authz
 
-# Stateless inference endpoints the gateway serves.
-allowed_endpoints := {
-	["POST", "/v1/chat/completions"],
-	["POST", "/v1/completions"],
-	["POST", "/v1/embeddings"],
-	["POST", "/v1/responses"],
-	["GET", "/v1/models"],
+# Stateless inference endpoints the gateway serves: the content endpoints below, and the
+# model list.
+endpoint_allowed if forwards_content
+
+endpoint_allowed if {
+	input.endpoint.method == "GET"
+	input.endpoint.path == "/v1/models"
 }
 
-endpoint_allowed if [input.endpoint.method, input.endpoint.path] in allowed_endpoints
-
 # Endpoints that send request content to a model backend; retention and tenant rules apply.
-forwards_content if [input.endpoint.method, input.endpoint.path] in {
-	["POST", "/v1/chat/completions"],
-	["POST", "/v1/completions"],
-	["POST", "/v1/embeddings"],
-	["POST", "/v1/responses"],
+content_endpoints := {
+	"/v1/chat/completions": true,
+	"/v1/completions": true,
+	"/v1/embeddings": true,
+	"/v1/responses": true,
+}
+
+forwards_content if {
+	input.endpoint.method == "POST"
+	content_endpoints[input.endpoint.path]
 }
 
 # GET /v1/models/{model}: one path segment below /v1/models.

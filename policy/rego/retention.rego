@@ -6,14 +6,15 @@ package sealgate.authz
 # zero-retention contract) when the tenant's contract sets `allow_contractual_zero: true`.
 # Tier `none` is never allowed, whatever a contract says. Requests that send no content to a
 # backend (e.g. GET /v1/models) have no retention to check.
-allowed_tiers contains "attested-zero"
-
-allowed_tiers contains "contractual-zero" if contract.allow_contractual_zero == true
+retention_ok if {
+	forwards_content
+	input.backend.retention_tier == "attested-zero"
+}
 
 retention_ok if {
 	forwards_content
-	input.backend.retention_tier != "none"
-	input.backend.retention_tier in allowed_tiers
+	input.backend.retention_tier == "contractual-zero"
+	contract.allow_contractual_zero == true
 }
 
 retention_ok if {
@@ -41,7 +42,9 @@ store_defaults_on if {
 	input.request.store == null
 }
 
-store_ok if input.request.store in {false, null}
+store_ok if input.request.store == false
+
+store_ok if input.request.store == null
 
 store_ok if store_rewritten
 
@@ -60,13 +63,13 @@ store_obligation := {"set_params": {"store": false}} if store_defaults_on
 deny contains {
 	"rule": "SG-STORE-002",
 	"message": "previous_response_id needs server-side state and is not allowed",
-} if input.request.previous_response_id == true
+} if not input.request.previous_response_id == false
 
 # SG-STORE-003: conversation objects are state kept on the server.
 deny contains {
 	"rule": "SG-STORE-003",
 	"message": "conversation objects are server-side state and are not allowed",
-} if input.request.conversation == true
+} if not input.request.conversation == false
 
 # SG-STORE-004: request metadata whose keys mark it for distillation, evals or training. Keys
 # are matched case-insensitively on substrings, so `distill_set` or `EvalRun` are caught;

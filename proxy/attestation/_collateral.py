@@ -42,7 +42,7 @@ class Collateral:
         fields: dict[str, list[bytes]] = {k: [] for k in ("certs", "tcb", "qe", "sign", "crl",
                                                           "crlchain", "root")}
         for file in sorted(Path(path).iterdir()):
-            kind = _classify(file.name.lower())
+            kind = _classify(file.name.lower(), file)
             if kind is not None:
                 fields[kind].append(file.read_bytes())
         return cls(
@@ -56,7 +56,11 @@ class Collateral:
         )
 
 
-def _classify(name: str) -> str | None:
+def _is_pem_text(path: Path) -> bool:
+    return path.suffix == ".txt" and b"-----BEGIN CERTIFICATE-----" in path.read_bytes()
+
+
+def _classify(name: str, path: Path) -> str | None:
     compact = name.replace("_", "").replace("-", "")
     rules = (
         ("tcbinfo" in compact and name.endswith(".json"), "tcb"),
@@ -65,7 +69,7 @@ def _classify(name: str) -> str | None:
         ("pckcrl" in compact and "chain" in compact, "crlchain"),
         ("pckcrl" in compact, "crl"),
         ("rootcrl" in compact, "root"),
-        (name.endswith(_CERT_SUFFIXES), "certs"),
+        (name.endswith(_CERT_SUFFIXES) or _is_pem_text(path), "certs"),
     )
     return next((kind for matched, kind in rules if matched), None)
 

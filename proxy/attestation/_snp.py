@@ -18,7 +18,7 @@ from . import _der
 from ._errors import VerificationError
 from ._snp_report import SnpReport, decode_tcb, parse_snp_report
 from ._verdict import EvidenceVerdict, Trace
-from ._x509 import load_certificates, pinned_root, resolve_time, verify_chain
+from ._x509 import build_chain, load_certificates, pinned_root, resolve_time, verify_chain
 
 __all__ = ["ARK_NAMES", "verify_sev_snp"]
 
@@ -48,18 +48,27 @@ def _check_signature(report: SnpReport, leaf: x509.Certificate) -> None:
     try:
         key.verify(encode_dss_signature(r, s), report.signed_bytes, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature as exc:
-        raise VerificationError("report_signature_invalid", "report signature does not verify") from exc
+        detail = "report signature does not verify"
+        raise VerificationError("report_signature_invalid", detail) from exc
 
 
-def _pick_leaf(report: SnpReport, certs: list[x509.Certificate]) -> list[x509.Certificate]:
+def _signing_cert(report: SnpReport, certs: list[x509.Certificate]) -> x509.Certificate:
+    """The VCEK/VLEK (per SIGNER_INFO) among ``certs`` whose key verifies the report."""
     wanted = _LEAF_NAMES.get(report.signing_key)
     if wanted is None:
         raise VerificationError("report_malformed", f"report signing key is {report.signing_key}")
-    for i, cert in enumerate(certs):
-        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        if names and names[0].value == wanted:
-            return [cert, *certs[:i], *certs[i + 1 :]]
-    raise VerificationError("cert_chain_invalid", f"no {wanted} certificate supplied")
+    candidates = [c for c in certs if any(
+        a.value == wanted for a in c.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME))]
+    if not candidates:
+        raise VerificationError("cert_chain_invalid", f"no {wanted} certificate supplied")
+    for cert in candidates[:-1]:
+        try:
+            _check_signature(report, cert)
+            return cert
+        except VerificationError:
+            continue
+    _check_signature(report, candidates[-1])
+    return candidates[-1]
 
 
 def _product(root: x509.Certificate, leaf: x509.Certificate) -> str:
@@ -93,8 +102,8 @@ def verify_sev_snp(
     trace = [] if trace is None else trace
     parsed = parse_snp_report(report)
     trace.append(f"SEV-SNP report v{parsed.version} parsed")
-    chain = _pick_leaf(parsed, load_certificates(certificates, "SEV-SNP certificates"))
-    _check_signature(parsed, chain[0])
+    pool = load_certificates(certificates, "SEV-SNP certificates")
+    chain = build_chain(_signing_cert(parsed, pool), pool)
     trace.append(f"report signature (ECDSA P-384) by the {parsed.signing_key.upper()}")
     roots = [pinned_root(name) for name in ARK_NAMES.values()]
     root = verify_chain(chain, roots, resolve_time(at), "SEV-SNP chain")

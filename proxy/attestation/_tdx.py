@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from . import _der
 from ._collateral import Collateral
 from ._errors import VerificationError
-from ._tdx_quote import TdxQuote, parse_tdx_quote
 from ._tdx_collateral import evaluate_collateral
+from ._tdx_quote import TdxQuote, parse_tdx_quote
 from ._verdict import EvidenceVerdict, Trace
 from ._x509 import load_certificates, pinned_root, resolve_time, verify_chain
 

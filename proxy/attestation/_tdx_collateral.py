@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -36,11 +37,10 @@ def _require(collateral: Collateral) -> tuple[bytes, bytes, bytes, bytes]:
             ("pck_crl", collateral.pck_crl), ("root_crl", collateral.root_crl),
         ) if not value
     ]
-    if missing:
+    qe, pck_crl, root_crl = collateral.qe_identity, collateral.pck_crl, collateral.root_crl
+    if missing or qe is None or pck_crl is None or root_crl is None:
         raise VerificationError("collateral_missing", "missing " + ", ".join(missing))
-    assert collateral.qe_identity and collateral.pck_crl and collateral.root_crl  # noqa: S101
-    return (collateral.qe_identity, collateral.tcb_signing_chain, collateral.pck_crl,
-            collateral.root_crl)
+    return qe, collateral.tcb_signing_chain, pck_crl, root_crl
 
 
 def _check_crls(chain: Sequence[x509.Certificate], pck_crl: bytes, root_crl: bytes,
@@ -55,23 +55,24 @@ def _check_crls(chain: Sequence[x509.Certificate], pck_crl: bytes, root_crl: byt
     trace.append("PCK certificate and its CA are not revoked (PCK CRL, root CRL)")
 
 
+def _select(infos: Sequence[bytes], fmspc: bytes) -> bytes:
+    for data in infos:
+        with translate("collateral_invalid", "tcbInfo"):
+            if bytes.fromhex(json.loads(data)["tcbInfo"]["fmspc"]) == fmspc:
+                return data
+    raise VerificationError("fmspc_mismatch", f"no TCB info for FMSPC {fmspc.hex()}")
+
+
 def _tcb_info(quote: TdxQuote, pck: PckInfo, infos: Sequence[bytes],
               signer: x509.Certificate, when: datetime) -> str:
-    for data in infos:
-        doc = load_signed(data, "tcbInfo", signer, when).body
-        if bytes.fromhex(str(doc.get("fmspc", ""))) != pck.fmspc:
-            continue
-        with translate("collateral_invalid", "tcbInfo"):
-            if doc["id"] != "TDX" or bytes.fromhex(doc["pceId"]) != pck.pce_id:
-                raise VerificationError("collateral_invalid", "TCB info is not for this TDX PCE")
-            body = quote.body
-            module = module_status(doc, body.mr_signer_seam, body.seam_attributes,
-                                   body.tee_tcb_svn)
-            status = level_status(doc["tcbLevels"], pck.sgx_svns, pck.pce_svn, body.tee_tcb_svn)
-        if status is None:
-            raise VerificationError("tcb_below_minimum", "platform TCB is below every TCB level")
-        return combine_status(status, module)
-    raise VerificationError("fmspc_mismatch", f"no TCB info for FMSPC {pck.fmspc.hex()}")
+    doc = load_signed(_select(infos, pck.fmspc), "tcbInfo", signer, when).body
+    body = quote.body
+    with translate("collateral_invalid", "tcbInfo"):
+        if doc["id"] != "TDX" or bytes.fromhex(doc["pceId"]) != pck.pce_id:
+            raise VerificationError("collateral_invalid", "TCB info is not for this TDX PCE")
+        module = module_status(doc, body.mr_signer_seam, body.seam_attributes, body.tee_tcb_svn)
+        status = level_status(doc["tcbLevels"], pck.sgx_svns, pck.pce_svn, body.tee_tcb_svn)
+    return combine_status(status, module)
 
 
 def evaluate_collateral(

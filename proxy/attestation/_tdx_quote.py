@@ -89,13 +89,17 @@ class TdxQuote:
     pck_chain_pem: bytes
 
 
-def _td_report(body: bytes) -> TdReport:
-    parts, pos = [], 0
-    for size in (16, 48, 48, 8, 8, 8, 48, 48, 48, 48, 48, 48, 48, 48, 64):
-        parts.append(body[pos : pos + size])
-        pos += size
-    extra = (body[584:600], body[600:648]) if len(body) == TD15_BODY else (None, None)
-    return TdReport(*parts[:10], (parts[10], parts[11], parts[12], parts[13]), parts[14], *extra)
+def _td_report(b: bytes) -> TdReport:
+    # TDX module ABI, TD quote body: offsets of the 1.0 body, then the 1.5 additions.
+    wide = len(b) == TD15_BODY
+    return TdReport(
+        tee_tcb_svn=b[0:16], mr_seam=b[16:64], mr_signer_seam=b[64:112],
+        seam_attributes=b[112:120], td_attributes=b[120:128], xfam=b[128:136],
+        mr_td=b[136:184], mr_config_id=b[184:232], mr_owner=b[232:280],
+        mr_owner_config=b[280:328], rtmrs=(b[328:376], b[376:424], b[424:472], b[472:520]),
+        report_data=b[520:584], tee_tcb_svn_2=b[584:600] if wide else None,
+        mr_service_td=b[600:648] if wide else None,
+    )
 
 
 def _qe_report(raw: bytes) -> QeReport:

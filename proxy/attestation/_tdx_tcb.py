@@ -22,14 +22,18 @@ from ._errors import VerificationError, translate
 from ._x509 import check_window
 
 __all__ = [
-    "SignedJson", "combine_status", "level_status", "load_signed", "module_status", "qe_status",
+    "NOT_SUPPORTED", "SignedJson", "combine_status", "level_status", "load_signed",
+    "module_status", "qe_status",
 ]
+
+NOT_SUPPORTED = "TcbNotSupported"
+"""No TCB level matches (Intel QVL ``STATUS_TCB_NOT_SUPPORTED``); no default policy accepts it."""
 
 # Worse statuses rank higher; the overall status is the worst of platform, module and QE.
 _RANK = {
     "UpToDate": 0, "SWHardeningNeeded": 1, "ConfigurationNeeded": 2,
     "ConfigurationAndSWHardeningNeeded": 3, "OutOfDate": 4,
-    "OutOfDateConfigurationNeeded": 5, "Revoked": 9,
+    "OutOfDateConfigurationNeeded": 5, NOT_SUPPORTED: 8, "Revoked": 9,
 }
 
 
@@ -80,7 +84,7 @@ def level_status(
     sgx: Sequence[int],
     pce_svn: int,
     tee_tcb_svn: bytes,
-) -> str | None:
+) -> str:
     """Status of the first TCB level the platform meets (QVL ``getMatchingTcbLevel``)."""
     # TDX 1.5+: when TEE_TCB_SVN[1] (module major version) is set, bytes 0-1 are judged by
     # the TDX module identity instead of the TCB levels.
@@ -95,7 +99,7 @@ def level_status(
         if any(tee_tcb_svn[i] < tdx[i] for i in range(skip, 16)):
             continue
         return str(level["tcbStatus"])
-    return None
+    return NOT_SUPPORTED
 
 
 def _masked_equal(actual: bytes, expected_hex: str, mask_hex: str) -> bool:
@@ -123,7 +127,7 @@ def module_status(info: Mapping[str, Any], mr_signer_seam: bytes, attrs: bytes,
     for level in ident["tcbLevels"]:
         if tee_tcb_svn[0] >= int(level["tcb"]["isvsvn"]):
             return str(level["tcbStatus"])
-    raise VerificationError("tcb_below_minimum", f"TDX module SVN below every {wanted} level")
+    return NOT_SUPPORTED
 
 
 def qe_status(identity: Mapping[str, Any], misc_select: int, attributes: bytes,
@@ -144,10 +148,10 @@ def qe_status(identity: Mapping[str, Any], misc_select: int, attributes: bytes,
     for level in levels:
         if isv_svn >= int(level["tcb"]["isvsvn"]):
             return str(level["tcbStatus"])
-    raise VerificationError("qe_identity_mismatch", "QE ISVSVN is below every QE TCB level")
+    return NOT_SUPPORTED
 
 
 def combine_status(*statuses: str | None) -> str:
-    """The worst of the given statuses (unknown statuses count as worst-but-revoked)."""
+    """The worst of the given statuses (unknown statuses rank just below ``Revoked``)."""
     present = [s for s in statuses if s is not None]
     return max(present, key=lambda s: _RANK.get(s, 8))

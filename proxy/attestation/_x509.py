@@ -7,6 +7,7 @@ validity window at the verification time.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from ._errors import VerificationError
 
 __all__ = [
+    "build_chain",
     "check_crl",
     "check_window",
     "load_certificate",
@@ -78,9 +80,31 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> N
     try:
         cert.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError) as exc:
-        raise VerificationError(
-            "cert_chain_invalid", f"{what}: {cert.subject.rfc4514_string()} not signed by its issuer"
-        ) from exc
+        detail = f"{what}: {cert.subject.rfc4514_string()} is not signed by its issuer"
+        raise VerificationError("cert_chain_invalid", detail) from exc
+
+
+def build_chain(
+    leaf: x509.Certificate, pool: Sequence[x509.Certificate], limit: int = 8
+) -> list[x509.Certificate]:
+    """Order certificates from ``pool`` into a chain above ``leaf`` by issuer name+signature."""
+    chain = [leaf]
+    while len(chain) < limit and chain[-1].issuer != chain[-1].subject:
+        current = chain[-1]
+        issuer = next((c for c in pool if c.subject == current.issuer and c not in chain
+                       and _issued(current, c)), None)
+        if issuer is None:
+            break
+        chain.append(issuer)
+    return chain
+
+
+def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def verify_chain(
@@ -92,7 +116,7 @@ def verify_chain(
     """Verify ``chain`` (leaf first) up to one of ``roots``; return the root reached."""
     if not chain:
         raise VerificationError("cert_chain_invalid", f"{what}: empty chain")
-    for cert, issuer in zip(chain, chain[1:], strict=False):
+    for cert, issuer in itertools.pairwise(chain):
         _signed_by(cert, issuer, what)
     last = chain[-1]
     root = next((r for r in roots if r == last), None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +33,15 @@ def helm_module() -> Any:
     except Exception as exc:
         need(False, f"helm-python-sdk native library failed to load: {exc}")
     return helm_python
+
+
+def kube_validate_module() -> Any:
+    """The kubernetes_validate module, or a skip naming why not."""
+    try:
+        import kubernetes_validate
+    except ImportError as exc:
+        need(False, f"kubernetes-validate unavailable: {exc}")
+    return kubernetes_validate
 
 
 def production_values() -> dict[str, Any]:

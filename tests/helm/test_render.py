@@ -9,28 +9,19 @@ endpoint naming a port that Service has).
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import pytest
 
-from tests.conftest import need
 from tests.helm.conftest import (
     CHART_DIR,
     KUBE_VERSION,
     Rendered,
     helm_module,
+    kube_validate_module,
     production_values,
 )
 
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-
-
-def _validator() -> Any:
-    try:
-        import kubernetes_validate
-    except ImportError as exc:
-        need(False, f"kubernetes-validate unavailable: {exc}")
-    return kubernetes_validate
 
 
 @pytest.mark.parametrize("values_name", ["default", "production"])
@@ -44,14 +35,16 @@ def test_lint_strict_has_no_warnings(values_name: str) -> None:
     assert serious == []
 
 
-def test_every_object_validates_strictly(each_render: Rendered) -> None:
-    kv = _validator()
+@pytest.mark.parametrize("kube_version", ["1.27.0", KUBE_VERSION])
+def test_every_object_validates_strictly(each_render: Rendered, kube_version: str) -> None:
+    """From the chart's minimum kubeVersion (1.27) to the version the tests target."""
+    kv = kube_validate_module()
     validated = 0
     for obj in each_render.objects:
         if (obj["apiVersion"], obj["kind"]) in CUSTOM_RESOURCES:
             continue
         try:
-            kv.validate(obj, KUBE_VERSION, strict=True)
+            kv.validate(obj, kube_version, strict=True)
         except kv.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path)
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {where}: {exc.message}")
@@ -60,8 +53,8 @@ def test_every_object_validates_strictly(each_render: Rendered) -> None:
 
 
 def test_validator_catches_an_unknown_field(default_render: Rendered) -> None:
-    """The strict schemas reject a field the API does not have (so the test above means something)."""
-    kv = _validator()
+    """Strict schemas reject a field the API lacks, so the test above has teeth."""
+    kv = kube_validate_module()
     deployment = copy.deepcopy(default_render.get("Deployment", "sealgate"))
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kv.ValidationError):

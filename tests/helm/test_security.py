@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 from typing import Any
 
+from tests.conftest import need
 from tests.helm.conftest import Rendered
 
 # A URL carrying credentials (scheme://user:secret@host) or a secret-looking name/value pair.
@@ -76,19 +78,42 @@ def test_proxy_uses_opa_sidecar_on_loopback(each_render: Rendered) -> None:
     assert env["SEALGATE_POLICY_ENGINE"] == "opa"
     assert env["SEALGATE_OPA_URL"] == "http://127.0.0.1:8181"
     assert containers["proxy"]["args"] == [
-        "serve", "--config", "/etc/sealgate/sealgate.toml", "--host", "0.0.0.0", "--port", "8080",
+        "serve",
+        "--config",
+        "/etc/sealgate/sealgate.toml",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8080",
     ]
 
 
-def test_model_routes_point_at_vllm(each_render: Rendered) -> None:
-    config = each_render.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"]
-    models = tomllib.loads(config)["models"]
-    (route,) = models.values()
-    assert route == {
-        "backend": "openai",
-        "url": "http://sealgate-vllm:8000/v1",
-        "retention_tier": "attested-zero",
+def test_model_route_points_at_the_vllm_service(each_render: Rendered) -> None:
+    config = tomllib.loads(each_render.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"])
+    assert config["backends"] == {"vllm": {"type": "vllm", "url": "http://sealgate-vllm:8000/v1"}}
+    assert config["models"] == {
+        "llama-3.1-8b-instruct": {"backend": "vllm", "retention_tier": "attested-zero"}
     }
+
+
+def test_rendered_config_loads_in_the_proxy(each_render: Rendered, tmp_path: Path) -> None:
+    """The ConfigMap and the pod's literal SEALGATE_* variables are what Settings accepts."""
+    try:
+        from proxy.config import Settings
+    except ImportError as exc:
+        need(False, f"proxy.config unavailable: {exc}")
+    config = tmp_path / "sealgate.toml"
+    config.write_text(each_render.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"])
+    env = {k: v for k, v in _proxy_env(each_render).items() if isinstance(v, str)}
+    settings = Settings.load(config, env=env)
+    assert settings.deployment_mode == "production"
+    assert settings.evidence_provider == "configfs-tsm"
+    assert settings.policy_engine == "opa"
+    assert settings.opa_url == "http://127.0.0.1:8181"
+    assert str(settings.data_dir) == "/var/lib/sealgate"
+    (route,) = settings.models.values()
+    assert settings.backends[route.backend].kind == "vllm"
+    assert str(route.retention_tier) == "attested-zero"
 
 
 def test_no_plaintext_secrets_in_configmaps_or_env(each_render: Rendered) -> None:
@@ -139,7 +164,8 @@ def _proxy_env(rendered: Rendered) -> dict[str, Any]:
 
 
 def _policy(rendered: Rendered, name: str) -> dict[str, Any]:
-    return rendered.get("NetworkPolicy", name)["spec"]
+    spec: dict[str, Any] = rendered.get("NetworkPolicy", name)["spec"]
+    return spec
 
 
 def _selected_component(policy: dict[str, Any]) -> str:

@@ -82,7 +82,7 @@ seccompProfile:
 {{- define "sealgate.mountTsm" -}}
 {{- $c := .Values.confidential }}
 {{- if eq $c.configfsTsm.mount "hostPath" }}true
-{{- else if and (eq $c.configfsTsm.mount "auto") (eq $c.evidenceProvider "configfs-tsm") (not $c.runtimeClassName) }}true
+{{- else if and (eq $c.configfsTsm.mount "auto") (has $c.evidenceProvider (list "configfs-tsm" "auto")) (not $c.runtimeClassName) }}true
 {{- end }}
 {{- end }}
 
@@ -94,12 +94,24 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
+{{/* Backends: the vLLM service (when on) merged with values.backends. */}}
+{{- define "sealgate.backends" -}}
+{{- $backends := dict }}
+{{- if .Values.vllm.enabled }}
+{{- $url := printf "http://%s:%d/v1" (include "sealgate.vllmName" .) (int .Values.vllm.port) }}
+{{- $_ := set $backends "vllm" (dict "type" "vllm" "url" $url) }}
+{{- end }}
+{{- range $name, $b := .Values.backends }}
+{{- $_ := set $backends $name $b }}
+{{- end }}
+{{- toJson $backends }}
+{{- end }}
+
 {{/* Model routes: the vLLM route (when on) merged with values.models. */}}
 {{- define "sealgate.models" -}}
 {{- $models := dict }}
 {{- if .Values.vllm.enabled }}
-{{- $url := printf "http://%s:%d/v1" (include "sealgate.vllmName" .) (int .Values.vllm.port) }}
-{{- $_ := set $models .Values.vllm.servedModelName (dict "backend" "openai" "url" $url "retentionTier" .Values.vllm.retentionTier) }}
+{{- $_ := set $models .Values.vllm.servedModelName (dict "backend" "vllm" "retentionTier" .Values.vllm.retentionTier) }}
 {{- end }}
 {{- range $name, $m := .Values.models }}
 {{- $_ := set $models $name $m }}
@@ -107,19 +119,29 @@ seccompProfile:
 {{- toJson $models }}
 {{- end }}
 
-{{/* Policy files: chart policy/*.rego and policy/*.json, overlaid by values.policy.files. */}}
+{{/* Variable carrying a backend's API key: UPSTREAM_API_KEY_<NAME>. */}}
+{{- define "sealgate.apiKeyEnv" -}}
+{{- printf "UPSTREAM_API_KEY_%s" (regexReplaceAll "[^A-Z0-9]" (upper .) "_") }}
+{{- end }}
+
+{{/* Policy bundle: bundle path → content. The chart's policy/rego/ and policy/data/ folders
+(laid out like the repository's policy/ bundle), overlaid by values.policy.files. */}}
 {{- define "sealgate.policyFiles" -}}
 {{- $files := dict }}
-{{- range $path, $_ := .Files.Glob "policy/*.rego" }}
-{{- $_ := set $files (base $path) ($.Files.Get $path) }}
+{{- range $pattern := list "policy/rego/**.rego" "policy/data/**.yaml" "policy/data/**.yml" "policy/data/**.json" }}
+{{- range $path, $_ := $.Files.Glob $pattern }}
+{{- $_ := set $files (trimPrefix "policy/" $path) ($.Files.Get $path) }}
 {{- end }}
-{{- range $path, $_ := .Files.Glob "policy/*.json" }}
-{{- $_ := set $files (base $path) ($.Files.Get $path) }}
 {{- end }}
 {{- range $name, $content := .Values.policy.files }}
 {{- $_ := set $files $name $content }}
 {{- end }}
 {{- toJson $files }}
+{{- end }}
+
+{{/* ConfigMap key of a bundle path (keys cannot hold "/"). */}}
+{{- define "sealgate.policyKey" -}}
+{{- replace "/" "__" . }}
 {{- end }}
 
 {{/* Combinations the schema cannot express; rendering stops with a clear message. */}}
@@ -144,6 +166,19 @@ seccompProfile:
 {{- end }}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
+{{- end }}
+{{- range $name, $m := (include "sealgate.models" . | fromJson) }}
+{{- if not (hasKey (include "sealgate.backends" $ | fromJson) $m.backend) }}
+{{- fail (printf "model %q names backend %q, which is neither in backends nor the vLLM backend" $name $m.backend) }}
+{{- end }}
+{{- end }}
+{{- $keys := dict }}
+{{- range $path, $_ := (include "sealgate.policyFiles" . | fromJson) }}
+{{- $key := include "sealgate.policyKey" $path }}
+{{- if hasKey $keys $key }}
+{{- fail (printf "policy files %q and %q share the ConfigMap key %q" (get $keys $key) $path $key) }}
+{{- end }}
+{{- $_ := set $keys $key $path }}
 {{- end }}
 {{- if and $v.proxy.autoscaling.enabled (lt (int $v.proxy.autoscaling.maxReplicas) (int $v.proxy.autoscaling.minReplicas)) }}
 {{- fail "proxy.autoscaling.maxReplicas must be at least minReplicas" }}

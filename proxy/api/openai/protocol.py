@@ -57,9 +57,8 @@ class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
     metadata: dict[str, str] | None = None
 
 
-class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True):
-    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)] = msgspec.field(
-        default_factory=list)
+class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
@@ -70,8 +69,8 @@ class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True):
     conversation: str | dict[str, Any] | None = None
 
 
-class CompletionRequest(_Sampling, frozen=True, omit_defaults=True):
-    prompt: str | list[str | int | list[int]] = ""
+class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
+    prompt: str | list[str | int | list[int]]
     echo: bool | None = None
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
     suffix: str | None = None

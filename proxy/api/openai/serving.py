@@ -203,6 +203,13 @@ def _shape(doc: dict[str, Any], kind: GenerationKind, route: ModelRoute, *, chun
     doc.setdefault("created", int(time.time()))
     for field in ("timings", "system_fingerprint"):
         doc.pop(field, None)
+    for choice in doc.get("choices") or ():
+        if not chunk:  # required (nullable) in whole responses, absent in chunks
+            choice.setdefault("logprobs", None)
+        message = choice.get("message")
+        if message is not None:
+            message.setdefault("refusal", None)
+            message.setdefault("content", None)
 
 
 async def _prepend(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]

@@ -1,0 +1,158 @@
+"""Policy bundles: Rego modules and contract data from one directory, and their digest.
+
+A bundle directory holds ``rego/`` (``*.rego``; ``*_test.rego`` are unit tests) and ``data/``
+(``*.yaml``, ``*.yml``, ``*.json``). A data file's top-level object is mounted at the data path
+named by its directory below ``data/`` (``data/contracts.yaml`` at the root, ``data/a/b/x.json``
+at ``data.a.b``), which is how ``opa run`` loads the same directory.
+
+Digest (docs/policy.md, "Bundle digest"): SHA-256 over the ``sha256sum``-style listing of every
+bundle file, one line ``<hex sha256 of file>  <path relative to the bundle root>\\n`` per file,
+sorted by the UTF-8 bytes of the path, written ``sha256:<hex>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from ._errors import PolicyBundleError
+
+__all__ = ["PolicyBundle", "load_bundle"]
+
+_DATA_SUFFIXES = (".yaml", ".yml", ".json")
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+# Contract fields and their types (policy/data/contracts.yaml documents each one).
+_CONTRACT_FIELDS: Mapping[str, type | tuple[type, ...]] = {
+    "models": list,
+    "regions": list,
+    "max_tokens": int,
+    "max_n": int,
+    "allow_streaming": bool,
+    "allow_contractual_zero": bool,
+    "rewrite_store": bool,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyBundle:
+    """Policy modules, their unit tests and the merged data document, with the digest."""
+
+    root: Path
+    modules: Mapping[str, str]
+    """Relative path → Rego source, for policy modules (tests excluded)."""
+    tests: Mapping[str, str]
+    """Relative path → Rego source, for ``*_test.rego`` modules."""
+    data: Mapping[str, Any]
+    """The merged data document."""
+    digest: str
+    """``sha256:<hex>`` over the file listing (module docstring)."""
+
+
+def default_bundle_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def _bundle_files(root: Path) -> list[Path]:
+    rego = sorted((root / "rego").rglob("*.rego")) if (root / "rego").is_dir() else []
+    data_dir = root / "data"
+    data = sorted(data_dir.rglob("*")) if data_dir.is_dir() else []
+    data = [p for p in data if p.suffix in _DATA_SUFFIXES]
+    return [p for p in rego + data if p.is_file()]
+
+
+def digest_of(contents: Mapping[str, bytes]) -> str:
+    """Digest of ``relative path → file bytes`` (module docstring)."""
+    listing = b"".join(
+        hashlib.sha256(contents[rel]).hexdigest().encode() + b"  " + rel.encode() + b"\n"
+        for rel in sorted(contents, key=str.encode)
+    )
+    return "sha256:" + hashlib.sha256(listing).hexdigest()
+
+
+def _parse_data(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise PolicyBundleError(f"cannot parse data file {path.name}") from exc
+    if not isinstance(doc, dict):
+        raise PolicyBundleError(f"data file {path.name} must hold an object")
+    return doc
+
+
+def _merge(into: dict[str, Any], doc: Mapping[str, Any], where: str) -> None:
+    for key, value in doc.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value, f"{where}.{key}")
+        elif key in into:
+            raise PolicyBundleError(f"data files conflict at {where}.{key}")
+        else:
+            into[key] = value
+
+
+def _mount(data: dict[str, Any], rel_dir: tuple[str, ...], doc: dict[str, Any]) -> None:
+    node = data
+    for part in rel_dir:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise PolicyBundleError(f"data files conflict at data.{'.'.join(rel_dir)}")
+    _merge(node, doc, "data" + "".join(f".{p}" for p in rel_dir))
+
+
+def _check_contracts(data: Mapping[str, Any]) -> None:
+    contracts = data.get("contracts")
+    if not isinstance(contracts, Mapping) or "default" not in contracts:
+        raise PolicyBundleError("bundle data must hold contracts with a default contract")
+    for name, contract in contracts.items():
+        if not isinstance(contract, Mapping):
+            raise PolicyBundleError(f"contract {name} must be an object")
+        for key, kind in _CONTRACT_FIELDS.items():
+            value = contract.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise PolicyBundleError(f"contract {name}: {key} is missing or mistyped")
+        expires = contract.get("expires")
+        if expires is not None and not (isinstance(expires, str) and _TIME_RE.match(expires)):
+            raise PolicyBundleError(f"contract {name}: expires must be YYYY-MM-DDTHH:MM:SSZ")
+
+
+def load_bundle(path: str | Path | None = None) -> PolicyBundle:
+    """Load a bundle directory (default: the policies shipped in this package)."""
+    root = Path(path).resolve() if path is not None else default_bundle_dir()
+    if not (root / "rego").is_dir():
+        raise PolicyBundleError(f"bundle directory {root} has no rego/ folder")
+    # Each file is read once: the digest and the parsed bundle describe the same bytes.
+    try:
+        contents = {f.relative_to(root).as_posix(): f.read_bytes() for f in _bundle_files(root)}
+    except OSError as exc:
+        raise PolicyBundleError(f"cannot read bundle directory {root}") from exc
+    modules: dict[str, str] = {}
+    tests: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for rel, raw in contents.items():
+        file = Path(rel)
+        if file.suffix == ".rego":
+            target = tests if file.name.endswith("_test.rego") else modules
+            try:
+                target[rel] = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PolicyBundleError(f"module {rel} is not UTF-8") from exc
+        else:
+            _mount(data, file.parent.parts[1:], _parse_data(file, raw))
+    if not modules:
+        raise PolicyBundleError(f"bundle directory {root} has no policy modules")
+    _check_contracts(data)
+    return PolicyBundle(
+        root=root,
+        modules=MappingProxyType(modules),
+        tests=MappingProxyType(tests),
+        data=MappingProxyType(data),
+        digest=digest_of(contents),
+    )

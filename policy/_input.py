@@ -1,0 +1,233 @@
+"""The policy input document: what the policy may know about a request (never its content).
+
+The document's shape is fixed by ``policy/schema/input.schema.json`` (docs/policy.md). Only
+parameters that decide retention, training use or tenant limits are carried; message text,
+prompts, tool definitions and metadata *values* never enter it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from ._errors import PolicyInputError
+
+__all__ = ["PolicyInput", "RequestParams"]
+
+Channel = Literal["sealed", "plaintext"]
+Mode = Literal["production", "development"]
+
+# RFC 3339 §5.6 restricted to UTC and whole seconds, so that instants compare as strings.
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_TOKEN_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def utc_now() -> str:
+    """The current instant in the input document's time format."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check(cond: bool, detail: str) -> None:
+    if not cond:
+        raise PolicyInputError(detail)
+
+
+def _opt_int(body: Mapping[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    _check(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer")
+    return int(value)
+
+
+def _present(body: Mapping[str, Any], key: str) -> bool:
+    return body.get(key) not in (None, "")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestParams:
+    """The request parameters the policy reads; built from a request body by ``from_body``."""
+
+    stream: bool = False
+    """``stream`` is true."""
+    store: bool | None = None
+    """``store`` as sent; ``None`` when absent."""
+    max_tokens: int | None = None
+    """Largest of ``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``, if any."""
+    n: int | None = None
+    """Number of choices asked for; ``None`` when absent."""
+    previous_response_id: bool = False
+    """A ``previous_response_id`` is present (its value is not carried)."""
+    conversation: bool = False
+    """A ``conversation`` object or id is present (its value is not carried)."""
+    metadata_keys: tuple[str, ...] = ()
+    """Sorted keys of ``metadata``; values are never carried."""
+    purpose: str | None = None
+    """``purpose`` of a file or upload request."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.stream, bool), "stream must be a boolean")
+        _check(self.store is None or isinstance(self.store, bool), "store must be a boolean")
+        for name in ("max_tokens", "n"):
+            value = getattr(self, name)
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+            _check(ok, f"{name} must be an integer")
+        _check(isinstance(self.previous_response_id, bool), "previous_response_id must be a bool")
+        _check(isinstance(self.conversation, bool), "conversation must be a boolean")
+        _check(
+            isinstance(self.metadata_keys, tuple)
+            and all(isinstance(k, str) for k in self.metadata_keys),
+            "metadata_keys must be a tuple of strings",
+        )
+        _check(self.purpose is None or isinstance(self.purpose, str), "purpose must be a string")
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RequestParams:
+        """Extract the policy-relevant parameters of an OpenAI request body (JSON or form)."""
+        store = body.get("store")
+        # A non-boolean ``store`` is treated as a request to store: the conservative reading.
+        store_flag = store if isinstance(store, bool) or store is None else True
+        limits = [v for v in (_opt_int(body, k) for k in _TOKEN_LIMIT_KEYS) if v is not None]
+        metadata = body.get("metadata")
+        keys = tuple(sorted(str(k) for k in metadata)) if isinstance(metadata, Mapping) else ()
+        purpose = body.get("purpose")
+        return cls(
+            stream=body.get("stream") is True,
+            store=store_flag,
+            max_tokens=max(limits) if limits else None,
+            n=_opt_int(body, "n"),
+            previous_response_id=_present(body, "previous_response_id"),
+            conversation=_present(body, "conversation"),
+            metadata_keys=keys,
+            purpose=purpose if isinstance(purpose, str) else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["metadata_keys"] = list(self.metadata_keys)
+        return doc
+
+
+def _normalize_path(path: str) -> str:
+    """Drop the query string and trailing slashes: routing ignores both."""
+    bare = path.split("?", 1)[0].split("#", 1)[0]
+    return bare.rstrip("/") or "/"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInput:
+    """Everything the policy decides on, for one request. ``to_dict()`` is the Rego ``input``."""
+
+    channel: Channel
+    """``sealed`` (OHTTP, RFC 9458) or ``plaintext``."""
+    tenant_id: str
+    """Pseudonymous tenant id, as recorded in audit records."""
+    tenant_name: str
+    """Tenant name; selects the contract in the bundle data (``default`` when absent)."""
+    method: str
+    """HTTP method of the inner request."""
+    path: str
+    """Path of the inner request; the query string and trailing slashes are dropped."""
+    model: str | None
+    """Model named by the request; ``None`` for endpoints without one."""
+    request: RequestParams
+    """Policy-relevant request parameters."""
+    backend_name: str
+    """Configured backend the request would go to (``""`` when none)."""
+    retention_tier: str
+    """``attested-zero``, ``contractual-zero`` or ``none`` (``inference.RetentionTier``)."""
+    enclave_platform: str
+    """``sev-snp``, ``tdx`` or ``simulated``."""
+    enclave_measurement: str
+    """Launch measurement of the enclave, hex."""
+    enclave_simulated: bool
+    """Evidence comes from the simulated provider."""
+    enclave_debug: bool
+    """The guest runs with debugging enabled."""
+    mode: Mode
+    """Deployment mode: ``production`` or ``development``."""
+    region: str
+    """Region the gateway is deployed in (data residency)."""
+    allow_plaintext: bool = False
+    """Development flag: admit plaintext requests outside production."""
+    time: str = field(default_factory=utc_now)
+    """Decision time, UTC, ``YYYY-MM-DDTHH:MM:SSZ``."""
+
+    def __post_init__(self) -> None:
+        _check(self.channel in ("sealed", "plaintext"), "channel must be sealed or plaintext")
+        _check(self.mode in ("production", "development"), "mode must be production or development")
+        for name in (
+            "tenant_id",
+            "tenant_name",
+            "method",
+            "path",
+            "backend_name",
+            "retention_tier",
+            "enclave_platform",
+            "enclave_measurement",
+            "region",
+        ):
+            _check(isinstance(getattr(self, name), str), f"{name} must be a string")
+        _check(self.path.startswith("/"), "path must start with /")
+        object.__setattr__(self, "path", _normalize_path(self.path))
+        object.__setattr__(self, "method", self.method.upper())
+        _check(self.model is None or isinstance(self.model, str), "model must be a string")
+        _check(isinstance(self.request, RequestParams), "request must be RequestParams")
+        for name in ("enclave_simulated", "enclave_debug", "allow_plaintext"):
+            _check(isinstance(getattr(self, name), bool), f"{name} must be a boolean")
+        _check(
+            isinstance(self.time, str) and bool(_TIME_RE.match(self.time)),
+            "time must be UTC RFC 3339 YYYY-MM-DDTHH:MM:SSZ",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The input document (``policy/schema/input.schema.json``)."""
+        return {
+            "channel": self.channel,
+            "tenant": {"id": self.tenant_id, "name": self.tenant_name},
+            "endpoint": {"method": self.method, "path": self.path},
+            "model": self.model,
+            "request": self.request.to_dict(),
+            "backend": {"name": self.backend_name, "retention_tier": self.retention_tier},
+            "enclave": {
+                "platform": self.enclave_platform,
+                "measurement": self.enclave_measurement,
+                "simulated": self.enclave_simulated,
+                "debug": self.enclave_debug,
+            },
+            "time": self.time,
+            "deployment": {"mode": self.mode, "region": self.region},
+            "dev": {"allow_plaintext": self.allow_plaintext},
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> PolicyInput:
+        """Parse and validate an input document (the inverse of ``to_dict``)."""
+        try:
+            req = dict(doc["request"])
+            req["metadata_keys"] = tuple(req.get("metadata_keys", ()))
+            enclave, deployment = doc["enclave"], doc["deployment"]
+            return cls(
+                channel=doc["channel"],
+                tenant_id=doc["tenant"]["id"],
+                tenant_name=doc["tenant"]["name"],
+                method=doc["endpoint"]["method"],
+                path=doc["endpoint"]["path"],
+                model=doc.get("model"),
+                request=RequestParams(**req),
+                backend_name=doc["backend"]["name"],
+                retention_tier=doc["backend"]["retention_tier"],
+                enclave_platform=enclave["platform"],
+                enclave_measurement=enclave["measurement"],
+                enclave_simulated=enclave["simulated"],
+                enclave_debug=enclave["debug"],
+                mode=deployment["mode"],
+                region=deployment["region"],
+                allow_plaintext=doc.get("dev", {}).get("allow_plaintext", False),
+                time=doc["time"],
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PolicyInputError(f"input document is missing or mistypes a field: {exc}") from exc

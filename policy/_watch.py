@@ -1,0 +1,45 @@
+"""Hot reload: poll a bundle directory and hand changed bundles to the engine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ._bundle import load_bundle
+from ._engine import PolicyEngine
+from ._errors import PolicyBundleError
+
+__all__ = ["BundleWatcher"]
+
+
+class BundleWatcher:
+    """Reloads ``engine`` when the bundle at ``path`` has a new digest.
+
+    ``check()`` reloads on demand; ``run()`` calls it every ``interval_s`` seconds. A bundle
+    that does not load or compile is not installed: the engine keeps deciding with the old one
+    and ``last_error`` says why.
+    """
+
+    def __init__(self, engine: PolicyEngine, path: str | Path, *, interval_s: float = 5.0) -> None:
+        self._engine = engine
+        self._path = Path(path)
+        self._interval_s = interval_s
+        self.last_error: PolicyBundleError | None = None
+
+    def check(self) -> bool:
+        """Load the directory; reload the engine if the digest changed. True when reloaded."""
+        bundle = load_bundle(self._path)
+        if bundle.digest == self._engine.bundle_digest:
+            return False
+        self._engine.reload(bundle)
+        return True
+
+    async def run(self) -> None:
+        """Poll until cancelled. Loading and compiling run off the event loop."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await asyncio.to_thread(self.check)
+                self.last_error = None
+            except PolicyBundleError as exc:
+                self.last_error = exc

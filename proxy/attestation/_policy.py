@@ -1,0 +1,170 @@
+"""What a client accepts: `VerificationPolicy` and its application to a verdict."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ._errors import VerificationError
+from ._verdict import EvidenceVerdict
+
+__all__ = ["DEFAULT_TCB_STATUSES", "VerificationPolicy", "apply_policy"]
+
+DEFAULT_TCB_STATUSES = frozenset(
+    {"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"}
+)
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _frozen(mapping: Mapping[str, Mapping[str, int]]) -> Mapping[str, Mapping[str, int]]:
+    return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in mapping.items()})
+
+
+@dataclass(frozen=True)
+class VerificationPolicy:
+    """The conditions an enclave identity must meet; the defaults are the strict ones."""
+
+    allowed_measurements: frozenset[str] = frozenset()
+    """Accepted launch measurements (lower-case hex). Empty accepts any, and the verdict says so."""
+    allowed_platforms: frozenset[str] = frozenset({"sev-snp", "tdx"})
+    """Accepted CPU platforms; ``simulated`` is governed by `allow_simulated` instead."""
+    min_tcb: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: _frozen({}))
+    """Per platform, minimum TCB component versions, e.g. ``{"sev-snp": {"snp": 8}}``."""
+    allowed_tcb_statuses: frozenset[str] = DEFAULT_TCB_STATUSES
+    """Accepted vendor TCB statuses (TDX TCB info); ``Revoked`` is never accepted."""
+    require_tcb_status: bool = True
+    """Refuse TDX evidence verified without TCB collateral (``collateral_missing``)."""
+    allow_simulated: bool = False
+    """Accept the insecure simulated provider (development only)."""
+    allow_debug: bool = False
+    """Accept guests whose policy lets the host debug them."""
+    max_age_s: float | None = None
+    """Refuse documents whose ``created`` time is older than this many seconds."""
+
+    def check(self, verdict: EvidenceVerdict) -> list[str]:
+        """Apply this policy to a verified piece of CPU evidence; see `apply_policy`."""
+        return apply_policy(verdict, self)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> VerificationPolicy:
+        """Load a JSON or TOML policy (see docs/attestation.md for the keys)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+            doc = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise VerificationError("policy_invalid", f"cannot read policy {path.name}") from exc
+        if not isinstance(doc, dict):
+            raise VerificationError("policy_invalid", "policy must be an object")
+        return cls.from_mapping(doc, base=path.parent)
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any], base: Path = Path()) -> VerificationPolicy:
+        """Build from parsed JSON/TOML; a ``release_manifest`` adds its signed measurements."""
+        try:
+            measurements = {str(m).lower() for m in doc.get("allowed_measurements", [])}
+            if "release_manifest" in doc:
+                measurements |= _manifest_measurements(doc["release_manifest"], base)
+            kwargs: dict[str, Any] = {"allowed_measurements": frozenset(measurements)}
+            for name in ("allowed_platforms", "allowed_tcb_statuses"):
+                if name in doc:
+                    kwargs[name] = frozenset(str(x) for x in doc[name])
+            for name in ("allow_simulated", "allow_debug", "require_tcb_status"):
+                if name in doc:
+                    kwargs[name] = bool(doc[name])
+            if doc.get("max_age_s") is not None:
+                kwargs["max_age_s"] = float(doc["max_age_s"])
+            tcb = doc.get("min_tcb", {})
+            kwargs["min_tcb"] = _frozen({p: {k: int(v) for k, v in c.items()}
+                                         for p, c in tcb.items()})
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise VerificationError("policy_invalid", "a policy field has the wrong type") from exc
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> VerificationPolicy:
+        """``SEALGATE_VERIFY_POLICY`` (file), ``SEALGATE_ALLOWED_MEASUREMENTS`` (comma list),
+        ``SEALGATE_ALLOW_SIMULATED`` (1/true)."""
+        env = os.environ if env is None else env
+        policy = cls.from_file(env["SEALGATE_VERIFY_POLICY"]) if env.get(
+            "SEALGATE_VERIFY_POLICY") else cls()
+        raw = env.get("SEALGATE_ALLOWED_MEASUREMENTS", "")
+        listed = [m.strip().lower() for m in raw.split(",")]
+        if any(listed):
+            policy = replace(policy, allowed_measurements=policy.allowed_measurements
+                             | {m for m in listed if m})
+        if "SEALGATE_ALLOW_SIMULATED" in env:
+            allow = env["SEALGATE_ALLOW_SIMULATED"].strip().lower() in _TRUE
+            policy = replace(policy, allow_simulated=allow)
+        return policy
+
+
+def _manifest_measurements(spec: Mapping[str, Any], base: Path) -> set[str]:
+    """Verify a signed release manifest (Ed25519 over the manifest file's exact bytes)."""
+    try:
+        manifest = (base / str(spec["path"])).read_bytes()
+        sig_text = (base / str(spec["signature"])).read_bytes().strip()
+        signature = base64.b64decode(sig_text, validate=True)
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(spec["publisher_key"]))
+    except (KeyError, OSError, ValueError, binascii.Error) as exc:
+        raise VerificationError("policy_invalid", "release manifest cannot be loaded") from exc
+    try:
+        key.verify(signature, manifest)
+    except InvalidSignature as exc:
+        raise VerificationError("manifest_signature_invalid",
+                                "release manifest is not signed by the pinned publisher") from exc
+    try:
+        return {str(m["measurement"] if isinstance(m, dict) else m).lower()
+                for m in json.loads(manifest)["measurements"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VerificationError("policy_invalid", "release manifest has no measurements") from exc
+
+
+def apply_policy(verdict: EvidenceVerdict, policy: VerificationPolicy) -> list[str]:
+    """Raise on the first violated condition; return the notes the verdict should carry."""
+    notes: list[str] = []
+    if verdict.simulated:
+        if not policy.allow_simulated:
+            raise VerificationError("simulated_not_allowed", "evidence is simulated (insecure)")
+        notes.append("INSECURE: simulated evidence accepted by policy")
+    elif verdict.platform not in policy.allowed_platforms:
+        raise VerificationError("platform_not_allowed", f"platform {verdict.platform} refused")
+    if verdict.debug and not policy.allow_debug:
+        raise VerificationError("debug_enabled", "the guest policy allows debugging")
+    _check_tcb(verdict, policy)
+    if policy.allowed_measurements:
+        if verdict.measurement.lower() not in policy.allowed_measurements:
+            raise VerificationError("measurement_not_allowed", "measurement is not allow-listed")
+    else:
+        notes.append("no measurement allowlist: any measurement was accepted")
+    return notes
+
+
+def _check_tcb(verdict: EvidenceVerdict, policy: VerificationPolicy) -> None:
+    for name, minimum in policy.min_tcb.get(verdict.platform, {}).items():
+        if name not in verdict.tcb:
+            raise VerificationError("policy_invalid", f"unknown TCB component {name!r}")
+        if verdict.tcb[name] < minimum:
+            detail = f"TCB {name} is {verdict.tcb[name]}, policy needs {minimum}"
+            raise VerificationError("tcb_below_minimum", detail)
+    if verdict.platform != "tdx":
+        return
+    if verdict.tcb_status is None:
+        if policy.require_tcb_status:
+            raise VerificationError("collateral_missing", "TDX TCB status was not evaluated")
+        return
+    if verdict.tcb_status == "Revoked":
+        raise VerificationError("tcb_revoked", "TCB is revoked")
+    if verdict.tcb_status not in policy.allowed_tcb_statuses:
+        raise VerificationError("tcb_status_not_allowed", f"TCB status {verdict.tcb_status}")

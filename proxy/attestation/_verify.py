@@ -1,0 +1,153 @@
+"""Verification entry points: one piece of evidence, and a whole identity document."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ._binding import compute_report_data
+from ._collateral import Collateral
+from ._errors import VerificationError
+from ._evidence import Evidence
+from ._nvidia import gpu_nonce, verify_nvidia
+from ._policy import VerificationPolicy, apply_policy
+from ._simulated import verify_simulated
+from ._snp import verify_sev_snp
+from ._tdx import verify_tdx
+from ._verdict import EvidenceVerdict, Trace
+from ._x509 import resolve_time
+
+__all__ = ["VerifiedIdentity", "verify_evidence", "verify_identity"]
+
+
+def verify_evidence(
+    evidence: Evidence,
+    *,
+    collateral: Collateral | None = None,
+    at: datetime | None = None,
+    trace: Trace | None = None,
+) -> EvidenceVerdict:
+    """Verify one piece of evidence by platform (no policy, no GPU binding)."""
+    extra = collateral.certificates if collateral is not None else b""
+    if evidence.platform == "sev-snp":
+        certs = evidence.certificates + b"\n" + extra if extra else evidence.certificates
+        return verify_sev_snp(evidence.report, certs, at=at, trace=trace)
+    if evidence.platform == "tdx":
+        return verify_tdx(evidence.report, collateral, at=at, trace=trace)
+    if evidence.platform == "nvidia":
+        return verify_nvidia(evidence.report, evidence.certificates, at=at, trace=trace)
+    if evidence.platform == "simulated":
+        return verify_simulated(evidence.report, trace=trace)
+    raise VerificationError("platform_not_allowed", f"unknown platform {evidence.platform!r}")
+
+
+@dataclass(frozen=True)
+class VerifiedIdentity:
+    """An enclave identity that passed verification and policy."""
+
+    key_configs: bytes
+    """The OHTTP key configurations (``application/ohttp-keys``) bound by REPORT_DATA."""
+    audit_public_key: bytes
+    """The Ed25519 audit signing key (raw 32 bytes)."""
+    policy_digest: str
+    """The policy bundle digest (``sha256:...``)."""
+    measurement: str
+    """The verified launch measurement (hex), or the simulated one."""
+    platform: str
+    """``sev-snp``, ``tdx`` or ``simulated``."""
+    simulated: bool
+    """True when the evidence came from the insecure simulated provider."""
+    evidence_digest: str
+    """``sha256:`` over the RFC 8785 encoding of the document's evidence object."""
+    tcb_status: str | None
+    """Vendor TCB status where evaluated (TDX), else None."""
+    checks: tuple[str, ...] = ()
+    """Every check that passed, in order."""
+    notes: tuple[str, ...] = ()
+    """Caveats the caller should see (no allowlist, simulated accepted)."""
+    gpus: tuple[Mapping[str, Any], ...] = ()
+    """Claims of each verified GPU (driver and VBIOS versions, measurements)."""
+
+
+def _field(document: Mapping[str, Any], name: str) -> Any:
+    if name not in document:
+        raise VerificationError("document_malformed", f"identity document lacks {name!r}")
+    return document[name]
+
+
+def _b64(document: Mapping[str, Any], name: str) -> bytes:
+    try:
+        return base64.b64decode(_field(document, name), validate=True)
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise VerificationError("document_malformed", f"{name} is not base64") from exc
+
+
+def _check_age(document: Mapping[str, Any], policy: VerificationPolicy, when: datetime) -> None:
+    if policy.max_age_s is None:
+        return
+    try:
+        created = resolve_time(datetime.fromisoformat(str(_field(document, "created"))))
+    except ValueError as exc:
+        raise VerificationError("document_malformed", "created is not an ISO time") from exc
+    if (when - created).total_seconds() > policy.max_age_s:
+        raise VerificationError("document_expired", "identity document is too old")
+
+
+def verify_identity(
+    document: Mapping[str, Any],
+    policy: VerificationPolicy,
+    *,
+    nonce: bytes | None = None,
+    now: datetime | None = None,
+    collateral: Collateral | None = None,
+    trace: Trace | None = None,
+) -> VerifiedIdentity:
+    """Verify an identity document: key binding, platform evidence, policy, nonce echo.
+
+    ``trace``, when given, receives the name of each check as it passes (also on failure).
+    """
+    if not isinstance(document, Mapping) or document.get("version") != 1:
+        raise VerificationError("document_malformed", "not a version 1 identity document")
+    evidence = Evidence.from_json(_field(document, "evidence"))
+    if evidence.platform == "simulated" and not policy.allow_simulated:
+        raise VerificationError("simulated_not_allowed", "evidence is simulated (insecure)")
+    doc_nonce = None if document.get("nonce") is None else _b64(document, "nonce")
+    if nonce is not None and doc_nonce != nonce:
+        raise VerificationError("nonce_mismatch", "document does not echo our nonce")
+    key_configs, audit_key = _b64(document, "key_configs"), _b64(document, "audit_public_key")
+    digest = str(_field(document, "policy_digest"))
+    measurement = str(_field(document, "measurement"))
+    expected = compute_report_data(key_configs, audit_key, digest, measurement, doc_nonce)
+    when = resolve_time(now)
+    trace = [] if trace is None else trace
+    verdict = verify_evidence(evidence, collateral=collateral, at=when, trace=trace)
+    if verdict.report_data != expected:
+        raise VerificationError("report_data_mismatch", "REPORT_DATA does not bind the document")
+    trace.append("REPORT_DATA binds key configs, audit key, policy digest, measurement, nonce")
+    if verdict.measurement.lower() != measurement.lower():
+        detail = "document measurement differs from the evidence"
+        raise VerificationError("measurement_mismatch", detail)
+    gpus = tuple(_verify_gpu(gpu, expected, when, trace) for gpu in evidence.gpus)
+    notes = apply_policy(verdict, policy)
+    _check_age(document, policy, when)
+    trace.append("policy satisfied")
+    return VerifiedIdentity(
+        key_configs=key_configs, audit_public_key=audit_key, policy_digest=digest,
+        measurement=verdict.measurement, platform=verdict.platform, simulated=verdict.simulated,
+        evidence_digest=evidence.digest(), tcb_status=verdict.tcb_status, checks=tuple(trace),
+        notes=tuple(notes), gpus=gpus,
+    )
+
+
+def _verify_gpu(gpu: Evidence, report_data: bytes, when: datetime,
+                trace: Trace) -> Mapping[str, Any]:
+    if gpu.platform != "nvidia":
+        raise VerificationError("platform_not_allowed", "GPU evidence must be nvidia")
+    verdict = verify_nvidia(gpu.report, gpu.certificates, expected_nonce=gpu_nonce(report_data),
+                            at=when)
+    trace.append("GPU evidence verified and bound to REPORT_DATA by its nonce")
+    return verdict.claims

@@ -1,0 +1,3 @@
+import sys
+from proxy.cli import main
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""``sealgate audit …``: offline verification and inspection of the proof-of-secrecy log."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def default_db_url() -> str:
+    """``$SEALGATE_AUDIT_URL``, else ``sqlite:///$SEALGATE_DATA_DIR/audit.db`` (data dir ./var)."""
+    url = os.environ.get("SEALGATE_AUDIT_URL")
+    if url:
+        return url
+    return f"sqlite:///{Path(os.environ.get('SEALGATE_DATA_DIR', 'var')) / 'audit.db'}"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = sub.add_parser("audit", help="verify and inspect the audit log")
+    cmd = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+    verify = cmd.add_parser("verify", help="recompute and check the whole log")
+    verify.add_argument("--from-checkpoint", metavar="FILE",
+                        help="a signed checkpoint kept earlier; the log must extend it")
+    verify.add_argument("--vkey", help="pin the log's note verifier key (name+id+key)")
+    show = cmd.add_parser("show", help="print one record (envelope and statement)")
+    show.add_argument("id")
+    checkpoint = cmd.add_parser("checkpoint", help="print the latest signed checkpoint")
+    for parser in (verify, show, checkpoint):
+        parser.add_argument("--db", metavar="URL", default=None,
+                            help="audit database URL (default: $SEALGATE_AUDIT_URL or "
+                                 "sqlite:///$SEALGATE_DATA_DIR/audit.db)")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.set_defaults(func=_verify)
+    show.set_defaults(func=_show)
+    checkpoint.set_defaults(func=_checkpoint)
+
+
+def _fail(message: str) -> int:
+    print(f"sealgate: {message}", file=sys.stderr)
+    return 1
+
+
+def _with_store(args: argparse.Namespace, action: Any) -> int:
+    from audit import AuditError, LogStore
+
+    url = args.db or default_db_url()
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return _fail(f"no audit database at {url}")
+    try:
+        store = LogStore.open(url)
+    except AuditError as exc:
+        return _fail(str(exc))
+    try:
+        status: int = action(store)
+        return status
+    except AuditError as exc:
+        return _fail(str(exc))
+    finally:
+        store.close()
+
+
+def _progress(done: int, total: int) -> None:
+    if total >= 10_000 and sys.stderr.isatty():
+        end = "\n" if done >= total else ""
+        print(f"\rverifying {done}/{total} records", end=end, file=sys.stderr, flush=True)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from audit import verify_log
+
+    trusted = Path(args.from_checkpoint).read_text() if args.from_checkpoint else None
+
+    def action(store: Any) -> int:
+        reports = verify_log(store, trusted, _progress, vkey=args.vkey)
+        out = [{"log_id": r.log_id, "origin": r.origin, "records": r.records,
+                "integrated": r.integrated, "checkpoints": r.checkpoints,
+                "size": r.latest.size if r.latest else 0,
+                "root_hash": base64.b64encode(r.latest.root_hash).decode() if r.latest else None}
+               for r in reports]  # fmt: skip
+        if args.json:
+            print(json.dumps({"ok": True, "logs": out}, indent=2))
+        else:
+            for r in out:
+                print(f"ok: log {r['log_id']} ({r['origin']}): {r['records']} records, "
+                      f"{r['checkpoints']} checkpoints verified, tree size {r['size']}")
+        return 0
+
+    return _with_store(args, action)
+
+
+def _show(args: argparse.Namespace) -> int:
+    def action(store: Any) -> int:
+        row = store.get_record(args.id)
+        if row is None:
+            return _fail("no such record")
+        envelope = json.loads(bytes(row.envelope))
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        out = {"record_id": row.record_id, "log_id": row.log_id, "leaf_index": row.leaf_index,
+               "envelope": envelope, "statement": statement}  # fmt: skip
+        print(json.dumps(out, indent=None if args.json else 2, sort_keys=True))
+        return 0
+
+    return _with_store(args, action)
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    def action(store: Any) -> int:
+        notes = []
+        for log_id, _origin, vkey, _size in store.logs():
+            latest = store.latest_checkpoint(log_id)
+            if latest is not None:
+                notes.append({"log_id": log_id, "vkey": vkey, "size": latest[0], "note": latest[2]})
+        if not notes:
+            return _fail("no checkpoint published yet")
+        if args.json:
+            print(json.dumps(notes, indent=2))
+        else:
+            print("\n".join(n["note"] for n in notes), end="")
+        return 0
+
+    return _with_store(args, action)

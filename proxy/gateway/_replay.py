@@ -1,0 +1,65 @@
+"""Replay protection for sealed requests (RFC 9458 §6.5): a Date window plus seen encapsulations."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+
+from ._errors import GatewayError
+
+__all__ = ["ReplayGuard"]
+
+
+class ReplayGuard:
+    """Rejects inner requests whose ``Date`` is outside ``window`` seconds of now, and any
+    encapsulation (keyed by its ``enc``) seen before while its Date is still inside the window.
+
+    An entry is needed only until its Date leaves the window (a replay after that is stale), so
+    memory stays bounded by the request rate times the window; ``max_entries`` caps it outright.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: float = 60.0,
+        max_entries: int = 1_000_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.window = window
+        self._max = max_entries
+        self._clock = clock
+        self._seen: set[bytes] = set()
+        self._expiry: list[tuple[float, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check(self, enc: bytes, date: str | None) -> None:
+        """Accept and remember this request, or raise :class:`GatewayError`."""
+        now = self._clock()
+        sent = _parse_date(date)
+        if abs(now - sent) > self.window:
+            raise GatewayError("stale_request", "request Date is outside the accepted window")
+        self._evict(now)
+        if enc in self._seen:
+            raise GatewayError("replayed_request", "this request was already received")
+        if len(self._seen) >= self._max:
+            raise GatewayError("replay_guard_full", "too many recent requests", status=503)
+        self._seen.add(enc)
+        heapq.heappush(self._expiry, (sent + self.window, enc))
+
+    def _evict(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] < now:
+            _, enc = heapq.heappop(self._expiry)
+            self._seen.discard(enc)
+
+
+def _parse_date(value: str | None) -> float:
+    if not value:
+        raise GatewayError("stale_request", "request has no Date header")
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        raise GatewayError("stale_request", "request Date is not an HTTP date") from None

@@ -1,0 +1,180 @@
+"""SEV-SNP: every vector report verifies; each mutation fails with its own code."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from proxy.attestation import VerificationError, VerificationPolicy, verify_sev_snp
+from proxy.attestation._snp import _check_binding
+from proxy.attestation._snp_report import SIGNED_SIZE, decode_tcb, parse_snp_report
+from proxy.attestation._x509 import build_chain, load_certificates, pinned_root, verify_chain
+from tests.attestation._support import (
+    SNP_AT, flip, forged_chain, snp_cases, snp_certs, snp_report, to_pem,
+)
+from tests.conftest import load_vector, vector_path
+
+CASES = snp_cases()
+IDS = [c["report"] for c in CASES]
+MILAN = next(c for c in CASES if c["report"] == "virtee-sev_report_milan.bin")
+DEBUG = next(c for c in CASES if c["report"] == "go-sev-guest_attestation.bin")
+
+
+def _verify(report: bytes, certs: bytes, at: dt.datetime | None = SNP_AT) -> Any:
+    return verify_sev_snp(report, certs, at=at)
+
+
+def _code(report: bytes, certs: bytes, at: dt.datetime | None = SNP_AT) -> str:
+    with pytest.raises(VerificationError) as info:
+        _verify(report, certs, at)
+    return info.value.code
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_vector_report_verifies(case: dict[str, Any]) -> None:
+    verdict = _verify(snp_report(case), snp_certs(case))
+    fields = case["fields"]
+    assert verdict.measurement == fields["measurement"]
+    assert verdict.report_data.hex() == fields["report_data"]
+    assert verdict.tcb["bootloader"] == fields["reported_tcb"]["bootloader"]
+    assert verdict.tcb["microcode"] == fields["reported_tcb"]["microcode"]
+    assert verdict.debug == bool(int(fields["policy"], 16) >> 19 & 1)
+    assert verdict.claims["product"] == case["product"].split()[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_parse_matches_manifest(case: dict[str, Any]) -> None:
+    parsed = parse_snp_report(snp_report(case))
+    fields = case["fields"]
+    assert parsed.version == fields["version"] and parsed.guest_svn == fields["guest_svn"]
+    assert hex(parsed.policy) == fields["policy"] and parsed.vmpl == fields["vmpl"]
+    assert parsed.family_id.hex() == fields["family_id"]
+    assert parsed.image_id.hex() == fields["image_id"]
+    assert parsed.chip_id.hex() == fields["chip_id"]
+    assert parsed.host_data.hex() == fields["host_data"]
+    assert parsed.id_key_digest.hex() == fields["id_key_digest"]
+    assert parsed.report_id.hex() == fields["report_id"]
+    assert parsed.report_id_ma.hex() == fields["report_id_ma"]
+    assert parsed.cpuid_fam_mod_step.hex() == fields["cpuid_fam_mod_step"]
+    assert parsed.current_version == fields["current_version"]
+    assert parsed.committed_version == fields["committed_version"]
+    for tcb in ("current_tcb", "reported_tcb", "committed_tcb", "launch_tcb"):
+        assert hex(getattr(parsed, tcb)) == fields[tcb]["raw"]
+    assert hex(parsed.signer_info) == fields["signer_info"]
+
+
+# Offsets: 0x10 family id (signed body), 0x90 measurement, 0x50 REPORT_DATA, 0x2A0 signature r.
+@pytest.mark.parametrize("offset", [0x10, 0x90, 0x50, 0x2A0, 0x2E8],
+                         ids=["body", "measurement", "report_data", "signature_r", "signature_s"])
+def test_bit_flip_breaks_signature(offset: int) -> None:
+    report = flip(snp_report(MILAN), offset)
+    assert _code(report, snp_certs(MILAN)) == "report_signature_invalid"
+
+
+def test_wrong_vcek() -> None:
+    certs = snp_certs(MILAN, leaf="trustee_vcek_milan.der")
+    assert _code(snp_report(MILAN), certs) == "report_signature_invalid"
+
+
+def test_truncated_report() -> None:
+    assert _code(snp_report(MILAN)[:-1], snp_certs(MILAN)) == "report_malformed"
+
+
+def test_no_signing_certificate() -> None:
+    chain = vector_path("sev-snp", "ask_ark_milan.pem").read_bytes()
+    assert _code(snp_report(MILAN), chain) == "cert_chain_invalid"
+
+
+def test_wrong_root_forged_chain() -> None:
+    """A report re-signed under a look-alike ARK/ASK/VCEK chain: the root is not pinned."""
+    real_vcek = load_certificates(vector_path("sev-snp", MILAN["signing_cert"]).read_bytes(), "v")[0]
+    amd = [e for e in real_vcek.extensions if e.oid.dotted_string.startswith("1.3.6.1.4.1.3704")]
+    key = ec.generate_private_key(ec.SECP384R1())
+    chain = forged_chain(["ARK-Milan", "SEV-Milan", "SEV-VCEK"], key, amd)
+    report = bytearray(snp_report(MILAN))
+    r, s = decode_dss_signature(key.sign(bytes(report[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384())))
+    report[0x2A0:0x2E8] = r.to_bytes(72, "little")
+    report[0x2E8:0x330] = s.to_bytes(72, "little")
+    assert _code(bytes(report), to_pem(chain)) == "root_not_trusted"
+
+
+def test_debug_bit_flip_breaks_signature() -> None:
+    report = flip(snp_report(MILAN), 0x08 + 19 // 8, 19 % 8)
+    assert parse_snp_report(report).debug
+    assert _code(report, snp_certs(MILAN)) == "report_signature_invalid"
+
+
+def test_debug_policy_refused() -> None:
+    verdict = _verify(snp_report(DEBUG), snp_certs(DEBUG))
+    assert verdict.debug
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy(allow_debug=False).check(verdict)
+    assert info.value.code == "debug_enabled"
+    VerificationPolicy(allow_debug=True).check(verdict)
+
+
+def test_tcb_below_minimum() -> None:
+    verdict = _verify(snp_report(MILAN), snp_certs(MILAN))
+    VerificationPolicy(min_tcb={"sev-snp": {"snp": 8, "microcode": 115}}).check(verdict)
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy(min_tcb={"sev-snp": {"snp": 9}}).check(verdict)
+    assert info.value.code == "tcb_below_minimum"
+
+
+def test_measurement_allowlist() -> None:
+    verdict = _verify(snp_report(MILAN), snp_certs(MILAN))
+    VerificationPolicy(allowed_measurements=frozenset({MILAN["fields"]["measurement"]})).check(verdict)
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy(allowed_measurements=frozenset({"00" * 48})).check(verdict)
+    assert info.value.code == "measurement_not_allowed"
+
+
+def test_expired_vlek_without_pinned_time() -> None:
+    vlek = next(c for c in CASES if c["report"] == "trustee_vlek_report_milan.bin")
+    at = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+    assert _code(snp_report(vlek), snp_certs(vlek), at=at) == "collateral_expired"
+
+
+def test_chip_id_and_tcb_bound_to_vcek() -> None:
+    parsed = parse_snp_report(snp_report(MILAN))
+    other = load_certificates(vector_path("sev-snp", "trustee_vcek_milan.der").read_bytes(), "v")[0]
+    tcb = decode_tcb(parsed.reported_tcb, "Milan")
+    with pytest.raises(VerificationError) as info:
+        _check_binding(parsed, other, tcb)
+    assert info.value.code == "chip_id_mismatch"
+    own = load_certificates(vector_path("sev-snp", MILAN["signing_cert"]).read_bytes(), "v")[0]
+    with pytest.raises(VerificationError) as info:
+        _check_binding(parsed, own, {**tcb, "snp": tcb["snp"] + 1})
+    assert info.value.code == "tcb_mismatch"
+
+
+def test_turin_tcb_layout_and_chain() -> None:
+    turin = load_vector("sev-snp", "manifest.json")["certs_without_report"][0]
+    ext = turin["cert_extensions"]
+    raw = bytes([ext["fmcSPL"], ext["blSPL"], ext["teeSPL"], ext["snpSPL"], 0, 0, 0,
+                 ext["ucodeSPL"]])
+    decoded = decode_tcb(int.from_bytes(raw, "little"), "Turin")
+    assert decoded == {"fmc": 0, "bootloader": 0, "tee": 0, "snp": 0, "microcode": 9}
+    leaf = load_certificates(vector_path("sev-snp", turin["cert"]).read_bytes(), "v")[0]
+    pool = load_certificates(vector_path("sev-snp", turin["cert_chain"]).read_bytes(), "c")
+    root = verify_chain(build_chain(leaf, pool), [pinned_root("amd_ark_turin")], SNP_AT, "t")
+    assert root == pinned_root("amd_ark_turin")
+    parsed = parse_snp_report(snp_report(MILAN))
+    hwid = bytes.fromhex(ext["hwID"])
+    report = dataclasses.replace(parsed, chip_id=hwid + bytes(56),
+                                 reported_tcb=int.from_bytes(raw, "little"))
+    _check_binding(report, leaf, decoded)
+
+
+@pytest.mark.parametrize("name", ["amd_ark_milan", "amd_ark_genoa", "amd_ark_turin"])
+def test_pinned_arks_are_self_signed(name: str) -> None:
+    root = pinned_root(name)
+    root.verify_directly_issued_by(root)
+    assert root.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value.startswith("ARK-")

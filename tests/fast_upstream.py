@@ -1,0 +1,115 @@
+"""FastUpstream: a measurement tool, not a model. An OpenAI-compatible upstream that answers
+instantly with fixed text, so benchmarks measure the gateway's own cost and tests can observe
+whether a stream was cancelled. Raw ASGI, no framework, to keep its own overhead near zero.
+
+Run standalone: ``python -m tests.fast_upstream PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+STATS: dict[str, int] = {"streams_started": 0, "streams_cancelled": 0, "streams_finished": 0}
+
+
+def _chat(model: str, n: int) -> dict[str, Any]:
+    return {"id": "chatcmpl-fast", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": "ok " * n}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    doc = {"id": "chatcmpl-fast", "object": "chat.completion.chunk", "created": int(time.time()),
+           "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+async def _read(receive: Any) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def _send_json(send: Any, doc: Any, status: int = 200) -> None:
+    payload = json.dumps(doc).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _stream(send: Any, receive: Any, model: str, n: int, delay: float) -> None:
+    STATS["streams_started"] += 1
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    disconnected = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await send({"type": "http.response.body", "body": _chunk(model, {"role": "assistant"}),
+                    "more_body": True})
+        for _ in range(n):
+            if disconnected.is_set():
+                STATS["streams_cancelled"] += 1
+                return
+            await send({"type": "http.response.body", "body": _chunk(model, {"content": "ok "}),
+                        "more_body": True})
+            if delay:
+                await asyncio.sleep(delay)
+        usage = {"id": "chatcmpl-fast", "object": "chat.completion.chunk", "created": 0,
+                 "model": model, "choices": [],
+                 "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
+        tail = _chunk(model, {}, "stop") + b"data: " + json.dumps(usage).encode() + b"\n\n"
+        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+        STATS["streams_finished"] += 1
+    except OSError:
+        STATS["streams_cancelled"] += 1
+    finally:
+        watcher.cancel()
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/stats":
+        return await _send_json(send, STATS)
+    if path in ("/v1/models", "/health"):
+        return await _send_json(send, {"object": "list", "data": [{"id": "fast", "object": "model"}]})
+    body = json.loads(await _read(receive) or b"{}")
+    model = body.get("model", "fast")
+    n = int(body.get("max_tokens") or 4)
+    if path == "/v1/embeddings":
+        return await _send_json(send, {"object": "list", "model": model, "data": [
+            {"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+    if path not in ("/v1/chat/completions", "/v1/completions"):
+        return await _send_json(send, {"error": {"message": "not found"}}, 404)
+    if body.get("stream"):
+        return await _stream(send, receive, model, n, float(body.get("temperature") or 0) / 100)
+    if path == "/v1/completions":
+        return await _send_json(send, {"id": "cmpl-fast", "object": "text_completion",
+                                       "created": int(time.time()), "model": model,
+                                       "choices": [{"index": 0, "text": "ok", "finish_reason": "stop",
+                                                    "logprobs": None}],
+                                       "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                                 "total_tokens": 2}})
+    return await _send_json(send, _chat(model, n))
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)

@@ -1,0 +1,291 @@
+"""values.schema.json and the template guards: bad values stop the install with a clear reason."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, need
+from tests.helm.conftest import (
+    CHART_DIR,
+    KUBE_VERSION,
+    Rendered,
+    helm_module,
+    kube_validate_module,
+    production_values,
+)
+
+# (case id, values YAML, text the error must contain)
+BAD_VALUES = [
+    ("replicas-string", "proxy:\n  replicas: three\n", "/proxy/replicas"),
+    ("replicas-zero", "proxy:\n  replicas: 0\n", "/proxy/replicas"),
+    ("unknown-top-level-key", "replica: 3\n", "replica"),
+    ("unknown-nested-key", "proxy:\n  replica: 3\n", "replica"),
+    ("evidence-provider-unknown", "confidential:\n  evidenceProvider: sev\n", "evidenceProvider"),
+    ("tsm-mount-unknown", "confidential:\n  configfsTsm:\n    mount: yes-please\n", "mount"),
+    ("policy-engine-unknown", "policy:\n  engine: cedar\n", "engine"),
+    ("policy-file-path", "policy:\n  files:\n    rego/../authz.rego: x\n", "rego/../authz.rego"),
+    ("policy-file-outside-bundle", "policy:\n  files:\n    authz.rego: x\n", "authz.rego"),
+    ("log-flag-unknown", "vllm:\n  requestLogFlag: --log-requests\n", "requestLogFlag"),
+    ("tp-zero", "vllm:\n  tensorParallelSize: 0\n", "tensorParallelSize"),
+    (
+        "backend-url-with-credentials",
+        "backends:\n  up:\n    type: openai\n    url: http://u:p@up:8000/v1\n",
+        "url",
+    ),
+    (
+        "backend-type-unknown",
+        "backends:\n  up:\n    type: bedrock\n    url: http://up/v1\n",
+        "type",
+    ),
+    (
+        "retention-tier-unknown",
+        "models:\n  m:\n    backend: vllm\n    retentionTier: forever\n",
+        "retentionTier",
+    ),
+    ("digest-malformed", "image:\n  digest: sha256:abc\n", "digest"),
+    ("resources-limits-removed", "opa:\n  resources:\n    limits: null\n", "limits"),
+    ("claim-not-a-string", "vllm:\n  modelStorage: {existingClaim: 7}\n", "existingClaim"),
+]
+
+# (case id, values, text the render error must contain)
+BAD_COMBINATIONS = [
+    (
+        "simulated-in-production",
+        {"confidential": {"evidenceProvider": "simulated"}},
+        "simulated needs proxy.deploymentMode=development",
+    ),
+    ("replicas-without-postgres", {"proxy": {"replicas": 3}}, "needs postgresql.enabled"),
+    (
+        "hpa-without-postgres",
+        {"proxy": {"autoscaling": {"enabled": True}}},
+        "needs postgresql.enabled",
+    ),
+    ("postgres-without-secret", {"postgresql": {"enabled": True}}, "existingSecret"),
+    (
+        "create-secret-without-url",
+        {"postgresql": {"enabled": True, "createSecret": True}},
+        "createSecret needs postgresql.url",
+    ),
+    (
+        "both-secret-sources",
+        {"postgresql": {"enabled": True, "createSecret": True, "existingSecret": "x", "url": "u"}},
+        "not both",
+    ),
+    (
+        "model-names-unknown-backend",
+        {"models": {"m": {"backend": "nowhere", "retentionTier": "attested-zero"}}},
+        'names backend "nowhere"',
+    ),
+    (
+        "service-monitor-without-metrics",
+        {"metrics": {"serviceMonitor": {"enabled": True}}},
+        "needs metrics.enabled",
+    ),
+]
+
+
+def test_schema_is_valid_draft7() -> None:
+    import jsonschema
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+
+
+def test_shipped_values_pass_the_schema(chart: Any) -> None:
+    chart.validate_schema(None)
+    chart.validate_schema(production_values())
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"), [c[1:] for c in BAD_VALUES], ids=[c[0] for c in BAD_VALUES]
+)
+def test_schema_rejects_bad_values_file(chart: Any, tmp_path: Path, text: str, needle: str) -> None:
+    helm = helm_module()
+    values_file = tmp_path / "values-bad.yaml"
+    values_file.write_text(text)
+    values = helm.values_from_yaml(values_file.read_text())
+    with pytest.raises(helm.HelmValuesError) as caught:
+        chart.validate_schema(values)
+    assert needle in str(caught.value)
+    # An install renders through the same check, so nothing is produced either.
+    with pytest.raises(helm.HelmError):
+        chart.render(values, name="sealgate", namespace="sealgate")
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"), [c[1:] for c in BAD_COMBINATIONS], ids=[c[0] for c in BAD_COMBINATIONS]
+)
+def test_guards_reject_unsafe_combinations(chart: Any, values: dict[str, Any], needle: str) -> None:
+    helm = helm_module()
+    chart.validate_schema(values)  # well-typed: only the combination is wrong
+    with pytest.raises(helm.HelmRenderError) as caught:
+        chart.render(values, name="sealgate", namespace="sealgate")
+    assert needle in str(caught.value)
+
+
+def test_created_secret_holds_the_url_and_nothing_else_does(render: Any) -> None:
+    url = "postgresql+psycopg://audit:s3cr3t-pw@db.internal:5432/sealgate"
+    rendered: Rendered = render({"postgresql": {"enabled": True, "createSecret": True, "url": url}})
+    (secret,) = rendered.of_kind("Secret")
+    assert secret["metadata"]["name"] == "sealgate-audit-db"
+    assert "stringData" not in secret
+    everything_else = [o for o in rendered.objects if o["kind"] != "Secret"]
+    assert "s3cr3t-pw" not in yaml.safe_dump_all(everything_else)
+
+
+def test_simulated_development_drops_the_tsm_mount(render: Any) -> None:
+    rendered: Rendered = render(
+        {
+            "confidential": {"evidenceProvider": "simulated"},
+            "proxy": {"deploymentMode": "development"},
+        }
+    )
+    spec = rendered.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    assert all("hostPath" not in v for v in spec["volumes"])
+    assert "evidence is simulated" in rendered.manifests["sealgate/templates/NOTES.txt"]
+
+
+def test_external_upstream_instead_of_vllm(render: Any) -> None:
+    values = {
+        "vllm": {"enabled": False},
+        "backends": {
+            "upstream": {
+                "type": "openai",
+                "url": "https://upstream.example/v1",
+                "apiKeySecret": {"name": "upstream-key", "key": "api-key"},
+            }
+        },
+        "models": {
+            "gpt-4o-mini": {"backend": "upstream", "retentionTier": "contractual-zero"},
+        },
+        "networkPolicy": {
+            "extraProxyEgress": [
+                {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 443}]}
+            ]
+        },
+    }
+    rendered: Rendered = render(values)
+    assert not [o for o in rendered.objects if o["metadata"]["name"].startswith("sealgate-vllm")]
+    config = tomllib.loads(rendered.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"])
+    assert config["backends"] == {
+        "upstream": {
+            "type": "openai",
+            "url": "https://upstream.example/v1",
+            "api_key_env": "UPSTREAM_API_KEY_UPSTREAM",
+        }
+    }
+    assert config["models"] == {
+        "gpt-4o-mini": {"backend": "upstream", "retention_tier": "contractual-zero"}
+    }
+    spec = rendered.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["UPSTREAM_API_KEY_UPSTREAM"] == {
+        "name": "UPSTREAM_API_KEY_UPSTREAM",
+        "valueFrom": {"secretKeyRef": {"name": "upstream-key", "key": "api-key"}},
+    }
+    egress = rendered.get("NetworkPolicy", "sealgate-proxy")["spec"]["egress"]
+    ports = sorted(p["port"] for rule in egress for p in rule["ports"])
+    assert ports == [53, 53, 443]
+
+
+def test_policy_files_from_values_change_the_rollout_checksum(
+    render: Any, default_render: Rendered
+) -> None:
+    rego = "package sealgate.authz\n\nimport rego.v1\n\ndefault allow := false\n"
+    rendered: Rendered = render({"policy": {"files": {"rego/authz.rego": rego}}})
+    assert rendered.get("ConfigMap", "sealgate-policy")["data"] == {"rego__authz.rego": rego}
+
+    def checksum(r: Rendered) -> str:
+        meta = r.get("Deployment", "sealgate")["spec"]["template"]["metadata"]
+        return str(meta["annotations"]["checksum/policy"])
+
+    assert checksum(rendered) != checksum(default_render)
+    notes = "sealgate/templates/NOTES.txt"
+    assert "carries no policy bundle" not in rendered.manifests[notes]
+    assert "carries no policy bundle" in default_render.manifests[notes]
+
+
+def _chart_copy_with_policy(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A copy of the chart with bundle files (path → text) placed as the release step does."""
+    copy_dir = tmp_path / "chart" / "sealgate"
+    shutil.copytree(CHART_DIR, copy_dir)
+    for rel, text in files.items():
+        target = copy_dir / "policy" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return copy_dir
+
+
+def _render_dir(chart_dir: Path, values: dict[str, Any] | None = None) -> Rendered:
+    helm = helm_module()
+    with helm.Chart.load(chart_dir) as loaded:
+        return Rendered(loaded.render(copy.deepcopy(values), name="sealgate", namespace="sealgate"))
+
+
+def _mounted_bundle(rendered: Rendered, into: Path) -> Path:
+    """Lay the policy ConfigMap out as the kubelet does from the pod's volume items."""
+    data = rendered.get("ConfigMap", "sealgate-policy")["data"]
+    spec = rendered.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "policy"]
+    for item in volume["configMap"]["items"]:
+        target = into / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(data[item["key"]])
+    return into
+
+
+def test_policy_folder_is_packaged_and_values_overlay_it(tmp_path: Path) -> None:
+    shipped = {
+        "rego/authz.rego": "package sealgate.authz\n",
+        "data/contracts.yaml": "contracts:\n  default: {}\n",
+        "data/limits/table.json": '{"rows": []}\n',
+    }
+    chart_dir = _chart_copy_with_policy(tmp_path, shipped)
+    rendered = _render_dir(chart_dir)
+    mounted = _mounted_bundle(rendered, tmp_path / "mounted")
+    found = {p.relative_to(mounted).as_posix() for p in mounted.rglob("*") if p.is_file()}
+    assert found == set(shipped)  # the folder's README stays out (.helmignore)
+    kv = kube_validate_module()
+    for kind, name in (("ConfigMap", "sealgate-policy"), ("Deployment", "sealgate")):
+        kv.validate(rendered.get(kind, name), KUBE_VERSION, strict=True)
+    overlay = {"policy": {"files": {"rego/authz.rego": "package sealgate.authz\n# override\n"}}}
+    data = _render_dir(chart_dir, overlay).get("ConfigMap", "sealgate-policy")["data"]
+    assert data["rego__authz.rego"].endswith("# override\n")
+    assert data["data__contracts.yaml"] == shipped["data/contracts.yaml"]
+
+
+def test_repository_bundle_mounts_with_the_same_digest(tmp_path: Path) -> None:
+    """The release copy step, then the pod's view: the proxy attests the source digest."""
+    try:
+        from policy import load_bundle
+    except ImportError as exc:
+        need(False, f"policy package unavailable: {exc}")
+    source = ROOT / "policy"
+    need((source / "rego").is_dir(), f"no policy bundle under {source} yet")
+    rels = [p.relative_to(source).as_posix() for p in sorted(source.rglob("*"))]
+    files = {
+        rel: (source / rel).read_text()
+        for rel in rels
+        if (rel.startswith("rego/") and rel.endswith(".rego"))
+        or (rel.startswith("data/") and rel.endswith((".yaml", ".yml", ".json")))
+    }
+    rendered = _render_dir(_chart_copy_with_policy(tmp_path, files))
+    mounted = _mounted_bundle(rendered, tmp_path / "mounted")
+    assert load_bundle(mounted).digest == load_bundle(source).digest
+
+    spec = rendered.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    env = {e["name"]: e.get("value") for e in containers["proxy"]["env"]}
+    assert env["SEALGATE_POLICY_BUNDLE"] == "/etc/sealgate/policy"
+    assert containers["opa"]["args"][-2:] == ["/policy/data", "/policy/rego"]
+    # A ConfigMap (with its metadata) must stay under the 1 MiB object limit.
+    policy_map = rendered.get("ConfigMap", "sealgate-policy")
+    assert len(json.dumps(policy_map).encode()) < 1_000_000
