@@ -153,14 +153,14 @@ def verify_consistency(
 
     Size 0 is rejected (an empty tree proves nothing), as transparency-dev/merkle does.
     """
-    _check_len("old root", old_root)
-    _check_len("new root", new_root)
     if old <= 0 or old > new:
         raise VerificationError("consistency sizes out of order or empty")
     if old == new:
         if proof or old_root != new_root:
             raise VerificationError("equal sizes need an empty proof and equal roots")
         return
+    _check_len("old root", old_root)
+    _check_len("new root", new_root)
     path = list(proof)
     if old & (old - 1) == 0:
         path.insert(0, old_root)

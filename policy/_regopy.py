@@ -31,6 +31,10 @@ __all__ = ["RegopyEngine", "compile_bundle"]
 
 # Builtins whose result is not a function of input and data; a bundle using one is not cached.
 _NONDETERMINISTIC = re.compile(r"\b(time\.now_ns|http\.send|rand\.|uuid\.|opa\.runtime|net\.)")
+# rego-cpp 1.5 aborts the whole process when it compiles `with` in a planned bundle, so policy
+# modules may not use it (unit tests may: they are evaluated apart, see _rego_tests.py).
+_WITH = re.compile(r"\bwith\s+(input|data)\b")
+_STRINGS_AND_COMMENTS = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`|#[^\n]*')
 
 
 class _Compiled:
@@ -72,6 +76,9 @@ class _Compiled:
 
 def compile_bundle(bundle: PolicyBundle) -> regopy.Bundle:
     """Compile the bundle's policy modules and data for the decision entrypoint."""
+    for name, source in bundle.modules.items():
+        if _WITH.search(_STRINGS_AND_COMMENTS.sub("", source)):
+            raise PolicyBundleError(f"policy module {name} uses `with`, which is not supported")
     interpreter = regopy.Interpreter()
     try:
         for name, source in bundle.modules.items():

@@ -26,5 +26,10 @@ class GatewayError(Exception):
 
 def error_body(err: GatewayError | OHTTPError) -> bytes:
     """The OpenAI-style error envelope with a string code; the detail never holds content."""
-    error = {"message": err.detail, "type": "invalid_request_error", "param": None, "code": err.code}
+    error = {
+        "message": err.detail,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": err.code,
+    }
     return msgspec.json.encode({"error": error})

@@ -43,7 +43,14 @@ class KeyManager:
         with self._lock:
             self._purge()
             used = {self.current_key_id, *self._retired}
-            key_id = next((i % 256 for i in range(self.current_key_id + 1, self.current_key_id + 257) if i % 256 not in used), None)
+            key_id = next(
+                (
+                    i % 256
+                    for i in range(self.current_key_id + 1, self.current_key_id + 257)
+                    if i % 256 not in used
+                ),
+                None,
+            )
             if key_id is None:
                 raise RuntimeError("all 256 key identifiers are in use")
             self._retired[self.current_key_id] = (self._current, self._clock() + self._grace)

@@ -74,7 +74,7 @@ def test_transparency_dev_consistency(name: str) -> None:
         "inclusion/single-entry/empty-root-and-leaf.json",
         "consistency/additional/size1-is-zero-and-size2-is-not-zero.json",
         "consistency/additional/sizes-are-equal-zero-and-proof-is-empty.json",
-        "consistency/additional/consistency-check-on-empty-tree-size1-is-zero-is-useless.json",
+        "consistency/additional/size1-is-zero-and-does-not-equal-size2.json",
     ],
 )
 def test_size_zero_and_short_leaf_edge_cases_are_rejected(name: str) -> None:

@@ -16,11 +16,24 @@ from tests.integration.conftest import MODEL
 from tests.server import Gateway
 
 
+def _nullable(node: Any) -> Any:
+    """The spec still marks some fields with OpenAPI 3.0's ``nullable: true``; JSON Schema
+    2020-12 ignores that keyword, so spell it out as ``anyOf [..., null]``."""
+    if isinstance(node, list):
+        return [_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable(value) for key, value in node.items()}
+    if node.pop("nullable", False) is True:
+        return {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
 @functools.cache
 def _components() -> dict[str, Any]:
     path = vector_path("openai", "openapi.yaml")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return dict(yaml.load(path.read_text(), Loader=loader)["components"])
+    return dict(_nullable(yaml.load(path.read_text(), Loader=loader)["components"]))
 
 
 def validate(name: str, instance: Any) -> None:

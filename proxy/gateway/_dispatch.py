@@ -1,0 +1,204 @@
+"""In-process dispatch of an opened request to the same ASGI app, without a socket hop.
+
+The inner scope is built from scratch from the BHTTP request, so nothing from the outer
+connection (client address, outer headers, outer extensions) leaks into it, and the
+:class:`SealedChannel` marker can only come from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+import anyio
+
+from proxy.ohttp import BHTTPRequest, BHTTPResponse, ChunkedResponseSealer, ResponseStreamEncoder
+
+from ._channel import SCOPE_EXTENSION, SealedChannel
+from ._errors import GatewayError, error_body
+
+__all__ = ["ASGIApp", "build_scope", "collect_response", "error_response", "stream_response"]
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[Message]],
+        Callable[[Message], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
+
+# RFC 9110 §7.6.1: connection-specific fields do not cross a hop.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_DISCONNECT_GRACE_S = 1.0
+_DONE = "sealgate.inner.done"
+
+
+def _bad(detail: str) -> GatewayError:
+    return GatewayError("bad_inner_request", detail)
+
+
+def build_scope(
+    request: BHTTPRequest, channel: SealedChannel, outer: MutableMapping[str, Any]
+) -> dict[str, Any]:
+    """A fresh HTTP scope for the inner request, marked with its :class:`SealedChannel`."""
+    try:
+        method, scheme = request.method.decode("ascii"), request.scheme.decode("ascii").lower()
+        raw_path, _, query = request.path.partition(b"?")
+        path = unquote(raw_path.decode("ascii"))
+    except UnicodeDecodeError:
+        raise _bad("request line is not ASCII") from None
+    if not method.isalpha() or scheme not in ("http", "https") or not path.startswith("/"):
+        raise _bad("invalid method, scheme or path")
+    headers = [(n.lower(), v) for n, v in request.headers if n.lower() not in _HOP_BY_HOP]
+    headers = [(n, v) for n, v in headers if n != b"content-length"]
+    if request.authority and not any(n == b"host" for n, _ in headers):
+        headers.insert(0, (b"host", request.authority))
+    if request.content or method in ("POST", "PUT", "PATCH"):
+        headers.append((b"content-length", str(len(request.content)).encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method.upper(),
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": outer.get("root_path", ""),
+        "headers": headers,
+        "client": None,
+        "server": None,
+        "state": dict(outer.get("state") or {}),
+        "extensions": {SCOPE_EXTENSION: channel},
+    }
+
+
+def _fields(headers: Any) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple(
+        (bytes(n).lower(), bytes(v)) for n, v in headers if bytes(n).lower() not in _HOP_BY_HOP
+    )
+
+
+def error_response(err: GatewayError) -> BHTTPResponse:
+    """An inner error answer, sealed like any response (RFC 9458 §5.2)."""
+    headers = ((b"content-type", b"application/json"),)
+    return BHTTPResponse(err.status, headers, error_body(err))
+
+
+_INTERNAL = GatewayError("internal_error", "the request could not be completed", status=500)
+
+
+class _InnerExchange:
+    """receive/send for the inner app: one body message, then ``http.disconnect`` on demand."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+        self.disconnected = anyio.Event()
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def receive(self) -> Message:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self.disconnected.is_set():
+            raise OSError("the sealed client went away")
+        await self.messages.put(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            # As an ASGI server does, report a disconnect once the response is complete.
+            self.disconnected.set()
+
+    async def run(self, app: ASGIApp, scope: dict[str, Any]) -> None:
+        try:
+            await app(scope, self.receive, self.send)
+        except Exception:
+            # The inner app failed; the stream reports it as an error or a truncated response.
+            await self.messages.put({"type": _DONE, "failed": True})
+        else:
+            await self.messages.put({"type": _DONE, "failed": False})
+
+
+async def collect_response(app: ASGIApp, scope: dict[str, Any], body: bytes) -> BHTTPResponse:
+    """Run the inner request to completion and gather the response (known-length framing)."""
+    exchange = _InnerExchange(body)
+    await exchange.run(app, scope)
+    status, headers, content, failed = 0, (), bytearray(), True
+    while not exchange.messages.empty():
+        message = exchange.messages.get_nowait()
+        if message["type"] == "http.response.start":
+            status, headers = message["status"], _fields(message.get("headers", ()))
+        elif message["type"] == "http.response.body":
+            content += message.get("body", b"")
+        elif message["type"] == _DONE:
+            failed = message["failed"]
+    if failed or not status:
+        return error_response(_INTERNAL)
+    return BHTTPResponse(status, headers, bytes(content))
+
+
+async def stream_response(
+    app: ASGIApp, scope: dict[str, Any], body: bytes, sealer: ChunkedResponseSealer
+) -> AsyncIterator[bytes]:
+    """Yield the chunked encapsulated response: the nonce, then one sealed chunk per ASGI
+    message as the inner app produces it (an indeterminate-length BHTTP response)."""
+    exchange = _InnerExchange(body)
+    task = asyncio.create_task(exchange.run(app, scope))
+    encoder = ResponseStreamEncoder()
+    started = False
+    try:
+        yield sealer.response_nonce
+        while True:
+            message = await exchange.messages.get()
+            kind = message["type"]
+            if kind == "http.response.start":
+                started = True
+                yield sealer.seal(
+                    encoder.head(message["status"], _fields(message.get("headers", ())))
+                )
+            elif kind == "http.response.body" and started:
+                if data := message.get("body", b""):
+                    yield sealer.seal(encoder.body(data))
+                if not message.get("more_body", False):
+                    yield sealer.seal(encoder.end(), final=True)
+                    return
+            elif kind == _DONE:
+                if not started:
+                    error = error_response(_INTERNAL)
+                    yield sealer.seal(
+                        encoder.head(error.status, error.headers) + encoder.body(error.content)
+                    )
+                    yield sealer.seal(encoder.end(), final=True)
+                # Otherwise the stream stops without its final chunk: the client sees truncation.
+                return
+    finally:
+        exchange.disconnected.set()
+        await _finish(task)
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    """Give the inner app a moment to notice ``http.disconnect``, then cancel it."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(_DISCONNECT_GRACE_S):
+            await asyncio.wait({task})
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

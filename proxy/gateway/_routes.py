@@ -1,0 +1,142 @@
+"""The OHTTP gateway resource (RFC 9458 §5) as Litestar route handlers."""
+
+from __future__ import annotations
+
+import hashlib
+from email.utils import formatdate
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.response import Stream
+
+from proxy.ohttp import (
+    BHTTPRequest,
+    BHTTPResponse,
+    ChunkedRequestOpener,
+    ChunkedResponseSealer,
+    MediaType,
+    OHTTPError,
+    ServerRequestContext,
+    decapsulate_request,
+    decode_request,
+    encode_response,
+)
+
+from ._channel import SealedChannel
+from ._dispatch import build_scope, collect_response, error_response, stream_response
+from ._errors import GatewayError, error_body
+from ._keys import KeyManager
+from ._replay import ReplayGuard
+
+__all__ = ["DEFAULT_MAX_BODY", "GATEWAY_PATH", "build_gateway_handlers"]
+
+GATEWAY_PATH = "/.well-known/ohttp-gateway"
+# 1 MiB of inner request plus room for the header, enc, BHTTP framing and AEAD tags.
+DEFAULT_MAX_BODY = (1 << 20) + 16 * 1024
+_NO_STORE = {"cache-control": "no-store"}
+
+
+def _outer_error(err: OHTTPError | GatewayError, status: int | None = None) -> Response[bytes]:
+    return Response(
+        error_body(err),
+        status_code=status or err.status,
+        media_type="application/json",
+        headers=_NO_STORE,
+    )
+
+
+def _header(request: BHTTPRequest, name: bytes) -> str | None:
+    value = next((v for n, v in request.headers if n.lower() == name), None)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _admit(
+    raw: bytes, context: ServerRequestContext, guard: ReplayGuard, outer: Any
+) -> tuple[BHTTPRequest, dict[str, Any]]:
+    """Decode the inner request, check freshness and replay, and build its scope."""
+    inner = decode_request(raw)
+    guard.check(context.enc, _header(inner, b"date"))
+    channel = SealedChannel(
+        commitment_key=context.commitment_key,
+        enc_digest=hashlib.sha256(context.enc).hexdigest(),
+        chunked=context.chunked,
+        key_id=context.key_id,
+    )
+    scope = build_scope(inner, channel, outer)
+    if scope["path"] == GATEWAY_PATH:
+        raise GatewayError("bad_inner_request", "sealed requests cannot target the gateway")
+    return inner, scope
+
+
+def _dated_error(err: GatewayError) -> BHTTPResponse:
+    # RFC 9458 §6.5: a rejected request learns the gateway's clock from a Date field.
+    error = error_response(err)
+    date = formatdate(usegmt=True).encode()
+    return BHTTPResponse(error.status, (*error.headers, (b"date", date)), error.content)
+
+
+async def _plain(
+    request: Request[Any, Any, Any], body: bytes, keys: KeyManager, guard: ReplayGuard
+) -> Response[bytes]:
+    raw, context = decapsulate_request(body, keys.lookup)
+    try:
+        inner, scope = _admit(raw, context, guard, request.scope)
+        response = await collect_response(request.app, scope, inner.content)
+    except GatewayError as err:
+        response = _dated_error(err)
+    sealed = context.seal_response(encode_response(response))
+    return Response(sealed, media_type=MediaType.RESPONSE, headers=_NO_STORE)
+
+
+async def _chunked(
+    request: Request[Any, Any, Any], body: bytes, keys: KeyManager, guard: ReplayGuard
+) -> Response[Any]:
+    opener = ChunkedRequestOpener(keys.lookup)
+    chunks = opener.feed(body)
+    chunks.append(opener.close())
+    if opener.context is None:  # pragma: no cover - close() raises first
+        raise OHTTPError("ohttp_malformed", "encapsulated request too short")
+    sealer = ChunkedResponseSealer(opener.context)
+    try:
+        inner, scope = _admit(b"".join(chunks), opener.context, guard, request.scope)
+    except GatewayError as err:
+        sealed = sealer.seal(encode_response(_dated_error(err), indeterminate=True), final=True)
+        return Response(
+            sealer.response_nonce + sealed, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE
+        )
+    stream = stream_response(request.app, scope, inner.content, sealer)
+    return Stream(stream, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE)
+
+
+def build_gateway_handlers(*, max_body_size: int = DEFAULT_MAX_BODY) -> list[HTTPRouteHandler]:
+    """The gateway routes; they take ``ohttp_keys`` and ``replay_guard`` by dependency injection."""
+
+    @get(GATEWAY_PATH, sync_to_thread=False)
+    def ohttp_key_configs(ohttp_keys: KeyManager) -> Response[bytes]:
+        """RFC 9458 §3.2: the key configurations, cacheable."""
+        headers = {"cache-control": "public, max-age=300"}
+        return Response(ohttp_keys.key_configs(), media_type=MediaType.KEYS, headers=headers)
+
+    @post(GATEWAY_PATH, status_code=200, request_max_body_size=max_body_size)
+    async def ohttp_gateway(
+        request: Request[Any, Any, Any], ohttp_keys: KeyManager, replay_guard: ReplayGuard
+    ) -> Response[Any]:
+        """RFC 9458 §5 and the chunked draft: open, dispatch in-process, seal the answer."""
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in (MediaType.REQUEST, MediaType.CHUNKED_REQUEST):
+            unsupported = GatewayError("unsupported_media_type", "expected an OHTTP request", 415)
+            return _outer_error(unsupported)
+        body = await request.body()
+        if len(body) > max_body_size:
+            return _outer_error(
+                GatewayError("request_too_large", "encapsulated request too large", 413)
+            )
+        try:
+            if media_type == MediaType.REQUEST:
+                return await _plain(request, body, ohttp_keys, replay_guard)
+            return await _chunked(request, body, ohttp_keys, replay_guard)
+        except OHTTPError as err:
+            return _outer_error(err)
+
+    return [ohttp_key_configs, ohttp_gateway]

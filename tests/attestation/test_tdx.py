@@ -1,0 +1,187 @@
+"""TDX quotes v4/v5: full verification with collateral, mutations, collateral failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import struct
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from proxy.attestation import Collateral, VerificationError, VerificationPolicy, verify_tdx
+from proxy.attestation._tdx import PckInfo
+from proxy.attestation._tdx_quote import parse_tdx_quote
+from proxy.attestation._tdx_tcb import level_status, module_status
+from proxy.attestation._x509 import check_crl, load_certificates
+from tests.attestation._support import TDX_V4_AT, TDX_V5_AT, flip, forged_chain, issue, to_pem
+from tests.conftest import load_vector, vector_path
+
+QUOTES = load_vector("tdx", "manifest.json")["quotes"]
+V4 = "go-tdx-guest_tdx_prod_quote_SPR_E4_v4.dat"
+V5 = "go-tdx-guest_quote_v5_sample.dat"
+
+
+def _quote(name: str) -> bytes:
+    return vector_path("tdx", name).read_bytes()
+
+
+def _collateral(**overrides: Any) -> Collateral:
+    vector_path("tdx", "manifest.json")
+    base = Collateral.from_dir(vector_path("tdx", "intel_sgx_root_ca.pem").parent)
+    return Collateral(**{**base.__dict__, **overrides})
+
+
+def _code(quote: bytes, collateral: Collateral | None, at: dt.datetime | None) -> str:
+    with pytest.raises(VerificationError) as info:
+        verify_tdx(quote, collateral, at=at)
+    return info.value.code
+
+
+@pytest.mark.parametrize("case", QUOTES, ids=[q["file"] for q in QUOTES])
+def test_vector_quote_verifies(case: dict[str, Any]) -> None:
+    at = TDX_V4_AT if case["header"]["version"] == 4 else TDX_V5_AT
+    verdict = verify_tdx(_quote(case["file"]), None, at=at)
+    body = case["td_quote_body"]
+    assert verdict.measurement == body["mr_td"]
+    assert verdict.report_data.hex() == body["report_data"]
+    assert verdict.claims["fmspc"] == case["fmspc"]
+    assert [r for r in verdict.claims["rtmrs"]] == [body[f"rtmr{i}"] for i in range(4)]
+    assert verdict.tcb["qe_svn"] == case["qe_isvsvn"]
+    assert not verdict.debug and verdict.tcb_status is None
+
+
+@pytest.mark.parametrize("case", QUOTES, ids=[q["file"] for q in QUOTES])
+def test_parse_matches_manifest(case: dict[str, Any]) -> None:
+    quote = parse_tdx_quote(_quote(case["file"]))
+    body = case["td_quote_body"]
+    assert quote.version == case["header"]["version"]
+    assert quote.qe_vendor_id.hex() == case["header"]["qe_vendor_id"]
+    assert quote.body.tee_tcb_svn.hex() == body["tee_tcb_svn"]
+    assert quote.body.mr_seam.hex() == body["mr_seam"]
+    assert quote.body.td_attributes.hex() == body["td_attributes"]
+    assert quote.body.xfam.hex() == body["xfam"]
+    assert quote.attestation_key.hex() == case["attestation_key"]
+    assert quote.qe_report.mr_enclave.hex() == case["qe_report_mrenclave"]
+    assert quote.qe_report.mr_signer.hex() == case["qe_report_mrsigner"]
+    assert quote.qe_report.isv_prod_id == case["qe_isvprodid"]
+    if "tee_tcb_svn_2" in body:
+        assert quote.body.tee_tcb_svn_2 is not None
+        assert quote.body.tee_tcb_svn_2.hex() == body["tee_tcb_svn_2"]
+
+
+def test_v4_full_collateral() -> None:
+    verdict = verify_tdx(_quote(V4), _collateral(), at=TDX_V4_AT)
+    # The sample platform's PCK SVNs are below both TCB levels of its TCB info.
+    assert verdict.tcb_status == "TcbNotSupported"
+    assert verdict.claims["qe_tcb_status"] == "UpToDate"
+    assert any("not revoked" in c for c in verdict.checks)
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy().check(verdict)
+    assert info.value.code == "tcb_status_not_allowed"
+    VerificationPolicy(allowed_tcb_statuses=frozenset({"TcbNotSupported"})).check(verdict)
+
+
+def test_v5_tcb_evaluation() -> None:
+    quote = parse_tdx_quote(_quote(V5))
+    pck = PckInfo(load_certificates(quote.pck_chain_pem, "pck")[0])
+    info = json.loads(vector_path("tdx", "go-tdx-guest_tcbinfo_fmspc_90c06f000000.json")
+                      .read_bytes())["tcbInfo"]
+    body = quote.body
+    assert level_status(info["tcbLevels"], pck.sgx_svns, pck.pce_svn, body.tee_tcb_svn) == "UpToDate"
+    assert module_status(info, body.mr_signer_seam, body.seam_attributes,
+                         body.tee_tcb_svn) == "UpToDate"
+    older = bytes([2]) + body.tee_tcb_svn[1:]
+    assert module_status(info, body.mr_signer_seam, body.seam_attributes, older) == "OutOfDate"
+
+
+def _signed_end(quote: bytes) -> int:
+    return len(parse_tdx_quote(quote).signed)
+
+
+# Offsets into the v4 quote: header user data, MRTD (48+136), REPORT_DATA (48+520), signature.
+@pytest.mark.parametrize("offset", [30, 48 + 136, 48 + 520, 632 + 4 + 5],
+                         ids=["header", "mr_td", "report_data", "signature"])
+def test_v4_bit_flip(offset: int) -> None:
+    assert _code(flip(_quote(V4), offset), None, TDX_V4_AT) == "quote_signature_invalid"
+
+
+def test_v5_bit_flip_in_body() -> None:
+    quote = _quote(V5)
+    assert _code(flip(quote, _signed_end(quote) - 10), None, TDX_V5_AT) == "quote_signature_invalid"
+
+
+@pytest.mark.parametrize("qe_offset", [128 + 1, 320 + 1], ids=["qe_mrsigner", "qe_report_data"])
+def test_qe_report_tamper(qe_offset: int) -> None:
+    quote = _quote(V4)
+    qe_start = 632 + 4 + 128 + 6
+    assert _code(flip(quote, qe_start + qe_offset), None, TDX_V4_AT) == "qe_report_invalid"
+
+
+def test_truncated_quote() -> None:
+    assert _code(_quote(V4)[:700], None, TDX_V4_AT) == "quote_malformed"
+
+
+def _with_pck_chain(quote: bytes, chain_pem: bytes) -> bytes:
+    """Rebuild the quote with another PCK chain (the chain is outside the signed bytes)."""
+    parsed = parse_tdx_quote(quote)
+    qe = (parsed.qe_report.raw + parsed.qe_report_signature
+          + struct.pack("<H", len(parsed.qe_auth_data)) + parsed.qe_auth_data
+          + struct.pack("<HI", 5, len(chain_pem)) + chain_pem)
+    sig = parsed.signature + parsed.attestation_key + struct.pack("<HI", 6, len(qe)) + qe
+    return parsed.signed + struct.pack("<I", len(sig)) + sig
+
+
+def test_wrong_root() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain = forged_chain(["Intel SGX Root CA", "Intel SGX PCK Platform CA",
+                          "Intel SGX PCK Certificate"], key)
+    quote = _with_pck_chain(_quote(V4), to_pem(chain))
+    assert _code(quote, None, TDX_V4_AT) == "root_not_trusted"
+
+
+def test_expired_collateral_without_pinned_time() -> None:
+    assert _code(_quote(V4), _collateral(), None) == "collateral_expired"
+
+
+def test_fmspc_mismatch() -> None:
+    only_v5 = (vector_path("tdx", "go-tdx-guest_tcbinfo_fmspc_90c06f000000.json").read_bytes(),)
+    assert _code(_quote(V4), _collateral(tcb_infos=only_v5), TDX_V4_AT) == "fmspc_mismatch"
+
+
+def test_collateral_missing() -> None:
+    assert _code(_quote(V4), _collateral(root_crl=None), TDX_V4_AT) == "collateral_missing"
+
+
+def test_tampered_tcb_info() -> None:
+    raw = vector_path("tdx", "go-tdx-guest_tcbinfo_fmspc_50806f000000.json").read_bytes()
+    tampered = raw.replace(b'"OutOfDate"', b'"UpToDate"', 1)
+    assert tampered != raw
+    assert _code(_quote(V4), _collateral(tcb_infos=(tampered,)), TDX_V4_AT) == "collateral_invalid"
+
+
+def test_missing_collateral_refused_by_default_policy() -> None:
+    verdict = verify_tdx(_quote(V4), None, at=TDX_V4_AT)
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy().check(verdict)
+    assert info.value.code == "collateral_missing"
+    VerificationPolicy(require_tcb_status=False).check(verdict)
+
+
+def test_crl_revoked() -> None:
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    ca = issue("Test CA", ca_key)
+    leaf = issue("leaf", leaf_key, ("Test CA", ca_key), ca=False)
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+           .last_update(now).next_update(now + dt.timedelta(days=30))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                    .serial_number(leaf.serial_number).revocation_date(now).build())
+           .sign(ca_key, hashes.SHA384()))
+    with pytest.raises(VerificationError) as info:
+        check_crl(crl, ca, [leaf], now + dt.timedelta(days=1), "test")
+    assert info.value.code == "crl_revoked"
+    check_crl(crl, ca, [ca], now + dt.timedelta(days=1), "test")
