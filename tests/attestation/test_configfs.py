@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy.attestation import (
     ConfigfsIO,
@@ -84,8 +85,6 @@ def _der(name: str) -> bytes:
 
 def _snp_fake(**kw: object) -> FakeConfigfsTsm:
     chain = load_certificates(_der("ask_ark_milan.pem"), "chain")
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     aux = cert_table([(VCEK_GUID, _der("virtee-sev_vcek_milan.der")),
                       (ASK_GUID, chain[0].public_bytes(Encoding.DER)),
                       (ARK_GUID, chain[1].public_bytes(Encoding.DER))])

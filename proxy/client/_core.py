@@ -1,0 +1,175 @@
+"""The sans-I/O core shared by the sync and async transports: seal a request, open answers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+import httpx2
+
+from proxy.ohttp import (
+    BHTTPRequest,
+    ChunkedRequestSealer,
+    ChunkedResponseOpener,
+    ClientRequestContext,
+    KeyConfig,
+    MediaType,
+    OHTTPError,
+    ResponseDecoder,
+    decode_response,
+    encapsulate_request,
+    encode_request,
+)
+
+from ._errors import SealedTransportError
+
+__all__ = ["Prepared", "SealedExchange", "StreamOpener", "gateway_failure", "open_plain", "seal"]
+
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+     "upgrade", "host", "content-length", "date"}
+)
+Fields = tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True)
+class SealedExchange:
+    """Set as ``response.extensions["sealgate"]``: what a caller needs to recompute the
+    HMAC-SHA256 commitments in the gateway's receipt."""
+
+    commitment_key: bytes = field(repr=False)
+    """Exported from this exchange's HPKE context; only the client and the enclave know it."""
+    request_body: bytes = field(repr=False)
+    """The exact inner request content that was sealed."""
+    bhttp_request: bytes = field(repr=False)
+    """The exact Binary HTTP inner request that was sealed."""
+    chunked: bool
+    enc_digest: str
+    """Hex SHA-256 of the encapsulated key, the gateway's per-request identifier."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A sealed request ready to send, with what is needed to open its answer."""
+
+    outer: httpx2.Request
+    exchange: SealedExchange
+    context: ClientRequestContext
+
+
+def wants_stream(request: httpx2.Request, body: bytes) -> bool:
+    """OpenAI-style streaming requests (JSON ``"stream": true``) use chunked OHTTP."""
+    if "json" not in request.headers.get("content-type", "") or not body:
+        return False
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("stream") is True
+
+
+def _inner(request: httpx2.Request, body: bytes) -> BHTTPRequest:
+    url = request.url
+    headers = [
+        (name.lower(), value) for name, value in request.headers.raw
+        if name.decode("latin-1").lower() not in _HOP_BY_HOP
+    ]
+    # RFC 9458 §6.5: the gateway checks freshness against the inner Date.
+    headers.append((b"date", formatdate(usegmt=True).encode()))
+    return BHTTPRequest(
+        request.method.encode(), url.scheme.encode(), url.netloc, url.raw_path, tuple(headers), body
+    )
+
+
+def seal(request: httpx2.Request, body: bytes, config: KeyConfig, gateway_url: str) -> Prepared:
+    """Seal ``request`` to ``config`` as an outer POST to ``gateway_url``."""
+    chunked = wants_stream(request, body)
+    bhttp = encode_request(_inner(request, body))
+    if chunked:
+        sealer = ChunkedRequestSealer(config)
+        sealed, context = sealer.seal(bhttp, final=True), sealer.context
+        media, accept = MediaType.CHUNKED_REQUEST, MediaType.CHUNKED_RESPONSE
+    else:
+        sealed, context = encapsulate_request(config, bhttp)
+        media, accept = MediaType.REQUEST, MediaType.RESPONSE
+    outer = httpx2.Request(
+        "POST",
+        gateway_url,
+        headers={"content-type": str(media), "accept": str(accept)},
+        content=sealed,
+        extensions=request.extensions,
+    )
+    exchange = SealedExchange(
+        context.commitment_key, body, bhttp, chunked, hashlib.sha256(context.enc).hexdigest()
+    )
+    return Prepared(outer, exchange, context)
+
+
+def gateway_failure(status: int, content: bytes) -> SealedTransportError:
+    """The error for a non-200 outer answer, carrying the gateway's error code."""
+    code = "unknown"
+    try:
+        code = str(json.loads(content)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    return SealedTransportError("gateway_rejected", f"gateway answered {status} ({code})")
+
+
+def is_unknown_key(err: SealedTransportError) -> bool:
+    return err.detail.endswith("(ohttp_unknown_key)")
+
+
+def _invalid(exc: OHTTPError) -> SealedTransportError:
+    return SealedTransportError("response_invalid", f"sealed response rejected ({exc.code})")
+
+
+def open_plain(prepared: Prepared, content: bytes) -> tuple[int, Fields, bytes]:
+    """Open a ``message/ohttp-res`` answer: inner status, headers and body."""
+    try:
+        response = decode_response(prepared.context.open_response(content))
+    except OHTTPError as exc:
+        raise _invalid(exc) from exc
+    return response.status, response.headers, response.content
+
+
+class StreamOpener:
+    """Opens a ``message/ohttp-chunked-res`` answer as its bytes arrive.
+
+    ``head`` is set once the inner status and headers are in; :meth:`take_body` returns the
+    content decoded so far; :meth:`finish` checks the final chunk (truncation is an error).
+    """
+
+    def __init__(self, prepared: Prepared) -> None:
+        self._opener = ChunkedResponseOpener(prepared.context)
+        self._decoder = ResponseDecoder()
+        self._body: list[bytes] = []
+        self.head: tuple[int, Fields] | None = None
+
+    def _decode(self, plaintexts: list[bytes]) -> None:
+        for plaintext in plaintexts:
+            for event in self._decoder.feed(plaintext):
+                if event.kind == "head":
+                    self.head = (event.status, event.headers)
+                elif event.kind == "body":
+                    self._body.append(event.data)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._decode(self._opener.feed(data))
+        except OHTTPError as exc:
+            raise _invalid(exc) from exc
+
+    def finish(self) -> None:
+        try:
+            self._decode([self._opener.close()])
+            self._decoder.close()
+        except OHTTPError as exc:
+            raise _invalid(exc) from exc
+        if self.head is None:
+            raise SealedTransportError("response_invalid", "sealed response has no head")
+
+    def take_body(self) -> list[bytes]:
+        body, self._body = self._body, []
+        return body

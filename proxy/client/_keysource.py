@@ -1,0 +1,168 @@
+"""Where the client gets the gateway's key configuration: pinned, or verified by attestation.
+
+There is no fallback: if no verified key can be had, :class:`SealedTransportError` with code
+``enclave_unverified`` is raised before anything is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import httpx2
+
+from proxy.ohttp import KeyConfig, OHTTPError, decode_key_configs
+
+from ._errors import SealedTransportError
+
+__all__ = ["IDENTITY_PATH", "AttestedKeySource", "KeySource", "StaticKeySource"]
+
+IDENTITY_PATH = "/.well-known/sealgate/identity"
+VerifyFn = Callable[..., Any]
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """Gives the key configuration to seal to; ``invalidate`` drops any cached one."""
+
+    def key_config(self) -> KeyConfig: ...
+
+    async def akey_config(self) -> KeyConfig: ...
+
+    def invalidate(self) -> None: ...
+
+
+def _unverified(detail: str) -> SealedTransportError:
+    return SealedTransportError("enclave_unverified", detail)
+
+
+def _first_config(data: bytes) -> KeyConfig:
+    try:
+        configs = decode_key_configs(data)
+        for config in configs:
+            try:
+                config.select_suite()
+            except OHTTPError:
+                continue
+            return config
+    except OHTTPError as exc:
+        raise _unverified(f"unusable key configuration ({exc.code})") from exc
+    raise _unverified("no key configuration with a supported suite")
+
+
+class StaticKeySource:
+    """A pinned ``application/ohttp-keys`` value (for tests and tools)."""
+
+    def __init__(self, config_bytes: bytes) -> None:
+        self._config = _first_config(config_bytes)
+
+    def key_config(self) -> KeyConfig:
+        return self._config
+
+    async def akey_config(self) -> KeyConfig:
+        return self._config
+
+    def invalidate(self) -> None:
+        """A pinned key cannot be refreshed."""
+
+
+def _default_verify() -> VerifyFn:
+    try:
+        from proxy.attestation import verify_identity  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise _unverified("no attestation verifier is available") from exc
+    return verify_identity  # type: ignore[no-any-return]
+
+
+class AttestedKeySource:
+    """Fetches the enclave identity with a fresh nonce, verifies it, and caches its keys.
+
+    ``verify(document, policy, nonce=...)`` must return an object whose ``key_configs`` is the
+    verified ``application/ohttp-keys`` value; any exception means "not verified". The default
+    is ``proxy.attestation.verify_identity``.
+    """
+
+    def __init__(
+        self,
+        identity_url: str,
+        policy: Any = None,
+        verify: VerifyFn | None = None,
+        *,
+        lifetime: float = 300.0,
+        timeout: float = 10.0,
+        transport: httpx2.BaseTransport | None = None,
+        async_transport: httpx2.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        base = identity_url.rstrip("/")
+        self.identity_url = base if base.endswith(IDENTITY_PATH) else base + IDENTITY_PATH
+        self._policy = policy
+        self._verify = verify
+        self._lifetime = lifetime
+        self._timeout = timeout
+        self._transport = transport
+        self._async_transport = async_transport
+        self._clock = clock
+        self._cached: tuple[KeyConfig, float] | None = None
+
+    def invalidate(self) -> None:
+        self._cached = None
+
+    def _fresh(self) -> KeyConfig | None:
+        if self._cached and self._clock() < self._cached[1]:
+            return self._cached[0]
+        return None
+
+    def _accept(self, status: int, content: bytes, nonce: bytes) -> KeyConfig:
+        if status != 200:
+            raise _unverified(f"identity endpoint answered {status}")
+        try:
+            document = json.loads(content)
+        except ValueError as exc:
+            raise _unverified("identity document is not JSON") from exc
+        if not isinstance(document, Mapping):
+            raise _unverified("identity document is not an object")
+        verify = self._verify or _default_verify()
+        try:
+            verified = verify(document, self._policy, nonce=nonce)
+            key_configs = bytes(verified.key_configs)
+        except Exception as exc:
+            raise _unverified(f"identity verification failed: {exc}") from exc
+        config = _first_config(key_configs)
+        self._cached = (config, self._clock() + self._lifetime)
+        return config
+
+    def _request_body(self) -> tuple[bytes, bytes]:
+        nonce = os.urandom(32)
+        return nonce, json.dumps({"nonce": base64.b64encode(nonce).decode()}).encode()
+
+    def key_config(self) -> KeyConfig:
+        if (config := self._fresh()) is not None:
+            return config
+        nonce, body = self._request_body()
+        try:
+            with httpx2.Client(transport=self._transport, timeout=self._timeout) as client:
+                response = client.post(self.identity_url, content=body, headers=_JSON)
+        except httpx2.HTTPError as exc:
+            raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc
+        return self._accept(response.status_code, response.content, nonce)
+
+    async def akey_config(self) -> KeyConfig:
+        if (config := self._fresh()) is not None:
+            return config
+        nonce, body = self._request_body()
+        try:
+            async with httpx2.AsyncClient(
+                transport=self._async_transport, timeout=self._timeout
+            ) as client:
+                response = await client.post(self.identity_url, content=body, headers=_JSON)
+        except httpx2.HTTPError as exc:
+            raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc
+        return self._accept(response.status_code, response.content, nonce)
+
+
+_JSON = {"content-type": "application/json", "accept": "application/json"}

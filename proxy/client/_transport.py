@@ -1,0 +1,125 @@
+"""``httpx2`` transports that seal every request to a verified enclave key (RFC 9458).
+
+Both transports are thin I/O loops around the shared core in ``_core``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx2
+
+from proxy.ohttp import MediaType
+
+from ._core import Prepared, StreamOpener, gateway_failure, is_unknown_key, open_plain, seal
+from ._errors import SealedTransportError
+from ._keysource import KeySource
+
+__all__ = ["AsyncSealedTransport", "SealedTransport"]
+
+
+def _response(request: httpx2.Request, prepared: Prepared, status: int, headers: object,
+              stream: httpx2.SyncByteStream | httpx2.AsyncByteStream) -> httpx2.Response:
+    return httpx2.Response(
+        status,
+        headers=headers,  # type: ignore[arg-type]
+        stream=stream,
+        request=request,
+        extensions={"sealgate": prepared.exchange},
+    )
+
+
+def _check_media(response: httpx2.Response, chunked: bool) -> None:
+    expected = MediaType.CHUNKED_RESPONSE if chunked else MediaType.RESPONSE
+    if response.headers.get("content-type", "").split(";")[0].strip() != expected:
+        raise SealedTransportError("response_invalid", "gateway answer has the wrong media type")
+
+
+class _SyncBody(httpx2.SyncByteStream):
+    def __init__(self, opener: StreamOpener, rest: Iterator[bytes], outer: httpx2.Response) -> None:
+        self._opener, self._rest, self._outer = opener, rest, outer
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._opener.take_body()
+        for data in self._rest:
+            self._opener.feed(data)
+            yield from self._opener.take_body()
+        self._opener.finish()
+        yield from self._opener.take_body()
+
+    def close(self) -> None:
+        self._outer.close()
+
+
+class _AsyncBody(httpx2.AsyncByteStream):
+    def __init__(self, opener: StreamOpener, rest: AsyncIterator[bytes], outer: httpx2.Response) -> None:
+        self._opener, self._rest, self._outer = opener, rest, outer
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for data in self._opener.take_body():
+            yield data
+        async for data in self._rest:
+            self._opener.feed(data)
+            for piece in self._opener.take_body():
+                yield piece
+        self._opener.finish()
+        for piece in self._opener.take_body():
+            yield piece
+
+    async def aclose(self) -> None:
+        await self._outer.aclose()
+
+
+class SealedTransport(httpx2.BaseTransport):
+    """Seals each request to the enclave and opens the answer; wraps an ``inner`` transport.
+
+    ``OpenAI(http_client=httpx2.Client(transport=SealedTransport(...)))`` works unchanged;
+    streaming requests (JSON ``"stream": true``) use chunked OHTTP and are decrypted chunk by
+    chunk. If ``key_source`` cannot give a verified key, nothing is sent.
+    """
+
+    def __init__(
+        self,
+        inner: httpx2.BaseTransport | None = None,
+        *,
+        gateway_url: str,
+        key_source: KeySource,
+    ) -> None:
+        self._inner = inner or httpx2.HTTPTransport()
+        self._gateway_url = gateway_url
+        self._keys = key_source
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = request.read()
+        for attempt in range(2):
+            prepared = seal(request, body, self._keys.key_config(), self._gateway_url)
+            outer = self._inner.handle_request(prepared.outer)
+            if outer.status_code == 200:
+                return self._open(request, prepared, outer)
+            error = gateway_failure(outer.status_code, outer.read())
+            outer.close()
+            if attempt or not is_unknown_key(error):
+                raise error
+            self._keys.invalidate()  # the gateway rotated its keys: verify again
+        raise AssertionError("unreachable")
+
+    def _open(self, request: httpx2.Request, prepared: Prepared, outer: httpx2.Response) -> httpx2.Response:
+        try:
+            _check_media(outer, prepared.exchange.chunked)
+            if not prepared.exchange.chunked:
+                status, headers, content = open_plain(prepared, outer.read())
+                outer.close()
+                return _response(request, prepared, status, headers, httpx2.ByteStream(content))
+            opener, rest = StreamOpener(prepared), iter(outer.stream)  # type: ignore[call-overload]
+            while opener.head is None:
+                opener.feed(next(rest, b"")) if True else None
+                if opener.head is None and _exhausted(opener, rest):
+                    break
+            assert opener.head is not None
+            return _response(request, prepared, *opener.head, _SyncBody(opener, rest, outer))
+        except BaseException:
+            outer.close()
+            raise
+
+    def close(self) -> None:
+        self._inner.close()

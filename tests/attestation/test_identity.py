@@ -1,0 +1,174 @@
+"""Identity documents: key binding round trip with the simulated provider."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from proxy.attestation import (
+    Evidence,
+    IdentityService,
+    NvidiaGpuProvider,
+    SimulatedProvider,
+    VerificationError,
+    VerificationPolicy,
+    compute_report_data,
+    verify_identity,
+)
+from tests.conftest import load_vector, vector_path
+
+M = "a1" * 48
+KEY_CONFIGS = bytes.fromhex("01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003")
+AUDIT_KEY = bytes(range(32))
+PINNED = VerificationPolicy(allowed_measurements=frozenset({M}), allow_simulated=True)
+
+
+class Inputs:
+    """Mutable inputs so the cache behaviour can be observed."""
+
+    def __init__(self) -> None:
+        self.key_configs, self.digest = KEY_CONFIGS, "sha256:" + "ab" * 32
+
+    def service(self, measurement: str = M, **kw: Any) -> IdentityService:
+        self.provider = CountingSimulatedProvider(measurement)
+        return IdentityService(self.provider, lambda: self.key_configs,
+                               AUDIT_KEY, lambda: self.digest, measurement, **kw)
+
+
+class CountingSimulatedProvider(SimulatedProvider):
+    """Measurement tool: counts evidence collections."""
+
+    calls = 0
+
+    async def evidence(self, report_data: bytes) -> Evidence:
+        self.calls += 1
+        return await super().evidence(report_data)
+
+
+def _doc(measurement: str = M, nonce: bytes | None = None) -> dict[str, Any]:
+    return asyncio.run(Inputs().service(measurement).document(nonce))
+
+
+def _code(document: dict[str, Any], policy: VerificationPolicy = PINNED, **kw: Any) -> str:
+    with pytest.raises(VerificationError) as info:
+        verify_identity(document, policy, **kw)
+    return info.value.code
+
+
+def test_round_trip_accepts_pinned_measurement() -> None:
+    nonce = b"n" * 32
+    doc = _doc(nonce=nonce)
+    identity = verify_identity(doc, PINNED, nonce=nonce)
+    assert identity.key_configs == KEY_CONFIGS and identity.audit_public_key == AUDIT_KEY
+    assert identity.measurement == M and identity.simulated and identity.platform == "simulated"
+    assert identity.evidence_digest.startswith("sha256:") and identity.tcb_status is None
+    assert any("INSECURE" in n for n in identity.notes)
+    expected = compute_report_data(KEY_CONFIGS, AUDIT_KEY, doc["policy_digest"], M, nonce)
+    assert doc["report_data"] == expected.hex() and len(expected) == 64
+
+
+def test_other_measurement_refused() -> None:
+    assert _code(_doc(measurement="b2" * 48)) == "measurement_not_allowed"
+
+
+def test_empty_allowlist_says_so() -> None:
+    identity = verify_identity(_doc(), VerificationPolicy(allow_simulated=True))
+    assert any("no measurement allowlist" in n for n in identity.notes)
+
+
+def test_simulated_refused_by_default() -> None:
+    assert _code(_doc(), VerificationPolicy(allowed_measurements=frozenset({M}))) == \
+        "simulated_not_allowed"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("key_configs", base64.b64encode(KEY_CONFIGS[:-1] + b"\x04").decode()),
+    ("audit_public_key", base64.b64encode(bytes(32)).decode()),
+    ("policy_digest", "sha256:" + "cd" * 32),
+    ("nonce", base64.b64encode(b"x" * 16).decode()),
+])
+def test_swapped_field_breaks_binding(field: str, value: str) -> None:
+    doc = _doc()
+    doc[field] = value
+    assert _code(doc) == "report_data_mismatch"
+
+
+def test_swapped_measurement_caught() -> None:
+    doc = _doc()
+    doc["measurement"] = "b2" * 48
+    assert _code(doc) == "report_data_mismatch"
+
+
+def test_nonce_echo() -> None:
+    doc = _doc(nonce=b"a" * 32)
+    assert _code(doc, nonce=b"b" * 32) == "nonce_mismatch"
+    assert _code(_doc(), nonce=b"b" * 32) == "nonce_mismatch"
+
+
+def test_tampered_simulated_signature() -> None:
+    doc = _doc()
+    report = json.loads(base64.b64decode(doc["evidence"]["report"]))
+    other = Ed25519PrivateKey.generate().sign(b"x")
+    report["signature"] = base64.b64encode(other).decode()
+    doc["evidence"]["report"] = base64.b64encode(json.dumps(report).encode()).decode()
+    assert _code(doc) == "report_signature_invalid"
+
+
+def test_malformed_documents() -> None:
+    assert _code({"version": 2}) == "document_malformed"
+    doc = _doc()
+    del doc["key_configs"]
+    assert _code(doc) == "document_malformed"
+
+
+def test_max_age() -> None:
+    doc = _doc()
+    policy = VerificationPolicy(allowed_measurements=frozenset({M}), allow_simulated=True,
+                                max_age_s=60)
+    verify_identity(doc, policy)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    assert _code(doc, policy, now=later) == "document_expired"
+
+
+def test_no_nonce_document_cached_until_input_changes() -> None:
+    inputs = Inputs()
+    service = inputs.service()
+
+    async def run() -> list[dict[str, Any]]:
+        first = await service.document()
+        second = await service.document()
+        inputs.key_configs = KEY_CONFIGS + b"\x00"
+        third = await service.document()
+        fresh = [await service.document(b"q" * 16), await service.document(b"q" * 16)]
+        return [first, second, third, *fresh]
+
+    first, second, third, fresh1, fresh2 = asyncio.run(run())
+    assert first == second
+    assert third["key_configs"] != first["key_configs"]
+    assert third["evidence"] != first["evidence"]
+    assert fresh1["nonce"] == fresh2["nonce"]
+    assert inputs.provider.calls == 4  # cached once, rebuilt once, fresh twice
+    verify_identity(third, PINNED)
+
+
+def test_gpu_evidence_must_be_bound() -> None:
+    """A GPU report whose nonce is not SHA-256(REPORT_DATA) is refused."""
+    manifest = load_vector("nvidia-gpu", "manifest.json")
+    report = bytes.fromhex(vector_path("nvidia-gpu", manifest["report"]).read_text().strip())
+    chain = vector_path("nvidia-gpu", manifest["cert_chain"]).read_bytes()
+    seen: list[bytes] = []
+
+    async def collector(nonce: bytes) -> tuple[bytes, bytes]:
+        seen.append(nonce)
+        return report, chain
+
+    service = Inputs().service(gpu_providers=[NvidiaGpuProvider(collector)])
+    doc = asyncio.run(service.document())
+    assert len(doc["evidence"]["gpus"]) == 1 and len(seen[0]) == 32
+    assert _code(doc) == "gpu_nonce_mismatch"

@@ -1,0 +1,81 @@
+"""VerificationPolicy named constructors: files, signed release manifests, environment."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from proxy.attestation import VerificationError, VerificationPolicy
+
+M1, M2 = "aa" * 48, "bb" * 48
+
+
+def _signed_manifest(tmp_path: Path, key: Ed25519PrivateKey, tamper: bool = False) -> Path:
+    manifest = json.dumps({"release": "1.0.0", "measurements": [{"measurement": M2}]}).encode()
+    (tmp_path / "release.json").write_bytes(manifest + (b" " if tamper else b""))
+    (tmp_path / "release.json.sig").write_bytes(base64.b64encode(key.sign(manifest)))
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    policy = {"allowed_measurements": [M1], "release_manifest": {
+        "path": "release.json", "signature": "release.json.sig",
+        "publisher_key": base64.b64encode(public).decode()}}
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    return path
+
+
+def test_json_policy_with_signed_manifest(tmp_path: Path) -> None:
+    policy = VerificationPolicy.from_file(_signed_manifest(tmp_path, Ed25519PrivateKey.generate()))
+    assert policy.allowed_measurements == {M1, M2}
+    assert not policy.allow_simulated and not policy.allow_debug
+
+
+def test_tampered_manifest(tmp_path: Path) -> None:
+    path = _signed_manifest(tmp_path, Ed25519PrivateKey.generate(), tamper=True)
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy.from_file(path)
+    assert info.value.code == "manifest_signature_invalid"
+
+
+def test_toml_policy(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(f'allowed_measurements = ["{M1.upper()}"]\nallowed_platforms = ["tdx"]\n'
+                    'allow_debug = true\nmax_age_s = 30\n'
+                    'allowed_tcb_statuses = ["UpToDate"]\n[min_tcb.sev-snp]\nsnp = 8\n')
+    policy = VerificationPolicy.from_file(path)
+    assert policy.allowed_measurements == {M1} and policy.allowed_platforms == {"tdx"}
+    assert policy.allow_debug and policy.max_age_s == 30
+    assert policy.min_tcb["sev-snp"]["snp"] == 8
+    assert policy.allowed_tcb_statuses == {"UpToDate"}
+
+
+@pytest.mark.parametrize("text", ["{", '{"min_tcb": {"sev-snp": {"snp": "x"}}}', "[]"])
+def test_invalid_policy(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy.from_file(path)
+    assert info.value.code == "policy_invalid"
+
+
+def test_from_env(tmp_path: Path) -> None:
+    assert not VerificationPolicy.from_env({}).allow_simulated
+    assert VerificationPolicy.from_env({"SEALGATE_ALLOW_SIMULATED": "1"}).allow_simulated
+    assert not VerificationPolicy.from_env({"SEALGATE_ALLOW_SIMULATED": "0"}).allow_simulated
+    env = {"SEALGATE_ALLOWED_MEASUREMENTS": f"{M1}, {M2}"}
+    assert VerificationPolicy.from_env(env).allowed_measurements == {M1, M2}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"allowed_measurements": [M1], "allow_simulated": True}))
+    policy = VerificationPolicy.from_env({"SEALGATE_VERIFY_POLICY": str(path),
+                                          "SEALGATE_ALLOW_SIMULATED": "false"})
+    assert policy.allowed_measurements == {M1} and not policy.allow_simulated
+
+
+def test_error_shape() -> None:
+    err = VerificationError("debug_enabled", "the guest policy allows debugging")
+    assert str(err) == "debug_enabled: the guest policy allows debugging"
+    assert err.code == "debug_enabled"

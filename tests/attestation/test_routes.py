@@ -1,0 +1,91 @@
+"""The identity routes inside a small Litestar app wired like the real one (Provide DI)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.testing import TestClient
+
+from proxy.attestation import (
+    Evidence,
+    EvidenceProvider,
+    IdentityService,
+    SimulatedProvider,
+    VerificationError,
+    VerificationPolicy,
+    identity_handlers,
+    verify_identity,
+)
+
+M = "c3" * 48
+PATH = "/.well-known/sealgate/identity"
+POLICY = VerificationPolicy(allowed_measurements=frozenset({M}), allow_simulated=True)
+
+
+class FaultInjectingProvider(EvidenceProvider):
+    """Always fails, as a provider does when the hardware interface is gone."""
+
+    platform, name = "sev-snp", "fault"
+
+    async def evidence(self, report_data: bytes) -> Evidence:
+        raise VerificationError("evidence_unavailable", "injected")
+
+
+def _app(provider: EvidenceProvider, burst: int = 3) -> Litestar:
+    service = IdentityService(provider, lambda: b"\x01keys", bytes(32), lambda: "sha256:00",
+                              M, nonce_rate=0.001, nonce_burst=burst)
+    return Litestar(route_handlers=identity_handlers,
+                    dependencies={"identity_service": Provide(lambda: service, sync_to_thread=False)})
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient[Litestar]]:
+    with TestClient(_app(SimulatedProvider(M))) as c:
+        yield c
+
+
+def _nonce(raw: bytes) -> dict[str, str]:
+    return {"nonce": base64.b64encode(raw).decode()}
+
+
+def test_get_document_verifies(client: TestClient[Litestar]) -> None:
+    response = client.get(PATH)
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+    identity = verify_identity(response.json(), POLICY)
+    assert identity.key_configs == b"\x01keys"
+
+
+def test_post_with_nonce_verifies(client: TestClient[Litestar]) -> None:
+    nonce = b"z" * 24
+    response = client.post(PATH, json=_nonce(nonce))
+    assert response.status_code == 200
+    assert verify_identity(response.json(), POLICY, nonce=nonce).measurement == M
+
+
+@pytest.mark.parametrize("body", [_nonce(b"short"), _nonce(b"x" * 65), {"nonce": "%%%"}, {}, []],
+                         ids=["short", "long", "not_base64", "missing", "not_object"])
+def test_bad_nonce(client: TestClient[Litestar], body: object) -> None:
+    response = client.post(PATH, json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_nonce" and error["param"] == "nonce"
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_rate_limited(client: TestClient[Litestar]) -> None:
+    statuses = [client.post(PATH, json=_nonce(b"r" * 16)).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    error = client.post(PATH, json=_nonce(b"r" * 16)).json()["error"]
+    assert error["code"] == "rate_limited" and error["type"] == "rate_limit_error"
+    assert client.get(PATH).status_code == 200  # the cached document is not limited
+
+
+def test_provider_failure_is_503() -> None:
+    with TestClient(_app(FaultInjectingProvider())) as c:
+        response = c.get(PATH)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "evidence_unavailable"

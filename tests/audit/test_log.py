@@ -1,0 +1,206 @@
+"""AuditLog on SQLite and PostgreSQL: receipts, proofs, tenancy, restart, faults, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+
+from audit import (
+    AuditLog,
+    AuditUnavailable,
+    LogStore,
+    ProofError,
+    Receipt,
+    RecordNotFound,
+    SignedCheckpoint,
+    VerificationError,
+    load_or_create_signing_key,
+    verify_consistency,
+    verify_log,
+    verify_receipt,
+)
+from tests.audit.conftest import ORIGIN, make_record
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_append_returns_verifiable_receipts(store_url: str, log_key: Ed25519PrivateKey) -> None:
+    log = await AuditLog.open(store_url, log_key, ORIGIN)
+    try:
+        receipts = await asyncio.gather(*[log.append(make_record(i)) for i in range(50)])
+        assert sorted(r.leaf_index for r in receipts) == list(range(50))
+        checkpoint = await log.publish()
+        assert checkpoint.size == 50
+        for i, receipt in list(enumerate(receipts))[::7]:
+            envelope = await log.get_record(receipt.record_id, tenant="tenant-a")
+            proof = await log.inclusion_proof(receipt.leaf_index)
+            header = Receipt.parse(receipt.to_header())
+            statement = verify_receipt(header, envelope, checkpoint.note, proof.to_json(), log.vkey)
+            assert statement["predicate"]["request_id"] == f"req-{i}"
+            with pytest.raises(VerificationError):  # another leaf's proof
+                other = await log.inclusion_proof((receipt.leaf_index + 1) % 50)
+                verify_receipt(header, envelope, checkpoint.note, other, log.vkey)
+            with pytest.raises(VerificationError):  # another log's key
+                verify_receipt(header, envelope, checkpoint.note, proof,
+                               f"{ORIGIN}+00000000+" + log.vkey.rsplit("+", 1)[1])  # fmt: skip
+    finally:
+        await log.close()
+
+
+async def test_records_are_tenant_scoped(store_url: str, log_key: Ed25519PrivateKey) -> None:
+    log = await AuditLog.open(store_url, log_key, ORIGIN)
+    try:
+        mine = await log.append(make_record(1, tenant="tenant-a"))
+        assert await log.get_record(mine.record_id, tenant="tenant-a")
+        for tenant, rid in (("tenant-b", mine.record_id), ("tenant-a", "0" * 32), (None, "../x")):
+            with pytest.raises(RecordNotFound) as info:
+                await log.get_record(rid, tenant=tenant)
+            assert str(info.value) == "record_not_found: no such record"
+    finally:
+        await log.close()
+
+
+async def test_proof_requests_outside_the_tree(store_url: str, log_key: Ed25519PrivateKey) -> None:
+    log = await AuditLog.open(store_url, log_key, ORIGIN)
+    try:
+        for i in range(5):
+            await log.append(make_record(i))
+        await log.publish()
+        for call in (log.inclusion_proof(5), log.inclusion_proof(0, 6), log.consistency_proof(0),
+                     log.consistency_proof(4, 6), log.consistency_proof(5, 4)):  # fmt: skip
+            with pytest.raises(ProofError):
+                await call
+    finally:
+        await log.close()
+
+
+async def test_restart_keeps_identity_and_growth_is_consistent(
+    store_url: str, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "keys" / "audit-log.key"
+    log = await AuditLog.open(store_url, load_or_create_signing_key(key_file), ORIGIN)
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    for i in range(13):
+        await log.append(make_record(i))
+    await log.close()
+    first = await _checkpoint_of(store_url, key_file)
+    assert first.size == 13
+
+    log = await AuditLog.open(store_url, load_or_create_signing_key(key_file), ORIGIN)
+    try:
+        assert (await log.checkpoint()).note == first.note
+        receipt = await log.append(make_record(13))
+        assert receipt.leaf_index == 13
+        second = await log.publish()
+        proof = await log.consistency_proof(first.size, second.size)
+        verify_consistency(first.size, second.size, first.root_hash, second.root_hash, proof.hashes)
+    finally:
+        await log.close()
+
+
+async def _checkpoint_of(url: str, key_file: Path) -> SignedCheckpoint:
+    log = await AuditLog.open(url, load_or_create_signing_key(key_file), ORIGIN)
+    try:
+        return await log.checkpoint()
+    finally:
+        await log.close()
+
+
+async def test_checkpoints_every_n(store_url: str, log_key: Ed25519PrivateKey) -> None:
+    log = await AuditLog.open(store_url, log_key, ORIGIN, checkpoint_every_n=10,
+                              checkpoint_every_ms=60_000)  # fmt: skip
+    try:
+        for i in range(35):
+            await log.append(make_record(i))
+        await asyncio.sleep(0)
+        sizes = [size for size, _, _ in log.store.checkpoints(log.log_id)]
+        assert sizes[0] == 0 and len(sizes) >= 4 and sizes == sorted(sizes)
+    finally:
+        await log.close()
+    reports = verify_log(LogStore.open(store_url))
+    assert reports[0].records == 35 and reports[0].latest is not None
+    assert reports[0].latest.size == 35
+
+
+async def test_checkpoints_every_t_ms(store_url: str, log_key: Ed25519PrivateKey) -> None:
+    log = await AuditLog.open(store_url, log_key, ORIGIN, checkpoint_every_n=10_000,
+                              checkpoint_every_ms=50)  # fmt: skip
+    try:
+        await log.append(make_record(0))
+        for _ in range(100):
+            if (await log.checkpoint()).size == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert (await log.checkpoint()).size == 1
+    finally:
+        await log.close()
+
+
+class FaultInjectingEngine:
+    """Makes every INSERT into audit_records fail while ``active`` (a real driver error)."""
+
+    def __init__(self, store: LogStore) -> None:
+        self.active = False
+        event.listen(store.engine, "before_cursor_execute", self._hook)
+
+    def _hook(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if self.active and statement.lstrip().upper().startswith("INSERT INTO AUDIT_RECORDS"):
+            raise OperationalError(statement, None, Exception("injected fault"))
+
+
+async def test_store_failure_raises_audit_unavailable(
+    store_url: str, log_key: Ed25519PrivateKey
+) -> None:
+    log = await AuditLog.open(store_url, log_key, ORIGIN)
+    fault = FaultInjectingEngine(log.store)
+    try:
+        await log.append(make_record(0))
+        fault.active = True
+        with pytest.raises(AuditUnavailable) as info:
+            await log.append(make_record(1))
+        assert info.value.code == "audit_unavailable" and info.value.status == 503
+        assert str(info.value).startswith("audit_unavailable: ")
+        fault.active = False
+        receipt = await log.append(make_record(2))
+        assert receipt.leaf_index == 1
+        assert (await log.publish()).size == 2
+    finally:
+        await log.close()
+    assert verify_log(LogStore.open(store_url))[0].records == 2
+
+
+async def test_two_logs_share_one_database(store_url: str) -> None:
+    a = await AuditLog.open(store_url, Ed25519PrivateKey.generate(), "replica-a.test/log")
+    b = await AuditLog.open(store_url, Ed25519PrivateKey.generate(), "replica-b.test/log")
+    try:
+        await asyncio.gather(*[log.append(make_record(i)) for i in range(4) for log in (a, b)])
+        assert (await a.publish()).size == 4 and (await b.publish()).size == 4
+    finally:
+        await a.close()
+        await b.close()
+    reports = verify_log(LogStore.open(store_url))
+    assert sorted(r.log_id for r in reports) == sorted([a.log_id, b.log_id])
+    only_a = verify_log(LogStore.open(store_url), vkey=a.vkey)
+    assert [r.log_id for r in only_a] == [a.log_id]
+
+
+async def test_closed_log_refuses_appends(store_url: str, log_key: Ed25519PrivateKey) -> None:
+    log = await AuditLog.open(store_url, log_key, ORIGIN)
+    await log.close()
+    with pytest.raises(AuditUnavailable):
+        await log.append(make_record(0))
+
+
+async def test_open_rejects_bad_origin_and_foreign_url(tmp_path: Path) -> None:
+    with pytest.raises(AuditUnavailable):
+        await AuditLog.open(f"sqlite:///{tmp_path}/a.db", Ed25519PrivateKey.generate(), "a b")
+    with pytest.raises(AuditUnavailable):
+        await AuditLog.open("mysql://x/y", Ed25519PrivateKey.generate(), ORIGIN)

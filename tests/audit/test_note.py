@@ -1,0 +1,111 @@
+"""C2SP signed notes and tlog-checkpoints: published vectors, our own signing, negatives."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit import SignedCheckpoint, VerificationError
+from audit._note import NoteVerifier, sign_note, verify_note, vkey_for
+from tests.conftest import VECTORS, load_vector
+
+
+def _vectors() -> list[dict]:
+    path = VECTORS / "merkle" / "signed-note-vectors.json"
+    if not path.exists():
+        return [{"id": "<missing>"}]
+    return load_vector("merkle", "signed-note-vectors.json")["vectors"]
+
+
+VECTOR_LIST = _vectors()
+
+
+def _ids(kind: str) -> list[dict]:
+    def keep(v: dict) -> bool:
+        expect = v.get("expect", "")
+        return bool(v.get("vkeys")) and "note" in v and expect.startswith(kind)
+
+    return [pytest.param(v, id=v["id"]) for v in VECTOR_LIST if keep(v)]
+
+
+@pytest.mark.parametrize("vector", _ids("valid"))
+def test_valid_notes_verify(vector: dict) -> None:
+    verifiers = [NoteVerifier.parse(k) for k in vector["vkeys"]]
+    text = verify_note(vector["note"], verifiers)
+    assert vector["note"].startswith(text)
+    for verifier in verifiers:  # each listed key alone verifies too
+        verify_note(vector["note"], [verifier])
+    if "checkpoint" in vector:
+        cp = SignedCheckpoint.parse(vector["note"], vector["vkeys"][0],
+                                    origin=vector["checkpoint"]["origin"])  # fmt: skip
+        assert cp.size == vector["checkpoint"]["size"]
+        assert base64.b64encode(cp.root_hash).decode() == vector["checkpoint"]["root_hash_b64"]
+        with pytest.raises(VerificationError):
+            SignedCheckpoint.parse(vector["note"], vector["vkeys"][0], origin="other origin")
+
+
+@pytest.mark.parametrize("vector", _ids("reject"))
+def test_corrupted_or_unknown_notes_fail(vector: dict) -> None:
+    with pytest.raises(VerificationError):
+        verify_note(vector["note"], [NoteVerifier.parse(k) for k in vector["vkeys"]])
+
+
+def test_published_skey_reproduces_signature() -> None:
+    vector = next(v for v in VECTOR_LIST if v["id"] == "golang-sumdb-note-peterneumann")
+    name, _, b64 = vector["skeys"][0].removeprefix("PRIVATE+KEY+").split("+", 2)
+    raw = base64.b64decode(b64)
+    key = Ed25519PrivateKey.from_private_bytes(raw[1:])
+    text = vector["note"].rpartition("\n\n")[0] + "\n"
+    assert sign_note(text, name, key) == vector["note"]
+    assert vkey_for(name, key.public_key()) == vector["vkeys"][0]
+
+
+@pytest.fixture
+def signed() -> tuple[Ed25519PrivateKey, str, SignedCheckpoint]:
+    key = Ed25519PrivateKey.generate()
+    cp = SignedCheckpoint.sign("example.org/log", 42, b"\x07" * 32, key, ("ext line",))
+    return key, vkey_for("example.org/log", key.public_key()), cp
+
+
+def test_checkpoint_roundtrip(signed: tuple[Ed25519PrivateKey, str, SignedCheckpoint]) -> None:
+    _, vkey, cp = signed
+    assert cp.note.startswith("example.org/log\n42\n" + base64.b64encode(b"\x07" * 32).decode())
+    assert SignedCheckpoint.parse(cp.note, vkey) == cp
+
+
+def test_checkpoint_wrong_key(signed: tuple[Ed25519PrivateKey, str, SignedCheckpoint]) -> None:
+    _, _, cp = signed
+    other = vkey_for("example.org/log", Ed25519PrivateKey.generate().public_key())
+    with pytest.raises(VerificationError):
+        SignedCheckpoint.parse(cp.note, other)
+
+
+@pytest.mark.parametrize("position", [0, 17, 30, -20])
+def test_checkpoint_bit_flip(
+    signed: tuple[Ed25519PrivateKey, str, SignedCheckpoint], position: int
+) -> None:
+    _, vkey, cp = signed
+    raw = bytearray(cp.note.encode())
+    raw[position] ^= 0x01
+    with pytest.raises(VerificationError):
+        SignedCheckpoint.parse(raw.decode(errors="replace"), vkey)
+
+
+@pytest.mark.parametrize("cut", [1, 10, 60])
+def test_checkpoint_truncated(
+    signed: tuple[Ed25519PrivateKey, str, SignedCheckpoint], cut: int
+) -> None:
+    _, vkey, cp = signed
+    with pytest.raises(VerificationError):
+        SignedCheckpoint.parse(cp.note[:-cut], vkey)
+
+
+@pytest.mark.parametrize(
+    "vkey",
+    ["", "name+00+AA==", "a+b+c+d", "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"],
+)
+def test_malformed_or_mismatched_vkeys(vkey: str) -> None:
+    with pytest.raises(VerificationError):
+        NoteVerifier.parse(vkey)

@@ -1,0 +1,133 @@
+"""Public surface, error codes, input builder and decision document."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+import policy
+from policy import (
+    Decision,
+    Denial,
+    PolicyError,
+    PolicyInput,
+    PolicyInputError,
+    PolicyUnavailable,
+    RequestParams,
+)
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_exported_names_are_exact() -> None:
+    assert policy.__all__ == [
+        "BundleWatcher", "Decision", "Denial", "OPAEngine", "PolicyBundle", "PolicyBundleError",
+        "PolicyEngine", "PolicyError", "PolicyInput", "PolicyInputError", "PolicyUnavailable",
+        "RegoTestResult", "RegopyEngine", "RequestParams", "load_bundle", "run_rego_tests",
+    ]
+
+
+def test_policy_never_imports_proxy() -> None:
+    for path in Path(policy.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            assert not any(n == "proxy" or n.startswith("proxy.") for n in names), path
+
+
+def test_error_codes_and_str() -> None:
+    err = PolicyUnavailable("engine down")
+    assert isinstance(err, PolicyError)
+    assert (err.code, err.status, str(err)) == ("policy_unavailable", 503, "policy_unavailable: engine down")
+    assert PolicyInputError("x").code == "invalid_policy_input"
+
+
+def test_request_params_carry_no_content() -> None:
+    body = {
+        "model": "m", "messages": [{"role": "user", "content": "CANARY-SECRET"}],
+        "metadata": {"distill": "CANARY-VALUE"}, "store": True, "stream": True,
+        "max_completion_tokens": 50, "max_tokens": 10, "n": 2, "previous_response_id": "resp_1",
+    }
+    params = RequestParams.from_body(body)
+    assert params == RequestParams(
+        stream=True, store=True, max_tokens=50, n=2, previous_response_id=True,
+        metadata_keys=("distill",),
+    )
+    assert "CANARY" not in repr(params.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("body", "store"), [({}, None), ({"store": False}, False), ({"store": "yes"}, True)]
+)
+def test_store_reading_is_conservative(body: dict[str, object], store: bool | None) -> None:
+    assert RequestParams.from_body(body).store is store
+
+
+@pytest.mark.parametrize("body", [{"max_tokens": "10"}, {"n": 1.5}, {"max_output_tokens": True}])
+def test_mistyped_limits_rejected(body: dict[str, object]) -> None:
+    with pytest.raises(PolicyInputError):
+        RequestParams.from_body(body)
+
+
+def _input(**overrides: object) -> PolicyInput:
+    fields: dict[str, object] = dict(
+        channel="sealed", tenant_id="t", tenant_name="acme", method="post",
+        path="/v1/chat/completions/?x=1", model="m", request=RequestParams(),
+        backend_name="vllm", retention_tier="attested-zero", enclave_platform="tdx",
+        enclave_measurement="00", enclave_simulated=False, enclave_debug=False,
+        mode="production", region="eu-west-1",
+    )
+    fields.update(overrides)
+    return PolicyInput(**fields)  # type: ignore[arg-type]
+
+
+def test_input_normalizes_and_round_trips() -> None:
+    inp = _input()
+    doc = inp.to_dict()
+    assert doc["endpoint"] == {"method": "POST", "path": "/v1/chat/completions"}
+    assert PolicyInput.from_dict(doc) == inp
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"channel": "clear"}, {"mode": "prod"}, {"time": "2026-01-01T00:00:00+01:00"},
+     {"enclave_debug": "no"}, {"path": "v1/chat"}, {"model": 3}],
+)
+def test_input_rejects_bad_fields(override: dict[str, object]) -> None:
+    with pytest.raises(PolicyInputError):
+        _input(**override)
+
+
+def test_from_dict_rejects_unknown_request_keys(base_input: dict[str, object]) -> None:
+    base_input["request"] = {**base_input["request"], "messages": []}  # type: ignore[dict-item]
+    with pytest.raises(PolicyInputError):
+        PolicyInput.from_dict(base_input)
+
+
+def test_decision_invariants_and_apply() -> None:
+    with pytest.raises(PolicyError):
+        Decision(True, (Denial("SG-STORE-001", "m"),), MappingProxyType({}), DIGEST)
+    doc = {"allow": True, "deny": [], "obligations": {"set_params": {"store": False}}}
+    decision = Decision.from_document(doc, DIGEST)
+    assert decision.apply({"store": True, "model": "m"}) == {"store": False, "model": "m"}
+    assert decision.to_dict() == {**doc, "bundle_digest": DIGEST}
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        None, [], {"allow": True}, {"allow": "yes", "deny": [], "obligations": {}},
+        {"allow": True, "deny": [{"rule": "SG-X-001", "message": "m"}], "obligations": {}},
+        {"allow": False, "deny": [{"rule": "bad id", "message": "m"}], "obligations": {}},
+        {"allow": True, "deny": [], "obligations": {"log_prompts": True}},
+        {"allow": True, "deny": [], "obligations": {"set_params": {"store": [1]}}},
+    ],
+)
+def test_garbage_decisions_fail_closed(doc: object) -> None:
+    with pytest.raises(PolicyUnavailable):
+        Decision.from_document(doc, DIGEST)

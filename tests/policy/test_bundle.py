@@ -1,0 +1,145 @@
+"""Bundle loading, the digest encoding, Rego unit tests, and hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policy import (
+    BundleWatcher,
+    PolicyBundle,
+    PolicyBundleError,
+    RegopyEngine,
+    load_bundle,
+    run_rego_tests,
+)
+
+SHIPPED = Path(__file__).resolve().parents[2] / "policy"
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "bundle"
+    shutil.copytree(SHIPPED / "rego", root / "rego")
+    shutil.copytree(SHIPPED / "data", root / "data")
+    return root
+
+
+def test_digest_is_sha256_over_sorted_sha256sum_listing(bundle: PolicyBundle) -> None:
+    files = sorted(
+        [p for p in (SHIPPED / "rego").rglob("*.rego")]
+        + [p for p in (SHIPPED / "data").rglob("*") if p.suffix in (".yaml", ".yml", ".json")],
+        key=lambda p: p.relative_to(SHIPPED).as_posix().encode(),
+    )
+    listing = "".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(SHIPPED).as_posix()}\n"
+        for p in files
+    )
+    assert bundle.digest == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+    assert any(name.endswith("_test.rego") for name in bundle.tests)
+    assert "default" in bundle.data["contracts"]
+
+
+def test_override_directory_and_digest_changes(bundle_dir: Path, bundle: PolicyBundle) -> None:
+    assert load_bundle(bundle_dir).digest == bundle.digest
+    with (bundle_dir / "data" / "contracts.yaml").open("a") as fh:
+        fh.write("\n# reviewed\n")
+    assert load_bundle(bundle_dir).digest != bundle.digest
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("data/contracts.yaml", "contracts: {}\n"),
+        ("data/contracts.yaml", "contracts:\n  default: {models: []}\n"),
+        ("data/broken.yaml", "a: [\n"),
+        ("data/extra.json", '{"contracts": {"default": {}}}'),
+        ("rego/bad.rego", "package sealgate.authz\nallow if {\n"),
+        ("rego/with.rego", "package sealgate.authz\nx if { allow with input.channel as 1 }\n"),
+    ],
+    ids=["no_default", "incomplete_contract", "bad_yaml", "data_conflict", "syntax", "with"],
+)
+def test_invalid_bundles_rejected(bundle_dir: Path, name: str, text: str) -> None:
+    (bundle_dir / name).write_text(text)
+    with pytest.raises(PolicyBundleError):
+        RegopyEngine(load_bundle(bundle_dir)).reload(load_bundle(bundle_dir))
+
+
+def test_missing_directory_rejected(tmp_path: Path) -> None:
+    with pytest.raises(PolicyBundleError, match="no rego/ folder"):
+        load_bundle(tmp_path)
+
+
+def test_shipped_rego_unit_tests_pass(bundle: PolicyBundle) -> None:
+    results = run_rego_tests(bundle)
+    assert len(results) >= 15
+    assert [r.name for r in results if not r.passed] == []
+
+
+def test_failing_rego_unit_test_is_reported(bundle_dir: Path) -> None:
+    (bundle_dir / "rego" / "extra_test.rego").write_text(
+        "package sealgate.extra_test\n\ntest_wrong if {\n\tdata.sealgate.authz.allow\n}\n"
+    )
+    results = {r.name: r for r in run_rego_tests(load_bundle(bundle_dir))}
+    assert results["sealgate.extra_test.test_wrong"].passed is False
+
+
+def _deny_everything(bundle_dir: Path) -> None:
+    (bundle_dir / "rego" / "freeze.rego").write_text(
+        'package sealgate.authz\n\ndeny contains {"rule": "SG-FREEZE-001", "message": "frozen"}\n'
+    )
+
+
+def test_hot_reload_under_concurrent_decisions(
+    bundle_dir: Path, base_input: dict[str, Any]
+) -> None:
+    old = load_bundle(bundle_dir)
+    _deny_everything(bundle_dir)
+    new = load_bundle(bundle_dir)
+    engine = RegopyEngine(old, timeout_s=5.0, cache_size=0)
+
+    async def run() -> list[tuple[bool, str]]:
+        async def one() -> tuple[bool, str]:
+            d = await engine.decide(base_input)
+            return d.allow, d.bundle_digest
+
+        first = [asyncio.create_task(one()) for _ in range(40)]
+        await asyncio.sleep(0)
+        await asyncio.to_thread(engine.reload, new)
+        second = [asyncio.create_task(one()) for _ in range(40)]
+        out = await asyncio.gather(*first, *second)
+        await engine.aclose()
+        return out
+
+    results = asyncio.run(run())
+    # Every decision completed, and each is consistent with the bundle its digest names.
+    assert set(results) <= {(True, old.digest), (False, new.digest)}
+    assert results[-1] == (False, new.digest)
+    assert engine.bundle_digest == new.digest
+
+
+def test_watcher_reloads_changed_bundle_and_keeps_old_on_error(
+    bundle_dir: Path, base_input: dict[str, Any]
+) -> None:
+    engine = RegopyEngine(load_bundle(bundle_dir), timeout_s=5.0)
+    watcher = BundleWatcher(engine, bundle_dir, interval_s=0.01)
+    assert watcher.check() is False
+    _deny_everything(bundle_dir)
+    assert watcher.check() is True
+    assert asyncio.run(engine.decide(base_input)).rule_ids == ("SG-FREEZE-001",)
+    digest = engine.bundle_digest
+    (bundle_dir / "rego" / "broken.rego").write_text("package sealgate.authz\nallow if {\n")
+
+    async def poll() -> None:
+        task = asyncio.create_task(watcher.run())
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    asyncio.run(poll())
+    assert isinstance(watcher.last_error, PolicyBundleError)
+    assert engine.bundle_digest == digest
