@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -98,7 +99,7 @@ def create_app(settings: Settings | None = None, *,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Sealgate", version="0.1.0", path="/schema",
                                      render_plugins=[SwaggerRenderPlugin()]),
-        state={"services": services},
+        state=State({"services": services}),
         debug=False,
         logging_config=None,
     )

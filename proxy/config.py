@@ -130,8 +130,11 @@ class Settings:
                 values[name] = _coerce(name, f.default, raw)
             elif name in doc:
                 values[name] = _coerce(name, f.default, doc[name])
-        settings = cls(**values, **({"backends": backends} if backends else {}),
-                       **({"models": models} if models else {}))
+        if backends:
+            values["backends"] = backends
+        if models:
+            values["models"] = models
+        settings = cls(**values)
         settings.validate()
         return settings
 
@@ -162,7 +165,8 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets and URL credentials masked."""
-        return _mask(_plain(self))
+        masked: dict[str, Any] = _mask(_plain(self))
+        return masked
 
 
 def _coerce(name: str, default: Any, raw: Any) -> Any:

@@ -28,8 +28,18 @@ from ._errors import SealedTransportError
 __all__ = ["Prepared", "SealedExchange", "StreamOpener", "gateway_failure", "open_plain", "seal"]
 
 _HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-     "upgrade", "host", "content-length", "date"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "date",
+    }
 )
 Fields = tuple[tuple[bytes, bytes], ...]
 
@@ -73,7 +83,8 @@ def wants_stream(request: httpx2.Request, body: bytes) -> bool:
 def _inner(request: httpx2.Request, body: bytes) -> BHTTPRequest:
     url = request.url
     headers = [
-        (name.lower(), value) for name, value in request.headers.raw
+        (name.lower(), value)
+        for name, value in request.headers.raw
         if name.decode("latin-1").lower() not in _HOP_BY_HOP
     ]
     # RFC 9458 §6.5: the gateway checks freshness against the inner Date.
@@ -146,6 +157,7 @@ class StreamOpener:
         self._decoder = ResponseDecoder()
         self._body: list[bytes] = []
         self.head: tuple[int, Fields] | None = None
+        self.finished = False
 
     def _decode(self, plaintexts: list[bytes]) -> None:
         for plaintext in plaintexts:
@@ -162,6 +174,9 @@ class StreamOpener:
             raise _invalid(exc) from exc
 
     def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
         try:
             self._decode([self._opener.close()])
             self._decoder.close()

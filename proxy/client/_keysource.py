@@ -72,10 +72,10 @@ class StaticKeySource:
 
 def _default_verify() -> VerifyFn:
     try:
-        from proxy.attestation import verify_identity  # type: ignore[attr-defined]
+        from proxy.attestation import verify_identity
     except ImportError as exc:
         raise _unverified("no attestation verifier is available") from exc
-    return verify_identity  # type: ignore[no-any-return]
+    return verify_identity
 
 
 class AttestedKeySource:
@@ -156,9 +156,7 @@ class AttestedKeySource:
             return config
         nonce, body = self._request_body()
         try:
-            async with httpx2.AsyncClient(
-                transport=self._async_transport, timeout=self._timeout
-            ) as client:
+            async with httpx2.AsyncClient(transport=self._async_transport, timeout=self._timeout) as client:
                 response = await client.post(self.identity_url, content=body, headers=_JSON)
         except httpx2.HTTPError as exc:
             raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc

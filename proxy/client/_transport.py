@@ -1,6 +1,6 @@
 """``httpx2`` transports that seal every request to a verified enclave key (RFC 9458).
 
-Both transports are thin I/O loops around the shared core in ``_core``.
+Both transports are thin I/O loops around the shared sans-I/O core in ``_core``.
 """
 
 from __future__ import annotations
@@ -11,18 +11,23 @@ import httpx2
 
 from proxy.ohttp import MediaType
 
-from ._core import Prepared, StreamOpener, gateway_failure, is_unknown_key, open_plain, seal
+from ._core import Fields, Prepared, StreamOpener, gateway_failure, is_unknown_key, open_plain, seal
 from ._errors import SealedTransportError
 from ._keysource import KeySource
 
 __all__ = ["AsyncSealedTransport", "SealedTransport"]
 
 
-def _response(request: httpx2.Request, prepared: Prepared, status: int, headers: object,
-              stream: httpx2.SyncByteStream | httpx2.AsyncByteStream) -> httpx2.Response:
+def _response(
+    request: httpx2.Request,
+    prepared: Prepared,
+    head: tuple[int, Fields],
+    stream: httpx2.SyncByteStream | httpx2.AsyncByteStream,
+) -> httpx2.Response:
+    status, headers = head
     return httpx2.Response(
         status,
-        headers=headers,  # type: ignore[arg-type]
+        headers=list(headers),
         stream=stream,
         request=request,
         extensions={"sealgate": prepared.exchange},
@@ -33,6 +38,11 @@ def _check_media(response: httpx2.Response, chunked: bool) -> None:
     expected = MediaType.CHUNKED_RESPONSE if chunked else MediaType.RESPONSE
     if response.headers.get("content-type", "").split(";")[0].strip() != expected:
         raise SealedTransportError("response_invalid", "gateway answer has the wrong media type")
+
+
+def _retry_or_raise(error: SealedTransportError, attempt: int) -> None:
+    if attempt or not is_unknown_key(error):
+        raise error
 
 
 class _SyncBody(httpx2.SyncByteStream):
@@ -56,8 +66,8 @@ class _AsyncBody(httpx2.AsyncByteStream):
         self._opener, self._rest, self._outer = opener, rest, outer
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        for data in self._opener.take_body():
-            yield data
+        for piece in self._opener.take_body():
+            yield piece
         async for data in self._rest:
             self._opener.feed(data)
             for piece in self._opener.take_body():
@@ -75,7 +85,9 @@ class SealedTransport(httpx2.BaseTransport):
 
     ``OpenAI(http_client=httpx2.Client(transport=SealedTransport(...)))`` works unchanged;
     streaming requests (JSON ``"stream": true``) use chunked OHTTP and are decrypted chunk by
-    chunk. If ``key_source`` cannot give a verified key, nothing is sent.
+    chunk as they arrive. If ``key_source`` cannot give a verified key, nothing is sent.
+    The inner response headers are kept; ``response.extensions["sealgate"]`` is the
+    :class:`SealedExchange` (commitment key and the exact sealed request).
     """
 
     def __init__(
@@ -96,11 +108,12 @@ class SealedTransport(httpx2.BaseTransport):
             outer = self._inner.handle_request(prepared.outer)
             if outer.status_code == 200:
                 return self._open(request, prepared, outer)
-            error = gateway_failure(outer.status_code, outer.read())
-            outer.close()
-            if attempt or not is_unknown_key(error):
-                raise error
-            self._keys.invalidate()  # the gateway rotated its keys: verify again
+            try:
+                error = gateway_failure(outer.status_code, outer.read())
+            finally:
+                outer.close()
+            _retry_or_raise(error, attempt)
+            self._keys.invalidate()  # the gateway rotated its keys: fetch and verify again
         raise AssertionError("unreachable")
 
     def _open(self, request: httpx2.Request, prepared: Prepared, outer: httpx2.Response) -> httpx2.Response:
@@ -109,17 +122,77 @@ class SealedTransport(httpx2.BaseTransport):
             if not prepared.exchange.chunked:
                 status, headers, content = open_plain(prepared, outer.read())
                 outer.close()
-                return _response(request, prepared, status, headers, httpx2.ByteStream(content))
-            opener, rest = StreamOpener(prepared), iter(outer.stream)  # type: ignore[call-overload]
-            while opener.head is None:
-                opener.feed(next(rest, b"")) if True else None
-                if opener.head is None and _exhausted(opener, rest):
+                return _response(request, prepared, (status, headers), httpx2.ByteStream(content))
+            opener = StreamOpener(prepared)
+            rest = iter(outer.stream)  # type: ignore[arg-type]
+            for data in rest:
+                opener.feed(data)
+                if opener.head is not None:
                     break
+            else:
+                opener.finish()
             assert opener.head is not None
-            return _response(request, prepared, *opener.head, _SyncBody(opener, rest, outer))
+            return _response(request, prepared, opener.head, _SyncBody(opener, rest, outer))
         except BaseException:
             outer.close()
             raise
 
     def close(self) -> None:
         self._inner.close()
+
+
+class AsyncSealedTransport(httpx2.AsyncBaseTransport):
+    """The asyncio twin of :class:`SealedTransport`, on the same core."""
+
+    def __init__(
+        self,
+        inner: httpx2.AsyncBaseTransport | None = None,
+        *,
+        gateway_url: str,
+        key_source: KeySource,
+    ) -> None:
+        self._inner = inner or httpx2.AsyncHTTPTransport()
+        self._gateway_url = gateway_url
+        self._keys = key_source
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = await request.aread()
+        for attempt in range(2):
+            config = await self._keys.akey_config()
+            prepared = seal(request, body, config, self._gateway_url)
+            outer = await self._inner.handle_async_request(prepared.outer)
+            if outer.status_code == 200:
+                return await self._open(request, prepared, outer)
+            try:
+                error = gateway_failure(outer.status_code, await outer.aread())
+            finally:
+                await outer.aclose()
+            _retry_or_raise(error, attempt)
+            self._keys.invalidate()
+        raise AssertionError("unreachable")
+
+    async def _open(
+        self, request: httpx2.Request, prepared: Prepared, outer: httpx2.Response
+    ) -> httpx2.Response:
+        try:
+            _check_media(outer, prepared.exchange.chunked)
+            if not prepared.exchange.chunked:
+                status, headers, content = open_plain(prepared, await outer.aread())
+                await outer.aclose()
+                return _response(request, prepared, (status, headers), httpx2.ByteStream(content))
+            opener = StreamOpener(prepared)
+            rest = aiter(outer.stream)  # type: ignore[arg-type]
+            while opener.head is None:
+                data = await anext(rest, None)
+                if data is None:
+                    opener.finish()
+                    break
+                opener.feed(data)
+            assert opener.head is not None
+            return _response(request, prepared, opener.head, _AsyncBody(opener, rest, outer))
+        except BaseException:
+            await outer.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

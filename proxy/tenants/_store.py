@@ -125,8 +125,9 @@ class TenantStore:
         if tenant_name is not None:
             query = query.where(TenantRow.name == tenant_name)
         with self._session() as session:
+            ordered = query.order_by(sa.asc(ApiKeyRow.created_at))  # type: ignore[call-overload]
             return [ApiKeyInfo(k.id, t.name, k.prefix, k.created_at, k.revoked_at)
-                    for k, t in session.exec(query.order_by(ApiKeyRow.created_at)).all()]
+                    for k, t in session.exec(ordered).all()]
 
     def revoke_key(self, key_id_or_prefix: str) -> ApiKeyInfo:
         with self._session() as session:

@@ -24,7 +24,9 @@ from proxy.attestation import (
 from tests.conftest import load_vector, vector_path
 
 M = "a1" * 48
-KEY_CONFIGS = bytes.fromhex("01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003")
+KEY_CONFIGS = bytes.fromhex(
+    "01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003"
+)
 AUDIT_KEY = bytes(range(32))
 PINNED = VerificationPolicy(allowed_measurements=frozenset({M}), allow_simulated=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from proxy.attestation import VerificationError, gpu_nonce, verify_nvidia
@@ -10,15 +12,17 @@ from proxy.attestation._x509 import load_certificates
 from tests.attestation._support import flip, pem
 from tests.conftest import load_vector, vector_path
 
-MANIFEST = load_vector("nvidia-gpu", "manifest.json")
+
+def _manifest() -> Any:
+    return load_vector("nvidia-gpu", "manifest.json")
 
 
 def _report() -> bytes:
-    return bytes.fromhex(vector_path("nvidia-gpu", MANIFEST["report"]).read_text().strip())
+    return bytes.fromhex(vector_path("nvidia-gpu", _manifest()["report"]).read_text().strip())
 
 
 def _chain() -> bytes:
-    return vector_path("nvidia-gpu", MANIFEST["cert_chain"]).read_bytes()
+    return vector_path("nvidia-gpu", _manifest()["cert_chain"]).read_bytes()
 
 
 def _code(report: bytes, chain: bytes, nonce: bytes | None = None) -> str:
@@ -28,23 +32,25 @@ def _code(report: bytes, chain: bytes, nonce: bytes | None = None) -> str:
 
 
 def test_vector_report_verifies() -> None:
-    nonce = bytes.fromhex(MANIFEST["request_nonce"])
+    manifest = _manifest()
+    nonce = bytes.fromhex(manifest["request_nonce"])
     verdict = verify_nvidia(_report(), _chain(), expected_nonce=nonce)
     assert verdict.report_data == nonce
-    assert verdict.claims["driver_version"] == MANIFEST["opaque_data"]["driver_version"]
-    assert verdict.claims["vbios_version"] == MANIFEST["opaque_data"]["vbios_version_decoded"]
-    assert verdict.claims["project"] == MANIFEST["opaque_data"]["project"]
-    assert verdict.claims["chip_sku"] == MANIFEST["opaque_data"]["chip_sku"]
+    assert verdict.claims["driver_version"] == manifest["opaque_data"]["driver_version"]
+    assert verdict.claims["vbios_version"] == manifest["opaque_data"]["vbios_version_decoded"]
+    assert verdict.claims["project"] == manifest["opaque_data"]["project"]
+    assert verdict.claims["chip_sku"] == manifest["opaque_data"]["chip_sku"]
     blocks = verdict.claims["measurements"]
-    assert len(blocks) == MANIFEST["n_measurement_blocks"]
-    for block in MANIFEST["measurement_blocks"]:
+    assert len(blocks) == manifest["n_measurement_blocks"]
+    for block in manifest["measurement_blocks"]:
         assert blocks[block["index"]] == block["value_hex"]
 
 
 def test_parse_nonces() -> None:
+    manifest = _manifest()
     parsed = parse_spdm(_report())
-    assert parsed.responder_nonce.hex() == MANIFEST["responder_nonce"]
-    assert len(_report()) == MANIFEST["report_bytes"]
+    assert parsed.responder_nonce.hex() == manifest["responder_nonce"]
+    assert len(_report()) == manifest["report_bytes"]
 
 
 @pytest.mark.parametrize("offset", [10, 37 + 20, -SIGNATURE_SIZE + 3, -SIGNATURE_SIZE - 5],

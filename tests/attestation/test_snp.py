@@ -17,14 +17,26 @@ from proxy.attestation._snp import _check_binding
 from proxy.attestation._snp_report import SIGNED_SIZE, decode_tcb, parse_snp_report
 from proxy.attestation._x509 import build_chain, load_certificates, pinned_root, verify_chain
 from tests.attestation._support import (
-    SNP_AT, flip, forged_chain, snp_cases, snp_certs, snp_report, to_pem,
+    SNP_AT,
+    flip,
+    forged_chain,
+    need_case,
+    snp_case,
+    snp_certs,
+    snp_report,
+    to_pem,
+    vector_cases,
 )
 from tests.conftest import load_vector, vector_path
 
-CASES = snp_cases()
-IDS = [c["report"] for c in CASES]
-MILAN = next(c for c in CASES if c["report"] == "virtee-sev_report_milan.bin")
-DEBUG = next(c for c in CASES if c["report"] == "go-sev-guest_attestation.bin")
+CASES = vector_cases("sev-snp", "reports", "report")
+MILAN = "virtee-sev_report_milan.bin"
+DEBUG = "go-sev-guest_attestation.bin"
+
+
+def _milan() -> tuple[bytes, bytes]:
+    case = snp_case(MILAN)
+    return snp_report(case), snp_certs(case)
 
 
 def _verify(report: bytes, certs: bytes, at: dt.datetime | None = SNP_AT) -> Any:
@@ -37,8 +49,9 @@ def _code(report: bytes, certs: bytes, at: dt.datetime | None = SNP_AT) -> str:
     return info.value.code
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_vector_report_verifies(case: dict[str, Any]) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_vector_report_verifies(case: dict[str, Any] | None) -> None:
+    case = need_case(case, "sev-snp")
     verdict = _verify(snp_report(case), snp_certs(case))
     fields = case["fields"]
     assert verdict.measurement == fields["measurement"]
@@ -49,8 +62,9 @@ def test_vector_report_verifies(case: dict[str, Any]) -> None:
     assert verdict.claims["product"] == case["product"].split()[0]
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_parse_matches_manifest(case: dict[str, Any]) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_parse_matches_manifest(case: dict[str, Any] | None) -> None:
+    case = need_case(case, "sev-snp")
     parsed = parse_snp_report(snp_report(case))
     fields = case["fields"]
     assert parsed.version == fields["version"] and parsed.guest_svn == fields["guest_svn"]
@@ -74,31 +88,33 @@ def test_parse_matches_manifest(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("offset", [0x10, 0x90, 0x50, 0x2A0, 0x2E8],
                          ids=["body", "measurement", "report_data", "signature_r", "signature_s"])
 def test_bit_flip_breaks_signature(offset: int) -> None:
-    report = flip(snp_report(MILAN), offset)
-    assert _code(report, snp_certs(MILAN)) == "report_signature_invalid"
+    report, certs = _milan()
+    assert _code(flip(report, offset), certs) == "report_signature_invalid"
 
 
 def test_wrong_vcek() -> None:
-    certs = snp_certs(MILAN, leaf="trustee_vcek_milan.der")
-    assert _code(snp_report(MILAN), certs) == "report_signature_invalid"
+    certs = snp_certs(snp_case(MILAN), leaf="trustee_vcek_milan.der")
+    assert _code(_milan()[0], certs) == "report_signature_invalid"
 
 
 def test_truncated_report() -> None:
-    assert _code(snp_report(MILAN)[:-1], snp_certs(MILAN)) == "report_malformed"
+    report, certs = _milan()
+    assert _code(report[:-1], certs) == "report_malformed"
 
 
 def test_no_signing_certificate() -> None:
     chain = vector_path("sev-snp", "ask_ark_milan.pem").read_bytes()
-    assert _code(snp_report(MILAN), chain) == "cert_chain_invalid"
+    assert _code(_milan()[0], chain) == "cert_chain_invalid"
 
 
 def test_wrong_root_forged_chain() -> None:
     """A report re-signed under a look-alike ARK/ASK/VCEK chain: the root is not pinned."""
-    real_vcek = load_certificates(vector_path("sev-snp", MILAN["signing_cert"]).read_bytes(), "v")[0]
+    vcek_der = vector_path("sev-snp", snp_case(MILAN)["signing_cert"]).read_bytes()
+    real_vcek = load_certificates(vcek_der, "v")[0]
     amd = [e for e in real_vcek.extensions if e.oid.dotted_string.startswith("1.3.6.1.4.1.3704")]
     key = ec.generate_private_key(ec.SECP384R1())
     chain = forged_chain(["ARK-Milan", "SEV-Milan", "SEV-VCEK"], key, amd)
-    report = bytearray(snp_report(MILAN))
+    report = bytearray(_milan()[0])
     r, s = decode_dss_signature(key.sign(bytes(report[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384())))
     report[0x2A0:0x2E8] = r.to_bytes(72, "little")
     report[0x2E8:0x330] = s.to_bytes(72, "little")
@@ -106,13 +122,15 @@ def test_wrong_root_forged_chain() -> None:
 
 
 def test_debug_bit_flip_breaks_signature() -> None:
-    report = flip(snp_report(MILAN), 0x08 + 19 // 8, 19 % 8)
+    report, certs = _milan()
+    report = flip(report, 0x08 + 19 // 8, 19 % 8)
     assert parse_snp_report(report).debug
-    assert _code(report, snp_certs(MILAN)) == "report_signature_invalid"
+    assert _code(report, certs) == "report_signature_invalid"
 
 
 def test_debug_policy_refused() -> None:
-    verdict = _verify(snp_report(DEBUG), snp_certs(DEBUG))
+    case = snp_case(DEBUG)
+    verdict = _verify(snp_report(case), snp_certs(case))
     assert verdict.debug
     with pytest.raises(VerificationError) as info:
         VerificationPolicy(allow_debug=False).check(verdict)
@@ -121,7 +139,7 @@ def test_debug_policy_refused() -> None:
 
 
 def test_tcb_below_minimum() -> None:
-    verdict = _verify(snp_report(MILAN), snp_certs(MILAN))
+    verdict = _verify(*_milan())
     VerificationPolicy(min_tcb={"sev-snp": {"snp": 8, "microcode": 115}}).check(verdict)
     with pytest.raises(VerificationError) as info:
         VerificationPolicy(min_tcb={"sev-snp": {"snp": 9}}).check(verdict)
@@ -129,27 +147,29 @@ def test_tcb_below_minimum() -> None:
 
 
 def test_measurement_allowlist() -> None:
-    verdict = _verify(snp_report(MILAN), snp_certs(MILAN))
-    VerificationPolicy(allowed_measurements=frozenset({MILAN["fields"]["measurement"]})).check(verdict)
+    verdict = _verify(*_milan())
+    measurement = snp_case(MILAN)["fields"]["measurement"]
+    VerificationPolicy(allowed_measurements=frozenset({measurement})).check(verdict)
     with pytest.raises(VerificationError) as info:
         VerificationPolicy(allowed_measurements=frozenset({"00" * 48})).check(verdict)
     assert info.value.code == "measurement_not_allowed"
 
 
 def test_expired_vlek_without_pinned_time() -> None:
-    vlek = next(c for c in CASES if c["report"] == "trustee_vlek_report_milan.bin")
+    vlek = snp_case("trustee_vlek_report_milan.bin")
     at = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
     assert _code(snp_report(vlek), snp_certs(vlek), at=at) == "collateral_expired"
 
 
 def test_chip_id_and_tcb_bound_to_vcek() -> None:
-    parsed = parse_snp_report(snp_report(MILAN))
+    parsed = parse_snp_report(_milan()[0])
     other = load_certificates(vector_path("sev-snp", "trustee_vcek_milan.der").read_bytes(), "v")[0]
     tcb = decode_tcb(parsed.reported_tcb, "Milan")
     with pytest.raises(VerificationError) as info:
         _check_binding(parsed, other, tcb)
     assert info.value.code == "chip_id_mismatch"
-    own = load_certificates(vector_path("sev-snp", MILAN["signing_cert"]).read_bytes(), "v")[0]
+    own_der = vector_path("sev-snp", snp_case(MILAN)["signing_cert"]).read_bytes()
+    own = load_certificates(own_der, "v")[0]
     with pytest.raises(VerificationError) as info:
         _check_binding(parsed, own, {**tcb, "snp": tcb["snp"] + 1})
     assert info.value.code == "tcb_mismatch"
@@ -166,7 +186,7 @@ def test_turin_tcb_layout_and_chain() -> None:
     pool = load_certificates(vector_path("sev-snp", turin["cert_chain"]).read_bytes(), "c")
     root = verify_chain(build_chain(leaf, pool), [pinned_root("amd_ark_turin")], SNP_AT, "t")
     assert root == pinned_root("amd_ark_turin")
-    parsed = parse_snp_report(snp_report(MILAN))
+    parsed = parse_snp_report(_milan()[0])
     hwid = bytes.fromhex(ext["hwID"])
     report = dataclasses.replace(parsed, chip_id=hwid + bytes(56),
                                  reported_tcb=int.from_bytes(raw, "little"))

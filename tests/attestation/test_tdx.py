@@ -17,10 +17,19 @@ from proxy.attestation._tdx import PckInfo
 from proxy.attestation._tdx_quote import parse_tdx_quote
 from proxy.attestation._tdx_tcb import level_status, module_status
 from proxy.attestation._x509 import check_crl, load_certificates
-from tests.attestation._support import TDX_V4_AT, TDX_V5_AT, flip, forged_chain, issue, to_pem
-from tests.conftest import load_vector, vector_path
+from tests.attestation._support import (
+    TDX_V4_AT,
+    TDX_V5_AT,
+    flip,
+    forged_chain,
+    issue,
+    need_case,
+    to_pem,
+    vector_cases,
+)
+from tests.conftest import vector_path
 
-QUOTES = load_vector("tdx", "manifest.json")["quotes"]
+QUOTES = vector_cases("tdx", "quotes", "file")
 V4 = "go-tdx-guest_tdx_prod_quote_SPR_E4_v4.dat"
 V5 = "go-tdx-guest_quote_v5_sample.dat"
 
@@ -30,7 +39,6 @@ def _quote(name: str) -> bytes:
 
 
 def _collateral(**overrides: Any) -> Collateral:
-    vector_path("tdx", "manifest.json")
     base = Collateral.from_dir(vector_path("tdx", "intel_sgx_root_ca.pem").parent)
     return Collateral(**{**base.__dict__, **overrides})
 
@@ -41,8 +49,9 @@ def _code(quote: bytes, collateral: Collateral | None, at: dt.datetime | None) -
     return info.value.code
 
 
-@pytest.mark.parametrize("case", QUOTES, ids=[q["file"] for q in QUOTES])
-def test_vector_quote_verifies(case: dict[str, Any]) -> None:
+@pytest.mark.parametrize("case", QUOTES)
+def test_vector_quote_verifies(case: dict[str, Any] | None) -> None:
+    case = need_case(case, "tdx")
     at = TDX_V4_AT if case["header"]["version"] == 4 else TDX_V5_AT
     verdict = verify_tdx(_quote(case["file"]), None, at=at)
     body = case["td_quote_body"]
@@ -54,8 +63,9 @@ def test_vector_quote_verifies(case: dict[str, Any]) -> None:
     assert not verdict.debug and verdict.tcb_status is None
 
 
-@pytest.mark.parametrize("case", QUOTES, ids=[q["file"] for q in QUOTES])
-def test_parse_matches_manifest(case: dict[str, Any]) -> None:
+@pytest.mark.parametrize("case", QUOTES)
+def test_parse_matches_manifest(case: dict[str, Any] | None) -> None:
+    case = need_case(case, "tdx")
     quote = parse_tdx_quote(_quote(case["file"]))
     body = case["td_quote_body"]
     assert quote.version == case["header"]["version"]

@@ -48,25 +48,31 @@ def _tamper(url: str, sql: str) -> None:
     store.close()
 
 
-def _flip_first_byte(column: str, table: str, where: str) -> str:
-    # Portable byte edit: replace the whole value with a variant that differs in one byte.
-    return f"UPDATE {table} SET {column} = {column} || {column} WHERE {where}"
+def _flip(url: str, table: str, column: str, where: str, offset: int = 50) -> None:
+    """Flip one bit of a stored value (bytes or text), as an attacker with database access would."""
+    store = LogStore.open(url)
+    with store.engine.begin() as conn:
+        value = conn.execute(text(f"SELECT {column} FROM {table} WHERE {where}")).scalar_one()
+        raw = bytearray(value if isinstance(value, bytes | memoryview) else value.encode())
+        raw[offset % len(raw)] ^= 0x01
+        new = bytes(raw) if not isinstance(value, str) else raw.decode()
+        conn.execute(text(f"UPDATE {table} SET {column} = :v WHERE {where}"), {"v": new})
+    store.close()
 
 
 TAMPERS: dict[str, Callable[[str], None]] = {
-    "record envelope": lambda u: _tamper(
-        u, "UPDATE audit_records SET envelope = envelope || envelope WHERE leaf_index = 7"),
+    "record envelope payload": lambda u: _flip(u, "audit_records", "envelope", "leaf_index = 7"),
+    "record envelope signature": lambda u: _flip(
+        u, "audit_records", "envelope", "leaf_index = 7", offset=-10),
     "record metadata": lambda u: _tamper(
         u, "UPDATE audit_records SET tenant = 'tenant-z' WHERE leaf_index = 3"),
     "record deleted": lambda u: _tamper(u, "DELETE FROM audit_records WHERE leaf_index = 20"),
-    "leaf hash": lambda u: _tamper(
-        u, "UPDATE audit_nodes SET hash = hash || hash WHERE node_id = 5"),
-    "interior node": lambda u: _tamper(
-        u, f"UPDATE audit_nodes SET hash = hash || hash WHERE node_id = {2 * 2**48 + 1}"),
+    "leaf hash": lambda u: _flip(u, "audit_nodes", "hash", "node_id = 5"),
+    "interior node": lambda u: _flip(u, "audit_nodes", "hash", f"node_id = {2 * 2**48 + 1}"),
     "checkpoint note": lambda u: _tamper(
         u, "UPDATE audit_checkpoints SET note = REPLACE(note, '\n\n', '\nx\n\n') WHERE size = 14"),
-    "checkpoint root column": lambda u: _tamper(
-        u, "UPDATE audit_checkpoints SET root_hash = root_hash || root_hash WHERE size = 14"),
+    "checkpoint root column": lambda u: _flip(u, "audit_checkpoints", "root_hash", "size = 14"),
+    "checkpoint signature": lambda u: _flip(u, "audit_checkpoints", "note", "size = 14", -8),
 }  # fmt: skip
 
 

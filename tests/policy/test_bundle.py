@@ -58,7 +58,7 @@ def test_override_directory_and_digest_changes(bundle_dir: Path, bundle: PolicyB
         ("data/contracts.yaml", "contracts: {}\n"),
         ("data/contracts.yaml", "contracts:\n  default: {models: []}\n"),
         ("data/broken.yaml", "a: [\n"),
-        ("data/extra.json", '{"contracts": {"default": {}}}'),
+        ("data/extra.json", '{"contracts": {"default": {"max_n": 2}}}'),
         ("rego/bad.rego", "package sealgate.authz\nallow if {\n"),
         ("rego/with.rego", "package sealgate.authz\nx if { allow with input.channel as 1 }\n"),
     ],

@@ -1,0 +1,57 @@
+"""``sealgate client-proxy``: seal any OpenAI client's traffic through a local forwarder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from proxy.client import AttestedKeySource, KeySource, StaticKeySource, serve_client_proxy
+from proxy.client._forwarder import gateway_urls
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "client-proxy",
+        help="local plain-HTTP forwarder that seals every request to a verified enclave",
+        description=(
+            "Listen on loopback for plain OpenAI-compatible HTTP and forward every request "
+            "sealed (Oblivious HTTP) to a Sealgate gateway whose identity was verified first."
+        ),
+    )
+    parser.add_argument("--gateway", required=True, help="Sealgate base URL, e.g. https://host")
+    parser.add_argument("--listen", default="127.0.0.1:8787", help="loopback HOST:PORT")
+    parser.add_argument(
+        "--allow-simulated",
+        action="store_true",
+        help="accept a simulated (insecure, development) enclave identity",
+    )
+    parser.add_argument(
+        "--key-config",
+        type=Path,
+        help="pin this application/ohttp-keys file instead of verifying attestation (testing)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _key_source(args: argparse.Namespace) -> KeySource:
+    if args.key_config is not None:
+        return StaticKeySource(args.key_config.read_bytes())
+    from proxy.attestation import VerificationPolicy
+
+    origin, _ = gateway_urls(args.gateway)
+    return AttestedKeySource(origin, VerificationPolicy(allow_simulated=args.allow_simulated))
+
+
+def run(args: argparse.Namespace) -> int:
+    host, _, port = args.listen.rpartition(":")
+    try:
+        key_source = _key_source(args)
+        serve_client_proxy(args.gateway, key_source, host=host.strip("[]"), port=int(port))
+    except (ValueError, OSError) as exc:
+        print(f"sealgate client-proxy: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,26 @@
+"""Client SDK: seal OpenAI requests to a verified Sealgate enclave (RFC 9458, chunked OHTTP).
+
+transport = SealedTransport(gateway_url=".../.well-known/ohttp-gateway",
+                            key_source=AttestedKeySource(base_url, policy))
+client = OpenAI(base_url=".../v1", api_key=..., http_client=httpx2.Client(transport=transport))
+"""
+
+from __future__ import annotations
+
+from ._core import SealedExchange
+from ._errors import SealedTransportError
+from ._forwarder import ClientProxy, serve_client_proxy
+from ._keysource import AttestedKeySource, KeySource, StaticKeySource
+from ._transport import AsyncSealedTransport, SealedTransport
+
+__all__ = [
+    "AsyncSealedTransport",
+    "AttestedKeySource",
+    "ClientProxy",
+    "KeySource",
+    "SealedExchange",
+    "SealedTransport",
+    "SealedTransportError",
+    "StaticKeySource",
+    "serve_client_proxy",
+]

@@ -1,0 +1,144 @@
+"""``sealgate client-proxy``: a plain-HTTP forwarder on loopback that seals everything it sends.
+
+Any OpenAI client pointed at it talks plain HTTP on the local machine only; every request
+leaves the machine sealed to the verified enclave key, and answers stream back chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx2
+import msgspec
+import uvicorn
+
+from ._errors import SealedTransportError
+from ._keysource import KeySource
+from ._transport import AsyncSealedTransport
+
+__all__ = ["GATEWAY_PATH", "ClientProxy", "gateway_urls", "serve_client_proxy"]
+
+GATEWAY_PATH = "/.well-known/ohttp-gateway"
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+    }
+)
+
+
+def gateway_urls(gateway: str) -> tuple[str, str]:
+    """``(origin, gateway_url)`` for a Sealgate base URL (or its gateway URL)."""
+    base = gateway.rstrip("/")
+    base = base.removesuffix(GATEWAY_PATH)
+    return base, base + GATEWAY_PATH
+
+
+def _error(status: int, err: SealedTransportError) -> tuple[int, bytes]:
+    error = {"message": err.detail, "type": "sealed_transport_error", "param": None, "code": err.code}
+    return status, msgspec.json.encode({"error": error})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+class ClientProxy:
+    """The forwarder as a raw ASGI app around an :class:`AsyncSealedTransport`."""
+
+    def __init__(self, transport: AsyncSealedTransport, origin: str) -> None:
+        self._transport = transport
+        self._origin = origin.rstrip("/")
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._forward(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._transport.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _request(self, scope: Message, body: bytes) -> httpx2.Request:
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        headers = [(n, v) for n, v in scope["headers"] if n.lower() not in _HOP_BY_HOP]
+        headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+        url = self._origin + target.decode("latin-1")
+        return httpx2.Request(scope["method"], url, headers=headers, content=body)
+
+    async def _forward(self, scope: Message, receive: Receive, send: Send) -> None:
+        try:
+            request = self._request(scope, await _read_body(receive))
+            response = await self._transport.handle_async_request(request)
+        except ConnectionAbortedError:
+            return
+        except SealedTransportError as err:
+            status = 502 if err.code != "enclave_unverified" else 503
+            await _send_whole(send, *_error(status, err))
+            return
+        try:
+            headers = [(n, v) for n, v in response.headers.raw if n.lower() not in _HOP_BY_HOP]
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            async for chunk in response.stream:  # type: ignore[union-attr]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+
+
+async def _send_whole(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _check_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError("the client proxy speaks plain HTTP and listens on loopback only")
+
+
+def serve_client_proxy(
+    gateway: str, key_source: KeySource, *, host: str = "127.0.0.1", port: int = 8787
+) -> None:
+    """Run the forwarder on ``host:port`` (loopback only) until interrupted."""
+    _check_loopback(host)
+    origin, gateway_url = gateway_urls(gateway)
+    transport = AsyncSealedTransport(gateway_url=gateway_url, key_source=key_source)
+    config = uvicorn.Config(
+        ClientProxy(transport, origin), host=host, port=port, access_log=False, log_level="warning"
+    )
+    uvicorn.Server(config).run()

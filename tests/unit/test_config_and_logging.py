@@ -1,0 +1,103 @@
+"""Typed settings (TOML + env), masking, the CLI around them, and the content-free log schema."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import structlog
+
+import inference
+import policy
+import proxy
+from inference import RetentionTier
+from proxy.cli import main
+from proxy.config import Settings
+from proxy.errors import ConfigError
+from proxy.telemetry import configure_logging
+
+TOML = """
+port = 9001
+data_dir = "/srv/sealgate"
+audit_url = "postgresql+psycopg://sealgate:hunter2@db:5432/audit"
+[backends.gpu]
+type = "openai"
+url = "http://vllm:8000/v1"
+api_key_env = "UPSTREAM_KEY"
+[models."big"]
+backend = "gpu"
+retention_tier = "contractual-zero"
+"""
+
+
+def test_toml_then_env(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(TOML)
+    settings = Settings.load(path, env={"SEALGATE_PORT": "9002", "SEALGATE_ALLOW_PLAINTEXT": "true"})
+    assert settings.port == 9002 and settings.allow_plaintext is True
+    assert settings.data_dir == Path("/srv/sealgate")
+    assert settings.models["big"].retention_tier is RetentionTier.CONTRACTUAL_ZERO
+
+
+@pytest.mark.parametrize(("toml", "env"), [
+    ("bogus = 1", {}),
+    ("", {"SEALGATE_PORT": "eighty"}),
+    ("", {"SEALGATE_ALLOW_PLAINTEXT": "maybe"}),
+    ('[models.x]\nbackend = "nowhere"', {}),
+    ('[backends.b]\ntype = "telepathy"', {}),
+    ('deployment_mode = "yolo"', {}),
+])
+def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        Settings.load(path, env=env)
+    assert str(info.value).startswith("invalid_config: ")
+
+
+def test_config_show_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(TOML)
+    assert main(["config", "show", "--config", str(path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert "hunter2" not in json.dumps(shown)
+    assert shown["audit_url"] == "postgresql+psycopg://********@db:5432/audit"
+    assert shown["backends"]["gpu"]["options"]["api_key_env"] == "UPSTREAM_KEY"
+
+
+def test_cli_honours_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(tmp_path / "state"))
+    assert main(["tenants", "create", "acme"]) == 0
+    assert main(["keys", "create", "--tenant", "acme"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("sg-") and len(out[-1].split()) == 1
+    assert (tmp_path / "state" / "sealgate.db").exists()
+    database = (tmp_path / "state" / "sealgate.db").read_bytes()
+    assert out[-1].encode() not in database  # only the hash is stored
+    assert main(["tenants", "create", "acme"]) == 1  # exists
+
+
+def test_log_processor_drops_unknown_and_free_text() -> None:
+    buffer = io.StringIO()
+    configure_logging("info", stream=buffer)
+    log = structlog.get_logger("t")
+    log.info("request", request_id="req_1", messages="SECRET PROMPT", prompt="p", status=200,
+             model="what is the meaning of life?\nanswer", tenant="tp_abc")
+    line = json.loads(buffer.getvalue())
+    assert "messages" not in line and "prompt" not in line
+    assert line["model"] == "[redacted]" and line["status"] == 200 and line["tenant"] == "tp_abc"
+    assert "SECRET" not in buffer.getvalue()
+
+
+def test_public_surfaces_are_exact() -> None:
+    assert sorted(inference.__all__) == [
+        "Backend", "BackendError", "BackendRejected", "BackendRouter", "BackendUnavailable",
+        "GenerationKind", "LlamaCppBackend", "LlamaCppConfig", "ModelNotFound", "ModelRoute",
+        "OpenAIBackend", "OpenAIConfig", "RetentionTier", "VLLMBackend", "VLLMConfig",
+        "default_model_path"]
+    for package in (inference, proxy, policy):
+        for name in package.__all__:
+            assert hasattr(package, name), name
