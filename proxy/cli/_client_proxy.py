@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from proxy.client import AttestedKeySource, KeySource, StaticKeySource, serve_client_proxy
+from proxy.client import (
+    AttestedKeySource,
+    KeySource,
+    SealedTransportError,
+    StaticKeySource,
+    serve_client_proxy,
+)
 from proxy.client._forwarder import gateway_urls
 
 __all__ = ["register"]
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         key_source = _key_source(args)
         serve_client_proxy(args.gateway, key_source, host=host.strip("[]"), port=int(port))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, SealedTransportError) as exc:
         print(f"sealgate client-proxy: {exc}", file=sys.stderr)
         return 2
     return 0

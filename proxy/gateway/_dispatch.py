@@ -76,7 +76,7 @@ def build_scope(
         "headers": headers,
         "client": None,
         "server": None,
-        "state": dict(outer.get("state") or {}),
+        "state": {},
         "extensions": {SCOPE_EXTENSION: channel},
     }
 

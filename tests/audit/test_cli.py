@@ -1,0 +1,63 @@
+"""``sealgate audit verify|show|checkpoint`` against a real log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import text
+
+from audit import AuditLog, LogStore
+from proxy.cli import main
+from tests.audit.conftest import ORIGIN, make_record
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    async def build() -> str:
+        log = await AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}",
+                                  Ed25519PrivateKey.generate(), ORIGIN)  # fmt: skip
+        receipt = [await log.append(make_record(i)) for i in range(12)][5]
+        await log.close()
+        return receipt.record_id
+
+    record_id = asyncio.run(build())
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SEALGATE_AUDIT_URL", raising=False)
+    return tmp_path, record_id
+
+
+def test_verify_show_checkpoint(data_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str],
+                                tmp_path: Path) -> None:  # fmt: skip
+    folder, record_id = data_dir
+    assert main(["audit", "checkpoint"]) == 0
+    note = capsys.readouterr().out
+    assert note.startswith(f"{ORIGIN}\n12\n")
+    (tmp_path / "kept.note").write_text(note)
+    assert main(["audit", "verify", "--json", "--from-checkpoint", str(tmp_path / "kept.note")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["logs"][0]["records"] == 12
+    assert main(["audit", "show", record_id, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["leaf_index"] == 5 and shown["statement"]["predicate"]["request_id"] == "req-5"
+
+
+def test_verify_fails_on_tampering(data_dir: tuple[Path, str],
+                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder, _ = data_dir
+    store = LogStore.open(f"sqlite:///{folder / 'audit.db'}")
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_records SET decision = 'deny' WHERE leaf_index = 2"))
+    store.close()
+    assert main(["audit", "verify"]) == 1
+    assert "verification_failed" in capsys.readouterr().err
+
+
+def test_missing_database_and_record(tmp_path: Path, data_dir: tuple[Path, str],
+                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    assert main(["audit", "verify", "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
+    assert main(["audit", "show", "0" * 32]) == 1
+    assert "no such record" in capsys.readouterr().err
