@@ -78,8 +78,7 @@ class RequestParams:
         _check(isinstance(self.previous_response_id, bool), "previous_response_id must be a bool")
         _check(isinstance(self.conversation, bool), "conversation must be a boolean")
         _check(
-            isinstance(self.metadata_keys, tuple)
-            and all(isinstance(k, str) for k in self.metadata_keys),
+            isinstance(self.metadata_keys, tuple) and all(isinstance(k, str) for k in self.metadata_keys),
             "metadata_keys must be a tuple of strings",
         )
         _check(self.purpose is None or isinstance(self.purpose, str), "purpose must be a string")

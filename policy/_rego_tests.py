@@ -31,15 +31,46 @@ class RegoTestResult:
     """``pass``, ``fail`` (false or undefined) or ``error`` (the query failed)."""
 
 
-def _discover(bundle: PolicyBundle) -> list[str]:
-    names: list[str] = []
+def _discover(bundle: PolicyBundle) -> dict[str, list[str]]:
+    """Test package → test rule names, in file and source order."""
+    found: dict[str, list[str]] = {}
     for path, source in sorted(bundle.tests.items()):
         package = _PACKAGE_RE.search(source)
         if package is None:
             raise PolicyBundleError(f"test module {path} has no package")
-        for test in dict.fromkeys(_TEST_RE.findall(source)):
-            names.append(f"{package.group(1)}.{test}")
-    return names
+        names = found.setdefault(package.group(1), [])
+        names.extend(t for t in dict.fromkeys(_TEST_RE.findall(source)) if t not in names)
+    return found
+
+
+def _query(interpreter: regopy.Interpreter, ref: str) -> object:
+    """The value of ``ref``; ``None`` when undefined; raises ``RegoError`` when it fails."""
+    output = interpreter.query(ref)
+    # A failed query's string form must not be read (rego-cpp 1.5 crashes on it).
+    if not output.ok():
+        raise regopy.RegoError(f"query {ref} failed")
+    return output[0].expressions[0] if len(output) == 1 and output[0].expressions else None
+
+
+def _run_package(interpreter: regopy.Interpreter, package: str, names: list[str]) -> list[RegoTestResult]:
+    # One query evaluates the whole package (one compilation); a failing test is undefined and
+    # so absent. Only when that query fails is each test run alone, to say which one errs.
+    try:
+        values = _query(interpreter, f"data.{package}")
+    except regopy.RegoError:
+        values = None
+    results = []
+    for name in names:
+        if isinstance(values, dict):
+            passed, detail = values.get(name) is True, ""
+        else:
+            try:
+                passed, detail = _query(interpreter, f"data.{package}.{name}") is True, ""
+            except regopy.RegoError:
+                passed, detail = False, "error"
+        detail = detail or ("pass" if passed else "fail")
+        results.append(RegoTestResult(f"{package}.{name}", passed, detail))
+    return results
 
 
 def run_rego_tests(bundle: PolicyBundle) -> tuple[RegoTestResult, ...]:
@@ -51,16 +82,7 @@ def run_rego_tests(bundle: PolicyBundle) -> tuple[RegoTestResult, ...]:
         interpreter.add_data_json(json.dumps(dict(bundle.data)))
     except regopy.RegoError as exc:
         raise PolicyBundleError("the policy bundle or its tests do not parse") from exc
-    results = []
-    for name in _discover(bundle):
-        try:
-            output = interpreter.query(f"data.{name}")
-        except regopy.RegoError:
-            results.append(RegoTestResult(name, False, "error"))
-            continue
-        if not output.ok():
-            results.append(RegoTestResult(name, False, "error"))
-            continue
-        passed = len(output) == 1 and output[0].expressions == [True]
-        results.append(RegoTestResult(name, passed, "pass" if passed else "fail"))
+    results: list[RegoTestResult] = []
+    for package, names in _discover(bundle).items():
+        results.extend(_run_package(interpreter, package, names))
     return tuple(results)

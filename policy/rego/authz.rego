@@ -8,8 +8,9 @@
 # The rules live in several files of this one package:
 #   authz.rego      decision document, contract lookup, input shape (SG-INPUT, SG-CONTRACT)
 #   channel.rego    sealed channel (SG-CHANNEL)
-#   retention.rego  backend retention tier, stored state, training-shaped endpoints
-#                   (SG-RETENTION, SG-STORE, SG-TRAIN, SG-ENDPOINT)
+#   retention.rego  backend retention tier and stored state (SG-RETENTION, SG-STORE-001..004)
+#   endpoints.rego  training-shaped and storage endpoints, endpoint allowlist (SG-TRAIN,
+#                   SG-STORE-005, SG-ENDPOINT)
 #   tenant.rego     per-tenant limits: models, regions, tokens, streaming (SG-MODEL, SG-REGION,
 #                   SG-TOKENS, SG-STREAM)
 #   enclave.rego    enclave evidence in production (SG-ENCLAVE)

@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
 import httpx2
 import msgspec
 import uvicorn
@@ -105,13 +106,28 @@ class ClientProxy:
             await _send_whole(send, *_error(status, err))
             return
         try:
-            headers = [(n, v) for n, v in response.headers.raw if n.lower() not in _HOP_BY_HOP]
-            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-            async for chunk in response.stream:  # type: ignore[union-attr]
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async with anyio.create_task_group() as group:
+                group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+                await _relay(response, send)
+                group.cancel_scope.cancel()
         finally:
-            await response.aclose()
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Stop relaying when the local client goes away, so the sealed stream is closed too."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _relay(response: httpx2.Response, send: Send) -> None:
+    headers = [(n, v) for n, v in response.headers.raw if n.lower() not in _HOP_BY_HOP]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    async for chunk in response.stream:  # type: ignore[union-attr]
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _send_whole(send: Send, status: int, body: bytes) -> None:

@@ -32,7 +32,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str
 
 def test_verify_show_checkpoint(data_dir: tuple[Path, str], capsys: pytest.CaptureFixture[str],
                                 tmp_path: Path) -> None:  # fmt: skip
-    folder, record_id = data_dir
+    _, record_id = data_dir
     assert main(["audit", "checkpoint"]) == 0
     note = capsys.readouterr().out
     assert note.startswith(f"{ORIGIN}\n12\n")

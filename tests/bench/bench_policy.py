@@ -28,13 +28,21 @@ TENANTS = ("acme-health", "globex-research", "other")
 def _inputs(n: int) -> list[PolicyInput]:
     return [
         PolicyInput(
-            channel="sealed" if i % 7 else "plaintext", tenant_id=f"t{i}",
-            tenant_name=TENANTS[i % 3], method="POST", path=PATHS[i % 4],
+            channel="sealed" if i % 7 else "plaintext",
+            tenant_id=f"t{i}",
+            tenant_name=TENANTS[i % 3],
+            method="POST",
+            path=PATHS[i % 4],
             model="llama-3.1-8b-instruct",
             request=RequestParams(stream=bool(i % 2), max_tokens=64 + i, metadata_keys=("a",)),
-            backend_name="vllm", retention_tier="attested-zero", enclave_platform="sev-snp",
-            enclave_measurement="ab" * 48, enclave_simulated=False, enclave_debug=False,
-            mode="production", region="eu-west-1",
+            backend_name="vllm",
+            retention_tier="attested-zero",
+            enclave_platform="sev-snp",
+            enclave_measurement="ab" * 48,
+            enclave_simulated=False,
+            enclave_debug=False,
+            mode="production",
+            region="eu-west-1",
         )
         for i in range(n)
     ]
@@ -75,10 +83,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     inputs = _inputs(n)
     docs = [i.to_dict() for i in inputs]
     engine = RegopyEngine(bundle, timeout_s=1.0, cache_size=0)
-    rows = [_row("policy decision (regopy, in-process, async decide)",
-                 asyncio.run(_time_async(engine, inputs)))]
-    rows.append(_row("policy decision (regopy, in-process, calling thread)",
-                     _time_each(engine.decide_sync, inputs)))
+    rows = [
+        _row("policy decision (regopy, in-process, async decide)", asyncio.run(_time_async(engine, inputs)))
+    ]
+    rows.append(
+        _row("policy decision (regopy, in-process, calling thread)", _time_each(engine.decide_sync, inputs))
+    )
     asyncio.run(engine.aclose())
     program, interp = compile_bundle(bundle), regopy.Interpreter()
     rows.append(_row("policy input conversion (regopy.Input)", _time_each(regopy.Input, docs)))
@@ -90,8 +100,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     rows.append(_row("policy compiled query only (regopy)", _time_each(query, docs)))
     cached = RegopyEngine(bundle, timeout_s=1.0, cache_size=64)
     cached.decide_sync(inputs[0])
-    rows.append(_row("policy decision (regopy, exact-cache hit)",
-                     _time_each(cached.decide_sync, [inputs[0]] * n)))
+    rows.append(
+        _row("policy decision (regopy, exact-cache hit)", _time_each(cached.decide_sync, [inputs[0]] * n))
+    )
     asyncio.run(cached.aclose())
     return rows
 

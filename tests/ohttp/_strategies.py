@@ -37,7 +37,7 @@ responses = st.builds(
     headers=fields,
     content=st.binary(max_size=300),
     trailers=fields,
-    informational=st.lists(
-        st.builds(InformationalResponse, st.integers(100, 199), fields), max_size=2
-    ).map(tuple),
+    informational=st.lists(st.builds(InformationalResponse, st.integers(100, 199), fields), max_size=2).map(
+        tuple
+    ),
 )

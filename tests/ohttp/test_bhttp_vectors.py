@@ -39,9 +39,7 @@ def _request_from(decoded: Any) -> BHTTPRequest:
 
 
 def _response_from(decoded: Any) -> BHTTPResponse:
-    info = tuple(
-        InformationalResponse(i["status"], fields(i["fields"])) for i in decoded["informational"]
-    )
+    info = tuple(InformationalResponse(i["status"], fields(i["fields"])) for i in decoded["informational"])
     return BHTTPResponse(
         decoded["status"],
         fields(decoded["header_fields"]),

@@ -138,8 +138,6 @@ def test_fuzz_chunked_request_opener() -> None:
     assert _fuzz(corpus, _open_request_chunks) > 0
 
 
-
-
 def test_fuzz_response_openers() -> None:
     # One real exchange gives the corpus; each input is opened by a fresh client context of
     # the same exchange, rebuilt from the pinned ephemeral key, so mutations hit the AEAD path.
@@ -150,9 +148,7 @@ def test_fuzz_response_openers() -> None:
     opener.close()
     assert opener.context is not None
     response_sealer = ChunkedResponseSealer(opener.context)
-    body = response_sealer.response_nonce + b"".join(
-        response_sealer.seal(m[:40]) for m in RESPONSES[:3]
-    )
+    body = response_sealer.response_nonce + b"".join(response_sealer.seal(m[:40]) for m in RESPONSES[:3])
     body += response_sealer.seal(b"", final=True)
 
     def open_chunked(rng: random.Random, data: bytes) -> None:

@@ -23,12 +23,8 @@ def _cases(*parts: str, modes: tuple[int, ...]) -> list[Any]:
         data = load_vector(*parts)
     except pytest.skip.Exception:
         return [pytest.param(None, id="vectors-missing")]
-    picked = [
-        v for v in data if v["kem_id"] == 32 and v["kdf_id"] == 1 and v["mode"] in modes
-    ]
-    return [
-        pytest.param(v, id=f"{parts[-1][:12]}-mode{v['mode']}-aead{v['aead_id']}") for v in picked
-    ]
+    picked = [v for v in data if v["kem_id"] == 32 and v["kdf_id"] == 1 and v["mode"] in modes]
+    return [pytest.param(v, id=f"{parts[-1][:12]}-mode{v['mode']}-aead{v['aead_id']}") for v in picked]
 
 
 BASE = _cases("hpke", "rfc9180-x25519-hkdfsha256.json", modes=(0,)) + _cases(
@@ -135,5 +131,5 @@ def test_bit_flip_and_truncation_fail(position: int) -> None:
     ct = bytearray(_h(case["ct"]))
     ct[position] ^= 0x01
     for candidate in (bytes(ct), _h(case["ct"])[:-1], b""):
-        with pytest.raises(OHTTPError, match="^ohttp_decrypt_failed: "):
+        with pytest.raises(OHTTPError, match=r"^ohttp_decrypt_failed: "):
             _open(_receiver(vector), candidate, _h(case["aad"]))

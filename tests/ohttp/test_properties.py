@@ -85,7 +85,7 @@ def test_chunked_round_trip(request: list[bytes], response: list[bytes], step: i
     wire = b"".join(sealer.seal(c) for c in request) + sealer.seal(b"tail", final=True)
     opener = ChunkedRequestOpener({3: KEY}.get)
     got = [pt for i in range(0, len(wire), step) for pt in opener.feed(wire[i : i + step])]
-    assert got + [opener.close()] == [*request, b"tail"]
+    assert [*got, opener.close()] == [*request, b"tail"]
     assert opener.context is not None
     assert opener.context.commitment_key == sealer.context.commitment_key
     response_sealer = ChunkedResponseSealer(opener.context)
@@ -93,4 +93,4 @@ def test_chunked_round_trip(request: list[bytes], response: list[bytes], step: i
     body += response_sealer.seal(b"", final=True)
     response_opener = ChunkedResponseOpener(sealer.context)
     out = [pt for i in range(0, len(body), step) for pt in response_opener.feed(body[i : i + step])]
-    assert out + [response_opener.close()] == [*response, b""]
+    assert [*out, response_opener.close()] == [*response, b""]

@@ -24,9 +24,22 @@ DIGEST = "sha256:" + "ab" * 32
 
 def test_exported_names_are_exact() -> None:
     assert policy.__all__ == [
-        "BundleWatcher", "Decision", "Denial", "OPAEngine", "PolicyBundle", "PolicyBundleError",
-        "PolicyEngine", "PolicyError", "PolicyInput", "PolicyInputError", "PolicyUnavailable",
-        "RegoTestResult", "RegopyEngine", "RequestParams", "load_bundle", "run_rego_tests",
+        "BundleWatcher",
+        "Decision",
+        "Denial",
+        "OPAEngine",
+        "PolicyBundle",
+        "PolicyBundleError",
+        "PolicyEngine",
+        "PolicyError",
+        "PolicyInput",
+        "PolicyInputError",
+        "PolicyUnavailable",
+        "RegoTestResult",
+        "RegopyEngine",
+        "RequestParams",
+        "load_bundle",
+        "run_rego_tests",
     ]
 
 
@@ -49,21 +62,29 @@ def test_error_codes_and_str() -> None:
 
 def test_request_params_carry_no_content() -> None:
     body = {
-        "model": "m", "messages": [{"role": "user", "content": "CANARY-SECRET"}],
-        "metadata": {"distill": "CANARY-VALUE"}, "store": True, "stream": True,
-        "max_completion_tokens": 50, "max_tokens": 10, "n": 2, "previous_response_id": "resp_1",
+        "model": "m",
+        "messages": [{"role": "user", "content": "CANARY-SECRET"}],
+        "metadata": {"distill": "CANARY-VALUE"},
+        "store": True,
+        "stream": True,
+        "max_completion_tokens": 50,
+        "max_tokens": 10,
+        "n": 2,
+        "previous_response_id": "resp_1",
     }
     params = RequestParams.from_body(body)
     assert params == RequestParams(
-        stream=True, store=True, max_tokens=50, n=2, previous_response_id=True,
+        stream=True,
+        store=True,
+        max_tokens=50,
+        n=2,
+        previous_response_id=True,
         metadata_keys=("distill",),
     )
     assert "CANARY" not in repr(params.to_dict())
 
 
-@pytest.mark.parametrize(
-    ("body", "store"), [({}, None), ({"store": False}, False), ({"store": "yes"}, True)]
-)
+@pytest.mark.parametrize(("body", "store"), [({}, None), ({"store": False}, False), ({"store": "yes"}, True)])
 def test_store_reading_is_conservative(body: dict[str, object], store: bool | None) -> None:
     assert RequestParams.from_body(body).store is store
 
@@ -76,11 +97,21 @@ def test_mistyped_limits_rejected(body: dict[str, object]) -> None:
 
 def _input(**overrides: object) -> PolicyInput:
     fields: dict[str, object] = dict(
-        channel="sealed", tenant_id="t", tenant_name="acme", method="post",
-        path="/v1/chat/completions/?x=1", model="m", request=RequestParams(),
-        backend_name="vllm", retention_tier="attested-zero", enclave_platform="tdx",
-        enclave_measurement="00", enclave_simulated=False, enclave_debug=False,
-        mode="production", region="eu-west-1",
+        channel="sealed",
+        tenant_id="t",
+        tenant_name="acme",
+        method="post",
+        path="/v1/chat/completions/?x=1",
+        model="m",
+        request=RequestParams(),
+        backend_name="vllm",
+        retention_tier="attested-zero",
+        enclave_platform="tdx",
+        enclave_measurement="00",
+        enclave_simulated=False,
+        enclave_debug=False,
+        mode="production",
+        region="eu-west-1",
     )
     fields.update(overrides)
     return PolicyInput(**fields)  # type: ignore[arg-type]
@@ -95,8 +126,14 @@ def test_input_normalizes_and_round_trips() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    [{"channel": "clear"}, {"mode": "prod"}, {"time": "2026-01-01T00:00:00+01:00"},
-     {"enclave_debug": "no"}, {"path": "v1/chat"}, {"model": 3}],
+    [
+        {"channel": "clear"},
+        {"mode": "prod"},
+        {"time": "2026-01-01T00:00:00+01:00"},
+        {"enclave_debug": "no"},
+        {"path": "v1/chat"},
+        {"model": 3},
+    ],
 )
 def test_input_rejects_bad_fields(override: dict[str, object]) -> None:
     with pytest.raises(PolicyInputError):
@@ -121,7 +158,10 @@ def test_decision_invariants_and_apply() -> None:
 @pytest.mark.parametrize(
     "doc",
     [
-        None, [], {"allow": True}, {"allow": "yes", "deny": [], "obligations": {}},
+        None,
+        [],
+        {"allow": True},
+        {"allow": "yes", "deny": [], "obligations": {}},
         {"allow": True, "deny": [{"rule": "SG-X-001", "message": "m"}], "obligations": {}},
         {"allow": False, "deny": [{"rule": "bad id", "message": "m"}], "obligations": {}},
         {"allow": True, "deny": [], "obligations": {"log_prompts": True}},

@@ -37,8 +37,7 @@ def test_digest_is_sha256_over_sorted_sha256sum_listing(bundle: PolicyBundle) ->
         key=lambda p: p.relative_to(SHIPPED).as_posix().encode(),
     )
     listing = "".join(
-        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(SHIPPED).as_posix()}\n"
-        for p in files
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(SHIPPED).as_posix()}\n" for p in files
     )
     assert bundle.digest == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
     assert any(name.endswith("_test.rego") for name in bundle.tests)
@@ -95,9 +94,7 @@ def _deny_everything(bundle_dir: Path) -> None:
     )
 
 
-def test_hot_reload_under_concurrent_decisions(
-    bundle_dir: Path, base_input: dict[str, Any]
-) -> None:
+def test_hot_reload_under_concurrent_decisions(bundle_dir: Path, base_input: dict[str, Any]) -> None:
     old = load_bundle(bundle_dir)
     _deny_everything(bundle_dir)
     new = load_bundle(bundle_dir)

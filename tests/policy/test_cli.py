@@ -24,9 +24,7 @@ SCENARIOS = {
 }
 
 
-def _eval(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: Any, *extra: str
-) -> tuple[int, Any]:
+def _eval(tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: Any, *extra: str) -> tuple[int, Any]:
     path = tmp_path / "input.json"
     path.write_text(json.dumps(doc))
     status = main(["policy", "eval", "--input", str(path), *extra])
@@ -50,13 +48,16 @@ def test_eval_allows_and_prints_digest(
     assert (status, decision["allow"], decision["bundle_digest"]) == (0, True, bundle.digest)
 
 
-def test_eval_through_opa(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], bundle: PolicyBundle
-) -> None:
+def test_eval_through_opa(tmp_path: Path, capsys: pytest.CaptureFixture[str], bundle: PolicyBundle) -> None:
     with OPADataAPITestServer(bundle) as server:
         status, decision = _eval(
-            tmp_path, capsys, patched(BASE, {"request.store": True}),
-            "--engine", "opa", "--opa-url", server.url,
+            tmp_path,
+            capsys,
+            patched(BASE, {"request.store": True}),
+            "--engine",
+            "opa",
+            "--opa-url",
+            server.url,
         )
     assert status == 1 and [d["rule"] for d in decision["deny"]] == ["SG-STORE-001"]
 
@@ -75,17 +76,13 @@ def test_policy_test_and_digest(capsys: pytest.CaptureFixture[str], bundle: Poli
     assert capsys.readouterr().out.strip() == bundle.digest
 
 
-def test_policy_test_fails_on_failing_rego_test(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_policy_test_fails_on_failing_rego_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = Path(__file__).resolve().parents[2] / "policy"
     (tmp_path / "rego").mkdir()
     for src in (root / "rego").glob("*.rego"):
         (tmp_path / "rego" / src.name).write_text(src.read_text())
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "contracts.yaml").write_text((root / "data" / "contracts.yaml").read_text())
-    (tmp_path / "rego" / "z_test.rego").write_text(
-        "package z_test\n\ntest_never if {\n\tfalse\n}\n"
-    )
+    (tmp_path / "rego" / "z_test.rego").write_text("package z_test\n\ntest_never if {\n\tfalse\n}\n")
     assert main(["policy", "test", "--bundle", str(tmp_path)]) == 1
     assert "FAIL  z_test.test_never" in capsys.readouterr().out

@@ -1,0 +1,41 @@
+"""``sealgate client-proxy`` argument handling (the forwarder itself is tested end to end)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import _client_proxy
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    _client_proxy.register(parser.add_subparsers())
+    return parser.parse_args(["client-proxy", *argv])
+
+
+def test_defaults() -> None:
+    args = _parse("--gateway", "https://sealgate.example")
+    assert args.listen == "127.0.0.1:8787"
+    assert args.allow_simulated is False and args.key_config is None
+    assert args.func is _client_proxy.run
+
+
+def test_refuses_non_loopback_listen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.gateway import KeyManager
+
+    pinned = tmp_path / "keys.bin"
+    pinned.write_bytes(KeyManager().key_configs())
+    args = _parse("--gateway", "http://x", "--listen", "0.0.0.0:8787", "--key-config", str(pinned))
+    assert args.func(args) == 2
+    assert "loopback" in capsys.readouterr().err
+
+
+def test_rejects_a_bad_pinned_key_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pinned = tmp_path / "keys.bin"
+    pinned.write_bytes(b"\x00\x01")
+    args = _parse("--gateway", "http://x", "--key-config", str(pinned))
+    assert args.func(args) == 2
+    assert "enclave_unverified" in capsys.readouterr().err

@@ -1,0 +1,255 @@
+"""Real uvicorn on loopback: sealed JSON and streaming with the unmodified OpenAI SDK,
+chunk-by-chunk delivery, disconnect propagation, attested keys, and the client proxy."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from proxy.client import (
+    AsyncSealedTransport,
+    AttestedKeySource,
+    ClientProxy,
+    SealedTransport,
+    SealedTransportError,
+    StaticKeySource,
+)
+from proxy.gateway import GATEWAY_PATH
+from tests.ohttp._apps import AppState, RecordingTCPRelay, build_app, serve
+
+pytestmark = pytest.mark.timeout(60)
+CANARY = "canary-7f3a9c prompt that must never cross the wire in clear"
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[AppState, int]]:
+    state = AppState()
+    with serve(build_app(state)) as port:
+        yield state, port
+
+
+def _transport(state: AppState, port: int) -> SealedTransport:
+    url = f"http://127.0.0.1:{port}{GATEWAY_PATH}"
+    return SealedTransport(gateway_url=url, key_source=StaticKeySource(state.keys.key_configs()))
+
+
+def _openai(base_url: str, transport: httpx2.BaseTransport | None = None) -> openai.OpenAI:
+    http_client = httpx2.Client(transport=transport) if transport else httpx2.Client()
+    return openai.OpenAI(base_url=base_url, api_key="sk-test", http_client=http_client, max_retries=0)
+
+
+def test_openai_sdk_over_sealed_transport(gateway: tuple[AppState, int]) -> None:
+    state, port = gateway
+    client = _openai(f"http://127.0.0.1:{port}/v1", _transport(state, port))
+    messages = [{"role": "user", "content": CANARY}]
+    completion = client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == CANARY[::-1]
+    stream = client.chat.completions.create(model="m", messages=messages, stream=True)  # type: ignore[arg-type]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert text.strip() == CANARY[::-1]
+    assert state.requests == [True, True]
+
+
+def _stream_sse(client: httpx2.Client, port: int) -> Any:
+    return client.stream("POST", f"http://127.0.0.1:{port}/sse", json={"stream": True})
+
+
+def _sse(response: httpx2.Response) -> Iterator[dict[str, Any]]:
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
+
+
+def test_stream_is_delivered_chunk_by_chunk(gateway: tuple[AppState, int]) -> None:
+    state, port = gateway
+    with httpx2.Client(transport=_transport(state, port)) as client:
+        with _stream_sse(client, port) as response:
+            assert response.status_code == 200
+            assert response.extensions["sealgate"].chunked is True
+            events = _sse(response)
+            first = next(events)
+            # The route holds the rest back until we have seen the first event: only
+            # chunk-by-chunk sealing and delivery lets this finish without the timeout event.
+            state.release.set()
+            rest = [next(events) for _ in range(3)]
+    assert first == {"n": 0, "sealed": True}
+    assert [e["n"] for e in rest] == [1, 2, 3]
+
+
+def _wait_for(condition: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_client_disconnect_cancels_inner_generation(gateway: tuple[AppState, int]) -> None:
+    state, port = gateway
+    state.release.set()
+    with httpx2.Client(transport=_transport(state, port)) as client:
+        with _stream_sse(client, port) as response:
+            events = _sse(response)
+            assert next(events)["n"] == 0
+            assert next(events)["n"] == 1
+    # The route's generator runs ~3 s more unless cancelled; it must close without completing.
+    assert _wait_for(lambda: "closed" in state.stream_events, 2.5)
+    assert "completed" not in state.stream_events
+
+
+def test_truncated_stream_is_an_error_not_a_short_answer(gateway: tuple[AppState, int]) -> None:
+    state, port = gateway
+    state.release.set()
+    transport = _transport(state, port)
+    inner = FaultInjectingTruncatingTransport(httpx2.HTTPTransport(), keep=3)
+    transport._inner = inner  # measurement hook: cut the ciphertext stream short
+    with httpx2.Client(transport=transport) as client:
+        with _stream_sse(client, port) as response:
+            with pytest.raises(SealedTransportError) as err:
+                list(_sse(response))
+    assert err.value.code == "response_invalid"
+
+
+class FaultInjectingTruncatingTransport(httpx2.BaseTransport):
+    """Passes requests through but keeps only the first ``keep`` pieces of a streamed answer."""
+
+    def __init__(self, inner: httpx2.BaseTransport, keep: int) -> None:
+        self.inner, self.keep = inner, keep
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = self.inner.handle_request(request)
+        keep, stream = self.keep, response.stream
+
+        class Cut(httpx2.SyncByteStream):
+            def __iter__(self) -> Iterator[bytes]:
+                for i, piece in enumerate(stream):  # type: ignore[arg-type]
+                    if i >= keep:
+                        return
+                    yield piece
+
+            def close(self) -> None:
+                stream.close()  # type: ignore[union-attr]
+
+        return httpx2.Response(response.status_code, headers=response.headers, stream=Cut())
+
+
+@dataclass
+class _Verified:
+    key_configs: bytes
+
+
+def _identity_app(state: AppState, calls: list[str]) -> Any:
+    """The gateway app plus an identity route that signs nothing: a test document the test's
+    own verify function checks (nonce echo and key configs)."""
+    from litestar import post
+
+    app = build_app(state)
+
+    @post("/.well-known/sealgate/identity", status_code=200)
+    async def identity(data: dict[str, Any]) -> dict[str, Any]:
+        calls.append("identity")
+        keys = base64.b64encode(state.keys.key_configs()).decode()
+        return {"version": 1, "nonce": data["nonce"], "key_configs": keys}
+
+    app.register(identity)
+    return app
+
+
+def _verify(document: Mapping[str, Any], policy: Any, *, nonce: bytes | None = None) -> _Verified:
+    if policy != "test-policy" or base64.b64decode(document["nonce"]) != nonce:
+        raise ValueError("nonce mismatch")
+    return _Verified(base64.b64decode(document["key_configs"]))
+
+
+def test_attested_key_source_and_no_silent_downgrade() -> None:
+    state, calls = AppState(), []
+    with serve(_identity_app(state, calls)) as port:
+        base = f"http://127.0.0.1:{port}"
+        good = AttestedKeySource(base, "test-policy", _verify)
+        transport = SealedTransport(gateway_url=base + GATEWAY_PATH, key_source=good)
+        with httpx2.Client(transport=transport) as client:
+            assert client.post(base + "/echo", json={"a": 1}).json()["sealed"] is True
+            assert client.post(base + "/echo", json={"a": 2}).json()["sealed"] is True
+        assert calls == ["identity"]  # cached for its lifetime
+
+        def refuse(document: Mapping[str, Any], policy: Any, *, nonce: bytes | None = None) -> Any:
+            raise ValueError("measurement not allowed")
+
+        bad = AttestedKeySource(base, "test-policy", refuse)
+        transport = SealedTransport(gateway_url=base + GATEWAY_PATH, key_source=bad)
+        with httpx2.Client(transport=transport) as client:
+            with pytest.raises(SealedTransportError) as err:
+                client.post(base + "/echo", json={"prompt": CANARY})
+        assert err.value.code == "enclave_unverified"
+        assert state.requests == [True, True]  # nothing was sent for the refused identity
+        unreachable = AttestedKeySource("http://127.0.0.1:9", "test-policy", _verify, timeout=1)
+        with pytest.raises(SealedTransportError, match=r"^enclave_unverified: "):
+            unreachable.key_config()
+
+
+@pytest.fixture
+def client_proxy(gateway: tuple[AppState, int]) -> Iterator[tuple[AppState, int, RecordingTCPRelay]]:
+    state, port = gateway
+    with RecordingTCPRelay(port) as relay:
+        origin = f"http://127.0.0.1:{relay.port}"
+        transport = AsyncSealedTransport(
+            gateway_url=origin + GATEWAY_PATH,
+            key_source=StaticKeySource(state.keys.key_configs()),
+        )
+        with serve(ClientProxy(transport, origin)) as proxy_port:
+            yield state, proxy_port, relay
+
+
+def test_openai_sdk_through_client_proxy_leaks_no_plaintext(
+    client_proxy: tuple[AppState, int, RecordingTCPRelay],
+) -> None:
+    state, proxy_port, relay = client_proxy
+    client = _openai(f"http://127.0.0.1:{proxy_port}/v1")
+    messages = [{"role": "user", "content": CANARY}]
+    completion = client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == CANARY[::-1]
+    stream = client.chat.completions.create(model="m", messages=messages, stream=True)  # type: ignore[arg-type]
+    assert "".join(c.choices[0].delta.content or "" for c in stream).strip() == CANARY[::-1]
+    assert state.requests == [True, True]
+    wire = bytes(relay.sent)
+    assert len(wire) > 2 * len(CANARY)
+    for needle in (CANARY.encode(), b"canary-7f3a9c", b"sk-test", b"chat/completions", b"messages"):
+        assert needle not in wire
+
+
+def test_client_proxy_streams_chunk_by_chunk(client_proxy: tuple[AppState, int, RecordingTCPRelay]) -> None:
+    state, proxy_port, _ = client_proxy
+    with httpx2.Client() as client:
+        with _stream_sse(client, proxy_port) as response:
+            events = _sse(response)
+            assert next(events) == {"n": 0, "sealed": True}
+            state.release.set()
+            assert [next(events)["n"] for _ in range(3)] == [1, 2, 3]
+    # Closing the local stream closes the sealed one, and the gateway cancels generation.
+    assert _wait_for(lambda: "closed" in state.stream_events, 2.5)
+    assert "completed" not in state.stream_events
+
+
+def test_client_proxy_refuses_unverified_enclave(gateway: tuple[AppState, int]) -> None:
+    state, port = gateway
+    origin = f"http://127.0.0.1:{port}"
+
+    def refuse(document: Mapping[str, Any], policy: Any, *, nonce: bytes | None = None) -> Any:
+        raise ValueError("simulated evidence not allowed")
+
+    source = AttestedKeySource(origin, None, refuse)
+    transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
+    with serve(ClientProxy(transport, origin)) as proxy_port:
+        response = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"prompt": CANARY})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "enclave_unverified"
+    assert state.requests == []

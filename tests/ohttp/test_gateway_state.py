@@ -1,0 +1,73 @@
+"""KeyManager and ReplayGuard on their own: ids, rotation, windows, bounded memory."""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+import pytest
+
+from proxy.gateway import GatewayError, KeyManager, ReplayGuard
+from proxy.ohttp import decode_key_configs
+
+
+def test_key_ids_are_distinct_across_rotations() -> None:
+    keys = KeyManager(grace_period=1e9)
+    ids = [keys.current_key_id] + [keys.rotate() for _ in range(20)]
+    assert len(set(ids)) == 21
+    configs = decode_key_configs(keys.key_configs())
+    assert next(c.key_id for c in configs) == keys.current_key_id
+    assert {c.key_id for c in configs} == set(ids)
+    assert len({c.public_key for c in configs}) == 21
+
+
+def test_private_key_is_not_in_repr() -> None:
+    keys = KeyManager()
+    key = keys.lookup(keys.current_key_id)
+    assert key is not None and "secret" not in repr(key)
+
+
+def _date(t: float) -> str:
+    return formatdate(t, usegmt=True)
+
+
+def test_replay_window_and_eviction() -> None:
+    now = [1_000_000.0]
+    guard = ReplayGuard(window=60, clock=lambda: now[0])
+    guard.check(b"a" * 32, _date(now[0]))
+    with pytest.raises(GatewayError) as err:
+        guard.check(b"a" * 32, _date(now[0]))
+    assert err.value.code == "replayed_request" and str(err.value).startswith("replayed_request: ")
+    for i in range(100):
+        guard.check(bytes([i]) * 32 + b"x", _date(now[0]))
+    assert len(guard) == 101
+    now[0] += 61
+    guard.check(b"fresh" * 8, _date(now[0]))
+    assert len(guard) == 1  # everything outside the window was evicted
+    with pytest.raises(GatewayError) as err:
+        guard.check(b"a" * 32, _date(now[0] - 61))  # the old replay is now merely stale
+    assert err.value.code == "stale_request"
+
+
+@pytest.mark.parametrize("date", [None, "", "not a date", _date(0)])
+def test_stale_or_bad_dates(date: str | None) -> None:
+    with pytest.raises(GatewayError) as err:
+        ReplayGuard().check(b"e" * 32, date)
+    assert err.value.code == "stale_request" and err.value.status == 400
+
+
+def test_future_dates_beyond_the_window_are_stale() -> None:
+    now = 2_000_000.0
+    guard = ReplayGuard(window=30, clock=lambda: now)
+    guard.check(b"b" * 32, _date(now + 20))
+    with pytest.raises(GatewayError):
+        guard.check(b"c" * 32, _date(now + 40))
+
+
+def test_capacity_is_bounded_and_fails_closed() -> None:
+    now = 3_000_000.0
+    guard = ReplayGuard(max_entries=3, clock=lambda: now)
+    for i in range(3):
+        guard.check(bytes([i]) * 32, _date(now))
+    with pytest.raises(GatewayError) as err:
+        guard.check(b"z" * 32, _date(now))
+    assert err.value.code == "replay_guard_full" and err.value.status == 503
