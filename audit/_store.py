@@ -130,10 +130,21 @@ class LogStore:
             ).scalar()
         return 0 if top is None else int(top) + 1
 
+    def _insert_sql(self, table: Any) -> str:
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        cols = [c.name for c in table.columns]
+        marks = ", ".join([mark] * len(cols))
+        return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({marks})"  # noqa: S608
+
+    def _insert_many(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> None:
+        """Plain driver executemany: the write hot path skips per-row SQL expression work."""
+        cols = [c.name for c in table.columns]
+        conn.exec_driver_sql(self._insert_sql(table), [tuple(r[c] for c in cols) for r in rows])
+
     def insert_records(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert a batch of records in one transaction (group commit)."""
         with _translated("write records"), self._begin() as conn:
-            conn.execute(insert(RECORDS), list(rows))
+            self._insert_many(conn, RECORDS, rows)
 
     def records_from(self, log_id: str, start: int, limit: int) -> list[tuple[int, bytes]]:
         """(leaf_index, envelope) for indices >= start, in order."""
@@ -178,7 +189,7 @@ class LogStore:
         with _translated("integrate leaves"), self._begin() as conn:
             if nodes:
                 rows = [{"log_id": log_id, "node_id": n, "hash": h} for n, h in nodes]
-                conn.execute(insert(NODES), rows)
+                self._insert_many(conn, NODES, rows)
             conn.execute(update(LOGS).where(LOGS.c.log_id == log_id).values(integrated_size=size))
             if checkpoint is not None:
                 root, note, time_us = checkpoint

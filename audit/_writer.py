@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,7 +63,7 @@ def seal(record: Record, ident: LogIdentity) -> Sealed:
         envelope, sig = seal_envelope(record.canonical(), ident.key, ident.log_id)
     except (ValueError, TypeError) as exc:
         raise InvalidRecord("record cannot be encoded") from exc
-    record_id = uuid.uuid4().hex
+    record_id = os.urandom(16).hex()
     f = record.fields
     row = {
         "log_id": ident.log_id, "record_id": record_id, "envelope": envelope,

@@ -64,7 +64,9 @@ class CallContext:
             endpoint=request.url.path,
             method=request.method,
             channel="sealed" if marker is not None else "plaintext",
-            commitment_key=getattr(marker, "commitment_key", None),
+            # Plaintext (development) requests commit under a random key nobody keeps, so
+            # every record still binds the exact bytes without revealing anything.
+            commitment_key=getattr(marker, "commitment_key", None) or secrets.token_bytes(32),
         )
 
     def commit_request(self, body: bytes) -> None:
@@ -99,7 +101,8 @@ class Admission:
     """The pipeline's go-ahead: obligations to apply and the intent receipt to return."""
 
     obligations: Mapping[str, Any] = field(default_factory=dict)
-    decision: Mapping[str, Any] | None = None
+    decision: Any = None
+    """The policy decision (``policy.Decision``) that admitted the request."""
     receipt: str | None = None
     intent_id: str | None = None
 

@@ -62,7 +62,8 @@ class PgCluster:
     def start(self) -> PgCluster:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust",
                   "-U", self.user, "--no-sync", "-E", "UTF8")  # fmt: skip
-        opts = f"-k {self.root} -c listen_addresses='' -p {self.port} -c fsync=off -c max_connections=300"
+        opts = (f"-k {self.root} -c listen_addresses='' -p {self.port} -c fsync=off "
+                "-c max_connections=300")
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts,
                   "-l", str(self.root / "log"), "-w", "start")  # fmt: skip
         return self

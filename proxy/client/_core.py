@@ -97,14 +97,20 @@ def _inner(request: httpx2.Request, body: bytes) -> BHTTPRequest:
 def seal(request: httpx2.Request, body: bytes, config: KeyConfig, gateway_url: str) -> Prepared:
     """Seal ``request`` to ``config`` as an outer POST to ``gateway_url``."""
     chunked = wants_stream(request, body)
-    bhttp = encode_request(_inner(request, body))
-    if chunked:
-        sealer = ChunkedRequestSealer(config)
-        sealed, context = sealer.seal(bhttp, final=True), sealer.context
-        media, accept = MediaType.CHUNKED_REQUEST, MediaType.CHUNKED_RESPONSE
-    else:
-        sealed, context = encapsulate_request(config, bhttp)
-        media, accept = MediaType.REQUEST, MediaType.RESPONSE
+    try:
+        bhttp = encode_request(_inner(request, body))
+        if chunked:
+            sealer = ChunkedRequestSealer(config)
+            sealed, context = sealer.seal(bhttp, final=True), sealer.context
+        else:
+            sealed, context = encapsulate_request(config, bhttp)
+    except OHTTPError as exc:
+        raise SealedTransportError("enclave_unverified", f"cannot seal to this key ({exc.code})") from exc
+    media, accept = (
+        (MediaType.CHUNKED_REQUEST, MediaType.CHUNKED_RESPONSE)
+        if chunked
+        else (MediaType.REQUEST, MediaType.RESPONSE)
+    )
     outer = httpx2.Request(
         "POST",
         gateway_url,

@@ -1,7 +1,7 @@
 """In-process dispatch of an opened request to the same ASGI app, without a socket hop.
 
 The inner scope is built from scratch from the BHTTP request, so nothing from the outer
-connection (client address, outer headers, outer extensions) leaks into it, and the
+connection (client address, outer headers, extensions, per-connection state) leaks into it, and the
 :class:`SealedChannel` marker can only come from here.
 """
 
@@ -82,9 +82,7 @@ def build_scope(
 
 
 def _fields(headers: Any) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple(
-        (bytes(n).lower(), bytes(v)) for n, v in headers if bytes(n).lower() not in _HOP_BY_HOP
-    )
+    return tuple((bytes(n).lower(), bytes(v)) for n, v in headers if bytes(n).lower() not in _HOP_BY_HOP)
 
 
 def error_response(err: GatewayError) -> BHTTPResponse:
@@ -153,20 +151,19 @@ async def stream_response(
 ) -> AsyncIterator[bytes]:
     """Yield the chunked encapsulated response: the nonce, then one sealed chunk per ASGI
     message as the inner app produces it (an indeterminate-length BHTTP response)."""
+    yield sealer.response_nonce
+    # The inner app starts only once the stream is being consumed, so it never runs orphaned.
     exchange = _InnerExchange(body)
     task = asyncio.create_task(exchange.run(app, scope))
     encoder = ResponseStreamEncoder()
     started = False
     try:
-        yield sealer.response_nonce
         while True:
             message = await exchange.messages.get()
             kind = message["type"]
             if kind == "http.response.start":
                 started = True
-                yield sealer.seal(
-                    encoder.head(message["status"], _fields(message.get("headers", ())))
-                )
+                yield sealer.seal(encoder.head(message["status"], _fields(message.get("headers", ()))))
             elif kind == "http.response.body" and started:
                 if data := message.get("body", b""):
                     yield sealer.seal(encoder.body(data))
@@ -176,9 +173,7 @@ async def stream_response(
             elif kind == _DONE:
                 if not started:
                     error = error_response(_INTERNAL)
-                    yield sealer.seal(
-                        encoder.head(error.status, error.headers) + encoder.body(error.content)
-                    )
+                    yield sealer.seal(encoder.head(error.status, error.headers) + encoder.body(error.content))
                     yield sealer.seal(encoder.end(), final=True)
                 # Otherwise the stream stops without its final chunk: the client sees truncation.
                 return

@@ -43,16 +43,7 @@ class KeyManager:
         with self._lock:
             self._purge()
             used = {self.current_key_id, *self._retired}
-            key_id = next(
-                (
-                    i % 256
-                    for i in range(self.current_key_id + 1, self.current_key_id + 257)
-                    if i % 256 not in used
-                ),
-                None,
-            )
-            if key_id is None:
-                raise RuntimeError("all 256 key identifiers are in use")
+            key_id = _free_id(self.current_key_id, used)
             self._retired[self.current_key_id] = (self._current, self._clock() + self._grace)
             self._current = GatewayKey.generate(key_id, self._suites)
             return key_id
@@ -77,3 +68,11 @@ class KeyManager:
         now = self._clock()
         for key_id in [k for k, (_, until) in self._retired.items() if until <= now]:
             del self._retired[key_id]
+
+
+def _free_id(current: int, used: set[int]) -> int:
+    """The next one-byte key identifier after ``current`` that is not in use."""
+    for step in range(1, 257):
+        if (candidate := (current + step) % 256) not in used:
+            return candidate
+    raise RuntimeError("all 256 key identifiers are in use")

@@ -129,9 +129,7 @@ def build_gateway_handlers(*, max_body_size: int = DEFAULT_MAX_BODY) -> list[HTT
             return _outer_error(unsupported)
         body = await request.body()
         if len(body) > max_body_size:
-            return _outer_error(
-                GatewayError("request_too_large", "encapsulated request too large", 413)
-            )
+            return _outer_error(GatewayError("request_too_large", "encapsulated request too large", 413))
         try:
             if media_type == MediaType.REQUEST:
                 return await _plain(request, body, ohttp_keys, replay_guard)

@@ -1,0 +1,122 @@
+"""The enforcement point: policy decision and audit records around every forwarded request.
+
+Order (DESIGN.md): decide → durable intent record → (forward) → completion record. A denial is
+one record. No decision, or no durable intent record, means nothing is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from audit import AuditLog, AuditUnavailable, RecordBuilder
+from policy import Decision, PolicyEngine, PolicyInput, PolicyUnavailable, RequestParams
+from proxy.errors import PolicyDenied
+from proxy.pipeline import Admission, CallContext, Outcome
+
+__all__ = ["EnclaveFacts", "PolicyAuditGate"]
+
+_log = structlog.get_logger("sealgate.gate")
+
+
+@dataclass(frozen=True, slots=True)
+class EnclaveFacts:
+    """What the policy input and the records say about the enclave serving the request."""
+
+    platform: str
+    measurement: str
+    simulated: bool
+    debug: bool
+    evidence_digest: str
+
+
+class PolicyAuditGate:
+    """Implements :class:`proxy.api.openai.Gate` with a policy engine and the audit log."""
+
+    def __init__(self, engine: PolicyEngine, audit: AuditLog, enclave: EnclaveFacts, *,
+                 mode: str, region: str, allow_plaintext: bool, timeout_s: float) -> None:
+        self.engine = engine
+        self._audit = audit
+        self._enclave = enclave
+        self._mode = mode
+        self._region = region
+        self._allow_plaintext = allow_plaintext
+        self._timeout = timeout_s
+
+    def policy_input(self, ctx: CallContext, params: Mapping[str, Any]) -> PolicyInput:
+        assert ctx.tenant is not None
+        route = ctx.route
+        return PolicyInput(
+            channel=ctx.channel, tenant_id=ctx.tenant.pseudonym, tenant_name=ctx.tenant.name,
+            method=ctx.method, path=ctx.endpoint, model=route.name if route else None,
+            request=RequestParams.from_body(params),
+            backend_name=route.backend if route else "",
+            retention_tier=route.retention_tier.value if route else "none",
+            enclave_platform=self._enclave.platform,
+            enclave_measurement=self._enclave.measurement,
+            enclave_simulated=self._enclave.simulated, enclave_debug=self._enclave.debug,
+            mode="production" if self._mode == "production" else "development",
+            region=self._region, allow_plaintext=self._allow_plaintext)
+
+    async def decide(self, ctx: CallContext, params: Mapping[str, Any]) -> Decision:
+        """The decision, or :class:`PolicyUnavailable` (fail closed) within the timeout."""
+        document = self.policy_input(ctx, params)
+        try:
+            return await asyncio.wait_for(self.engine.decide(document), self._timeout)
+        except TimeoutError as exc:
+            raise PolicyUnavailable("the policy engine did not decide in time") from exc
+
+    def _base(self, kind: str, ctx: CallContext, decision: Decision) -> RecordBuilder:
+        assert ctx.tenant is not None
+        builder = RecordBuilder(kind).set(
+            tenant=ctx.tenant.pseudonym, request_id=ctx.request_id, endpoint=ctx.endpoint,
+            decision="allow" if decision.allow else "deny", channel=ctx.channel,
+            rule_ids=list(decision.rule_ids), obligations=sorted(decision.obligations),
+            policy_bundle_digest=decision.bundle_digest,
+            evidence_digest=self._enclave.evidence_digest, platform=self._enclave.platform,
+            request_commitment=ctx.request_commitment)
+        if ctx.route is not None:
+            builder = builder.set(model=ctx.route.name, backend=ctx.route.backend,
+                                  retention_tier=ctx.route.retention_tier.value)
+        return builder
+
+    async def admit(self, ctx: CallContext, params: Mapping[str, Any]) -> Admission:
+        decision = await self.decide(ctx, params)
+        if not decision.allow:
+            await self._record_denial(ctx, decision)
+            raise PolicyDenied([d.rule for d in decision.deny], [d.message for d in decision.deny])
+        record = self._base("intent", ctx, decision).set(stream=bool(params.get("stream"))).build()
+        receipt = await self._audit.append(record)  # AuditUnavailable → 503, nothing forwarded
+        return Admission(obligations=decision.obligations, decision=decision,
+                         receipt=receipt.to_header(), intent_id=receipt.record_id)
+
+    async def _record_denial(self, ctx: CallContext, decision: Decision) -> None:
+        record = self._base("denial", ctx, decision).set(
+            status=403, latency_ms=max(ctx.elapsed_ms(), 0.001)).build()
+        try:
+            await self._audit.append(record)
+        except AuditUnavailable:
+            _log.error("denial_not_recorded", request_id=ctx.request_id)
+
+    async def finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None:
+        """The completion record; written even when the client went away mid-stream."""
+        decision = admission.decision
+        if not isinstance(decision, Decision):
+            return
+        fields: dict[str, Any] = {
+            "status": outcome.status, "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens,
+            "latency_ms": max(ctx.elapsed_ms(), 0.001)}
+        if outcome.response_commitment is not None:
+            fields["response_commitment"] = outcome.response_commitment
+        if outcome.aborted is not None:
+            fields["abort_reason"] = outcome.aborted
+        record = self._base("completion", ctx, decision).set(**fields).build()
+        try:
+            await asyncio.shield(self._audit.append(record))
+        except AuditUnavailable:
+            _log.error("completion_not_recorded", request_id=ctx.request_id)
