@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from litestar import Litestar
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from audit import AuditLog, load_or_create_signing_key
 from inference import (
     Backend,
     BackendRouter,
@@ -23,12 +27,19 @@ from inference import (
     VLLMBackend,
     VLLMConfig,
 )
+from policy import BundleWatcher, OPAEngine, PolicyEngine, RegopyEngine, load_bundle
+from proxy.api.audit import audit_handlers
 from proxy.api.health import health_handlers
-from proxy.api.openai import Gate, OpenAIService, openai_handlers
+from proxy.api.openai import OpenAIService, openai_handlers
+from proxy.api.refused import refused_handlers
+from proxy.attestation import IdentityService, detect_provider, identity_handlers
 from proxy.config import BackendSettings, Settings
+from proxy.enclave import enclave_facts
 from proxy.errors import exception_handler
+from proxy.gate import PolicyAuditGate
+from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers
 from proxy.telemetry import configure_logging
-from proxy.tenants import TenantStore
+from proxy.tenants import Tenant, TenantStore
 
 __all__ = ["Services", "build_backends", "create_app"]
 
@@ -48,26 +59,81 @@ def _backend(name: str, spec: BackendSettings) -> Backend:
     return OpenAIBackend(name, options)
 
 
+def build_policy_engine(settings: Settings) -> PolicyEngine:
+    bundle = load_bundle(settings.policy_bundle or None)
+    timeout = settings.policy_timeout_ms / 1000
+    if settings.policy_engine == "opa":
+        return OPAEngine(settings.opa_url, bundle, timeout_s=timeout)
+    return RegopyEngine(bundle, timeout_s=timeout)
+
+
 @dataclass(slots=True)
 class Services:
-    """Everything the handlers depend on; built once per app."""
+    """Everything the handlers depend on; built once per app, completed at start-up."""
 
     settings: Settings
     router: BackendRouter
     tenants: TenantStore
-    gate: Gate | None
+    policy: PolicyEngine
+    ohttp_keys: KeyManager
+    replay_guard: ReplayGuard
+    identity: IdentityService
     openai: OpenAIService
+    log_key: Ed25519PrivateKey
+    audit: AuditLog | None = None
+    gate: PolicyAuditGate | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def dependencies(self) -> dict[str, Provide]:
         def const(value: Any) -> Provide:
             return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+        def audit_log() -> AuditLog:
+            assert self.audit is not None, "the audit log opens at start-up"
+            return self.audit
+
+        def tenant(request: Request[Any, Any, Any]) -> Tenant:
+            return self.tenants.authenticate(request.headers.get("authorization"))
 
         return {
             "settings": const(self.settings),
             "backend_router": const(self.router),
             "tenant_store": const(self.tenants),
             "openai_service": const(self.openai),
+            "ohttp_keys": const(self.ohttp_keys),
+            "replay_guard": const(self.replay_guard),
+            "identity_service": const(self.identity),
+            "policy_engine": const(self.policy),
+            "audit_log": Provide(audit_log, sync_to_thread=False),
+            "tenant": Provide(tenant, sync_to_thread=False),
         }
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.audit = await AuditLog.open(
+            settings.audit_db_url, self.log_key, settings.log_origin,
+            checkpoint_every_n=settings.checkpoint_every_n,
+            checkpoint_every_ms=settings.checkpoint_every_ms)
+        facts = await enclave_facts(self.identity)
+        self.gate = PolicyAuditGate(
+            self.policy, self.audit, facts, mode=settings.deployment_mode, region=settings.region,
+            allow_plaintext=settings.allow_plaintext, timeout_s=settings.policy_timeout_ms / 1000)
+        self.openai.gate = self.gate
+        await self.router.start()
+        if settings.policy_bundle and settings.policy_reload_s > 0:
+            watcher = BundleWatcher(self.policy, settings.policy_bundle,
+                                    interval_s=settings.policy_reload_s)
+            self.tasks.append(asyncio.create_task(watcher.run(), name="policy-watcher"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.router.close()
+        if self.audit is not None:
+            await self.audit.close()
+        await self.policy.aclose()
+        self.tenants.close()
 
 
 def create_app(settings: Settings | None = None, *,
@@ -78,25 +144,35 @@ def create_app(settings: Settings | None = None, *,
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     router = BackendRouter(settings.models.values(), backends or build_backends(settings))
     tenants = TenantStore(settings.tenants_url)
-    gate: Gate | None = None
-    service = OpenAIService(router, tenants, gate, allow_plaintext=settings.allow_plaintext)
-    services = Services(settings, router, tenants, gate, service)
+    policy = build_policy_engine(settings)
+    keys = KeyManager()
+    log_key = load_or_create_signing_key(settings.data_dir / "keys" / "log-signing-key.pem")
+    identity = IdentityService(
+        detect_provider(settings), keys.key_configs,
+        log_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+        lambda: policy.bundle_digest, settings.release_measurement or "simulated")
+    service = OpenAIService(router, tenants, None, allow_plaintext=settings.allow_plaintext,
+                            max_body_bytes=settings.max_body_bytes)
+    services = Services(settings, router, tenants, policy, keys,
+                        ReplayGuard(window=settings.replay_window_s), identity, service, log_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await router.start()
+        await services.start()
         try:
             yield
         finally:
-            await router.close()
-            tenants.close()
+            await services.stop()
 
+    handlers = [*health_handlers, *openai_handlers, *identity_handlers, *audit_handlers,
+                *build_gateway_handlers(max_body_size=settings.max_body_bytes + 64 * 1024),
+                *refused_handlers]
     return Litestar(
-        route_handlers=[*health_handlers, *openai_handlers],
+        route_handlers=handlers,
         dependencies=services.dependencies(),
         exception_handlers={Exception: exception_handler},
         lifespan=[lifespan],
-        request_max_body_size=settings.max_body_bytes,
+        request_max_body_size=settings.max_body_bytes + 64 * 1024,
         openapi_config=OpenAPIConfig(title="Sealgate", version="0.1.0", path="/schema",
                                      render_plugins=[SwaggerRenderPlugin()]),
         state=State({"services": services}),

@@ -76,6 +76,12 @@ class Settings:
     """OPA server for engine ``opa`` (``SEALGATE_OPA_URL``)."""
     policy_timeout_ms: int = 250
     """A decision slower than this fails closed (``SEALGATE_POLICY_TIMEOUT_MS``)."""
+    log_origin: str = "sealgate.local/audit"
+    """Origin line of the transparency log's checkpoints; one per replica in a cluster
+    (``SEALGATE_LOG_ORIGIN``)."""
+    policy_reload_s: int = 5
+    """Poll interval for a policy bundle directory; 0 disables hot reload
+    (``SEALGATE_POLICY_RELOAD_S``)."""
     audit_url: str = ""
     """Audit database URL; empty means SQLite under the data directory; PostgreSQL as
     ``postgresql+psycopg://…`` (``SEALGATE_AUDIT_URL``)."""

@@ -18,6 +18,7 @@ from proxy.api.openai.protocol import (
     EmbeddingRequest,
     decode_request,
 )
+from proxy.errors import NotFound, RequestTooLarge
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment
 from proxy.tenants import TenantStore
 
@@ -45,29 +46,32 @@ class OpenAIService:
     """Serves ``/v1/models``, chat, completions and embeddings through the pipeline."""
 
     def __init__(self, router: BackendRouter, tenants: TenantStore, gate: Gate | None, *,
-                 allow_plaintext: bool) -> None:
+                 allow_plaintext: bool, max_body_bytes: int = 1 << 20) -> None:
         self._router = router
         self._tenants = tenants
-        self._gate = gate
+        self.gate = gate
         self._allow_plaintext = allow_plaintext
+        self._max_body = max_body_bytes
         self._created = int(time.time())
 
     async def _begin(self, request: Request[Any, Any, Any]) -> tuple[CallContext, bytes]:
         ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
         ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
         body = await request.body()
+        if len(body) > self._max_body:
+            raise RequestTooLarge(f"the request body is larger than {self._max_body} bytes")
         ctx.commit_request(body)
         return ctx, body
 
     async def _admit(self, ctx: CallContext, params: dict[str, Any]) -> Admission:
-        if self._gate is None:
+        if self.gate is None:
             return Admission()
-        return await self._gate.admit(ctx, params)
+        return await self.gate.admit(ctx, params)
 
     async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None:
         outcome.log(ctx)
-        if self._gate is not None:
-            await self._gate.finish(ctx, admission, outcome)
+        if self.gate is not None:
+            await self.gate.finish(ctx, admission, outcome)
 
     # -- models -------------------------------------------------------------------------------
     async def models(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
