@@ -94,6 +94,13 @@ class PolicyAuditGate:
         return Admission(obligations=decision.obligations, decision=decision,
                          receipt=receipt.to_header(), intent_id=receipt.record_id)
 
+    async def deny_or_pass(self, ctx: CallContext, params: Mapping[str, Any]) -> None:
+        """Decide for a request that will not be forwarded: a denial is raised and recorded."""
+        decision = await self.decide(ctx, params)
+        if not decision.allow:
+            await self._record_denial(ctx, decision)
+            raise PolicyDenied([d.rule for d in decision.deny], [d.message for d in decision.deny])
+
     async def _record_denial(self, ctx: CallContext, decision: Decision) -> None:
         record = self._base("denial", ctx, decision).set(
             status=403, latency_ms=max(ctx.elapsed_ms(), 0.001)).build()

@@ -157,6 +157,21 @@ class OpenAIService:
             outcome.response_commitment = commitment.value()
             await self._finish(ctx, admission, outcome)
 
+    # -- endpoints this gateway does not serve ---------------------------------------------------
+    async def refuse(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        """Any other ``/v1`` endpoint: the policy decides (training-shaped endpoints are
+        denied with their rule id and recorded); anything it allows is still not served here."""
+        ctx, raw = await self._begin(request)
+        params = _json_object(raw) if request.method in ("POST", "PUT", "PATCH") else {}
+        params.update({k: v for k, v in request.query_params.items() if k == "purpose"})
+        await self._admit_without_forwarding(ctx, params)
+        raise NotFound("this endpoint is not served by this gateway", code="unsupported_endpoint")
+
+    async def _admit_without_forwarding(self, ctx: CallContext, params: dict[str, Any]) -> None:
+        decide = getattr(self.gate, "deny_or_pass", None)
+        if decide is not None:
+            await decide(ctx, params)
+
     # -- embeddings ---------------------------------------------------------------------------
     async def embeddings(self, request: Request[Any, Any, Any]) -> Response[Any]:
         ctx, raw = await self._begin(request)
@@ -179,6 +194,15 @@ class OpenAIService:
         await self._finish(ctx, admission, Outcome(200, usage.get("prompt_tokens", 0), 0,
                                                    commitment.value()))
         return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """Policy-relevant view of a body we will not forward (JSON object, else nothing)."""
+    try:
+        doc = msgspec.json.decode(raw) if raw else {}
+    except msgspec.DecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _forward_body(params: dict[str, Any], route: ModelRoute, admission: Admission) -> dict[str, Any]:
