@@ -12,9 +12,9 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -51,6 +51,9 @@ class VLLMConfig:
     """Restarts allowed before the backend stays down."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment for the child (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
+    debug_log: str = ""
+    """File that receives the child's stdout and stderr, for debugging start-up; empty (the
+    default) discards them. Request logging stays off either way."""
 
 
 class VLLMBackend:
@@ -89,9 +92,10 @@ class VLLMBackend:
     async def _spawn(self) -> None:
         env = {**os.environ, **self._config.env, "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        self._process = await asyncio.create_subprocess_exec(
-            *self.command(), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        with self._output() as output:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.command(), env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=output, stderr=asyncio.subprocess.STDOUT)
         deadline = time.monotonic() + self._config.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.returncode is not None:
@@ -102,6 +106,15 @@ class VLLMBackend:
             await asyncio.sleep(1.0)
         await self._stop_child()
         raise BackendUnavailable("vllm did not become healthy in time")
+
+    @contextlib.contextmanager
+    def _output(self) -> Iterator[IO[bytes] | int]:
+        """Where the child's output goes: discarded, or appended to ``debug_log``."""
+        if not self._config.debug_log:
+            yield asyncio.subprocess.DEVNULL
+            return
+        with open(self._config.debug_log, "ab") as handle:
+            yield handle
 
     async def _health(self) -> bool:
         base = f"http://127.0.0.1:{self._config.port}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ def register(subparsers: Any) -> None:
         help="accept a simulated (insecure, development) enclave identity",
     )
     parser.add_argument(
+        "--policy",
+        type=Path,
+        help="verification policy file (allowed measurements, platforms, minimum TCB)",
+    )
+    parser.add_argument(
         "--key-config",
         type=Path,
         help="pin this application/ohttp-keys file instead of verifying attestation (testing)",
@@ -49,7 +55,10 @@ def _key_source(args: argparse.Namespace) -> KeySource:
     from proxy.attestation import VerificationPolicy
 
     origin, _ = gateway_urls(args.gateway)
-    return AttestedKeySource(origin, VerificationPolicy(allow_simulated=args.allow_simulated))
+    policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy.from_env()
+    if args.allow_simulated:
+        policy = replace(policy, allow_simulated=True)
+    return AttestedKeySource(origin, policy)
 
 
 def run(args: argparse.Namespace) -> int:

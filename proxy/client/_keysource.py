@@ -108,6 +108,9 @@ class AttestedKeySource:
         self._async_transport = async_transport
         self._clock = clock
         self._cached: tuple[KeyConfig, float] | None = None
+        self.verified: Any = None
+        """The last verified identity (``proxy.attestation.VerifiedIdentity``): its
+        ``audit_public_key`` is the key receipts must be signed with."""
 
     def invalidate(self) -> None:
         self._cached = None
@@ -134,6 +137,7 @@ class AttestedKeySource:
             raise _unverified(f"identity verification failed: {exc}") from exc
         config = _first_config(key_configs)
         self._cached = (config, self._clock() + self._lifetime)
+        self.verified = verified
         return config
 
     def _request_body(self) -> tuple[bytes, bytes]:

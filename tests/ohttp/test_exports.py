@@ -67,7 +67,9 @@ def test_client_exports() -> None:
             "SealedTransport",
             "SealedTransportError",
             "StaticKeySource",
+            "VerifiedReceipt",
             "serve_client_proxy",
+            "verify_response_receipt",
         ]
     )
 

@@ -1,0 +1,111 @@
+"""What the gateway keeps in its data directory for later evidence: identity documents it
+published and snapshots of every policy bundle it enforced (both content-free).
+
+Layout: ``identity/<sha256 of the document>.json`` and ``policies/<digest hex>/<bundle path>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from policy import load_bundle
+
+__all__ = [
+    "identity_documents",
+    "persist_identity",
+    "policy_digest",
+    "policy_snapshots",
+    "snapshot_policy",
+]
+
+_DATA_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def document_bytes(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def persist_identity(data_dir: Path, document: Mapping[str, Any]) -> str:
+    """Keep one published identity document; returns its file name."""
+    raw = document_bytes(document)
+    name = hashlib.sha256(raw).hexdigest() + ".json"
+    _write_once(data_dir / "identity" / name, raw)
+    return name
+
+
+def identity_documents(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every kept identity document by file name, oldest first."""
+    folder = data_dir / "identity"
+    docs: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict):
+            docs[path.name] = doc
+    return dict(sorted(docs.items(), key=lambda item: str(item[1].get("created", ""))))
+
+
+def policy_digest(files: Mapping[str, bytes]) -> str:
+    """docs/policy.md "Bundle digest": SHA-256 of the sorted ``sha256sum``-style listing."""
+    listing = b"".join(
+        hashlib.sha256(files[rel]).hexdigest().encode() + b"  " + rel.encode() + b"\n"
+        for rel in sorted(files, key=str.encode)
+    )
+    return "sha256:" + hashlib.sha256(listing).hexdigest()
+
+
+def _bundle_files(root: Path) -> dict[str, bytes]:
+    rego = sorted((root / "rego").rglob("*.rego")) if (root / "rego").is_dir() else []
+    data = sorted((root / "data").rglob("*")) if (root / "data").is_dir() else []
+    paths = [p for p in rego if p.is_file()]
+    paths += [p for p in data if p.is_file() and p.suffix in _DATA_SUFFIXES]
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in paths}
+
+
+def snapshot_policy(data_dir: Path, bundle_dir: str | Path | None = None) -> str:
+    """Keep the files of the bundle in force (default: the shipped one); returns its digest."""
+    bundle = load_bundle(bundle_dir or None)
+    files = _bundle_files(bundle.root)
+    digest = policy_digest(files)
+    if digest != bundle.digest:  # the bundle changed between the two reads: keep neither
+        return bundle.digest
+    target = data_dir / "policies" / digest.removeprefix("sha256:")
+    for rel, raw in files.items():
+        _write_once(target / rel, raw)
+    return digest
+
+
+def policy_snapshots(data_dir: Path) -> dict[str, dict[str, bytes]]:
+    """Every kept bundle: digest → (relative path → bytes); entries whose files do not hash
+    to their digest are left out."""
+    folder = data_dir / "policies"
+    out: dict[str, dict[str, bytes]] = {}
+    for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
+        files = {p.relative_to(sub).as_posix(): p.read_bytes()
+                 for p in sorted(sub.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+        digest = "sha256:" + sub.name
+        if files and policy_digest(files) == digest:
+            out[digest] = files
+    return out
+
+
+async def record_startup_state(data_dir: Path, bundle_dir: str, identity: Any) -> None:
+    """At start-up: keep the identity document about to be published and the policy bundle."""
+    persist_identity(data_dir, await identity.document())
+    snapshot_policy(data_dir, bundle_dir or None)
