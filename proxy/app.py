@@ -36,6 +36,7 @@ from proxy.attestation import IdentityService, detect_provider, identity_handler
 from proxy.config import BackendSettings, Settings
 from proxy.enclave import enclave_facts
 from proxy.errors import exception_handler
+from proxy.evidence import record_startup_state
 from proxy.gate import PolicyAuditGate
 from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers
 from proxy.telemetry import configure_logging
@@ -115,6 +116,7 @@ class Services:
             checkpoint_every_n=settings.checkpoint_every_n,
             checkpoint_every_ms=settings.checkpoint_every_ms)
         facts = await enclave_facts(self.identity)
+        await record_startup_state(settings.data_dir, settings.policy_bundle, self.identity)
         self.gate = PolicyAuditGate(
             self.policy, self.audit, facts, mode=settings.deployment_mode, region=settings.region,
             allow_plaintext=settings.allow_plaintext, timeout_s=settings.policy_timeout_ms / 1000)

@@ -16,10 +16,12 @@ from typing import Any
 from policy import load_bundle
 
 __all__ = [
+    "document_bytes",
     "identity_documents",
     "persist_identity",
     "policy_digest",
     "policy_snapshots",
+    "record_startup_state",
     "snapshot_policy",
 ]
 

@@ -1,0 +1,123 @@
+"""``sealgate evidence …``: export a procurement evidence bundle, and verify one offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from proxy.cli._common import add_config_arg
+
+    evidence = sub.add_parser("evidence", help="procurement evidence bundles")
+    cmd = evidence.add_subparsers(dest="evidence_command", metavar="COMMAND", required=True)
+    export = cmd.add_parser("export", help="export a signed evidence bundle for a time window")
+    export.add_argument("--from", dest="start", required=True, metavar="DATE",
+                        help="window start, ISO 8601 date or time (UTC unless an offset is given)")
+    export.add_argument("--to", dest="end", required=True, metavar="DATE",
+                        help="window end (exclusive); a bare date means the end of that day")
+    export.add_argument("--tenant", help="only this tenant's records (tenant name)")
+    export.add_argument("--sample", type=int, metavar="N", help="a random sample of N records")
+    export.add_argument("--server", metavar="URL", help="fetch the identity document it serves")
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="bundle.zip")
+    add_config_arg(export)
+    export.set_defaults(func=_export)
+    verify = cmd.add_parser("verify", help="verify a bundle offline")
+    verify.add_argument("bundle")
+    verify.add_argument("--vkey", help="pin the expected log verifier key")
+    verify.add_argument("--json", action="store_true", help="machine-readable verdict")
+    verify.set_defaults(func=_verify)
+
+
+def parse_when(text: str, *, end: bool = False) -> datetime:
+    """An ISO date or time; naive means UTC; a bare date as an end means the next midnight."""
+    from datetime import timedelta
+
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if end and len(text) == 10:
+        value += timedelta(days=1)
+    return value
+
+
+def _progress(stage: str, done: int, total: int) -> None:
+    if total:
+        width = 30
+        filled = int(width * done / total)
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"\r{stage:<17} [{bar}] {done}/{total}"
+    else:
+        line = f"\r{stage:<17} {done}"
+    print(line, end="\n" if total and done >= total else "", file=sys.stderr, flush=True)
+
+
+def _server_document(url: str) -> Any:
+    import httpx
+
+    response = httpx.get(url.rstrip("/") + "/.well-known/sealgate/identity", timeout=30.0)
+    response.raise_for_status()
+    return response.json()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from audit import AuditError, LogStore, load_or_create_signing_key
+    from proxy.cli._common import fail, load_settings
+    from proxy.evidence import EvidenceError, ExportOptions, build_bundle
+    from proxy.tenants import TenantStore
+
+    try:
+        start, end = parse_when(args.start), parse_when(args.end, end=True)
+    except ValueError:
+        return fail("--from and --to must be ISO 8601 dates or times")
+    if args.sample is not None and args.sample < 1:
+        return fail("--sample must be at least 1")
+    settings = load_settings(args)
+    key_path = settings.data_dir / "keys" / "log-signing-key.pem"
+    if not key_path.exists():
+        return fail(f"no log signing key in {settings.data_dir}")
+    try:
+        tenant = None
+        if args.tenant:
+            store = TenantStore(settings.tenants_url)
+            try:
+                tenant = store.tenant(args.tenant).pseudonym
+            finally:
+                store.close()
+        document = _server_document(args.server) if args.server else None
+        log = LogStore.open(settings.audit_db_url)
+        try:
+            options = ExportOptions(start, end, tenant, args.sample, document,
+                                    settings.policy_bundle)
+            data = build_bundle(log, settings.data_dir, load_or_create_signing_key(key_path),
+                                options, _progress)
+        finally:
+            log.close()
+    except (EvidenceError, AuditError) as exc:
+        return fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - HTTP and tenant errors, reported by class only
+        return fail(f"export failed: {exc}")
+    with open(args.output, "wb") as fh:
+        fh.write(data)
+    print(f"wrote {args.output} ({len(data)} bytes)", file=sys.stderr)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from proxy.cli._common import fail
+    from proxy.evidence import EvidenceError, verify_bundle
+
+    try:
+        verdict = verify_bundle(args.bundle, vkey=args.vkey)
+    except EvidenceError as exc:
+        return fail(str(exc))
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        print(verdict.table())
+    return 0 if verdict.ok else 1

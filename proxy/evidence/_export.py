@@ -1,0 +1,253 @@
+"""Build an evidence bundle (a zip) for a time window from the audit store and data directory.
+
+Layout: ``manifest.json`` + ``manifest.sig``, ``report.html``, ``log.json``,
+``identity/<sha256>.json``, ``policies/index.json`` + ``policies/<digest hex>/<file>``,
+``checkpoints/<size>.note`` + ``checkpoints/consistency.json``, ``records/records.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit import LogStore
+from proxy.attestation import Evidence
+
+from ._errors import ExportFailed
+from ._manifest import parse_vkey, raw_public, sign_manifest
+from ._records import checkpoint_times, statement, window_rows
+from ._report import render_report
+from ._state import (
+    document_bytes,
+    identity_documents,
+    persist_identity,
+    policy_snapshots,
+    snapshot_policy,
+)
+from ._tree import ProofSource
+
+__all__ = ["FORMAT", "ExportOptions", "build_bundle", "iso", "to_us"]
+
+FORMAT = "sealgate-evidence/v1"
+MAX_CHECKPOINTS = 64
+Progress = Callable[[str, int, int], None]
+
+
+def to_us(when: datetime) -> int:
+    return int(when.astimezone(UTC).timestamp() * 1_000_000)
+
+
+def iso(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export."""
+
+    start: datetime
+    """Window start (inclusive, timezone-aware)."""
+    end: datetime
+    """Window end (exclusive, timezone-aware)."""
+    tenant: str | None = None
+    """Only this tenant pseudonym's records."""
+    sample: int | None = None
+    """Export a uniform random sample of this many records instead of all."""
+    server_document: Mapping[str, Any] | None = None
+    """The identity document the running server publishes now (``--server``)."""
+    policy_bundle: str = ""
+    """The server's policy bundle directory (empty: the shipped one)."""
+
+
+def _select_log(store: LogStore, key: Ed25519PrivateKey) -> tuple[str, str, str]:
+    mine = raw_public(key.public_key())
+    for log_id, origin, vkey, _size in store.logs():
+        if raw_public(parse_vkey(vkey)) == mine:
+            return log_id, origin, vkey
+    raise ExportFailed("the audit store has no log signed by this data directory's key")
+
+
+@dataclass
+class _Window:
+    rows: list[Any]
+    total: int
+    pending: int
+    decisions: Counter[str]
+    policies: dict[str, list[Any]]
+    evidence: set[str]
+
+
+def _scan(store: LogStore, log_id: str, opts: ExportOptions, latest: int,
+          progress: Progress | None) -> _Window:
+    win = _Window([], 0, 0, Counter(), {}, set())
+    for row in window_rows(store, log_id, to_us(opts.start), to_us(opts.end), opts.tenant):
+        win.total += 1
+        if int(row.leaf_index) >= latest:
+            win.pending += 1
+            continue
+        pred = statement(bytes(row.envelope)).get("predicate", {})
+        win.decisions[str(row.decision)] += 1
+        seen = win.policies.setdefault(str(pred.get("policy_bundle_digest")),
+                                       [row.time_us, row.time_us, 0])
+        seen[1], seen[2] = row.time_us, seen[2] + 1
+        win.evidence.add(str(pred.get("evidence_digest")))
+        win.rows.append(row)
+        if progress is not None and win.total % 1000 == 0:
+            progress("scanning records", win.total, 0)
+    return win
+
+
+class _Zip:
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        self.zf = zipfile.ZipFile(self.buffer, "w", zipfile.ZIP_DEFLATED)
+        self.hashes: dict[str, str] = {}
+
+    def add(self, name: str, data: bytes) -> None:
+        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        self.zf.writestr(info, data)
+        self.hashes[name] = hashlib.sha256(data).hexdigest()
+
+
+def _checkpoints(store: LogStore, log_id: str, first_leaf: int) -> list[tuple[int, str]]:
+    """An anchor at or before the window, then up to MAX_CHECKPOINTS after it, latest last."""
+    cps = [(s, n) for s, _r, n in store.checkpoints(log_id) if s > 0]
+    if not cps:
+        raise ExportFailed("the log has no published checkpoint yet")
+    before = [c for c in cps if c[0] <= first_leaf][-1:]
+    after = [c for c in cps if c[0] > first_leaf]
+    if len(after) > MAX_CHECKPOINTS:
+        step = len(after) / (MAX_CHECKPOINTS - 1)
+        after = [after[int(i * step)] for i in range(MAX_CHECKPOINTS - 1)] + [after[-1]]
+    return before + after
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: ExportOptions,
+                 progress: Progress | None = None) -> bytes:
+    """The bundle as zip bytes; see the module docstring for its layout."""
+    if opts.end <= opts.start:
+        raise ExportFailed("the window must end after it starts")
+    log_id, origin, vkey = _select_log(store, key)
+    latest_size = max((s for s, _r, _n in store.checkpoints(log_id)), default=0)
+    win = _scan(store, log_id, opts, latest_size, progress)
+    chosen = win.rows
+    if opts.sample is not None and opts.sample < len(chosen):
+        chosen = sorted(random.SystemRandom().sample(chosen, opts.sample),
+                        key=lambda r: int(r.leaf_index))
+    if opts.server_document is not None:
+        persist_identity(data_dir, opts.server_document)
+    out = _Zip()
+    log = {"log_id": log_id, "origin": origin, "vkey": vkey}
+    out.add("log.json", _dumps(log))
+    identities = _add_identities(out, data_dir, win.evidence, opts.server_document)
+    policies = _add_policies(out, data_dir, win.policies, opts.policy_bundle)
+    first_leaf = int(chosen[0].leaf_index) if chosen else latest_size
+    cps = _add_checkpoints(out, store, log_id, first_leaf)
+    _add_records(out, ProofSource(store, log_id), chosen, cps[-1][0], progress)
+    context = {
+        "window_from": iso(to_us(opts.start)), "window_to": iso(to_us(opts.end)),
+        "tenant": opts.tenant, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "simulated": any(d["platform"] == "simulated" for d in identities), "log": log,
+        "latest_size": cps[-1][0], "decisions": dict(sorted(win.decisions.items())),
+        "records": {"in_window": win.total, "exported": len(chosen), "pending": win.pending,
+                    "sampled": len(chosen) < len(win.rows),
+                    "complete": opts.tenant is None and len(chosen) == len(win.rows),
+                    "leaves": [int(r.leaf_index) for r in chosen]},
+    }  # fmt: skip
+    times = checkpoint_times(store, log_id)
+    cp_view = [{"size": s, "time": iso(times.get(s, 0)), "proof": i > 0}
+               for i, (s, _n) in enumerate(cps)]
+    out.add("report.html", render_report(context, identities, policies, cp_view))
+    _finish(out, context, key)
+    return out.buffer.getvalue()
+
+
+def _add_identities(out: _Zip, data_dir: Path, wanted: set[str],
+                    server: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    rows = []
+    for name, doc in identity_documents(data_dir).items():
+        try:
+            digest = Evidence.from_json(doc["evidence"]).digest()
+        except Exception:  # noqa: BLE001 - a malformed kept document is simply not exported
+            continue
+        is_server = server is not None and document_bytes(doc) == document_bytes(server)
+        if digest in wanted or is_server:
+            out.add(f"identity/{name}", document_bytes(doc))
+            rows.append({"file": name, "created": doc.get("created"), "evidence_digest": digest,
+                         "platform": doc.get("platform"), "measurement": doc.get("measurement")})
+    return rows
+
+
+def _add_policies(out: _Zip, data_dir: Path, seen: dict[str, list[Any]],
+                  bundle_dir: str) -> list[dict[str, Any]]:
+    current = snapshot_policy(data_dir, bundle_dir or None)
+    snapshots = policy_snapshots(data_dir)
+    index = []
+    for digest in sorted(set(seen) | {current}):
+        files = snapshots.get(digest)
+        if files is None:
+            continue
+        hexd = digest.removeprefix("sha256:")
+        for rel, raw in files.items():
+            out.add(f"policies/{hexd}/{rel}", raw)
+        first, last, count = seen.get(digest, [None, None, 0])
+        index.append({"digest": digest, "files": sorted(files), "records": count,
+                      "current": digest == current,
+                      "first_seen": iso(first) if first is not None else None,
+                      "last_seen": iso(last) if last is not None else None})
+    out.add("policies/index.json", _dumps(index))
+    return index
+
+
+def _add_checkpoints(out: _Zip, store: LogStore, log_id: str,
+                     first_leaf: int) -> list[tuple[int, str]]:
+    cps = _checkpoints(store, log_id, first_leaf)
+    proofs = ProofSource(store, log_id)
+    for size, note in cps:
+        out.add(f"checkpoints/{size:012d}.note", note.encode())
+    chain = [proofs.consistency(a[0], b[0]).to_json() for a, b in zip(cps, cps[1:], strict=False)]
+    out.add("checkpoints/consistency.json", _dumps(chain))
+    return cps
+
+
+def _add_records(out: _Zip, proofs: ProofSource, rows: list[Any], size: int,
+                 progress: Progress | None) -> None:
+    lines = []
+    for i, row in enumerate(rows, 1):
+        proof = proofs.inclusion(int(row.leaf_index), size)
+        lines.append(json.dumps({"leaf_index": int(row.leaf_index), "record_id": row.record_id,
+                                 "envelope": bytes(row.envelope).decode(),
+                                 "inclusion": proof.to_json()}, sort_keys=True))
+        if progress is not None and (i % 500 == 0 or i == len(rows)):
+            progress("proving records", i, len(rows))
+    out.add("records/records.jsonl", ("\n".join(lines) + "\n").encode() if lines else b"")
+
+
+def _finish(out: _Zip, context: dict[str, Any], key: Ed25519PrivateKey) -> None:
+    manifest = {
+        "format": FORMAT, "created": context["created"],
+        "window": {"from": context["window_from"], "to": context["window_to"]},
+        "tenant": context["tenant"], "log": context["log"], "simulated": context["simulated"],
+        "latest_checkpoint": context["latest_size"], "records": context["records"],
+        "files": dict(sorted(out.hashes.items())),
+    }  # fmt: skip
+    raw = _dumps(manifest)
+    out.add("manifest.json", raw)
+    out.add("manifest.sig", sign_manifest(raw, key))
+    out.zf.close()

@@ -1,0 +1,51 @@
+"""The bundle manifest: SHA-256 of every file, signed with the log's Ed25519 key.
+
+The signature is over ``b"sealgate-evidence-manifest/v1\\n" || manifest.json bytes`` (domain
+separation from records and checkpoints, which the same key signs); ``manifest.sig`` holds it
+in base64. The key is named by the log's C2SP note verifier key (``name+keyid+base64``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+__all__ = ["DOMAIN", "parse_vkey", "sign_manifest", "verify_manifest"]
+
+DOMAIN = b"sealgate-evidence-manifest/v1\n"
+
+
+def sign_manifest(manifest: bytes, key: Ed25519PrivateKey) -> bytes:
+    return base64.b64encode(key.sign(DOMAIN + manifest)) + b"\n"
+
+
+def parse_vkey(vkey: str) -> Ed25519PublicKey:
+    """c2sp.org/signed-note verifier key; raises ValueError when malformed or inconsistent."""
+    try:
+        name, hexid, b64 = vkey.split("+", 2)
+        raw = base64.b64decode(b64, validate=True)
+        kid = bytes.fromhex(hexid)
+    except (ValueError, binascii.Error) as exc:
+        raise ValueError("malformed verifier key") from exc
+    if len(raw) != 33 or raw[0] != 0x01 or len(kid) != 4:
+        raise ValueError("unsupported verifier key")
+    if hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4] != kid:
+        raise ValueError("verifier key id does not match its key")
+    return Ed25519PublicKey.from_public_bytes(raw[1:])
+
+
+def raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def verify_manifest(manifest: bytes, signature: bytes, key: Ed25519PublicKey) -> bool:
+    try:
+        key.verify(base64.b64decode(signature.strip(), validate=True), DOMAIN + manifest)
+    except (InvalidSignature, ValueError, binascii.Error):
+        return False
+    return True

@@ -1,0 +1,84 @@
+"""A real gateway (fast upstream backend only) that served allowed and denied requests of two
+tenants, for evidence export and the dashboard."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server import Gateway, Proc, start_fast_upstream, start_gateway
+
+CONFIG = """
+allow_plaintext = true
+checkpoint_every_ms = 100
+
+[backends.fast]
+type = "openai"
+url = "http://127.0.0.1:{fast}/v1"
+
+[models."fast-echo"]
+backend = "fast"
+retention_tier = "attested-zero"
+
+[models."fast-contract"]
+backend = "fast"
+retention_tier = "contractual-zero"
+"""
+
+
+@dataclass
+class Traffic:
+    gateway: Gateway
+    keys: dict[str, str]
+    allowed: int
+    denied: int
+
+
+def _chat(gw: Gateway, key: str, **extra: object) -> httpx.Response:
+    body = {"model": "fast-echo", "messages": [{"role": "user", "content": "hello"}], **extra}
+    return httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"})
+
+
+def drive(gw: Gateway) -> Traffic:
+    keys = {name: gw.new_key(name) for name in ("acme", "globex")}
+    allowed = denied = 0
+    for name, key in keys.items():
+        for _ in range(3 if name == "acme" else 2):
+            assert _chat(gw, key).status_code == 200
+            allowed += 1
+        assert _chat(gw, key, store=True).status_code == 403
+        response = httpx.post(f"{gw.url}/v1/fine_tuning/jobs", timeout=30,
+                              json={"model": "fast-echo", "training_file": "file-x"},
+                              headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code in (403, 404)
+        denied += 2
+    time.sleep(0.5)  # one checkpoint interval (100 ms) several times over
+    return Traffic(gw, keys, allowed, denied)
+
+
+@pytest.fixture(scope="session")
+def evidence_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("evidence")
+
+
+@pytest.fixture(scope="session")
+def traffic(evidence_workdir: Path) -> Iterator[Traffic]:
+    upstream: Proc = start_fast_upstream(evidence_workdir)
+    gw = start_gateway(evidence_workdir, CONFIG.format(fast=upstream.port))
+    try:
+        yield drive(gw)
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+def window() -> tuple[str, str]:
+    now = datetime.now(UTC)
+    return ((now - timedelta(days=1)).date().isoformat(), now.date().isoformat())

@@ -1,0 +1,105 @@
+"""The enforcement point in a real server: every forwarded request carries a decision and a
+record; denials are 403 ``policy_denied`` with rule ids; a failing engine fails closed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from policy import load_bundle
+from tests.integration.conftest import gateway_config
+from tests.policy.opa_servers import FaultInjectingOPAServer, OPADataAPITestServer
+from tests.server import Gateway, Proc, start_gateway
+
+
+def _post(gw: Gateway, key: str, path: str, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(f"{gw.url}{path}", json=body, headers={"Authorization": f"Bearer {key}"},
+                      timeout=30)
+
+
+def _record(gw: Gateway, key: str, header: str) -> dict[str, object]:
+    record_id = header.split(";")[0].removeprefix("id=")
+    envelope = httpx.get(f"{gw.url}/v1/audit/records/{record_id}",
+                         headers={"Authorization": f"Bearer {key}"}).json()
+    import base64
+
+    return dict(json.loads(base64.b64decode(envelope["payload"]))["predicate"])
+
+
+def test_every_forwarded_request_has_a_decision_record(gateway: Gateway, api_key: str) -> None:
+    digest = httpx.get(f"{gateway.url}/.well-known/sealgate/identity").json()["policy_digest"]
+    for path, body in (("/v1/chat/completions", {"model": "fast-echo",
+                                                 "messages": [{"role": "user", "content": "a"}]}),
+                       ("/v1/completions", {"model": "fast-echo", "prompt": "b"}),
+                       ("/v1/embeddings", {"model": "fast-echo", "input": "c"})):
+        response = _post(gateway, api_key, path, body)
+        assert response.status_code == 200
+        record = _record(gateway, api_key, response.headers["sealgate-receipt"])
+        assert record["kind"] == "intent" and record["decision"] == "allow"
+        assert record["policy_bundle_digest"] == digest
+        assert record["channel"] == "plaintext"  # development flag on: the record says so
+        assert record["endpoint"] == path
+
+
+@pytest.mark.parametrize(("path", "body", "rule"), [
+    ("/v1/chat/completions", {"model": "fast-echo", "store": True,
+                              "messages": [{"role": "user", "content": "x"}]}, "SG-STORE-001"),
+    ("/v1/fine_tuning/jobs", {"model": "fast-echo", "training_file": "file-1"}, "SG-TRAIN-001"),
+    ("/v1/batches", {"input_file_id": "file-1", "endpoint": "/v1/chat/completions"}, "SG-TRAIN-003"),
+    ("/v1/chat/completions", {"model": "fast-echo", "max_tokens": 100000,
+                              "messages": [{"role": "user", "content": "x"}]}, "SG-TOKENS-001"),
+])
+def test_denials_name_rules_and_never_echo(gateway: Gateway, api_key: str, path: str,
+                                           body: dict[str, object], rule: str) -> None:
+    response = _post(gateway, api_key, path, body)
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == "policy_denied" and rule in error["message"]
+    assert "file-1" not in response.text
+
+
+def _engine_gateway(workdir: Path, fast: Proc, engine_url: str) -> Gateway:
+    config = gateway_config(fast.port, allow_plaintext=True)
+    config = (f'policy_engine = "opa"\nopa_url = "{engine_url}"\npolicy_timeout_ms = 300\n'
+              + config)
+    return start_gateway(workdir, config)
+
+
+def test_opa_engine_path(workdir: Path, fast_upstream: Proc) -> None:
+    with OPADataAPITestServer(load_bundle()) as opa:
+        gw = _engine_gateway(workdir, fast_upstream, opa.url)
+        try:
+            key = gw.new_key("acme")
+            ok = _post(gw, key, "/v1/chat/completions",
+                       {"model": "fast-echo", "messages": [{"role": "user", "content": "x"}]})
+            assert ok.status_code == 200
+            denied = _post(gw, key, "/v1/fine_tuning/jobs", {"model": "fast-echo"})
+            assert denied.status_code == 403
+        finally:
+            gw.stop()
+
+
+@pytest.mark.parametrize("fault", ["hang", "500", "garbage"])
+def test_failing_engine_fails_closed_within_timeout(workdir: Path, fast_upstream: Proc,
+                                                    fault: str) -> None:
+    with FaultInjectingOPAServer(fault, hang_s=5.0) as opa:  # type: ignore[arg-type]
+        gw = _engine_gateway(workdir, fast_upstream, opa.url)
+        try:
+            key = gw.new_key("acme")
+            before = httpx.get(f"{fast_upstream.url}/stats").json()
+            started = time.monotonic()
+            response = _post(gw, key, "/v1/chat/completions",
+                             {"model": "fast-echo", "stream": True,
+                              "messages": [{"role": "user", "content": "x"}]})
+            elapsed = time.monotonic() - started
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "policy_unavailable"
+            assert elapsed < 2.0
+            after = httpx.get(f"{fast_upstream.url}/stats").json()
+            assert after["streams_started"] == before["streams_started"]  # nothing forwarded
+        finally:
+            gw.stop()
