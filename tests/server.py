@@ -92,16 +92,18 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 def start_gateway(workdir: Path, config: str, extra_env: dict[str, str] | None = None,
-                  timeout: float = 120.0) -> Gateway:
-    """Start ``sealgate serve`` with ``config`` (TOML) and its own data directory."""
-    port = free_port()
-    data_dir = workdir / f"data-{port}"
-    data_dir.mkdir(parents=True)
+                  timeout: float = 120.0, *, data_dir: Path | None = None,
+                  port: int | None = None) -> Gateway:
+    """Start ``sealgate serve`` with ``config`` (TOML) and its own data directory (or, to
+    restart, an existing one)."""
+    port = port or free_port()
+    data_dir = data_dir or workdir / f"data-{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"sealgate-{port}.toml"
     config_path.write_text(config)
     env = {**os.environ, "SEALGATE_DATA_DIR": str(data_dir), "SEALGATE_CONFIG": str(config_path),
            "TMPDIR": str(workdir), **(extra_env or {})}
-    log = workdir / f"gateway-{port}.log"
+    log = workdir / f"gateway-{port}-{time.monotonic_ns()}.log"
     proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     gateway = Gateway(proc, log, port, data_dir, env)

@@ -1,0 +1,81 @@
+"""``sealgate users …``: dashboard reviewer accounts."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from proxy.cli._common import add_config_arg
+
+    users = sub.add_parser("users", help="manage dashboard accounts")
+    cmd = users.add_subparsers(dest="users_command", metavar="COMMAND", required=True)
+    create = cmd.add_parser("create", help="create an account")
+    create.add_argument("name")
+    create.add_argument("--role", required=True, choices=("admin", "reviewer", "auditor"))
+    create.add_argument("--tenant", help="limit a reviewer to this tenant (name)")
+    create.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin")
+    listing = cmd.add_parser("list", help="list accounts")
+    listing.add_argument("--json", action="store_true")
+    for parser in (create, listing):
+        add_config_arg(parser)
+    create.set_defaults(func=_create)
+    listing.set_defaults(func=_list)
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def _create(args: argparse.Namespace) -> int:
+    from proxy.cli._common import fail, load_settings
+    from proxy.errors import SealgateError
+    from proxy.tenants import TenantStore
+    from proxy.users import UserError, UserStore
+
+    settings = load_settings(args)
+    try:
+        password = _password(args)
+        if args.tenant:
+            tenants = TenantStore(settings.tenants_url)
+            try:
+                tenants.tenant(args.tenant)
+            finally:
+                tenants.close()
+        store = UserStore(settings.tenants_url)
+        try:
+            user = store.create(args.name, args.role, password, args.tenant)
+        finally:
+            store.close()
+    except (UserError, SealgateError, ValueError) as exc:
+        return fail(str(exc))
+    print(f"created {user.role} {user.username}" + (f" for tenant {user.tenant}"
+                                                     if user.tenant else ""))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from proxy.cli._common import load_settings, print_json
+    from proxy.users import UserStore
+
+    store = UserStore(load_settings(args).tenants_url)
+    try:
+        users = store.users()
+    finally:
+        store.close()
+    if args.json:
+        print_json([{"username": u.username, "role": u.role, "tenant": u.tenant} for u in users])
+    else:
+        for u in users:
+            print(f"{u.username}\t{u.role}\t{u.tenant or '*'}")
+    return 0

@@ -1,0 +1,118 @@
+"""Incremental, in-memory aggregates of the log for the overview, policy and enclave pages.
+
+Each record is read once (in leaf order, from where the last refresh stopped); its metadata
+columns and a few signed predicate fields (retention tier, policy and evidence digests) are
+folded into counters keyed by tenant, so a tenant-scoped view is a sum over its own keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from audit import LogStore
+from proxy.evidence._records import RECORDS
+
+__all__ = ["Key", "RecordIndex", "Seen"]
+
+_CHUNK = 5000
+_HOUR_US = 3_600_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    tenant: str
+    decision: str
+    kind: str
+    model: str
+    tier: str
+    hour: int
+
+
+@dataclass
+class Seen:
+    """First and last time (µs) a digest was cited, and by how many records (per tenant)."""
+
+    first_us: int
+    last_us: int
+    by_tenant: Counter[str] = field(default_factory=Counter)
+
+    def add(self, tenant: str, time_us: int) -> None:
+        self.first_us = min(self.first_us, time_us)
+        self.last_us = max(self.last_us, time_us)
+        self.by_tenant[tenant] += 1
+
+
+def _predicate(envelope: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+        pred = doc.get("predicate")
+        return pred if isinstance(pred, dict) else {}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+class RecordIndex:
+    def __init__(self, store: LogStore, log_id: str) -> None:
+        self.store, self.log_id = store, log_id
+        self.counts: Counter[Key] = Counter()
+        self.policies: dict[str, Seen] = {}
+        self.evidence: dict[str, Seen] = {}
+        self.next_leaf = 0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> int:
+        """Fold in every record appended since the last refresh; returns how many."""
+        with self._lock:
+            done = 0
+            while True:
+                rows = self._rows()
+                for row in rows:
+                    self._fold(row)
+                done += len(rows)
+                if len(rows) < _CHUNK:
+                    return done
+
+    def _rows(self) -> list[Any]:
+        c = RECORDS.c
+        query = (sa.select(c.leaf_index, c.tenant, c.decision, c.kind, c.model, c.time_us,
+                           c.envelope)
+                 .where(c.log_id == self.log_id, c.leaf_index >= self.next_leaf)
+                 .order_by(c.leaf_index).limit(_CHUNK))
+        with self.store.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    def _fold(self, row: Any) -> None:
+        pred = _predicate(bytes(row.envelope))
+        tenant, time_us = str(row.tenant), int(row.time_us)
+        key = Key(tenant, str(row.decision), str(row.kind), str(row.model or "-"),
+                  str(pred.get("retention_tier", "-")), time_us // _HOUR_US)
+        self.counts[key] += 1
+        for table, name in ((self.policies, "policy_bundle_digest"),
+                            (self.evidence, "evidence_digest")):
+            digest = str(pred.get(name, "-"))
+            seen = table.get(digest)
+            if seen is None:
+                seen = table[digest] = Seen(time_us, time_us)
+            seen.add(tenant, time_us)
+        self.next_leaf = int(row.leaf_index) + 1
+
+    def scoped(self, tenant: str | None) -> Iterable[tuple[Key, int]]:
+        return ((k, n) for k, n in list(self.counts.items())
+                if tenant is None or k.tenant == tenant)
+
+    def seen(self, table: dict[str, Seen], tenant: str | None) -> list[tuple[str, Seen, int]]:
+        """(digest, seen, records) visible to ``tenant`` (None: all), oldest first."""
+        out = []
+        for digest, seen in list(table.items()):
+            count = sum(seen.by_tenant.values()) if tenant is None else seen.by_tenant[tenant]
+            if count:
+                out.append((digest, seen, count))
+        return sorted(out, key=lambda item: item[1].first_us)

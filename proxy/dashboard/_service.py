@@ -1,0 +1,79 @@
+"""``DashboardService``: accounts, sessions, the record index and the log, for the routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit import AuditLog
+from proxy.config import Settings
+from proxy.tenants import TenantStore
+from proxy.users import User, UserStore
+
+from ._index import RecordIndex
+from ._session import LoginLimiter, SessionCodec, load_secret
+
+__all__ = ["DashboardService", "Viewer"]
+
+
+class Viewer:
+    """The signed-in user and what they may see: ``scope`` is a tenant pseudonym or None (all)."""
+
+    def __init__(self, user: User, nonce: str, scope: str | None, csrf: str) -> None:
+        self.user, self.nonce, self.scope, self.csrf = user, nonce, scope, csrf
+
+    @property
+    def can_export(self) -> bool:
+        return self.user.can_export
+
+
+class DashboardService:
+    def __init__(self, settings: Settings, tenants: TenantStore,
+                 audit: Callable[[], AuditLog | None], identity: Any,
+                 log_key: Ed25519PrivateKey) -> None:
+        self.settings, self.tenants, self.identity, self.log_key = settings, tenants, identity, log_key
+        self._audit = audit
+        self.users = UserStore(settings.tenants_url)
+        self.sessions = SessionCodec(load_secret(settings.session_secret, settings.data_dir))
+        self.limiter = LoginLimiter()
+        self._index: RecordIndex | None = None
+        self.verified_checkpoints: dict[int, bool] = {}
+        self.verified_pairs: dict[tuple[int, int], str | None] = {}
+        self.identity_verdicts: dict[str, tuple[bool, str]] = {}
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def audit(self) -> AuditLog:
+        log = self._audit()
+        if log is None:
+            raise RuntimeError("the audit log opens at start-up")
+        return log
+
+    async def index(self) -> RecordIndex:
+        if self._index is None:
+            self._index = RecordIndex(self.audit.store, self.audit.log_id)
+        await asyncio.to_thread(self._index.refresh)
+        return self._index
+
+    def tenant_names(self) -> dict[str, str]:
+        """Pseudonym → tenant name."""
+        return {t.pseudonym: t.name for t in self.tenants.tenants()}
+
+    def viewer(self, cookie: str | None) -> Viewer | None:
+        session = self.sessions.read(cookie)
+        if session is None:
+            return None
+        user = self.users.get(session[0])
+        if user is None:
+            return None
+        scope = None
+        if user.role == "reviewer" and user.tenant is not None:
+            scope = self.tenants.tenant(user.tenant).pseudonym
+        return Viewer(user, session[1], scope, self.sessions.csrf(session[1]))

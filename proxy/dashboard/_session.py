@@ -1,0 +1,102 @@
+"""Signed session cookies, CSRF tokens bound to them, and the failed-login limiter.
+
+A session cookie is ``base64url(JSON {u, n, e}) "." hex(HMAC-SHA256(secret, payload))``: user id,
+a random nonce and the expiry. The CSRF token of a session (synchronizer token pattern, OWASP
+CSRF Prevention Cheat Sheet) is HMAC(secret, "csrf:" + nonce); before login a random pre-session
+cookie plays the nonce's part.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["LoginLimiter", "SessionCodec", "load_secret"]
+
+SESSION_TTL_S = 8 * 3600
+
+
+def load_secret(configured: str, data_dir: Path) -> bytes:
+    """The configured secret, else one generated once and kept (mode 0600) in the data dir."""
+    if configured:
+        return hashlib.sha256(configured.encode()).digest()
+    path = data_dir / "keys" / "session-secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return bytes.fromhex(path.read_text().strip())
+    secret = secrets.token_bytes(32)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret.hex())
+    return secret
+
+
+class SessionCodec:
+    def __init__(self, secret: bytes, clock: Callable[[], float] = time.time) -> None:
+        self._secret, self._clock = secret, clock
+
+    def _mac(self, data: bytes) -> str:
+        return hmac.new(self._secret, data, hashlib.sha256).hexdigest()
+
+    def issue(self, user_id: str) -> str:
+        body = {"u": user_id, "n": secrets.token_hex(16), "e": int(self._clock()) + SESSION_TTL_S}
+        payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+        return f"{payload}.{self._mac(payload.encode())}"
+
+    def read(self, cookie: str | None) -> tuple[str, str] | None:
+        """(user id, nonce) of a valid, unexpired cookie; None otherwise."""
+        if not cookie or "." not in cookie:
+            return None
+        payload, mac = cookie.rsplit(".", 1)
+        if not hmac.compare_digest(mac, self._mac(payload.encode())):
+            return None
+        try:
+            body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            user, nonce, expiry = str(body["u"]), str(body["n"]), int(body["e"])
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return None
+        return (user, nonce) if expiry > self._clock() else None
+
+    def csrf(self, nonce: str, purpose: str = "csrf") -> str:
+        return self._mac(f"{purpose}:{nonce}".encode())
+
+    def check_csrf(self, nonce: str | None, token: object, purpose: str = "csrf") -> bool:
+        return bool(nonce) and isinstance(token, str) and hmac.compare_digest(
+            token, self.csrf(str(nonce), purpose))
+
+
+class LoginLimiter:
+    """At most ``limit`` failed logins per key (client address, user name) per ``window_s``."""
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit, self._window, self._clock = limit, window_s, clock
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, key: str) -> list[float]:
+        now = self._clock()
+        recent = [t for t in self._failures.get(key, []) if now - t < self._window]
+        self._failures[key] = recent
+        return recent
+
+    def blocked(self, *keys: str) -> bool:
+        return any(len(self._recent(k)) >= self._limit for k in keys)
+
+    def fail(self, *keys: str) -> None:
+        if len(self._failures) > 10_000:
+            self._failures.clear()
+        for key in keys:
+            self._recent(key).append(self._clock())
+
+    def reset(self, *keys: str) -> None:
+        for key in keys:
+            self._failures.pop(key, None)
