@@ -34,6 +34,7 @@ from proxy.api.openai import OpenAIService, openai_handlers
 from proxy.api.refused import refused_handlers
 from proxy.attestation import IdentityService, detect_provider, identity_handlers
 from proxy.config import BackendSettings, Settings
+from proxy.dashboard import DashboardService, dashboard_router
 from proxy.enclave import enclave_facts
 from proxy.errors import exception_handler
 from proxy.evidence import record_startup_state
@@ -107,6 +108,8 @@ class Services:
             "policy_engine": const(self.policy),
             "audit_log": Provide(audit_log, sync_to_thread=False),
             "tenant": Provide(tenant, sync_to_thread=False),
+            "dashboard": const(DashboardService(self.settings, self.tenants, lambda: self.audit,
+                                                self.identity, self.log_key)),
         }
 
     async def start(self) -> None:
@@ -168,7 +171,7 @@ def create_app(settings: Settings | None = None, *,
 
     handlers = [*health_handlers, *openai_handlers, *identity_handlers, *audit_handlers,
                 *build_gateway_handlers(max_body_size=settings.max_body_bytes + 64 * 1024),
-                *refused_handlers]
+                *refused_handlers, dashboard_router]
     return Litestar(
         route_handlers=handlers,
         dependencies=services.dependencies(),

@@ -1,0 +1,142 @@
+"""Page data that needs the log or the data directory: record detail, log health, enclave,
+policies."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import difflib
+import json
+from datetime import datetime
+from typing import Any
+
+from audit import AuditError, Receipt, SignedCheckpoint, verify_consistency, verify_receipt
+from proxy.attestation import VerificationError, VerificationPolicy, verify_identity
+from proxy.evidence import identity_documents, policy_snapshots, snapshot_policy
+
+from ._service import DashboardService, Viewer
+from ._views import fmt_us
+
+__all__ = ["enclave_page", "health_page", "policies_page", "record_page"]
+
+_MAX_PAIRS_PER_VIEW = 2000
+
+
+async def record_page(svc: DashboardService, viewer: Viewer, record_id: str) -> dict[str, Any] | None:
+    """The record and its inclusion proof checked against the latest checkpoint, or None when
+    the viewer may not see it (absent and foreign look the same)."""
+    log = svc.audit
+    row = await asyncio.to_thread(log.store.get_record, record_id)
+    if row is None or row.log_id != log.log_id or (viewer.scope and row.tenant != viewer.scope):
+        return None
+    envelope = bytes(row.envelope)
+    statement = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+    latest = await log.checkpoint()
+    proof: dict[str, Any] = {"checkpoint_size": latest.size, "verified": False}
+    if int(row.leaf_index) < latest.size:
+        inclusion = await log.inclusion_proof(int(row.leaf_index))
+        sig = json.loads(envelope)["signatures"][0]["sig"]
+        receipt = Receipt(row.record_id, int(row.leaf_index), sig, log.log_id)
+        try:
+            verify_receipt(receipt, envelope, latest.note, inclusion, log.vkey)
+            proof.update(verified=True, hashes=len(inclusion.hashes))
+        except AuditError as exc:
+            proof["error"] = str(exc)
+    else:
+        proof["pending"] = True
+    return {"row": row, "time": fmt_us(int(row.time_us)), "predicate": statement["predicate"],
+            "proof": proof, "checkpoint": latest.note}
+
+
+def _check_chain(svc: DashboardService, log: Any, cps: list[tuple[int, bytes, str]]) -> list[str]:
+    problems: list[str] = []
+    for size, _root, note in cps:
+        if size not in svc.verified_checkpoints:
+            try:
+                SignedCheckpoint.parse(note, log.vkey)
+                svc.verified_checkpoints[size] = True
+            except AuditError:
+                svc.verified_checkpoints[size] = False
+        if not svc.verified_checkpoints[size]:
+            problems.append(f"checkpoint {size}: signature does not verify")
+    return problems
+
+
+async def health_page(svc: DashboardService) -> dict[str, Any]:
+    log = svc.audit
+    store = log.store
+    cps = [c for c in await asyncio.to_thread(store.checkpoints, log.log_id) if c[0] > 0]
+    problems = _check_chain(svc, log, cps)
+    todo = [(a, b) for a, b in zip(cps, cps[1:], strict=False)
+            if (a[0], b[0]) not in svc.verified_pairs][:_MAX_PAIRS_PER_VIEW]
+    for (old, old_root, _), (new, new_root, _) in todo:
+        try:
+            proof = await log.consistency_proof(old, new)
+            verify_consistency(old, new, old_root, new_root, proof.hashes)
+            svc.verified_pairs[(old, new)] = None
+        except AuditError as exc:
+            svc.verified_pairs[(old, new)] = str(exc)
+    pairs = [(a[0], b[0]) for a, b in zip(cps, cps[1:], strict=False)]
+    problems += [f"{o} → {n}: {svc.verified_pairs[(o, n)]}" for o, n in pairs
+                 if svc.verified_pairs.get((o, n))]
+    count = await asyncio.to_thread(store.count_records, log.log_id)
+    top = await asyncio.to_thread(store.next_index, log.log_id)
+    latest = cps[-1] if cps else None
+    return {"latest": latest, "checkpoints": len(cps), "pairs": len(pairs),
+            "records": count, "gaps": top - count, "unintegrated": count - (latest[0] if latest else 0),
+            "problems": problems, "recent": [(s, n) for s, _r, n in cps[-10:]][::-1],
+            "origin": log.origin, "vkey": log.vkey}
+
+
+def _verify_doc(svc: DashboardService, name: str, doc: dict[str, Any]) -> tuple[bool, str]:
+    if name not in svc.identity_verdicts:
+        try:
+            created = datetime.fromisoformat(str(doc.get("created")))
+            found = verify_identity(doc, VerificationPolicy(allow_simulated=True), now=created)
+            text = "verified" + (" (SIMULATED: insecure)" if found.simulated else "")
+            svc.identity_verdicts[name] = (True, text)
+        except (VerificationError, ValueError, TypeError) as exc:
+            svc.identity_verdicts[name] = (False, str(exc))
+    return svc.identity_verdicts[name]
+
+
+async def enclave_page(svc: DashboardService, viewer: Viewer) -> dict[str, Any]:
+    index = await svc.index()
+    docs = await asyncio.to_thread(identity_documents, svc.data_dir)
+    current = await svc.identity.document()
+    rows, previous = [], None
+    for name, doc in docs.items():
+        ok, verdict = _verify_doc(svc, name, doc)
+        measurement = str(doc.get("measurement"))
+        rows.append({"name": name, "created": doc.get("created"), "platform": doc.get("platform"),
+                     "measurement": measurement, "ok": ok, "verdict": verdict,
+                     "changed": previous is not None and previous != measurement,
+                     "current": doc.get("report_data") == current.get("report_data")})
+        previous = measurement
+    seen = [(d, fmt_us(s.first_us), fmt_us(s.last_us), n)
+            for d, s, n in index.seen(index.evidence, viewer.scope)]
+    return {"documents": rows[::-1], "platform": current.get("platform"),
+            "simulated": current.get("platform") == "simulated", "evidence_seen": seen}
+
+
+def _diff(old: dict[str, bytes], new: dict[str, bytes]) -> str:
+    out: list[str] = []
+    for rel in sorted(set(old) | set(new)):
+        a = old.get(rel, b"").decode(errors="replace").splitlines()
+        b = new.get(rel, b"").decode(errors="replace").splitlines()
+        out += difflib.unified_diff(a, b, f"previous/{rel}", f"current/{rel}", lineterm="")
+    return "\n".join(out) or "(no differences)"
+
+
+async def policies_page(svc: DashboardService, viewer: Viewer, compare: str | None) -> dict[str, Any]:
+    index = await svc.index()
+    current = await asyncio.to_thread(snapshot_policy, svc.data_dir, svc.settings.policy_bundle or None)
+    snapshots = await asyncio.to_thread(policy_snapshots, svc.data_dir)
+    seen = [(d, fmt_us(s.first_us), fmt_us(s.last_us), n, d in snapshots)
+            for d, s, n in index.seen(index.policies, viewer.scope)]
+    files = snapshots.get(current, {})
+    diff = None
+    if compare and compare in snapshots and compare != current:
+        diff = _diff(snapshots[compare], files)
+    return {"current": current, "files": sorted(files), "seen": seen, "compare": compare,
+            "diff": diff, "stored": [d for d in snapshots if d != current]}

@@ -1,0 +1,218 @@
+"""Dashboard routes under ``/dashboard``: thin handlers over the service and page modules."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from litestar import Request, Response, Router, get, post
+from litestar.datastructures import Cookie
+from litestar.params import Parameter
+
+from proxy.evidence import EvidenceError, ExportOptions, build_bundle
+from proxy.tenants import Tenant
+from proxy.users import InvalidCredentials
+
+from ._pages import enclave_page, health_page, policies_page, record_page
+from ._render import HEADERS, html
+from ._service import DashboardService, Viewer
+from ._views import PAGE_SIZE, RecordFilter, fmt_us, overview, query_records
+
+__all__ = ["dashboard_router"]
+
+SESSION, PRE = "sg_session", "sg_login"
+Req = Request[Any, Any, Any]
+
+
+class LoginRequired(Exception):
+    """No valid session: the handler below redirects to the login page."""
+
+
+def _redirect(location: str, cookies: list[Cookie] | None = None) -> Response[str]:
+    return Response("", status_code=303, headers={"Location": location, **HEADERS},
+                    cookies=cookies or [])
+
+
+def _login_required(_request: Req, _exc: Exception) -> Response[str]:
+    return _redirect("/dashboard/login")
+
+
+def _secure(request: Req) -> bool:
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
+def _cookie(request: Req, key: str, value: str, max_age: int | None = None) -> Cookie:
+    return Cookie(key=key, value=value, path="/dashboard", httponly=True, samesite="strict",
+                  secure=_secure(request), max_age=max_age)
+
+
+def _viewer(request: Req, dashboard: DashboardService) -> Viewer:
+    viewer = dashboard.viewer(request.cookies.get(SESSION))
+    if viewer is None:
+        raise LoginRequired
+    return viewer
+
+
+def _page(template: str, viewer: Viewer, active: str, status: int = 200, **ctx: Any) -> Response[str]:
+    return html(template, status, viewer=viewer, active=active, **ctx)
+
+
+@get("/login", include_in_schema=False)
+async def login_form(request: Req, dashboard: DashboardService) -> Response[str]:
+    pre = request.cookies.get(PRE) or secrets.token_hex(16)
+    response = html("login.html", csrf=dashboard.sessions.csrf(pre, "login"), error=None)
+    response.set_cookie(_cookie(request, PRE, pre, 3600))
+    return response
+
+
+@post("/login", include_in_schema=False, status_code=200)
+async def login(request: Req, dashboard: DashboardService) -> Response[str]:
+    form = await request.form()
+    pre = request.cookies.get(PRE)
+    csrf = dashboard.sessions.csrf(pre, "login") if pre else ""
+    if not dashboard.sessions.check_csrf(pre, form.get("csrf"), "login"):
+        return html("login.html", 403, csrf=csrf, error="The form expired; please try again.")
+    name = str(form.get("username", ""))[:64]
+    keys = (f"ip:{request.client.host if request.client else '-'}", f"user:{name}")
+    if dashboard.limiter.blocked(*keys):
+        return html("login.html", 429, csrf=csrf,
+                    error="Too many failed sign-ins; wait a few minutes and try again.")
+    try:
+        user = await asyncio.to_thread(dashboard.users.authenticate, name,
+                                       str(form.get("password", "")))
+    except InvalidCredentials:
+        dashboard.limiter.fail(*keys)
+        return html("login.html", 401, csrf=csrf, error="Invalid user name or password.")
+    dashboard.limiter.reset(keys[1])
+    return _redirect("/dashboard", [_cookie(request, SESSION, dashboard.sessions.issue(user.id))])
+
+
+@post("/logout", include_in_schema=False, status_code=200)
+async def logout(request: Req, dashboard: DashboardService) -> Response[str]:
+    viewer = _viewer(request, dashboard)
+    form = await request.form()
+    if not dashboard.sessions.check_csrf(viewer.nonce, form.get("csrf")):
+        return _page("error.html", viewer, "", 403, message="Invalid form token.")
+    return _redirect("/dashboard/login", [_cookie(request, SESSION, "", 0)])
+
+
+@get("/", include_in_schema=False)
+async def overview_page(request: Req, dashboard: DashboardService) -> Response[str]:
+    viewer = _viewer(request, dashboard)
+    index = await dashboard.index()
+    data = overview(index, viewer.scope, dashboard.tenant_names())
+    return _page("overview.html", viewer, "overview", **data)
+
+
+def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None) -> str | None:
+    if not name:
+        return viewer.scope
+    tenants: dict[str, Tenant] = {t.name: t for t in dashboard.tenants.tenants()}
+    pseudonym = tenants[name].pseudonym if name in tenants else "-"
+    if viewer.scope is not None and pseudonym != viewer.scope:
+        raise PermissionError
+    return pseudonym
+
+
+@get("/records", include_in_schema=False)
+async def records_page(
+    request: Req, dashboard: DashboardService, tenant: str | None = None,
+    decision: str | None = None, kind: str | None = None, model: str | None = None,
+    start: str | None = Parameter(query="from", default=None),
+    end: str | None = Parameter(query="to", default=None), page: int = Parameter(default=1, ge=1),
+) -> Response[str]:
+    viewer = _viewer(request, dashboard)
+    try:
+        pseudonym = _scoped_tenant(dashboard, viewer, tenant)
+    except PermissionError:
+        return _page("error.html", viewer, "records", 403, message="Not your tenant.")
+    f = RecordFilter(pseudonym, decision or None, kind or None, model or None, start, end, page)
+    log = dashboard.audit
+    rows, total = await asyncio.to_thread(query_records, log.store, log.log_id, f)
+    names = dashboard.tenant_names()
+    params = {"tenant": tenant or "", "decision": decision or "", "kind": kind or "",
+              "model": model or "", "from": start or "", "to": end or ""}
+    return _page("records.html", viewer, "records", rows=rows, total=total, page=page,
+                 pages=max(1, -(-total // PAGE_SIZE)), params=params, names=names, fmt=fmt_us,
+                 tenants=sorted(names.values()) if viewer.scope is None else [])
+
+
+@get("/records/{record_id:str}", include_in_schema=False)
+async def record_detail(request: Req, dashboard: DashboardService, record_id: str) -> Response[str]:
+    viewer = _viewer(request, dashboard)
+    data = await record_page(dashboard, viewer, record_id)
+    if data is None:
+        return _page("error.html", viewer, "records", 404, message="No such record.")
+    return _page("record.html", viewer, "records", names=dashboard.tenant_names(), **data)
+
+
+@get("/policies", include_in_schema=False)
+async def policies(request: Req, dashboard: DashboardService,
+                   compare: str | None = None) -> Response[str]:
+    viewer = _viewer(request, dashboard)
+    return _page("policies.html", viewer, "policies",
+                 **await policies_page(dashboard, viewer, compare))
+
+
+@get("/enclave", include_in_schema=False)
+async def enclave(request: Req, dashboard: DashboardService) -> Response[str]:
+    viewer = _viewer(request, dashboard)
+    return _page("enclave.html", viewer, "enclave", **await enclave_page(dashboard, viewer))
+
+
+@get("/health", include_in_schema=False)
+async def health(request: Req, dashboard: DashboardService) -> Response[str]:
+    viewer = _viewer(request, dashboard)
+    return _page("health.html", viewer, "health", **await health_page(dashboard))
+
+
+@get("/export", include_in_schema=False)
+async def export_form(request: Req, dashboard: DashboardService) -> Response[str]:
+    viewer = _viewer(request, dashboard)
+    if not viewer.can_export:
+        return _page("error.html", viewer, "export", 403, message="Auditors and admins only.")
+    today = datetime.now(UTC).date()
+    return _page("export.html", viewer, "export", start=(today - timedelta(days=30)).isoformat(),
+                 end=today.isoformat(), tenants=sorted(dashboard.tenant_names().values()),
+                 error=None)
+
+
+def _window(form: Any) -> tuple[datetime, datetime]:
+    start = datetime.fromisoformat(str(form.get("from"))).replace(tzinfo=UTC)
+    end = datetime.fromisoformat(str(form.get("to"))).replace(tzinfo=UTC) + timedelta(days=1)
+    return start, end
+
+
+@post("/export", include_in_schema=False, status_code=200)
+async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
+    viewer = _viewer(request, dashboard)
+    form = await request.form()
+    if not viewer.can_export:
+        return _page("error.html", viewer, "export", 403, message="Auditors and admins only.")
+    if not dashboard.sessions.check_csrf(viewer.nonce, form.get("csrf")):
+        return _page("error.html", viewer, "export", 403, message="Invalid form token.")
+    try:
+        start, end = _window(form)
+        tenant = _scoped_tenant(dashboard, viewer, str(form.get("tenant") or "") or None)
+        options = ExportOptions(start, end, tenant, None, await dashboard.identity.document(),
+                                dashboard.settings.policy_bundle)
+        log = dashboard.audit
+        data = await asyncio.to_thread(build_bundle, log.store, dashboard.data_dir,
+                                       dashboard.log_key, options)
+    except (ValueError, PermissionError, EvidenceError) as exc:
+        message = exc.detail if isinstance(exc, EvidenceError) else "Invalid window or tenant."
+        return _page("error.html", viewer, "export", 400, message=message)
+    name = f"sealgate-evidence-{start.date()}-{(end - timedelta(days=1)).date()}.zip"
+    return Response(data, media_type="application/zip", headers={
+        **HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+dashboard_router = Router(
+    path="/dashboard",
+    route_handlers=[login_form, login, logout, overview_page, records_page, record_detail,
+                    policies, enclave, health, export_form, export],
+    exception_handlers={LoginRequired: _login_required},
+    include_in_schema=False,
+)
