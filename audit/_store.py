@@ -1,7 +1,10 @@
 """The log store: SQLAlchemy Core over the sqlmodel tables, SQLite by default, PostgreSQL by URL.
 
-SQLite runs in WAL mode with ``synchronous=FULL``: each commit is fsynced, so an append that
-returned is durable across power loss; group commit amortises that fsync over a whole batch.
+SQLite runs in WAL mode. With ``synchronous=FULL`` (the default, or ``?synchronous=full`` in the
+URL) each commit is fsynced, so an append that returned is durable across power loss; group
+commit amortises that fsync over a whole batch. ``?synchronous=normal`` keeps every returned
+append durable across a crash of the process (``kill -9``) but not of the machine, and takes the
+fsync off the request path (SQLite WAL semantics; docs/operations.md).
 All methods are synchronous; ``AuditLog`` calls them from its writer thread or a worker thread.
 SQLAlchemy errors are translated to ``AuditUnavailable`` here and never escape the package.
 """
@@ -55,12 +58,28 @@ def _translated(what: str) -> Iterator[None]:
         raise AuditUnavailable(f"audit store failed to {what} ({type(exc).__name__})") from exc
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+_SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
+
+
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def apply(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    return apply
+
+
+def _sync_mode(url: str) -> tuple[str, str]:
+    """Split the ``synchronous`` query parameter (SQLite only) off the URL."""
+    parsed = make_url(url)
+    mode = str(parsed.query.get("synchronous", "full")).lower()
+    if mode not in _SYNC_MODES:
+        raise AuditUnavailable("synchronous must be 'full' or 'normal'")
+    return parsed.difference_update_query(["synchronous"]).render_as_string(
+        hide_password=False), _SYNC_MODES[mode]
 
 
 class LogStore:
@@ -73,13 +92,14 @@ class LogStore:
     def open(cls, url: str) -> LogStore:
         """Connect and run the migrations to ``head``."""
         with _translated("open"):
+            url, synchronous = _sync_mode(url)
             sync_url = normalize_url(url)
             parsed = make_url(sync_url)
             if parsed.get_backend_name() == "sqlite" and parsed.database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(sync_url, pool_pre_ping=parsed.get_backend_name() != "sqlite")
             if parsed.get_backend_name() == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
+                event.listen(engine, "connect", _sqlite_pragmas(synchronous))
             store = cls(engine)
             store._migrate()
             return store

@@ -135,6 +135,8 @@ class Services:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.router.close()
+        if self.gate is not None:
+            await self.gate.drain()
         if self.audit is not None:
             await self.audit.close()
         await self.policy.aclose()

@@ -76,6 +76,10 @@ class Settings:
     """OPA server for engine ``opa`` (``SEALGATE_OPA_URL``)."""
     policy_timeout_ms: int = 250
     """A decision slower than this fails closed (``SEALGATE_POLICY_TIMEOUT_MS``)."""
+    audit_sync: str = "normal"
+    """SQLite durability of audit appends: ``normal`` (WAL; a returned append survives a crash
+    of the process, fsync off the request path) or ``full`` (fsync per group commit; survives
+    power loss, adds one fsync to every request) (``SEALGATE_AUDIT_SYNC``)."""
     log_origin: str = "sealgate.local/audit"
     """Origin line of the transparency log's checkpoints; one per replica in a cluster
     (``SEALGATE_LOG_ORIGIN``)."""
@@ -151,6 +155,8 @@ class Settings:
             raise ConfigError("policy_engine must be 'regopy' or 'opa'")
         if not 0 < self.port < 65536:
             raise ConfigError("port must be between 1 and 65535")
+        if self.audit_sync not in ("normal", "full"):
+            raise ConfigError("audit_sync must be 'normal' or 'full'")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
         for route in self.models.values():
@@ -164,7 +170,8 @@ class Settings:
 
     @property
     def audit_db_url(self) -> str:
-        return self.audit_url or f"sqlite:///{self.data_dir / 'audit.db'}"
+        return self.audit_url or (
+            f"sqlite:///{self.data_dir / 'audit.db'}?synchronous={self.audit_sync}")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,12 @@ class EnclaveFacts:
     evidence_digest: str
 
 
+def _decision_time() -> str:
+    """Decision time at minute resolution: contract expiry is judged to the minute, and equal
+    request shapes within a minute share one cached decision (the policy is deterministic)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:00Z")
+
+
 class PolicyAuditGate:
     """Implements :class:`proxy.api.openai.Gate` with a policy engine and the audit log."""
 
@@ -46,6 +53,7 @@ class PolicyAuditGate:
         self._region = region
         self._allow_plaintext = allow_plaintext
         self._timeout = timeout_s
+        self._pending: set[asyncio.Task[None]] = set()
 
     def policy_input(self, ctx: CallContext, params: Mapping[str, Any]) -> PolicyInput:
         assert ctx.tenant is not None
@@ -60,7 +68,7 @@ class PolicyAuditGate:
             enclave_measurement=self._enclave.measurement,
             enclave_simulated=self._enclave.simulated, enclave_debug=self._enclave.debug,
             mode="production" if self._mode == "production" else "development",
-            region=self._region, allow_plaintext=self._allow_plaintext)
+            region=self._region, allow_plaintext=self._allow_plaintext, time=_decision_time())
 
     async def decide(self, ctx: CallContext, params: Mapping[str, Any]) -> Decision:
         """The decision, or :class:`PolicyUnavailable` (fail closed) within the timeout."""
@@ -123,7 +131,19 @@ class PolicyAuditGate:
         if outcome.aborted is not None:
             fields["abort_reason"] = outcome.aborted
         record = self._base("completion", ctx, decision).set(**fields).build()
+        # Off the response path: the intent record was durable before forwarding; this one is
+        # appended in the background and drained at shutdown, whatever the client does.
+        task = asyncio.create_task(self._append_completion(record, ctx.request_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _append_completion(self, record: Any, request_id: str) -> None:
         try:
-            await asyncio.shield(self._audit.append(record))
+            await self._audit.append(record)
         except AuditUnavailable:
-            _log.error("completion_not_recorded", request_id=ctx.request_id)
+            _log.error("completion_not_recorded", request_id=request_id)
+
+    async def drain(self) -> None:
+        """Wait for every completion record still being written."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)

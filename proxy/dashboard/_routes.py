@@ -118,21 +118,21 @@ def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None
 
 @get("/records", include_in_schema=False)
 async def records_page(
-    request: Req, dashboard: DashboardService, tenant: str | None = None,
-    decision: str | None = None, kind: str | None = None, model: str | None = None,
+    request: Req, dashboard: DashboardService,
+    tenant_name: str | None = Parameter(query="tenant", default=None), decision: str | None = None, kind: str | None = None, model: str | None = None,
     start: str | None = Parameter(query="from", default=None),
     end: str | None = Parameter(query="to", default=None), page: int = Parameter(default=1, ge=1),
 ) -> Response[str]:
     viewer = _viewer(request, dashboard)
     try:
-        pseudonym = _scoped_tenant(dashboard, viewer, tenant)
+        pseudonym = _scoped_tenant(dashboard, viewer, tenant_name)
     except PermissionError:
         return _page("error.html", viewer, "records", 403, message="Not your tenant.")
     f = RecordFilter(pseudonym, decision or None, kind or None, model or None, start, end, page)
     log = dashboard.audit
     rows, total = await asyncio.to_thread(query_records, log.store, log.log_id, f)
     names = dashboard.tenant_names()
-    params = {"tenant": tenant or "", "decision": decision or "", "kind": kind or "",
+    params = {"tenant": tenant_name or "", "decision": decision or "", "kind": kind or "",
               "model": model or "", "from": start or "", "to": end or ""}
     return _page("records.html", viewer, "records", rows=rows, total=total, page=page,
                  pages=max(1, -(-total // PAGE_SIZE)), params=params, names=names, fmt=fmt_us,

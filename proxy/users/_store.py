@@ -68,7 +68,7 @@ class UserStore:
                       tenant=tenant, password_hash=hash_password(password),
                       created_at=datetime.now(UTC))
         try:
-            with Session(self._engine) as session:
+            with Session(self._engine, expire_on_commit=False) as session:
                 session.add(row)
                 session.commit()
         except IntegrityError as exc:
