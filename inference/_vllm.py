@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -56,6 +57,15 @@ class VLLMConfig:
     default) discards them. Request logging stays off either way."""
 
 
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 class VLLMBackend:
     """Supervises vLLM and forwards to it through :class:`OpenAIBackend`."""
 
@@ -95,11 +105,12 @@ class VLLMBackend:
         with self._output() as output:
             self._process = await asyncio.create_subprocess_exec(
                 *self.command(), env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=output, stderr=asyncio.subprocess.STDOUT)
+                stdout=output, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self._config.startup_timeout_s
         while time.monotonic() < deadline:
-            if self._process.returncode is not None:
-                raise BackendUnavailable(f"vllm exited during start-up ({self._process.returncode})")
+            if (code := self._process.returncode) is not None:
+                await self._stop_child()
+                raise BackendUnavailable(f"vllm exited during start-up ({code})")
             if await self._health():
                 self._healthy = True
                 return
@@ -130,22 +141,28 @@ class VLLMBackend:
             process = self._process
             alive = process is not None and process.returncode is None
             self._healthy = alive and await self._health()
-            if alive or self._restarts >= self._config.max_restarts:
+            if alive:
+                continue
+            await self._stop_child()
+            if self._restarts >= self._config.max_restarts:
                 continue
             self._restarts += 1
             with contextlib.suppress(BackendUnavailable):
                 await self._spawn()
 
     async def _stop_child(self) -> None:
+        """Stop the child's whole process group: vLLM's engine and worker processes outlive a
+        killed API server otherwise, holding the model's memory."""
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and (
+                process.returncode is None or _signal_group(process.pid, 0)):
+            await asyncio.sleep(0.2)
+        _signal_group(process.pid, signal.SIGKILL)
+        await process.wait()
 
     async def close(self) -> None:
         if self._watchdog is not None:

@@ -100,7 +100,7 @@ def _export(args: argparse.Namespace) -> int:
             log.close()
     except (EvidenceError, AuditError) as exc:
         return fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - HTTP and tenant errors, reported by class only
+    except Exception as exc:
         return fail(f"export failed: {exc}")
     with open(args.output, "wb") as fh:
         fh.write(data)

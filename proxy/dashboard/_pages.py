@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import difflib
+import itertools
 import json
 from datetime import datetime
 from typing import Any
@@ -67,7 +68,7 @@ async def health_page(svc: DashboardService) -> dict[str, Any]:
     store = log.store
     cps = [c for c in await asyncio.to_thread(store.checkpoints, log.log_id) if c[0] > 0]
     problems = _check_chain(svc, log, cps)
-    todo = [(a, b) for a, b in zip(cps, cps[1:], strict=False)
+    todo = [(a, b) for a, b in itertools.pairwise(cps)
             if (a[0], b[0]) not in svc.verified_pairs][:_MAX_PAIRS_PER_VIEW]
     for (old, old_root, _), (new, new_root, _) in todo:
         try:
@@ -76,7 +77,7 @@ async def health_page(svc: DashboardService) -> dict[str, Any]:
             svc.verified_pairs[(old, new)] = None
         except AuditError as exc:
             svc.verified_pairs[(old, new)] = str(exc)
-    pairs = [(a[0], b[0]) for a, b in zip(cps, cps[1:], strict=False)]
+    pairs = [(a[0], b[0]) for a, b in itertools.pairwise(cps)]
     problems += [f"{o} → {n}: {svc.verified_pairs[(o, n)]}" for o, n in pairs
                  if svc.verified_pairs.get((o, n))]
     count = await asyncio.to_thread(store.count_records, log.log_id)

@@ -119,7 +119,8 @@ def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None
 @get("/records", include_in_schema=False)
 async def records_page(
     request: Req, dashboard: DashboardService,
-    tenant_name: str | None = Parameter(query="tenant", default=None), decision: str | None = None, kind: str | None = None, model: str | None = None,
+    tenant_name: str | None = Parameter(query="tenant", default=None),
+    decision: str | None = None, kind: str | None = None, model: str | None = None,
     start: str | None = Parameter(query="from", default=None),
     end: str | None = Parameter(query="to", default=None), page: int = Parameter(default=1, ge=1),
 ) -> Response[str]:

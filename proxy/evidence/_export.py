@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import random
 import zipfile
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import LogStore
 from proxy.attestation import Evidence
+from proxy.attestation import VerificationError as AttestationError
 
 from ._errors import ExportFailed
 from ._manifest import parse_vkey, raw_public, sign_manifest
@@ -184,8 +186,8 @@ def _add_identities(out: _Zip, data_dir: Path, wanted: set[str],
     for name, doc in identity_documents(data_dir).items():
         try:
             digest = Evidence.from_json(doc["evidence"]).digest()
-        except Exception:  # noqa: BLE001 - a malformed kept document is simply not exported
-            continue
+        except (AttestationError, KeyError, TypeError):
+            continue  # a malformed kept document cannot be attested; it is not exported
         is_server = server is not None and document_bytes(doc) == document_bytes(server)
         if digest in wanted or is_server:
             out.add(f"identity/{name}", document_bytes(doc))
@@ -221,7 +223,7 @@ def _add_checkpoints(out: _Zip, store: LogStore, log_id: str,
     proofs = ProofSource(store, log_id)
     for size, note in cps:
         out.add(f"checkpoints/{size:012d}.note", note.encode())
-    chain = [proofs.consistency(a[0], b[0]).to_json() for a, b in zip(cps, cps[1:], strict=False)]
+    chain = [proofs.consistency(a[0], b[0]).to_json() for a, b in itertools.pairwise(cps)]
     out.add("checkpoints/consistency.json", _dumps(chain))
     return cps
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import json
 import zipfile
 from datetime import datetime
@@ -13,8 +14,8 @@ from typing import Any
 
 import audit
 from audit import Receipt, SignedCheckpoint, verify_consistency, verify_receipt
-from proxy.attestation import VerificationPolicy, verify_identity
 from proxy.attestation import VerificationError as AttestationError
+from proxy.attestation import VerificationPolicy, verify_identity
 
 from ._errors import BundleInvalid
 from ._manifest import parse_vkey, raw_public, verify_manifest
@@ -30,7 +31,7 @@ _MAX_ZIP_BYTES = 2 << 30
 
 def _read_zip(source: str | Path | bytes) -> dict[str, bytes]:
     try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
         with handle, zipfile.ZipFile(handle) as zf:
             if sum(i.file_size for i in zf.infolist()) > _MAX_ZIP_BYTES:
                 raise BundleInvalid("bundle is too large")
@@ -172,7 +173,7 @@ class _Verifier:
         except (ValueError, KeyError, TypeError):
             self.add("consistency", False, "missing or malformed consistency proofs", name)
             return
-        for old, new in zip(chain, chain[1:], strict=False):
+        for old, new in itertools.pairwise(chain):
             try:
                 hashes = [base64.b64decode(h, validate=True) for h in proofs[(old.size, new.size)]]
                 verify_consistency(old.size, new.size, old.root_hash, new.root_hash, hashes)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
+from proxy.users import UserStore
 from tests.evidence.conftest import Traffic, evidence_workdir, traffic  # noqa: F401
 from tests.server import ROOT
 
@@ -21,7 +23,11 @@ ACCOUNTS = {
 
 @pytest.fixture(scope="session")
 def accounts(traffic: Traffic) -> dict[str, tuple[str, str | None]]:  # noqa: F811
-    for name, (role, tenant) in ACCOUNTS.items():
+    store = UserStore(f"sqlite:///{traffic.gateway.data_dir / 'sealgate.db'}")
+    for name, (role, tenant) in list(ACCOUNTS.items())[1:]:
+        store.create(name, role, PASSWORD, tenant)
+    store.close()
+    for name, (role, tenant) in list(ACCOUNTS.items())[:1]:  # one through the CLI
         args = ["users", "create", name, "--role", role, "--password-stdin"]
         if tenant:
             args += ["--tenant", tenant]
@@ -29,4 +35,8 @@ def accounts(traffic: Traffic) -> dict[str, tuple[str, str | None]]:  # noqa: F8
                                 env=traffic.gateway.env, input=PASSWORD + "\n",
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
+    listing = subprocess.run([sys.executable, "-m", "proxy.cli", "users", "list", "--json"],
+                             cwd=ROOT, env=traffic.gateway.env, capture_output=True, text=True,
+                             timeout=60)
+    assert {u["username"] for u in json.loads(listing.stdout)} == set(ACCOUNTS)
     return ACCOUNTS

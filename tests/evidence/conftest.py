@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.tenants import TenantStore
 from tests.server import Gateway, Proc, start_fast_upstream, start_gateway
 
 CONFIG = """
@@ -46,8 +47,20 @@ def _chat(gw: Gateway, key: str, **extra: object) -> httpx.Response:
                       headers={"Authorization": f"Bearer {key}"})
 
 
+def _keys(gw: Gateway, names: tuple[str, ...]) -> dict[str, str]:
+    """Tenants and keys written straight into the gateway's tenant database (the CLI path is
+    tested elsewhere; this keeps the fixture fast)."""
+    store = TenantStore(f"sqlite:///{gw.data_dir / 'sealgate.db'}")
+    try:
+        for name in names:
+            store.create_tenant(name, exist_ok=True)
+        return {name: store.create_key(name)[1] for name in names}
+    finally:
+        store.close()
+
+
 def drive(gw: Gateway) -> Traffic:
-    keys = {name: gw.new_key(name) for name in ("acme", "globex")}
+    keys = _keys(gw, ("acme", "globex"))
     allowed = denied = 0
     for name, key in keys.items():
         for _ in range(3 if name == "acme" else 2):

@@ -23,8 +23,13 @@ if [ ! -f "$STAMP" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     step "installing $TORCH_SPEC (CPU build)"
     "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
-    step "installing $VLLM_SPEC and gguf"
-    "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC" "$VLLM_SPEC" gguf
+    step "installing $VLLM_SPEC, and gguf + accelerate to read the GGUF"
+    "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC" "$VLLM_SPEC" gguf accelerate
+    # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that cannot load against the CPU
+    # torch (libc10_cuda.so is missing); a text model needs none of them, and transformers
+    # fails on a torchvision that is present but broken.
+    step "removing the CUDA-only torchvision, torchaudio, torchcodec"
+    "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec
     if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
         echo "error: CUDA packages were installed into $VENV; expected the CPU build only" >&2
         exit 1
