@@ -40,7 +40,7 @@ from proxy.errors import exception_handler
 from proxy.evidence import record_startup_state
 from proxy.gate import PolicyAuditGate
 from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers
-from proxy.telemetry import configure_logging
+from proxy.telemetry import Metrics, configure_logging
 from proxy.tenants import Tenant, TenantStore
 
 __all__ = ["Services", "build_backends", "create_app"]
@@ -159,7 +159,8 @@ def create_app(settings: Settings | None = None, *,
         log_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
         lambda: policy.bundle_digest, settings.release_measurement or "simulated")
     service = OpenAIService(router, tenants, None, allow_plaintext=settings.allow_plaintext,
-                            max_body_bytes=settings.max_body_bytes)
+                            max_body_bytes=settings.max_body_bytes,
+                            metrics=Metrics(frozenset(settings.models)))
     services = Services(settings, router, tenants, policy, keys,
                         ReplayGuard(window=settings.replay_window_s), identity, service, log_key)
 
@@ -171,7 +172,7 @@ def create_app(settings: Settings | None = None, *,
         finally:
             await services.stop()
 
-    handlers = [*health_handlers, *openai_handlers, *identity_handlers, *audit_handlers,
+    handlers: list[Any] = [*health_handlers, *openai_handlers, *identity_handlers, *audit_handlers,
                 *build_gateway_handlers(max_body_size=settings.max_body_bytes + 64 * 1024),
                 *refused_handlers, dashboard_router]
     return Litestar(

@@ -20,6 +20,7 @@ from litestar import Request
 
 from inference import ModelRoute
 from proxy.errors import SealedChannelRequired
+from proxy.telemetry import Metrics
 from proxy.tenants import Tenant
 
 __all__ = ["Admission", "CallContext", "Outcome", "ResponseCommitment", "sealed_marker"]
@@ -118,7 +119,11 @@ class Outcome:
     aborted: str | None = None
     ttft_ms: float | None = None
 
-    def log(self, ctx: CallContext) -> None:
+    def log(self, ctx: CallContext, metrics: Metrics | None = None) -> None:
+        if metrics is not None:
+            metrics.observe(ctx.endpoint, ctx.route.name if ctx.route else None, ctx.channel,
+                            self.status, ctx.elapsed_ms(), self.prompt_tokens,
+                            self.completion_tokens)
         _log.info("request", request_id=ctx.request_id, endpoint=ctx.endpoint,
                   tenant=ctx.tenant.pseudonym if ctx.tenant else None,
                   model=ctx.route.name if ctx.route else None, channel=ctx.channel,

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["ALLOWED_FIELDS", "configure_logging", "drop_unknown_fields"]
+__all__ = ["ALLOWED_FIELDS", "Metrics", "configure_logging", "drop_unknown_fields"]
 
 ALLOWED_FIELDS = frozenset({
     "event", "level", "timestamp", "logger",
@@ -61,3 +61,51 @@ def configure_logging(level: str = "info", stream: Any = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class Metrics:
+    """Content-free counters in the Prometheus text format (``GET /metrics``).
+
+    Labels come only from closed sets (configured model names, known endpoints, status
+    codes, channel), so no request value can appear in a label.
+    """
+
+    _ENDPOINTS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions",
+                            "/v1/embeddings"})
+
+    def __init__(self, models: frozenset[str]) -> None:
+        self._models = models
+        self._requests: dict[tuple[str, str, str, str], int] = {}
+        self._latency_sum: dict[str, float] = {}
+        self._latency_count: dict[str, int] = {}
+        self._tokens: dict[tuple[str, str], int] = {}
+
+    def observe(self, endpoint: str, model: str | None, channel: str, status: int,
+                latency_ms: float, prompt_tokens: int, completion_tokens: int) -> None:
+        endpoint = endpoint if endpoint in self._ENDPOINTS else "other"
+        model = model if model in self._models else "none"
+        key = (endpoint, model, channel, str(status))
+        self._requests[key] = self._requests.get(key, 0) + 1
+        self._latency_sum[endpoint] = self._latency_sum.get(endpoint, 0.0) + latency_ms / 1000
+        self._latency_count[endpoint] = self._latency_count.get(endpoint, 0) + 1
+        for kind, count in (("prompt", prompt_tokens), ("completion", completion_tokens)):
+            self._tokens[(model, kind)] = self._tokens.get((model, kind), 0) + count
+
+    def render(self) -> str:
+        lines = ["# HELP sealgate_requests_total Requests by endpoint, model, channel and status.",
+                 "# TYPE sealgate_requests_total counter"]
+        for (endpoint, model, channel, status), n in sorted(self._requests.items()):
+            lines.append(f'sealgate_requests_total{{endpoint="{endpoint}",model="{model}",'
+                         f'channel="{channel}",status="{status}"}} {n}')
+        lines += ["# HELP sealgate_request_seconds Request latency in the gateway.",
+                  "# TYPE sealgate_request_seconds summary"]
+        for endpoint in sorted(self._latency_count):
+            lines.append(f'sealgate_request_seconds_sum{{endpoint="{endpoint}"}} '
+                         f"{self._latency_sum[endpoint]:.6f}")
+            lines.append(f'sealgate_request_seconds_count{{endpoint="{endpoint}"}} '
+                         f"{self._latency_count[endpoint]}")
+        lines += ["# HELP sealgate_tokens_total Tokens by model and kind.",
+                  "# TYPE sealgate_tokens_total counter"]
+        for (model, kind), n in sorted(self._tokens.items()):
+            lines.append(f'sealgate_tokens_total{{model="{model}",kind="{kind}"}} {n}')
+        return "\n".join(lines) + "\n"

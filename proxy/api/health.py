@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Response, get
 
 from inference import BackendRouter
+from proxy.api.openai import OpenAIService
 
 __all__ = ["health_handlers"]
 
@@ -24,4 +25,10 @@ async def readyz(backend_router: BackendRouter) -> Response[dict[str, Any]]:
                     status_code=200 if ready else 503)
 
 
-health_handlers = [healthz, readyz]
+@get("/metrics", summary="Prometheus metrics (content-free counters)", tags=["health"],
+     sync_to_thread=False, media_type="text/plain; version=0.0.4")
+def metrics(openai_service: OpenAIService) -> str:
+    return openai_service.metrics.render() if openai_service.metrics else ""
+
+
+health_handlers = [healthz, readyz, metrics]

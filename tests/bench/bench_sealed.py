@@ -3,7 +3,7 @@
 Measurement setup as in ``bench_gateway``: the fast upstream (a measurement tool) answers
 instantly; ``sealgate serve`` (policy and signed records on) proxies to it; this process is the
 client, using the SDK's transport (``SealedTransport``) with the gateway's pinned key config.
-Rows: sealed − plain round trip (non-streaming), sealed − direct (the whole added cost of
+Rows: sealed - plain round trip (non-streaming), sealed - direct (the whole added cost of
 sealing, policy and the signed record), and time to first streamed token sealed vs plain.
 """
 

@@ -47,3 +47,4 @@ def test_canary_never_written(gateway: Gateway, api_key: str, workdir: Path) -> 
     for needle in needles:
         assert files_containing(workdir, needle) == []
     assert canary not in gateway.output()
+    assert canary not in httpx.get(f"{gateway.url}/metrics").text

@@ -185,3 +185,6 @@ def test_health_and_openapi(gateway: Gateway) -> None:
     assert ready.json()["backends"]["down"] is False and ready.status_code == 503
     schema = httpx.get(f"{gateway.url}/schema/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"] and "/v1/embeddings" in schema["paths"]
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert 'sealgate_requests_total{endpoint="/v1/chat/completions"' in metrics
+    assert "sealgate_tokens_total" in metrics

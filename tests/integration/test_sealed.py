@@ -161,8 +161,9 @@ def test_sdk_through_client_proxy(sealed_gateway: Gateway, sealed_key: str, work
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=sealed_key,
                                max_retries=0)
         assert MODEL in [m.id for m in client.models.list().data]
-        assert client.chat.completions.create(
-            model=MODEL, max_tokens=6, messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content
+        chat = client.chat.completions.create(
+            model=MODEL, max_tokens=6, messages=[{"role": "user", "content": "Hi"}])
+        assert chat.choices[0].message.content
         chunks = list(client.chat.completions.create(
             model=MODEL, max_tokens=6, stream=True, messages=[{"role": "user", "content": "Hi"}]))
         assert any(c.choices and c.choices[0].delta.content for c in chunks)

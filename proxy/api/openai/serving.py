@@ -20,6 +20,7 @@ from proxy.api.openai.protocol import (
 )
 from proxy.errors import NotFound, RequestTooLarge
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment
+from proxy.telemetry import Metrics
 from proxy.tenants import TenantStore
 
 __all__ = ["Gate", "OpenAIService"]
@@ -46,7 +47,9 @@ class OpenAIService:
     """Serves ``/v1/models``, chat, completions and embeddings through the pipeline."""
 
     def __init__(self, router: BackendRouter, tenants: TenantStore, gate: Gate | None, *,
-                 allow_plaintext: bool, max_body_bytes: int = 1 << 20) -> None:
+                 allow_plaintext: bool, max_body_bytes: int = 1 << 20,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         self._router = router
         self._tenants = tenants
         self.gate = gate
@@ -69,7 +72,7 @@ class OpenAIService:
         return await self.gate.admit(ctx, params)
 
     async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None:
-        outcome.log(ctx)
+        outcome.log(ctx, self.metrics)
         if self.gate is not None:
             await self.gate.finish(ctx, admission, outcome)
 
