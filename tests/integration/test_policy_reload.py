@@ -1,0 +1,55 @@
+"""Hot reload of a policy bundle in a running server: no request fails and the digest in the
+identity document and the records changes to the new bundle's."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from policy import load_bundle
+from tests.integration.conftest import gateway_config
+from tests.server import Proc, start_gateway
+
+
+def test_bundle_hot_reload(workdir: Path, fast_upstream: Proc) -> None:
+    bundle_dir = workdir / "bundle"
+    source = load_bundle().root
+    shutil.copytree(source, bundle_dir, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    old_digest = load_bundle(bundle_dir).digest
+    config = f'policy_bundle = "{bundle_dir}"\npolicy_reload_s = 1\n' + gateway_config(
+        fast_upstream.port, allow_plaintext=True)
+    gw = start_gateway(workdir, config)
+    try:
+        key = gw.new_key("acme")
+        identity = f"{gw.url}/.well-known/sealgate/identity"
+        assert httpx.get(identity).json()["policy_digest"] == old_digest
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            body = {"model": "fast-echo", "messages": [{"role": "user", "content": "x"}]}
+            with httpx.Client(timeout=10) as client:
+                while not stop.is_set():
+                    statuses.append(client.post(f"{gw.url}/v1/chat/completions", json=body,
+                                                headers={"Authorization": f"Bearer {key}"}).status_code)
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        contracts = bundle_dir / "data" / "contracts.yaml"
+        contracts.write_text(contracts.read_text() + "\n# revision 2\n")
+        new_digest = load_bundle(bundle_dir).digest
+        assert new_digest != old_digest
+        deadline = time.monotonic() + 15
+        while httpx.get(identity).json()["policy_digest"] != new_digest:
+            assert time.monotonic() < deadline, "the new bundle was not picked up"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        stop.set()
+        worker.join()
+        assert statuses and set(statuses) == {200}
+    finally:
+        gw.stop()
