@@ -126,12 +126,15 @@ class OpenAIBackend:
             async with client.stream("POST", _PATHS[kind], content=msgspec.json.encode(request),
                                      headers={"Content-Type": "application/json"}) as response:
                 _check_status(response)
+                done = False
                 async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+                    # Read to the end even after [DONE], so the connection goes back to the pool.
+                    if done or not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        return
+                        done = True
+                        continue
                     chunk = msgspec.json.decode(data)
                     if isinstance(chunk, dict) and "error" in chunk:
                         raise BackendUnavailable("the upstream failed mid-stream")

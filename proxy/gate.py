@@ -74,7 +74,10 @@ class PolicyAuditGate:
         """The decision, or :class:`PolicyUnavailable` (fail closed) within the timeout."""
         document = self.policy_input(ctx, params)
         try:
-            return await asyncio.wait_for(self.engine.decide(document), self._timeout)
+            # asyncio.timeout, not wait_for: no extra task on the hot path. Engines also bound
+            # their own calls; this is the backstop.
+            async with asyncio.timeout(self._timeout):
+                return await self.engine.decide(document)
         except TimeoutError as exc:
             raise PolicyUnavailable("the policy engine did not decide in time") from exc
 
