@@ -17,7 +17,8 @@ from ._errors import (
 from ._keys import load_or_create_signing_key
 from ._log import AuditLog
 from ._merkle import verify_consistency, verify_inclusion
-from ._proofs import ConsistencyProof, InclusionProof
+from ._note import vkey_for
+from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import PREDICATE_TYPE, Record, RecordBuilder, commit
 from ._store import LogStore
@@ -38,6 +39,7 @@ __all__ = [
     "RecordBuilder",
     "RecordNotFound",
     "SignedCheckpoint",
+    "TreeReader",
     "VerificationError",
     "VerifyReport",
     "commit",
@@ -46,4 +48,5 @@ __all__ = [
     "verify_inclusion",
     "verify_log",
     "verify_receipt",
+    "vkey_for",
 ]

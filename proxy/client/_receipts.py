@@ -11,8 +11,7 @@ from typing import Any
 import httpx2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from audit import Receipt, verify_receipt
-from audit._note import vkey_for
+from audit import Receipt, verify_receipt, vkey_for
 from proxy.client._errors import SealedTransportError
 
 __all__ = ["VerifiedReceipt", "verify_response_receipt"]

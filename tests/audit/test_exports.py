@@ -9,9 +9,10 @@ def test_all_is_exact() -> None:
     assert sorted(audit.__all__) == sorted([
         "PREDICATE_TYPE", "AuditError", "AuditLog", "AuditUnavailable", "ConsistencyProof",
         "InclusionProof", "InvalidRecord", "LogStore", "ProofError", "Receipt", "Record",
-        "RecordBuilder", "RecordNotFound", "SignedCheckpoint", "VerificationError", "VerifyReport",
+        "RecordBuilder", "RecordNotFound", "SignedCheckpoint", "TreeReader", "VerificationError",
+        "VerifyReport",
         "commit", "load_or_create_signing_key", "verify_consistency", "verify_inclusion",
-        "verify_log", "verify_receipt",
+        "verify_log", "verify_receipt", "vkey_for",
     ])  # fmt: skip
     for name in audit.__all__:
         assert hasattr(audit, name)
