@@ -125,10 +125,28 @@ class Services:
             allow_plaintext=settings.allow_plaintext, timeout_s=settings.policy_timeout_ms / 1000)
         self.openai.gate = self.gate
         await self.router.start()
-        if settings.policy_bundle and settings.policy_reload_s > 0:
-            watcher = BundleWatcher(self.policy, settings.policy_bundle,
-                                    interval_s=settings.policy_reload_s)
-            self.tasks.append(asyncio.create_task(watcher.run(), name="policy-watcher"))
+        self.tasks.append(asyncio.create_task(self._maintain(), name="identity-maintenance"))
+
+    async def _maintain(self) -> None:
+        """Policy hot reload and OHTTP key rotation; after either, the identity document,
+        the enclave facts in records, and the kept evidence state follow at once."""
+        settings = self.settings
+        watcher = (BundleWatcher(self.policy, settings.policy_bundle)
+                   if settings.policy_bundle and settings.policy_reload_s > 0 else None)
+        tick = min(x for x in (settings.policy_reload_s if watcher else 0,
+                               settings.ohttp_key_rotation_s, 3600) if x > 0)
+        loop = asyncio.get_running_loop()
+        next_rotation = loop.time() + settings.ohttp_key_rotation_s
+        while True:
+            await asyncio.sleep(tick)
+            changed = watcher is not None and await asyncio.to_thread(watcher.check)
+            if settings.ohttp_key_rotation_s > 0 and loop.time() >= next_rotation:
+                self.ohttp_keys.rotate()
+                next_rotation = loop.time() + settings.ohttp_key_rotation_s
+                changed = True
+            if changed and self.gate is not None:
+                self.gate.enclave = await enclave_facts(self.identity)
+                await record_startup_state(settings.data_dir, settings.policy_bundle, self.identity)
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -86,6 +86,9 @@ class Settings:
     policy_reload_s: int = 5
     """Poll interval for a policy bundle directory; 0 disables hot reload
     (``SEALGATE_POLICY_RELOAD_S``)."""
+    ohttp_key_rotation_s: int = 86400
+    """Rotate the OHTTP key this often (the previous key stays valid for an hour); 0 never
+    rotates (``SEALGATE_OHTTP_KEY_ROTATION_S``)."""
     audit_url: str = ""
     """Audit database URL; empty means SQLite under the data directory; PostgreSQL as
     ``postgresql+psycopg://…`` (``SEALGATE_AUDIT_URL``)."""

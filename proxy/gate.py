@@ -48,7 +48,7 @@ class PolicyAuditGate:
                  mode: str, region: str, allow_plaintext: bool, timeout_s: float) -> None:
         self.engine = engine
         self._audit = audit
-        self._enclave = enclave
+        self.enclave = enclave
         self._mode = mode
         self._region = region
         self._allow_plaintext = allow_plaintext
@@ -64,9 +64,9 @@ class PolicyAuditGate:
             request=RequestParams.from_body(params),
             backend_name=route.backend if route else "",
             retention_tier=route.retention_tier.value if route else "none",
-            enclave_platform=self._enclave.platform,
-            enclave_measurement=self._enclave.measurement,
-            enclave_simulated=self._enclave.simulated, enclave_debug=self._enclave.debug,
+            enclave_platform=self.enclave.platform,
+            enclave_measurement=self.enclave.measurement,
+            enclave_simulated=self.enclave.simulated, enclave_debug=self.enclave.debug,
             mode="production" if self._mode == "production" else "development",
             region=self._region, allow_plaintext=self._allow_plaintext, time=_decision_time())
 
@@ -88,7 +88,7 @@ class PolicyAuditGate:
             decision="allow" if decision.allow else "deny", channel=ctx.channel,
             rule_ids=list(decision.rule_ids), obligations=sorted(decision.obligations),
             policy_bundle_digest=decision.bundle_digest,
-            evidence_digest=self._enclave.evidence_digest, platform=self._enclave.platform,
+            evidence_digest=self.enclave.evidence_digest, platform=self.enclave.platform,
             request_commitment=ctx.request_commitment)
         if ctx.route is not None:
             builder = builder.set(model=ctx.route.name, backend=ctx.route.backend,
