@@ -50,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # Every package's errors carry a stable string code: show "CODE: detail", no trace.
+        if not isinstance(getattr(exc, "code", None), str):
+            raise
+        print(f"sealgate: {exc}", file=sys.stderr)
+        return 2
     return status
 
 

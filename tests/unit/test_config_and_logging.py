@@ -101,3 +101,12 @@ def test_public_surfaces_are_exact() -> None:
     for package in (inference, proxy, policy):
         for name in package.__all__:
             assert hasattr(package, name), name
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SEALGATE_DEPLOYMENT_MODE", "production")  # with the simulated enclave
+    assert main(["serve", "--port", "18099"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sealgate: simulated_not_allowed: ") and "Traceback" not in err
