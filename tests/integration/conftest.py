@@ -56,9 +56,15 @@ def fast_upstream(workdir: Path) -> Iterator[Proc]:
     proc.stop()
 
 
-def gateway_config(fast_port: int, *, allow_plaintext: bool) -> str:
-    return CONFIG.format(fast=fast_port, closed=free_port(),
-                         allow_plaintext=str(allow_plaintext).lower())
+def gateway_config(fast_port: int, *, allow_plaintext: bool, local: bool = True) -> str:
+    """The test gateway's TOML; ``local=False`` leaves out the embedded model (faster start)."""
+    config = CONFIG.format(fast=fast_port, closed=free_port(),
+                           allow_plaintext=str(allow_plaintext).lower())
+    if not local:
+        config = config.replace('[backends.local]\ntype = "llamacpp"\nn_ctx = 2048\nn_parallel = 2\n', "")
+        config = config.replace('[models."SmolLM2-135M-Instruct"]\nbackend = "local"\n'
+                                'retention_tier = "attested-zero"\n', "")
+    return config
 
 
 @pytest.fixture(scope="session")

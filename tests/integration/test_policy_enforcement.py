@@ -63,7 +63,7 @@ def test_denials_name_rules_and_never_echo(gateway: Gateway, api_key: str, path:
 
 
 def _engine_gateway(workdir: Path, fast: Proc, engine_url: str) -> Gateway:
-    config = gateway_config(fast.port, allow_plaintext=True)
+    config = gateway_config(fast.port, allow_plaintext=True, local=False)
     config = (f'policy_engine = "opa"\nopa_url = "{engine_url}"\npolicy_timeout_ms = 300\n'
               + config)
     return start_gateway(workdir, config)

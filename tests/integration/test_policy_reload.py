@@ -21,7 +21,7 @@ def test_bundle_hot_reload(workdir: Path, fast_upstream: Proc) -> None:
     shutil.copytree(source, bundle_dir, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
     old_digest = load_bundle(bundle_dir).digest
     config = f'policy_bundle = "{bundle_dir}"\npolicy_reload_s = 1\n' + gateway_config(
-        fast_upstream.port, allow_plaintext=True)
+        fast_upstream.port, allow_plaintext=True, local=False)
     gw = start_gateway(workdir, config)
     try:
         key = gw.new_key("acme")
