@@ -28,11 +28,17 @@ _GROUPS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Command word → the module that registers it; only that module is imported for a command, so
+# `sealgate keys create` does not load the server or the client SDK.
+_COMMANDS = {"keys": "tenants", "client-proxy": "client_proxy"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sealgate", description="Sealgate confidential LLM gateway")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in _GROUPS:
+    wanted = _COMMANDS.get(command or "", command)
+    for name in _GROUPS if wanted not in _GROUPS else (wanted,):
         try:
             module = importlib.import_module(f"proxy.cli._{name}")
         except ModuleNotFoundError as exc:
@@ -44,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)
