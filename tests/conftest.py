@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The vLLM suite runs under `make test-vllm` (its own interpreter and model), not `make test`.
+collect_ignore = [] if os.environ.get("SEALGATE_VLLM_PYTHON") else ["vllm"]
+
 VECTORS = Path(os.environ.get("SEALGATE_VECTORS", ROOT.parent / "shared" / "vectors")).resolve()
 
 
