@@ -15,6 +15,8 @@ import httpx2
 import msgspec
 import uvicorn
 
+from proxy.ohttp import HOP_BY_HOP_FIELDS
+
 from ._errors import SealedTransportError
 from ._keysource import KeySource
 from ._transport import AsyncSealedTransport
@@ -26,18 +28,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-    }
-)
+# The forwarder sets its own Host for the sealed inner request.
+_HOP_BY_HOP = HOP_BY_HOP_FIELDS | {b"host"}
 
 
 def gateway_urls(gateway: str) -> tuple[str, str]:

@@ -15,7 +15,13 @@ from urllib.parse import unquote
 
 import anyio
 
-from proxy.ohttp import BHTTPRequest, BHTTPResponse, ChunkedResponseSealer, ResponseStreamEncoder
+from proxy.ohttp import (
+    HOP_BY_HOP_FIELDS,
+    BHTTPRequest,
+    BHTTPResponse,
+    ChunkedResponseSealer,
+    ResponseStreamEncoder,
+)
 
 from ._channel import SCOPE_EXTENSION, SealedChannel
 from ._errors import GatewayError, error_body
@@ -25,18 +31,7 @@ __all__ = ["ASGIApp", "build_scope", "collect_response", "error_response", "stre
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
 
-# RFC 9110 §7.6.1: connection-specific fields do not cross a hop.
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+_HOP_BY_HOP = HOP_BY_HOP_FIELDS
 _DISCONNECT_GRACE_S = 1.0
 _DONE = "sealgate.inner.done"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from ._bhttp import (
+    HOP_BY_HOP_FIELDS,
     BHTTPRequest,
     BHTTPResponse,
     InformationalResponse,
@@ -51,6 +52,7 @@ class MediaType(StrEnum):
 
 __all__ = [
     "DEFAULT_SUITES",
+    "HOP_BY_HOP_FIELDS",
     "BHTTPRequest",
     "BHTTPResponse",
     "ChunkedRequestOpener",

@@ -9,7 +9,22 @@ from dataclasses import dataclass
 from ._errors import bhttp_malformed
 from ._varint import Incomplete, decode_varint, encode_varint
 
+# RFC 9110 §7.6.1: connection-specific fields describe one hop and never travel inside a
+# Binary HTTP message to the next one.
+HOP_BY_HOP_FIELDS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
 __all__ = [
+    "HOP_BY_HOP_FIELDS",
     "BHTTPRequest",
     "BHTTPResponse",
     "Fields",

@@ -18,6 +18,7 @@ def test_ohttp_exports() -> None:
             "ChunkedResponseOpener",
             "ChunkedResponseSealer",
             "ClientRequestContext",
+            "HOP_BY_HOP_FIELDS",
             "GatewayKey",
             "InformationalResponse",
             "KeyConfig",
