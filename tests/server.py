@@ -17,6 +17,21 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fast_config(upstream_port: int, **settings: object) -> str:
+    """A gateway config whose one model, ``fast``, is served by the fast upstream; keyword
+    arguments become top-level settings (strings quoted, booleans lower-case)."""
+    lines = [f"{k} = {_toml(v)}" for k, v in settings.items()]
+    lines += ["[backends.fast]", 'type = "openai"', f'url = "http://127.0.0.1:{upstream_port}/v1"',
+              "[models.fast]", 'backend = "fast"', 'retention_tier = "attested-zero"']
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

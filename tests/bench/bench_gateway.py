@@ -15,18 +15,8 @@ from typing import Any
 import httpx
 
 from tests.bench._stats import summary_ms
-from tests.server import Gateway, Proc, start_fast_upstream, start_gateway
+from tests.server import Gateway, Proc, fast_config, start_fast_upstream, start_gateway
 
-CONFIG = """
-allow_plaintext = true
-log_level = "warning"
-[backends.fast]
-type = "openai"
-url = "http://127.0.0.1:{port}/v1"
-[models.fast]
-backend = "fast"
-retention_tier = "attested-zero"
-"""
 BODY = {"model": "fast", "max_tokens": 4, "messages": [{"role": "user", "content": "x" * 200}]}
 
 
@@ -56,7 +46,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         upstream = start_fast_upstream(workdir)
-        gateway = start_gateway(workdir, CONFIG.format(port=upstream.port))
+        gateway = start_gateway(workdir, fast_config(upstream.port, allow_plaintext=True,
+                                                     log_level="warning"))
         try:
             key = gateway.new_key("bench")
             samples = measure(upstream, gateway, key, n)

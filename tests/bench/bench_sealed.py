@@ -20,8 +20,7 @@ import msgspec
 
 from proxy.client import SealedTransport, StaticKeySource
 from tests.bench._stats import summary_ms
-from tests.bench.bench_gateway import CONFIG
-from tests.server import start_fast_upstream, start_gateway
+from tests.server import fast_config, start_fast_upstream, start_gateway
 
 BODY = {"model": "fast", "max_tokens": 4, "messages": [{"role": "user", "content": "x" * 200}]}
 STREAM = {**BODY, "max_tokens": 8, "stream": True}
@@ -100,7 +99,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         upstream = start_fast_upstream(workdir)
-        gateway = start_gateway(workdir, CONFIG.format(port=upstream.port))
+        gateway = start_gateway(workdir, fast_config(upstream.port, allow_plaintext=True,
+                                                     log_level="warning"))
         try:
             return _rows(n, upstream.url, gateway.url, gateway.new_key("bench"))
         finally:

@@ -12,19 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.server import Proc, run_cli, start_gateway
-
-CONFIG = """
-allow_plaintext = true
-checkpoint_every_ms = 100
-checkpoint_every_n = 50
-[backends.fast]
-type = "openai"
-url = "http://127.0.0.1:{port}/v1"
-[models.fast]
-backend = "fast"
-retention_tier = "attested-zero"
-"""
+from tests.server import Proc, fast_config, run_cli, start_gateway
 
 
 def _load(url: str, key: str, receipts: list[str], stop: threading.Event) -> None:
@@ -41,7 +29,8 @@ def _load(url: str, key: str, receipts: list[str], stop: threading.Event) -> Non
 
 
 def test_kill_9_under_load(workdir: Path, fast_upstream: Proc) -> None:
-    config = CONFIG.format(port=fast_upstream.port)
+    config = fast_config(fast_upstream.port, allow_plaintext=True, checkpoint_every_ms=100,
+                         checkpoint_every_n=50)
     gw = start_gateway(workdir, config)
     key = gw.new_key("crash-co")
     receipts: list[str] = []

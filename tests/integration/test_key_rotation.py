@@ -11,17 +11,7 @@ import httpx2
 
 from proxy.attestation import VerificationPolicy, verify_identity
 from proxy.client import SealedTransport, StaticKeySource
-from tests.server import Proc, start_gateway
-
-CONFIG = """
-ohttp_key_rotation_s = 1
-[backends.fast]
-type = "openai"
-url = "http://127.0.0.1:{port}/v1"
-[models.fast]
-backend = "fast"
-retention_tier = "attested-zero"
-"""
+from tests.server import Proc, fast_config, start_gateway
 
 
 def _sealed_chat(url: str, key: str, configs: bytes) -> int:
@@ -34,7 +24,7 @@ def _sealed_chat(url: str, key: str, configs: bytes) -> int:
 
 
 def test_rotation(workdir: Path, fast_upstream: Proc) -> None:
-    gw = start_gateway(workdir, CONFIG.format(port=fast_upstream.port))
+    gw = start_gateway(workdir, fast_config(fast_upstream.port, ohttp_key_rotation_s=1))
     try:
         key = gw.new_key("acme")
         first = httpx.get(f"{gw.url}/.well-known/ohttp-gateway").content

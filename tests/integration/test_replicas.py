@@ -10,20 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.pg import PgCluster, postgresql  # noqa: F401  (session fixture)
-from tests.server import Gateway, Proc, run_cli, start_gateway
-
-CONFIG = """
-allow_plaintext = true
-audit_url = "{url}"
-log_origin = "sealgate.test/replica-{n}"
-checkpoint_every_ms = 100
-[backends.fast]
-type = "openai"
-url = "http://127.0.0.1:{port}/v1"
-[models.fast]
-backend = "fast"
-retention_tier = "attested-zero"
-"""
+from tests.server import Gateway, Proc, fast_config, run_cli, start_gateway
 
 
 def _hammer(gw: Gateway, key: str, n: int, ok: list[int]) -> None:
@@ -38,8 +25,9 @@ def _hammer(gw: Gateway, key: str, n: int, ok: list[int]) -> None:
 def test_two_replicas_one_postgres(workdir: Path, fast_upstream: Proc,
                                    postgresql: PgCluster) -> None:  # noqa: F811
     url = postgresql.new_database()
-    replicas = [start_gateway(workdir, CONFIG.format(url=url, n=n, port=fast_upstream.port))
-                for n in (1, 2)]
+    replicas = [start_gateway(workdir, fast_config(
+        fast_upstream.port, allow_plaintext=True, audit_url=url,
+        log_origin=f"sealgate.test/replica-{n}", checkpoint_every_ms=100)) for n in (1, 2)]
     try:
         statuses: list[int] = []
         threads = [threading.Thread(target=_hammer, args=(gw, gw.new_key("acme"), 60, statuses))
