@@ -25,6 +25,9 @@ def test_models_list(client: openai.OpenAI) -> None:
     ids = [m.id for m in models.data]
     assert MODEL in ids and "fast-echo" in ids
     assert all(m.object == "model" and isinstance(m.created, int) for m in models.data)
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
 
 
 def test_chat_completion_real_model(client: openai.OpenAI) -> None:

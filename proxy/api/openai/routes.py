@@ -18,6 +18,12 @@ async def list_models(request: Request[Any, Any, Any], openai_service: OpenAISer
     return await openai_service.models(request)
 
 
+@get("/v1/models/{model_id:str}", summary="Retrieve model", description=_DOC, tags=["openai"])
+async def retrieve_model(request: Request[Any, Any, Any], openai_service: OpenAIService,
+                         model_id: str) -> dict[str, Any]:
+    return await openai_service.model(request, model_id)
+
+
 @post("/v1/chat/completions", summary="Create chat completion", description=_DOC, tags=["openai"],
       status_code=200)
 async def chat_completions(request: Request[Any, Any, Any], openai_service: OpenAIService) -> Response[Any]:
@@ -36,4 +42,4 @@ async def embeddings(request: Request[Any, Any, Any], openai_service: OpenAIServ
     return await openai_service.embeddings(request)
 
 
-openai_handlers = [list_models, chat_completions, completions, embeddings]
+openai_handlers = [list_models, retrieve_model, chat_completions, completions, embeddings]

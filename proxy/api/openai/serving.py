@@ -80,9 +80,17 @@ class OpenAIService:
     async def models(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
         ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
-        data = [{"id": r.name, "object": "model", "created": self._created, "owned_by": r.owned_by}
-                for r in self._router.routes]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [self._model(r) for r in self._router.routes]}
+
+    async def model(self, request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
+        ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
+        ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
+        route, _ = self._router.route(model_id)
+        return self._model(route)
+
+    def _model(self, route: ModelRoute) -> dict[str, Any]:
+        return {"id": route.name, "object": "model", "created": self._created,
+                "owned_by": route.owned_by}
 
     # -- chat and text completions ------------------------------------------------------------
     async def generate(self, kind: GenerationKind, request: Request[Any, Any, Any]) -> Response[Any]:
