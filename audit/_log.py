@@ -106,12 +106,32 @@ class AuditLog:
         checkpoint: SignedCheckpoint = await self._submit(control="publish")
         return checkpoint
 
-    async def checkpoint(self) -> SignedCheckpoint:
-        """The latest published checkpoint."""
-        latest = self._writer.latest
-        if latest is None:
-            raise AuditUnavailable("no checkpoint has been published")
-        return latest
+    async def checkpoint(self, log_id: str | None = None) -> SignedCheckpoint:
+        """The latest published checkpoint of this log, or of another log in the same store
+        (replicas sharing one database each keep their own log)."""
+        if log_id is None or log_id == self.log_id:
+            latest = self._writer.latest
+            if latest is None:
+                raise AuditUnavailable("no checkpoint has been published")
+            return latest
+        return await asyncio.to_thread(self._other_checkpoint, log_id)
+
+    def _other_checkpoint(self, log_id: str) -> SignedCheckpoint:
+        vkeys = {lid: vkey for lid, _, vkey, _ in self._store.logs()}
+        stored = self._store.latest_checkpoint(log_id) if log_id in vkeys else None
+        if stored is None:
+            raise RecordNotFound("no such log")
+        return SignedCheckpoint.parse(stored[2], vkeys[log_id])
+
+    async def logs(self) -> list[dict[str, str]]:
+        """Every log in the store: id, origin and note verifier key."""
+        rows = await asyncio.to_thread(self._store.logs)
+        return [{"log_id": lid, "origin": origin, "vkey": vkey} for lid, origin, vkey, _ in rows]
+
+    def _tree(self, log_id: str | None) -> TreeReader:
+        if log_id is None or log_id == self.log_id:
+            return self._reader
+        return TreeReader(self._store, log_id)
 
     async def get_record(self, record_id: str, tenant: str | None = None) -> bytes:
         """The stored DSSE envelope; with ``tenant``, only that tenant pseudonym's records."""
@@ -122,17 +142,19 @@ class AuditLog:
             raise RecordNotFound("no such record")
         return bytes(row.envelope)
 
-    async def inclusion_proof(self, index: int, size: int | None = None) -> InclusionProof:
+    async def inclusion_proof(self, index: int, size: int | None = None,
+                              log_id: str | None = None) -> InclusionProof:
         """RFC 9162 §2.1.3 proof for leaf ``index`` in the tree of ``size`` (default: latest)."""
-        latest = await self.checkpoint()
+        latest = await self.checkpoint(log_id)
         tree = latest.size if size is None else size
-        return await asyncio.to_thread(self._reader.inclusion, index, tree, latest.size)
+        return await asyncio.to_thread(self._tree(log_id).inclusion, index, tree, latest.size)
 
-    async def consistency_proof(self, old: int, new: int | None = None) -> ConsistencyProof:
+    async def consistency_proof(self, old: int, new: int | None = None,
+                                log_id: str | None = None) -> ConsistencyProof:
         """RFC 9162 §2.1.4 proof between tree sizes ``old`` and ``new`` (default: latest)."""
-        latest = await self.checkpoint()
+        latest = await self.checkpoint(log_id)
         tree = latest.size if new is None else new
-        return await asyncio.to_thread(self._reader.consistency, old, tree, latest.size)
+        return await asyncio.to_thread(self._tree(log_id).consistency, old, tree, latest.size)
 
     async def close(self) -> None:
         """Flush: integrate pending leaves, publish a final checkpoint, release the store."""

@@ -76,6 +76,9 @@ class Settings:
     """OPA server for engine ``opa`` (``SEALGATE_OPA_URL``)."""
     policy_timeout_ms: int = 250
     """A decision slower than this fails closed (``SEALGATE_POLICY_TIMEOUT_MS``)."""
+    database_url: str = ""
+    """Tenants, API keys and dashboard accounts; empty means SQLite under the data directory.
+    Replicas in a cluster share one PostgreSQL URL (``SEALGATE_DATABASE_URL``)."""
     audit_sync: str = "normal"
     """SQLite durability of audit appends: ``normal`` (WAL; a returned append survives a crash
     of the process, fsync off the request path) or ``full`` (fsync per group commit; survives
@@ -169,7 +172,7 @@ class Settings:
     # -- derived values -----------------------------------------------------------------------
     @property
     def tenants_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'sealgate.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'sealgate.db'}"
 
     @property
     def audit_db_url(self) -> str:

@@ -19,9 +19,19 @@ __all__ = ["audit_handlers"]
 _TAGS = ["audit"]
 
 
+# ``log``: the log id (8 hex) of a receipt. Replicas sharing one database each keep their own
+# log; any replica serves checkpoints and proofs of all of them. Default: this replica's log.
+_LOG = Parameter(query="log", default=None, pattern=r"^[0-9a-f]{8}$")
+
+
+@get("/v1/audit/logs", summary="Every log in the store (id, origin, verifier key)", tags=_TAGS)
+async def get_logs(audit_log: AuditLog) -> dict[str, Any]:
+    return {"current": audit_log.log_id, "logs": await audit_log.logs()}
+
+
 @get("/v1/audit/checkpoint", summary="Latest signed checkpoint (C2SP tlog-checkpoint)", tags=_TAGS)
-async def get_checkpoint(audit_log: AuditLog) -> Response[str]:
-    checkpoint = await audit_log.checkpoint()
+async def get_checkpoint(audit_log: AuditLog, log: str | None = _LOG) -> Response[str]:
+    checkpoint = await audit_log.checkpoint(log)
     return Response(checkpoint.note, media_type="text/plain; charset=utf-8")
 
 
@@ -30,8 +40,9 @@ async def get_inclusion_proof(
     audit_log: AuditLog,
     index: int = Parameter(ge=0),
     size: int | None = Parameter(default=None, ge=1),
+    log: str | None = _LOG,
 ) -> dict[str, Any]:
-    proof = await audit_log.inclusion_proof(index, size)
+    proof = await audit_log.inclusion_proof(index, size, log)
     return proof.to_json()
 
 
@@ -40,8 +51,9 @@ async def get_consistency_proof(
     audit_log: AuditLog,
     old: int = Parameter(query="from", ge=1),
     new: int | None = Parameter(query="to", default=None, ge=1),
+    log: str | None = _LOG,
 ) -> dict[str, Any]:
-    proof = await audit_log.consistency_proof(old, new)
+    proof = await audit_log.consistency_proof(old, new, log)
     return proof.to_json()
 
 
@@ -54,4 +66,4 @@ async def get_record(audit_log: AuditLog, tenant: Any, record_id: str) -> Respon
     return Response(envelope, media_type="application/json")
 
 
-audit_handlers = [get_checkpoint, get_inclusion_proof, get_consistency_proof, get_record]
+audit_handlers = [get_logs, get_checkpoint, get_inclusion_proof, get_consistency_proof, get_record]

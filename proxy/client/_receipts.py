@@ -44,7 +44,7 @@ def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
     base = base_url.rstrip("/")
     auth = {"Authorization": f"Bearer {api_key}"}
     envelope = client.get(f"{base}/v1/audit/records/{receipt.record_id}", headers=auth)
-    note = client.get(f"{base}/v1/audit/checkpoint")
+    note = client.get(f"{base}/v1/audit/checkpoint", params={"log": receipt.log_id})
     if envelope.status_code != 200 or note.status_code != 200:
         raise _fail("the record or the checkpoint could not be fetched")
     origin = note.text.split("\n", 1)[0]
@@ -53,7 +53,7 @@ def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
     if receipt.leaf_index >= size:
         raise _fail("the record is not yet in a published checkpoint")
     proof = client.get(f"{base}/v1/audit/proof/inclusion",
-                       params={"index": receipt.leaf_index, "size": size})
+                       params={"index": receipt.leaf_index, "size": size, "log": receipt.log_id})
     if proof.status_code != 200:
         raise _fail("the inclusion proof could not be fetched")
     statement = verify_receipt(receipt, envelope.content, note.text, proof.json(), vkey)

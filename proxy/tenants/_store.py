@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 from proxy.errors import AuthenticationError, InvalidRequest, NotFound
 from proxy.tenants._models import ApiKeyRow, TenantRow
 
-__all__ = ["ApiKeyInfo", "Tenant", "TenantStore"]
+__all__ = ["ApiKeyInfo", "Tenant", "TenantStore", "open_engine"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _KEY = re.compile(r"^sg-([a-z0-9]{8})-[A-Za-z0-9_-]{32,64}$")
@@ -51,23 +51,37 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _driver(url: str) -> str:
+    """PostgreSQL URLs use psycopg 3 (the driver this project installs)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
 def migrate(url: str) -> None:
     """Bring the tenant database to the newest schema (alembic ``upgrade head``)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.set_main_option("sqlalchemy.url", _driver(url).replace("%", "%%"))
     command.upgrade(cfg, "head")
+
+
+def open_engine(url: str) -> sa.Engine:
+    """The state database (tenants, keys, accounts), migrated to the newest schema."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    url = _driver(url)
+    migrate(url)
+    return sa.create_engine(url, connect_args={"check_same_thread": False}
+                            if url.startswith("sqlite") else {})
 
 
 class TenantStore:
     """Tenant/key administration and the request-path key lookup (with a short cache)."""
 
     def __init__(self, url: str, *, cache_ttl_s: float = 1.0) -> None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        migrate(url)
-        self._engine = sa.create_engine(url, connect_args={"check_same_thread": False}
-                                        if url.startswith("sqlite") else {})
+        self._engine = open_engine(url)
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, Tenant]] = {}
         self._lock = threading.Lock()

@@ -6,13 +6,11 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from proxy.tenants import migrate
+from proxy.tenants import open_engine
 
 from ._errors import InvalidCredentials, UserError
 from ._models import UserRow
@@ -45,11 +43,7 @@ class UserStore:
     """Accounts in the tenant database (``sqlite:///…/sealgate.db``)."""
 
     def __init__(self, url: str) -> None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        migrate(url)
-        self._engine = sa.create_engine(url, connect_args={"check_same_thread": False}
-                                        if url.startswith("sqlite") else {})
+        self._engine = open_engine(url)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -128,12 +128,14 @@ def test_no_plaintext_secrets_in_configmaps_or_env(each_render: Rendered) -> Non
                 assert not SECRET_WORD.search(var["name"]) or "valueFrom" in var, var["name"]
 
 
-def test_audit_url_comes_from_a_secret(production_render: Rendered) -> None:
+def test_database_urls_come_from_a_secret(production_render: Rendered) -> None:
+    """The audit log and the shared state (tenants, keys, accounts) use one PostgreSQL."""
     spec = production_render.get("Deployment", "sealgate")["spec"]["template"]["spec"]
     proxy = next(c for c in spec["containers"] if c["name"] == "proxy")
-    (audit,) = [e for e in proxy["env"] if e["name"] == "SEALGATE_AUDIT_URL"]
-    assert "value" not in audit
-    assert audit["valueFrom"] == {"secretKeyRef": {"name": "sealgate-audit-db", "key": "url"}}
+    for name in ("SEALGATE_AUDIT_URL", "SEALGATE_DATABASE_URL"):
+        (var,) = [e for e in proxy["env"] if e["name"] == name]
+        assert "value" not in var
+        assert var["valueFrom"] == {"secretKeyRef": {"name": "sealgate-audit-db", "key": "url"}}
 
 
 def test_production_runs_in_kata_without_the_host_tsm(production_render: Rendered) -> None:

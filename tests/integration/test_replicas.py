@@ -3,12 +3,17 @@ series, both written concurrently, and both logs verify."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import time
 from pathlib import Path
 
 import httpx
+import httpx2
 
+from audit import Receipt
+from proxy.client import SealedTransportError, verify_response_receipt
 from tests.pg import PgCluster, postgresql  # noqa: F401  (session fixture)
 from tests.server import Gateway, Proc, fast_config, run_cli, start_gateway
 
@@ -22,11 +27,35 @@ def _hammer(gw: Gateway, key: str, n: int, ok: list[int]) -> None:
             ok.append(response.status_code)
 
 
+def _receipt_verifies_through_the_other_replica(first: Gateway, second: Gateway) -> None:
+    """A receipt from one replica checks out against records and proofs another replica
+    serves (behind a load balancer the client cannot choose)."""
+    key = first.new_key("roaming")
+    response = httpx.post(f"{first.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "fast", "messages": [{"role": "user", "content": "x"}]})
+    identity = httpx.get(f"{first.url}/.well-known/sealgate/identity").json()
+    audit_key = base64.b64decode(identity["audit_public_key"])
+    logs = httpx.get(f"{second.url}/v1/audit/logs").json()
+    receipt = Receipt.parse(response.headers["sealgate-receipt"])
+    assert len(logs["logs"]) == 2 and logs["current"] != receipt.log_id
+    deadline = time.monotonic() + 10
+    with httpx2.Client(timeout=10) as client:
+        while True:
+            try:
+                verified = verify_response_receipt(client, second.url, response.headers["sealgate-receipt"],
+                                                   audit_key, api_key=key)
+                break
+            except SealedTransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    assert verified.statement["predicate"]["kind"] == "intent"
+
+
 def test_two_replicas_one_postgres(workdir: Path, fast_upstream: Proc,
                                    postgresql: PgCluster) -> None:  # noqa: F811
     url = postgresql.new_database()
     replicas = [start_gateway(workdir, fast_config(
-        fast_upstream.port, allow_plaintext=True, audit_url=url,
+        fast_upstream.port, allow_plaintext=True, audit_url=url, database_url=url,
         log_origin=f"sealgate.test/replica-{n}", checkpoint_every_ms=100)) for n in (1, 2)]
     try:
         statuses: list[int] = []
@@ -39,6 +68,7 @@ def test_two_replicas_one_postgres(workdir: Path, fast_upstream: Proc,
         assert statuses.count(200) == 240
         notes = [httpx.get(f"{gw.url}/v1/audit/checkpoint").text for gw in replicas]
         assert notes[0].split("\n")[0] != notes[1].split("\n")[0]  # separate origins / logs
+        _receipt_verifies_through_the_other_replica(*replicas)
     finally:
         for gw in replicas:
             gw.stop()
