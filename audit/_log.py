@@ -142,6 +142,12 @@ class AuditLog:
             raise RecordNotFound("no such record")
         return bytes(row.envelope)
 
+    async def request_records(self, tenant: str, request_id: str) -> list[dict[str, Any]]:
+        """The receipts and envelopes of one request's records (tenant-scoped)."""
+        rows = await asyncio.to_thread(self._store.records_for_request, tenant, request_id)
+        return [{"record_id": r.record_id, "kind": r.kind, "log": r.log_id,
+                 "leaf": int(r.leaf_index), "envelope": bytes(r.envelope).decode()} for r in rows]
+
     async def inclusion_proof(self, index: int, size: int | None = None,
                               log_id: str | None = None) -> InclusionProof:
         """RFC 9162 §2.1.3 proof for leaf ``index`` in the tree of ``size`` (default: latest)."""

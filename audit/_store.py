@@ -192,6 +192,13 @@ class LogStore:
         with _translated("read a record"), self.engine.connect() as conn:
             return conn.execute(select(RECORDS).where(RECORDS.c.record_id == record_id)).first()
 
+    def records_for_request(self, tenant: str, request_id: str) -> list[Any]:
+        """The records (intent, completion or denial) of one request, in log order."""
+        query = (select(RECORDS).where(RECORDS.c.tenant == tenant, RECORDS.c.request_id == request_id)
+                 .order_by(RECORDS.c.time_us).limit(8))
+        with _translated("read a request's records"), self.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
     def count_records(self, log_id: str) -> int:
         with _translated("count records"), self.engine.connect() as conn:
             query = select(func.count()).select_from(RECORDS).where(RECORDS.c.log_id == log_id)

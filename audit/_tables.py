@@ -25,6 +25,7 @@ class RecordRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_audit_records_log_time", "log_id", "time_us"),
         Index("ix_audit_records_log_tenant", "log_id", "tenant"),
+        Index("ix_audit_records_tenant_request", "tenant", "request_id"),
     )
     log_id: str = Field(sa_column=Column(String(64), primary_key=True))
     leaf_index: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))

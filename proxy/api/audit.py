@@ -57,6 +57,19 @@ async def get_consistency_proof(
     return proof.to_json()
 
 
+@get("/v1/audit/requests/{request_id:str}", summary="The records of one request", tags=_TAGS)
+async def get_request_records(audit_log: AuditLog, tenant: Any, request_id: str) -> dict[str, Any]:
+    """Intent and completion (or denial) records of a request the caller's tenant made, found
+    by the ``x-request-id`` of its response; each with its log and leaf index."""
+    pseudonym = getattr(tenant, "pseudonym", None)
+    if not isinstance(pseudonym, str):
+        raise RecordNotFound("no such request")
+    records = await audit_log.request_records(pseudonym, request_id)
+    if not records:
+        raise RecordNotFound("no such request")
+    return {"request_id": request_id, "records": records}
+
+
 @get("/v1/audit/records/{record_id:str}", summary="A record's DSSE envelope", tags=_TAGS)
 async def get_record(audit_log: AuditLog, tenant: Any, record_id: str) -> Response[bytes]:
     pseudonym = getattr(tenant, "pseudonym", None)
@@ -66,4 +79,5 @@ async def get_record(audit_log: AuditLog, tenant: Any, record_id: str) -> Respon
     return Response(envelope, media_type="application/json")
 
 
-audit_handlers = [get_logs, get_checkpoint, get_inclusion_proof, get_consistency_proof, get_record]
+audit_handlers = [get_logs, get_request_records, get_checkpoint, get_inclusion_proof,
+                  get_consistency_proof, get_record]

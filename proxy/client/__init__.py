@@ -11,7 +11,7 @@ from ._core import SealedExchange
 from ._errors import SealedTransportError
 from ._forwarder import ClientProxy, serve_client_proxy
 from ._keysource import AttestedKeySource, KeySource, StaticKeySource
-from ._receipts import VerifiedReceipt, verify_response_receipt
+from ._receipts import VerifiedReceipt, verify_request_records, verify_response_receipt
 from ._transport import AsyncSealedTransport, SealedTransport
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "StaticKeySource",
     "VerifiedReceipt",
     "serve_client_proxy",
+    "verify_request_records",
     "verify_response_receipt",
 ]

@@ -1,10 +1,12 @@
-"""Client-side receipt checks: the record behind a response is signed by the attested log key,
-included in a signed checkpoint, and commits to exactly the bytes this client sent."""
+"""Client-side receipt checks: the records behind a response are signed by the attested log
+key, included in a signed checkpoint, and commit to exactly the bytes this client sent and
+received."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from audit import Receipt, verify_receipt, vkey_for
 from proxy.client._errors import SealedTransportError
 
-__all__ = ["VerifiedReceipt", "verify_response_receipt"]
+__all__ = ["VerifiedReceipt", "verify_request_records", "verify_response_receipt"]
 
 
 @dataclass(frozen=True)
@@ -30,35 +32,74 @@ def _fail(detail: str) -> SealedTransportError:
     return SealedTransportError("receipt_invalid", detail)
 
 
-def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
-                            audit_public_key: bytes, *, api_key: str,
-                            commitment_key: bytes | None = None,
-                            request_body: bytes | None = None) -> VerifiedReceipt:
-    """Fetch record, checkpoint and inclusion proof (content-free, plain) and verify them.
+def _commitment(key: bytes, data: bytes) -> str:
+    return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
 
-    ``audit_public_key`` is the Ed25519 key from the *verified* identity document, so a log
-    key the enclave did not attest to is refused. With ``commitment_key`` and
-    ``request_body``, the record's request commitment is recomputed too.
-    """
-    receipt = Receipt.parse(header)
-    base = base_url.rstrip("/")
-    auth = {"Authorization": f"Bearer {api_key}"}
-    envelope = client.get(f"{base}/v1/audit/records/{receipt.record_id}", headers=auth)
+
+def _included(client: httpx2.Client, base: str, receipt: Receipt, envelope: bytes,
+              audit_public_key: bytes) -> VerifiedReceipt:
+    """Checkpoint and inclusion proof of the receipt's log (any replica serves every log)."""
     note = client.get(f"{base}/v1/audit/checkpoint", params={"log": receipt.log_id})
-    if envelope.status_code != 200 or note.status_code != 200:
-        raise _fail("the record or the checkpoint could not be fetched")
-    origin = note.text.split("\n", 1)[0]
+    if note.status_code != 200:
+        raise _fail("the checkpoint could not be fetched")
+    origin, size_line = note.text.split("\n")[:2]
     vkey = vkey_for(origin, Ed25519PublicKey.from_public_bytes(audit_public_key))
-    size = int(note.text.split("\n")[1])
+    size = int(size_line)
     if receipt.leaf_index >= size:
         raise _fail("the record is not yet in a published checkpoint")
     proof = client.get(f"{base}/v1/audit/proof/inclusion",
                        params={"index": receipt.leaf_index, "size": size, "log": receipt.log_id})
     if proof.status_code != 200:
         raise _fail("the inclusion proof could not be fetched")
-    statement = verify_receipt(receipt, envelope.content, note.text, proof.json(), vkey)
+    return VerifiedReceipt(receipt, verify_receipt(receipt, envelope, note.text, proof.json(), vkey),
+                           size)
+
+
+def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
+                            audit_public_key: bytes, *, api_key: str,
+                            commitment_key: bytes | None = None,
+                            request_body: bytes | None = None) -> VerifiedReceipt:
+    """Check a ``sealgate-receipt`` header: record, signature, inclusion, request commitment.
+
+    ``audit_public_key`` is the Ed25519 key from the *verified* identity document, so a log
+    key the enclave did not attest to is refused.
+    """
+    receipt = Receipt.parse(header)
+    base = base_url.rstrip("/")
+    envelope = client.get(f"{base}/v1/audit/records/{receipt.record_id}",
+                          headers={"Authorization": f"Bearer {api_key}"})
+    if envelope.status_code != 200:
+        raise _fail("the record could not be fetched")
+    verified = _included(client, base, receipt, envelope.content, audit_public_key)
     if commitment_key is not None and request_body is not None:
-        expected = "hmac-sha256:" + hmac.new(commitment_key, request_body, hashlib.sha256).hexdigest()
-        if statement["predicate"]["commitments"].get("request") != expected:
+        if verified.statement["predicate"]["commitments"].get("request") != _commitment(
+                commitment_key, request_body):
             raise _fail("the record does not commit to the request this client sent")
-    return VerifiedReceipt(receipt, statement, size)
+    return verified
+
+
+def verify_request_records(client: httpx2.Client, base_url: str, request_id: str,
+                           audit_public_key: bytes, *, api_key: str, commitment_key: bytes,
+                           request_body: bytes, response_body: bytes | None = None
+                           ) -> list[VerifiedReceipt]:
+    """All records of one request (found by its ``x-request-id``): each signed and included,
+    each committing to ``request_body``, and the completion record to ``response_body``."""
+    base = base_url.rstrip("/")
+    found = client.get(f"{base}/v1/audit/requests/{request_id}",
+                       headers={"Authorization": f"Bearer {api_key}"})
+    if found.status_code != 200:
+        raise _fail("the request's records could not be fetched")
+    verified = []
+    for item in found.json()["records"]:
+        envelope = item["envelope"].encode()
+        sig = json.loads(envelope)["signatures"][0]["sig"]
+        receipt = Receipt(item["record_id"], int(item["leaf"]), sig, item["log"])
+        checked = _included(client, base, receipt, envelope, audit_public_key)
+        commitments = checked.statement["predicate"]["commitments"]
+        if commitments.get("request") != _commitment(commitment_key, request_body):
+            raise _fail("a record does not commit to the request this client sent")
+        if (checked.statement["predicate"]["kind"] == "completion" and response_body is not None
+                and commitments.get("response") != _commitment(commitment_key, response_body)):
+            raise _fail("the completion record does not commit to the response received")
+        verified.append(checked)
+    return verified

@@ -17,7 +17,13 @@ import openai
 import pytest
 
 from proxy.attestation import VerificationPolicy
-from proxy.client import AttestedKeySource, SealedTransport, SealedTransportError, verify_response_receipt
+from proxy.client import (
+    AttestedKeySource,
+    SealedTransport,
+    SealedTransportError,
+    verify_request_records,
+    verify_response_receipt,
+)
 from tests.integration.conftest import MODEL, gateway_config
 from tests.ohttp._apps import RecordingTCPRelay
 from tests.server import ROOT, Gateway, Proc, free_port, start_gateway, wait_http
@@ -172,3 +178,44 @@ def test_sdk_through_client_proxy(sealed_gateway: Gateway, sealed_key: str, work
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_client_verifies_both_records_of_a_streamed_request(sealed_gateway: Gateway,
+                                                            sealed_key: str) -> None:
+    """Intent and completion records of a sealed streaming request: signed by the attested
+    log key, included in a checkpoint, committing to the exact request and response bytes."""
+    _, source = sealed_client(sealed_gateway, sealed_key, pinned())
+    base = f"http://127.0.0.1:{sealed_gateway.port}"
+    transport = SealedTransport(gateway_url=f"{base}/.well-known/ohttp-gateway", key_source=source)
+    body = {"model": "fast-echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx2.Client(transport=transport, timeout=30) as client:
+        with client.stream("POST", f"{base}/v1/chat/completions", json=body,
+                           headers={"Authorization": f"Bearer {sealed_key}"}) as response:
+            received = response.read()
+            exchange = response.extensions["sealgate"]
+            request_id = response.headers["x-request-id"]
+    assert received.endswith(b"data: [DONE]\n\n")
+    deadline = time.monotonic() + 15
+    with httpx2.Client(timeout=10) as plain:
+        while True:
+            try:
+                records = verify_request_records(
+                    plain, base, request_id, source.verified.audit_public_key, api_key=sealed_key,
+                    commitment_key=exchange.commitment_key, request_body=exchange.request_body,
+                    response_body=received)
+                if len(records) == 2:
+                    break
+            except SealedTransportError as exc:
+                if time.monotonic() > deadline or ("not yet" not in str(exc) and "fetched" not in str(exc)):
+                    raise
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    kinds = [r.statement["predicate"]["kind"] for r in records]
+    assert kinds == ["intent", "completion"]
+    assert records[1].statement["predicate"]["status"] == 200
+    with pytest.raises(SealedTransportError, match="response"):
+        verify_request_records(plain_client := httpx2.Client(timeout=10), base, request_id,
+                               source.verified.audit_public_key, api_key=sealed_key,
+                               commitment_key=exchange.commitment_key,
+                               request_body=exchange.request_body, response_body=received + b" ")
+    plain_client.close()

@@ -70,6 +70,7 @@ def test_client_exports() -> None:
             "StaticKeySource",
             "VerifiedReceipt",
             "serve_client_proxy",
+            "verify_request_records",
             "verify_response_receipt",
         ]
     )
