@@ -20,23 +20,14 @@ from litestar import Request
 
 from inference import ModelRoute
 from proxy.errors import SealedChannelRequired
+from proxy.gateway import sealed_channel
 from proxy.telemetry import Metrics
 from proxy.tenants import Tenant
 
-__all__ = ["Admission", "CallContext", "Outcome", "ResponseCommitment", "sealed_marker"]
+__all__ = ["Admission", "CallContext", "Outcome", "ResponseCommitment"]
 
 _log = structlog.get_logger("sealgate.request")
 Channel = Literal["sealed", "plaintext"]
-
-
-def sealed_marker(scope: Mapping[str, Any]) -> Any:
-    """The sealed-channel marker the OHTTP gateway puts on inner requests, or None.
-
-    Only the gateway builds scopes with it (from scratch, in-process); a request that arrived on
-    a socket never has it.
-    """
-    extensions = scope.get("extensions") or {}
-    return extensions.get("sealgate")
 
 
 @dataclass(slots=True)
@@ -55,7 +46,7 @@ class CallContext:
 
     @classmethod
     def begin(cls, request: Request[Any, Any, Any], *, allow_plaintext: bool) -> CallContext:
-        marker = sealed_marker(request.scope)
+        marker = sealed_channel(request.scope)
         if marker is None and not allow_plaintext:
             raise SealedChannelRequired(
                 "this endpoint carries content and is served only through the sealed "
@@ -67,7 +58,7 @@ class CallContext:
             channel="sealed" if marker is not None else "plaintext",
             # Plaintext (development) requests commit under a random key nobody keeps, so
             # every record still binds the exact bytes without revealing anything.
-            commitment_key=getattr(marker, "commitment_key", None) or secrets.token_bytes(32),
+            commitment_key=marker.commitment_key if marker else secrets.token_bytes(32),
         )
 
     def commit_request(self, body: bytes) -> None:
