@@ -94,7 +94,9 @@ def _inner(request: httpx2.Request, body: bytes) -> BHTTPRequest:
     )
 
 
-def seal(request: httpx2.Request, body: bytes, config: KeyConfig, gateway_url: str) -> Prepared:
+def seal(
+    request: httpx2.Request, body: bytes, config: KeyConfig, gateway_url: httpx2.URL | str
+) -> Prepared:
     """Seal ``request`` to ``config`` as an outer POST to ``gateway_url``."""
     chunked = wants_stream(request, body)
     try:

@@ -98,7 +98,7 @@ class SealedTransport(httpx2.BaseTransport):
         key_source: KeySource,
     ) -> None:
         self._inner = inner or httpx2.HTTPTransport()
-        self._gateway_url = gateway_url
+        self._gateway_url = httpx2.URL(gateway_url)  # parsed once, not per request
         self._keys = key_source
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -152,7 +152,7 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
         key_source: KeySource,
     ) -> None:
         self._inner = inner or httpx2.AsyncHTTPTransport()
-        self._gateway_url = gateway_url
+        self._gateway_url = httpx2.URL(gateway_url)  # parsed once, not per request
         self._keys = key_source
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
