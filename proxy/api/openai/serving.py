@@ -40,6 +40,8 @@ class Gate(Protocol):
 
     async def admit(self, ctx: CallContext, params: Mapping[str, Any]) -> Admission: ...
 
+    async def deny_or_pass(self, ctx: CallContext, params: Mapping[str, Any]) -> None: ...
+
     async def finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None: ...
 
 
@@ -175,13 +177,9 @@ class OpenAIService:
         ctx, raw = await self._begin(request)
         params = _json_object(raw) if request.method in ("POST", "PUT", "PATCH") else {}
         params.update({k: v for k, v in request.query_params.items() if k == "purpose"})
-        await self._admit_without_forwarding(ctx, params)
+        if self.gate is not None:
+            await self.gate.deny_or_pass(ctx, params)
         raise NotFound("this endpoint is not served by this gateway", code="unsupported_endpoint")
-
-    async def _admit_without_forwarding(self, ctx: CallContext, params: dict[str, Any]) -> None:
-        decide = getattr(self.gate, "deny_or_pass", None)
-        if decide is not None:
-            await decide(ctx, params)
 
     # -- embeddings ---------------------------------------------------------------------------
     async def embeddings(self, request: Request[Any, Any, Any]) -> Response[Any]:
