@@ -7,15 +7,13 @@ proxied requests alternate, on keep-alive connections, so both see the same mach
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.bench._stats import summary_ms
-from tests.server import Gateway, Proc, fast_config, start_fast_upstream, start_gateway
+from tests.server import Gateway, Proc, fast_gateway
 
 BODY = {"model": "fast", "max_tokens": 4, "messages": [{"role": "user", "content": "x" * 200}]}
 
@@ -43,17 +41,8 @@ def measure(upstream: Proc, gateway: Gateway, key: str, n: int) -> dict[str, lis
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     n = 200 if quick else 1000
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        upstream = start_fast_upstream(workdir)
-        gateway = start_gateway(workdir, fast_config(upstream.port, allow_plaintext=True,
-                                                     log_level="warning"))
-        try:
-            key = gateway.new_key("bench")
-            samples = measure(upstream, gateway, key, n)
-        finally:
-            gateway.stop()
-            upstream.stop()
+    with fast_gateway(allow_plaintext=True, log_level="warning") as (upstream, gateway, key):
+        samples = measure(upstream, gateway, key, n)
     d50, d99 = summary_ms(samples["direct"])
     p50, p99 = summary_ms(samples["proxied"])
     added = [p - d for p, d in zip(samples["proxied"], samples["direct"], strict=True)]

@@ -9,10 +9,8 @@ sealing, policy and the signed record), and time to first streamed token sealed 
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -20,7 +18,7 @@ import msgspec
 
 from proxy.client import SealedTransport, StaticKeySource
 from tests.bench._stats import summary_ms
-from tests.server import fast_config, start_fast_upstream, start_gateway
+from tests.server import fast_gateway
 
 BODY = {"model": "fast", "max_tokens": 4, "messages": [{"role": "user", "content": "x" * 200}]}
 STREAM = {**BODY, "max_tokens": 8, "stream": True}
@@ -96,13 +94,5 @@ def _rows(n: int, upstream_url: str, gw_url: str, key: str) -> list[dict[str, An
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     n = 150 if quick else 600
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        upstream = start_fast_upstream(workdir)
-        gateway = start_gateway(workdir, fast_config(upstream.port, allow_plaintext=True,
-                                                     log_level="warning"))
-        try:
-            return _rows(n, upstream.url, gateway.url, gateway.new_key("bench"))
-        finally:
-            gateway.stop()
-            upstream.stop()
+    with fast_gateway(allow_plaintext=True, log_level="warning") as (upstream, gateway, key):
+        return _rows(n, upstream.url, gateway.url, key)

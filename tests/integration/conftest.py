@@ -16,11 +16,6 @@ CONFIG = """
 allow_plaintext = {allow_plaintext}
 max_body_bytes = 65536
 
-[backends.local]
-type = "llamacpp"
-n_ctx = 2048
-n_parallel = 2
-
 [backends.fast]
 type = "openai"
 url = "http://127.0.0.1:{fast}/v1"
@@ -30,16 +25,24 @@ type = "openai"
 url = "http://127.0.0.1:{closed}/v1"
 timeout_s = 5.0
 
-[models."SmolLM2-135M-Instruct"]
-backend = "local"
-retention_tier = "attested-zero"
-
 [models."fast-echo"]
 backend = "fast"
 retention_tier = "attested-zero"
 
 [models."down-model"]
 backend = "down"
+retention_tier = "attested-zero"
+"""
+
+# The embedded model: loaded only by gateways whose tests use it.
+LOCAL = """
+[backends.local]
+type = "llamacpp"
+n_ctx = 2048
+n_parallel = 2
+
+[models."SmolLM2-135M-Instruct"]
+backend = "local"
 retention_tier = "attested-zero"
 """
 
@@ -60,11 +63,7 @@ def gateway_config(fast_port: int, *, allow_plaintext: bool, local: bool = True)
     """The test gateway's TOML; ``local=False`` leaves out the embedded model (faster start)."""
     config = CONFIG.format(fast=fast_port, closed=free_port(),
                            allow_plaintext=str(allow_plaintext).lower())
-    if not local:
-        config = config.replace('[backends.local]\ntype = "llamacpp"\nn_ctx = 2048\nn_parallel = 2\n', "")
-        config = config.replace('[models."SmolLM2-135M-Instruct"]\nbackend = "local"\n'
-                                'retention_tier = "attested-zero"\n', "")
-    return config
+    return config + LOCAL if local else config
 
 
 @pytest.fixture(scope="session")
