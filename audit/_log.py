@@ -98,7 +98,12 @@ class AuditLog:
 
         Raises ``AuditUnavailable`` when the store cannot commit it: do not forward then.
         """
-        receipt: Receipt = await self._submit(sealed=seal(record, self._writer.ident))
+        if self._closed:
+            raise AuditUnavailable("audit log is closed")
+        sealed = seal(record, self._writer.ident)
+        receipt: Receipt | None = self._writer.try_inline(sealed)
+        if receipt is None:
+            receipt = await self._submit(sealed=sealed)
         return receipt
 
     async def publish(self) -> SignedCheckpoint:

@@ -4,6 +4,10 @@ Records are signed by the appending coroutine (CPU only; that overlaps with the 
 during which the GIL is released), queued, and committed by this thread in batches, one
 transaction per batch; futures resolve only after the commit. Leaves are integrated (interior nodes,
 integrated size and a signed checkpoint, in one transaction) every N leaves or T milliseconds.
+
+When a commit is local and cheap (SQLite without fsync, ``LogStore.commits_are_local``) and the
+writer is idle, the appending thread commits its one record itself (``try_inline``): two thread
+handoffs cost more than the commit. Both paths assign leaf indices under one lock, in commit order.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ._store import LogStore
 __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
 
 MAX_BATCH = 2048
+SLICE = 64  # leaves integrated per transaction while appends go on
 RECOVERY_CHUNK = 10_000  # records per transaction when catching up
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
@@ -77,10 +82,11 @@ def seal(record: Record, ident: LogIdentity) -> Sealed:
 
 @dataclass
 class Pending:
-    """A queued append (``sealed`` set) or a control message (``stop``/``publish``)."""
+    """A queued append (``sealed`` set) or a control message (``stop``/``publish``, or
+    ``integrate``, which nobody awaits)."""
 
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any] | None
+    loop: asyncio.AbstractEventLoop | None
     sealed: Sealed | None = None
     control: str | None = None
 
@@ -94,7 +100,7 @@ _ONE_US = datetime.fromisoformat("1970-01-01T00:00:00.000001+00:00") - _EPOCH
 
 def _settle(items: list[tuple[Pending, Any]]) -> None:
     for pending, outcome in items:
-        if pending.future.done():
+        if pending.future is None or pending.future.done():
             continue
         if isinstance(outcome, BaseException):
             pending.future.set_exception(outcome)
@@ -105,7 +111,8 @@ def _settle(items: list[tuple[Pending, Any]]) -> None:
 def _resolve(items: list[tuple[Pending, Any]]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Pending, Any]]] = {}
     for item in items:
-        by_loop.setdefault(item[0].loop, []).append(item)
+        if item[0].loop is not None:
+            by_loop.setdefault(item[0].loop, []).append(item)
     for loop, group in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle, group)
@@ -126,6 +133,8 @@ class LogWriter:
         self.next_index = 0
         self.last_publish = time.monotonic()
         self.latest: SignedCheckpoint | None = None
+        self.inline = store.commits_are_local
+        self.lock = threading.Lock()  # guards the store writes, next_index, pending and range
         self.thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
 
     # -- recovery ------------------------------------------------------------------------------
@@ -165,17 +174,23 @@ class LogWriter:
         self.next_index = max(self.next_index, self.range.size)
 
     def _integrate(self) -> None:
+        """Integrate everything pending and publish (caller holds the lock)."""
         if self.reload:
             self._catch_up()
         else:
             self._integrate_leaves(self.pending, len(self.pending))
 
-    def _integrate_leaves(self, leaves: list[bytes], consumed: int) -> None:
+    def _integrate_leaves(self, leaves: list[bytes], consumed: int, publish: bool = True) -> None:
         rng = CompactRange(self.range.size, self.range.hashes)
         nodes: list[tuple[int, bytes]] = []
         for leaf in leaves:
             nodes.extend(rng.append(leaf))
-        self._publish(nodes, rng, consumed)
+        if publish:
+            self._publish(nodes, rng, consumed)
+        else:
+            self.store.integrate(self.ident.log_id, nodes, rng.size, None)
+            self.range = rng
+            del self.pending[:consumed]
 
     def _publish(self, nodes: list[tuple[int, bytes]], rng: CompactRange, consumed: int) -> None:
         ident = self.ident
@@ -186,16 +201,40 @@ class LogWriter:
         self.last_publish = time.monotonic()
 
     def _maybe_integrate(self, force: bool) -> None:
-        if not (self.pending or self.reload):
-            return
-        due = time.monotonic() - self.last_publish >= self.every_s
-        if force or due or len(self.pending) >= self.every_n:
-            try:
-                self._integrate()
-            except AuditError:
-                # Records stay durable; retry from the database after one more period.
+        """Integrate and publish when due. Leaves are integrated in slices of ``SLICE``, one
+        transaction each, and the lock is released between slices: an append never waits for
+        more than one slice, however many leaves the period gathered."""
+        with self.lock:
+            if not (self.pending or self.reload):
+                return
+            due = time.monotonic() - self.last_publish >= self.every_s
+            if not (force or due or len(self.pending) >= self.every_n):
+                return
+            remaining = -1 if self.reload else len(self.pending)
+        try:
+            while True:
+                with self.lock:
+                    if self.reload or remaining < 0:
+                        self._catch_up()
+                        return
+                    take = min(SLICE, remaining)
+                    remaining -= take
+                    self._integrate_leaves(self.pending[:take], take, publish=remaining == 0)
+                if remaining == 0:
+                    break
+        except AuditError:
+            # Records stay durable; retry from the database after one more period.
+            with self.lock:
                 self.reload = True
                 self.last_publish = time.monotonic()
+            return
+        self._checkpoint_wal()
+
+    def _checkpoint_wal(self) -> None:
+        try:
+            self.store.checkpoint_wal()
+        except AuditError:
+            pass  # the next publication tries again; the WAL keeps every commit meanwhile
 
     # -- group commit ------------------------------------------------------------------------
     def _write(self, items: list[Pending]) -> None:
@@ -216,6 +255,29 @@ class LogWriter:
             self.pending.extend(p.sealed.leaf for p in items if p.sealed)
         _resolve(done)
 
+    def try_inline(self, sealed: Sealed) -> Receipt | None:
+        """Commit ``sealed`` on the calling thread if the writer is idle; ``None``: queue it.
+
+        Raises ``AuditUnavailable`` when the commit fails (nothing was acknowledged)."""
+        if not self.inline or not self.queue.empty() or not self.lock.acquire(blocking=False):
+            return None
+        try:
+            index = self.next_index
+            sealed.row["leaf_index"] = index
+            try:
+                self.store.insert_records([sealed.row])
+            except AuditUnavailable:
+                self._resync()
+                raise
+            self.next_index = index + 1
+            if not self.reload:
+                self.pending.append(sealed.leaf)
+                if len(self.pending) == self.every_n:  # wake the writer to integrate them
+                    self.queue.put(Pending(None, None, control="integrate"))
+            return sealed.receipt(index)
+        finally:
+            self.lock.release()
+
     def _resync(self) -> None:
         """After a failed commit the database is the truth (a commit may have landed)."""
         self.reload = True
@@ -226,7 +288,9 @@ class LogWriter:
 
     # -- thread loop ---------------------------------------------------------------------------
     def _take(self) -> Pending | None:
-        timeout = None
+        # Inline commits add leaves without waking this thread, so an idle writer still looks
+        # for leaves to integrate once per period.
+        timeout = self.every_s
         if self.pending or self.reload:
             timeout = max(0.0, self.last_publish + self.every_s - time.monotonic())
         try:
@@ -256,19 +320,25 @@ class LogWriter:
                 continue
             items, control = self._drain(first)
             if items:
-                self._write(items)
+                with self.lock:
+                    self._write(items)
             self._maybe_integrate(force=False)
             if control is not None and self._control(control):
                 return
 
     def _control(self, control: Pending) -> bool:
+        if control.control == "integrate":
+            self._maybe_integrate(force=True)
+            return False
         outcome: Any
         try:
-            if self.pending or self.reload:
-                self._integrate()
-            outcome = self.latest
+            with self.lock:
+                if self.pending or self.reload:
+                    self._integrate()
+                outcome = self.latest
         except AuditError as exc:
             outcome = exc
+        self._checkpoint_wal()
         _resolve([(control, outcome)])
         return control.control == "stop"
 

@@ -19,11 +19,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "sqlite-normal", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh empty audit database URL on each backend."""
+    """A fresh empty audit database URL on each backend; ``sqlite-normal`` commits without
+    fsync, so appends commit inline on the caller's thread when the writer is idle."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'audit.db'}"
+    if request.param == "sqlite-normal":
+        return f"sqlite:///{tmp_path / 'audit.db'}?synchronous=normal"
     cluster: PgCluster = request.getfixturevalue("postgresql")
     return cluster.new_database()
 

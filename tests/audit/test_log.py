@@ -192,6 +192,60 @@ async def test_two_logs_share_one_database(store_url: str) -> None:
     assert [r.log_id for r in only_a] == [a.log_id]
 
 
+async def test_inline_and_queued_appends_interleave(tmp_path: Path, log_key: Ed25519PrivateKey) -> None:
+    """Without fsync, an idle writer lets the caller commit inline; a busy one (its lock held
+    here by another thread) queues. Indices stay dense and in commit order either way."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}?synchronous=normal"
+    log = await AuditLog.open(url, log_key, ORIGIN)
+    writer = log._writer
+    assert writer.inline
+    try:
+        first = [await log.append(make_record(i)) for i in range(5)]
+        assert [r.leaf_index for r in first] == list(range(5))  # inline: committed in order
+        held, release = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def hold() -> None:
+            with writer.lock:
+                loop.call_soon_threadsafe(held.set)
+                asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+
+        holder = loop.run_in_executor(None, hold)
+        await held.wait()
+        queued = [asyncio.ensure_future(log.append(make_record(i))) for i in range(5, 15)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in queued)  # the writer is busy: they wait in the queue
+        release.set()
+        await holder
+        receipts = first + list(await asyncio.gather(*queued))
+        receipts += await asyncio.gather(*[log.append(make_record(i)) for i in range(15, 40)])
+        assert sorted(r.leaf_index for r in receipts) == list(range(40))
+        assert (await log.publish()).size == 40
+    finally:
+        await log.close()
+    report = verify_log(LogStore.open(url))[0]
+    assert report.records == 40 and report.latest is not None and report.latest.size == 40
+
+
+async def test_inline_appends_are_integrated_without_queued_work(
+    tmp_path: Path, log_key: Ed25519PrivateKey
+) -> None:
+    """Inline commits do not wake the writer; it still publishes them within the period."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}?synchronous=normal"
+    log = await AuditLog.open(url, log_key, ORIGIN, checkpoint_every_n=10_000,
+                              checkpoint_every_ms=50)  # fmt: skip
+    try:
+        for i in range(3):
+            await log.append(make_record(i))
+        for _ in range(100):
+            if (await log.checkpoint()).size == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert (await log.checkpoint()).size == 3
+    finally:
+        await log.close()
+
+
 async def test_closed_log_refuses_appends(store_url: str, log_key: Ed25519PrivateKey) -> None:
     log = await AuditLog.open(store_url, log_key, ORIGIN)
     await log.close()
