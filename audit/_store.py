@@ -94,6 +94,7 @@ class LogStore:
     def __init__(self, engine: Engine, *, synchronous: str = "FULL") -> None:
         self.engine = engine
         self.synchronous = synchronous
+        self._appender: Connection | None = None
 
     @classmethod
     def open(cls, url: str) -> LogStore:
@@ -131,6 +132,9 @@ class LogStore:
             command.upgrade(cfg, "head")
 
     def close(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
         self.engine.dispose()
 
     def checkpoint_wal(self) -> None:
@@ -183,9 +187,21 @@ class LogStore:
         conn.exec_driver_sql(self._insert_sql(table), [tuple(r[c] for c in cols) for r in rows])
 
     def insert_records(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert a batch of records in one transaction (group commit)."""
-        with _translated("write records"), self._begin() as conn:
-            self._insert_many(conn, RECORDS, rows)
+        """Insert a batch of records in one transaction (group commit).
+
+        Appends go through one connection kept open for them (no pool checkout per commit);
+        the log writer serializes its calls. After a failure that connection is discarded."""
+        with _translated("write records"):
+            conn = self._appender
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._appender = self.engine.connect()
+            try:
+                with conn.begin():
+                    self._insert_many(conn, RECORDS, rows)
+            except BaseException:
+                self._appender = None
+                conn.close()
+                raise
 
     def records_from(self, log_id: str, start: int, limit: int) -> list[tuple[int, bytes]]:
         """(leaf_index, envelope) for indices >= start, in order."""
