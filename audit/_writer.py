@@ -5,9 +5,11 @@ during which the GIL is released), queued, and committed by this thread in batch
 transaction per batch; futures resolve only after the commit. Leaves are integrated (interior nodes,
 integrated size and a signed checkpoint, in one transaction) every N leaves or T milliseconds.
 
-When a commit is local and cheap (SQLite without fsync, ``LogStore.commits_are_local``) and the
-writer is idle, the appending thread commits its one record itself (``try_inline``): two thread
-handoffs cost more than the commit. Both paths assign leaf indices under one lock, in commit order.
+When a commit is local and cheap (SQLite without fsync, ``LogStore.commits_are_local``), the
+writer is idle and appends are sparse (none in the last ``INLINE_GAP_S``), the appending thread
+commits its one record itself (``try_inline``): two thread handoffs cost more than the commit.
+Under load appends arrive closer together and go to the queue, where group commit wins. Both
+paths assign leaf indices under one lock, in commit order.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
 
 MAX_BATCH = 2048
 SLICE = 64  # leaves integrated per transaction while appends go on
+INLINE_GAP_S = 0.0005  # appends closer together than this are batched, not committed inline
 RECOVERY_CHUNK = 10_000  # records per transaction when catching up
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
@@ -134,6 +137,7 @@ class LogWriter:
         self.last_publish = time.monotonic()
         self.latest: SignedCheckpoint | None = None
         self.inline = store.commits_are_local
+        self.last_append = 0.0  # when try_inline was last asked (monotonic seconds)
         self.lock = threading.Lock()  # guards the store writes, next_index, pending and range
         self.thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
 
@@ -259,7 +263,9 @@ class LogWriter:
         """Commit ``sealed`` on the calling thread if the writer is idle; ``None``: queue it.
 
         Raises ``AuditUnavailable`` when the commit fails (nothing was acknowledged)."""
-        if not self.inline or not self.queue.empty() or not self.lock.acquire(blocking=False):
+        now = time.monotonic()
+        sparse, self.last_append = now - self.last_append >= INLINE_GAP_S, now
+        if not (self.inline and sparse and self.queue.empty()) or not self.lock.acquire(blocking=False):
             return None
         try:
             index = self.next_index

@@ -5,7 +5,8 @@ bundle once with ``Interpreter.build`` for the one entrypoint, then per decision
 ``set_input(Input(doc))`` (cheaper than ``set_input_term`` on a JSON string, which re-parses it)
 and ``query_bundle_entrypoint``. ``Interpreter.query`` recompiles on every call and is ~10x
 slower. Decisions are pure functions of (input, bundle), so a small exact cache keyed on the
-canonical input sits in front, for bundles that call no non-deterministic builtin.
+validated input (``PolicyInput`` is frozen and hashable: equal inputs are equal documents) sits
+in front, for bundles that call no non-deterministic builtin.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import regopy
 
 from ._bundle import PolicyBundle, load_bundle
 from ._decision import Decision
-from ._engine import ENTRYPOINT, PolicyEngine, as_document, fail_closed
+from ._engine import ENTRYPOINT, PolicyEngine, fail_closed
 from ._errors import PolicyBundleError, PolicyUnavailable
 from ._input import PolicyInput
 
@@ -46,18 +47,18 @@ class _Compiled:
         self.interpreter = regopy.Interpreter()
         cacheable = not any(_NONDETERMINISTIC.search(src) for src in bundle.modules.values())
         self.cache_size = cache_size if cacheable else 0
-        self.cache: OrderedDict[str, Decision] = OrderedDict()
+        self.cache: OrderedDict[PolicyInput, Decision] = OrderedDict()
         self.lock = threading.Lock()  # guards the cache
         self.eval_lock = threading.Lock()  # one evaluation at a time per interpreter
 
-    def lookup(self, key: str) -> Decision | None:
+    def lookup(self, key: PolicyInput) -> Decision | None:
         with self.lock:
             hit = self.cache.get(key)
             if hit is not None:
                 self.cache.move_to_end(key)
             return hit
 
-    def store(self, key: str, decision: Decision) -> None:
+    def store(self, key: PolicyInput, decision: Decision) -> None:
         with self.lock:
             self.cache[key] = decision
             if len(self.cache) > self.cache_size:
@@ -122,28 +123,26 @@ class RegopyEngine(PolicyEngine):
 
     def decide_sync(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
         """Decide on the calling thread (CLI, benchmarks); no timeout applies."""
-        state, doc = self._state, as_document(input)
-        key = _cache_key(doc) if state.cache_size else ""
-        hit = state.lookup(key) if key else None
+        state, key = self._state, _validated(input)
+        hit = state.lookup(key) if state.cache_size else None
         if hit is None:
-            hit = state.evaluate(doc)
-            if key:
+            hit = state.evaluate(key.to_dict())
+            if state.cache_size:
                 state.store(key, hit)
         return hit
 
     async def decide(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
-        state, doc = self._state, as_document(input)
-        key = _cache_key(doc) if state.cache_size else ""
-        hit = state.lookup(key) if key else None
+        state, key = self._state, _validated(input)
+        hit = state.lookup(key) if state.cache_size else None
         if hit is not None:
             return hit
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, state.evaluate, doc)
+        future = loop.run_in_executor(self._executor, state.evaluate, key.to_dict())
         try:
             decision = await asyncio.wait_for(future, self._timeout_s)
         except TimeoutError as exc:
             raise PolicyUnavailable("the policy engine did not answer in time") from exc
-        if key:
+        if state.cache_size:
             state.store(key, decision)
         return decision
 
@@ -151,5 +150,6 @@ class RegopyEngine(PolicyEngine):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _cache_key(doc: Mapping[str, Any]) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+def _validated(input: PolicyInput | Mapping[str, Any]) -> PolicyInput:
+    """The input as a ``PolicyInput`` (a mapping is parsed and validated)."""
+    return input if isinstance(input, PolicyInput) else PolicyInput.from_dict(input)

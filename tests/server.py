@@ -80,13 +80,23 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start_fast_upstream(workdir: Path) -> Proc:
+def _start_tool(workdir: Path, module: str, *args: str) -> Proc:
+    """Start a measurement tool (``python -m tests.MODULE PORT ARGS``) and wait for /health."""
     port = free_port()
-    log = workdir / f"fast-upstream-{port}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fast_upstream", str(port)], cwd=ROOT,
+    log = workdir / f"{module.replace('_', '-')}-{port}.log"
+    proc = subprocess.Popen([sys.executable, "-m", f"tests.{module}", str(port), *args], cwd=ROOT,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
     return Proc(proc, log, port)
+
+
+def start_fast_upstream(workdir: Path) -> Proc:
+    return _start_tool(workdir, "fast_upstream")
+
+
+def start_bare_forwarder(workdir: Path, upstream: Proc) -> Proc:
+    """The bare forwarder (measurement tool) in front of ``upstream``."""
+    return _start_tool(workdir, "bare_forwarder", upstream.url)
 
 
 @dataclass

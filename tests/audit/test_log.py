@@ -193,15 +193,22 @@ async def test_two_logs_share_one_database(store_url: str) -> None:
 
 
 async def test_inline_and_queued_appends_interleave(tmp_path: Path, log_key: Ed25519PrivateKey) -> None:
-    """Without fsync, an idle writer lets the caller commit inline; a busy one (its lock held
-    here by another thread) queues. Indices stay dense and in commit order either way."""
+    """Without fsync, sparse appends to an idle writer commit inline on the caller's thread;
+    appends to a busy writer (its lock held here by another thread) or in a burst are queued.
+    Indices stay dense and in commit order either way."""
     url = f"sqlite:///{tmp_path / 'audit.db'}?synchronous=normal"
     log = await AuditLog.open(url, log_key, ORIGIN)
     writer = log._writer
     assert writer.inline
+    queued_appends: list[Any] = []
+    submit = writer.submit
+    writer.submit = lambda p: (queued_appends.append(p) if p.sealed else None, submit(p))[1]
     try:
-        first = [await log.append(make_record(i)) for i in range(5)]
-        assert [r.leaf_index for r in first] == list(range(5))  # inline: committed in order
+        first = []
+        for i in range(5):
+            await asyncio.sleep(0.002)  # sparse: each one commits inline
+            first.append(await log.append(make_record(i)))
+        assert [r.leaf_index for r in first] == list(range(5)) and not queued_appends
         held, release = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -218,7 +225,9 @@ async def test_inline_and_queued_appends_interleave(tmp_path: Path, log_key: Ed2
         release.set()
         await holder
         receipts = first + list(await asyncio.gather(*queued))
+        assert len(queued_appends) == 10
         receipts += await asyncio.gather(*[log.append(make_record(i)) for i in range(15, 40)])
+        assert len(queued_appends) >= 34  # a burst: all but perhaps the first are batched
         assert sorted(r.leaf_index for r in receipts) == list(range(40))
         assert (await log.publish()).size == 40
     finally:
