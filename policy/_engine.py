@@ -36,6 +36,11 @@ class PolicyEngine(abc.ABC):
     async def decide(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
         """Decide on one input document."""
 
+    def cached(self, input: PolicyInput) -> Decision | None:
+        """The decision for ``input`` if the engine already holds it (no evaluation, no
+        waiting); ``None`` otherwise. Engines without a decision cache always say ``None``."""
+        return None
+
     @abc.abstractmethod
     def reload(self, bundle: PolicyBundle) -> None:
         """Switch to ``bundle`` atomically; in-flight decisions finish on the old one."""

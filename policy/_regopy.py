@@ -121,6 +121,10 @@ class RegopyEngine(PolicyEngine):
         # old bundle or the new one, and its digest says which.
         self._state = _Compiled(bundle, self._cache_size)
 
+    def cached(self, input: PolicyInput) -> Decision | None:
+        state = self._state
+        return state.lookup(input) if state.cache_size else None
+
     def decide_sync(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
         """Decide on the calling thread (CLI, benchmarks); no timeout applies."""
         state, key = self._state, _validated(input)

@@ -7,6 +7,7 @@ one record. No decision, or no durable intent record, means nothing is forwarded
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,10 +36,20 @@ class EnclaveFacts:
     evidence_digest: str
 
 
-def _decision_time() -> str:
+class _MinuteClock:
     """Decision time at minute resolution: contract expiry is judged to the minute, and equal
-    request shapes within a minute share one cached decision (the policy is deterministic)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:00Z")
+    request shapes within a minute share one cached decision (the policy is deterministic).
+    The string is formatted once per minute."""
+
+    def __init__(self) -> None:
+        self._minute, self._stamp = -1, ""
+
+    def now(self) -> str:
+        now = time.time()
+        if int(now // 60) != self._minute:
+            self._stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:00Z")
+            self._minute = int(now // 60)
+        return self._stamp
 
 
 class PolicyAuditGate:
@@ -54,6 +65,7 @@ class PolicyAuditGate:
         self._allow_plaintext = allow_plaintext
         self._timeout = timeout_s
         self._pending: set[asyncio.Task[None]] = set()
+        self._clock = _MinuteClock()
 
     def policy_input(self, ctx: CallContext, params: Mapping[str, Any]) -> PolicyInput:
         assert ctx.tenant is not None
@@ -68,11 +80,14 @@ class PolicyAuditGate:
             enclave_measurement=self.enclave.measurement,
             enclave_simulated=self.enclave.simulated, enclave_debug=self.enclave.debug,
             mode="production" if self._mode == "production" else "development",
-            region=self._region, allow_plaintext=self._allow_plaintext, time=_decision_time())
+            region=self._region, allow_plaintext=self._allow_plaintext, time=self._clock.now())
 
     async def decide(self, ctx: CallContext, params: Mapping[str, Any]) -> Decision:
         """The decision, or :class:`PolicyUnavailable` (fail closed) within the timeout."""
         document = self.policy_input(ctx, params)
+        hit = self.engine.cached(document)
+        if hit is not None:
+            return hit
         try:
             # asyncio.timeout, not wait_for: no extra task on the hot path. Engines also bound
             # their own calls; this is the backstop.

@@ -53,7 +53,7 @@ class CallContext:
                 "channel (Oblivious HTTP at /.well-known/ohttp-gateway)")
         return cls(
             request_id="req_" + secrets.token_hex(12),
-            endpoint=request.url.path,
+            endpoint=request.scope.get("root_path", "") + request.scope["path"],
             method=request.method,
             channel="sealed" if marker is not None else "plaintext",
             # Plaintext (development) requests commit under a random key nobody keeps, so
