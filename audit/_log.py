@@ -63,7 +63,7 @@ class AuditLog:
             except BaseException:
                 store.close()
                 raise
-            writer.thread.start()
+            writer.start()
             return cls(store, writer)
 
         return await asyncio.to_thread(start)
@@ -176,5 +176,5 @@ class AuditLog:
         try:
             await stop
         finally:
-            await asyncio.to_thread(self._writer.thread.join)
+            await asyncio.to_thread(self._writer.join)
             await asyncio.to_thread(self._store.close)

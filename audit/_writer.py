@@ -6,7 +6,7 @@ transaction per batch; futures resolve only after the commit. Leaves are integra
 integrated size and a signed checkpoint, in one transaction) every N leaves or T milliseconds.
 
 When a commit is local and cheap (SQLite without fsync, ``LogStore.commits_are_local``), the
-writer is idle and appends are sparse (none in the last ``INLINE_GAP_S``), the appending thread
+writer is idle and appends are sparse (none ended in the last ``INLINE_GAP_S``), the appending thread
 commits its one record itself (``try_inline``): two thread handoffs cost more than the commit.
 Under load appends arrive closer together and go to the queue, where group commit wins. Both
 paths assign leaf indices under one lock, in commit order.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import os
 import queue
 import threading
@@ -38,7 +39,7 @@ __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
 
 MAX_BATCH = 2048
 SLICE = 64  # leaves integrated per transaction while appends go on
-INLINE_GAP_S = 0.0005  # appends closer together than this are batched, not committed inline
+INLINE_GAP_S = 0.00025  # an append this soon after the last one is batched, not committed inline
 RECOVERY_CHUNK = 10_000  # records per transaction when catching up
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
@@ -137,9 +138,25 @@ class LogWriter:
         self.last_publish = time.monotonic()
         self.latest: SignedCheckpoint | None = None
         self.inline = store.commits_are_local
-        self.last_append = 0.0  # when try_inline was last asked (monotonic seconds)
+        self.last_append = 0.0  # when the last try_inline returned (monotonic seconds)
         self.lock = threading.Lock()  # guards the store writes, next_index, pending and range
+        self.deferred: collections.deque[Pending] = collections.deque()  # controls held back
         self.thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        # SQLite WAL checkpoints copy and fsync; a thread of their own keeps appends moving.
+        self.wal_wanted = threading.Event()
+        self.stopping = False
+        self.wal_thread = (threading.Thread(target=self._wal_loop, name="audit-wal", daemon=True)
+                           if store.is_sqlite else None)
+
+    def start(self) -> None:
+        self.thread.start()
+        if self.wal_thread is not None:
+            self.wal_thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.wal_thread is not None and self.wal_thread.is_alive():
+            self.wal_thread.join()
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -226,6 +243,7 @@ class LogWriter:
                     self._integrate_leaves(self.pending[:take], take, publish=remaining == 0)
                 if remaining == 0:
                     break
+                self._write_waiting()
         except AuditError:
             # Records stay durable; retry from the database after one more period.
             with self.lock:
@@ -235,10 +253,36 @@ class LogWriter:
         self._checkpoint_wal()
 
     def _checkpoint_wal(self) -> None:
-        try:
-            self.store.checkpoint_wal()
-        except AuditError:
-            pass  # the next publication tries again; the WAL keeps every commit meanwhile
+        """Ask the WAL thread for a checkpoint (SQLite; nothing to do elsewhere)."""
+        if self.wal_thread is not None:
+            self.wal_wanted.set()
+
+    def _wal_loop(self) -> None:
+        while True:
+            self.wal_wanted.wait()
+            self.wal_wanted.clear()
+            try:
+                self.store.checkpoint_wal()
+            except AuditError:
+                pass  # the next publication tries again; the WAL keeps every commit meanwhile
+            if self.stopping:
+                return
+
+    def _write_waiting(self) -> None:
+        """Commit appends queued meanwhile (between integration slices); controls wait."""
+        items: list[Pending] = []
+        while len(items) < MAX_BATCH:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item.control:
+                self.deferred.append(item)
+            else:
+                items.append(item)
+        if items:
+            with self.lock:
+                self._write(items)
 
     # -- group commit ------------------------------------------------------------------------
     def _write(self, items: list[Pending]) -> None:
@@ -263,9 +307,9 @@ class LogWriter:
         """Commit ``sealed`` on the calling thread if the writer is idle; ``None``: queue it.
 
         Raises ``AuditUnavailable`` when the commit fails (nothing was acknowledged)."""
-        now = time.monotonic()
-        sparse, self.last_append = now - self.last_append >= INLINE_GAP_S, now
+        sparse = time.monotonic() - self.last_append >= INLINE_GAP_S
         if not (self.inline and sparse and self.queue.empty()) or not self.lock.acquire(blocking=False):
+            self.last_append = time.monotonic()
             return None
         try:
             index = self.next_index
@@ -283,6 +327,7 @@ class LogWriter:
             return sealed.receipt(index)
         finally:
             self.lock.release()
+            self.last_append = time.monotonic()
 
     def _resync(self) -> None:
         """After a failed commit the database is the truth (a commit may have landed)."""
@@ -294,6 +339,8 @@ class LogWriter:
 
     # -- thread loop ---------------------------------------------------------------------------
     def _take(self) -> Pending | None:
+        if self.deferred:
+            return self.deferred.popleft()
         # Inline commits add leaves without waking this thread, so an idle writer still looks
         # for leaves to integrate once per period.
         timeout = self.every_s
@@ -344,9 +391,11 @@ class LogWriter:
                 outcome = self.latest
         except AuditError as exc:
             outcome = exc
-        self._checkpoint_wal()
+        stop = control.control == "stop"
+        self.stopping = stop
+        self._checkpoint_wal()  # after a stop, the WAL thread's last checkpoint
         _resolve([(control, outcome)])
-        return control.control == "stop"
+        return stop
 
     def submit(self, pending: Pending) -> None:
         self.queue.put(pending)
