@@ -168,7 +168,7 @@ class AuditLog:
         return await asyncio.to_thread(self._tree(log_id).consistency, old, tree, latest.size)
 
     async def close(self) -> None:
-        """Flush: integrate pending leaves, publish a final checkpoint, release the store."""
+        """Flush: publish a final checkpoint of every committed record, release the store."""
         if self._closed:
             return
         stop = self._submit(control="stop")

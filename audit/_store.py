@@ -186,8 +186,10 @@ class LogStore:
         cols = [c.name for c in table.columns]
         conn.exec_driver_sql(self._insert_sql(table), [tuple(r[c] for c in cols) for r in rows])
 
-    def insert_records(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert a batch of records in one transaction (group commit).
+    def insert_records(self, rows: Sequence[dict[str, Any]], *, nodes: Sequence[tuple[int, bytes]] = (),
+                       size: int | None = None) -> None:
+        """Insert a batch of records in one transaction (group commit), with the tree nodes they
+        complete and the new integrated size when given (all rows of one log).
 
         Appends go through one connection kept open for them (no pool checkout per commit);
         the log writer serializes its calls. After a failure that connection is discarded."""
@@ -198,6 +200,15 @@ class LogStore:
             try:
                 with conn.begin():
                     self._insert_many(conn, RECORDS, rows)
+                    if size is not None:
+                        log_id = rows[0]["log_id"]
+                        if nodes:
+                            self._insert_many(conn, NODES, [
+                                {"log_id": log_id, "node_id": n, "hash": h} for n, h in nodes])
+                        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+                        conn.exec_driver_sql(
+                            f"UPDATE audit_logs SET integrated_size = {mark} WHERE log_id = {mark}",  # noqa: S608
+                            (size, log_id))
             except BaseException:
                 self._appender = None
                 conn.close()

@@ -1,22 +1,22 @@
-"""The single writer of one log: group commit of records, then Merkle integration off the hot path.
+"""The single writer of one log: records and their Merkle nodes committed together.
 
-Records are signed by the appending coroutine (CPU only; that overlaps with the writer's fsync,
-during which the GIL is released), queued, and committed by this thread in batches, one
-transaction per batch; futures resolve only after the commit. Leaves are integrated (interior nodes,
-integrated size and a signed checkpoint, in one transaction) every N leaves or T milliseconds.
+Records are signed by the appending coroutine (CPU only), then committed with the tree nodes they
+complete and the new integrated size, in one transaction, so the tree never lags the records and
+no integration batch ever runs beside the request path. Checkpoints (signed notes over the
+integrated tree) are published by the writer thread every N leaves or T milliseconds.
 
-When a commit is local and cheap (SQLite without fsync, ``LogStore.commits_are_local``), the
-writer is idle and appends are sparse (none ended in the last ``INLINE_GAP_S``), the appending thread
-commits its one record itself (``try_inline``): two thread handoffs cost more than the commit.
-Under load appends arrive closer together and go to the queue, where group commit wins. Both
-paths assign leaf indices under one lock, in commit order.
+Two ways to commit, one lock: when a commit is local and cheap (SQLite without fsync,
+``LogStore.commits_are_local``), no queued append is waiting and appends are sparse (none ended in
+the last ``INLINE_GAP_S``), the appending thread commits its one record itself (``try_inline``): two thread
+handoffs cost more than the commit. Otherwise appends are queued and this thread commits them in
+batches (group commit, one transaction per batch, futures resolved after the commit). Leaf
+indices are assigned under the lock, in commit order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import os
 import queue
 import threading
@@ -38,7 +38,6 @@ from ._store import LogStore
 __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
 
 MAX_BATCH = 2048
-SLICE = 64  # leaves integrated per transaction while appends go on
 INLINE_GAP_S = 0.00025  # an append this soon after the last one is batched, not committed inline
 RECOVERY_CHUNK = 10_000  # records per transaction when catching up
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
@@ -132,15 +131,16 @@ class LogWriter:
         self.every_n, self.every_s = max(1, every_n), max(1, every_ms) / 1000
         self.queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
         self.range = CompactRange()
-        self.pending: list[bytes] = []
         self.reload = False
         self.next_index = 0
         self.last_publish = time.monotonic()
         self.latest: SignedCheckpoint | None = None
         self.inline = store.commits_are_local
         self.last_append = 0.0  # when the last try_inline returned (monotonic seconds)
-        self.lock = threading.Lock()  # guards the store writes, next_index, pending and range
-        self.deferred: collections.deque[Pending] = collections.deque()  # controls held back
+        # Queued appends: counted by the submitting thread and by this one after each commit
+        # (each counter has one writer); equal counts mean none is waiting.
+        self.submitted = self.committed = 0
+        self.lock = threading.Lock()  # guards the store writes, next_index, range and latest
         self.thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         # SQLite WAL checkpoints copy and fsync; a thread of their own keeps appends moving.
         self.wal_wanted = threading.Event()
@@ -162,94 +162,98 @@ class LogWriter:
     def recover(self) -> None:
         """Load the tree state, integrate every committed but unintegrated record, publish."""
         ident = self.ident
-        size = self.store.register_log(ident.log_id, ident.origin, ident.vkey)
-        ids = [node_id(lv, i) for lv, i in perfect_subtrees(0, size)]
-        nodes = self.store.get_nodes(ident.log_id, ids)
-        if len(nodes) != len(ids):
-            raise AuditUnavailable("stored tree is missing nodes")
-        self.range = CompactRange(size, [nodes[n] for n in ids])
-        self.next_index = self.store.next_index(ident.log_id)
         self._catch_up()
         latest = self.store.latest_checkpoint(ident.log_id)
         if latest is None or latest[0] != self.range.size:
-            self._publish([], self.range, 0)
+            self._publish()
         else:
             self.latest = SignedCheckpoint.parse(latest[2], ident.vkey, ident.origin)
 
-    # -- integration ---------------------------------------------------------------------------
     def _catch_up(self) -> None:
-        """Integrate every committed record from the database, which is the truth after a
-        failure or a crash; each chunk is one transaction with its own checkpoint."""
-        self.pending.clear()
+        """Reload the tree and the next index from the database, which is the truth after a
+        failure or a crash, and integrate every committed record the tree does not hold yet;
+        each chunk is one transaction."""
         self.reload = True
+        ident = self.ident
+        size = self.store.register_log(ident.log_id, ident.origin, ident.vkey)
+        ids = [node_id(lv, i) for lv, i in perfect_subtrees(0, size)]
+        stored = self.store.get_nodes(ident.log_id, ids)
+        if len(stored) != len(ids):
+            raise AuditUnavailable("stored tree is missing nodes")
+        self.range = CompactRange(size, [stored[n] for n in ids])
+        self.next_index = self.store.next_index(ident.log_id)
         while True:
             rows = self.store.records_from(self.ident.log_id, self.range.size, RECOVERY_CHUNK)
             for offset, (index, _) in enumerate(rows):
                 if index != self.range.size + offset:
                     raise AuditUnavailable("stored record indices have a gap")
             if rows:
-                self._integrate_leaves([leaf_hash(envelope) for _, envelope in rows], 0)
+                rng, nodes = self._extend([leaf_hash(envelope) for _, envelope in rows])
+                self.store.integrate(self.ident.log_id, nodes, rng.size, None)
+                self.range = rng
             if len(rows) < RECOVERY_CHUNK:
                 break
         self.reload = False
         self.next_index = max(self.next_index, self.range.size)
 
-    def _integrate(self) -> None:
-        """Integrate everything pending and publish (caller holds the lock)."""
-        if self.reload:
-            self._catch_up()
-        else:
-            self._integrate_leaves(self.pending, len(self.pending))
-
-    def _integrate_leaves(self, leaves: list[bytes], consumed: int, publish: bool = True) -> None:
+    # -- commits ---------------------------------------------------------------------------------
+    def _extend(self, leaves: list[bytes]) -> tuple[CompactRange, list[tuple[int, bytes]]]:
+        """The tree with ``leaves`` appended, and the nodes they complete (nothing is stored)."""
         rng = CompactRange(self.range.size, self.range.hashes)
         nodes: list[tuple[int, bytes]] = []
         for leaf in leaves:
             nodes.extend(rng.append(leaf))
-        if publish:
-            self._publish(nodes, rng, consumed)
-        else:
-            self.store.integrate(self.ident.log_id, nodes, rng.size, None)
-            self.range = rng
-            del self.pending[:consumed]
+        return rng, nodes
 
-    def _publish(self, nodes: list[tuple[int, bytes]], rng: CompactRange, consumed: int) -> None:
-        ident = self.ident
+    def _commit(self, sealed: list[Sealed]) -> int:
+        """Store ``sealed`` at the next indices, with their tree nodes unless the tree must first
+        catch up from the database; returns the first index (caller holds the lock)."""
+        first = self.next_index
+        rows = []
+        for offset, item in enumerate(sealed):
+            item.row["leaf_index"] = first + offset
+            rows.append(item.row)
+        try:
+            if self.reload or self.range.size != first:
+                self.store.insert_records(rows)
+            else:
+                rng, nodes = self._extend([item.leaf for item in sealed])
+                self.store.insert_records(rows, nodes=nodes, size=rng.size)
+                self.range = rng
+        except AuditUnavailable:
+            self._resync()
+            raise
+        self.next_index = first + len(sealed)
+        return first
+
+    def _publish(self) -> None:
+        """Sign and store a checkpoint of the integrated tree (caller holds the lock)."""
+        ident, rng = self.ident, self.range
         cp = SignedCheckpoint.sign(ident.origin, rng.size, rng.root(), ident.key)
-        self.store.integrate(ident.log_id, nodes, rng.size, (cp.root_hash, cp.note, _now_us()))
-        self.range, self.latest = rng, cp
-        del self.pending[:consumed]
+        self.store.integrate(ident.log_id, [], rng.size, (cp.root_hash, cp.note, _now_us()))
+        self.latest = cp
         self.last_publish = time.monotonic()
 
-    def _maybe_integrate(self, force: bool) -> None:
-        """Integrate and publish when due. Leaves are integrated in slices of ``SLICE``, one
-        transaction each, and the lock is released between slices: an append never waits for
-        more than one slice, however many leaves the period gathered."""
+    def _unpublished(self) -> int:
+        return self.range.size - (self.latest.size if self.latest is not None else 0)
+
+    def _maybe_publish(self, force: bool) -> None:
+        """Catch up if needed, and publish a checkpoint when one is due."""
         with self.lock:
-            if not (self.pending or self.reload):
+            if not (self.reload or self._unpublished()):
                 return
             due = time.monotonic() - self.last_publish >= self.every_s
-            if not (force or due or len(self.pending) >= self.every_n):
+            if not (force or due or self.reload or self._unpublished() >= self.every_n):
                 return
-            remaining = -1 if self.reload else len(self.pending)
-        try:
-            while True:
-                with self.lock:
-                    if self.reload or remaining < 0:
-                        self._catch_up()
-                        return
-                    take = min(SLICE, remaining)
-                    remaining -= take
-                    self._integrate_leaves(self.pending[:take], take, publish=remaining == 0)
-                if remaining == 0:
-                    break
-                self._write_waiting()
-        except AuditError:
-            # Records stay durable; retry from the database after one more period.
-            with self.lock:
+            try:
+                if self.reload:
+                    self._catch_up()
+                self._publish()
+            except AuditError:
+                # Records stay durable; retry from the database after one more period.
                 self.reload = True
                 self.last_publish = time.monotonic()
-            return
+                return
         self._checkpoint_wal()
 
     def _checkpoint_wal(self) -> None:
@@ -268,62 +272,31 @@ class LogWriter:
             if self.stopping:
                 return
 
-    def _write_waiting(self) -> None:
-        """Commit appends queued meanwhile (between integration slices); controls wait."""
-        items: list[Pending] = []
-        while len(items) < MAX_BATCH:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item.control:
-                self.deferred.append(item)
-            else:
-                items.append(item)
-        if items:
-            with self.lock:
-                self._write(items)
-
-    # -- group commit ------------------------------------------------------------------------
     def _write(self, items: list[Pending]) -> None:
-        rows = []
-        for offset, pending in enumerate(items):
-            assert pending.sealed is not None
-            pending.sealed.row["leaf_index"] = self.next_index + offset
-            rows.append(pending.sealed.row)
+        """Group commit of queued appends (caller holds the lock)."""
+        sealed = [p.sealed for p in items if p.sealed is not None]
         try:
-            self.store.insert_records(rows)
+            first = self._commit(sealed)
         except AuditUnavailable as exc:
             _resolve([(p, exc) for p in items])
-            self._resync()
             return
-        done = [(p, p.sealed.receipt(self.next_index + i)) for i, p in enumerate(items) if p.sealed]
-        self.next_index += len(rows)
-        if not self.reload:
-            self.pending.extend(p.sealed.leaf for p in items if p.sealed)
-        _resolve(done)
+        finally:
+            self.committed += len(sealed)
+        _resolve([(p, s.receipt(first + i)) for i, (p, s) in enumerate(zip(items, sealed, strict=True))])
 
     def try_inline(self, sealed: Sealed) -> Receipt | None:
         """Commit ``sealed`` on the calling thread if the writer is idle; ``None``: queue it.
 
         Raises ``AuditUnavailable`` when the commit fails (nothing was acknowledged)."""
         sparse = time.monotonic() - self.last_append >= INLINE_GAP_S
-        if not (self.inline and sparse and self.queue.empty()) or not self.lock.acquire(blocking=False):
+        idle = self.submitted == self.committed  # no queued append waits for its commit
+        if not (self.inline and sparse and idle) or not self.lock.acquire(blocking=False):
             self.last_append = time.monotonic()
             return None
         try:
-            index = self.next_index
-            sealed.row["leaf_index"] = index
-            try:
-                self.store.insert_records([sealed.row])
-            except AuditUnavailable:
-                self._resync()
-                raise
-            self.next_index = index + 1
-            if not self.reload:
-                self.pending.append(sealed.leaf)
-                if len(self.pending) == self.every_n:  # wake the writer to integrate them
-                    self.queue.put(Pending(None, None, control="integrate"))
+            index = self._commit([sealed])
+            if self._unpublished() == self.every_n:  # wake the writer to publish
+                self.queue.put(Pending(None, None, control="integrate"))
             return sealed.receipt(index)
         finally:
             self.lock.release()
@@ -339,12 +312,10 @@ class LogWriter:
 
     # -- thread loop ---------------------------------------------------------------------------
     def _take(self) -> Pending | None:
-        if self.deferred:
-            return self.deferred.popleft()
         # Inline commits add leaves without waking this thread, so an idle writer still looks
-        # for leaves to integrate once per period.
+        # for a checkpoint to publish once per period.
         timeout = self.every_s
-        if self.pending or self.reload:
+        if self._unpublished() or self.reload:
             timeout = max(0.0, self.last_publish + self.every_s - time.monotonic())
         try:
             return self.queue.get(timeout=timeout)
@@ -369,25 +340,27 @@ class LogWriter:
         while True:
             first = self._take()
             if first is None:
-                self._maybe_integrate(force=True)
+                self._maybe_publish(force=True)
                 continue
             items, control = self._drain(first)
             if items:
                 with self.lock:
                     self._write(items)
-            self._maybe_integrate(force=False)
+            self._maybe_publish(force=False)
             if control is not None and self._control(control):
                 return
 
     def _control(self, control: Pending) -> bool:
         if control.control == "integrate":
-            self._maybe_integrate(force=True)
+            self._maybe_publish(force=True)
             return False
         outcome: Any
         try:
             with self.lock:
-                if self.pending or self.reload:
-                    self._integrate()
+                if self.reload:
+                    self._catch_up()
+                if self._unpublished() or self.latest is None:
+                    self._publish()
                 outcome = self.latest
         except AuditError as exc:
             outcome = exc
@@ -398,6 +371,8 @@ class LogWriter:
         return stop
 
     def submit(self, pending: Pending) -> None:
+        if pending.sealed is not None:
+            self.submitted += 1
         self.queue.put(pending)
 
 

@@ -227,7 +227,7 @@ async def test_inline_and_queued_appends_interleave(tmp_path: Path, log_key: Ed2
         receipts = first + list(await asyncio.gather(*queued))
         assert len(queued_appends) == 10
         receipts += await asyncio.gather(*[log.append(make_record(i)) for i in range(15, 40)])
-        assert len(queued_appends) >= 34  # a burst: all but perhaps the first are batched
+        assert len(queued_appends) > 10  # a burst: appends that follow each other are batched
         assert sorted(r.leaf_index for r in receipts) == list(range(40))
         assert (await log.publish()).size == 40
     finally:
