@@ -2,7 +2,8 @@
 
 A record is an in-toto Statement v1 in a DSSE envelope signed with the log's Ed25519 key; it
 holds metadata and HMAC commitments only, never content. ``AuditLog`` appends records durably
-(group commit), integrates them into the Merkle tree and publishes signed checkpoints.
+(with the Merkle tree nodes they complete, in the same transaction) and publishes signed
+checkpoints.
 """
 
 from ._checkpoint import SignedCheckpoint

@@ -107,7 +107,7 @@ class AuditLog:
         return receipt
 
     async def publish(self) -> SignedCheckpoint:
-        """Integrate every committed record now and return the resulting checkpoint."""
+        """Publish a checkpoint over every committed record now and return it."""
         checkpoint: SignedCheckpoint = await self._submit(control="publish")
         return checkpoint
 
