@@ -24,6 +24,7 @@ from proxy.ohttp import (
 )
 
 from ._errors import SealedTransportError
+from ._presealer import Presealer
 
 __all__ = ["Prepared", "SealedExchange", "StreamOpener", "gateway_failure", "open_plain", "seal"]
 
@@ -95,17 +96,23 @@ def _inner(request: httpx2.Request, body: bytes) -> BHTTPRequest:
 
 
 def seal(
-    request: httpx2.Request, body: bytes, config: KeyConfig, gateway_url: httpx2.URL | str
+    request: httpx2.Request,
+    body: bytes,
+    config: KeyConfig,
+    gateway_url: httpx2.URL | str,
+    presealer: Presealer | None = None,
 ) -> Prepared:
-    """Seal ``request`` to ``config`` as an outer POST to ``gateway_url``."""
+    """Seal ``request`` to ``config`` as an outer POST to ``gateway_url``, with a sender setup
+    made ahead of time by ``presealer`` when one is ready."""
     chunked = wants_stream(request, body)
+    prepared = presealer.take(config, chunked=chunked) if presealer is not None else None
     try:
         bhttp = encode_request(_inner(request, body))
         if chunked:
-            sealer = ChunkedRequestSealer(config)
+            sealer = ChunkedRequestSealer(config, prepared=prepared)
             sealed, context = sealer.seal(bhttp, final=True), sealer.context
         else:
-            sealed, context = encapsulate_request(config, bhttp)
+            sealed, context = encapsulate_request(config, bhttp, prepared=prepared)
     except OHTTPError as exc:
         raise SealedTransportError("enclave_unverified", f"cannot seal to this key ({exc.code})") from exc
     media, accept = (

@@ -14,6 +14,7 @@ from proxy.ohttp import MediaType
 from ._core import Fields, Prepared, StreamOpener, gateway_failure, is_unknown_key, open_plain, seal
 from ._errors import SealedTransportError
 from ._keysource import KeySource
+from ._presealer import Presealer
 
 __all__ = ["AsyncSealedTransport", "SealedTransport"]
 
@@ -86,6 +87,7 @@ class SealedTransport(httpx2.BaseTransport):
     ``OpenAI(http_client=httpx2.Client(transport=SealedTransport(...)))`` works unchanged;
     streaming requests (JSON ``"stream": true``) use chunked OHTTP and are decrypted chunk by
     chunk as they arrive. If ``key_source`` cannot give a verified key, nothing is sent.
+    The HPKE sender setup for the next request is made in the background (:class:`Presealer`).
     The inner response headers are kept; ``response.extensions["sealgate"]`` is the
     :class:`SealedExchange` (commitment key and the exact sealed request).
     """
@@ -100,11 +102,13 @@ class SealedTransport(httpx2.BaseTransport):
         self._inner = inner or httpx2.HTTPTransport()
         self._gateway_url = httpx2.URL(gateway_url)  # parsed once, not per request
         self._keys = key_source
+        self._presealer = Presealer()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         body = request.read()
         for attempt in range(2):
-            prepared = seal(request, body, self._keys.key_config(), self._gateway_url)
+            config = self._keys.key_config()
+            prepared = seal(request, body, config, self._gateway_url, self._presealer)
             outer = self._inner.handle_request(prepared.outer)
             if outer.status_code == 200:
                 return self._open(request, prepared, outer)
@@ -138,6 +142,7 @@ class SealedTransport(httpx2.BaseTransport):
             raise
 
     def close(self) -> None:
+        self._presealer.close()
         self._inner.close()
 
 
@@ -154,12 +159,13 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
         self._inner = inner or httpx2.AsyncHTTPTransport()
         self._gateway_url = httpx2.URL(gateway_url)  # parsed once, not per request
         self._keys = key_source
+        self._presealer = Presealer()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         body = await request.aread()
         for attempt in range(2):
             config = await self._keys.akey_config()
-            prepared = seal(request, body, config, self._gateway_url)
+            prepared = seal(request, body, config, self._gateway_url, self._presealer)
             outer = await self._inner.handle_async_request(prepared.outer)
             if outer.status_code == 200:
                 return await self._open(request, prepared, outer)
@@ -195,4 +201,5 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
             raise
 
     async def aclose(self) -> None:
+        self._presealer.close()
         await self._inner.aclose()

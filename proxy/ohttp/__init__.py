@@ -34,9 +34,11 @@ from ._keys import DEFAULT_SUITES, GatewayKey, KeyConfig, decode_key_configs, en
 from ._ohttp import (
     ClientRequestContext,
     KeyLookup,
+    SenderSetup,
     ServerRequestContext,
     decapsulate_request,
     encapsulate_request,
+    prepare_sender,
 )
 
 
@@ -69,6 +71,7 @@ __all__ = [
     "ResponseDecoder",
     "ResponseEvent",
     "ResponseStreamEncoder",
+    "SenderSetup",
     "ServerRequestContext",
     "decapsulate_request",
     "decode_key_configs",
@@ -78,4 +81,5 @@ __all__ = [
     "encode_key_configs",
     "encode_request",
     "encode_response",
+    "prepare_sender",
 ]

@@ -17,9 +17,10 @@ from ._ohttp import (
     HEADER,
     ClientRequestContext,
     KeyLookup,
+    SenderSetup,
     ServerRequestContext,
     open_header,
-    seal_header,
+    sender_setup,
 )
 from ._varint import Incomplete, decode_varint, encode_varint
 
@@ -114,11 +115,9 @@ class _ResponseAEAD:
 class ChunkedRequestSealer:
     """Client: seal a request chunk by chunk; the first output carries header‖enc."""
 
-    def __init__(self, config: KeyConfig, *, ephemeral_sk_for_testing: bytes | None = None) -> None:
-        suite = config.select_suite()
-        header, enc, hpke = seal_header(
-            config, suite, chunked=True, ephemeral_sk=ephemeral_sk_for_testing
-        )
+    def __init__(self, config: KeyConfig, *, prepared: SenderSetup | None = None,
+                 ephemeral_sk_for_testing: bytes | None = None) -> None:
+        suite, header, enc, hpke = sender_setup(config, True, prepared, ephemeral_sk_for_testing)
         self._prefix = header + enc
         self._hpke: ContextInterface | None = hpke
         self.context = ClientRequestContext(suite, enc, hpke, chunked=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from pyhpke import ContextInterface
 
@@ -25,11 +26,14 @@ from ._keys import GatewayKey, KeyConfig
 __all__ = [
     "ClientRequestContext",
     "KeyLookup",
+    "SenderSetup",
     "ServerRequestContext",
     "decapsulate_request",
     "encapsulate_request",
     "open_header",
+    "prepare_sender",
     "seal_header",
+    "sender_setup",
 ]
 
 KeyLookup = Callable[[int], GatewayKey | None]
@@ -87,6 +91,38 @@ def seal_header(
     label = CHUNKED_REQUEST_LABEL if chunked else REQUEST_LABEL
     enc, context = sender_context(suite, config.public_key, label + b"\x00" + header, ephemeral_sk)
     return header, enc, context
+
+
+@dataclass(frozen=True)
+class SenderSetup:
+    """The sender half of one exchange, set up before its request exists (a fresh ephemeral
+    key and HPKE context for ``config``). Use it for exactly one request, then drop it."""
+
+    config: KeyConfig
+    chunked: bool
+    suite: Suite
+    header: bytes
+    enc: bytes
+    context: ContextInterface = field(repr=False)
+
+
+def prepare_sender(config: KeyConfig, *, chunked: bool) -> SenderSetup:
+    """Set up the sender side (KEM encapsulation and key schedule) for one future request."""
+    suite = config.select_suite()
+    header, enc, context = seal_header(config, suite, chunked=chunked, ephemeral_sk=None)
+    return SenderSetup(config, chunked, suite, header, enc, context)
+
+
+def sender_setup(config: KeyConfig, chunked: bool, prepared: SenderSetup | None,
+                 ephemeral_sk: bytes | None) -> tuple[Suite, bytes, bytes, ContextInterface]:
+    """Suite, header, enc and sender context: ``prepared`` when given (it must match), else
+    set up now."""
+    if prepared is None:
+        suite = config.select_suite()
+        return (suite, *seal_header(config, suite, chunked=chunked, ephemeral_sk=ephemeral_sk))
+    if prepared.config != config or prepared.chunked != chunked or ephemeral_sk is not None:
+        raise ValueError("the prepared sender setup is for another key or request framing")
+    return prepared.suite, prepared.header, prepared.enc, prepared.context
 
 
 def open_header(
@@ -151,16 +187,18 @@ class ServerRequestContext(_Exchange):
 
 
 def encapsulate_request(
-    config: KeyConfig, request: bytes, *, ephemeral_sk_for_testing: bytes | None = None
+    config: KeyConfig,
+    request: bytes,
+    *,
+    prepared: SenderSetup | None = None,
+    ephemeral_sk_for_testing: bytes | None = None,
 ) -> tuple[bytes, ClientRequestContext]:
     """RFC 9458 §4.3: seal a BHTTP request to ``config``; return it and the client context.
 
+    ``prepared`` (from :func:`prepare_sender`) supplies a sender setup made in advance.
     ``ephemeral_sk_for_testing`` pins the ephemeral key, for known-answer tests only.
     """
-    suite = config.select_suite()
-    header, enc, context = seal_header(
-        config, suite, chunked=False, ephemeral_sk=ephemeral_sk_for_testing
-    )
+    suite, header, enc, context = sender_setup(config, False, prepared, ephemeral_sk_for_testing)
     with crypto_errors():
         ct = context.seal(request, b"")
     return header + enc + ct, ClientRequestContext(suite, enc, context, chunked=False)

@@ -28,6 +28,7 @@ def test_ohttp_exports() -> None:
             "ResponseDecoder",
             "ResponseEvent",
             "ResponseStreamEncoder",
+            "SenderSetup",
             "ServerRequestContext",
             "decapsulate_request",
             "decode_key_configs",
@@ -37,6 +38,7 @@ def test_ohttp_exports() -> None:
             "encode_key_configs",
             "encode_request",
             "encode_response",
+            "prepare_sender",
         ]
     )
 

@@ -1,0 +1,84 @@
+"""Sender setups made ahead of time, so that sealing a request does not wait for HPKE.
+
+Setting up the sender side of an exchange (a fresh ephemeral X25519 key, the Diffie-Hellman
+and the HPKE key schedule) is the costliest step of sealing, and it does not depend on the
+request. A :class:`Presealer` keeps one setup ready for the pinned key configuration and each
+request framing the caller has used (plain, chunked), made on a background thread while the
+caller waits on the network. Each setup serves one request and is then gone; a different key
+configuration discards whatever was ready. When nothing is ready the caller sets up as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from proxy.ohttp import KeyConfig, OHTTPError, SenderSetup, prepare_sender
+
+__all__ = ["Presealer"]
+
+
+class Presealer:
+    """One ready sender setup per (key configuration, framing); see the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._config: KeyConfig | None = None
+        self._wanted: set[bool] = set()
+        self._ready: dict[bool, SenderSetup] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+
+    def take(self, config: KeyConfig, *, chunked: bool) -> SenderSetup | None:
+        """The ready setup for ``config`` and this framing, if any (it is removed); a new one
+        is started in the background either way."""
+        with self._lock:
+            if self._closed:
+                return None
+            if config != self._config:
+                self._config, self._ready = config, {}
+            self._wanted.add(chunked)
+            setup = self._ready.pop(chunked, None)
+            self._ensure_thread()
+        self._wake.set()
+        return setup
+
+    def close(self) -> None:
+        """Drop what is ready and stop the background thread."""
+        with self._lock:
+            self._closed, self._ready = True, {}
+        self._wake.set()
+
+    def _ensure_thread(self) -> None:
+        # After a fork the child has no background thread: start its own.
+        if self._thread is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="sealgate-presealer", daemon=True)
+            self._thread.start()
+
+    def _missing(self) -> tuple[KeyConfig, bool] | None:
+        with self._lock:
+            if self._closed or self._config is None:
+                return None
+            for chunked in sorted(self._wanted):
+                if chunked not in self._ready:
+                    return self._config, chunked
+        return None
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            while (missing := self._missing()) is not None:
+                config, chunked = missing
+                try:
+                    setup = prepare_sender(config, chunked=chunked)
+                except OHTTPError:
+                    break  # the caller's own setup reports it
+                with self._lock:
+                    if config == self._config and not self._closed:
+                        self._ready[chunked] = setup

@@ -1,0 +1,110 @@
+"""Sender setups made ahead of time: each serves exactly one request, only for the key and
+framing it was made for, and the gateway opens what they seal like any other request."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from proxy.client._presealer import Presealer
+from proxy.gateway import KeyManager
+from proxy.ohttp import (
+    ChunkedRequestOpener,
+    ChunkedRequestSealer,
+    KeyConfig,
+    SenderSetup,
+    decapsulate_request,
+    decode_key_configs,
+    encapsulate_request,
+    prepare_sender,
+)
+
+
+def _config(keys: KeyManager) -> KeyConfig:
+    return decode_key_configs(keys.key_configs())[0]
+
+
+def _ready(presealer: Presealer, config: KeyConfig, *, chunked: bool) -> SenderSetup:
+    """Wait for the background setup, then take it."""
+    for _ in range(500):
+        setup = presealer.take(config, chunked=chunked)
+        if setup is not None:
+            return setup
+        time.sleep(0.01)
+    raise AssertionError("no sender setup was made in the background")
+
+
+def test_prepared_setup_seals_a_request_the_gateway_opens() -> None:
+    keys = KeyManager()
+    config = _config(keys)
+    setup = prepare_sender(config, chunked=False)
+    sealed, context = encapsulate_request(config, b"inner request", prepared=setup)
+    assert sealed[7 : 7 + len(setup.enc)] == setup.enc
+    opened, server = decapsulate_request(sealed, keys.lookup)
+    assert opened == b"inner request"
+    assert server.commitment_key == context.commitment_key
+    response = server.seal_response(b"inner response")
+    assert context.open_response(response) == b"inner response"
+
+
+def test_prepared_chunked_setup_round_trip() -> None:
+    keys = KeyManager()
+    config = _config(keys)
+    sealer = ChunkedRequestSealer(config, prepared=prepare_sender(config, chunked=True))
+    wire = sealer.seal(b"part one ", final=False) + sealer.seal(b"part two", final=True)
+    opener = ChunkedRequestOpener(keys.lookup)
+    parts = opener.feed(wire)
+    parts.append(opener.close())
+    assert b"".join(parts) == b"part one part two"
+
+
+def test_a_setup_only_serves_its_own_key_and_framing() -> None:
+    keys = KeyManager()
+    config = _config(keys)
+    other = _config(KeyManager())
+    with pytest.raises(ValueError, match="another key or request framing"):
+        encapsulate_request(other, b"x", prepared=prepare_sender(config, chunked=False))
+    with pytest.raises(ValueError, match="another key or request framing"):
+        encapsulate_request(config, b"x", prepared=prepare_sender(config, chunked=True))
+    with pytest.raises(ValueError, match="another key or request framing"):
+        ChunkedRequestSealer(config, prepared=prepare_sender(config, chunked=False))
+
+
+def test_presealer_hands_each_setup_out_once() -> None:
+    keys = KeyManager()
+    config = _config(keys)
+    presealer = Presealer()
+    try:
+        assert presealer.take(config, chunked=False) is None  # nothing yet: the caller sets up
+        first = _ready(presealer, config, chunked=False)
+        second = _ready(presealer, config, chunked=False)
+        assert first is not second
+        assert first.enc != second.enc  # a fresh ephemeral key each time
+        chunked = _ready(presealer, config, chunked=True)
+        assert chunked.chunked
+    finally:
+        presealer.close()
+
+
+def test_presealer_drops_setups_for_a_replaced_key() -> None:
+    old, new = _config(KeyManager()), _config(KeyManager())
+    presealer = Presealer()
+    try:
+        presealer.take(old, chunked=False)
+        _ready(presealer, old, chunked=False)
+        presealer.take(old, chunked=False)  # one is being made for the old key
+        time.sleep(0.05)
+        setup = _ready(presealer, new, chunked=False)
+        assert setup.config == new
+    finally:
+        presealer.close()
+
+
+def test_closed_presealer_makes_nothing() -> None:
+    config = _config(KeyManager())
+    presealer = Presealer()
+    presealer.take(config, chunked=False)
+    presealer.close()
+    time.sleep(0.05)
+    assert presealer.take(config, chunked=False) is None
