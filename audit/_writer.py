@@ -86,7 +86,7 @@ def seal(record: Record, ident: LogIdentity) -> Sealed:
 @dataclass
 class Pending:
     """A queued append (``sealed`` set) or a control message (``stop``/``publish``, or
-    ``integrate``, which nobody awaits)."""
+    ``due`` (publish if due), which nobody awaits)."""
 
     future: asyncio.Future[Any] | None
     loop: asyncio.AbstractEventLoop | None
@@ -296,7 +296,7 @@ class LogWriter:
         try:
             index = self._commit([sealed])
             if self._unpublished() == self.every_n:  # wake the writer to publish
-                self.queue.put(Pending(None, None, control="integrate"))
+                self.queue.put(Pending(None, None, control="due"))
             return sealed.receipt(index)
         finally:
             self.lock.release()
@@ -351,7 +351,7 @@ class LogWriter:
                 return
 
     def _control(self, control: Pending) -> bool:
-        if control.control == "integrate":
+        if control.control == "due":
             self._maybe_publish(force=True)
             return False
         outcome: Any
