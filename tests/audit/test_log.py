@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,8 @@ async def test_two_logs_share_one_database(store_url: str) -> None:
 
 async def test_inline_and_queued_appends_interleave(tmp_path: Path, log_key: Ed25519PrivateKey) -> None:
     """Without fsync, sparse appends to an idle writer commit inline on the caller's thread;
-    appends to a busy writer (its lock held here by another thread) or in a burst are queued.
-    Indices stay dense and in commit order either way."""
+    appends to a busy writer (its lock held here by another thread) are queued. Indices stay
+    dense and in commit order either way, also through a burst that mixes both."""
     url = f"sqlite:///{tmp_path / 'audit.db'}?synchronous=normal"
     # No periodic publication during the test: it would hold the lock and send an append to
     # the queue at a moment the test does not choose.
@@ -230,7 +231,6 @@ async def test_inline_and_queued_appends_interleave(tmp_path: Path, log_key: Ed2
         receipts = first + list(await asyncio.gather(*queued))
         assert len(queued_appends) == 10
         receipts += await asyncio.gather(*[log.append(make_record(i)) for i in range(15, 40)])
-        assert len(queued_appends) > 10  # a burst: appends that follow each other are batched
         assert sorted(r.leaf_index for r in receipts) == list(range(40))
         assert (await log.publish()).size == 40
     finally:
@@ -270,3 +270,31 @@ async def test_open_rejects_bad_origin_and_foreign_url(tmp_path: Path) -> None:
         await AuditLog.open(f"sqlite:///{tmp_path}/a.db", Ed25519PrivateKey.generate(), "a b")
     with pytest.raises(AuditUnavailable):
         await AuditLog.open("mysql://x/y", Ed25519PrivateKey.generate(), ORIGIN)
+
+
+async def test_appends_right_after_another_are_batched(tmp_path: Path, log_key: Ed25519PrivateKey) -> None:
+    """An append that starts right after another one ended, or while a queued one still waits,
+    goes to the group-commit queue instead of committing inline."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}?synchronous=normal"
+    log = await AuditLog.open(url, log_key, ORIGIN, checkpoint_every_n=10_000,
+                              checkpoint_every_ms=600_000)  # fmt: skip
+    writer = log._writer
+    queued: list[Any] = []
+    submit = writer.submit
+    writer.submit = lambda p: (queued.append(p) if p.sealed else None, submit(p))[1]
+    try:
+        await asyncio.sleep(0.002)
+        await log.append(make_record(0))
+        assert not queued  # sparse: inline
+        writer.last_append = time.monotonic()  # as if an append had just ended
+        await log.append(make_record(1))
+        assert len(queued) == 1
+        writer.submitted += 1  # as if a queued append were still waiting for its commit
+        await asyncio.sleep(0.002)
+        second = asyncio.ensure_future(log.append(make_record(2)))
+        await asyncio.sleep(0.05)
+        assert len(queued) == 2
+        assert (await second).leaf_index == 2
+        writer.committed += 1  # the pretend-waiting append, settled (the writer is idle now)
+    finally:
+        await log.close()
