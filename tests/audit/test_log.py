@@ -286,7 +286,7 @@ async def test_appends_right_after_another_are_batched(tmp_path: Path, log_key: 
         await asyncio.sleep(0.002)
         await log.append(make_record(0))
         assert not queued  # sparse: inline
-        writer.last_append = time.monotonic()  # as if an append had just ended
+        writer.last_append = time.monotonic() + 60  # as if an append had only just ended
         await log.append(make_record(1))
         assert len(queued) == 1
         writer.submitted += 1  # as if a queued append were still waiting for its commit
