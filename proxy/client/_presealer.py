@@ -6,16 +6,30 @@ request. A :class:`Presealer` keeps one setup ready for the pinned key configura
 request framing the caller has used (plain, chunked), made on a background thread while the
 caller waits on the network. Each setup serves one request and is then gone; a different key
 configuration discards whatever was ready. When nothing is ready the caller sets up as before.
+
+A forked child starts empty: a setup made before the fork must never serve a request in both
+processes (the same ephemeral key and AEAD nonces twice).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 from proxy.ohttp import KeyConfig, OHTTPError, SenderSetup, prepare_sender
 
 __all__ = ["Presealer"]
+
+_LIVE: weakref.WeakSet[Presealer] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for presealer in list(_LIVE):
+        presealer._forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class Presealer:
@@ -28,8 +42,8 @@ class Presealer:
         self._wanted: set[bool] = set()
         self._ready: dict[bool, SenderSetup] = {}
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self._closed = False
+        _LIVE.add(self)
 
     def take(self, config: KeyConfig, *, chunked: bool) -> SenderSetup | None:
         """The ready setup for ``config`` and this framing, if any (it is removed); a new one
@@ -52,11 +66,14 @@ class Presealer:
         self._wake.set()
 
     def _ensure_thread(self) -> None:
-        # After a fork the child has no background thread: start its own.
-        if self._thread is None or self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="sealgate-presealer", daemon=True)
             self._thread.start()
+
+    def _forget(self) -> None:
+        """In a forked child: nothing made before the fork, fresh lock, no thread yet."""
+        self._lock, self._wake = threading.Lock(), threading.Event()
+        self._ready, self._thread = {}, None
 
     def _missing(self) -> tuple[KeyConfig, bool] | None:
         with self._lock:

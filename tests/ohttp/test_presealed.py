@@ -3,7 +3,9 @@ framing it was made for, and the gateway opens what they seal like any other req
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 
 import pytest
 
@@ -108,3 +110,31 @@ def test_closed_presealer_makes_nothing() -> None:
     presealer.close()
     time.sleep(0.05)
     assert presealer.take(config, chunked=False) is None
+
+
+def test_forked_child_starts_without_the_parents_setups() -> None:
+    config = _config(KeyManager())
+    presealer = Presealer()
+    try:
+        presealer.take(config, chunked=False)
+        _ready(presealer, config, chunked=False)
+        presealer.take(config, chunked=False)
+        time.sleep(0.2)  # a setup is ready in the parent now
+        read, write = os.pipe()
+        with warnings.catch_warnings():  # Python >= 3.12 warns about fork with threads running
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: its first take must find nothing inherited
+            os.close(read)
+            inherited = presealer.take(config, chunked=False) is not None
+            made = _ready(presealer, config, chunked=False) is not None
+            os.write(write, bytes([inherited, made]))
+            os._exit(0)
+        os.close(write)
+        answer = os.read(read, 2)
+        os.waitpid(pid, 0)
+        os.close(read)
+        assert answer == bytes([False, True])
+        assert presealer.take(config, chunked=False) is not None  # the parent keeps its own
+    finally:
+        presealer.close()
