@@ -18,7 +18,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, insert, select, text, update
+from sqlalchemy import Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -95,6 +95,13 @@ class LogStore:
         self.engine = engine
         self.synchronous = synchronous
         self._appender: Connection | None = None
+        # Driver SQL for the write hot path, built once (qmark for SQLite, format for psycopg).
+        self._mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._insert_record = self._insert_sql(RECORDS)
+        self._record_columns = tuple(c.name for c in RECORDS.columns)
+        self._insert_node = self._insert_sql(NODES)  # columns: log_id, node_id, hash
+        self._set_size = (f"UPDATE {LOGS.name} SET integrated_size = {self._mark} "  # noqa: S608
+                          f"WHERE log_id = {self._mark}")
 
     @classmethod
     def open(cls, url: str) -> LogStore:
@@ -176,39 +183,36 @@ class LogStore:
         return 0 if top is None else int(top) + 1
 
     def _insert_sql(self, table: Any) -> str:
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         cols = [c.name for c in table.columns]
-        marks = ", ".join([mark] * len(cols))
+        marks = ", ".join([self._mark] * len(cols))
         return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({marks})"  # noqa: S608
 
-    def _insert_many(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> None:
-        """Plain driver executemany: the write hot path skips per-row SQL expression work."""
-        cols = [c.name for c in table.columns]
-        conn.exec_driver_sql(self._insert_sql(table), [tuple(r[c] for c in cols) for r in rows])
+    def _grow_tree(self, conn: Connection, log_id: str, nodes: Sequence[tuple[int, bytes]],
+                   size: int) -> None:
+        """Store new complete nodes and the integrated size (inside the caller's transaction)."""
+        if nodes:
+            conn.exec_driver_sql(self._insert_node, [(log_id, n, h) for n, h in nodes])
+        conn.exec_driver_sql(self._set_size, (size, log_id))
 
     def insert_records(self, rows: Sequence[dict[str, Any]], *, nodes: Sequence[tuple[int, bytes]] = (),
                        size: int | None = None) -> None:
         """Insert a batch of records in one transaction (group commit), with the tree nodes they
         complete and the new integrated size when given (all rows of one log).
 
-        Appends go through one connection kept open for them (no pool checkout per commit);
-        the log writer serializes its calls. After a failure that connection is discarded."""
+        Plain driver executemany: the write hot path skips per-row SQL expression work. Appends
+        go through one connection kept open for them (no pool checkout per commit); the log
+        writer serializes its calls. After a failure that connection is discarded."""
         with _translated("write records"):
             conn = self._appender
             if conn is None or conn.closed or conn.invalidated:
                 conn = self._appender = self.engine.connect()
             try:
                 with conn.begin():
-                    self._insert_many(conn, RECORDS, rows)
+                    cols = self._record_columns
+                    conn.exec_driver_sql(self._insert_record,
+                                         [tuple(r[c] for c in cols) for r in rows])
                     if size is not None:
-                        log_id = rows[0]["log_id"]
-                        if nodes:
-                            self._insert_many(conn, NODES, [
-                                {"log_id": log_id, "node_id": n, "hash": h} for n, h in nodes])
-                        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-                        conn.exec_driver_sql(
-                            f"UPDATE audit_logs SET integrated_size = {mark} WHERE log_id = {mark}",  # noqa: S608
-                            (size, log_id))
+                        self._grow_tree(conn, rows[0]["log_id"], nodes, size)
             except BaseException:
                 self._appender = None
                 conn.close()
@@ -262,10 +266,7 @@ class LogStore:
     ) -> None:
         """Persist new complete nodes, the integrated size and a checkpoint in one transaction."""
         with _translated("integrate leaves"), self._begin() as conn:
-            if nodes:
-                rows = [{"log_id": log_id, "node_id": n, "hash": h} for n, h in nodes]
-                self._insert_many(conn, NODES, rows)
-            conn.execute(update(LOGS).where(LOGS.c.log_id == log_id).values(integrated_size=size))
+            self._grow_tree(conn, log_id, nodes, size)
             if checkpoint is not None:
                 root, note, time_us = checkpoint
                 values = {"log_id": log_id, "size": size, "root_hash": root, "note": note}
@@ -275,7 +276,7 @@ class LogStore:
         if not node_ids:
             return {}
         # The proof hot path: plain driver SQL, one round trip (node ids are integers we made).
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        mark = self._mark
         sql = (
             f"SELECT node_id, hash FROM audit_nodes WHERE log_id = {mark} "  # noqa: S608
             f"AND node_id IN ({', '.join([mark] * len(node_ids))})"

@@ -82,13 +82,11 @@ class OpenAIBackend:
             if key:
                 headers["Authorization"] = f"Bearer {key}"
         limits = httpx.Limits(max_connections=self._config.max_connections)
-        transport = self._transport or AiohttpTransport(limits=limits, trust_env=False)
         self._client = httpx.AsyncClient(
             base_url=self._config.url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(self._config.timeout_s, connect=self._config.connect_timeout_s),
-            limits=limits,
-            transport=transport,
+            transport=self._transport or AiohttpTransport(limits=limits, trust_env=False),
             trust_env=False,
         )
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.fast_upstream import read_body
+
 
 class BareForwarder:
     def __init__(self, upstream: str) -> None:
@@ -25,12 +27,7 @@ class BareForwarder:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         assert self.session is not None
         async with self.session.post(self.upstream + scope["path"], data=body,
                                      headers={"content-type": "application/json"}) as response:

@@ -29,7 +29,8 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> byte
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
-async def _read(receive: Any) -> bytes:
+async def read_body(receive: Any) -> bytes:
+    """The whole request body of an ASGI request."""
     body = b""
     while True:
         message = await receive()
@@ -88,7 +89,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return await _send_json(send, STATS)
     if path in ("/v1/models", "/health"):
         return await _send_json(send, {"object": "list", "data": [{"id": "fast", "object": "model"}]})
-    body = json.loads(await _read(receive) or b"{}")
+    body = json.loads(await read_body(receive) or b"{}")
     model = body.get("model", "fast")
     n = int(body.get("max_tokens") or 4)
     if path == "/v1/embeddings":

@@ -193,20 +193,26 @@ async def test_two_logs_share_one_database(store_url: str) -> None:
     assert [r.log_id for r in only_a] == [a.log_id]
 
 
+async def _watched_normal_log(url: str, log_key: Ed25519PrivateKey) -> tuple[AuditLog, list[Any]]:
+    """A log at ``url`` whose queued appends are also collected in the returned list. No periodic
+    publication: it would hold the lock and send an append to the queue at a moment the test
+    does not choose."""
+    log = await AuditLog.open(url, log_key, ORIGIN, checkpoint_every_n=10_000,
+                              checkpoint_every_ms=600_000)  # fmt: skip
+    queued: list[Any] = []
+    submit = log._writer.submit
+    log._writer.submit = lambda p: (queued.append(p) if p.sealed else None, submit(p))[1]
+    return log, queued
+
+
 async def test_inline_and_queued_appends_interleave(tmp_path: Path, log_key: Ed25519PrivateKey) -> None:
     """Without fsync, sparse appends to an idle writer commit inline on the caller's thread;
     appends to a busy writer (its lock held here by another thread) are queued. Indices stay
     dense and in commit order either way, also through a burst that mixes both."""
     url = f"sqlite:///{tmp_path / 'audit.db'}?synchronous=normal"
-    # No periodic publication during the test: it would hold the lock and send an append to
-    # the queue at a moment the test does not choose.
-    log = await AuditLog.open(url, log_key, ORIGIN, checkpoint_every_n=10_000,
-                              checkpoint_every_ms=600_000)  # fmt: skip
+    log, queued_appends = await _watched_normal_log(url, log_key)
     writer = log._writer
     assert writer.inline
-    queued_appends: list[Any] = []
-    submit = writer.submit
-    writer.submit = lambda p: (queued_appends.append(p) if p.sealed else None, submit(p))[1]
     try:
         first = []
         for i in range(5):
@@ -276,12 +282,8 @@ async def test_appends_right_after_another_are_batched(tmp_path: Path, log_key: 
     """An append that starts right after another one ended, or while a queued one still waits,
     goes to the group-commit queue instead of committing inline."""
     url = f"sqlite:///{tmp_path / 'audit.db'}?synchronous=normal"
-    log = await AuditLog.open(url, log_key, ORIGIN, checkpoint_every_n=10_000,
-                              checkpoint_every_ms=600_000)  # fmt: skip
+    log, queued = await _watched_normal_log(url, log_key)
     writer = log._writer
-    queued: list[Any] = []
-    submit = writer.submit
-    writer.submit = lambda p: (queued.append(p) if p.sealed else None, submit(p))[1]
     try:
         await asyncio.sleep(0.002)
         await log.append(make_record(0))
