@@ -21,6 +21,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from ._errors import AuditError, AuditUnavailable
 from ._tables import CheckpointRow, LogRow, NodeRow, RecordRow
@@ -49,13 +50,15 @@ def normalize_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(what: str, driver_errors: tuple[type[Exception], ...] = ()) -> Iterator[None]:
     try:
         yield
     except AuditError:
         raise
-    except (SQLAlchemyError, OSError) as exc:
-        raise AuditUnavailable(f"audit store failed to {what} ({type(exc).__name__})") from exc
+    except Exception as exc:
+        if isinstance(exc, (SQLAlchemyError, OSError, *driver_errors)):
+            raise AuditUnavailable(f"audit store failed to {what} ({type(exc).__name__})") from exc
+        raise
 
 
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
@@ -94,7 +97,9 @@ class LogStore:
     def __init__(self, engine: Engine, *, synchronous: str = "FULL") -> None:
         self.engine = engine
         self.synchronous = synchronous
-        self._appender: Connection | None = None
+        self._appender: PoolProxiedConnection | None = None
+        # Errors of the driver itself (the append path calls it directly).
+        self._driver_errors: tuple[type[Exception], ...] = (engine.dialect.loaded_dbapi.Error,)
         # Driver SQL for the write hot path, built once (qmark for SQLite, format for psycopg).
         self._mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._insert_record = self._insert_sql(RECORDS)
@@ -187,35 +192,40 @@ class LogStore:
         marks = ", ".join([self._mark] * len(cols))
         return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({marks})"  # noqa: S608
 
-    def _grow_tree(self, conn: Connection, log_id: str, nodes: Sequence[tuple[int, bytes]],
+    def _grow_tree(self, cursor: Any, log_id: str, nodes: Sequence[tuple[int, bytes]],
                    size: int) -> None:
-        """Store new complete nodes and the integrated size (inside the caller's transaction)."""
+        """Store new complete nodes and the integrated size (inside the caller's transaction,
+        through its driver cursor)."""
         if nodes:
-            conn.exec_driver_sql(self._insert_node, [(log_id, n, h) for n, h in nodes])
-        conn.exec_driver_sql(self._set_size, (size, log_id))
+            cursor.executemany(self._insert_node, [(log_id, n, h) for n, h in nodes])
+        cursor.execute(self._set_size, (size, log_id))
 
     def insert_records(self, rows: Sequence[dict[str, Any]], *, nodes: Sequence[tuple[int, bytes]] = (),
                        size: int | None = None) -> None:
         """Insert a batch of records in one transaction (group commit), with the tree nodes they
         complete and the new integrated size when given (all rows of one log).
 
-        Plain driver executemany: the write hot path skips per-row SQL expression work. Appends
-        go through one connection kept open for them (no pool checkout per commit); the log
-        writer serializes its calls. After a failure that connection is discarded."""
-        with _translated("write records"):
+        The write hot path talks to the driver directly (prebuilt SQL, one cursor, the driver's
+        own transaction and commit): SQLAlchemy's per-statement and per-transaction layers cost
+        more than the SQLite work itself. Appends go through one connection kept open for them;
+        the log writer serializes its calls. After a failure that connection is discarded."""
+        with _translated("write records", self._driver_errors):
             conn = self._appender
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self._appender = self.engine.connect()
+            if conn is None:
+                conn = self._appender = self.engine.raw_connection()
             try:
-                with conn.begin():
+                cursor = conn.cursor()
+                try:
                     cols = self._record_columns
-                    conn.exec_driver_sql(self._insert_record,
-                                         [tuple(r[c] for c in cols) for r in rows])
+                    cursor.executemany(self._insert_record, [tuple(r[c] for c in cols) for r in rows])
                     if size is not None:
-                        self._grow_tree(conn, rows[0]["log_id"], nodes, size)
+                        self._grow_tree(cursor, rows[0]["log_id"], nodes, size)
+                finally:
+                    cursor.close()
+                conn.commit()
             except BaseException:
                 self._appender = None
-                conn.close()
+                conn.invalidate()  # closes the driver connection, rolling back what it held
                 raise
 
     def records_from(self, log_id: str, start: int, limit: int) -> list[tuple[int, bytes]]:
@@ -266,7 +276,11 @@ class LogStore:
     ) -> None:
         """Persist new complete nodes, the integrated size and a checkpoint in one transaction."""
         with _translated("integrate leaves"), self._begin() as conn:
-            self._grow_tree(conn, log_id, nodes, size)
+            cursor = conn.connection.cursor()
+            try:
+                self._grow_tree(cursor, log_id, nodes, size)
+            finally:
+                cursor.close()
             if checkpoint is not None:
                 root, note, time_us = checkpoint
                 values = {"log_id": log_id, "size": size, "root_hash": root, "note": note}

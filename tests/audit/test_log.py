@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import event
-from sqlalchemy.exc import OperationalError
 
 from audit import (
     AuditLog,
@@ -145,31 +143,47 @@ async def test_checkpoints_every_t_ms(store_url: str, log_key: Ed25519PrivateKey
         await log.close()
 
 
-class FaultInjectingEngine:
-    """Makes every INSERT into audit_records fail while ``active`` (a real driver error)."""
+class FaultInjectingTrigger:
+    """Makes every INSERT into audit_records fail while set: a trigger in the database
+    raises, so every connection gets a real driver error."""
+
+    _SQLITE = ("CREATE TRIGGER inject_fault BEFORE INSERT ON audit_records "
+               "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+    _POSTGRES = (
+        "CREATE FUNCTION inject_fault() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+        "CREATE TRIGGER inject_fault BEFORE INSERT ON audit_records "
+        "FOR EACH ROW EXECUTE FUNCTION inject_fault()",
+    )
 
     def __init__(self, store: LogStore) -> None:
-        self.active = False
-        event.listen(store.engine, "before_cursor_execute", self._hook)
+        self.store = store
 
-    def _hook(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if self.active and statement.lstrip().upper().startswith("INSERT INTO AUDIT_RECORDS"):
-            raise OperationalError(statement, None, Exception("injected fault"))
+    def set(self, on: bool) -> None:
+        sqlite = self.store.is_sqlite
+        if on:
+            statements = (self._SQLITE,) if sqlite else self._POSTGRES
+        else:
+            statements = (("DROP TRIGGER inject_fault",) if sqlite else
+                          ("DROP TRIGGER inject_fault ON audit_records", "DROP FUNCTION inject_fault()"))
+        with self.store.engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
 
 
 async def test_store_failure_raises_audit_unavailable(
     store_url: str, log_key: Ed25519PrivateKey
 ) -> None:
     log = await AuditLog.open(store_url, log_key, ORIGIN)
-    fault = FaultInjectingEngine(log.store)
+    fault = FaultInjectingTrigger(log.store)
     try:
         await log.append(make_record(0))
-        fault.active = True
+        fault.set(True)
         with pytest.raises(AuditUnavailable) as info:
             await log.append(make_record(1))
         assert info.value.code == "audit_unavailable" and info.value.status == 503
         assert str(info.value).startswith("audit_unavailable: ")
-        fault.active = False
+        fault.set(False)
         receipt = await log.append(make_record(2))
         assert receipt.leaf_index == 1
         assert (await log.publish()).size == 2
