@@ -23,6 +23,9 @@ Mode = Literal["production", "development"]
 # RFC 3339 §5.6 restricted to UTC and whole seconds, so that instants compare as strings.
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _TOKEN_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# Integers every engine represents exactly (I-JSON, RFC 7493 §2.2). rego-cpp keeps 64 bits and
+# silently wraps wider values, so an unbounded limit could compare as a small one.
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def utc_now() -> str:
@@ -75,6 +78,8 @@ class RequestParams:
             value = getattr(self, name)
             ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
             _check(ok, f"{name} must be an integer")
+            _check(value is None or abs(value) <= MAX_SAFE_INTEGER,
+                   f"{name} must be between -(2**53 - 1) and 2**53 - 1")
         _check(isinstance(self.previous_response_id, bool), "previous_response_id must be a bool")
         _check(isinstance(self.conversation, bool), "conversation must be a boolean")
         _check(

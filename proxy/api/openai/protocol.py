@@ -20,7 +20,8 @@ __all__ = [
     "decode_request",
 ]
 
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+# Bounded to integers every policy engine compares exactly (I-JSON, RFC 7493 §2.2).
+PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]

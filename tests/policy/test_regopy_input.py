@@ -1,0 +1,94 @@
+"""The embedded engine's input builder: the same document as ``regopy.Input``, and clean failures."""
+
+from __future__ import annotations
+
+import json
+import string
+from typing import Any
+
+import pytest
+import regopy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy import PolicyUnavailable, RegopyEngine, load_bundle
+from policy._regopy_input import _LIB, make_input
+from tests.policy.conftest import load_cases, patched
+
+# Plain ASCII: rego-cpp's JSON reader and its rendering of results, which the comparison
+# relies on, mishandle control characters, quotes and some escapes; non-ASCII text is
+# checked on its own below.
+_TEXT = st.text(string.ascii_letters + string.digits + " -_./:@", max_size=12)
+_SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+            | st.floats(allow_nan=False, allow_infinity=False, width=32) | _TEXT)
+_DOCS = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(_TEXT, inner, max_size=4), max_leaves=20)
+
+
+def _equals_json(build: Any, doc: dict[str, Any]) -> bool:
+    """Whether the engine sees the built input as equal to ``doc`` loaded from its JSON text
+    (compared inside the engine: regopy's rendering of results is not reliable JSON)."""
+    interpreter = regopy.Interpreter()
+    interpreter.add_data_json(json.dumps({"doc": doc}))
+    interpreter.set_input(build(doc))
+    out = interpreter.query("x := input == data.doc")
+    assert out.ok(), str(out)
+    return bool(out.binding("x").json() == "true")
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return isinstance(value, float)
+
+
+def test_the_fast_builder_is_in_use() -> None:
+    # regopy 1.5 has every binding the builder needs; a release without them falls back.
+    assert _LIB is not None and make_input is not regopy.Input
+
+
+@pytest.mark.parametrize("case", load_cases()[1], ids=lambda c: c["name"])
+def test_case_inputs_match_regopy(case: dict[str, Any]) -> None:
+    doc = patched(load_cases()[0], case["patch"])
+    assert _equals_json(make_input, doc) and _equals_json(regopy.Input, doc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(doc=st.dictionaries(_TEXT, _DOCS, max_size=6))
+def test_any_json_document_matches_regopy(doc: dict[str, Any]) -> None:
+    # Numbers given as floats may be kept at another precision than their JSON text; both
+    # builders must agree either way.
+    fast = _equals_json(make_input, doc)
+    assert fast == _equals_json(regopy.Input, doc)
+    assert fast or _has_float(doc)
+
+
+@pytest.mark.parametrize(("bad", "error"), [
+    ({"k": object()}, TypeError),
+    ({"k": [1, {2: "non-string key"}]}, TypeError),
+    ({"k": 2**64 + 5}, OverflowError),  # regopy.Input would wrap this to 5
+    ({"k": -(2**63) - 1}, OverflowError),
+], ids=["object", "int-key", "int-wraps-up", "int-wraps-down"])
+def test_unconvertible_values_are_refused(bad: dict[Any, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        make_input(bad)
+
+
+@pytest.mark.parametrize("build", [make_input, regopy.Input], ids=["fast", "regopy"])
+def test_non_ascii_text_arrives_intact(build: Any) -> None:
+    interpreter = regopy.Interpreter()
+    interpreter.set_input(build({"k": ["zürich", "日本", "\u00a0 \U0001f512"]}))
+    out = interpreter.query('x := input.k == ["zürich", "日本", "\u00a0 \U0001f512"]')
+    assert out.binding("x").json() == "true"
+
+
+def test_the_widest_exact_integers_pass() -> None:
+    assert _equals_json(make_input, {"lo": -(2**63), "hi": 2**63 - 1})
+
+
+def test_engine_fails_closed_on_an_unconvertible_document() -> None:
+    engine = RegopyEngine(load_bundle(), cache_size=0)
+    with pytest.raises(PolicyUnavailable):
+        engine._state.evaluate({"k": object()})
