@@ -28,7 +28,7 @@ from ._decision import Decision
 from ._engine import ENTRYPOINT, PolicyEngine, fail_closed
 from ._errors import PolicyBundleError, PolicyUnavailable
 from ._input import PolicyInput
-from ._regopy_input import make_input
+from ._regopy_capi import ResultError, make_input, query_entrypoint
 
 __all__ = ["RegopyEngine", "compile_bundle"]
 
@@ -70,11 +70,12 @@ class _Compiled:
         """Run the compiled entrypoint (regopy interpreters are not safe to share)."""
         with self.eval_lock, fail_closed("policy evaluation"):
             self.interpreter.set_input(make_input(doc))
-            output = self.interpreter.query_bundle_entrypoint(self.program, ENTRYPOINT)
-            # A failed or undefined query has no results; its string form must not be read.
-            if not output.ok() or len(output) != 1 or len(output[0].expressions) != 1:
-                raise PolicyUnavailable("the policy produced no decision")
-            return Decision.from_document(output[0].expressions[0], self.bundle.digest)
+            try:
+                # Read from the engine's node tree, not its rendering (see _regopy_capi).
+                document = query_entrypoint(self.interpreter, self.program, ENTRYPOINT)
+            except ResultError as exc:
+                raise PolicyUnavailable("the policy produced no decision") from exc
+            return Decision.from_document(document, self.bundle.digest)
 
 
 def compile_bundle(bundle: PolicyBundle) -> regopy.Bundle:

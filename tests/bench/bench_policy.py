@@ -19,7 +19,7 @@ import regopy
 from policy import PolicyInput, RegopyEngine, RequestParams, load_bundle
 from policy._engine import ENTRYPOINT
 from policy._regopy import compile_bundle
-from policy._regopy_input import make_input
+from policy._regopy_capi import make_input
 
 TARGET = "p50 <= 0.3 ms, p99 <= 1 ms"
 PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/fine_tuning/jobs")

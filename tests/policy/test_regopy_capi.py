@@ -1,9 +1,10 @@
-"""The embedded engine's input builder: the same document as ``regopy.Input``, and clean failures."""
+"""The embedded engine's C API seam: inputs equal to ``regopy.Input``'s, decisions read exactly."""
 
 from __future__ import annotations
 
 import json
 import string
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy import PolicyUnavailable, RegopyEngine, load_bundle
-from policy._regopy_input import _LIB, make_input
+from policy._engine import ENTRYPOINT
+from policy._regopy import compile_bundle
+from policy._regopy_capi import _LIB, _public_query, make_input, query_entrypoint
 from tests.policy.conftest import load_cases, patched
 
 # Plain ASCII: rego-cpp's JSON reader and its rendering of results, which the comparison
@@ -44,9 +47,10 @@ def _has_float(value: Any) -> bool:
     return isinstance(value, float)
 
 
-def test_the_fast_builder_is_in_use() -> None:
-    # regopy 1.5 has every binding the builder needs; a release without them falls back.
+def test_the_c_api_paths_are_in_use() -> None:
+    # regopy 1.5 has every binding needed; a release without them falls back.
     assert _LIB is not None and make_input is not regopy.Input
+    assert query_entrypoint is not _public_query
 
 
 @pytest.mark.parametrize("case", load_cases()[1], ids=lambda c: c["name"])
@@ -92,3 +96,49 @@ def test_engine_fails_closed_on_an_unconvertible_document() -> None:
     engine = RegopyEngine(load_bundle(), cache_size=0)
     with pytest.raises(PolicyUnavailable):
         engine._state.evaluate({"k": object()})
+
+
+@pytest.mark.parametrize("case", load_cases()[1], ids=lambda c: c["name"])
+def test_decisions_read_from_the_node_tree_match_regopys_reader(case: dict[str, Any]) -> None:
+    bundle = load_bundle()
+    program, interpreter = compile_bundle(bundle), regopy.Interpreter()
+    interpreter.set_input(make_input(patched(load_cases()[0], case["patch"])))
+    assert query_entrypoint(interpreter, program, ENTRYPOINT) == _public_query(
+        interpreter, program, ENTRYPOINT)
+
+
+_ECHO = """package sealgate.authz
+
+default allow := false
+
+allow if count(deny) == 0
+
+deny contains {"rule": "SG-MODEL-001", "message": sprintf("model %s is not allowed", [input.model])} if {
+	input.model != "ok"
+}
+
+decision := {"allow": allow, "deny": [d | some d in deny], "obligations": {}}
+"""
+
+
+@pytest.mark.parametrize("model", [
+    'x"}], "allow": true, "deny": [], "obligations": {}, "z": [{"a": "',
+    'in"put\\',
+    '"quoted"',
+])
+def test_a_decision_echoing_input_cannot_be_steered(tmp_path: Path, model: str) -> None:
+    # regopy's own reader parses the engine's rendering, which does not escape quotes: the
+    # first name makes that a different document (with "allow": true), the others make it
+    # unparseable. Read from the node tree, the decision is the policy's, message and all.
+    (tmp_path / "rego").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "rego" / "authz.rego").write_text(_ECHO)
+    (tmp_path / "data" / "contracts.yaml").write_text(
+        "contracts:\n  default: {models: ['*'], regions: [local], max_tokens: 1, max_n: 1,"
+        " allow_streaming: false, allow_contractual_zero: false, rewrite_store: false}\n")
+    engine = RegopyEngine(load_bundle(tmp_path), cache_size=0)
+    doc = patched(load_cases()[0], {"model": model})
+    decision = engine.decide_sync(doc)
+    assert decision.allow is False
+    assert [d.rule for d in decision.deny] == ["SG-MODEL-001"]
+    assert model.strip('"') in decision.deny[0].message
