@@ -98,7 +98,7 @@ class LogStore:
         self.engine = engine
         self.synchronous = synchronous
         self._appender: PoolProxiedConnection | None = None
-        # Errors of the driver itself (the append path calls it directly).
+        # Errors of the driver itself (appends and tree growth call it directly).
         self._driver_errors: tuple[type[Exception], ...] = (engine.dialect.loaded_dbapi.Error,)
         # Driver SQL for the write hot path, built once (qmark for SQLite, format for psycopg).
         self._mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
@@ -275,7 +275,7 @@ class LogStore:
         checkpoint: tuple[bytes, str, int] | None,
     ) -> None:
         """Persist new complete nodes, the integrated size and a checkpoint in one transaction."""
-        with _translated("integrate leaves"), self._begin() as conn:
+        with _translated("integrate leaves", self._driver_errors), self._begin() as conn:
             cursor = conn.connection.cursor()
             try:
                 self._grow_tree(cursor, log_id, nodes, size)

@@ -45,17 +45,16 @@ def _bindings() -> Any:
                  "regoInputObject", "regoInputArray", "regoBundleQueryEntrypoint",
                  "regoOutputOk", "regoOutputNode", "regoFreeOutput", "regoNodeType",
                  "regoNodeSize", "regoNodeGet", "regoNodeValueSize", "regoNodeValue")
-        probe = (hasattr(regopy.Input("x"), "_impl") and hasattr(regopy.Interpreter(), "_impl")
-                 and hasattr(regopy.Bundle, "__init__"))
+        probe = hasattr(regopy.Input("x"), "_impl") and hasattr(regopy.Interpreter(), "_impl")
         if all(hasattr(lib, n) for n in names) and probe:
             return lib
-    except Exception:  # noqa: S110 - any surprise means: use the plain constructor
+    except Exception:  # noqa: S110 - any surprise means: use regopy's public API
         pass
     return None
 
 
 class _BuiltInput(regopy.Input):  # type: ignore[misc]
-    """A :class:`regopy.Input` around a handle built by :func:`_builder`'s function (regopy frees it)."""
+    """A :class:`regopy.Input` around a handle built here (regopy frees it)."""
 
     def __init__(self, handle: Any) -> None:
         self._impl = handle

@@ -12,7 +12,7 @@ import regopy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy import PolicyUnavailable, RegopyEngine, load_bundle
+from policy import PolicyBundle, PolicyUnavailable, RegopyEngine, load_bundle
 from policy._engine import ENTRYPOINT
 from policy._regopy import compile_bundle
 from policy._regopy_capi import _LIB, _public_query, make_input, query_entrypoint
@@ -92,16 +92,22 @@ def test_the_widest_exact_integers_pass() -> None:
     assert _equals_json(make_input, {"lo": -(2**63), "hi": 2**63 - 1})
 
 
-def test_engine_fails_closed_on_an_unconvertible_document() -> None:
-    engine = RegopyEngine(load_bundle(), cache_size=0)
+def test_engine_fails_closed_on_an_unconvertible_document(bundle: PolicyBundle) -> None:
+    engine = RegopyEngine(bundle, cache_size=0)
     with pytest.raises(PolicyUnavailable):
         engine._state.evaluate({"k": object()})
 
 
+@pytest.fixture(scope="module")
+def program(bundle: PolicyBundle) -> regopy.Bundle:
+    return compile_bundle(bundle)
+
+
 @pytest.mark.parametrize("case", load_cases()[1], ids=lambda c: c["name"])
-def test_decisions_read_from_the_node_tree_match_regopys_reader(case: dict[str, Any]) -> None:
-    bundle = load_bundle()
-    program, interpreter = compile_bundle(bundle), regopy.Interpreter()
+def test_decisions_read_from_the_node_tree_match_regopys_reader(
+    case: dict[str, Any], program: regopy.Bundle
+) -> None:
+    interpreter = regopy.Interpreter()
     interpreter.set_input(make_input(patched(load_cases()[0], case["patch"])))
     assert query_entrypoint(interpreter, program, ENTRYPOINT) == _public_query(
         interpreter, program, ENTRYPOINT)
