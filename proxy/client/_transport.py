@@ -35,15 +35,20 @@ def _response(
     )
 
 
+def _failure(keys: KeySource, status: int, content: bytes) -> SealedTransportError:
+    """The error for a refused request. On ``ohttp_unknown_key`` the key is dropped, so the next
+    request verifies the gateway's identity again; this one is not resent, because the refusal is
+    unauthenticated and a relay could claim it for a request the gateway did run."""
+    error = gateway_failure(status, content)
+    if is_unknown_key(error):
+        keys.invalidate()
+    return error
+
+
 def _check_media(response: httpx2.Response, chunked: bool) -> None:
     expected = MediaType.CHUNKED_RESPONSE if chunked else MediaType.RESPONSE
     if response.headers.get("content-type", "").split(";")[0].strip() != expected:
         raise SealedTransportError("response_invalid", "gateway answer has the wrong media type")
-
-
-def _retry_or_raise(error: SealedTransportError, attempt: int) -> None:
-    if attempt or not is_unknown_key(error):
-        raise error
 
 
 class _SyncBody(httpx2.SyncByteStream):
@@ -105,20 +110,15 @@ class SealedTransport(httpx2.BaseTransport):
         self._presealer = Presealer()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        body = request.read()
-        for attempt in range(2):
-            config = self._keys.key_config()
-            prepared = seal(request, body, config, self._gateway_url, self._presealer)
-            outer = self._inner.handle_request(prepared.outer)
-            if outer.status_code == 200:
-                return self._open(request, prepared, outer)
-            try:
-                error = gateway_failure(outer.status_code, outer.read())
-            finally:
-                outer.close()
-            _retry_or_raise(error, attempt)
-            self._keys.invalidate()  # the gateway rotated its keys: fetch and verify again
-        raise AssertionError("unreachable")
+        config = self._keys.key_config()
+        prepared = seal(request, request.read(), config, self._gateway_url, self._presealer)
+        outer = self._inner.handle_request(prepared.outer)
+        if outer.status_code == 200:
+            return self._open(request, prepared, outer)
+        try:
+            raise _failure(self._keys, outer.status_code, outer.read())
+        finally:
+            outer.close()
 
     def _open(self, request: httpx2.Request, prepared: Prepared, outer: httpx2.Response) -> httpx2.Response:
         try:
@@ -162,20 +162,15 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
         self._presealer = Presealer()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        body = await request.aread()
-        for attempt in range(2):
-            config = await self._keys.akey_config()
-            prepared = seal(request, body, config, self._gateway_url, self._presealer)
-            outer = await self._inner.handle_async_request(prepared.outer)
-            if outer.status_code == 200:
-                return await self._open(request, prepared, outer)
-            try:
-                error = gateway_failure(outer.status_code, await outer.aread())
-            finally:
-                await outer.aclose()
-            _retry_or_raise(error, attempt)
-            self._keys.invalidate()
-        raise AssertionError("unreachable")
+        config = await self._keys.akey_config()
+        prepared = seal(request, await request.aread(), config, self._gateway_url, self._presealer)
+        outer = await self._inner.handle_async_request(prepared.outer)
+        if outer.status_code == 200:
+            return await self._open(request, prepared, outer)
+        try:
+            raise _failure(self._keys, outer.status_code, await outer.aread())
+        finally:
+            await outer.aclose()
 
     async def _open(
         self, request: httpx2.Request, prepared: Prepared, outer: httpx2.Response

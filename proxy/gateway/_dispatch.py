@@ -1,8 +1,8 @@
 """In-process dispatch of an opened request to the same ASGI app, without a socket hop.
 
 The inner scope is built from scratch from the BHTTP request, so nothing from the outer
-connection (client address, outer headers, extensions, per-connection state) leaks into it, and the
-:class:`SealedChannel` marker can only come from here.
+connection (client address, outer headers, root path, extensions, per-connection state) leaks
+into it, and the :class:`SealedChannel` marker can only come from here.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ ASGIApp = Callable[..., Awaitable[None]]
 
 _HOP_BY_HOP = HOP_BY_HOP_FIELDS
 _DISCONNECT_GRACE_S = 1.0
+# Messages a streamed inner response may run ahead of the client: beyond this the inner app
+# waits, so a slow reader slows generation down (as a socket's send buffer would) instead of
+# the gateway buffering the whole completion.
+_STREAM_AHEAD = 16
 _DONE = "sealgate.inner.done"
 
 
@@ -40,9 +44,7 @@ def _bad(detail: str) -> GatewayError:
     return GatewayError("bad_inner_request", detail)
 
 
-def build_scope(
-    request: BHTTPRequest, channel: SealedChannel, outer: MutableMapping[str, Any]
-) -> dict[str, Any]:
+def build_scope(request: BHTTPRequest, channel: SealedChannel) -> dict[str, Any]:
     """A fresh HTTP scope for the inner request, marked with its :class:`SealedChannel`."""
     try:
         method, scheme = request.method.decode("ascii"), request.scheme.decode("ascii").lower()
@@ -67,7 +69,7 @@ def build_scope(
         "path": path,
         "raw_path": raw_path,
         "query_string": query,
-        "root_path": outer.get("root_path", ""),
+        "root_path": "",
         "headers": headers,
         "client": None,
         "server": None,
@@ -90,12 +92,13 @@ _INTERNAL = GatewayError("internal_error", "the request could not be completed",
 
 
 class _InnerExchange:
-    """receive/send for the inner app: one body message, then ``http.disconnect`` on demand."""
+    """receive/send for the inner app: one body message, then ``http.disconnect`` on demand.
+    With ``ahead`` the outbox is bounded and ``send`` waits for the reader."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, ahead: int = 0) -> None:
         self._body: bytes | None = body
         self.disconnected = anyio.Event()
-        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.messages: asyncio.Queue[Message] = asyncio.Queue(ahead)
 
     async def receive(self) -> Message:
         if self._body is not None:
@@ -148,7 +151,7 @@ async def stream_response(
     message as the inner app produces it (an indeterminate-length BHTTP response)."""
     yield sealer.response_nonce
     # The inner app starts only once the stream is being consumed, so it never runs orphaned.
-    exchange = _InnerExchange(body)
+    exchange = _InnerExchange(body, ahead=_STREAM_AHEAD)
     task = asyncio.create_task(exchange.run(app, scope))
     encoder = ResponseStreamEncoder()
     started = False
@@ -174,6 +177,8 @@ async def stream_response(
                 return
     finally:
         exchange.disconnected.set()
+        while not exchange.messages.empty():  # unblock a waiting send: it sees the disconnect next
+            exchange.messages.get_nowait()
         await _finish(task)
 
 

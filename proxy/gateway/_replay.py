@@ -61,5 +61,5 @@ def _parse_date(value: str | None) -> float:
         raise GatewayError("stale_request", "request has no Date header")
     try:
         return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a year past datetime's range overflows
         raise GatewayError("stale_request", "request Date is not an HTTP date") from None

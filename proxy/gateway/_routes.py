@@ -23,7 +23,7 @@ from proxy.ohttp import (
     encode_response,
 )
 
-from ._channel import SealedChannel
+from ._channel import SealedChannel, sealed_channel
 from ._dispatch import build_scope, collect_response, error_response, stream_response
 from ._errors import GatewayError, error_body
 from ._keys import KeyManager
@@ -52,10 +52,17 @@ def _header(request: BHTTPRequest, name: bytes) -> str | None:
 
 
 def _admit(
-    raw: bytes, context: ServerRequestContext, guard: ReplayGuard, outer: Any
+    raw: bytes, context: ServerRequestContext, guard: ReplayGuard
 ) -> tuple[BHTTPRequest, dict[str, Any]]:
-    """Decode the inner request, check freshness and replay, and build its scope."""
-    inner = decode_request(raw)
+    """Decode the inner request, check freshness and replay, and build its scope.
+
+    Every error here comes after decapsulation, so it is answered sealed (RFC 9458 §5.2).
+    """
+    try:
+        inner = decode_request(raw)
+    except OHTTPError as err:
+        detail = f"inner request is not valid Binary HTTP ({err.code})"
+        raise GatewayError("bad_inner_request", detail) from None
     guard.check(context.enc, _header(inner, b"date"))
     channel = SealedChannel(
         commitment_key=context.commitment_key,
@@ -63,10 +70,7 @@ def _admit(
         chunked=context.chunked,
         key_id=context.key_id,
     )
-    scope = build_scope(inner, channel, outer)
-    if scope["path"] == GATEWAY_PATH:
-        raise GatewayError("bad_inner_request", "sealed requests cannot target the gateway")
-    return inner, scope
+    return inner, build_scope(inner, channel)
 
 
 def _dated_error(err: GatewayError) -> BHTTPResponse:
@@ -81,7 +85,7 @@ async def _plain(
 ) -> Response[bytes]:
     raw, context = decapsulate_request(body, keys.lookup)
     try:
-        inner, scope = _admit(raw, context, guard, request.scope)
+        inner, scope = _admit(raw, context, guard)
         response = await collect_response(request.app, scope, inner.content)
     except GatewayError as err:
         response = _dated_error(err)
@@ -99,7 +103,7 @@ async def _chunked(
         raise OHTTPError("ohttp_malformed", "encapsulated request too short")
     sealer = ChunkedResponseSealer(opener.context)
     try:
-        inner, scope = _admit(b"".join(chunks), opener.context, guard, request.scope)
+        inner, scope = _admit(b"".join(chunks), opener.context, guard)
     except GatewayError as err:
         sealed = sealer.seal(encode_response(_dated_error(err), indeterminate=True), final=True)
         return Response(
@@ -123,6 +127,10 @@ def build_gateway_handlers(*, max_body_size: int = DEFAULT_MAX_BODY) -> list[HTT
         request: Request[Any, Any, Any], ohttp_keys: KeyManager, replay_guard: ReplayGuard
     ) -> Response[Any]:
         """RFC 9458 §5 and the chunked draft: open, dispatch in-process, seal the answer."""
+        if sealed_channel(request.scope) is not None:
+            # Whatever spelling of the path routed here, a sealed request never nests.
+            nested = GatewayError("bad_inner_request", "sealed requests cannot target the gateway")
+            return _outer_error(nested)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in (MediaType.REQUEST, MediaType.CHUNKED_REQUEST):
             unsupported = GatewayError("unsupported_media_type", "expected an OHTTP request", 415)

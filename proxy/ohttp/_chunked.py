@@ -71,7 +71,9 @@ class _Framer:
             else:
                 break
         del self._buf[:pos]
-        if len(self._buf) > self._max:
+        # A pending chunk's length was checked when its prefix was read; the final chunk runs
+        # to the end of the stream, so its size is known only from what has arrived.
+        if self.final and len(self._buf) > self._max:
             raise malformed("chunk too large")
         return out
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from proxy.client import AsyncSealedTransport, SealedExchange, StaticKeySource
+from proxy.client import AsyncSealedTransport, SealedExchange, SealedTransportError, StaticKeySource
 from proxy.gateway import GATEWAY_PATH, KeyManager, sealed_channel
 from proxy.gateway._channel import SealedChannel
 from proxy.ohttp import (
@@ -151,13 +151,14 @@ def test_outer_errors_are_400_with_codes() -> None:
     assert chunked.json()["error"]["code"] in {"ohttp_malformed", "ohttp_decrypt_failed"}
 
 
-def test_bad_inner_bhttp_is_400() -> None:
+def test_bad_inner_bhttp_is_a_sealed_400() -> None:
+    # RFC 9458 §5.2: errors found after decapsulation are answered inside the encapsulation,
+    # so an on-path observer never learns that a request opened.
     state = AppState()
-    config = decode_key_configs(state.keys.key_configs())[0]
-    sealed, _ = encapsulate_request(config, b"\x09garbage")
-    response = _post(state, sealed, MediaType.REQUEST)
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "bhttp_malformed"
+    (answer,) = _sealed_error(state, b"\x09garbage", b"\x06" * 32)
+    assert answer.status == 400
+    assert json.loads(answer.content)["error"]["code"] == "bad_inner_request"
+    assert state.requests == []
 
 
 def test_body_size_limit() -> None:
@@ -186,7 +187,8 @@ def test_replayed_request_is_rejected_inside_the_sealed_answer() -> None:
     assert state.requests == [True]  # the replay never reached the route
 
 
-@pytest.mark.parametrize("date", [None, "yesterday", formatdate(0, usegmt=True)])
+@pytest.mark.parametrize("date", [None, "yesterday", formatdate(0, usegmt=True),
+                                  "01 Jan 99999999999 00:00:00 GMT"])
 def test_stale_or_missing_date_is_rejected(date: str | None) -> None:
     state = AppState()
     (answer,) = _sealed_error(state, _inner_request(date=date), b"\x08" * 32)
@@ -195,12 +197,21 @@ def test_stale_or_missing_date_is_rejected(date: str | None) -> None:
     assert state.requests == []
 
 
-def test_inner_request_cannot_target_the_gateway() -> None:
+@pytest.mark.parametrize("path", [GATEWAY_PATH, GATEWAY_PATH + "/", "/" + GATEWAY_PATH,
+                                  GATEWAY_PATH.replace("/ohttp", "//ohttp")])
+def test_inner_request_cannot_target_the_gateway(path: str) -> None:
+    # However the path is spelled, what routes to the gateway refuses a sealed request.
     state = AppState()
-    bhttp = _inner_request(path=GATEWAY_PATH.encode(), date=formatdate(usegmt=True))
+    config = decode_key_configs(state.keys.key_configs())[0]
+    nested, _ = encapsulate_request(config, _inner_request(date=formatdate(usegmt=True)))
+    bhttp = encode_request(BHTTPRequest(
+        b"POST", b"https", b"sealgate.test", path.encode(),
+        ((b"content-type", MediaType.REQUEST.encode()), (b"date", formatdate(usegmt=True).encode())),
+        nested))
     (answer,) = _sealed_error(state, bhttp, b"\x09" * 32)
     assert answer.status == 400
     assert json.loads(answer.content)["error"]["code"] == "bad_inner_request"
+    assert state.requests == []
 
 
 def test_inner_failure_is_a_sealed_500() -> None:
@@ -259,10 +270,16 @@ def test_rotation_grace_and_reverification() -> None:
     assert state.keys.lookup(old_id) is None
     source = CountingKeySource(state.keys, old)
 
-    async def run() -> httpx2.Response:
+    async def run() -> tuple[SealedTransportError, httpx2.Response]:
         async with _sealed_client(state, source) as client:
-            return await client.post("/echo", json={"after": "rotation"})
+            with pytest.raises(SealedTransportError) as refused:
+                await client.post("/echo", json={"after": "rotation"})
+            return refused.value, await client.post("/echo", json={"after": "rotation"})
 
-    response = asyncio.run(run())
+    # The refusal is unauthenticated, so the request is not resent; the key is dropped and
+    # the next request seals to the verified current one.
+    refused, response = asyncio.run(run())
+    assert refused.code == "gateway_rejected" and "ohttp_unknown_key" in refused.detail
+    assert source.fetches == 1
     assert response.status_code == 200 and response.json()["sealed"] is True
     assert source.fetches == 1

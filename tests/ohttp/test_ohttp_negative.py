@@ -136,6 +136,18 @@ def test_chunk_length_limit(key: GatewayKey) -> None:
     assert _error(opener.feed, sealer.seal(b"y" * 17)).code == "ohttp_malformed"
 
 
+@pytest.mark.parametrize("split", [1, 2, 40, 81])
+def test_chunk_of_the_largest_size_opens_however_it_arrives(key: GatewayKey, split: int) -> None:
+    # The limit is on the chunk, not on the length prefix (here two bytes) before it.
+    sealer = ChunkedRequestSealer(key.config)
+    first = sealer.seal(b"y" * 64)
+    opener = ChunkedRequestOpener({7: key}.get, max_chunk_size=64)
+    header = 7 + 32  # key config header and enc
+    stream = first[:header + split], first[header + split:], sealer.seal(b"", final=True)
+    assert [plain for part in stream for plain in opener.feed(part)] == [b"y" * 64]
+    assert opener.close() == b""
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"\x00", b"\x00\x05\x01\x00\x20", b"\x00\x2a" + b"\x01\x00\x20" + b"k" * 32 + b"\x00\x03abc"],
