@@ -7,7 +7,8 @@ at ``data.a.b``), which is how ``opa run`` loads the same directory.
 
 Digest (docs/policy.md, "Bundle digest"): SHA-256 over the ``sha256sum``-style listing of every
 bundle file, one line ``<hex sha256 of file>  <path relative to the bundle root>\\n`` per file,
-sorted by the UTF-8 bytes of the path, written ``sha256:<hex>``.
+sorted by the UTF-8 bytes of the path, written ``sha256:<hex>``. A path must be printable UTF-8
+(no newline or other control character), so each listing has exactly one reading.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def _bundle_files(root: Path) -> list[Path]:
 
 def digest_of(contents: Mapping[str, bytes]) -> str:
     """Digest of ``relative path → file bytes`` (module docstring)."""
+    for rel in contents:
+        # A newline in a path could forge listing lines: two bundles, one digest.
+        if not rel.isprintable():
+            raise PolicyBundleError(f"bundle file name {rel!a} is not printable UTF-8")
     listing = b"".join(
         hashlib.sha256(contents[rel]).hexdigest().encode() + b"  " + rel.encode() + b"\n"
         for rel in sorted(contents, key=str.encode)
@@ -85,6 +90,11 @@ def _parse_data(path: Path, raw: bytes) -> dict[str, Any]:
         raise PolicyBundleError(f"cannot parse data file {path.name}") from exc
     if not isinstance(doc, dict):
         raise PolicyBundleError(f"data file {path.name} must hold an object")
+    try:  # YAML also has dates, binary and non-finite numbers; the engines take JSON only
+        json.dumps(doc, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PolicyBundleError(f"data file {path.name} holds a value that is not JSON "
+                                "(quote dates and times)") from exc
     return doc
 
 
@@ -133,6 +143,7 @@ def load_bundle(path: str | Path | None = None) -> PolicyBundle:
         contents = {f.relative_to(root).as_posix(): f.read_bytes() for f in _bundle_files(root)}
     except OSError as exc:
         raise PolicyBundleError(f"cannot read bundle directory {root}") from exc
+    digest = digest_of(contents)
     modules: dict[str, str] = {}
     tests: dict[str, str] = {}
     data: dict[str, Any] = {}
@@ -154,5 +165,5 @@ def load_bundle(path: str | Path | None = None) -> PolicyBundle:
         modules=MappingProxyType(modules),
         tests=MappingProxyType(tests),
         data=MappingProxyType(data),
-        digest=digest_of(contents),
+        digest=digest,
     )

@@ -89,7 +89,7 @@ def compile_bundle(bundle: PolicyBundle) -> regopy.Bundle:
             interpreter.add_module(name, source)
         interpreter.add_data_json(json.dumps(dict(bundle.data)))
         program = interpreter.build(None, [ENTRYPOINT])
-    except (regopy.RegoError, ValueError) as exc:
+    except (regopy.RegoError, ValueError, TypeError) as exc:
         raise PolicyBundleError("the policy bundle does not compile") from exc
     if not program.ok():
         raise PolicyBundleError("the policy bundle does not compile")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from litestar import Litestar, Request
@@ -45,6 +46,8 @@ from proxy.telemetry import Metrics, configure_logging
 from proxy.tenants import Tenant, TenantStore
 
 __all__ = ["Services", "build_backends", "create_app"]
+
+_log = structlog.get_logger("sealgate.app")
 
 
 def build_backends(settings: Settings) -> dict[str, Backend]:
@@ -142,16 +145,29 @@ class Services:
                                settings.ohttp_key_rotation_s, 3600) if x > 0)
         loop = asyncio.get_running_loop()
         next_rotation = loop.time() + settings.ohttp_key_rotation_s
+        stale, refused = False, None  # identity state to refresh; the last refused bundle's error
         while True:
             await asyncio.sleep(tick)
-            changed = watcher is not None and await asyncio.to_thread(watcher.check)
-            if settings.ohttp_key_rotation_s > 0 and loop.time() >= next_rotation:
-                self.ohttp_keys.rotate()
-                next_rotation = loop.time() + settings.ohttp_key_rotation_s
-                changed = True
-            if changed and self.gate is not None:
-                self.gate.enclave = await enclave_facts(self.identity)
-                await record_startup_state(settings.data_dir, settings.policy_bundle, self.identity)
+            # No single failure may end this loop: it is what keeps keys and policy current.
+            try:
+                if watcher is not None and await asyncio.to_thread(watcher.poll):
+                    stale = True
+                    _log.info("policy_reloaded", policy_digest=self.policy.bundle_digest)
+                error = watcher.last_error if watcher is not None else None
+                if error is not None and str(error) != refused:
+                    _log.warning("policy_reload_refused", code=error.code, reason=error.detail)
+                refused = None if error is None else str(error)
+                if settings.ohttp_key_rotation_s > 0 and loop.time() >= next_rotation:
+                    self.ohttp_keys.rotate()
+                    next_rotation = loop.time() + settings.ohttp_key_rotation_s
+                    stale = True
+                if stale and self.gate is not None:
+                    self.gate.enclave = await enclave_facts(self.identity)
+                    await record_startup_state(settings.data_dir, settings.policy_bundle,
+                                               self.identity)
+                    stale = False
+            except Exception as exc:  # logged; retried on the next tick
+                _log.error("maintenance_failed", error_type=type(exc).__name__)
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -1,5 +1,6 @@
-"""Hot reload of a policy bundle in a running server: no request fails and the digest in the
-identity document and the records changes to the new bundle's."""
+"""Hot reload of a policy bundle in a running server: no request fails, a broken bundle is
+refused without stopping the reloads, and the digest in the identity document and the records
+changes to the new bundle's."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def test_bundle_hot_reload(workdir: Path, fast_upstream: Proc) -> None:
 
         worker = threading.Thread(target=load)
         worker.start()
+        # A bundle that does not load is refused and logged, and polling goes on.
+        broken = bundle_dir / "data" / "broken.yaml"
+        broken.write_text("reviewed: 2025-01-01\n")
+        deadline = time.monotonic() + 15
+        while "policy_reload_refused" not in gw.output():
+            assert time.monotonic() < deadline, "the broken bundle was not reported"
+            time.sleep(0.2)
+        assert httpx.get(identity).json()["policy_digest"] == old_digest
+        broken.unlink()
         contracts = bundle_dir / "data" / "contracts.yaml"
         contracts.write_text(contracts.read_text() + "\n# revision 2\n")
         new_digest = load_bundle(bundle_dir).digest

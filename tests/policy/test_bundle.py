@@ -60,13 +60,36 @@ def test_override_directory_and_digest_changes(bundle_dir: Path, bundle: PolicyB
         ("data/extra.json", '{"contracts": {"default": {"max_n": 2}}}'),
         ("rego/bad.rego", "package sealgate.authz\nallow if {\n"),
         ("rego/with.rego", "package sealgate.authz\nx if { allow with input.channel as 1 }\n"),
+        ("data/dates.yaml", "reviewed: 2025-01-01\n"),
+        ("data/nan.yaml", "limit: .nan\n"),
+        ("rego/two\nlines.rego", "package sealgate.authz\n"),
+        ("rego/tab\t.rego", "package sealgate.authz\n"),
     ],
-    ids=["no_default", "incomplete_contract", "bad_yaml", "data_conflict", "syntax", "with"],
+    ids=["no_default", "incomplete_contract", "bad_yaml", "data_conflict", "syntax", "with",
+         "yaml_date", "yaml_nan", "newline_in_name", "tab_in_name"],
 )
 def test_invalid_bundles_rejected(bundle_dir: Path, name: str, text: str) -> None:
     (bundle_dir / name).write_text(text)
     with pytest.raises(PolicyBundleError):
         RegopyEngine(load_bundle(bundle_dir)).reload(load_bundle(bundle_dir))
+
+
+def test_file_names_cannot_forge_listing_lines(bundle_dir: Path) -> None:
+    # A directory whose name holds "\n<sha>  <path>" would rebuild the listing of a bundle
+    # that still has that file: printable names are required, so no two bundles share a digest.
+    tenant = bundle_dir / "rego" / "tenant.rego"
+    forged = f"retention.rego\n{hashlib.sha256(tenant.read_bytes()).hexdigest()}  rego"
+    (bundle_dir / "rego" / forged).mkdir()
+    (bundle_dir / "rego" / forged / "tenant.rego").write_bytes(b"package sealgate.authz\n")
+    with pytest.raises(PolicyBundleError, match="not printable"):
+        load_bundle(bundle_dir)
+
+
+def test_undecodable_file_name_is_a_bundle_error(bundle_dir: Path) -> None:
+    (bundle_dir / "rego" / "x.rego").write_text("package sealgate.authz\n")
+    (bundle_dir / "rego" / "x.rego").rename(bundle_dir / "rego" / b"\xff.rego".decode(errors="surrogateescape"))
+    with pytest.raises(PolicyBundleError, match="not printable"):
+        load_bundle(bundle_dir)
 
 
 def test_missing_directory_rejected(tmp_path: Path) -> None:
@@ -118,6 +141,27 @@ def test_hot_reload_under_concurrent_decisions(bundle_dir: Path, base_input: dic
     assert set(results) <= {(True, old.digest), (False, new.digest)}
     assert results[-1] == (False, new.digest)
     assert engine.bundle_digest == new.digest
+
+
+def test_polling_installs_a_digest_only_once_it_has_settled(
+    bundle_dir: Path, base_input: dict[str, Any]
+) -> None:
+    engine = RegopyEngine(load_bundle(bundle_dir), timeout_s=5.0)
+    watcher = BundleWatcher(engine, bundle_dir)
+    before = engine.bundle_digest
+    assert watcher.poll() is False
+    contracts = bundle_dir / "data" / "contracts.yaml"
+    text = contracts.read_text()
+    contracts.write_text(text[: len(text) // 2])  # caught half written: may even parse
+    assert watcher.poll() is False and engine.bundle_digest == before
+    _deny_everything(bundle_dir)
+    contracts.write_text(text)  # the writer finishes, and a new module lands
+    assert watcher.poll() is False and engine.bundle_digest == before
+    assert watcher.poll() is True and engine.bundle_digest != before
+    assert asyncio.run(engine.decide(base_input)).rule_ids == ("SG-FREEZE-001",)
+    (bundle_dir / "data" / "dates.yaml").write_text("reviewed: 2025-01-01\n")
+    assert watcher.poll() is False and watcher.poll() is False  # never raises
+    assert isinstance(watcher.last_error, PolicyBundleError)
 
 
 def test_watcher_reloads_changed_bundle_and_keeps_old_on_error(
