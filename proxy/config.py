@@ -101,6 +101,9 @@ class Settings:
     """…or after this many milliseconds with new leaves (``SEALGATE_CHECKPOINT_EVERY_MS``)."""
     evidence_provider: str = "simulated"
     """``simulated``, ``configfs-tsm``, ``sev-guest`` or ``auto`` (``SEALGATE_EVIDENCE_PROVIDER``)."""
+    sev_guest_certs: str = ""
+    """Folder with the VCEK/VLEK and ASK/ARK certificates (PEM or DER) that the ``sev-guest``
+    provider attaches to its reports; the ioctl returns none (``SEALGATE_SEV_GUEST_CERTS``)."""
     release_measurement: str = ""
     """Measurement of this release as published in the release manifest
     (``SEALGATE_RELEASE_MEASUREMENT``); the simulated provider reports it."""

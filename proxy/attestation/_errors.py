@@ -17,8 +17,8 @@ class VerificationError(Exception):
     ``root_not_trusted``, ``collateral_expired``, ``collateral_invalid``, ``collateral_missing``,
     ``crl_revoked``, ``fmspc_mismatch``, ``tcb_revoked``, ``tcb_status_not_allowed``,
     ``qe_identity_mismatch``, ``chip_id_mismatch``, ``tcb_mismatch``, ``tcb_below_minimum``,
-    ``debug_enabled``, ``measurement_not_allowed``, ``measurement_mismatch``,
-    ``report_data_mismatch``, ``nonce_mismatch``, ``gpu_nonce_mismatch``,
+    ``debug_enabled``, ``migration_agent_allowed``, ``measurement_not_allowed``,
+    ``measurement_mismatch``, ``report_data_mismatch``, ``nonce_mismatch``, ``gpu_nonce_mismatch``,
     ``simulated_not_allowed``, ``platform_not_allowed``, ``document_malformed``,
     ``document_expired``, ``policy_invalid``, ``evidence_unavailable``, ``evidence_race``,
     ``no_evidence_provider``.

@@ -78,8 +78,9 @@ class IdentityService:
 
     async def _build(self, inputs: tuple[bytes, str], nonce: bytes | None) -> dict[str, Any]:
         key_configs, digest = inputs
+        created = datetime.now(UTC).isoformat(timespec="seconds")  # bound into REPORT_DATA
         report_data = compute_report_data(key_configs, self._audit_key, digest,
-                                          self._measurement, nonce)
+                                          self._measurement, nonce, created)
         evidence = await self.provider.evidence(report_data)
         if self._gpus:
             gpus = await asyncio.gather(*(g.evidence(report_data) for g in self._gpus))
@@ -93,6 +94,6 @@ class IdentityService:
             "measurement": self._measurement,
             "nonce": None if nonce is None else base64.b64encode(nonce).decode("ascii"),
             "evidence": evidence.to_json(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created,
             "report_data": report_data.hex(),
         }

@@ -25,6 +25,8 @@ DEFAULT_TCB_STATUSES = frozenset(
     {"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"}
 )
 _TRUE = {"1", "true", "yes", "on"}
+_FLAGS = ("allow_simulated", "allow_debug", "allow_migration_agent", "allow_any_measurement",
+          "require_tcb_status")
 
 
 def _frozen(mapping: Mapping[str, Mapping[str, int]]) -> Mapping[str, Mapping[str, int]]:
@@ -36,7 +38,11 @@ class VerificationPolicy:
     """The conditions an enclave identity must meet; the defaults are the strict ones."""
 
     allowed_measurements: frozenset[str] = frozenset()
-    """Accepted launch measurements (lower-case hex). Empty accepts any, and the verdict says so."""
+    """Accepted launch measurements (lower-case hex). Empty refuses every measurement unless
+    `allow_any_measurement` is set (simulated evidence let in by `allow_simulated` is exempt)."""
+    allow_any_measurement: bool = False
+    """With an empty allowlist, accept any measurement (the verdict notes it). Anyone who can
+    rent a genuine confidential VM can run their own code there, so this is for tests only."""
     allowed_platforms: frozenset[str] = frozenset({"sev-snp", "tdx"})
     """Accepted CPU platforms; ``simulated`` is governed by `allow_simulated` instead."""
     min_tcb: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: _frozen({}))
@@ -49,6 +55,9 @@ class VerificationPolicy:
     """Accept the insecure simulated provider (development only)."""
     allow_debug: bool = False
     """Accept guests whose policy lets the host debug them."""
+    allow_migration_agent: bool = False
+    """Accept SEV-SNP guests whose policy allows a migration agent (MIGRATE_MA), which can
+    export the guest's memory."""
     max_age_s: float | None = None
     """Refuse documents whose ``created`` time is older than this many seconds."""
 
@@ -80,9 +89,9 @@ class VerificationPolicy:
             for name in ("allowed_platforms", "allowed_tcb_statuses"):
                 if name in doc:
                     kwargs[name] = frozenset(str(x) for x in doc[name])
-            for name in ("allow_simulated", "allow_debug", "require_tcb_status"):
+            for name in _FLAGS:
                 if name in doc:
-                    kwargs[name] = bool(doc[name])
+                    kwargs[name] = _flag(doc[name], name)
             if doc.get("max_age_s") is not None:
                 kwargs["max_age_s"] = float(doc["max_age_s"])
             tcb = doc.get("min_tcb", {})
@@ -95,7 +104,7 @@ class VerificationPolicy:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> VerificationPolicy:
         """``SEALGATE_VERIFY_POLICY`` (file), ``SEALGATE_ALLOWED_MEASUREMENTS`` (comma list),
-        ``SEALGATE_ALLOW_SIMULATED`` (1/true)."""
+        ``SEALGATE_ALLOW_SIMULATED`` and ``SEALGATE_ALLOW_ANY_MEASUREMENT`` (1/true)."""
         env = os.environ if env is None else env
         policy = cls.from_file(env["SEALGATE_VERIFY_POLICY"]) if env.get(
             "SEALGATE_VERIFY_POLICY") else cls()
@@ -104,10 +113,23 @@ class VerificationPolicy:
         if any(listed):
             policy = replace(policy, allowed_measurements=policy.allowed_measurements
                              | {m for m in listed if m})
-        if "SEALGATE_ALLOW_SIMULATED" in env:
-            allow = env["SEALGATE_ALLOW_SIMULATED"].strip().lower() in _TRUE
-            policy = replace(policy, allow_simulated=allow)
-        return policy
+        return replace(
+            policy,
+            allow_simulated=_env_flag(env, "SEALGATE_ALLOW_SIMULATED", policy.allow_simulated),
+            allow_any_measurement=_env_flag(env, "SEALGATE_ALLOW_ANY_MEASUREMENT",
+                                            policy.allow_any_measurement),
+        )
+
+
+def _env_flag(env: Mapping[str, str], name: str, current: bool) -> bool:
+    return env[name].strip().lower() in _TRUE if name in env else current
+
+
+def _flag(value: object, name: str) -> bool:
+    # bool("false") is True: only real JSON/TOML booleans are accepted.
+    if not isinstance(value, bool):
+        raise VerificationError("policy_invalid", f"{name} must be true or false")
+    return value
 
 
 def _manifest_measurements(spec: Mapping[str, Any], base: Path) -> set[str]:
@@ -142,13 +164,25 @@ def apply_policy(verdict: EvidenceVerdict, policy: VerificationPolicy) -> list[s
         raise VerificationError("platform_not_allowed", f"platform {verdict.platform} refused")
     if verdict.debug and not policy.allow_debug:
         raise VerificationError("debug_enabled", "the guest policy allows debugging")
+    if verdict.migration_agent and not policy.allow_migration_agent:
+        detail = "the guest policy allows a migration agent (MIGRATE_MA)"
+        raise VerificationError("migration_agent_allowed", detail)
     _check_tcb(verdict, policy)
+    _check_measurement(verdict, policy, notes)
+    return notes
+
+
+def _check_measurement(verdict: EvidenceVerdict, policy: VerificationPolicy,
+                       notes: list[str]) -> None:
     if policy.allowed_measurements:
         if verdict.measurement.lower() not in policy.allowed_measurements:
             raise VerificationError("measurement_not_allowed", "measurement is not allow-listed")
-    else:
-        notes.append("no measurement allowlist: any measurement was accepted")
-    return notes
+        return
+    # The simulated enclave's measurement means nothing; allow_simulated already let it in.
+    if not (policy.allow_any_measurement or verdict.simulated):
+        detail = "no measurement allowlist is configured (set allow_any_measurement to accept any)"
+        raise VerificationError("measurement_not_allowed", detail)
+    notes.append("no measurement allowlist: any measurement was accepted")
 
 
 def _check_tcb(verdict: EvidenceVerdict, policy: VerificationPolicy) -> None:

@@ -2,6 +2,9 @@
 
 ``sev-guest`` uses the SNP_GET_REPORT ioctl of ``/dev/sev-guest`` (linux/sev-guest.h); it is a
 best-effort fallback for kernels without configfs-tsm and is not exercised without hardware.
+The ioctl returns no certificates, so the VCEK/VLEK and ASK/ARK come from a configured folder
+(``sev_guest_certs``); without them nobody, the gateway's own start-up check included, can
+verify its evidence.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._collateral import Collateral
 from ._configfs import DEFAULT_TSM_PATH, ConfigfsTsmProvider
 from ._errors import VerificationError
 from ._evidence import Evidence, EvidenceProvider
@@ -35,19 +39,25 @@ GpuCollector = Callable[[bytes], Awaitable[tuple[bytes, bytes]]]
 
 
 class SevGuestProvider(EvidenceProvider):
-    """SEV-SNP report through the ``/dev/sev-guest`` ioctl (no certificates: use collateral)."""
+    """SEV-SNP report through the ``/dev/sev-guest`` ioctl, with certificates given here.
+
+    ``certificates`` (PEM: VCEK or VLEK, ASK/ASVK, ARK) are attached to every report, as the
+    configfs-tsm provider attaches the host's certificate table.
+    """
 
     platform = "sev-snp"
     name = "sev-guest"
 
-    def __init__(self, device: Path = DEFAULT_SEV_GUEST) -> None:
+    def __init__(self, device: Path = DEFAULT_SEV_GUEST, certificates: bytes = b"") -> None:
         self._device = device
+        self._certificates = certificates
 
     async def evidence(self, report_data: bytes) -> Evidence:
         if len(report_data) != 64:
             raise VerificationError("evidence_unavailable", "REPORT_DATA must be 64 bytes")
         report = await asyncio.to_thread(self._ioctl, report_data)
-        return Evidence(platform=self.platform, report=report, provider=self.name)
+        return Evidence(platform=self.platform, report=report, certificates=self._certificates,
+                        provider=self.name)
 
     def _ioctl(self, report_data: bytes) -> bytes:
         request = ctypes.create_string_buffer(report_data + bytes(32), 96)  # vmpl 0, reserved
@@ -91,6 +101,16 @@ class ProviderSettings(Protocol):
     deployment_mode: str
 
 
+def _sev_guest_certs(folder: str) -> bytes:
+    """The certificates in ``folder`` as one PEM bundle (empty when no folder is set)."""
+    if not folder:
+        return b""
+    try:
+        return Collateral.from_dir(folder).certificates
+    except OSError as exc:
+        raise VerificationError("no_evidence_provider", f"cannot read {folder}") from exc
+
+
 def detect_provider(config: ProviderSettings | Any) -> EvidenceProvider:
     """The configured provider, else configfs-tsm, else ``/dev/sev-guest``, else an error.
 
@@ -108,7 +128,7 @@ def detect_provider(config: ProviderSettings | Any) -> EvidenceProvider:
             raise VerificationError("no_evidence_provider", f"{tsm} is not present")
         return ConfigfsTsmProvider(tsm)
     if name == "sev-guest" or (name == "auto" and device.exists()):
-        return SevGuestProvider(device)
+        return SevGuestProvider(device, _sev_guest_certs(getattr(config, "sev_guest_certs", "")))
     if name == "auto":
         raise VerificationError("no_evidence_provider", "no configfs-tsm or /dev/sev-guest found")
     raise VerificationError("no_evidence_provider", f"unknown evidence provider {name!r}")

@@ -114,8 +114,9 @@ def verify_sev_snp(
     trace.append("chip id and REPORTED_TCB match the signing certificate")
     return EvidenceVerdict(
         platform="sev-snp", report_data=parsed.report_data,
-        measurement=parsed.measurement.hex(), debug=parsed.debug, tcb=tcb,
-        claims=_claims(parsed, product), checks=tuple(trace),
+        measurement=parsed.measurement.hex(), debug=parsed.debug,
+        migration_agent=parsed.migrate_ma, tcb=tcb, claims=_claims(parsed, product),
+        checks=tuple(trace),
     )
 
 

@@ -16,6 +16,7 @@ __all__ = ["REPORT_SIZE", "SIGNED_SIZE", "SnpReport", "decode_tcb", "parse_snp_r
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
 SUPPORTED_VERSIONS = frozenset({2, 3, 4, 5})
+POLICY_MIGRATE_MA_BIT = 18  # ABI spec Table 9: GUEST_POLICY bit 18 = MIGRATE_MA allowed
 POLICY_DEBUG_BIT = 19  # ABI spec Table 9: GUEST_POLICY bit 19 = DEBUG allowed
 
 # TCB_VERSION byte positions (ABI spec §2.2): Milan and Genoa put bootloader, tee, snp and
@@ -75,6 +76,11 @@ class SnpReport:
     @property
     def debug(self) -> bool:
         return bool(self.policy >> POLICY_DEBUG_BIT & 1)
+
+    @property
+    def migrate_ma(self) -> bool:
+        """A migration agent may be bound to the guest (and can export its memory)."""
+        return bool(self.policy >> POLICY_MIGRATE_MA_BIT & 1)
 
     @property
     def signing_key(self) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -12,7 +11,14 @@ from cryptography import x509
 from ._collateral import Collateral
 from ._errors import VerificationError, translate
 from ._tdx_quote import TdxQuote
-from ._tdx_tcb import combine_status, level_status, load_signed, module_status, qe_status
+from ._tdx_tcb import (
+    combine_status,
+    level_status,
+    load_signed,
+    loads_strict,
+    module_status,
+    qe_status,
+)
 from ._verdict import Trace
 from ._x509 import check_crl, load_certificates, pinned_root, verify_chain
 
@@ -43,22 +49,21 @@ def _require(collateral: Collateral) -> tuple[bytes, bytes, bytes, bytes]:
     return qe, collateral.tcb_signing_chain, pck_crl, root_crl
 
 
-def _check_crls(chain: Sequence[x509.Certificate], pck_crl: bytes, root_crl: bytes,
-                when: datetime, trace: Trace) -> None:
+def _check_crls(chain: Sequence[x509.Certificate], signing: Sequence[x509.Certificate],
+                pck_crl: bytes, root_crl: bytes, when: datetime, trace: Trace) -> None:
+    """Root CRL over everything the root issued; PCK CRL from exactly the PCK's issuer."""
     root = pinned_root("intel_sgx_root_ca")
-    check_crl(_load_crl(root_crl, "root CRL"), root, chain[1:], when, "root")
-    crl = _load_crl(pck_crl, "PCK CRL")
-    issuer = next((c for c in chain[1:] if c.subject == crl.issuer), None)
-    if issuer is None:
-        raise VerificationError("collateral_invalid", "PCK CRL is not from the PCK's issuer CA")
-    check_crl(crl, issuer, chain[:1], when, "PCK")
-    trace.append("PCK certificate and its CA are not revoked (PCK CRL, root CRL)")
+    check_crl(_load_crl(root_crl, "root CRL"), root, [*chain[1:], *signing], when, "root")
+    issuer = chain[1] if len(chain) > 1 else root
+    check_crl(_load_crl(pck_crl, "PCK CRL"), issuer, chain[:1], when, "PCK")
+    trace.append("PCK certificate, its CA and the TCB Signing certificate are not revoked "
+                 "(PCK CRL, root CRL)")
 
 
 def _select(infos: Sequence[bytes], fmspc: bytes) -> bytes:
     for data in infos:
         with translate("collateral_invalid", "tcbInfo"):
-            if bytes.fromhex(json.loads(data)["tcbInfo"]["fmspc"]) == fmspc:
+            if bytes.fromhex(loads_strict(data.decode())["tcbInfo"]["fmspc"]) == fmspc:
                 return data
     raise VerificationError("fmspc_mismatch", f"no TCB info for FMSPC {fmspc.hex()}")
 
@@ -68,6 +73,9 @@ def _tcb_info(quote: TdxQuote, pck: PckInfo, infos: Sequence[bytes],
     doc = load_signed(_select(infos, pck.fmspc), "tcbInfo", signer, when).body
     body = quote.body
     with translate("collateral_invalid", "tcbInfo"):
+        # The selection above is a shortcut; the decision rests on the signed body.
+        if bytes.fromhex(doc["fmspc"]) != pck.fmspc:
+            raise VerificationError("fmspc_mismatch", "signed TCB info is for another FMSPC")
         if doc["id"] != "TDX" or bytes.fromhex(doc["pceId"]) != pck.pce_id:
             raise VerificationError("collateral_invalid", "TCB info is not for this TDX PCE")
         module = module_status(doc, body.mr_signer_seam, body.seam_attributes, body.tee_tcb_svn)
@@ -85,9 +93,9 @@ def evaluate_collateral(
 ) -> tuple[str, str]:
     """Return ``(overall TCB status, QE TCB status)``; raise on revocation or mismatch."""
     qe_doc, signing_pem, pck_crl, root_crl = _require(collateral)
-    _check_crls(chain, pck_crl, root_crl, when, trace)
     signing = load_certificates(signing_pem, "TCB signing chain")
     verify_chain(signing, [pinned_root("intel_sgx_root_ca")], when, "TCB signing chain")
+    _check_crls(chain, signing, pck_crl, root_crl, when, trace)
     platform = _tcb_info(quote, pck, collateral.tcb_infos, signing[0], when)
     trace.append(f"TCB info signed by Intel, FMSPC matches, TCB level status {platform}")
     identity = load_signed(qe_doc, "enclaveIdentity", signing[0], when).body

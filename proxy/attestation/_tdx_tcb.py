@@ -2,6 +2,7 @@
 
 Both documents are ``{"<name>": {...}, "signature": hex(r‖s)}``; the ECDSA-P256 signature
 covers the exact bytes of the ``<name>`` JSON value as served, so those bytes are kept raw.
+Duplicate keys are refused at every depth: a signed body must parse to one meaning only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ._x509 import check_window
 
 __all__ = [
     "NOT_SUPPORTED", "SignedJson", "combine_status", "level_status", "load_signed",
-    "module_status", "qe_status",
+    "loads_strict", "module_status", "qe_status",
 ]
 
 NOT_SUPPORTED = "TcbNotSupported"
@@ -43,13 +44,28 @@ class SignedJson:
     raw: bytes
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise VerificationError("collateral_invalid", "duplicate key in a PCS document")
+    return out
+
+
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique)
+
+
+def loads_strict(text: str) -> Any:
+    """``json.loads`` that refuses duplicate object keys (``collateral_invalid``)."""
+    return _STRICT.decode(text)
+
+
 def _raw_member(text: str, name: str) -> tuple[Any, bytes]:
     key = f'"{name}"'
     start = text.index(key) + len(key)
     start = text.index(":", start) + 1
     while text[start] in " \t\r\n":
         start += 1
-    value, end = json.JSONDecoder().raw_decode(text, start)
+    value, end = _STRICT.raw_decode(text, start)
     return value, text[start:end].encode()
 
 
@@ -59,8 +75,12 @@ def load_signed(
     """Parse a PCS document, verify its signature by ``signer`` and its validity window."""
     with translate("collateral_invalid", f"{name} document"):
         text = data.decode()
+        doc = loads_strict(text)
         body, raw = _raw_member(text, name)
-        signature = bytes.fromhex(json.loads(text)["signature"])
+        # The raw bytes found must be the document's one top-level member, nothing nested.
+        if not isinstance(doc, dict) or set(doc) != {name, "signature"} or doc[name] != body:
+            raise VerificationError("collateral_invalid", f"{name}: unexpected document shape")
+        signature = bytes.fromhex(doc["signature"])
         issue = datetime.fromisoformat(body["issueDate"])
         next_update = datetime.fromisoformat(body["nextUpdate"])
     key = signer.public_key()

@@ -26,6 +26,8 @@ class EvidenceVerdict:
     """Whether the guest/TD can be debugged by the host."""
     simulated: bool = False
     """True for the insecure development provider."""
+    migration_agent: bool = False
+    """SEV-SNP guest policy MIGRATE_MA: a migration agent may read and export guest memory."""
     tcb: Mapping[str, int] = field(default_factory=dict)
     """Named TCB component versions, for ``VerificationPolicy.min_tcb``."""
     tcb_status: str | None = None

@@ -86,14 +86,17 @@ def _b64(document: Mapping[str, Any], name: str) -> bytes:
         raise VerificationError("document_malformed", f"{name} is not base64") from exc
 
 
-def _check_age(document: Mapping[str, Any], policy: VerificationPolicy, when: datetime) -> None:
-    if policy.max_age_s is None:
-        return
+def _created(document: Mapping[str, Any]) -> tuple[str, datetime]:
+    """The ``created`` string as bound into REPORT_DATA, and the time it names."""
+    text = _field(document, "created")
     try:
-        created = resolve_time(datetime.fromisoformat(str(_field(document, "created"))))
-    except ValueError as exc:
+        return text, resolve_time(datetime.fromisoformat(text))
+    except (TypeError, ValueError) as exc:
         raise VerificationError("document_malformed", "created is not an ISO time") from exc
-    if (when - created).total_seconds() > policy.max_age_s:
+
+
+def _check_age(created: datetime, policy: VerificationPolicy, when: datetime) -> None:
+    if policy.max_age_s is not None and (when - created).total_seconds() > policy.max_age_s:
         raise VerificationError("document_expired", "identity document is too old")
 
 
@@ -121,19 +124,22 @@ def verify_identity(
     key_configs, audit_key = _b64(document, "key_configs"), _b64(document, "audit_public_key")
     digest = str(_field(document, "policy_digest"))
     measurement = str(_field(document, "measurement"))
-    expected = compute_report_data(key_configs, audit_key, digest, measurement, doc_nonce)
+    created_text, created = _created(document)
+    expected = compute_report_data(key_configs, audit_key, digest, measurement, doc_nonce,
+                                   created_text)
     when = resolve_time(now)
     trace = [] if trace is None else trace
     verdict = verify_evidence(evidence, collateral=collateral, at=when, trace=trace)
     if verdict.report_data != expected:
         raise VerificationError("report_data_mismatch", "REPORT_DATA does not bind the document")
-    trace.append("REPORT_DATA binds key configs, audit key, policy digest, measurement, nonce")
+    trace.append("REPORT_DATA binds key configs, audit key, policy digest, measurement, nonce, "
+                 "creation time")
     if verdict.measurement.lower() != measurement.lower():
         detail = "document measurement differs from the evidence"
         raise VerificationError("measurement_mismatch", detail)
     gpus = tuple(_verify_gpu(gpu, expected, when, trace) for gpu in evidence.gpus)
     notes = apply_policy(verdict, policy)
-    _check_age(document, policy, when)
+    _check_age(created, policy, when)
     trace.append("policy satisfied")
     return VerifiedIdentity(
         key_configs=key_configs, audit_public_key=audit_key, policy_digest=digest,

@@ -2,7 +2,9 @@
 
 Chains here are short, vendor-defined and pinned: each certificate must be signed by the next,
 the last must be (or be signed by) a pinned root, and every certificate must be inside its
-validity window at the verification time.
+validity window at the verification time. Every certificate that issues another must be a CA
+(basicConstraints, keyUsage keyCertSign when present, pathLenConstraint: RFC 5280 §6.1.4 (k)-(n));
+the leaf must not be one.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.utils import CryptographyDeprecationWarning
 
 from ._errors import VerificationError
+
+_E = TypeVar("_E", bound=x509.ExtensionType)
 
 __all__ = [
     "build_chain",
@@ -107,6 +112,41 @@ def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
+def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except (ValueError, x509.DuplicateExtension) as exc:
+        name = cert.subject.rfc4514_string()
+        raise VerificationError("cert_chain_invalid", f"{name}: malformed extensions") from exc
+
+
+def _constraints(cert: x509.Certificate) -> tuple[bool, int | None]:
+    """``(cA, pathLenConstraint)``; no basicConstraints means not a CA (RFC 5280 §4.2.1.9)."""
+    value = _extension(cert, x509.BasicConstraints)
+    return (False, None) if value is None else (value.ca, value.path_length)
+
+
+def _is_ca(cert: x509.Certificate, usage: str) -> bool:
+    """A CA whose keyUsage, when present, has ``usage`` (``key_cert_sign``, ``crl_sign``)."""
+    key_usage = _extension(cert, x509.KeyUsage)
+    return _constraints(cert)[0] and (key_usage is None or bool(getattr(key_usage, usage)))
+
+
+def _check_ca_path(path: Sequence[x509.Certificate], what: str) -> None:
+    """``path`` is leaf first, root last; RFC 5280 §6.1.4 (k) cA, (l)/(m) pathLen, (n) keyUsage."""
+    if _constraints(path[0])[0]:
+        raise VerificationError("cert_chain_invalid", f"{what}: the leaf is a CA certificate")
+    for below, issuer in enumerate(path[1:]):  # ``below``: CA certificates under it, not the leaf
+        name = issuer.subject.rfc4514_string()
+        if not _is_ca(issuer, "key_cert_sign"):
+            raise VerificationError("cert_chain_invalid", f"{what}: {name} is not a CA")
+        limit = _constraints(issuer)[1]
+        if limit is not None and below > limit:
+            raise VerificationError("cert_chain_invalid", f"{what}: {name} path length exceeded")
+
+
 def verify_chain(
     chain: Sequence[x509.Certificate],
     roots: Sequence[x509.Certificate],
@@ -118,14 +158,17 @@ def verify_chain(
         raise VerificationError("cert_chain_invalid", f"{what}: empty chain")
     for cert, issuer in itertools.pairwise(chain):
         _signed_by(cert, issuer, what)
-    last = chain[-1]
-    root = next((r for r in roots if r == last), None)
+    path = list(chain)
+    root = next((r for r in roots if r == path[-1]), None)
     if root is None:
+        last = path[-1]
         root = next((r for r in roots if r.subject == last.issuer), None)
         if root is None or last.issuer == last.subject:
             raise VerificationError("root_not_trusted", f"{what}: chain ends at an untrusted root")
         _signed_by(last, root, what)
-    for cert in (*chain, root):
+        path.append(root)
+    _check_ca_path(path, what)
+    for cert in path:
         name = cert.subject.rfc4514_string()
         check_window(cert.not_valid_before_utc, cert.not_valid_after_utc, when, f"{what}: {name}")
     return root
@@ -138,13 +181,22 @@ def check_crl(
     when: datetime,
     what: str,
 ) -> None:
-    """Verify ``crl`` against ``issuer`` and its window; ``crl_revoked`` if a cert is listed."""
-    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+    """Verify ``crl`` against ``issuer`` and its window; ``crl_revoked`` if a cert is listed.
+
+    Every cert in ``certs`` must be issued (name and signature) by ``issuer``: a CRL says
+    nothing about another CA's certificates, so one that is not covered is refused, not skipped.
+    """
+    if not _is_ca(issuer, "crl_sign"):
+        raise VerificationError("collateral_invalid", f"{what}: CRL issuer is not a CRL-signing CA")
+    if crl.issuer != issuer.subject:
+        detail = f"{what}: CRL is not from {issuer.subject.rfc4514_string()}"
+        raise VerificationError("collateral_invalid", detail)
+    if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
         raise VerificationError("collateral_invalid", f"{what}: CRL signature does not verify")
     check_window(crl.last_update_utc, crl.next_update_utc, when, f"{what} CRL")
     for cert in certs:
-        if cert.issuer != crl.issuer:
-            continue
+        name = cert.subject.rfc4514_string()
+        if not _issued(cert, issuer):
+            raise VerificationError("collateral_invalid", f"{what}: CRL does not cover {name}")
         if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            name = cert.subject.rfc4514_string()
             raise VerificationError("crl_revoked", f"{what}: {name} is revoked")

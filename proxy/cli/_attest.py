@@ -55,12 +55,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument("--allow-simulated", action="store_true",
                         help="accept the insecure simulated provider (development only)")
+    parser.add_argument("--allow-any-measurement", action="store_true",
+                        help="accept any launch measurement when the policy lists none")
 
 
 def _policy(args: argparse.Namespace) -> VerificationPolicy:
     policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy()
     if args.allow_simulated:
         policy = dataclasses.replace(policy, allow_simulated=True)
+    if args.allow_any_measurement:
+        policy = dataclasses.replace(policy, allow_any_measurement=True)
     return policy
 
 
@@ -86,7 +90,10 @@ def _sniff(raw: bytes, platform: str) -> Evidence:
         else:
             raise VerificationError("report_malformed", "cannot tell the evidence platform")
     if platform == "nvidia" and raw[:4].lower() == b"11e0":
-        raw = bytes.fromhex(raw.decode("ascii").strip())
+        try:
+            raw = bytes.fromhex(raw.decode("ascii").strip())
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise VerificationError("report_malformed", "NVIDIA evidence is not hex") from exc
     return Evidence(platform=platform, report=raw)
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from proxy.attestation import VerificationError, VerificationPolicy
 from proxy.client import (
     AttestedKeySource,
     KeySource,
@@ -37,6 +38,11 @@ def register(subparsers: Any) -> None:
         help="accept a simulated (insecure, development) enclave identity",
     )
     parser.add_argument(
+        "--allow-any-measurement",
+        action="store_true",
+        help="accept any enclave launch measurement when the policy lists none (testing only)",
+    )
+    parser.add_argument(
         "--policy",
         type=Path,
         help="verification policy file (allowed measurements, platforms, minimum TCB)",
@@ -52,13 +58,24 @@ def register(subparsers: Any) -> None:
 def _key_source(args: argparse.Namespace) -> KeySource:
     if args.key_config is not None:
         return StaticKeySource(args.key_config.read_bytes())
-    from proxy.attestation import VerificationPolicy
-
     origin, _ = gateway_urls(args.gateway)
     policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy.from_env()
     if args.allow_simulated:
         policy = replace(policy, allow_simulated=True)
+    if args.allow_any_measurement:
+        policy = replace(policy, allow_any_measurement=True)
+    _warn(policy)
     return AttestedKeySource(origin, policy)
+
+
+def _warn(policy: VerificationPolicy) -> None:
+    """Say on stderr what this policy lets through that a production client must not."""
+    if policy.allow_simulated:
+        print("sealgate client-proxy: WARNING: simulated (insecure) enclave evidence is accepted",
+              file=sys.stderr)
+    if policy.allow_any_measurement and not policy.allowed_measurements:
+        print("sealgate client-proxy: WARNING: any enclave measurement is accepted (no allowlist)",
+              file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         key_source = _key_source(args)
         serve_client_proxy(args.gateway, key_source, host=host.strip("[]"), port=int(port))
-    except (ValueError, OSError, SealedTransportError) as exc:
+    except (ValueError, OSError, SealedTransportError, VerificationError) as exc:
         print(f"sealgate client-proxy: {exc}", file=sys.stderr)
         return 2
     return 0

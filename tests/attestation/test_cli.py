@@ -37,10 +37,14 @@ def _snp_dir(tmp_path: Path, vcek: str) -> Path:
 def test_verify_snp_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     collateral = _snp_dir(tmp_path, "virtee-sev_vcek_milan.der")
     report = vector_path("sev-snp", "virtee-sev_report_milan.bin")
-    status, out = _run(capsys, "verify", "--evidence", str(report), "--collateral",
-                       str(collateral), "--at", "2025-06-01T00:00:00+00:00")
+    args = ["verify", "--evidence", str(report), "--collateral", str(collateral),
+            "--at", "2025-06-01T00:00:00+00:00"]
+    status, out = _run(capsys, *args)
+    assert status == 1 and "✗ measurement_not_allowed: no measurement allowlist" in out
+    status, out = _run(capsys, *args, "--allow-any-measurement")
     assert status == 0, out
     assert "✓ report signature (ECDSA P-384) by the VCEK" in out and "VERIFIED" in out
+    assert "! no measurement allowlist" in out
 
 
 def test_verify_snp_debug_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,7 +59,8 @@ def test_verify_snp_debug_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_verify_tdx_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     quote = vector_path("tdx", "go-tdx-guest_tdx_prod_quote_SPR_E4_v4.dat")
     policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps({"allowed_tcb_statuses": ["TcbNotSupported", "UpToDate"]}))
+    policy.write_text(json.dumps({"allowed_tcb_statuses": ["TcbNotSupported", "UpToDate"],
+                                  "allow_any_measurement": True}))
     args = ["verify", "--evidence", str(quote), "--collateral", str(quote.parent),
             "--policy", str(policy), "--json"]
     status, out = _run(capsys, *args, "--at", "2023-06-20T00:00:00Z")
@@ -70,6 +75,15 @@ def test_verify_nvidia(capsys: pytest.CaptureFixture[str]) -> None:
     status, out = _run(capsys, "verify", "--evidence", str(report), "--collateral",
                        str(report.parent), "--json")
     assert status == 0 and json.loads(out)["claims"]["driver_version"] == "550.90.07"
+
+
+@pytest.mark.parametrize("text", ["11e0zz not hex\n", "11e0\xff\n"])
+def test_verify_malformed_nvidia_hex(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     text: str) -> None:
+    path = tmp_path / "gpu.txt"
+    path.write_bytes(text.encode("latin-1"))
+    status, out = _run(capsys, "verify", "--evidence", str(path))
+    assert status == 1 and "✗ report_malformed" in out and "FAILED" in out
 
 
 def _service() -> IdentityService:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import shutil
 import struct
 import uuid
 from pathlib import Path
@@ -11,9 +13,11 @@ from types import SimpleNamespace
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from proxy import enclave
 from proxy.attestation import (
     ConfigfsIO,
     ConfigfsTsmProvider,
+    IdentityService,
     SevGuestProvider,
     SimulatedProvider,
     VerificationError,
@@ -167,4 +171,37 @@ def test_detect_provider(tmp_path: Path) -> None:
     assert info.value.code == "no_evidence_provider"
     with pytest.raises(VerificationError) as info:
         detect_provider(_settings("configfs-tsm", tsm_path=absent))
+    assert info.value.code == "no_evidence_provider"
+
+
+def _sev_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certs: str) -> IdentityService:
+    """``sev-guest`` chosen by settings, its ioctl played by a fake returning a real report."""
+    device = tmp_path / "sev-guest"
+    device.write_bytes(b"")
+    provider = detect_provider(_settings("sev-guest", sev_guest_device=device,
+                                         sev_guest_certs=certs))
+    assert isinstance(provider, SevGuestProvider)
+    report = _der("virtee-sev_report_milan.bin")
+    monkeypatch.setattr(provider, "_ioctl", lambda report_data: report)
+    monkeypatch.setattr(enclave, "verify_evidence", functools.partial(verify_evidence, at=SNP_AT))
+    return IdentityService(provider, lambda: b"\x01k", bytes(32), lambda: "sha256:11", "m1")
+
+
+def test_sev_guest_start_up_self_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the configured VCEK and ASK/ARK attached, the gateway can verify its own report."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    for name in ("virtee-sev_vcek_milan.der", "ask_ark_milan.pem"):
+        shutil.copy(vector_path("sev-snp", name), folder / name)
+    facts = asyncio.run(enclave.enclave_facts(_sev_guest(tmp_path, monkeypatch, str(folder))))
+    assert facts.platform == "sev-snp" and not facts.simulated
+
+
+def test_sev_guest_without_certificates_fails_closed(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(VerificationError) as info:
+        asyncio.run(enclave.enclave_facts(_sev_guest(tmp_path, monkeypatch, "")))
+    assert info.value.code == "cert_chain_invalid"
+    with pytest.raises(VerificationError) as info:
+        detect_provider(_settings("sev-guest", sev_guest_certs=str(tmp_path / "absent")))
     assert info.value.code == "no_evidence_provider"

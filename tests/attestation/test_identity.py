@@ -8,7 +8,9 @@ import datetime as dt
 import json
 from typing import Any
 
+import httpx2
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proxy.attestation import (
@@ -21,6 +23,9 @@ from proxy.attestation import (
     compute_report_data,
     verify_identity,
 )
+from proxy.attestation._binding import binding_object
+from proxy.client import AttestedKeySource, SealedTransportError
+from tests.attestation._support import SNP_AT, SnpForge, snp_case
 from tests.conftest import load_vector, vector_path
 
 M = "a1" * 48
@@ -71,8 +76,17 @@ def test_round_trip_accepts_pinned_measurement() -> None:
     assert identity.measurement == M and identity.simulated and identity.platform == "simulated"
     assert identity.evidence_digest.startswith("sha256:") and identity.tcb_status is None
     assert any("INSECURE" in n for n in identity.notes)
-    expected = compute_report_data(KEY_CONFIGS, AUDIT_KEY, doc["policy_digest"], M, nonce)
+    expected = compute_report_data(KEY_CONFIGS, AUDIT_KEY, doc["policy_digest"], M, nonce,
+                                   doc["created"])
     assert doc["report_data"] == expected.hex() and len(expected) == 64
+
+
+def test_binding_encoding_is_canonical() -> None:
+    """docs/attestation.md "REPORT_DATA encoding": six keys in RFC 8785 order."""
+    obj = binding_object(b"k", b"a", "sha256:00", "m", None, "2026-01-01T00:00:00+00:00")
+    assert rfc8785.dumps(obj) == (
+        b'{"audit_key":"YQ==","created":"2026-01-01T00:00:00+00:00","key_configs":"aw==",'
+        b'"measurement":"m","nonce":null,"policy_digest":"sha256:00"}')
 
 
 def test_other_measurement_refused() -> None:
@@ -138,6 +152,19 @@ def test_max_age() -> None:
     assert _code(doc, policy, now=later) == "document_expired"
 
 
+def test_created_is_bound() -> None:
+    """An old document cannot be made to look fresh by editing its ``created``."""
+    doc = _doc()
+    policy = VerificationPolicy(allowed_measurements=frozenset({M}), allow_simulated=True,
+                                max_age_s=300)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    doc["created"] = later.isoformat(timespec="seconds")
+    assert _code(doc, policy, now=later) == "report_data_mismatch"
+    assert _code(doc) == "report_data_mismatch"
+    for bad in (None, 5, "yesterday"):
+        assert _code({**doc, "created": bad}) == "document_malformed"
+
+
 def test_no_nonce_document_cached_until_input_changes() -> None:
     inputs = Inputs()
     service = inputs.service()
@@ -174,3 +201,44 @@ def test_gpu_evidence_must_be_bound() -> None:
     doc = asyncio.run(service.document())
     assert len(doc["evidence"]["gpus"]) == 1 and len(seen[0]) == 32
     assert _code(doc) == "gpu_nonce_mismatch"
+
+
+def _snp_document(forge: SnpForge, nonce: bytes) -> dict[str, Any]:
+    """A genuine-looking SEV-SNP identity document: any measurement, the attacker's keys."""
+    created = "2025-06-01T00:00:00+00:00"
+    raw = bytearray(forge.report)
+    raw[0x90:0xC0] = b"\xee" * 48  # the launch measurement of whatever image was booted
+    measurement = bytes(raw[0x90:0xC0]).hex()
+    raw[0x50:0x90] = compute_report_data(KEY_CONFIGS, AUDIT_KEY, "sha256:" + "11" * 32,
+                                         measurement, nonce, created)
+    evidence = Evidence(platform="sev-snp", report=forge.sign(bytes(raw)),
+                        certificates=forge.certs(), provider="configfs-tsm")
+    return {"version": 1, "platform": "sev-snp",
+            "key_configs": base64.b64encode(KEY_CONFIGS).decode(),
+            "audit_public_key": base64.b64encode(AUDIT_KEY).decode(),
+            "policy_digest": "sha256:" + "11" * 32, "measurement": measurement,
+            "nonce": base64.b64encode(nonce).decode(), "evidence": evidence.to_json(),
+            "created": created}
+
+
+def test_client_default_refuses_unlisted_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's default policy (no allowlist) no longer seals to any genuine enclave."""
+    forge = SnpForge(monkeypatch, snp_case("virtee-sev_report_milan.bin"))
+    nonce = b"n" * 32
+    doc = _snp_document(forge, nonce)
+    with pytest.raises(VerificationError) as info:
+        verify_identity(doc, VerificationPolicy.from_env({}), nonce=nonce, now=SNP_AT)
+    assert info.value.code == "measurement_not_allowed"
+    anyone = VerificationPolicy.from_env({"SEALGATE_ALLOW_ANY_MEASUREMENT": "1"})
+    found = verify_identity(doc, anyone, nonce=nonce, now=SNP_AT)
+    assert any("no measurement allowlist" in n for n in found.notes)
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent = base64.b64decode(json.loads(request.content)["nonce"])
+        return httpx2.Response(200, json=_snp_document(forge, sent))
+
+    source = AttestedKeySource("https://gw.example", VerificationPolicy.from_env({}),
+                               transport=httpx2.MockTransport(handler))
+    with pytest.raises(SealedTransportError) as refused:
+        source.key_config()
+    assert "measurement_not_allowed" in str(refused.value)

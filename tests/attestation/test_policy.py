@@ -51,6 +51,28 @@ def test_toml_policy(tmp_path: Path) -> None:
     assert policy.allow_debug and policy.max_age_s == 30
     assert policy.min_tcb["sev-snp"]["snp"] == 8
     assert policy.allowed_tcb_statuses == {"UpToDate"}
+    assert not policy.allow_any_measurement and not policy.allow_migration_agent
+
+
+def test_flags_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text("allow_any_measurement = true\nallow_migration_agent = true\n"
+                    "require_tcb_status = false\n")
+    policy = VerificationPolicy.from_file(path)
+    assert policy.allow_any_measurement and policy.allow_migration_agent
+    assert not policy.require_tcb_status
+
+
+@pytest.mark.parametrize("flag", ["allow_debug", "allow_simulated", "allow_any_measurement",
+                                  "allow_migration_agent", "require_tcb_status"])
+@pytest.mark.parametrize("value", ["false", "no", 1])
+def test_flags_must_be_booleans(tmp_path: Path, flag: str, value: object) -> None:
+    """bool("false") is True: string or number flags are refused, not coerced."""
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({flag: value}))
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy.from_file(path)
+    assert info.value.code == "policy_invalid"
 
 
 @pytest.mark.parametrize("text", ["{", '{"min_tcb": {"sev-snp": {"snp": "x"}}}', "[]"])
@@ -73,6 +95,8 @@ def test_from_env(tmp_path: Path) -> None:
     policy = VerificationPolicy.from_env({"SEALGATE_VERIFY_POLICY": str(path),
                                           "SEALGATE_ALLOW_SIMULATED": "false"})
     assert policy.allowed_measurements == {M1} and not policy.allow_simulated
+    assert not VerificationPolicy.from_env({}).allow_any_measurement
+    assert VerificationPolicy.from_env({"SEALGATE_ALLOW_ANY_MEASUREMENT": "1"}).allow_any_measurement
 
 
 def test_error_shape() -> None:

@@ -8,30 +8,34 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from proxy.attestation import VerificationError, VerificationPolicy, verify_sev_snp
 from proxy.attestation._snp import _check_binding
-from proxy.attestation._snp_report import SIGNED_SIZE, decode_tcb, parse_snp_report
+from proxy.attestation._snp_report import decode_tcb, parse_snp_report
 from proxy.attestation._x509 import build_chain, load_certificates, pinned_root, verify_chain
 from tests.attestation._support import (
     SNP_AT,
+    SnpForge,
     flip,
     forged_chain,
+    issue,
     need_case,
+    p384,
+    sign_snp,
     snp_case,
     snp_certs,
     snp_report,
     to_pem,
     vector_cases,
+    with_snp_policy,
 )
 from tests.conftest import load_vector, vector_path
 
 CASES = vector_cases("sev-snp", "reports", "report")
 MILAN = "virtee-sev_report_milan.bin"
 DEBUG = "go-sev-guest_attestation.bin"
+ANY = VerificationPolicy(allow_any_measurement=True)
 
 
 def _milan() -> tuple[bytes, bytes]:
@@ -59,6 +63,7 @@ def test_vector_report_verifies(case: dict[str, Any] | None) -> None:
     assert verdict.tcb["bootloader"] == fields["reported_tcb"]["bootloader"]
     assert verdict.tcb["microcode"] == fields["reported_tcb"]["microcode"]
     assert verdict.debug == bool(int(fields["policy"], 16) >> 19 & 1)
+    assert verdict.migration_agent == bool(int(fields["policy"], 16) >> 18 & 1)
     assert verdict.claims["product"] == case["product"].split()[0]
 
 
@@ -114,11 +119,7 @@ def test_wrong_root_forged_chain() -> None:
     amd = [e for e in real_vcek.extensions if e.oid.dotted_string.startswith("1.3.6.1.4.1.3704")]
     key = ec.generate_private_key(ec.SECP384R1())
     chain = forged_chain(["ARK-Milan", "SEV-Milan", "SEV-VCEK"], key, amd)
-    report = bytearray(_milan()[0])
-    r, s = decode_dss_signature(key.sign(bytes(report[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384())))
-    report[0x2A0:0x2E8] = r.to_bytes(72, "little")
-    report[0x2E8:0x330] = s.to_bytes(72, "little")
-    assert _code(bytes(report), to_pem(chain)) == "root_not_trusted"
+    assert _code(sign_snp(_milan()[0], key), to_pem(chain)) == "root_not_trusted"
 
 
 def test_debug_bit_flip_breaks_signature() -> None:
@@ -133,16 +134,16 @@ def test_debug_policy_refused() -> None:
     verdict = _verify(snp_report(case), snp_certs(case))
     assert verdict.debug
     with pytest.raises(VerificationError) as info:
-        VerificationPolicy(allow_debug=False).check(verdict)
+        ANY.check(verdict)
     assert info.value.code == "debug_enabled"
-    VerificationPolicy(allow_debug=True).check(verdict)
+    dataclasses.replace(ANY, allow_debug=True).check(verdict)
 
 
 def test_tcb_below_minimum() -> None:
     verdict = _verify(*_milan())
-    VerificationPolicy(min_tcb={"sev-snp": {"snp": 8, "microcode": 115}}).check(verdict)
+    dataclasses.replace(ANY, min_tcb={"sev-snp": {"snp": 8, "microcode": 115}}).check(verdict)
     with pytest.raises(VerificationError) as info:
-        VerificationPolicy(min_tcb={"sev-snp": {"snp": 9}}).check(verdict)
+        dataclasses.replace(ANY, min_tcb={"sev-snp": {"snp": 9}}).check(verdict)
     assert info.value.code == "tcb_below_minimum"
 
 
@@ -153,6 +154,56 @@ def test_measurement_allowlist() -> None:
     with pytest.raises(VerificationError) as info:
         VerificationPolicy(allowed_measurements=frozenset({"00" * 48})).check(verdict)
     assert info.value.code == "measurement_not_allowed"
+
+
+def test_no_allowlist_refused_unless_any_measurement_allowed() -> None:
+    verdict = _verify(*_milan())
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy().check(verdict)
+    assert info.value.code == "measurement_not_allowed" and "no measurement allowlist" in str(
+        info.value)
+    assert any("no measurement allowlist" in n for n in ANY.check(verdict))
+
+
+@pytest.fixture
+def forge(monkeypatch: pytest.MonkeyPatch) -> SnpForge:
+    return SnpForge(monkeypatch, snp_case(MILAN))
+
+
+def test_forged_baseline_verifies(forge: SnpForge) -> None:
+    verdict = _verify(forge.sign(), forge.certs())
+    assert verdict.measurement == snp_case(MILAN)["fields"]["measurement"]
+    assert not verdict.migration_agent
+
+
+def test_migrate_ma_refused(forge: SnpForge) -> None:
+    """GUEST_POLICY.MIGRATE_MA (bit 18): a migration agent could export guest memory."""
+    report = forge.sign(with_snp_policy(forge.report, 0x30000 | 1 << 18))
+    verdict = _verify(report, forge.certs())
+    assert verdict.migration_agent and not verdict.debug
+    pinned = VerificationPolicy(allowed_measurements=frozenset({verdict.measurement}))
+    with pytest.raises(VerificationError) as info:
+        pinned.check(verdict)
+    assert info.value.code == "migration_agent_allowed"
+    dataclasses.replace(pinned, allow_migration_agent=True).check(verdict)
+
+
+def test_vcek_cannot_issue_a_vcek(forge: SnpForge) -> None:
+    """A VCEK (no basicConstraints, so not a CA) signing a 'SEV-VCEK' of the attacker's."""
+    key = p384()
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "SEV-VCEK"),
+                         x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "evil")])
+    evil = issue(subject, key, (forge.vcek.subject, forge.vcek_key), forge.amd, None)
+    assert _code(sign_snp(forge.report, key), forge.certs(evil)) == "cert_chain_invalid"
+
+
+def test_ask_path_length(forge: SnpForge) -> None:
+    """The ASK has pathLenConstraint 0: no CA may sit between it and the VCEK."""
+    mid_key, key = p384(), p384()
+    mid = issue("SEV-Milan-Sub", mid_key, (forge.ask.subject, forge.ask_key))
+    leaf = issue("SEV-VCEK", key, ("SEV-Milan-Sub", mid_key), forge.amd, None)
+    pool = to_pem([leaf, mid, forge.ask, forge.ark])
+    assert _code(sign_snp(forge.report, key), pool) == "cert_chain_invalid"
 
 
 def test_expired_vlek_without_pinned_time() -> None:

@@ -4,33 +4,34 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import struct
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.attestation import Collateral, VerificationError, VerificationPolicy, verify_tdx
+from proxy.attestation import Collateral, VerificationError, VerificationPolicy, _tdx_collateral, verify_tdx
 from proxy.attestation._tdx import PckInfo
 from proxy.attestation._tdx_quote import parse_tdx_quote
 from proxy.attestation._tdx_tcb import level_status, module_status
-from proxy.attestation._x509 import check_crl, load_certificates
+from proxy.attestation._x509 import load_certificates
 from tests.attestation._support import (
+    TCB_INFO_V4,
     TDX_V4_AT,
     TDX_V5_AT,
+    TdxForge,
     flip,
     forged_chain,
     issue,
     need_case,
     to_pem,
     vector_cases,
+    with_pck_chain,
 )
 from tests.conftest import vector_path
 
 QUOTES = vector_cases("tdx", "quotes", "file")
 V4 = "go-tdx-guest_tdx_prod_quote_SPR_E4_v4.dat"
+ANY = VerificationPolicy(allow_any_measurement=True)
 V5 = "go-tdx-guest_quote_v5_sample.dat"
 
 
@@ -90,9 +91,10 @@ def test_v4_full_collateral() -> None:
     assert verdict.claims["qe_tcb_status"] == "UpToDate"
     assert any("not revoked" in c for c in verdict.checks)
     with pytest.raises(VerificationError) as info:
-        VerificationPolicy().check(verdict)
+        ANY.check(verdict)
     assert info.value.code == "tcb_status_not_allowed"
-    VerificationPolicy(allowed_tcb_statuses=frozenset({"TcbNotSupported"})).check(verdict)
+    VerificationPolicy(allowed_tcb_statuses=frozenset({"TcbNotSupported"}),
+                       allowed_measurements=frozenset({verdict.measurement})).check(verdict)
 
 
 def test_v5_tcb_evaluation() -> None:
@@ -135,21 +137,11 @@ def test_truncated_quote() -> None:
     assert _code(_quote(V4)[:700], None, TDX_V4_AT) == "quote_malformed"
 
 
-def _with_pck_chain(quote: bytes, chain_pem: bytes) -> bytes:
-    """Rebuild the quote with another PCK chain (the chain is outside the signed bytes)."""
-    parsed = parse_tdx_quote(quote)
-    qe = (parsed.qe_report.raw + parsed.qe_report_signature
-          + struct.pack("<H", len(parsed.qe_auth_data)) + parsed.qe_auth_data
-          + struct.pack("<HI", 5, len(chain_pem)) + chain_pem)
-    sig = parsed.signature + parsed.attestation_key + struct.pack("<HI", 6, len(qe)) + qe
-    return parsed.signed + struct.pack("<I", len(sig)) + sig
-
-
 def test_wrong_root() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     chain = forged_chain(["Intel SGX Root CA", "Intel SGX PCK Platform CA",
                           "Intel SGX PCK Certificate"], key)
-    quote = _with_pck_chain(_quote(V4), to_pem(chain))
+    quote = with_pck_chain(_quote(V4), to_pem(chain))
     assert _code(quote, None, TDX_V4_AT) == "root_not_trusted"
 
 
@@ -176,22 +168,84 @@ def test_tampered_tcb_info() -> None:
 def test_missing_collateral_refused_by_default_policy() -> None:
     verdict = verify_tdx(_quote(V4), None, at=TDX_V4_AT)
     with pytest.raises(VerificationError) as info:
-        VerificationPolicy().check(verdict)
+        ANY.check(verdict)
     assert info.value.code == "collateral_missing"
-    VerificationPolicy(require_tcb_status=False).check(verdict)
+    VerificationPolicy(require_tcb_status=False, allow_any_measurement=True).check(verdict)
 
 
-def test_crl_revoked() -> None:
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
-    ca = issue("Test CA", ca_key)
-    leaf = issue("leaf", leaf_key, ("Test CA", ca_key), ca=False)
-    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
-           .last_update(now).next_update(now + dt.timedelta(days=30))
-           .add_revoked_certificate(x509.RevokedCertificateBuilder()
-                                    .serial_number(leaf.serial_number).revocation_date(now).build())
-           .sign(ca_key, hashes.SHA384()))
-    with pytest.raises(VerificationError) as info:
-        check_crl(crl, ca, [leaf], now + dt.timedelta(days=1), "test")
-    assert info.value.code == "crl_revoked"
-    check_crl(crl, ca, [ca], now + dt.timedelta(days=1), "test")
+def test_pck_crl_must_come_from_the_pck_issuer() -> None:
+    """The root CA's CRL in the PCK CRL slot says nothing about the PCK: refused, not skipped."""
+    root_crl = vector_path("tdx", "go-tdx-guest_rootcrl.der").read_bytes()
+    assert _code(_quote(V4), _collateral(pck_crl=root_crl), TDX_V4_AT) == "collateral_invalid"
+
+
+@pytest.fixture
+def forge(monkeypatch: pytest.MonkeyPatch) -> TdxForge:
+    return TdxForge(monkeypatch)
+
+
+def _forged_code(forge: TdxForge, quote: bytes | None = None, **collateral: Any) -> str:
+    return _code(quote or forge.quote(), forge.collateral(**collateral), TDX_V4_AT)
+
+
+def test_forged_baseline_verifies(forge: TdxForge) -> None:
+    verdict = verify_tdx(forge.quote(), forge.collateral(), at=TDX_V4_AT)
+    assert verdict.tcb_status == "TcbNotSupported"
+
+
+def test_revoked_pck_not_hidden_by_root_crl(forge: TdxForge) -> None:
+    revoking = forge.crl("pca", [forge.pck.serial_number])
+    assert _forged_code(forge, pck_crl=revoking) == "crl_revoked"
+    assert _forged_code(forge, pck_crl=forge.crl("root")) == "collateral_invalid"
+
+
+def test_tcb_signing_cert_checked_against_root_crl(forge: TdxForge) -> None:
+    revoking = forge.crl("root", [forge.tcbs.serial_number])
+    assert _forged_code(forge, root_crl=revoking) == "crl_revoked"
+
+
+def test_pck_cannot_issue_certificates(forge: TdxForge) -> None:
+    """A PCK (cA false) signing a further 'PCK' whose key signs the QE report."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    sub = issue("Intel SGX PCK Certificate (sub)", key,
+                ("Intel SGX PCK Certificate", forge.keys["pck"]), [forge.sgx], ca=False)
+    quote = forge.quote([sub, forge.pck, forge.pca, forge.root], qe_signer=key)
+    assert _code(quote, None, TDX_V4_AT) == "cert_chain_invalid"
+    assert _forged_code(forge, quote, pck_crl=forge.crl("pck")) == "cert_chain_invalid"
+
+
+def _other_fmspc_tcb_info(forge: TdxForge) -> bytes:
+    """The real TCB info moved to another FMSPC, every level lowered to 0 and UpToDate."""
+    info = json.loads(forge.raw_body("tcbInfo", TCB_INFO_V4))
+    info["fmspc"] = "00906ed50000"
+    for level in info["tcbLevels"]:
+        tcb = level["tcb"]
+        for kind in ("sgxtcbcomponents", "tdxtcbcomponents"):
+            tcb[kind] = [dict(c, svn=0) for c in tcb[kind]]
+        tcb["pcesvn"], level["tcbStatus"] = 0, "UpToDate"
+    return json.dumps(info, separators=(",", ":")).encode()
+
+
+def test_tcb_info_duplicate_key_refused(forge: TdxForge) -> None:
+    other = _other_fmspc_tcb_info(forge)
+    assert _forged_code(forge, tcb_infos=(forge.signed_doc("tcbInfo", other),)) == "fmspc_mismatch"
+    wrapped = forge.signed_doc("tcbInfo", other, extra=b',"tcbInfo":{"fmspc":"50806f000000"}')
+    assert _forged_code(forge, tcb_infos=(wrapped,)) == "collateral_invalid"
+    nested_dup = forge.signed_doc("tcbInfo", other.replace(b'"id":"TDX"', b'"id":"TDX","id":"X"'))
+    assert _forged_code(forge, tcb_infos=(nested_dup,)) == "collateral_invalid"
+
+
+def test_tcb_info_signed_member_must_be_top_level(forge: TdxForge) -> None:
+    other = _other_fmspc_tcb_info(forge)
+    signed = forge.signed_doc("tcbInfo", other)
+    sig = json.loads(signed)["signature"].encode()
+    doc = (b'{"x":{"tcbInfo":' + other + b'},"tcbInfo":{"fmspc":"50806f000000"},'
+           b'"signature":"' + sig + b'"}')
+    assert _forged_code(forge, tcb_infos=(doc,)) == "collateral_invalid"
+
+
+def test_signed_tcb_info_fmspc_decides(forge: TdxForge, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even if selection were fooled, the FMSPC inside the signed body is compared."""
+    other = forge.signed_doc("tcbInfo", _other_fmspc_tcb_info(forge))
+    monkeypatch.setattr(_tdx_collateral, "_select", lambda infos, fmspc: other)
+    assert _forged_code(forge) == "fmspc_mismatch"

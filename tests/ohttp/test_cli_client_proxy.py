@@ -39,3 +39,22 @@ def test_rejects_a_bad_pinned_key_config(tmp_path: Path, capsys: pytest.CaptureF
     args = _parse("--gateway", "http://x", "--key-config", str(pinned))
     assert args.func(args) == 2
     assert "enclave_unverified" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "warned"), [
+    ((), []),
+    (("--allow-any-measurement",), ["any enclave measurement"]),
+    (("--allow-simulated",), ["simulated (insecure)"]),
+])
+def test_warns_about_permissive_policy(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str],
+                                       flags: tuple[str, ...], warned: list[str]) -> None:
+    for name in ("SEALGATE_VERIFY_POLICY", "SEALGATE_ALLOWED_MEASUREMENTS",
+                 "SEALGATE_ALLOW_SIMULATED", "SEALGATE_ALLOW_ANY_MEASUREMENT"):
+        monkeypatch.delenv(name, raising=False)
+    args = _parse("--gateway", "https://sealgate.example", *flags)
+    source = _client_proxy._key_source(args)
+    assert source._policy.allow_any_measurement == ("--allow-any-measurement" in flags)
+    err = capsys.readouterr().err
+    assert [w for w in ("any enclave measurement", "simulated (insecure)") if w in err] == warned
+    assert all("WARNING" in line for line in err.splitlines())
