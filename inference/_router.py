@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 
 from inference._base import Backend, ModelRoute
@@ -36,8 +37,18 @@ class BackendRouter:
         return route, self._backends[route.backend]
 
     async def start(self) -> None:
-        for backend in self._backends.values():
-            await backend.start()
+        """Start every backend; if one fails, close those already begun (a supervised child
+        must not outlive a gateway that never came up) and raise."""
+        begun: list[Backend] = []
+        try:
+            for backend in self._backends.values():
+                begun.append(backend)
+                await backend.start()
+        except BaseException:
+            for backend in reversed(begun):
+                with contextlib.suppress(Exception):
+                    await backend.close()
+            raise
 
     async def close(self) -> None:
         for backend in self._backends.values():

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -56,6 +57,51 @@ class VLLMConfig:
     """File that receives the child's stdout and stderr, for debugging start-up; empty (the
     default) discards them. Request logging stays off either way."""
 
+    def __post_init__(self) -> None:
+        for arg in self.extra_args:
+            if _reserved(arg):
+                raise ValueError(f"extra_args may not set {arg.split('=')[0]}: the gateway fixes "
+                                 "the child's address, model and request logging")
+
+
+# Options the gateway sets itself. argparse also takes any unambiguous abbreviation of an
+# option, so an extra argument that is a prefix of one of these is refused too.
+_RESERVED = ("--host", "--port", "--uds", "--model", "--served-model-name",
+             "--tensor-parallel-size", "--enable-log-requests", "--no-enable-log-requests",
+             "--enable-log-outputs", "--disable-log-requests", "--disable-uvicorn-access-log")
+
+
+def _reserved(arg: str) -> bool:
+    name = arg.split("=", 1)[0]
+    if not name.startswith("--") or len(name) < 3:
+        return False
+    return "log-requests" in name or "log-outputs" in name or any(
+        flag.startswith(name) for flag in _RESERVED)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# Runs first in the child, then becomes vLLM (same process): on Linux the child gets SIGTERM when
+# the gateway dies, however it dies, so it never outlives it holding the port and the GPU. (Done
+# by exec, not preexec_fn, which is unsafe in a process with threads.)
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('the gateway exited before vllm started')\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
 
 def _signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to a process group; False when no process of it is left."""
@@ -81,15 +127,18 @@ class VLLMBackend:
         self._healthy = False
 
     def command(self) -> list[str]:
-        """The child's command line: loopback only, request logging off."""
+        """The child's command line: loopback only, request logging off. The fixed options
+        come after ``extra_args`` (the last occurrence wins), which may not name them anyway."""
         cfg = self._config
-        cmd = [cfg.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", cfg.model, "--host", "127.0.0.1", "--port", str(cfg.port),
-               "--tensor-parallel-size", str(cfg.tensor_parallel_size),
+        python = cfg.python or sys.executable
+        cmd = [python, "-c", _LAUNCHER, str(os.getpid()),
+               python, "-m", "vllm.entrypoints.openai.api_server",
+               *cfg.extra_args, "--model", cfg.model, "--host", "127.0.0.1",
+               "--port", str(cfg.port), "--tensor-parallel-size", str(cfg.tensor_parallel_size),
                "--disable-uvicorn-access-log", "--no-enable-log-requests"]
         if cfg.served_model_name:
             cmd += ["--served-model-name", cfg.served_model_name]
-        return cmd + list(cfg.extra_args)
+        return cmd
 
     async def start(self) -> None:
         await self._upstream.start()
@@ -100,6 +149,9 @@ class VLLMBackend:
             self._healthy = await self._upstream.ready()
 
     async def _spawn(self) -> None:
+        if not _port_free(self._config.port):
+            # Whatever holds the port would pass our health checks and get our requests.
+            raise BackendUnavailable(f"loopback port {self._config.port} for vllm is in use")
         env = {**os.environ, **self._config.env, "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         with self._output() as output:
@@ -111,7 +163,7 @@ class VLLMBackend:
             if (code := self._process.returncode) is not None:
                 await self._stop_child()
                 raise BackendUnavailable(f"vllm exited during start-up ({code})")
-            if await self._health():
+            if await self._health() and self._process.returncode is None:
                 self._healthy = True
                 return
             await asyncio.sleep(1.0)
@@ -173,13 +225,23 @@ class VLLMBackend:
         await self._upstream.close()
 
     async def ready(self) -> bool:
-        return self._healthy if self._managed else await self._upstream.ready()
+        if not self._managed:
+            return await self._upstream.ready()
+        return self._healthy and self._process is not None and self._process.returncode is None
+
+    def _child_running(self) -> None:
+        """Forward only to our own child: while it is down, whatever took its port is not it."""
+        if self._managed and (self._process is None or self._process.returncode is not None):
+            raise BackendUnavailable("vllm is not running")
 
     async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
+        self._child_running()
         return await self._upstream.generate(kind, body)
 
     def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+        self._child_running()
         return self._upstream.stream(kind, body)
 
     async def embed(self, body: Mapping[str, Any]) -> Json:
+        self._child_running()
         return await self._upstream.embed(body)

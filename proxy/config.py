@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from inference import LlamaCppConfig, ModelRoute, OpenAIConfig, RetentionTier, VLLMConfig
 from proxy.errors import ConfigError
 
@@ -162,12 +164,16 @@ class Settings:
             raise ConfigError("deployment_mode must be 'development' or 'production'")
         if self.policy_engine not in ("regopy", "opa"):
             raise ConfigError("policy_engine must be 'regopy' or 'opa'")
-        if not 0 < self.port < 65536:
-            raise ConfigError("port must be between 1 and 65535")
         if self.audit_sync not in ("normal", "full"):
             raise ConfigError("audit_sync must be 'normal' or 'full'")
-        if self.max_body_bytes < 1024:
-            raise ConfigError("max_body_bytes must be at least 1024")
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(f"{name} must be between {low} and {high}")
+        for name in ("database_url", "audit_url"):
+            url = getattr(self, name)
+            if url and url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql"):
+                raise ConfigError(f"{name} must be a sqlite:// or postgresql+psycopg:// URL")
         for route in self.models.values():
             if route.backend not in self.backends:
                 raise ConfigError(f"model {route.name!r} names unknown backend {route.backend!r}")
@@ -191,7 +197,26 @@ class Settings:
         return masked
 
 
+# Integer settings and their accepted ranges (validated after loading).
+_RANGES = (
+    ("port", 1, 65535),
+    ("max_body_bytes", 1024, 1 << 30),
+    ("replay_window_s", 1, 3600),
+    ("policy_timeout_ms", 1, 60_000),
+    ("policy_reload_s", 0, 86_400),
+    ("ohttp_key_rotation_s", 0, 365 * 86_400),
+    ("checkpoint_every_n", 1, 1 << 20),
+    ("checkpoint_every_ms", 1, 3_600_000),
+)
+
+
 def _coerce(name: str, default: Any, raw: Any) -> Any:
+    """A setting from the environment (text) or TOML (text, or a value of the right type)."""
+    if not isinstance(raw, str):
+        exact = bool if isinstance(default, bool) else int if isinstance(default, int) else None
+        if exact is None or not isinstance(raw, exact) or (exact is int and isinstance(raw, bool)):
+            raise ConfigError(f"invalid value for {name}: expected {type(default).__name__}")
+        return raw
     try:
         if isinstance(default, bool):
             if isinstance(raw, bool):
@@ -212,18 +237,27 @@ def _coerce(name: str, default: Any, raw: Any) -> Any:
 _KINDS: dict[str, type[Any]] = {"llamacpp": LlamaCppConfig, "openai": OpenAIConfig, "vllm": VLLMConfig}
 
 
+def _tables(table: Any, what: str) -> dict[str, dict[str, Any]]:
+    """``[what.NAME]`` tables: a table of tables."""
+    table = {} if table is None else table
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError(f"{what} must be a table of [{what}.NAME] tables")
+    return table
+
+
 def _parse_backends(table: Any) -> dict[str, BackendSettings]:
     result: dict[str, BackendSettings] = {}
-    for name, body in (table or {}).items():
+    for name, body in _tables(table, "backends").items():
         body = dict(body)
         kind = body.pop("type", None)
         if kind not in _KINDS:
             raise ConfigError(f"backend {name!r}: type must be one of {', '.join(_KINDS)}")
-        try:
-            if "extra_args" in body:
-                body["extra_args"] = tuple(body["extra_args"])
-            options = _KINDS[kind](**body)
-        except TypeError as exc:
+        unknown = set(body) - {f.name for f in dataclasses.fields(_KINDS[kind])}
+        if unknown:
+            raise ConfigError(f"backend {name!r}: unknown keys: {', '.join(sorted(unknown))}")
+        try:  # types are checked exactly: no 80.9 taken as port 80, no string split into args
+            options = msgspec.convert(body, _KINDS[kind])
+        except msgspec.ValidationError as exc:
             raise ConfigError(f"backend {name!r}: {exc}") from exc
         result[name] = BackendSettings(kind, options)
     return result
@@ -231,7 +265,7 @@ def _parse_backends(table: Any) -> dict[str, BackendSettings]:
 
 def _parse_models(table: Any) -> dict[str, ModelRoute]:
     result: dict[str, ModelRoute] = {}
-    for name, body in (table or {}).items():
+    for name, body in _tables(table, "models").items():
         try:
             tier = RetentionTier(body.get("retention_tier", "attested-zero"))
             result[name] = ModelRoute(name, body["backend"], tier, body.get("upstream_model"),
@@ -255,13 +289,34 @@ def _plain(value: Any) -> Any:
 
 def _mask(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
+        if key == "env":  # a child's environment: any variable may hold a credential
+            return {k: "********" for k in value}
         return {k: _mask(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_mask(v) for v in value]
+        return _mask_args(value)
     if isinstance(value, str) and value:
-        if any(word in key.lower() for word in _SECRET_WORDS) and not key.endswith("_env"):
+        if _secret(key) and not key.endswith("_env"):
             return "********"
         if "://" in value and "@" in value.split("://", 1)[1]:
             scheme, rest = value.split("://", 1)
             return f"{scheme}://********@{rest.split('@', 1)[1]}"
     return value
+
+
+def _secret(name: str) -> bool:
+    return any(word in name.lower().replace("-", "_") for word in _SECRET_WORDS)
+
+
+def _mask_args(values: list[Any]) -> list[Any]:
+    """Command-line style lists: the value after (or in) ``--api-key``/``--*token*`` is masked."""
+    out: list[Any] = []
+    for i, value in enumerate(values):
+        flag = values[i - 1] if i else None
+        if isinstance(flag, str) and flag.startswith("-") and _secret(flag) and "=" not in flag:
+            out.append("********")
+        elif isinstance(value, str) and value.startswith("-") and "=" in value and _secret(
+                value.split("=", 1)[0]):
+            out.append(value.split("=", 1)[0] + "=********")
+        else:
+            out.append(_mask(value))
+    return out

@@ -48,6 +48,21 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('[models.x]\nbackend = "nowhere"', {}),
     ('[backends.b]\ntype = "telepathy"', {}),
     ('deployment_mode = "yolo"', {}),
+    ("port = [8080]", {}),
+    ("port = 80.9", {}),
+    ("allow_plaintext = 1", {}),
+    ('data_dir = 5', {}),
+    ('models = "x"', {}),
+    ('backends = 3', {}),
+    ("replay_window_s = 1000000", {}),
+    ("", {"SEALGATE_POLICY_TIMEOUT_MS": "0"}),
+    ('[backends.v]\ntype = "vllm"\nextra_args = "--max-model-len 2048"', {}),
+    ('[backends.v]\ntype = "vllm"\nport = "abc"', {}),
+    ('[backends.v]\ntype = "vllm"\nextra_args = ["--host", "0.0.0.0"]', {}),
+    ('[backends.v]\ntype = "vllm"\nextra_args = ["--enable-log-requests"]', {}),
+    ('[backends.v]\ntype = "vllm"\nnope = 1', {}),
+    ('audit_url = "mysql://db/audit"', {}),
+    ("", {"SEALGATE_DATABASE_URL": "bogus://x"}),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
     path = tmp_path / "c.toml"
@@ -65,6 +80,18 @@ def test_config_show_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "hunter2" not in json.dumps(shown)
     assert shown["audit_url"] == "postgresql+psycopg://********@db:5432/audit"
     assert shown["backends"]["gpu"]["options"]["api_key_env"] == "UPSTREAM_KEY"
+
+
+def test_config_show_masks_child_arguments_and_environment(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[backends.v]\ntype = "vllm"\nmodel = "m"\n'
+                    'extra_args = ["--api-key", "sk-live-1", "--hf-token=hf-2", "--max-model-len", "2048"]\n'
+                    '[backends.v.env]\nHF_AUTH = "hf-3"\n[models.m]\nbackend = "v"\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    shown = json.loads(capsys.readouterr().out)["backends"]["v"]["options"]
+    assert shown["extra_args"] == ["--api-key", "********", "--hf-token=********", "--max-model-len", "2048"]
+    assert shown["env"] == {"HF_AUTH": "********"}
 
 
 def test_cli_honours_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
