@@ -64,7 +64,7 @@ class SignedCheckpoint:
             raise VerificationError("malformed checkpoint body")
         if lines[0] != origin:
             raise VerificationError("checkpoint origin does not match")
-        if not _SIZE.match(lines[1]):
+        if not _SIZE.fullmatch(lines[1]):
             raise VerificationError("malformed checkpoint size")
         try:
             root = base64.b64decode(lines[2], validate=True)

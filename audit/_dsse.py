@@ -28,7 +28,7 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 def seal_envelope(payload: bytes, key: Ed25519PrivateKey, keyid: str) -> tuple[bytes, bytes]:
     """Sign ``payload``; returns (canonical envelope bytes, raw signature)."""
     sig = key.sign(pae(PAYLOAD_TYPE, payload))
-    if not _KEYID.match(keyid):
+    if not _KEYID.fullmatch(keyid):
         raise ValueError("DSSE keyid must be lowercase hex")
     # RFC 8785 output for this fixed shape: keys in code-unit order, and every value is
     # base64 or hex or the constant type, none of which JSON escapes. A test pins the

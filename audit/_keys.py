@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,27 +20,52 @@ __all__ = ["load_or_create_signing_key"]
 
 
 def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Load the Ed25519 key at ``path``, or generate it there (exclusive create, mode 0600)."""
+    """Load the Ed25519 key at ``path``, or generate it there (mode 0600).
+
+    The key is written and fsynced under a temporary name in the same directory, then linked
+    into place: ``link`` never replaces a file, so the first of several starting processes wins
+    and the others load its key, and a crash never leaves a partly written key file behind.
+    """
     target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if target.exists():
         return _load(target)
-    except OSError as exc:
-        raise AuditUnavailable("cannot create the log signing key file") from exc
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return _load(target)  # another process created it first: use theirs
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        raise AuditUnavailable("cannot create the log signing key file") from exc
     return key
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the new directory entry durable (POSIX: fsync of the directory)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _load(target: Path) -> Ed25519PrivateKey:
     try:
-        key = load_pem_private_key(target.read_bytes(), password=None)
+        raw = target.read_bytes()
+        if not raw:  # left by an interrupted first start of an older release: holds no key
+            raise AuditUnavailable("the log signing key file is empty; remove it to create a new key")
+        key = load_pem_private_key(raw, password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise AuditUnavailable("cannot load the log signing key file") from exc
     if not isinstance(key, Ed25519PrivateKey):

@@ -140,7 +140,7 @@ class AuditLog:
 
     async def get_record(self, record_id: str, tenant: str | None = None) -> bytes:
         """The stored DSSE envelope; with ``tenant``, only that tenant pseudonym's records."""
-        if not _RECORD_ID.match(record_id):
+        if not _RECORD_ID.fullmatch(record_id):
             raise RecordNotFound("no such record")
         row = await asyncio.to_thread(self._store.get_record, record_id)
         if row is None or (tenant is not None and row.tenant != tenant):

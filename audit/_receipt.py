@@ -43,9 +43,9 @@ class Receipt:
         if set(parts) != {"id", "leaf", "log", "sig"}:
             raise VerificationError("malformed receipt header")
         if not (
-            _RECORD_ID.match(parts["id"])
-            and _LEAF.match(parts["leaf"])
-            and _LOG_ID.match(parts["log"])
+            _RECORD_ID.fullmatch(parts["id"])
+            and _LEAF.fullmatch(parts["leaf"])
+            and _LOG_ID.fullmatch(parts["log"])
         ):
             raise VerificationError("malformed receipt header")
         try:

@@ -25,10 +25,11 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://sealgate.dev/proof-of-secrecy/v1"
 COMMITMENT_ALG = "hmac-sha256"
 
-_ID = re.compile(r"^[A-Za-z0-9._:/@+-]{1,128}$")
-_DIGEST = re.compile(r"^sha(256|384|512):[0-9a-f]{64,128}$")
-_COMMIT = re.compile(r"^hmac-sha256:[0-9a-f]{64}$")
-_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
+# Matched with fullmatch: a "$" anchor would also accept a trailing newline.
+_ID = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
+_DIGEST = re.compile(r"sha(256|384|512):[0-9a-f]{64,128}")
+_COMMIT = re.compile(r"hmac-sha256:[0-9a-f]{64}")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
 _MAX_LIST = 32
 _MAX_INT = 2**53 - 1
 
@@ -42,7 +43,7 @@ def commit(key: bytes, data: bytes) -> str:
 
 def _pattern(rx: re.Pattern[str], what: str) -> Callable[[object], object]:
     def check(value: object) -> object:
-        if not isinstance(value, str) or not rx.match(value):
+        if not isinstance(value, str) or not rx.fullmatch(value):
             raise InvalidRecord(f"value is not a valid {what}")
         return value
 

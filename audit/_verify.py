@@ -110,11 +110,38 @@ class _LogCheck:
             if cp.size > self.integrated or self.roots.get(cp.size) != cp.root_hash:
                 raise VerificationError(f"checkpoint {cp.size} does not match the records")
         reader = TreeReader(self.store, self.log_id)
-        chain = ([trusted] if trusted is not None else []) + self.checkpoints
-        for old, new in itertools.pairwise(chain):
-            if 0 < old.size <= new.size:
+        for old, new in itertools.pairwise(self.checkpoints):
+            if old.size > 0:
                 proof = reader.consistency(old.size, new.size, self.integrated)
                 verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof.hashes)
+        if trusted is not None:
+            self.check_extends(trusted, reader)
+
+    def check_extends(self, trusted: SignedCheckpoint, reader: TreeReader) -> None:
+        """The kept checkpoint is a prefix of the records and of the latest stored checkpoint
+        (RFC 9162 §2.1.4.2): a smaller or rewritten log is a rollback or a fork."""
+        latest = self.checkpoints[-1] if self.checkpoints else None
+        if (self.roots.get(trusted.size) != trusted.root_hash
+                or latest is None or latest.size < trusted.size):
+            raise VerificationError(
+                f"the log is not an extension of the given checkpoint (size {trusted.size})")
+        if trusted.size > 0:
+            proof = reader.consistency(trusted.size, latest.size, self.integrated)
+            verify_consistency(trusted.size, latest.size, trusted.root_hash, latest.root_hash,
+                               proof.hashes)
+
+
+def _trusted_log(logs: list[tuple[str, str, str, int]], note: str) -> tuple[str, SignedCheckpoint]:
+    """The id of the log whose key signed the kept checkpoint ``note``, and the checkpoint."""
+    origin = note.split("\n", 1)[0]
+    error = f"no log in the store has the given checkpoint's origin {origin[:64]!r}"
+    for log_id, log_origin, vkey, _size in logs:
+        if log_origin == origin:
+            try:
+                return log_id, SignedCheckpoint.parse(note, vkey, origin)
+            except VerificationError as exc:
+                error = f"the given checkpoint does not verify under the key of log {log_id}: {exc.detail}"
+    raise VerificationError(error)
 
 
 def verify_log(
@@ -128,26 +155,30 @@ def verify_log(
 
     Recomputes each tree from the stored envelopes, checks every envelope signature, every
     checkpoint signature and root, every stored tree node, and consistency between consecutive
-    checkpoints; ``from_checkpoint`` (a signed note kept from earlier) must be a prefix too.
-    Raises ``VerificationError`` on the first discrepancy.
+    checkpoints. ``from_checkpoint`` (a signed note kept from earlier) is verified first: a log
+    in the store must have signed it (same origin and key), and that log's records and latest
+    checkpoint must extend it. Raises ``VerificationError`` on the first discrepancy, and when
+    the store holds no log at all.
     """
     logs = store.logs()
+    if not logs:
+        raise VerificationError("the store holds no log")
     if vkey is not None:
         pinned = NoteVerifier.parse(vkey)
         logs = [log for log in logs if log[0] == pinned.key_id.hex()]
         if not logs or logs[0][2] != vkey:
             raise VerificationError("no log with that key in the store")
+    trusted_id, trusted = None, None
+    if from_checkpoint is not None:
+        trusted_id, trusted = _trusted_log(logs, from_checkpoint)
     reports = []
     for log in logs:
         check = _LogCheck(store, log, progress)
-        trusted = None
-        if from_checkpoint is not None and from_checkpoint.split("\n", 1)[0] == check.origin:
-            trusted = SignedCheckpoint.parse(from_checkpoint, check.vkey, check.origin)
-            check.wanted.add(trusted.size)
+        mine = trusted if check.log_id == trusted_id else None
+        if mine is not None:
+            check.wanted.add(mine.size)
         size = check.run()
-        if trusted is not None and check.roots.get(trusted.size) != trusted.root_hash:
-            raise VerificationError("the log is not an extension of the given checkpoint")
-        check.check_checkpoints(size, trusted)
+        check.check_checkpoints(size, mine)
         latest = check.checkpoints[-1] if check.checkpoints else None
         reports.append(
             VerifyReport(check.log_id, check.origin, size, check.integrated,
@@ -172,6 +203,8 @@ def verify_receipt(
         receipt = Receipt.parse(receipt)
     if isinstance(inclusion_proof, dict):
         inclusion_proof = InclusionProof.from_json(inclusion_proof)
+    if not isinstance(inclusion_proof, InclusionProof):  # e.g. a JSON list or null from a file
+        raise VerificationError("inclusion proof must be a JSON object")
     verifier = NoteVerifier.parse(log_public_key)
     if receipt.log_id != verifier.key_id.hex():
         raise VerificationError("receipt is from a different log")

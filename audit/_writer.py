@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._checkpoint import SignedCheckpoint
 from ._dsse import seal_envelope
-from ._errors import AuditError, AuditUnavailable, InvalidRecord
-from ._merkle import CompactRange, leaf_hash, node_id, perfect_subtrees
+from ._errors import AuditError, AuditUnavailable, InvalidRecord, VerificationError
+from ._merkle import CompactRange, leaf_hash, node_id, perfect_subtrees, verify_consistency
+from ._proofs import TreeReader
 from ._receipt import Receipt
 from ._record import Record
 from ._store import LogStore
@@ -41,6 +43,7 @@ MAX_BATCH = 2048
 INLINE_GAP_S = 0.00025  # an append this soon after the last one is batched, not committed inline
 RECOVERY_CHUNK = 10_000  # records per transaction when catching up
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+_log = structlog.get_logger("sealgate.audit")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class LogWriter:
         self.queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
         self.range = CompactRange()
         self.reload = False
+        self.refused: str | None = None  # why the stored log cannot be continued (fail closed)
         self.next_index = 0
         self.last_publish = time.monotonic()
         self.latest: SignedCheckpoint | None = None
@@ -161,18 +165,19 @@ class LogWriter:
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
         """Load the tree state, integrate every committed but unintegrated record, publish."""
-        ident = self.ident
-        self._catch_up()
-        latest = self.store.latest_checkpoint(ident.log_id)
-        if latest is None or latest[0] != self.range.size:
+        last = self._catch_up()
+        if last is None or last.size != self.range.size:
             self._publish()
         else:
-            self.latest = SignedCheckpoint.parse(latest[2], ident.vkey, ident.origin)
+            self.latest = last
 
-    def _catch_up(self) -> None:
+    def _catch_up(self) -> SignedCheckpoint | None:
         """Reload the tree and the next index from the database, which is the truth after a
         failure or a crash, and integrate every committed record the tree does not hold yet;
-        each chunk is one transaction."""
+        each chunk is one transaction. Returns the last checkpoint signed, which the tree was
+        checked to extend."""
+        if self.refused is not None:
+            raise AuditUnavailable(self.refused)
         self.reload = True
         ident = self.ident
         size = self.store.register_log(ident.log_id, ident.origin, ident.vkey)
@@ -193,8 +198,36 @@ class LogWriter:
                 self.range = rng
             if len(rows) < RECOVERY_CHUNK:
                 break
+        last = self._check_extends()
         self.reload = False
         self.next_index = max(self.next_index, self.range.size)
+        return last
+
+    def _check_extends(self) -> SignedCheckpoint | None:
+        """Fail closed unless the tree extends the last checkpoint this key signed (the stored
+        latest, or this process's own if newer): a smaller tree, another root at the same size,
+        or no RFC 9162 §2.1.4 consistency means stored rows were removed or rewritten, and a
+        checkpoint signed now would be a rollback or a fork."""
+        ident, rng, last = self.ident, self.range, self.latest
+        reason = "checkpoint_unverifiable"
+        try:
+            stored = self.store.latest_checkpoint(ident.log_id)
+            if stored is not None and (last is None or stored[0] > last.size):
+                last = SignedCheckpoint.parse(stored[2], ident.vkey, ident.origin)
+            if last is None or last.size == 0:
+                return last
+            reason = "tree_smaller_than_checkpoint"
+            if rng.size >= last.size:
+                reason = "tree_not_an_extension"
+                proof = TreeReader(self.store, ident.log_id).consistency(last.size, rng.size, rng.size)
+                verify_consistency(last.size, rng.size, last.root_hash, rng.root(), proof.hashes)
+                return last
+        except VerificationError:
+            pass
+        _log.error("audit_log_refused", log_id=ident.log_id, size=rng.size, reason=reason)
+        self.refused = (f"the stored log (size {rng.size}) does not extend the last signed "
+                        f"checkpoint ({reason}); refusing to continue it")
+        raise AuditUnavailable(self.refused)
 
     # -- commits ---------------------------------------------------------------------------------
     def _extend(self, leaves: list[bytes]) -> tuple[CompactRange, list[tuple[int, bytes]]]:
@@ -215,6 +248,8 @@ class LogWriter:
             rows.append(item.row)
         try:
             if self.reload or self.range.size != first:
+                if self.refused is not None:  # the stored log cannot be continued: fail closed
+                    raise AuditUnavailable(self.refused)
                 self.store.insert_records(rows)
             else:
                 rng, nodes = self._extend([item.leaf for item in sealed])

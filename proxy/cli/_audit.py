@@ -74,7 +74,13 @@ def _progress(done: int, total: int) -> None:
 def _verify(args: argparse.Namespace) -> int:
     from audit import verify_log
 
-    trusted = Path(args.from_checkpoint).read_text() if args.from_checkpoint else None
+    trusted = None
+    if args.from_checkpoint:
+        try:
+            trusted = Path(args.from_checkpoint).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            return _fail(f"cannot read the checkpoint file {args.from_checkpoint}: {reason}")
 
     def action(store: Any) -> int:
         reports = verify_log(store, trusted, _progress, vkey=args.vkey)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +30,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export.set_defaults(func=_export)
     verify = cmd.add_parser("verify", help="verify a bundle offline")
     verify.add_argument("bundle")
-    verify.add_argument("--vkey", help="pin the expected log verifier key")
+    verify.add_argument("--vkey", help="pin the expected log verifier key (recommended)")
+    verify.add_argument("--policy", metavar="FILE",
+                        help="attestation verification policy (allowed measurements, minimum TCB)")
+    verify.add_argument("--allow-any-measurement", action="store_true",
+                        help="accept hardware evidence of any measurement (no allowlist)")
+    verify.add_argument("--allow-simulated", action="store_true",
+                        help="accept simulated (development, insecure) enclave evidence")
     verify.add_argument("--json", action="store_true", help="machine-readable verdict")
     verify.set_defaults(func=_verify)
 
@@ -109,12 +116,17 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from proxy.attestation import VerificationError, VerificationPolicy
     from proxy.cli._common import fail
     from proxy.evidence import EvidenceError, verify_bundle
 
     try:
-        verdict = verify_bundle(args.bundle, vkey=args.vkey)
-    except EvidenceError as exc:
+        policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy()
+        if args.allow_any_measurement:
+            policy = replace(policy, allow_any_measurement=True)
+        verdict = verify_bundle(args.bundle, vkey=args.vkey, allow_simulated=args.allow_simulated,
+                                policy=policy)
+    except (EvidenceError, VerificationError) as exc:
         return fail(str(exc))
     if args.json:
         print(json.dumps(verdict.to_json(), indent=2))

@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-__all__ = ["DOMAIN", "parse_vkey", "sign_manifest", "verify_manifest"]
+from ._fields import array, integer, load, obj, string
+
+__all__ = ["DOMAIN", "Manifest", "parse_vkey", "sign_manifest", "verify_manifest"]
 
 DOMAIN = b"sealgate-evidence-manifest/v1\n"
 
@@ -49,3 +52,35 @@ def verify_manifest(manifest: bytes, signature: bytes, key: Ed25519PublicKey) ->
     except (InvalidSignature, ValueError, binascii.Error):
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The fields of ``manifest.json`` that verification relies on, type-checked."""
+
+    vkey: str
+    log_id: str
+    files: dict[str, str]
+    """Bundle path → SHA-256 hex of every file but the manifest and its signature."""
+    window: tuple[str, str]
+    tenant: str | None
+    latest_checkpoint: int
+    leaves: list[int]
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Manifest:
+        """Raises ``BundleInvalid`` naming the first malformed field."""
+        doc = obj(load(raw, "manifest"), "manifest")
+        log = obj(doc.get("log"), "manifest log")
+        window = obj(doc.get("window"), "manifest window")
+        files = obj(doc.get("files"), "manifest files")
+        tenant = doc.get("tenant")
+        return cls(
+            string(log.get("vkey"), "manifest log vkey"),
+            string(log.get("log_id"), "manifest log id"),
+            {name: string(digest, "manifest file hash") for name, digest in files.items()},
+            (string(window.get("from"), "manifest window"), string(window.get("to"), "manifest window")),
+            None if tenant is None else string(tenant, "manifest tenant"),
+            integer(doc.get("latest_checkpoint"), "manifest latest checkpoint"),
+            array(obj(doc.get("records"), "manifest records").get("leaves"), "manifest leaves", integer),
+        )

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import itertools
-import json
 import zipfile
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import audit
-from audit import Receipt, SignedCheckpoint, verify_consistency, verify_receipt
+from audit import ConsistencyProof, SignedCheckpoint, verify_consistency
 from proxy.attestation import VerificationError as AttestationError
 from proxy.attestation import VerificationPolicy, verify_identity
 
 from ._errors import BundleInvalid
-from ._manifest import parse_vkey, raw_public, verify_manifest
+from ._fields import array, load, obj, string
+from ._manifest import Manifest, parse_vkey, raw_public, verify_manifest
 from ._state import policy_digest
 from ._verdict import BundleVerdict, Check
 from ._verify_records import RecordChecks
@@ -27,24 +26,49 @@ __all__ = ["verify_bundle"]
 
 _SIGNED = ("manifest.json", "manifest.sig")
 _MAX_ZIP_BYTES = 2 << 30
+_SIMULATED = ("simulated evidence (development only, proves nothing about the machine) is "
+              "refused; verify with --allow-simulated to accept it as insecure")
+
+
+def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
+    """One name per entry, relative and without ``..``, and no data in directory entries: an
+    unzip tool must extract exactly the files that were verified."""
+    name = info.filename
+    parts = name.removesuffix("/").split("/")
+    if name in seen:
+        raise BundleInvalid(f"duplicate zip entry {name[:80]!r}")
+    if ":" in parts[0] or any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
+        raise BundleInvalid(f"unsafe zip entry name {name[:80]!r}")
+    if info.is_dir() and info.file_size:
+        raise BundleInvalid(f"directory entry {name[:80]!r} carries data")
+    seen.add(name)
 
 
 def _read_zip(source: str | Path | bytes) -> dict[str, bytes]:
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
         with handle, zipfile.ZipFile(handle) as zf:
-            if sum(i.file_size for i in zf.infolist()) > _MAX_ZIP_BYTES:
+            infos = zf.infolist()
+            if sum(i.file_size for i in infos) > _MAX_ZIP_BYTES:
                 raise BundleInvalid("bundle is too large")
-            return {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise BundleInvalid(f"cannot read the bundle as a zip archive ({type(exc).__name__})") from exc
+            seen: set[str] = set()
+            for info in infos:
+                _check_entry(info, seen)
+            return {i.filename: zf.read(i) for i in infos if not i.is_dir()}
+    except BundleInvalid:
+        raise
+    except Exception as exc:  # crafted archives raise zlib.error, NotImplementedError, ...
+        kind = type(exc).__name__ if type(exc).__module__ == "builtins" else (
+            f"{type(exc).__module__}.{type(exc).__name__}")
+        raise BundleInvalid(f"cannot read the bundle as a zip archive ({kind})") from exc
 
 
 class _Verifier:
-    def __init__(self, files: dict[str, bytes], pinned: str | None) -> None:
-        self.files, self.pinned = files, pinned
+    def __init__(self, files: dict[str, bytes], pinned: str | None,
+                 policy: VerificationPolicy) -> None:
+        self.files, self.pinned, self.policy = files, pinned, policy
         self.checks: list[Check] = []
-        self.manifest: dict[str, Any] = {}
+        self.manifest = Manifest("", "", {}, ("", ""), None, 0, [])
         self.vkey = ""
 
     def add(self, name: str, ok: bool, detail: str, file: str | None = None,
@@ -61,26 +85,27 @@ class _Verifier:
         RecordChecks(self, latest, policies, evidence).run()
 
     def check_manifest(self) -> bool:
-        raw = self.files.get("manifest.json")
+        raw = self.files.get("manifest.json", b"")
         try:
-            manifest = json.loads(raw or b"")
-            self.vkey = str(manifest["log"]["vkey"])
-            key = parse_vkey(self.vkey)
-        except (ValueError, KeyError, TypeError):
-            self.add("manifest", False, "missing or malformed manifest", "manifest.json")
+            manifest = Manifest.parse(raw)
+            key = parse_vkey(manifest.vkey)
+        except BundleInvalid as exc:
+            self.add("manifest", False, f"missing or malformed manifest: {exc.detail}", "manifest.json")
             return False
-        self.manifest = manifest
+        except ValueError as exc:
+            self.add("manifest", False, f"malformed manifest log key: {exc}", "manifest.json")
+            return False
+        self.manifest, self.vkey = manifest, manifest.vkey
         if self.pinned is not None and self.pinned != self.vkey:
             self.add("log key", False, "bundle is signed by another log key", "manifest.json")
-        ok = verify_manifest(raw or b"", self.files.get("manifest.sig", b""), key)
+        ok = verify_manifest(raw, self.files.get("manifest.sig", b""), key)
         self.add("manifest signature", ok,
                  "Ed25519 signature by the log key" if ok else "signature does not verify",
                  "manifest.sig" if ok else "manifest.json, manifest.sig")
         return True
 
     def check_hashes(self) -> None:
-        listed = self.manifest.get("files")
-        listed = listed if isinstance(listed, dict) else {}
+        listed = self.manifest.files
         bad = 0
         for name in sorted(set(self.files) | set(listed)):
             if name in _SIGNED:
@@ -98,16 +123,25 @@ class _Verifier:
             self.add("file hashes", True, f"{len(listed) - 2} files match the manifest")
 
     def check_identities(self) -> set[str]:
-        simulated = self.manifest.get("simulated") is True
-        policy = VerificationPolicy(allow_simulated=simulated)
+        # What evidence is acceptable (simulated, which measurements) is the verifier's call,
+        # never the bundle's: anyone can mint a simulated document for a fresh key.
+        policy = self.policy
         digests: set[str] = set()
         names = sorted(n for n in self.files if n.startswith("identity/"))
         for name in names:
             try:
-                doc = json.loads(self.files[name])
-                created = datetime.fromisoformat(str(doc.get("created")))
+                doc = obj(load(self.files[name], "identity document"), "identity document")
+                created = datetime.fromisoformat(string(doc.get("created"), "document created"))
                 verified = verify_identity(doc, policy, now=created)
-            except (ValueError, TypeError, AttestationError) as exc:
+            except AttestationError as exc:
+                detail = _SIMULATED if exc.code == "simulated_not_allowed" else (
+                    f"identity document does not verify: {exc}")
+                self.add("attestation", False, detail, name)
+                continue
+            except BundleInvalid as exc:
+                self.add("attestation", False, f"malformed identity document: {exc.detail}", name)
+                continue
+            except (ValueError, TypeError) as exc:
                 self.add("attestation", False, f"identity document does not verify: {exc}", name)
                 continue
             if verified.audit_public_key != raw_public(parse_vkey(self.vkey)):
@@ -126,10 +160,11 @@ class _Verifier:
     def check_policies(self) -> set[str]:
         name = "policies/index.json"
         try:
-            index = json.loads(self.files.get(name, b""))
-            entries = [(str(e["digest"]), list(e["files"])) for e in index]
-        except (ValueError, KeyError, TypeError):
-            self.add("policy digest", False, "missing or malformed policy index", name)
+            index = array(load(self.files.get(name, b""), "policy index"), "policy index", obj)
+            entries = [(string(e.get("digest"), "policy digest"),
+                        array(e.get("files"), "policy files", string)) for e in index]
+        except BundleInvalid as exc:
+            self.add("policy digest", False, f"missing or malformed policy index: {exc.detail}", name)
             return set()
         good: set[str] = set()
         for digest, rels in entries:
@@ -161,7 +196,7 @@ class _Verifier:
         self.add("checkpoint signature", True, f"{len(chain)} signed checkpoints", "checkpoints/")
         self.check_consistency(chain)
         latest = chain[-1]
-        if latest.size != self.manifest.get("latest_checkpoint"):
+        if latest.size != self.manifest.latest_checkpoint:
             self.add("checkpoint", False, "latest checkpoint is not the one the manifest names",
                      f"checkpoints/{latest.size:012d}.note")
         return latest
@@ -169,31 +204,37 @@ class _Verifier:
     def check_consistency(self, chain: list[SignedCheckpoint]) -> None:
         name = "checkpoints/consistency.json"
         try:
-            proofs = {(p["from"], p["to"]): p["hashes"] for p in json.loads(self.files[name])}
-        except (ValueError, KeyError, TypeError):
-            self.add("consistency", False, "missing or malformed consistency proofs", name)
+            items = array(load(self.files.get(name, b""), "consistency proofs"), "consistency proof", obj)
+            proofs = {(p.old, p.new): p.hashes for p in map(ConsistencyProof.from_json, items)}
+        except (BundleInvalid, audit.AuditError) as exc:
+            self.add("consistency", False, f"missing or malformed consistency proofs: {exc.detail}",
+                     name)
             return
         for old, new in itertools.pairwise(chain):
             try:
-                hashes = [base64.b64decode(h, validate=True) for h in proofs[(old.size, new.size)]]
+                hashes = proofs.get((old.size, new.size))
+                if hashes is None:
+                    raise audit.VerificationError("no consistency proof")
                 verify_consistency(old.size, new.size, old.root_hash, new.root_hash, hashes)
-            except (KeyError, ValueError, TypeError, audit.AuditError) as exc:
-                detail = f"tree {old.size} → {new.size}: {exc}"
-                self.add("consistency", False, detail, name)
+            except audit.AuditError as exc:
+                self.add("consistency", False, f"tree {old.size} → {new.size}: {exc}", name)
                 return
         self.add("consistency", True, f"{len(chain) - 1} consecutive proofs verify", name)
 
-    def receipt(self, leaf: int, record_id: str, envelope: bytes) -> Receipt:
-        sig = json.loads(envelope)["signatures"][0]["sig"]
-        return Receipt(record_id, leaf, str(sig), str(self.manifest["log"]["log_id"]))
 
-    def verify_record(self, receipt: Receipt, envelope: bytes, latest: SignedCheckpoint,
-                      proof: dict[str, Any]) -> dict[str, Any]:
-        return verify_receipt(receipt, envelope, latest.note, proof, self.vkey)
+def verify_bundle(source: str | Path | bytes, *, vkey: str | None = None,
+                  allow_simulated: bool = False,
+                  policy: VerificationPolicy | None = None) -> BundleVerdict:
+    """Verify a bundle offline; ``vkey`` pins the expected log key.
 
-
-def verify_bundle(source: str | Path | bytes, *, vkey: str | None = None) -> BundleVerdict:
-    """Verify a bundle offline; ``vkey`` pins the expected log key."""
-    verifier = _Verifier(_read_zip(source), vkey)
+    Identity documents are judged by ``policy`` (default: the strict one, which refuses real
+    evidence without a measurement allowlist); ``allow_simulated`` lets simulated
+    (development) evidence pass it. What the bundle's own manifest says is not consulted.
+    Raises ``BundleInvalid`` when the file is not a readable, well-formed zip archive.
+    """
+    policy = policy or VerificationPolicy()
+    if allow_simulated:
+        policy = replace(policy, allow_simulated=True)
+    verifier = _Verifier(_read_zip(source), vkey, policy)
     verifier.run()
     return BundleVerdict(tuple(verifier.checks))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import audit
-from audit import SignedCheckpoint
+from audit import InclusionProof, Receipt, SignedCheckpoint, verify_receipt
+
+from ._errors import BundleInvalid
+from ._fields import array, integer, load, obj, string
 
 if TYPE_CHECKING:
     from ._verify import _Verifier
@@ -15,6 +17,21 @@ __all__ = ["RecordChecks"]
 
 FILE = "records/records.jsonl"
 _MAX_NAMED = 10
+
+
+def _entry(line: bytes, log_id: str) -> tuple[Receipt, bytes, Any]:
+    """A ``records.jsonl`` line: the receipt it implies, the envelope and the (unchecked)
+    inclusion proof; raises ``BundleInvalid`` when the entry or its envelope is malformed."""
+    item = obj(load(line, "record entry"), "record entry")
+    envelope = string(item.get("envelope"), "envelope").encode()
+    signatures = array(obj(load(envelope, "envelope"), "envelope").get("signatures"),
+                       "envelope signatures", obj)
+    if not signatures:
+        raise BundleInvalid("envelope has no signature")
+    receipt = Receipt(string(item.get("record_id"), "record id"),
+                      integer(item.get("leaf_index"), "leaf index"),
+                      string(signatures[0].get("sig"), "envelope signature"), log_id)
+    return receipt, envelope, item.get("inclusion")
 
 
 class RecordChecks:
@@ -29,12 +46,9 @@ class RecordChecks:
 
     def run(self) -> None:
         lines = self.v.files.get(FILE, b"").splitlines()
-        manifest = self.v.manifest
-        window = manifest.get("window", {})
-        tenant = manifest.get("tenant")
         for n, line in enumerate(lines, 1):
-            self.one(n, line, window, tenant)
-        self.check_set(manifest.get("records", {}))
+            self.one(n, line)
+        self.check_set()
         for check in ("record signature", "inclusion", "record window", "policy in force",
                       "evidence binding"):
             errors = self.failed.get(check, [])
@@ -44,40 +58,49 @@ class RecordChecks:
             else:
                 self.v.add(check, True, f"{len(lines)} records", FILE)
 
-    def one(self, n: int, line: bytes, window: dict[str, Any], tenant: Any) -> None:
+    def one(self, n: int, line: bytes) -> None:
         try:
-            item = json.loads(line)
-            leaf, envelope = int(item["leaf_index"]), str(item["envelope"]).encode()
-            receipt = self.v.receipt(leaf, str(item["record_id"]), envelope)
-        except (ValueError, KeyError, TypeError, IndexError, audit.AuditError):
-            self.fail("record signature", f"line {n}: malformed record entry")
+            receipt, envelope, proof = _entry(line, self.v.manifest.log_id)
+        except BundleInvalid as exc:
+            self.fail("record signature", f"line {n}: malformed record entry ({exc.detail})")
             return
+        leaf = receipt.leaf_index
         self.leaves.append(leaf)
         if self.latest is None:
             self.fail("inclusion", f"leaf {leaf}: no checkpoint to prove against")
             return
         try:
-            statement = self.v.verify_record(receipt, envelope, self.latest, item["inclusion"])
-        except (audit.AuditError, KeyError, TypeError) as exc:
+            statement = verify_receipt(receipt, envelope, self.latest.note,
+                                       InclusionProof.from_json(obj(proof, "inclusion proof")),
+                                       self.v.vkey)
+        except BundleInvalid as exc:
+            self.fail("inclusion", f"leaf {leaf}: {exc.detail}")
+            return
+        except audit.AuditError as exc:
             proof_words = ("proof", "root", "tree")
             kind = "inclusion" if any(w in str(exc) for w in proof_words) else "record signature"
             self.fail(kind, f"leaf {leaf}: {exc}")
             return
-        pred = statement.get("predicate", {})
-        if not window.get("from", "") <= str(pred.get("time")) < window.get("to", ""):
+        pred = statement.get("predicate")
+        if not isinstance(pred, dict):
+            self.fail("record signature", f"leaf {leaf}: not a proof-of-secrecy statement")
+            return
+        start, end = self.v.manifest.window
+        tenant = self.v.manifest.tenant
+        if not start <= str(pred.get("time")) < end:
             self.fail("record window", f"leaf {leaf}: time outside the window")
         if tenant is not None and pred.get("tenant") != tenant:
             self.fail("record window", f"leaf {leaf}: record of another tenant")
-        if pred.get("policy_bundle_digest") not in self.policies:
+        if str(pred.get("policy_bundle_digest")) not in self.policies:
             self.fail("policy in force", f"leaf {leaf}: cites a policy bundle not in the bundle")
-        if pred.get("evidence_digest") not in self.evidence:
+        if str(pred.get("evidence_digest")) not in self.evidence:
             self.fail("evidence binding", f"leaf {leaf}: cites enclave evidence not attested here")
 
-    def check_set(self, records: dict[str, Any]) -> None:
-        listed = records.get("leaves")
+    def check_set(self) -> None:
+        listed = self.v.manifest.leaves
         if listed != self.leaves:
-            missing = sorted(set(listed or []) - set(self.leaves))[:_MAX_NAMED]
-            extra = sorted(set(self.leaves) - set(listed or []))[:_MAX_NAMED]
+            missing = sorted(set(listed) - set(self.leaves))[:_MAX_NAMED]
+            extra = sorted(set(self.leaves) - set(listed))[:_MAX_NAMED]
             detail = f"records differ from the manifest (missing leaves {missing}, extra {extra})"
             self.v.add("record set", False, detail, FILE)
             return

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from audit import AuditLog, LogStore
+from audit import AuditLog, LogStore, SignedCheckpoint
 from proxy.cli import main
 from tests.audit.conftest import ORIGIN, make_record
 
@@ -61,3 +61,13 @@ def test_missing_database_and_record(tmp_path: Path, data_dir: tuple[Path, str],
     assert main(["audit", "verify", "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
     assert main(["audit", "show", "0" * 32]) == 1
     assert "no such record" in capsys.readouterr().err
+
+
+def test_verify_from_checkpoint_errors_are_clear(data_dir: tuple[Path, str], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    assert main(["audit", "verify", "--from-checkpoint", str(tmp_path / "missing.note")]) == 1
+    assert "cannot read the checkpoint file" in capsys.readouterr().err
+    other = SignedCheckpoint.sign("other.test/log", 1, bytes(32), Ed25519PrivateKey.generate())
+    (tmp_path / "other.note").write_text(other.note)
+    assert main(["audit", "verify", "--from-checkpoint", str(tmp_path / "other.note")]) == 1
+    assert "verification_failed: no log in the store" in capsys.readouterr().err

@@ -50,6 +50,9 @@ async def test_append_returns_verifiable_receipts(store_url: str, log_key: Ed255
             with pytest.raises(VerificationError):  # another log's key
                 verify_receipt(header, envelope, checkpoint.note, proof,
                                f"{ORIGIN}+00000000+" + log.vkey.rsplit("+", 1)[1])  # fmt: skip
+            for bad in ([], None, proof.hashes):  # not a proof, e.g. JSON from a crafted file
+                with pytest.raises(VerificationError, match="inclusion proof"):
+                    verify_receipt(header, envelope, checkpoint.note, bad, log.vkey)  # type: ignore[arg-type]
     finally:
         await log.close()
 

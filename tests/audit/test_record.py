@@ -79,6 +79,11 @@ def test_builder_is_immutable_and_rejects_setting_twice() -> None:
         ("policy_bundle_digest", "md5:abc"),
         ("response_commitment", "plain text"),
         ("time", "yesterday"),
+        # a "$" anchor would accept a trailing newline
+        ("time", "2024-01-01T00:00:00Z\n"),
+        ("model", "smollm2\n"),
+        ("policy_bundle_digest", "sha256:" + "ab" * 32 + "\n"),
+        ("response_commitment", "hmac-sha256:" + "0" * 64 + "\n"),
     ],
 )
 def test_invalid_fields_are_rejected(field: str, value: object) -> None:

@@ -117,3 +117,46 @@ def test_pinned_vkey_must_match(populated: tuple[str, str, list[str]]) -> None:
 
     with pytest.raises(VerificationError):
         verify_log(LogStore.open(url), vkey=vkey_for(ORIGIN, stranger))
+
+
+def _wipe(url: str) -> None:
+    for table in ("audit_records", "audit_nodes", "audit_checkpoints", "audit_logs"):
+        _tamper(url, f"DELETE FROM {table}")
+
+
+def test_from_checkpoint_needs_its_log(populated: tuple[str, str, list[str]]) -> None:
+    """A kept checkpoint is checked even when its log is gone or replaced by another one."""
+    url, _, notes = populated
+    _wipe(url)
+    with pytest.raises(VerificationError, match="holds no log"):
+        verify_log(LogStore.open(url), notes[-1])
+
+    async def other_log(origin: str) -> None:
+        log = await AuditLog.open(url, Ed25519PrivateKey.generate(), origin)
+        await log.append(make_record(0))
+        await log.close()
+
+    asyncio.run(other_log("evil.example/log"))  # another origin and key
+    with pytest.raises(VerificationError, match="origin"):
+        verify_log(LogStore.open(url), notes[-1])
+    asyncio.run(other_log(ORIGIN))  # the same origin, another key
+    with pytest.raises(VerificationError, match="does not verify under the key"):
+        verify_log(LogStore.open(url), notes[-1])
+
+
+def test_from_checkpoint_detects_a_truncated_log(populated: tuple[str, str, list[str]]) -> None:
+    url, vkey, notes = populated
+    kept = SignedCheckpoint.parse(notes[-1], vkey)
+    _tamper(url, f"DELETE FROM audit_checkpoints WHERE size >= {kept.size}")
+    with pytest.raises(VerificationError, match="not an extension"):
+        verify_log(LogStore.open(url), kept.note, vkey=vkey)
+    assert verify_log(LogStore.open(url), notes[0], vkey=vkey)  # an older one still holds
+
+
+def test_from_checkpoint_of_another_log_with_a_pinned_key(
+    populated: tuple[str, str, list[str]],
+) -> None:
+    url, vkey, _ = populated
+    other = SignedCheckpoint.sign("other.test/log", 3, b"\x01" * 32, Ed25519PrivateKey.generate())
+    with pytest.raises(VerificationError, match="origin"):
+        verify_log(LogStore.open(url), other.note, vkey=vkey)

@@ -3,7 +3,9 @@ tenants, for evidence export and the dashboard."""
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -95,3 +97,31 @@ def traffic(evidence_workdir: Path) -> Iterator[Traffic]:
 def window() -> tuple[str, str]:
     now = datetime.now(UTC)
     return ((now - timedelta(days=1)).date().isoformat(), now.date().isoformat())
+
+
+def export(traffic: Traffic, out: Path, *extra: str) -> bytes:
+    start, end = window()
+    result = traffic.gateway.cli("evidence", "export", "--from", start, "--to", end,
+                                 "--server", traffic.gateway.url, "-o", str(out), *extra)
+    assert result.returncode == 0, result.stderr
+    assert "proving records" in result.stderr  # the progress bar
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def bundle(traffic: Traffic, evidence_workdir: Path) -> bytes:
+    """A bundle of every record the gateway wrote, at ``evidence_workdir/bundle.zip``."""
+    return export(traffic, evidence_workdir / "bundle.zip")
+
+
+def unzip(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def rezip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,47 +13,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audit import load_or_create_signing_key
 from proxy.evidence import BundleInvalid, verify_bundle
 from proxy.evidence._manifest import sign_manifest
-from tests.evidence.conftest import Traffic, window
+from tests.evidence.conftest import Traffic, export, rezip, unzip
 
 
-def _export(traffic: Traffic, out: Path, *extra: str) -> bytes:
-    start, end = window()
-    result = traffic.gateway.cli("evidence", "export", "--from", start, "--to", end,
-                                 "--server", traffic.gateway.url, "-o", str(out), *extra)
-    assert result.returncode == 0, result.stderr
-    assert "proving records" in result.stderr  # the progress bar
-    return out.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def bundle(traffic: Traffic, evidence_workdir: Path) -> bytes:
-    return _export(traffic, evidence_workdir / "bundle.zip")
-
-
-def _files(data: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return {n: zf.read(n) for n in zf.namelist()}
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def _failed(data: bytes, **kwargs: str) -> list[tuple[str, str]]:
-    verdict = verify_bundle(data, **kwargs)
+def _failed(data: bytes, vkey: str | None = None) -> list[tuple[str, str]]:
+    verdict = verify_bundle(data, vkey=vkey, allow_simulated=True)  # the gateway's is simulated
     assert not verdict.ok
     return [(c.name, c.file or "") for c in verdict.failures]
 
 
 def test_bundle_from_real_server_verifies(bundle: bytes, traffic: Traffic) -> None:
-    verdict = verify_bundle(bundle)
+    verdict = verify_bundle(bundle, allow_simulated=True)
     assert verdict.ok, verdict.table()
-    assert verdict.insecure  # simulated evidence is accepted, and flagged
-    files = _files(bundle)
+    assert verdict.insecure  # simulated evidence is accepted when asked for, and flagged
+    files = unzip(bundle)
     manifest = json.loads(files["manifest.json"])
     records = [json.loads(line) for line in files["records/records.jsonl"].splitlines()]
     # intent + completion per allowed request, one denial per denied request
@@ -74,10 +45,32 @@ def test_bundle_from_real_server_verifies(bundle: bytes, traffic: Traffic) -> No
 def test_cli_verify_prints_table_and_json(traffic: Traffic, evidence_workdir: Path,
                                           bundle: bytes) -> None:
     path = evidence_workdir / "bundle.zip"
-    table = traffic.gateway.cli("evidence", "verify", str(path))
+    table = traffic.gateway.cli("evidence", "verify", str(path), "--allow-simulated")
     assert table.returncode == 0 and "verdict: PASSED (insecure" in table.stdout
-    doc = json.loads(traffic.gateway.cli("evidence", "verify", str(path), "--json").stdout)
+    doc = json.loads(traffic.gateway.cli("evidence", "verify", str(path), "--json",
+                                         "--allow-simulated").stdout)
     assert doc["ok"] is True and doc["insecure"] is True
+
+
+def test_cli_verify_judges_measurements_by_the_verifiers_policy(
+        traffic: Traffic, evidence_workdir: Path, bundle: bytes) -> None:
+    path = evidence_workdir / "bundle.zip"
+    measurement = json.loads(next(v for k, v in unzip(bundle).items()
+                                  if k.startswith("identity/")))["measurement"]
+    for allowed, code in ((measurement, 0), ("ab" * 48, 1)):
+        policy = evidence_workdir / f"policy-{code}.json"
+        policy.write_text(json.dumps({"allowed_measurements": [allowed]}))
+        run = traffic.gateway.cli("evidence", "verify", str(path), "--allow-simulated",
+                                  "--policy", str(policy), "--json")
+        assert run.returncode == code, run.stderr
+        attestation = [c for c in json.loads(run.stdout)["checks"] if c["name"] == "attestation"]
+        assert all(c["ok"] is (code == 0) for c in attestation) and attestation
+        if code:
+            assert "not allow-listed" in attestation[0]["detail"]
+    broken = evidence_workdir / "broken-policy.json"
+    broken.write_text('{"allow_debug": "false"}')
+    run = traffic.gateway.cli("evidence", "verify", str(path), "--policy", str(broken))
+    assert run.returncode != 0 and "policy_invalid" in run.stderr and "Traceback" not in run.stderr
 
 
 _TARGETS = ["manifest.json", "manifest.sig", "report.html", "log.json", "identity/",
@@ -92,22 +85,22 @@ def _match(name: str, target: str) -> bool:
 
 @pytest.mark.parametrize("target", _TARGETS)
 def test_one_flipped_byte_is_caught_and_named(bundle: bytes, target: str) -> None:
-    files = _files(bundle)
+    files = unzip(bundle)
     name = next(n for n in sorted(files) if _match(n, target))
     data = bytearray(files[name])
     data[len(data) // 2] ^= 0x01
     files[name] = bytes(data)
-    failed = _failed(_zip(files))
+    failed = _failed(rezip(files))
     assert any(name in where for _check, where in failed), failed
 
 
 def test_cli_exits_non_zero_and_names_the_file(traffic: Traffic, bundle: bytes,
                                                tmp_path: Path) -> None:
-    files = _files(bundle)
+    files = unzip(bundle)
     files["records/records.jsonl"] = files["records/records.jsonl"].replace(b'"leaf_index": 1,',
                                                                             b'"leaf_index": 2,')
     path = tmp_path / "tampered.zip"
-    path.write_bytes(_zip(files))
+    path.write_bytes(rezip(files))
     result = traffic.gateway.cli("evidence", "verify", str(path))
     assert result.returncode == 1
     assert "FAIL" in result.stdout and "records/records.jsonl" in result.stdout
@@ -120,27 +113,27 @@ def _drop_second_record(files: dict[str, bytes]) -> None:
 
 
 def test_removed_record_is_caught(bundle: bytes) -> None:
-    files = _files(bundle)
+    files = unzip(bundle)
     _drop_second_record(files)
-    failed = _failed(_zip(files))
+    failed = _failed(rezip(files))
     assert ("file hash", "records/records.jsonl") in failed
     assert ("record set", "records/records.jsonl") in failed
 
 
 def test_removed_record_with_rehashed_manifest_breaks_the_signature(bundle: bytes) -> None:
-    files = _files(bundle)
+    files = unzip(bundle)
     _drop_second_record(files)
     manifest = json.loads(files["manifest.json"])
     manifest["files"]["records/records.jsonl"] = hashlib.sha256(
         files["records/records.jsonl"]).hexdigest()
     files["manifest.json"] = json.dumps(manifest).encode()
-    failed = _failed(_zip(files))
+    failed = _failed(rezip(files))
     assert ("manifest signature", "manifest.json, manifest.sig") in failed
     assert ("record set", "records/records.jsonl") in failed
 
 
 def test_resigned_with_another_key_is_caught(bundle: bytes) -> None:
-    files = _files(bundle)
+    files = unzip(bundle)
     _drop_second_record(files)
     other = Ed25519PrivateKey.generate()
     manifest = json.loads(files["manifest.json"])
@@ -149,25 +142,25 @@ def test_resigned_with_another_key_is_caught(bundle: bytes) -> None:
     manifest["records"]["leaves"].pop(1)
     files["manifest.json"] = json.dumps(manifest).encode()
     files["manifest.sig"] = sign_manifest(files["manifest.json"], other)
-    names = {check for check, _ in _failed(_zip(files))}
+    names = {check for check, _ in _failed(rezip(files))}
     # the signature verifies under the bundle's stated key, but that key is not the forger's
     assert "manifest signature" in names
 
 
 def test_swapped_checkpoint_is_caught(bundle: bytes) -> None:
-    files = _files(bundle)
+    files = unzip(bundle)
     notes = sorted(n for n in files if n.startswith("checkpoints/") and n.endswith(".note"))
     assert len(notes) >= 2
     files[notes[-1]], files[notes[-2]] = files[notes[-2]], files[notes[-1]]
-    failed = _failed(_zip(files))
+    failed = _failed(rezip(files))
     assert ("checkpoint signature", notes[-1]) in failed
     assert ("file hash", notes[-1]) in failed
 
 
 def test_pinned_key_mismatch_fails(bundle: bytes, traffic: Traffic) -> None:
     key = load_or_create_signing_key(traffic.gateway.data_dir / "keys" / "log-signing-key.pem")
-    own = json.loads(_files(bundle)["manifest.json"])["log"]["vkey"]
-    assert verify_bundle(bundle, vkey=own).ok and key is not None
+    own = json.loads(unzip(bundle)["manifest.json"])["log"]["vkey"]
+    assert verify_bundle(bundle, vkey=own, allow_simulated=True).ok and key is not None
     other = own.rsplit("+", 1)[0] + "+" + base64.b64encode(bytes(33)).decode()
     assert ("log key", "manifest.json") in _failed(bundle, vkey=other)
 
@@ -176,19 +169,19 @@ def test_truncated_or_foreign_file_is_not_a_bundle(bundle: bytes) -> None:
     with pytest.raises(BundleInvalid) as info:
         verify_bundle(bundle[: len(bundle) // 2])
     assert str(info.value).startswith("bundle_invalid: ")
-    assert not verify_bundle(_zip({"hello.txt": b"x"})).ok
+    assert not verify_bundle(rezip({"hello.txt": b"x"})).ok
 
 
 def test_sampled_and_tenant_bundles(traffic: Traffic, evidence_workdir: Path) -> None:
-    sampled = _export(traffic, evidence_workdir / "sample.zip", "--sample", "3")
-    manifest = json.loads(_files(sampled)["manifest.json"])
+    sampled = export(traffic, evidence_workdir / "sample.zip", "--sample", "3")
+    manifest = json.loads(unzip(sampled)["manifest.json"])
     assert manifest["records"]["exported"] == 3 and manifest["records"]["sampled"]
-    assert verify_bundle(sampled).ok
-    acme = _export(traffic, evidence_workdir / "acme.zip", "--tenant", "acme")
-    files = _files(acme)
+    assert verify_bundle(sampled, allow_simulated=True).ok
+    acme = export(traffic, evidence_workdir / "acme.zip", "--tenant", "acme")
+    files = unzip(acme)
     tenant = json.loads(files["manifest.json"])["tenant"]
     lines = files["records/records.jsonl"].splitlines()
-    assert tenant and lines and verify_bundle(acme).ok
+    assert tenant and lines and verify_bundle(acme, allow_simulated=True).ok
     for line in lines:
         envelope = json.loads(json.loads(line)["envelope"])
         assert json.loads(base64.b64decode(envelope["payload"]))["predicate"]["tenant"] == tenant

@@ -1,0 +1,261 @@
+"""Malformed, crafted and simulated bundles: a clean failure naming the problem, never a crash."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from audit import load_or_create_signing_key
+from proxy.cli import main
+from proxy.evidence import BundleInvalid, verify_bundle
+from proxy.evidence._manifest import sign_manifest
+from tests.evidence.conftest import Traffic, rezip, unzip
+
+Files = dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def log_key(traffic: Traffic) -> Ed25519PrivateKey:
+    return load_or_create_signing_key(traffic.gateway.data_dir / "keys" / "log-signing-key.pem")
+
+
+def _resign(files: Files, key: Ed25519PrivateKey, manifest: Any) -> Files:
+    """Rehash every file into ``manifest`` and sign it, as the log key holder could."""
+    if isinstance(manifest, dict):
+        manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())
+                             if n not in ("manifest.json", "manifest.sig")}
+    raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    return {**files, "manifest.json": raw, "manifest.sig": sign_manifest(raw, key)}
+
+
+def _first_record(files: Files, **changes: Any) -> Files:
+    lines = files["records/records.jsonl"].splitlines()
+    item = {**json.loads(lines[0]), **changes}
+    return {**files, "records/records.jsonl": b"\n".join([json.dumps(item).encode(), *lines[1:]])}
+
+
+def _identity(files: Files, raw: bytes) -> Files:
+    return {n: (raw if n.startswith("identity/") else d) for n, d in files.items()}
+
+
+def _manifest(bundle: Files, **changes: Any) -> Files:
+    manifest = {**json.loads(bundle["manifest.json"]), **changes}
+    return {**bundle, "manifest.json": json.dumps(manifest).encode()}
+
+
+def _envelope(files: Files, envelope: Any) -> Files:
+    return _first_record(files, envelope=json.dumps(envelope))
+
+
+# name → (mutation of the bundle's files, the failed check it must produce)
+FILE_CASES: dict[str, tuple[Callable[[Files], Files], str]] = {
+    "inclusion is a list": (lambda f: _first_record(f, inclusion=[]), "inclusion"),
+    "inclusion is null": (lambda f: _first_record(f, inclusion=None), "inclusion"),
+    "inclusion index is a string": (
+        lambda f: _first_record(f, inclusion={"index": "0", "size": 1, "hashes": []}), "inclusion"),
+    "leaf_index is 1e999 (infinity)": (
+        lambda f: _first_record(f, leaf_index=float("inf")), "record signature"),
+    "leaf_index is a string": (lambda f: _first_record(f, leaf_index="1"), "record signature"),
+    "leaf_index is negative": (lambda f: _first_record(f, leaf_index=-1), "record signature"),
+    "record_id is a number": (lambda f: _first_record(f, record_id=7), "record signature"),
+    "envelope is an object": (lambda f: _first_record(f, envelope={}), "record signature"),
+    "envelope is a JSON list": (lambda f: _envelope(f, []), "record signature"),
+    "envelope has no signatures": (lambda f: _envelope(f, {"signatures": []}), "record signature"),
+    "envelope signature is a list": (lambda f: _envelope(f, {"signatures": [[]]}), "record signature"),
+    "record line is a list": (
+        lambda f: {**f, "records/records.jsonl": b"[]\n"}, "record signature"),
+    "record line is not JSON": (
+        lambda f: {**f, "records/records.jsonl": b"{\n"}, "record signature"),
+    "record line nests too deep": (
+        lambda f: {**f, "records/records.jsonl": b"[" * 100_000}, "record signature"),
+    "identity document is a list": (lambda f: _identity(f, b"[]"), "attestation"),
+    "identity document is not JSON": (lambda f: _identity(f, b"\xff"), "attestation"),
+    "identity created is a number": (
+        lambda f: _identity(f, json.dumps({"created": 5}).encode()), "attestation"),
+    "manifest is a list": (lambda f: {**f, "manifest.json": b"[]"}, "manifest"),
+    "manifest records is a list": (lambda f: _manifest(f, records=[]), "manifest"),
+    "manifest leaves hold lists": (lambda f: _manifest(f, records={"leaves": [[1]]}), "manifest"),
+    "manifest window values are ints": (
+        lambda f: _manifest(f, window={"from": 1, "to": 2}), "manifest"),
+    "manifest window is a list": (lambda f: _manifest(f, window=[]), "manifest"),
+    "manifest log is a string": (lambda f: _manifest(f, log="x"), "manifest"),
+    "manifest files is a list": (lambda f: _manifest(f, files=[]), "manifest"),
+    "manifest tenant is a number": (lambda f: _manifest(f, tenant=5), "manifest"),
+    "manifest latest is a string": (lambda f: _manifest(f, latest_checkpoint="12"), "manifest"),
+    "policy index is an object": (
+        lambda f: {**f, "policies/index.json": b"{}"}, "policy digest"),
+    "policy files mix types": (
+        lambda f: {**f, "policies/index.json": b'[{"digest": "sha256:00", "files": [1, "a"]}]'},
+        "policy digest"),
+    "consistency proof is a list": (
+        lambda f: {**f, "checkpoints/consistency.json": b"[[]]"}, "consistency"),
+    "consistency sizes are strings": (
+        lambda f: {**f, "checkpoints/consistency.json": b'[{"from": "a", "to": 1, "hashes": []}]'},
+        "consistency"),
+}
+
+
+def _entry_offsets(data: bytes, name: str) -> tuple[int, list[int]]:
+    """(local header offset, central directory header offsets) of entry ``name``."""
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo(name)
+    central, at = [], data.find(b"PK\x01\x02")
+    while at != -1:
+        length = int.from_bytes(data[at + 28:at + 30], "little")
+        if data[at + 46:at + 46 + length] == name.encode():
+            central.append(at)
+        at = data.find(b"PK\x01\x02", at + 4)
+    return info.header_offset, central
+
+
+def _corrupt_deflate(data: bytes) -> bytes:
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo("report.html")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    out = bytearray(data)
+    for i in range(start + 5, start + 40):
+        out[i] ^= 0xFF
+    return bytes(out)
+
+
+def _compression_99(data: bytes) -> bytes:
+    local, central = _entry_offsets(data, "report.html")
+    out = bytearray(data)
+    out[local + 8] = 99
+    for at in central:
+        out[at + 10] = 99
+    return bytes(out)
+
+
+def _with_entries(files: Files, *extra: tuple[str, bytes], first: bool = False) -> bytes:
+    """The bundle's files plus raw ``extra`` entries (ahead of them when ``first``)."""
+    entries = [*extra, *files.items()] if first else [*files.items(), *extra]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
+        for name, data in entries:
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return buffer.getvalue()
+
+
+# name → (the zip bytes from the bundle's files and bytes, a phrase of the BundleInvalid detail)
+ZIP_CASES: dict[str, tuple[Callable[[Files, bytes], bytes], str]] = {
+    "corrupt deflate stream": (lambda f, raw: _corrupt_deflate(raw), "zlib.error"),
+    "unknown compression method": (lambda f, raw: _compression_99(raw), "NotImplementedError"),
+    "duplicate entry (unsigned copy first)": (
+        lambda f, raw: _with_entries(f, ("report.html", b"<h1>all fine</h1>"), first=True),
+        "duplicate zip entry 'report.html'"),
+    "absolute entry name": (lambda f, raw: _with_entries(f, ("/etc/cron.d/x", b"x")), "unsafe"),
+    "parent directory entry name": (lambda f, raw: _with_entries(f, ("../x", b"x")), "unsafe"),
+    "inner parent directory": (lambda f, raw: _with_entries(f, ("a/../../x", b"x")), "unsafe"),
+    "drive letter": (lambda f, raw: _with_entries(f, ("C:/x", b"x")), "unsafe"),
+    "backslash": (lambda f, raw: _with_entries(f, ("a\\..\\x", b"x")), "unsafe"),
+    "directory entry with data": (lambda f, raw: _with_entries(f, ("identity/", b"x")), "carries data"),
+    "truncated archive": (lambda f, raw: raw[: len(raw) // 2], "zip archive"),
+}
+
+
+def _cli(capsys: pytest.CaptureFixture[str], path: Path, *extra: str) -> tuple[int, str, str]:
+    status = main(["evidence", "verify", str(path), *extra])  # raises if anything escapes
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize("case", list(FILE_CASES))
+def test_malformed_content_fails_the_named_check(bundle: bytes, case: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    mutate, check = FILE_CASES[case]
+    data = rezip(mutate(unzip(bundle)))
+    verdict = verify_bundle(data, allow_simulated=True)
+    assert not verdict.ok and check in {c.name for c in verdict.failures}, verdict.table()
+    (tmp_path / "bad.zip").write_bytes(data)
+    status, out, _ = _cli(capsys, tmp_path / "bad.zip", "--allow-simulated")
+    assert status == 1 and "verdict: FAILED" in out
+
+
+@pytest.mark.parametrize("case", list(ZIP_CASES))
+def test_crafted_archive_is_not_a_bundle(bundle: bytes, case: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    build, phrase = ZIP_CASES[case]
+    data = build(unzip(bundle), bundle)
+    with pytest.raises(BundleInvalid) as info:
+        verify_bundle(data, allow_simulated=True)
+    assert phrase in str(info.value)
+    (tmp_path / "bad.zip").write_bytes(data)
+    status, out, err = _cli(capsys, tmp_path / "bad.zip", "--allow-simulated")
+    assert status == 1 and out == "" and err.startswith("sealgate: bundle_invalid: ")
+
+
+def test_cli_prints_no_traceback(traffic: Traffic, bundle: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "bad.zip"
+    path.write_bytes(rezip(_first_record(unzip(bundle), inclusion=None)))
+    result = traffic.gateway.cli("evidence", "verify", str(path), "--allow-simulated")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "verdict: FAILED" in result.stdout
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=6)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    children = (value.items() if isinstance(value, dict)
+                else enumerate(value) if isinstance(value, list) else ())
+    return [prefix] + [p for key, child in children for p in _paths(child, (*prefix, key))]
+
+
+def _replace(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = json.loads(json.dumps(value))
+    parent = copy
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = new
+    return copy
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_mutated_signed_manifests_never_crash(bundle: bytes, log_key: Ed25519PrivateKey,
+                                              data: st.DataObject) -> None:
+    files = unzip(bundle)
+    manifest = json.loads(files["manifest.json"])
+    path = data.draw(st.sampled_from([p for p in _paths(manifest) if p[:1] != ("files",)]))
+    mutated = _resign(files, log_key, _replace(manifest, path, data.draw(_JSON)))
+    try:
+        verdict = verify_bundle(rezip(mutated), allow_simulated=True)
+    except BundleInvalid:
+        return
+    assert verdict.checks
+
+
+def test_simulated_evidence_needs_the_verifiers_consent(traffic: Traffic, bundle: bytes,
+                                                        log_key: Ed25519PrivateKey,
+                                                        tmp_path: Path) -> None:
+    files = unzip(bundle)
+    # The bundle's own word is not consent: a forger controls the manifest.
+    forged = _resign(files, log_key, {**json.loads(files["manifest.json"]), "simulated": True})
+    for data in (bundle, rezip(forged)):
+        verdict = verify_bundle(data)
+        assert not verdict.ok and not verdict.insecure
+        attestation = [c for c in verdict.failures if c.name == "attestation"]
+        assert attestation and "simulated evidence" in attestation[0].detail
+        assert verify_bundle(data, allow_simulated=True).ok
+    path = tmp_path / "forged.zip"
+    path.write_bytes(rezip(forged))
+    result = traffic.gateway.cli("evidence", "verify", str(path), "--json")
+    doc = json.loads(result.stdout)
+    assert result.returncode == 1 and doc["ok"] is False and doc["insecure"] is False
