@@ -89,11 +89,19 @@ async def health_page(svc: DashboardService) -> dict[str, Any]:
             "origin": log.origin, "vkey": log.vkey}
 
 
+def _kept_documents_policy(svc: DashboardService) -> VerificationPolicy:
+    """This gateway's own documents: pinned to its configured release measurement, if any."""
+    measurement = svc.settings.release_measurement.lower()
+    if measurement:
+        return VerificationPolicy(allowed_measurements=frozenset({measurement}), allow_simulated=True)
+    return VerificationPolicy(allow_simulated=True, allow_any_measurement=True)
+
+
 def _verify_doc(svc: DashboardService, name: str, doc: dict[str, Any]) -> tuple[bool, str]:
     if name not in svc.identity_verdicts:
         try:
             created = datetime.fromisoformat(str(doc.get("created")))
-            found = verify_identity(doc, VerificationPolicy(allow_simulated=True), now=created)
+            found = verify_identity(doc, _kept_documents_policy(svc), now=created)
             text = "verified" + (" (SIMULATED: insecure)" if found.simulated else "")
             svc.identity_verdicts[name] = (True, text)
         except (VerificationError, ValueError, TypeError) as exc:

@@ -16,6 +16,7 @@ from proxy.tenants import Tenant
 from proxy.users import InvalidCredentials
 
 from ._pages import enclave_page, health_page, policies_page, record_page
+from ._query import DECISIONS, KINDS, RECORD_ID, BadQuery, page_number, text_value, time_us, when
 from ._render import HEADERS, html
 from ._service import DashboardService, Viewer
 from ._views import PAGE_SIZE, RecordFilter, fmt_us, overview, query_records
@@ -86,7 +87,8 @@ async def login(request: Req, dashboard: DashboardService) -> Response[str]:
         dashboard.limiter.fail(*keys)
         return html("login.html", 401, csrf=csrf, error="Invalid user name or password.")
     dashboard.limiter.reset(keys[1])
-    return _redirect("/dashboard", [_cookie(request, SESSION, dashboard.sessions.issue(user.id))])
+    cookie = dashboard.sessions.issue(user.id, user.session_generation)
+    return _redirect("/dashboard", [_cookie(request, SESSION, cookie)])
 
 
 @post("/logout", include_in_schema=False, status_code=200)
@@ -95,6 +97,9 @@ async def logout(request: Req, dashboard: DashboardService) -> Response[str]:
     form = await request.form()
     if not dashboard.sessions.check_csrf(viewer.nonce, form.get("csrf")):
         return _page("error.html", viewer, "", 403, message="Invalid form token.")
+    # Clearing the cookie is not enough: a copy of it must stop working too, here and in every
+    # process sharing the database (within the account cache's TTL).
+    await asyncio.to_thread(dashboard.users.end_sessions, viewer.user.id)
     return _redirect("/dashboard/login", [_cookie(request, SESSION, "", 0)])
 
 
@@ -116,26 +121,39 @@ def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None
     return pseudonym
 
 
+def _record_filter(pseudonym: str | None, params: dict[str, str], page: str | None) -> RecordFilter:
+    start, end = when("from", params["from"]), when("to", params["to"], end=True)
+    if start is not None and end is not None and end <= start:
+        raise BadQuery("from must be before to.")
+    return RecordFilter(pseudonym, text_value("decision", params["decision"], DECISIONS),
+                        text_value("kind", params["kind"], KINDS),
+                        text_value("model", params["model"]),
+                        None if start is None else time_us(start),
+                        None if end is None else time_us(end), page_number(page))
+
+
 @get("/records", include_in_schema=False)
 async def records_page(
     request: Req, dashboard: DashboardService,
     tenant_name: str | None = Parameter(query="tenant", default=None),
     decision: str | None = None, kind: str | None = None, model: str | None = None,
     start: str | None = Parameter(query="from", default=None),
-    end: str | None = Parameter(query="to", default=None), page: int = Parameter(default=1, ge=1),
+    end: str | None = Parameter(query="to", default=None), page: str | None = None,
 ) -> Response[str]:
     viewer = _viewer(request, dashboard)
+    params = {"tenant": tenant_name or "", "decision": decision or "", "kind": kind or "",
+              "model": model or "", "from": start or "", "to": end or ""}
     try:
-        pseudonym = _scoped_tenant(dashboard, viewer, tenant_name)
+        pseudonym = _scoped_tenant(dashboard, viewer, text_value("tenant", tenant_name))
+        f = _record_filter(pseudonym, params, page)
+    except BadQuery as exc:
+        return _page("error.html", viewer, "records", 400, message=str(exc))
     except PermissionError:
         return _page("error.html", viewer, "records", 403, message="Not your tenant.")
-    f = RecordFilter(pseudonym, decision or None, kind or None, model or None, start, end, page)
     log = dashboard.audit
     rows, total = await asyncio.to_thread(query_records, log.store, log.log_id, f)
     names = dashboard.tenant_names()
-    params = {"tenant": tenant_name or "", "decision": decision or "", "kind": kind or "",
-              "model": model or "", "from": start or "", "to": end or ""}
-    return _page("records.html", viewer, "records", rows=rows, total=total, page=page,
+    return _page("records.html", viewer, "records", rows=rows, total=total, page=f.page,
                  pages=max(1, -(-total // PAGE_SIZE)), params=params, names=names, fmt=fmt_us,
                  tenants=sorted(names.values()) if viewer.scope is None else [])
 
@@ -143,7 +161,7 @@ async def records_page(
 @get("/records/{record_id:str}", include_in_schema=False)
 async def record_detail(request: Req, dashboard: DashboardService, record_id: str) -> Response[str]:
     viewer = _viewer(request, dashboard)
-    data = await record_page(dashboard, viewer, record_id)
+    data = await record_page(dashboard, viewer, record_id) if RECORD_ID.fullmatch(record_id) else None
     if data is None:
         return _page("error.html", viewer, "records", 404, message="No such record.")
     return _page("record.html", viewer, "records", names=dashboard.tenant_names(), **data)
@@ -181,9 +199,19 @@ async def export_form(request: Req, dashboard: DashboardService) -> Response[str
 
 
 def _window(form: Any) -> tuple[datetime, datetime]:
-    start = datetime.fromisoformat(str(form.get("from"))).replace(tzinfo=UTC)
-    end = datetime.fromisoformat(str(form.get("to"))).replace(tzinfo=UTC) + timedelta(days=1)
+    start = when("from", str(form.get("from") or ""))
+    end = when("to", str(form.get("to") or ""), end=True)
+    if start is None or end is None:
+        raise BadQuery("from and to are both required.")
+    if end <= start:
+        raise BadQuery("from must be before to.")
     return start, end
+
+
+def _export_problem(exc: Exception) -> str:
+    if isinstance(exc, EvidenceError):
+        return exc.detail
+    return str(exc) if isinstance(exc, BadQuery) else "Invalid window or tenant."
 
 
 @post("/export", include_in_schema=False, status_code=200)
@@ -196,15 +224,14 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
         return _page("error.html", viewer, "export", 403, message="Invalid form token.")
     try:
         start, end = _window(form)
-        tenant = _scoped_tenant(dashboard, viewer, str(form.get("tenant") or "") or None)
+        tenant = _scoped_tenant(dashboard, viewer, text_value("tenant", str(form.get("tenant") or "")))
         options = ExportOptions(start, end, tenant, None, await dashboard.identity.document(),
                                 dashboard.settings.policy_bundle)
         log = dashboard.audit
         data = await asyncio.to_thread(build_bundle, log.store, dashboard.data_dir,
                                        dashboard.log_key, options)
     except (ValueError, PermissionError, EvidenceError) as exc:
-        message = exc.detail if isinstance(exc, EvidenceError) else "Invalid window or tenant."
-        return _page("error.html", viewer, "export", 400, message=message)
+        return _page("error.html", viewer, "export", 400, message=_export_problem(exc))
     name = f"sealgate-evidence-{start.date()}-{(end - timedelta(days=1)).date()}.zip"
     return Response(data, media_type="application/zip", headers={
         **HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})

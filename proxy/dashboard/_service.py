@@ -67,13 +67,14 @@ class DashboardService:
         return {t.pseudonym: t.name for t in self.tenants.tenants()}
 
     def viewer(self, cookie: str | None) -> Viewer | None:
-        session = self.sessions.read(cookie)
-        if session is None:
+        """The signed-in user of a session cookie: signed, unexpired and not signed out."""
+        claims = self.sessions.read(cookie)
+        if claims is None:
             return None
-        user = self.users.get(session[0])
+        user = self.users.session_user(claims.user, claims.generation)
         if user is None:
             return None
         scope = None
         if user.role == "reviewer" and user.tenant is not None:
             scope = self.tenants.tenant(user.tenant).pseudonym
-        return Viewer(user, session[1], scope, self.sessions.csrf(session[1]))
+        return Viewer(user, claims.nonce, scope, self.sessions.csrf(claims.nonce))

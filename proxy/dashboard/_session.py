@@ -1,9 +1,13 @@
 """Signed session cookies, CSRF tokens bound to them, and the failed-login limiter.
 
-A session cookie is ``base64url(JSON {u, n, e}) "." hex(HMAC-SHA256(secret, payload))``: user id,
-a random nonce and the expiry. The CSRF token of a session (synchronizer token pattern, OWASP
-CSRF Prevention Cheat Sheet) is HMAC(secret, "csrf:" + nonce); before login a random pre-session
-cookie plays the nonce's part.
+A session cookie is ``base64url(JSON {u, n, g, e}) "." hex(HMAC-SHA256(secret, payload))``: user
+id, a random nonce, the account's session generation and the expiry. The signature makes a
+cookie unforgeable; the generation makes it revocable: signing out bumps the account's
+generation in the database, and a cookie of an older generation is refused (OWASP Session
+Management Cheat Sheet, "Session Expiration": invalidate on the server side).
+
+The CSRF token of a session (synchronizer token pattern, OWASP CSRF Prevention Cheat Sheet) is
+HMAC(secret, "csrf:" + nonce); before login a random pre-session cookie plays the nonce's part.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["LoginLimiter", "SessionCodec", "load_secret"]
+__all__ = ["LoginLimiter", "SessionClaims", "SessionCodec", "load_secret"]
 
 SESSION_TTL_S = 8 * 3600
 
@@ -40,6 +45,14 @@ def load_secret(configured: str, data_dir: Path) -> bytes:
     return secret
 
 
+class SessionClaims(NamedTuple):
+    """What a valid, unexpired cookie says; the generation is checked against the account."""
+
+    user: str
+    nonce: str
+    generation: int
+
+
 class SessionCodec:
     def __init__(self, secret: bytes, clock: Callable[[], float] = time.time) -> None:
         self._secret, self._clock = secret, clock
@@ -47,13 +60,14 @@ class SessionCodec:
     def _mac(self, data: bytes) -> str:
         return hmac.new(self._secret, data, hashlib.sha256).hexdigest()
 
-    def issue(self, user_id: str) -> str:
-        body = {"u": user_id, "n": secrets.token_hex(16), "e": int(self._clock()) + SESSION_TTL_S}
+    def issue(self, user_id: str, generation: int) -> str:
+        body = {"u": user_id, "n": secrets.token_hex(16), "g": generation,
+                "e": int(self._clock()) + SESSION_TTL_S}
         payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
         return f"{payload}.{self._mac(payload.encode())}"
 
-    def read(self, cookie: str | None) -> tuple[str, str] | None:
-        """(user id, nonce) of a valid, unexpired cookie; None otherwise."""
+    def read(self, cookie: str | None) -> SessionClaims | None:
+        """The claims of a validly signed, unexpired cookie; None otherwise."""
         if not cookie or "." not in cookie:
             return None
         payload, mac = cookie.rsplit(".", 1)
@@ -61,10 +75,11 @@ class SessionCodec:
             return None
         try:
             body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            user, nonce, expiry = str(body["u"]), str(body["n"]), int(body["e"])
+            claims = SessionClaims(str(body["u"]), str(body["n"]), int(body["g"]))
+            expiry = int(body["e"])
         except (ValueError, KeyError, TypeError, binascii.Error):
-            return None
-        return (user, nonce) if expiry > self._clock() else None
+            return None  # cookies from before generations existed ("g" missing) sign in again
+        return claims if expiry > self._clock() else None
 
     def csrf(self, nonce: str, purpose: str = "csrf") -> str:
         return self._mac(f"{purpose}:{nonce}".encode())

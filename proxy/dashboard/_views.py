@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -68,26 +68,15 @@ def _timeline(hours: dict[int, list[int]]) -> list[tuple[str, int, int]]:
 
 @dataclass(frozen=True)
 class RecordFilter:
+    """Checked filter values (see ``_query``); times are microseconds since the epoch."""
+
     tenant: str | None = None
     decision: str | None = None
     kind: str | None = None
     model: str | None = None
-    start: str | None = None
-    end: str | None = None
+    start_us: int | None = None
+    end_us: int | None = None
     page: int = 1
-
-
-def _when(text: str | None, end: bool = False) -> int | None:
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    value = value if value.tzinfo else value.replace(tzinfo=UTC)
-    if end and len(text) == 10:
-        value += timedelta(days=1)
-    return int(value.timestamp() * 1_000_000)
 
 
 def _conditions(log_id: str, f: RecordFilter) -> list[Any]:
@@ -97,11 +86,10 @@ def _conditions(log_id: str, f: RecordFilter) -> list[Any]:
                           (c.model, f.model)):
         if value:
             conds.append(column == value)
-    start, end = _when(f.start), _when(f.end, end=True)
-    if start is not None:
-        conds.append(c.time_us >= start)
-    if end is not None:
-        conds.append(c.time_us < end)
+    if f.start_us is not None:
+        conds.append(c.time_us >= f.start_us)
+    if f.end_us is not None:
+        conds.append(c.time_us < f.end_us)
     return conds
 
 

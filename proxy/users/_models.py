@@ -1,4 +1,4 @@
-"""The reviewer account table (in the tenant database, migration 0002)."""
+"""The reviewer account table (in the tenant database, migrations 0002 and 0003)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,6 @@ class UserRow(SQLModel, table=True):
     tenant: str | None = Field(default=None, max_length=64)
     password_hash: str = Field(max_length=255)
     created_at: datetime
+    # Session cookies carry the generation they were issued under; bumping it (sign-out) ends
+    # every earlier session of the account, in every gateway process sharing the database.
+    session_generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

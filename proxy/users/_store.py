@@ -1,12 +1,15 @@
-"""Reviewer accounts: create, list, authenticate. Roles: admin, reviewer, auditor."""
+"""Reviewer accounts: create, list, authenticate, end sessions. Roles: admin, reviewer, auditor."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -27,23 +30,37 @@ _DUMMY = hash_password(secrets.token_hex(16))
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """A dashboard account. ``tenant`` (a tenant name) limits a reviewer to that tenant."""
+    """A dashboard account. ``tenant`` (a tenant name) limits a reviewer to that tenant;
+    ``session_generation`` is what its valid session cookies carry."""
 
     id: str
     username: str
     role: str
     tenant: str | None
+    session_generation: int = 0
 
     @property
     def can_export(self) -> bool:
         return self.role in ("admin", "auditor")
 
 
-class UserStore:
-    """Accounts in the tenant database (``sqlite:///…/sealgate.db``)."""
+def _user(row: UserRow) -> User:
+    return User(row.id, row.username, row.role, row.tenant, row.session_generation)
 
-    def __init__(self, url: str) -> None:
+
+class UserStore:
+    """Accounts in the tenant database (``sqlite:///…/sealgate.db``).
+
+    Session checks go through a short cache (``cache_ttl_s``, as API-key lookups in
+    ``TenantStore``): ending sessions takes effect at once in this process and within the TTL in
+    every other process sharing the database.
+    """
+
+    def __init__(self, url: str, *, cache_ttl_s: float = 1.0) -> None:
         self._engine = open_engine(url)
+        self._ttl = cache_ttl_s
+        self._cache: dict[str, tuple[float, User | None]] = {}
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -67,17 +84,41 @@ class UserStore:
                 session.commit()
         except IntegrityError as exc:
             raise UserError(f"user {username!r} already exists", code="user_exists") from exc
-        return User(row.id, username, role, tenant)
+        return _user(row)
 
     def users(self) -> list[User]:
         with Session(self._engine) as session:
             rows = session.exec(select(UserRow).order_by(UserRow.username)).all()
-            return [User(r.id, r.username, r.role, r.tenant) for r in rows]
+            return [_user(r) for r in rows]
 
     def get(self, user_id: str) -> User | None:
         with Session(self._engine) as session:
             row = session.get(UserRow, user_id)
-            return None if row is None else User(row.id, row.username, row.role, row.tenant)
+            return None if row is None else _user(row)
+
+    def session_user(self, user_id: str, generation: int) -> User | None:
+        """The account of a session issued under ``generation``, or None once that generation
+        has ended. A generation newer than the cached one skips the cache (a sign-in elsewhere)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(user_id)
+        user = hit[1] if hit is not None else None
+        if hit is None or hit[0] <= now or (user is not None and user.session_generation < generation):
+            user = self.get(user_id)
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[user_id] = (now + self._ttl, user)
+        return user if user is not None and user.session_generation == generation else None
+
+    def end_sessions(self, user_id: str) -> None:
+        """End every session of the account (sign-out): its cookies' generation is now stale."""
+        table: sa.Table = UserRow.__table__  # type: ignore[attr-defined]
+        with self._engine.begin() as conn:  # one atomic increment, whoever else signs out
+            conn.execute(table.update().where(table.c.id == user_id)
+                         .values(session_generation=table.c.session_generation + 1))
+        with self._lock:
+            self._cache.pop(user_id, None)
 
     def authenticate(self, username: str, password: str) -> User:
         with Session(self._engine) as session:
@@ -85,4 +126,4 @@ class UserStore:
         stored = row.password_hash if row is not None else _DUMMY
         if not verify_password(password, stored) or row is None:
             raise InvalidCredentials("invalid user name or password")
-        return User(row.id, row.username, row.role, row.tenant)
+        return _user(row)

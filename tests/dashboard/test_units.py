@@ -1,11 +1,22 @@
-"""Passwords, accounts, session cookies, CSRF tokens and the login limiter."""
+"""Passwords, accounts, session cookies and generations, CSRF tokens, the login limiter and
+the query-value checks."""
 
 from __future__ import annotations
 
+import base64
+import json
+import time
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from hypothesis import given
+from hypothesis import strategies as st
 
+from proxy.dashboard._query import EARLIEST, LATEST, MAX_PAGE, BadQuery, page_number, time_us, when
 from proxy.dashboard._session import LoginLimiter, SessionCodec, load_secret
 from proxy.users import InvalidCredentials, UserError, UserStore, hash_password, verify_password
 
@@ -45,9 +56,9 @@ def test_session_cookie_and_csrf(tmp_path: Path) -> None:
     now = [1000.0]
     codec = SessionCodec(load_secret("", tmp_path), clock=lambda: now[0])
     assert load_secret("", tmp_path) == load_secret("", tmp_path)  # kept once, reused
-    cookie = codec.issue("usr_1")
-    user, nonce = codec.read(cookie) or ("", "")
-    assert user == "usr_1"
+    cookie = codec.issue("usr_1", 7)
+    user, nonce, generation = codec.read(cookie) or ("", "", 0)
+    assert user == "usr_1" and generation == 7
     assert codec.check_csrf(nonce, codec.csrf(nonce))
     assert not codec.check_csrf(nonce, codec.csrf(nonce, "login"))
     assert not codec.check_csrf(None, codec.csrf(nonce))
@@ -60,6 +71,52 @@ def test_session_cookie_and_csrf(tmp_path: Path) -> None:
     assert codec.read(cookie) is None  # expired
 
 
+def test_cookies_without_a_generation_are_refused(tmp_path: Path) -> None:
+    secret = load_secret("", tmp_path)
+    codec = SessionCodec(secret)
+    body = {"u": "usr_1", "n": "ab" * 16, "e": int(time.time()) + 3600}  # the old format
+    payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+    assert codec.read(f"{payload}.{codec._mac(payload.encode())}") is None
+
+
+def test_ending_sessions_reaches_every_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sealgate.db'}"
+    here, there = UserStore(url, cache_ttl_s=0.2), UserStore(url, cache_ttl_s=0.2)
+    user = here.create("ada", "auditor", "twelve chars!")
+    assert user.session_generation == 0
+    assert here.session_user(user.id, 0) == user and there.session_user(user.id, 0) == user
+    here.end_sessions(user.id)
+    assert here.session_user(user.id, 0) is None  # at once in the process that signed out
+    assert there.session_user(user.id, 0) == user  # cached elsewhere, for the TTL only
+    time.sleep(0.25)
+    assert there.session_user(user.id, 0) is None
+    again = here.authenticate("ada", "twelve chars!")
+    assert again.session_generation == 1 and there.session_user(user.id, 1) == again
+    assert here.session_user("usr_unknown", 0) is None
+    here.close()
+    there.close()
+
+
+def test_migration_keeps_existing_accounts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sealgate.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path("proxy/tenants/migrations").resolve()))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "0002")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO dashboard_users (id, username, role, password_hash, created_at) VALUES "
+            "('usr_old', 'old', 'admin', :h, :t)"), {"h": hash_password("twelve chars!"),
+                                                      "t": datetime(2024, 1, 1)})
+    engine.dispose()
+    store = UserStore(url)  # upgrades to head
+    assert store.authenticate("old", "twelve chars!").session_generation == 0
+    store.end_sessions("usr_old")
+    assert store.get("usr_old") is not None and store.session_user("usr_old", 1) is not None
+    store.close()
+
+
 def test_login_limiter_window() -> None:
     now = [0.0]
     limiter = LoginLimiter(limit=3, window_s=60, clock=lambda: now[0])
@@ -69,3 +126,42 @@ def test_login_limiter_window() -> None:
     assert limiter.blocked("ip:a") and limiter.blocked("user:x") and not limiter.blocked("ip:b")
     now[0] = 61
     assert not limiter.blocked("ip:a", "user:x")
+
+
+@given(st.text(max_size=30))
+def test_page_numbers_are_bounded(text: str) -> None:
+    try:
+        assert 1 <= page_number(text) <= MAX_PAGE
+    except BadQuery as exc:
+        assert str(exc) == "page must be a whole number from 1 to 1,000,000,000."
+
+
+_offsets = st.timedeltas(min_value=-timedelta(hours=23, minutes=59, seconds=59),
+                         max_value=timedelta(hours=23, minutes=59, seconds=59)).map(timezone)
+
+
+@given(st.one_of(st.text(max_size=70), st.dates().map(str),
+                 st.datetimes(timezones=st.none() | _offsets).map(lambda d: d.isoformat())),
+       st.booleans())
+def test_times_are_bounded_or_refused(text: str, end: bool) -> None:
+    try:
+        value = when("to", text, end=end)
+    except BadQuery as exc:
+        assert str(exc).startswith("to must be a date (YYYY-MM-DD)")
+        return
+    if value is not None:
+        first = datetime.combine(EARLIEST, datetime.min.time(), UTC)
+        assert first <= value <= datetime.combine(LATEST, datetime.min.time(), UTC) + timedelta(2)
+        assert time_us(value) >= 0
+
+
+def test_end_dates_are_inclusive_and_times_exact() -> None:
+    assert when("to", "2024-01-31", end=True) == datetime(2024, 2, 1, tzinfo=UTC)
+    assert when("from", "2024-01-31") == datetime(2024, 1, 31, tzinfo=UTC)
+    assert when("to", "2024-01-31T10:00", end=True) == datetime(2024, 1, 31, 10, tzinfo=UTC)
+    assert when("to", str(LATEST), end=True) == datetime(9999, 1, 1, tzinfo=UTC)
+    assert time_us(datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC)) == 1
+    for bad in ("9999-12-31", str(EARLIEST - timedelta(days=1)), "x", "2024-02-30"):
+        with pytest.raises(BadQuery):
+            when("to", bad, end=True)
+    assert when("to", "") is None and date(1970, 1, 1) == EARLIEST

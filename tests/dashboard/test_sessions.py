@@ -1,0 +1,97 @@
+"""Signing out ends the session on the server: a copied cookie stops working, in this gateway
+process at once and in every other process sharing the account database within the cache TTL."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.users import UserStore
+from tests.dashboard.conftest import PASSWORD
+from tests.evidence.conftest import Traffic
+from tests.server import Gateway, start_gateway
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def _account(traffic: Traffic, name: str) -> str:
+    store = UserStore(f"sqlite:///{traffic.gateway.data_dir / 'sealgate.db'}")
+    try:
+        return store.create(name, "auditor", PASSWORD).id
+    finally:
+        store.close()
+
+
+def _sign_in(url: str, user: str) -> httpx.Client:
+    # Its own client address: the failed-login limit that test_security trips is per address.
+    transport = httpx.HTTPTransport(local_address="127.0.0.3")
+    client = httpx.Client(base_url=url, timeout=30, transport=transport)
+    token = _CSRF.search(client.get("/dashboard/login").text)
+    assert token is not None
+    response = client.post("/dashboard/login", data={"csrf": token.group(1), "username": user,
+                                                     "password": PASSWORD})
+    assert response.status_code == 303 and client.cookies.get("sg_session")
+    return client
+
+
+def _sign_out(client: httpx.Client) -> None:
+    token = _CSRF.search(client.get("/dashboard/").text)
+    assert token is not None
+    response = client.post("/dashboard/logout", data={"csrf": token.group(1)})
+    assert response.status_code == 303 and response.headers["location"] == "/dashboard/login"
+
+
+def _status(url: str, cookie: str) -> int:
+    return httpx.get(f"{url}/dashboard/records", cookies={"sg_session": cookie},
+                     timeout=30).status_code
+
+
+def test_signed_out_cookie_is_refused(traffic: Traffic, accounts: Any) -> None:
+    _account(traffic, "signout1")
+    url = traffic.gateway.url
+    first, other = _sign_in(url, "signout1"), _sign_in(url, "signout1")
+    copied = str(first.cookies.get("sg_session"))
+    assert _status(url, copied) == 200
+    _sign_out(first)
+    assert _status(url, copied) == 303  # the copy no longer works, not just the browser's
+    assert other.get("/dashboard/").status_code == 303  # sign-out ends every session
+    fresh = _sign_in(url, "signout1")
+    assert fresh.get("/dashboard/records").status_code == 200
+    assert _status(url, copied) == 303  # signing in again does not revive the old cookie
+
+
+@pytest.fixture(scope="module")
+def replica(traffic: Traffic, evidence_workdir: Path) -> Iterator[Gateway]:
+    """A second gateway process sharing the first one's account database and session secret."""
+    first = traffic.gateway
+    data_dir = evidence_workdir / "replica-data"
+    (data_dir / "keys").mkdir(parents=True)
+    shutil.copy(first.data_dir / "keys" / "session-secret", data_dir / "keys" / "session-secret")
+    config = Path(first.env["SEALGATE_CONFIG"]).read_text()
+    gateway = start_gateway(evidence_workdir, config, data_dir=data_dir, extra_env={
+        "SEALGATE_DATABASE_URL": f"sqlite:///{first.data_dir / 'sealgate.db'}"})
+    yield gateway
+    gateway.stop()
+
+
+def test_sign_out_reaches_other_gateway_processes(traffic: Traffic, accounts: Any,
+                                                  replica: Gateway) -> None:
+    _account(traffic, "signout2")
+    client = _sign_in(traffic.gateway.url, "signout2")
+    copied = str(client.cookies.get("sg_session"))
+    assert _status(replica.url, copied) == 200  # one session, valid on both processes
+    _sign_out(client)
+    deadline = time.monotonic() + 5  # the account cache lives one second
+    while _status(replica.url, copied) != 303:
+        assert time.monotonic() < deadline, "the other process still accepts the cookie"
+        time.sleep(0.1)
+    # and a new sign-in on one process is accepted at once by the other, cache or not
+    again = str(_sign_in(traffic.gateway.url, "signout2").cookies.get("sg_session"))
+    assert _status(replica.url, again) == 200
