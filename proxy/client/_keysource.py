@@ -78,12 +78,19 @@ def _default_verify() -> VerifyFn:
     return verify_identity
 
 
+def _default_policy() -> Any:
+    from proxy.attestation import VerificationPolicy
+
+    return VerificationPolicy.from_env()
+
+
 class AttestedKeySource:
     """Fetches the enclave identity with a fresh nonce, verifies it, and caches its keys.
 
     ``verify(document, policy, nonce=...)`` must return an object whose ``key_configs`` is the
     verified ``application/ohttp-keys`` value; any exception means "not verified". The default
-    is ``proxy.attestation.verify_identity``.
+    is ``proxy.attestation.verify_identity``, and the default ``policy`` is
+    ``VerificationPolicy.from_env()`` (strict unless the environment relaxes it).
     """
 
     def __init__(
@@ -131,7 +138,8 @@ class AttestedKeySource:
             raise _unverified("identity document is not an object")
         verify = self._verify or _default_verify()
         try:
-            verified = verify(document, self._policy, nonce=nonce)
+            policy = self._policy if self._policy is not None else _default_policy()
+            verified = verify(document, policy, nonce=nonce)
             key_configs = bytes(verified.key_configs)
         except Exception as exc:
             raise _unverified(f"identity verification failed: {exc}") from exc

@@ -242,3 +242,15 @@ def test_client_default_refuses_unlisted_measurement(monkeypatch: pytest.MonkeyP
     with pytest.raises(SealedTransportError) as refused:
         source.key_config()
     assert "measurement_not_allowed" in str(refused.value)
+    # Without a policy the source takes the environment's, strict by default.
+    for name in ("SEALGATE_VERIFY_POLICY", "SEALGATE_ALLOWED_MEASUREMENTS",
+                 "SEALGATE_ALLOW_ANY_MEASUREMENT", "SEALGATE_ALLOW_SIMULATED"):
+        monkeypatch.delenv(name, raising=False)
+    default = AttestedKeySource("https://gw.example", transport=httpx2.MockTransport(handler))
+    with pytest.raises(SealedTransportError) as refused:
+        default.key_config()
+    assert "measurement_not_allowed" in str(refused.value)
+    monkeypatch.setenv("SEALGATE_ALLOW_ANY_MEASUREMENT", "1")
+    with pytest.raises(SealedTransportError) as past:  # verified; this document's keys are a stub
+        default.key_config()
+    assert "unusable key configuration" in str(past.value)
