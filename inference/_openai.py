@@ -5,7 +5,10 @@ transport the official SDK offers for async use): the same calls, about half the
 cost of httpx's default transport, which matters on the gateway's hot path (``make bench``).
 Streaming is passed through as it arrives: each upstream SSE event becomes one chunk here, with
 no buffering beyond the event itself. Upstream error bodies are never relayed (they may echo
-content); only their status class is.
+content); only their status class is. Every document is checked against the skeleton of its
+OpenAI shape (the fields the gateway reads or rewrites); one that does not fit, a stream that is
+not ``text/event-stream``, or one that ends without ``data: [DONE]`` is a backend error (502)
+with a fixed message, never the upstream's text.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, cast
 
 import aiohttp
 import httpx
@@ -22,11 +25,88 @@ import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from inference._base import GenerationKind, Json
-from inference._errors import BackendRejected, BackendUnavailable
+from inference._errors import BackendError, BackendRejected, BackendUnavailable
 
 __all__ = ["OpenAIBackend", "OpenAIConfig"]
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+_MALFORMED = "the upstream sent a malformed response"
+
+
+class UpstreamTruncated(BackendError):
+    """The upstream's event stream ended without ``data: [DONE]``: the answer may be cut short."""
+
+    code = "upstream_truncated"
+
+
+# -- the skeleton of each upstream document (validated, then forwarded as decoded) ------------
+# Token counts go into signed records: integers every verifier reads exactly (RFC 7493 §2.2).
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: _Count = 0
+    completion_tokens: _Count = 0
+
+
+class _Document(msgspec.Struct):
+    id: str = ""
+    created: int = 0
+    usage: _Usage | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+
+
+class _ChatChoice(msgspec.Struct):
+    message: _Message
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Message
+
+
+class _TextChoice(msgspec.Struct):
+    text: str
+
+
+class _Chat(_Document, kw_only=True):
+    choices: list[_ChatChoice]
+
+
+class _ChatChunk(_Document):
+    choices: list[_ChunkChoice] = []  # empty or absent in the final usage chunk
+
+
+class _Text(_Document, kw_only=True):
+    choices: list[_TextChoice]
+
+
+class _TextChunk(_Document):
+    choices: list[_TextChoice] = []
+
+
+class _Embedding(msgspec.Struct):
+    embedding: list[float] | str
+
+
+class _Embeddings(_Document, kw_only=True):
+    data: list[_Embedding]
+
+
+_WHOLE: dict[GenerationKind, type[_Document]] = {"chat": _Chat, "completions": _Text}
+_CHUNK: dict[GenerationKind, type[_Document]] = {"chat": _ChatChunk, "completions": _TextChunk}
+
+
+def _checked(doc: Any, schema: type[_Document]) -> Json:
+    """``doc`` when it fits ``schema``; msgspec's error (which may quote it) is dropped."""
+    try:
+        msgspec.convert(doc, schema)
+    except msgspec.ValidationError:
+        raise BackendError(_MALFORMED) from None
+    return cast(Json, doc)  # a Struct converts from a JSON object only
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +134,8 @@ def _mapped_errors() -> Iterator[None]:
         raise BackendUnavailable("the upstream timed out") from exc
     except (httpx.HTTPError, aiohttp.ClientError) as exc:
         raise BackendUnavailable(f"the upstream is unreachable ({type(exc).__name__})") from exc
-    except msgspec.DecodeError as exc:
-        raise BackendUnavailable("the upstream sent a malformed response") from exc
+    except (msgspec.DecodeError, RecursionError):
+        raise BackendError(_MALFORMED) from None
 
 
 def _check_status(response: httpx.Response) -> None:
@@ -108,21 +188,18 @@ class OpenAIBackend:
             return False
         return response.status_code == 200
 
-    async def _post(self, path: str, body: Mapping[str, Any]) -> Json:
+    async def _post(self, path: str, body: Mapping[str, Any], schema: type[_Document]) -> Json:
         with _mapped_errors():
             response = await self._require().post(path, content=msgspec.json.encode(body),
                                                   headers={"Content-Type": "application/json"})
             _check_status(response)
-            doc = msgspec.json.decode(response.content)
-        if not isinstance(doc, dict):
-            raise BackendUnavailable("the upstream sent a malformed response")
-        return doc
+            return _checked(msgspec.json.decode(response.content), schema)
 
     async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
-        return await self._post(_PATHS[kind], {**body, "stream": False})
+        return await self._post(_PATHS[kind], {**body, "stream": False}, _WHOLE[kind])
 
     async def embed(self, body: Mapping[str, Any]) -> Json:
-        return await self._post("/embeddings", body)
+        return await self._post("/embeddings", body, _Embeddings)
 
     async def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
         request = {**body, "stream": True}
@@ -131,6 +208,9 @@ class OpenAIBackend:
             async with client.stream("POST", _PATHS[kind], content=msgspec.json.encode(request),
                                      headers={"Content-Type": "application/json"}) as response:
                 _check_status(response)
+                media_type = response.headers.get("content-type", "").split(";")[0].strip()
+                if media_type.lower() != "text/event-stream":
+                    raise BackendError(_MALFORMED)
                 done = False
                 async for line in response.aiter_lines():
                     # Read to the end even after [DONE], so the connection goes back to the pool.
@@ -143,4 +223,6 @@ class OpenAIBackend:
                     chunk = msgspec.json.decode(data)
                     if isinstance(chunk, dict) and "error" in chunk:
                         raise BackendUnavailable("the upstream failed mid-stream")
-                    yield chunk
+                    yield _checked(chunk, _CHUNK[kind])
+                if not done:
+                    raise UpstreamTruncated("the upstream stream ended before data: [DONE]")

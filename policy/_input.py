@@ -38,12 +38,26 @@ def _check(cond: bool, detail: str) -> None:
         raise PolicyInputError(detail)
 
 
-def _opt_int(body: Mapping[str, Any], key: str) -> int | None:
+def _opt_int(body: Mapping[str, Any], key: str, lenient: bool) -> int | None:
     value = body.get(key)
-    if value is None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_SAFE_INTEGER
+    if value is None or (lenient and not ok):
         return None
     _check(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer")
     return int(value)
+
+
+def _stored_reference(body: Mapping[str, Any]) -> bool:
+    """A chat content part names a file kept by the provider (``file.file_id``); inline
+    ``file_data`` is content, not a reference."""
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for part in content if isinstance(content, list) else ():
+            file = part.get("file") if isinstance(part, Mapping) else None
+            if isinstance(file, Mapping) and file.get("file_id") not in (None, ""):
+                return True
+    return False
 
 
 def _present(body: Mapping[str, Any], key: str) -> bool:
@@ -70,6 +84,8 @@ class RequestParams:
     """Sorted keys of ``metadata``; values are never carried."""
     purpose: str | None = None
     """``purpose`` of a file or upload request."""
+    stored_references: bool = False
+    """Some content part refers to a file kept by the provider (its id is not carried)."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.stream, bool), "stream must be a boolean")
@@ -87,14 +103,19 @@ class RequestParams:
             "metadata_keys must be a tuple of strings",
         )
         _check(self.purpose is None or isinstance(self.purpose, str), "purpose must be a string")
+        _check(isinstance(self.stored_references, bool), "stored_references must be a boolean")
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> RequestParams:
-        """Extract the policy-relevant parameters of an OpenAI request body (JSON or form)."""
+    def from_body(cls, body: Mapping[str, Any], *, lenient: bool = False) -> RequestParams:
+        """Extract the policy-relevant parameters of an OpenAI request body (JSON or form).
+
+        ``lenient`` (bodies of endpoints that are never forwarded, which no schema checked):
+        a token limit or ``n`` that is not an integer within ±(2**53 - 1) counts as absent
+        instead of being an error, so such a request still gets a decision and a record."""
         store = body.get("store")
         # A non-boolean ``store`` is treated as a request to store: the conservative reading.
         store_flag = store if isinstance(store, bool) or store is None else True
-        limits = [v for v in (_opt_int(body, k) for k in _TOKEN_LIMIT_KEYS) if v is not None]
+        limits = [v for v in (_opt_int(body, k, lenient) for k in _TOKEN_LIMIT_KEYS) if v is not None]
         metadata = body.get("metadata")
         keys = tuple(sorted(str(k) for k in metadata)) if isinstance(metadata, Mapping) else ()
         purpose = body.get("purpose")
@@ -102,11 +123,12 @@ class RequestParams:
             stream=body.get("stream") is True,
             store=store_flag,
             max_tokens=max(limits) if limits else None,
-            n=_opt_int(body, "n"),
+            n=_opt_int(body, "n", lenient),
             previous_response_id=_present(body, "previous_response_id"),
             conversation=_present(body, "conversation"),
             metadata_keys=keys,
             purpose=purpose if isinstance(purpose, str) else None,
+            stored_references=_stored_reference(body),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ attributes and are mapped here too; anything else is an internal error with no d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 __all__ = [
     "AuthenticationError",
+    "ClientDisconnected",
     "ConfigError",
     "InvalidJSON",
     "InvalidRequest",
@@ -27,6 +29,7 @@ __all__ = [
     "SealgateError",
     "error_envelope",
     "exception_handler",
+    "set_error_headers",
 ]
 
 _log = structlog.get_logger("sealgate.errors")
@@ -100,6 +103,26 @@ class RequestTooLarge(SealgateError):
     status = 413
 
 
+class ClientDisconnected(SealgateError):
+    """The client went away before the answer was ready; nothing reaches it. 499 is nginx's
+    "client closed request", used only in records and logs."""
+
+    code = "client_disconnected"
+    status = 499
+
+
+_HEADERS_KEY = "sealgate.error_headers"
+
+
+def set_error_headers(scope: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+    """Headers an error answer to this request carries too (``x-request-id``, the intent
+    receipt), so a client can find the request's records after a failure. Kept in the scope's
+    ``state``, which Litestar gives every request."""
+    state = scope.get("state")
+    if isinstance(state, dict):
+        state[_HEADERS_KEY] = headers
+
+
 def error_envelope(message: str, type_: str, code: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -123,6 +146,14 @@ _HTTP_CODES = {
 
 def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Map any exception to the OpenAI envelope. Messages never include request content."""
+    response = _mapped(exc)
+    extra = (request.scope.get("state") or {}).get(_HEADERS_KEY)
+    if extra:
+        response.headers.update(extra)
+    return response
+
+
+def _mapped(exc: Exception) -> Response[bytes]:
     code = getattr(exc, "code", None)
     status = getattr(exc, "status", None)
     if isinstance(code, str) and isinstance(status, int):

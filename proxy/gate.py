@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from audit import AuditLog, AuditUnavailable, RecordBuilder
+from audit import AuditLog, AuditUnavailable, InvalidRecord, RecordBuilder
 from policy import Decision, PolicyEngine, PolicyInput, PolicyUnavailable, RequestParams
 from proxy.errors import PolicyDenied
 from proxy.pipeline import Admission, CallContext, Outcome
@@ -23,6 +23,7 @@ from proxy.pipeline import Admission, CallContext, Outcome
 __all__ = ["EnclaveFacts", "PolicyAuditGate"]
 
 _log = structlog.get_logger("sealgate.gate")
+_MAX_COUNT = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +68,14 @@ class PolicyAuditGate:
         self._pending: set[asyncio.Task[None]] = set()
         self._clock = _MinuteClock()
 
-    def policy_input(self, ctx: CallContext, params: Mapping[str, Any]) -> PolicyInput:
+    def policy_input(self, ctx: CallContext, params: Mapping[str, Any], *,
+                     lenient: bool = False) -> PolicyInput:
         assert ctx.tenant is not None
         route = ctx.route
         return PolicyInput(
             channel=ctx.channel, tenant_id=ctx.tenant.pseudonym, tenant_name=ctx.tenant.name,
-            method=ctx.method, path=ctx.endpoint, model=route.name if route else None,
-            request=RequestParams.from_body(params),
+            method=ctx.method, path=ctx.path, model=route.name if route else None,
+            request=RequestParams.from_body(params, lenient=lenient),
             backend_name=route.backend if route else "",
             retention_tier=route.retention_tier.value if route else "none",
             enclave_platform=self.enclave.platform,
@@ -82,9 +84,10 @@ class PolicyAuditGate:
             mode="production" if self._mode == "production" else "development",
             region=self._region, allow_plaintext=self._allow_plaintext, time=self._clock.now())
 
-    async def decide(self, ctx: CallContext, params: Mapping[str, Any]) -> Decision:
+    async def decide(self, ctx: CallContext, params: Mapping[str, Any], *,
+                     lenient: bool = False) -> Decision:
         """The decision, or :class:`PolicyUnavailable` (fail closed) within the timeout."""
-        document = self.policy_input(ctx, params)
+        document = self.policy_input(ctx, params, lenient=lenient)
         hit = self.engine.cached(document)
         if hit is not None:
             return hit
@@ -121,8 +124,9 @@ class PolicyAuditGate:
                          receipt=receipt.to_header(), intent_id=receipt.record_id)
 
     async def deny_or_pass(self, ctx: CallContext, params: Mapping[str, Any]) -> None:
-        """Decide for a request that will not be forwarded: a denial is raised and recorded."""
-        decision = await self.decide(ctx, params)
+        """Decide for a request that will not be forwarded: a denial is raised and recorded.
+        Its body was checked by no schema, so malformed optional fields count as absent."""
+        decision = await self.decide(ctx, params, lenient=True)
         if not decision.allow:
             await self._record_denial(ctx, decision)
             raise PolicyDenied([d.rule for d in decision.deny], [d.message for d in decision.deny])
@@ -141,14 +145,18 @@ class PolicyAuditGate:
         if not isinstance(decision, Decision):
             return
         fields: dict[str, Any] = {
-            "status": outcome.status, "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.completion_tokens,
+            "status": outcome.status, "prompt_tokens": _count(outcome.prompt_tokens),
+            "completion_tokens": _count(outcome.completion_tokens),
             "latency_ms": max(ctx.elapsed_ms(), 0.001)}
         if outcome.response_commitment is not None:
             fields["response_commitment"] = outcome.response_commitment
         if outcome.aborted is not None:
             fields["abort_reason"] = outcome.aborted
-        record = self._base("completion", ctx, decision).set(**fields).build()
+        try:
+            record = self._base("completion", ctx, decision).set(**fields).build()
+        except InvalidRecord:  # never raised into a response already under way
+            _log.error("completion_not_recorded", request_id=ctx.request_id)
+            return
         # Off the response path: the intent record was durable before forwarding; this one is
         # appended in the background and drained at shutdown, whatever the client does.
         task = asyncio.create_task(self._append_completion(record, ctx.request_id))
@@ -165,3 +173,8 @@ class PolicyAuditGate:
         """Wait for every completion record still being written."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def _count(value: object) -> int:
+    """A token count as records hold it: an integer in [0, 2**53 - 1] (clamped)."""
+    return min(max(value, 0), _MAX_COUNT) if type(value) is int else 0

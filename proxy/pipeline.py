@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -28,6 +29,16 @@ __all__ = ["Admission", "CallContext", "Outcome", "ResponseCommitment"]
 
 _log = structlog.get_logger("sealgate.request")
 Channel = Literal["sealed", "plaintext"]
+# A record's endpoint is an identifier of the record grammar (docs/protocol.md, "Records"). A
+# path outside it (spaces, non-ASCII, over 128 characters) is recorded as this fixed label:
+# no real path matches it, since every request path starts with "/".
+_RECORDABLE = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
+_INVALID_PATH = ":invalid-path"
+
+
+def _endpoint_label(path: str) -> str:
+    """``path`` where it fits a record, else ``:invalid-path`` (content-free either way)."""
+    return path if _RECORDABLE.fullmatch(path) else _INVALID_PATH
 
 
 @dataclass(slots=True)
@@ -35,7 +46,10 @@ class CallContext:
     """What the pipeline knows about one request. Never holds content."""
 
     request_id: str
+    path: str
+    """The request path, for the policy decision only."""
     endpoint: str
+    """The path as records, logs and metrics name it (``_endpoint_label``)."""
     method: str
     channel: Channel
     commitment_key: bytes | None
@@ -51,9 +65,11 @@ class CallContext:
             raise SealedChannelRequired(
                 "this endpoint carries content and is served only through the sealed "
                 "channel (Oblivious HTTP at /.well-known/ohttp-gateway)")
+        path = request.scope.get("root_path", "") + request.scope["path"]
         return cls(
             request_id="req_" + secrets.token_hex(12),
-            endpoint=request.scope.get("root_path", "") + request.scope["path"],
+            path=path,
+            endpoint=_endpoint_label(path),
             method=request.method,
             channel="sealed" if marker is not None else "plaintext",
             # Plaintext (development) requests commit under a random key nobody keeps, so

@@ -1,6 +1,7 @@
 """FastUpstream: a measurement tool, not a model. An OpenAI-compatible upstream that answers
 instantly with fixed text, so benchmarks measure the gateway's own cost and tests can observe
-whether a stream was cancelled. Raw ASGI, no framework, to keep its own overhead near zero.
+whether a stream (or, with a ``temperature``, a whole answer) was cancelled. Raw ASGI, no
+framework, to keep its own overhead near zero.
 
 Run standalone: ``python -m tests.fast_upstream PORT``.
 """
@@ -13,7 +14,8 @@ import sys
 import time
 from typing import Any
 
-STATS: dict[str, int] = {"streams_started": 0, "streams_cancelled": 0, "streams_finished": 0}
+STATS: dict[str, int] = {"streams_started": 0, "streams_cancelled": 0, "streams_finished": 0,
+                         "whole_cancelled": 0, "whole_finished": 0}
 
 
 def _chat(model: str, n: int) -> dict[str, Any]:
@@ -23,9 +25,18 @@ def _chat(model: str, n: int) -> dict[str, Any]:
             "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
 
 
-def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
-    doc = {"id": "chatcmpl-fast", "object": "chat.completion.chunk", "created": int(time.time()),
-           "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None,
+           text: bool = False) -> bytes:
+    """A chat chunk, or with ``text`` a legacy completions chunk carrying the delta's content."""
+    if text:
+        choice = {"index": 0, "text": delta.get("content", ""), "logprobs": None,
+                  "finish_reason": finish}
+        doc = {"id": "cmpl-fast", "object": "text_completion", "created": int(time.time()),
+               "model": model, "choices": [choice]}
+    else:
+        doc = {"id": "chatcmpl-fast", "object": "chat.completion.chunk",
+               "created": int(time.time()), "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
@@ -46,7 +57,8 @@ async def _send_json(send: Any, doc: Any, status: int = 200) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _stream(send: Any, receive: Any, model: str, n: int, delay: float) -> None:
+async def _stream(send: Any, receive: Any, model: str, n: int, delay: float,
+                  text: bool = False) -> None:
     STATS["streams_started"] += 1
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/event-stream")]})
@@ -59,26 +71,37 @@ async def _stream(send: Any, receive: Any, model: str, n: int, delay: float) -> 
 
     watcher = asyncio.create_task(watch())
     try:
-        await send({"type": "http.response.body", "body": _chunk(model, {"role": "assistant"}),
-                    "more_body": True})
+        if not text:
+            await send({"type": "http.response.body", "body": _chunk(model, {"role": "assistant"}),
+                        "more_body": True})
         for _ in range(n):
             if disconnected.is_set():
                 STATS["streams_cancelled"] += 1
                 return
-            await send({"type": "http.response.body", "body": _chunk(model, {"content": "ok "}),
-                        "more_body": True})
+            await send({"type": "http.response.body",
+                        "body": _chunk(model, {"content": "ok "}, text=text), "more_body": True})
             if delay:
                 await asyncio.sleep(delay)
-        usage = {"id": "chatcmpl-fast", "object": "chat.completion.chunk", "created": 0,
+        usage = {"id": "cmpl-fast" if text else "chatcmpl-fast",
+                 "object": "text_completion" if text else "chat.completion.chunk", "created": 0,
                  "model": model, "choices": [],
                  "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
-        tail = _chunk(model, {}, "stop") + b"data: " + json.dumps(usage).encode() + b"\n\n"
+        tail = _chunk(model, {}, "stop", text=text) + b"data: " + json.dumps(usage).encode() + b"\n\n"
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
         STATS["streams_finished"] += 1
     except OSError:
         STATS["streams_cancelled"] += 1
     finally:
         watcher.cancel()
+
+
+async def _generating(receive: Any, seconds: float) -> bool:
+    """Take ``seconds`` as a model would; False when the client disconnects first."""
+    try:
+        message = await asyncio.wait_for(receive(), seconds)
+    except TimeoutError:
+        return True
+    return bool(message["type"] != "http.disconnect")
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -98,8 +121,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             "usage": {"prompt_tokens": 2, "total_tokens": 2}})
     if path not in ("/v1/chat/completions", "/v1/completions"):
         return await _send_json(send, {"error": {"message": "not found"}}, 404)
+    delay = float(body.get("temperature") or 0) / 100  # per token: 10 ms at temperature 1
     if body.get("stream"):
-        return await _stream(send, receive, model, n, float(body.get("temperature") or 0) / 100)
+        return await _stream(send, receive, model, n, delay, text=path == "/v1/completions")
+    if delay:
+        finished = await _generating(receive, n * delay)
+        STATS["whole_finished" if finished else "whole_cancelled"] += 1
+        if not finished:
+            return
     if path == "/v1/completions":
         return await _send_json(send, {"id": "cmpl-fast", "object": "text_completion",
                                        "created": int(time.time()), "model": model,

@@ -10,7 +10,7 @@ base := {
 	"request": {
 		"stream": false, "store": null, "max_tokens": 256, "n": null,
 		"previous_response_id": false, "conversation": false,
-		"metadata_keys": [], "purpose": null,
+		"metadata_keys": [], "purpose": null, "stored_references": false,
 	},
 	"backend": {"name": "vllm", "retention_tier": "attested-zero"},
 	"enclave": {"platform": "sev-snp", "measurement": "00", "simulated": false, "debug": false},
@@ -103,6 +103,16 @@ test_responses_store_defaults_off if {
 test_previous_response_id_denied if {
 	d := decide(set2(base, "request", "previous_response_id", true))
 	denied_by("SG-STORE-002", d)
+}
+
+test_stored_file_reference_denied if {
+	d := decide(set2(base, "request", "stored_references", true))
+	denied_by("SG-STORE-006", d)
+}
+
+test_missing_stored_references_denied if {
+	d := decide(set1(base, "request", object.remove(base.request, ["stored_references"])))
+	denied_by("SG-STORE-006", d)
 }
 
 test_distill_metadata_denied if {

@@ -71,6 +71,13 @@ deny contains {
 	"message": "conversation objects are server-side state and are not allowed",
 } if not input.request.conversation == false
 
+# SG-STORE-006: a content part that refers to a file kept by the provider (a chat `file` part
+# with `file_id`) makes the answer depend on stored content. Inline `file_data` is allowed.
+deny contains {
+	"rule": "SG-STORE-006",
+	"message": "references to stored files are not allowed",
+} if not input.request.stored_references == false
+
 # SG-STORE-004: request metadata whose keys mark it for distillation, evals or training. Keys
 # are matched case-insensitively on substrings, so `distill_set` or `EvalRun` are caught;
 # only metadata keys reach the policy, never values or message text.

@@ -3,9 +3,14 @@ a fast upstream (measurement tool) and an upstream that is down."""
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.server import Gateway, Proc, free_port, start_fast_upstream, start_gateway
@@ -77,3 +82,23 @@ def gateway(workdir: Path, fast_upstream: Proc) -> Iterator[Gateway]:
 @pytest.fixture(scope="session")
 def api_key(gateway: Gateway) -> str:
     return gateway.new_key("acme")
+
+
+def predicate(envelope: str | bytes) -> dict[str, Any]:
+    """The proof-of-secrecy predicate inside a record's DSSE envelope."""
+    payload = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+    return dict(payload["predicate"])
+
+
+def request_records(gw: Gateway, key: str, request_id: str, final: str = "completion",
+                    timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+    """The predicates of one request's records by kind, once its ``final`` record (appended in
+    the background) is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{gw.url}/v1/audit/requests/{request_id}",
+                             headers={"Authorization": f"Bearer {key}"})
+        found = {r["kind"]: predicate(r["envelope"]) for r in response.json().get("records", [])}
+        if final in found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from typing import Any
 
@@ -9,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, request_records
 from tests.server import Gateway, Proc
 
 pytestmark = pytest.mark.timeout(300)
@@ -73,6 +75,14 @@ def test_completions(client: openai.OpenAI) -> None:
     assert result.object == "text_completion" and result.id.startswith("cmpl-")
     assert result.choices[0].text and result.choices[0].finish_reason in ("stop", "length")
     assert result.usage is not None and result.usage.completion_tokens > 0
+
+
+def test_completions_streamed_through_an_upstream(client: openai.OpenAI) -> None:
+    # Legacy completions chunks (``text``), passed through the openai backend's checked seam.
+    chunks = list(client.completions.create(model="fast-echo", prompt="The sky is", max_tokens=3,
+                                            stream=True))
+    assert chunks and all(c.object == "text_completion" and c.model == "fast-echo" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices).strip() == "ok ok ok"
 
 
 def test_embeddings(client: openai.OpenAI) -> None:
@@ -194,3 +204,108 @@ def test_health_and_openapi(gateway: Gateway) -> None:
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'sealgate_requests_total{endpoint="/v1/chat/completions"' in metrics
     assert "sealgate_tokens_total" in metrics
+
+
+# -- values never echoed, whatever they contain ---------------------------------------------
+CANARY = "CANARY-pt'\"`-x - at `$.model` 'q"
+_HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/chat/completions", {"model": "x", "messages": [{"role": CANARY, "content": "a"}]},
+     "messages[0].role"),
+    ("/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": [
+        {"type": CANARY}]}]}, "messages[0].content[0].type"),
+    ("/v1/chat/completions", {"model": "x", "messages": _HI, "tool_choice": CANARY},
+     "tool_choice"),
+    ("/v1/chat/completions", {"model": "x", "messages": _HI, "n": CANARY}, "n"),
+    ("/v1/chat/completions", {"model": "x", "messages": _HI, "metadata": {CANARY: 1}},
+     "metadata[...]"),
+    ("/v1/embeddings", {"model": "x", "input": "a", "encoding_format": CANARY}, "encoding_format"),
+])
+def test_validation_errors_never_echo_values(gateway: Gateway, api_key: str, path: str,
+                                             body: dict[str, Any], param: str) -> None:
+    response = httpx.post(f"{gateway.url}{path}", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {api_key}"})
+    error = _error(response)
+    assert response.status_code == 400 and error["param"] == param
+    assert "CANARY" not in response.text and param in error["message"]
+
+
+# -- content parts, tools and response formats: the OpenAI shapes only ------------------------
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/CANARY"}}]}]},
+     "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]},
+     "messages[0].content[0].type"),
+    ({"messages": [{"role": "system", "content": [{"type": "refusal", "refusal": "no"}]}]},
+     "messages[0].content[0].type"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_CANARY"]}]}, "tools[0].type"),
+    ({"tools": [{"type": "function"}]}, "tools[0].function"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"response_format": {"type": "grammar", "grammar": "x"}}, "response_format.type"),
+])
+def test_content_parts_and_tools_are_checked(gateway: Gateway, api_key: str,
+                                             extra: dict[str, Any], param: str) -> None:
+    body = {"model": "fast-echo", "messages": _HI, **extra}
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {api_key}"})
+    error = _error(response)
+    assert response.status_code == 400 and error["code"] == "invalid_request_error"
+    assert error["param"] == param and "CANARY" not in response.text
+    if param.endswith("image_url.url"):
+        assert "data: URL" in error["message"]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "fast-echo", "messages": [{"role": "user", "content": "a"}], '
+    b'"response_format": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1000 + b"}",
+    b'{"model": "fast-echo", "messages": [{"role": "user", "content": "a"}], "x": '
+    + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"model": "fast-echo", "messages": [{"role": "user", "content": "a"}], "tools": [{"type": '
+    b'"function", "function": {"name": "f", "parameters": ' + b'{"a": ' * 200 + b"1"
+    + b"}" * 200 + b"}}]}",
+])
+def test_deeply_nested_json_is_a_400(gateway: Gateway, api_key: str, body: bytes) -> None:
+    response = _post(gateway, "/v1/chat/completions", body, api_key)
+    assert response.status_code == 400
+    assert _error(response)["code"] in ("invalid_json", "invalid_request_error")
+    refused = _post(gateway, "/v1/fine_tuning/jobs", body, api_key)
+    assert refused.status_code == 403
+
+
+# -- a client that leaves a whole (non-streamed) answer cancels the backend -------------------
+def test_client_leaving_whole_answer_cancels_backend(gateway: Gateway, api_key: str,
+                                                     fast_upstream: Proc) -> None:
+    before = httpx.get(f"{fast_upstream.url}/stats").json()
+    data = json.dumps({"model": "fast-echo", "messages": [{"role": "user", "content": "go"}],
+                       "max_tokens": 300, "temperature": 1.0}).encode()  # 3 s upstream
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + api_key.encode() + b"\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = httpx.get(f"{fast_upstream.url}/stats").json()
+        if after["whole_cancelled"] > before["whole_cancelled"]:
+            break
+        time.sleep(0.1)
+    assert after["whole_cancelled"] == before["whole_cancelled"] + 1
+    assert after["whole_finished"] == before["whole_finished"]
+    line = next(json.loads(x) for x in gateway.output().splitlines()
+                if '"status": 499' in x and '"event": "request"' in x)
+    completion = request_records(gateway, api_key, line["request_id"])["completion"]
+    assert completion["status"] == 499 and completion["abort_reason"] == "client_disconnected"
+    assert "Traceback" not in gateway.output()
+
+
+def test_errors_after_admission_name_the_request(gateway: Gateway, api_key: str) -> None:
+    response = _post(gateway, "/v1/chat/completions",
+                     b'{"model": "down-model", "messages": [{"role": "user", "content": "a"}]}',
+                     api_key)
+    assert response.status_code == 503 and response.headers["sealgate-receipt"]
+    records = request_records(gateway, api_key, response.headers["x-request-id"])
+    assert records["intent"]["decision"] == "allow"
+    assert records["completion"]["status"] == 503

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from policy import load_bundle
-from tests.integration.conftest import gateway_config
+from tests.integration.conftest import gateway_config, predicate, request_records
 from tests.policy.opa_servers import FaultInjectingOPAServer, OPADataAPITestServer
 from tests.server import Gateway, Proc, start_gateway
 
@@ -23,11 +23,8 @@ def _post(gw: Gateway, key: str, path: str, body: dict[str, object]) -> httpx.Re
 
 def _record(gw: Gateway, key: str, header: str) -> dict[str, object]:
     record_id = header.split(";")[0].removeprefix("id=")
-    envelope = httpx.get(f"{gw.url}/v1/audit/records/{record_id}",
-                         headers={"Authorization": f"Bearer {key}"}).json()
-    import base64
-
-    return dict(json.loads(base64.b64decode(envelope["payload"]))["predicate"])
+    return predicate(httpx.get(f"{gw.url}/v1/audit/records/{record_id}",
+                               headers={"Authorization": f"Bearer {key}"}).content)
 
 
 def test_every_forwarded_request_has_a_decision_record(gateway: Gateway, api_key: str) -> None:
@@ -60,6 +57,40 @@ def test_denials_name_rules_and_never_echo(gateway: Gateway, api_key: str, path:
     error = response.json()["error"]
     assert error["code"] == "policy_denied" and rule in error["message"]
     assert "file-1" not in response.text
+
+
+@pytest.mark.parametrize(("path", "body", "endpoint"), [
+    ("/v1/fine_tuning/jobs", {"n": 1.5}, "/v1/fine_tuning/jobs"),
+    ("/v1/fine_tuning/jobs", {"max_tokens": 10**30, "n": True}, "/v1/fine_tuning/jobs"),
+    ("/v1/fine_tuning/jobs%20x", {}, ":invalid-path"),
+    ("/v1/fine_tuning/jobs/" + "a" * 120, {}, ":invalid-path"),
+    ("/v1/fine_tuning/%C3%A9%22CANARY", {}, ":invalid-path"),
+])
+def test_every_denial_has_a_record(gateway: Gateway, api_key: str, path: str,
+                                   body: dict[str, object], endpoint: str) -> None:
+    """Paths outside the record grammar get a fixed label; bodies of refused endpoints with
+    malformed optional fields still get a decision (lenient policy input)."""
+    response = _post(gateway, api_key, path, body)
+    assert response.status_code == 403 and "SG-TRAIN-001" in response.json()["error"]["message"]
+    denial = request_records(gateway, api_key, response.headers["x-request-id"], "denial")["denial"]
+    assert denial["endpoint"] == endpoint and denial["rule_ids"] == ["SG-TRAIN-001"]
+    assert "CANARY" not in json.dumps(denial) and "Traceback" not in gateway.output()
+
+
+def _file_part(**file: str) -> dict[str, object]:
+    return {"model": "fast-echo", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "summarise CANARY-stored"}, {"type": "file", "file": file}]}]}
+
+
+def test_stored_file_reference_is_denied_and_recorded(gateway: Gateway, api_key: str) -> None:
+    response = _post(gateway, api_key, "/v1/chat/completions", _file_part(file_id="file-CANARY"))
+    assert response.status_code == 403 and "SG-STORE-006" in response.json()["error"]["message"]
+    assert "CANARY" not in response.text
+    denial = request_records(gateway, api_key, response.headers["x-request-id"], "denial")["denial"]
+    assert denial["rule_ids"] == ["SG-STORE-006"] and denial["decision"] == "deny"
+    inline = _post(gateway, api_key, "/v1/chat/completions",
+                   _file_part(file_data="data:application/pdf;base64,JVBE", filename="a.pdf"))
+    assert inline.status_code == 200
 
 
 def _engine_gateway(workdir: Path, fast: Proc, engine_url: str) -> Gateway:

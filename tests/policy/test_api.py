@@ -95,6 +95,26 @@ def test_mistyped_limits_rejected(body: dict[str, object]) -> None:
         RequestParams.from_body(body)
 
 
+@pytest.mark.parametrize("body", [{"max_tokens": "10"}, {"n": 1.5}, {"max_output_tokens": True},
+                                  {"max_tokens": 2**64 + 5, "n": -(2**60)}])
+def test_lenient_reading_treats_mistyped_limits_as_absent(body: dict[str, object]) -> None:
+    params = RequestParams.from_body(body, lenient=True)
+    assert params.max_tokens is None and params.n is None
+
+
+@pytest.mark.parametrize(("content", "stored"), [
+    ("CANARY", False),
+    ([{"type": "text", "text": "CANARY"}], False),
+    ([{"type": "file", "file": {"file_data": "data:application/pdf;base64,CANARY"}}], False),
+    ([{"type": "file", "file": {"file_id": "file-CANARY"}}], True),
+    ([{"type": "text", "text": "a"}, {"type": "file", "file": {"file_id": "f", "filename": "x"}}], True),
+])
+def test_stored_references_are_flagged_without_ids(content: object, stored: bool) -> None:
+    params = RequestParams.from_body({"messages": [{"role": "user", "content": content}]})
+    assert params.stored_references is stored
+    assert "CANARY" not in repr(params.to_dict())
+
+
 def _input(**overrides: object) -> PolicyInput:
     fields: dict[str, object] = dict(
         channel="sealed",

@@ -87,7 +87,8 @@ def test_file_names_cannot_forge_listing_lines(bundle_dir: Path) -> None:
 
 def test_undecodable_file_name_is_a_bundle_error(bundle_dir: Path) -> None:
     (bundle_dir / "rego" / "x.rego").write_text("package sealgate.authz\n")
-    (bundle_dir / "rego" / "x.rego").rename(bundle_dir / "rego" / b"\xff.rego".decode(errors="surrogateescape"))
+    undecodable = b"\xff.rego".decode(errors="surrogateescape")
+    (bundle_dir / "rego" / "x.rego").rename(bundle_dir / "rego" / undecodable)
     with pytest.raises(PolicyBundleError, match="not printable"):
         load_bundle(bundle_dir)
 

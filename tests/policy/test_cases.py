@@ -24,6 +24,7 @@ RULE_IDS = {
     "SG-STORE-003",
     "SG-STORE-004",
     "SG-STORE-005",
+    "SG-STORE-006",
     "SG-TRAIN-001",
     "SG-TRAIN-002",
     "SG-TRAIN-003",

@@ -32,12 +32,162 @@ class StreamOptions(msgspec.Struct, frozen=True):
     include_usage: bool = False
 
 
-class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+# JSON Schemas (tool parameters, response formats) are the only free-form JSON forwarded; their
+# depth is bounded so that no later encoding step of this request can exhaust the stack.
+MAX_SCHEMA_DEPTH = 32
+_TOO_DEEP = "JSON Schema nested too deeply"
+
+
+def _check_depth(value: object) -> None:
+    level = [value]
+    for _ in range(MAX_SCHEMA_DEPTH):
+        level = [child for node in level
+                 for child in (node.values() if isinstance(node, dict)
+                               else node if isinstance(node, list) else ())]
+        if not level:
+            return
+    raise ValueError(_TOO_DEEP)  # msgspec turns it into a ValidationError at this field
+
+
+# -- chat messages: a tagged union on ``role``, content parts a tagged union on ``type`` ------
+# Only the declared fields of each part are forwarded (decoding drops the rest).
+# Data URLs only (RFC 2397, scheme case-insensitive): the backend never fetches from the network.
+DataURL = Annotated[str, msgspec.Meta(pattern="^[dD][aA][tT][aA]:")]
+
+
+class TextPart(msgspec.Struct, frozen=True, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageURL(msgspec.Struct, frozen=True, omit_defaults=True):
+    url: DataURL
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(msgspec.Struct, frozen=True, tag_field="type", tag="image_url"):
+    image_url: ImageURL
+
+
+class InputAudio(msgspec.Struct, frozen=True):
+    data: str
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(msgspec.Struct, frozen=True, tag_field="type", tag="input_audio"):
+    input_audio: InputAudio
+
+
+class FileRef(msgspec.Struct, frozen=True, omit_defaults=True):
+    file_data: str | None = None
+    file_id: str | None = None
+    """A file kept by the provider: the policy denies it (SG-STORE-006)."""
+    filename: str | None = None
+
+
+class FilePart(msgspec.Struct, frozen=True, tag_field="type", tag="file"):
+    file: FileRef
+
+
+class RefusalPart(msgspec.Struct, frozen=True, tag_field="type", tag="refusal"):
+    refusal: str
+
+
+class FunctionCall(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class _Message(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="role"):
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+
+
+class SystemMessage(_Message, frozen=True, omit_defaults=True, tag="system", kw_only=True):
+    content: str | list[TextPart]
+
+
+class DeveloperMessage(_Message, frozen=True, omit_defaults=True, tag="developer", kw_only=True):
+    content: str | list[TextPart]
+
+
+class UserMessage(_Message, frozen=True, omit_defaults=True, tag="user", kw_only=True):
+    content: str | list[TextPart | ImagePart | AudioPart | FilePart]
+
+
+class AssistantMessage(_Message, frozen=True, omit_defaults=True, tag="assistant", kw_only=True):
+    content: str | list[TextPart | RefusalPart] | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ToolMessage(msgspec.Struct, frozen=True, tag_field="role", tag="tool"):
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(msgspec.Struct, frozen=True, tag_field="role", tag="function"):
+    name: str
+    content: str | None
+
+
+ChatMessage = (SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+               | FunctionMessage)
+
+
+# -- tools and response formats: the OpenAI shapes; other tool types are refused -----------
+class FunctionDefinition(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_depth(self.parameters)
+
+
+class FunctionTool(msgspec.Struct, frozen=True):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(msgspec.Struct, frozen=True):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, frozen=True):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class TextFormat(msgspec.Struct, frozen=True, tag_field="type", tag="text"):
+    pass
+
+
+class JSONObjectFormat(msgspec.Struct, frozen=True, tag_field="type", tag="json_object"):
+    pass
+
+
+class JSONSchema(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    description: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_depth(self.schema)
+
+
+class ConversationRef(msgspec.Struct, frozen=True):
+    id: str
+
+
+class JSONSchemaFormat(msgspec.Struct, frozen=True, tag_field="type", tag="json_schema"):
+    json_schema: JSONSchema
 
 
 class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -49,7 +199,7 @@ class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
     top_p: TopP | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: str | None = None
@@ -61,13 +211,13 @@ class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
 class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
     messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    response_format: TextFormat | JSONObjectFormat | JSONSchemaFormat | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     previous_response_id: str | None = None
-    conversation: str | dict[str, Any] | None = None
+    conversation: str | ConversationRef | None = None
 
 
 class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
@@ -86,8 +236,40 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 T = TypeVar("T")
-_PATH = re.compile(r"at `\$\.?([^`]*)`")
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# msgspec appends the location as " - at `$.path`"; paths hold field names and indices only
+# (mapping keys are shown as [...]). Messages are never taken from msgspec's text, which can
+# quote the offending value: only its fixed opening words pick one of the messages below.
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = re.compile(r"Object missing required field `(\w+)`")
+_WRONG_TYPE = re.compile(r"Expected `[^`]*`, got `[^`]*`")
+_OUT_OF_RANGE = re.compile(r"Expected `[^`]*` [<>]=? -?\d|Number out of range|Integer value out of range")
+_LENGTH = re.compile(r"Expected `[^`]*` of length [<>]=? \d")
+_DATA_URL = re.compile(r"Expected `str` matching regex")
+
+
+def _validation_error(text: str) -> InvalidRequest:
+    match = _AT.search(text)
+    param = match.group(1) or None if match else None
+    head = text[:match.start()] if match else text
+    if missing := _MISSING.match(head):
+        param = f"{param}.{missing.group(1)}" if param else missing.group(1)
+        return InvalidRequest(f"missing required parameter '{param}'", param=param)
+    where = f"'{param}'" if param else "the request body"
+    if param is None and _WRONG_TYPE.match(head):
+        message = "the request body must be a JSON object"
+    elif head == _TOO_DEEP:
+        message = f"{where}: JSON Schema nested more than {MAX_SCHEMA_DEPTH} levels deep"
+    elif _WRONG_TYPE.match(head):
+        message = f"invalid type for {where}"
+    elif _OUT_OF_RANGE.match(head):
+        message = f"{where} is out of range"
+    elif _LENGTH.match(head):
+        message = f"{where} is too short or too long"
+    elif _DATA_URL.match(head):
+        message = f"{where} must be a data: URL; the backend never fetches from the network"
+    else:
+        message = f"invalid value for {where}"
+    return InvalidRequest(message, param=param)
 
 
 def _uniform(value: Any, param: str) -> None:
@@ -106,17 +288,11 @@ def decode_request(body: bytes, schema: type[T]) -> T:
     try:
         request = msgspec.json.decode(body, type=schema)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _PATH.search(text)
-        param = match.group(1) if match else None
-        if "Object missing required field" in text:
-            field = text.split("`")[1] if "`" in text else None
-            param = f"{param}.{field}" if param and field else field
-        # msgspec quotes offending values in some messages; values may be content, drop them.
-        message = " ".join(_QUOTED.sub("", text.split(" - at ")[0]).split())
-        raise InvalidRequest(message, param=param) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidJSON("the request body is not valid JSON") from exc
+        raise _validation_error(str(exc)) from None
+    except msgspec.DecodeError:
+        raise InvalidJSON("the request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidJSON("the request body is nested too deeply") from None
     for param in ("prompt", "input"):
         _uniform(getattr(request, param, None), param)
     return request

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
+from litestar.types import Receive
 
 from inference import BackendRouter, GenerationKind, ModelRoute
 from proxy.api.openai.protocol import (
@@ -18,7 +20,7 @@ from proxy.api.openai.protocol import (
     EmbeddingRequest,
     decode_request,
 )
-from proxy.errors import NotFound, RequestTooLarge
+from proxy.errors import ClientDisconnected, NotFound, RequestTooLarge, set_error_headers
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment
 from proxy.telemetry import Metrics
 from proxy.tenants import TenantStore
@@ -33,6 +35,8 @@ _SCHEMAS: dict[GenerationKind, type[ChatCompletionRequest] | type[CompletionRequ
 _OBJECTS = {"chat": ("chatcmpl-", "chat.completion"), "completions": ("cmpl-", "text_completion")}
 # Request fields that steer the gateway or policy and are not forwarded to a backend.
 _NOT_FORWARDED = ("metadata", "user", "previous_response_id", "conversation")
+# Completion records' abort reasons (docs/protocol.md); a backend error names its own when listed.
+_ABORT_REASONS = frozenset({"client_disconnected", "upstream_truncated"})
 
 
 class Gate(Protocol):
@@ -61,6 +65,7 @@ class OpenAIService:
 
     async def _begin(self, request: Request[Any, Any, Any]) -> tuple[CallContext, bytes]:
         ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
+        set_error_headers(request.scope, _headers(ctx, None))
         ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
         body = await request.body()
         if len(body) > self._max_body:
@@ -68,10 +73,11 @@ class OpenAIService:
         ctx.commit_request(body)
         return ctx, body
 
-    async def _admit(self, ctx: CallContext, params: dict[str, Any]) -> Admission:
-        if self.gate is None:
-            return Admission()
-        return await self.gate.admit(ctx, params)
+    async def _admit(self, request: Request[Any, Any, Any], ctx: CallContext,
+                     params: dict[str, Any]) -> Admission:
+        admission = Admission() if self.gate is None else await self.gate.admit(ctx, params)
+        set_error_headers(request.scope, _headers(ctx, admission))
+        return admission
 
     async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None:
         outcome.log(ctx, self.metrics)
@@ -100,29 +106,40 @@ class OpenAIService:
         parsed = decode_request(raw, _SCHEMAS[kind])
         ctx.route, backend = self._router.route(parsed.model)
         params = msgspec.to_builtins(parsed)
-        admission = await self._admit(ctx, params)
+        admission = await self._admit(request, ctx, params)
         body = _forward_body(params, ctx.route, admission)
-        headers = _headers(ctx, admission)
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             chunks = await self._first_chunk(ctx, admission, backend.stream(kind, body))
             stream = self._stream(kind, ctx, admission, chunks, include_usage)
             return Stream(stream, media_type="text/event-stream",
-                          headers={**headers, "Cache-Control": "no-store"})
+                          headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
+        route = ctx.route
+        return await self._whole(request, ctx, admission, backend.generate(kind, body),
+                                 lambda doc: _shape(doc, kind, route))
+
+    async def _whole(self, request: Request[Any, Any, Any], ctx: CallContext,
+                     admission: Admission, answer: Awaitable[dict[str, Any]],
+                     shape: Callable[[dict[str, Any]], None]) -> Response[Any]:
+        """A whole (non-streamed) answer. The completion record is written however it ends;
+        a client that leaves first cancels the backend call."""
+        outcome = Outcome(500, aborted="internal_error")
         try:
-            result = await backend.generate(kind, body)
-        except Exception:
-            await self._finish(ctx, admission, Outcome(502, aborted="backend_error"))
+            async with _CancelOnDisconnect(request.receive):
+                result = await answer
+            shape(result)
+            payload = _encode(result)
+            usage = result.get("usage") or {}
+            commitment = ResponseCommitment(ctx.commitment_key)
+            commitment.update(payload)
+            outcome = Outcome(200, usage.get("prompt_tokens", 0),
+                              usage.get("completion_tokens", 0), commitment.value())
+        except Exception as exc:
+            outcome = _failed(exc)
             raise
-        _shape(result, kind, ctx.route)
-        payload = _encode(result)
-        usage = result.get("usage") or {}
-        commitment = ResponseCommitment(ctx.commitment_key)
-        commitment.update(payload)
-        await self._finish(ctx, admission, Outcome(
-            200, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
-            commitment.value()))
-        return Response(payload, media_type="application/json", headers=headers)
+        finally:
+            await self._finish(ctx, admission, outcome)
+        return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
 
     async def _first_chunk(self, ctx: CallContext, admission: Admission,
                            chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -132,9 +149,11 @@ class OpenAIService:
             first = await anext(chunks)
         except StopAsyncIteration:
             return _prepend(None, chunks)
-        except Exception:
-            await _aclose(chunks)
-            await self._finish(ctx, admission, Outcome(503, aborted="backend_error"))
+        except Exception as exc:
+            try:
+                await _aclose(chunks)
+            finally:
+                await self._finish(ctx, admission, _failed(exc))
             raise
         return _prepend(first, chunks)
 
@@ -161,14 +180,18 @@ class OpenAIService:
             yield commitment.update(b"data: [DONE]\n\n")
             outcome.aborted = None
         except Exception as exc:
-            outcome.status, outcome.aborted = 502, "backend_error"
+            outcome.status, outcome.aborted = 502, _failed(exc).aborted
+            code = getattr(exc, "code", None)
             error = {"error": {"message": "the backend failed mid-stream", "type": "api_error",
-                               "param": None, "code": getattr(exc, "code", "backend_unavailable")}}
+                               "param": None,
+                               "code": code if isinstance(code, str) else "internal_error"}}
             yield commitment.update(b"data: " + _encode(error) + b"\n\n")
         finally:
-            await _aclose(chunks)
-            outcome.response_commitment = commitment.value()
-            await self._finish(ctx, admission, outcome)
+            try:
+                await _aclose(chunks)
+            finally:
+                outcome.response_commitment = commitment.value()
+                await self._finish(ctx, admission, outcome)
 
     # -- endpoints this gateway does not serve ---------------------------------------------------
     async def refuse(self, request: Request[Any, Any, Any]) -> Response[Any]:
@@ -187,29 +210,23 @@ class OpenAIService:
         parsed = decode_request(raw, EmbeddingRequest)
         ctx.route, backend = self._router.route(parsed.model)
         params = msgspec.to_builtins(parsed)
-        admission = await self._admit(ctx, params)
+        admission = await self._admit(request, ctx, params)
         body = _forward_body(params, ctx.route, admission)
-        try:
-            result = await backend.embed(body)
-        except Exception:
-            await self._finish(ctx, admission, Outcome(502, aborted="backend_error"))
-            raise
-        result["object"] = "list"
-        result["model"] = ctx.route.name
-        usage = result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
-        payload = _encode(result)
-        commitment = ResponseCommitment(ctx.commitment_key)
-        commitment.update(payload)
-        await self._finish(ctx, admission, Outcome(200, usage.get("prompt_tokens", 0), 0,
-                                                   commitment.value()))
-        return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
+        model = ctx.route.name
+
+        def shape(result: dict[str, Any]) -> None:
+            result["object"] = "list"
+            result["model"] = model
+            result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
+
+        return await self._whole(request, ctx, admission, backend.embed(body), shape)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     """Policy-relevant view of a body we will not forward (JSON object, else nothing)."""
     try:
         doc = msgspec.json.decode(raw) if raw else {}
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}
 
@@ -223,9 +240,9 @@ def _forward_body(params: dict[str, Any], route: ModelRoute, admission: Admissio
     return body
 
 
-def _headers(ctx: CallContext, admission: Admission) -> dict[str, str]:
+def _headers(ctx: CallContext, admission: Admission | None) -> dict[str, str]:
     headers = {"x-request-id": ctx.request_id, "sealgate-channel": ctx.channel}
-    if admission.receipt is not None:
+    if admission is not None and admission.receipt is not None:
         headers["sealgate-receipt"] = admission.receipt
     return headers
 
@@ -264,3 +281,48 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
     close = getattr(iterator, "aclose", None)
     if close is not None:
         await close()
+
+
+def _failed(exc: BaseException) -> Outcome:
+    """The completion outcome of a request that failed after admission: the status the client
+    is answered with (a backend error's own) and an abort reason."""
+    status = getattr(exc, "status", None)
+    code = getattr(exc, "code", None)
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        return Outcome(500, aborted="internal_error")
+    reason = code if code in _ABORT_REASONS else "backend_error"
+    return Outcome(status, aborted=reason)
+
+
+class _CancelOnDisconnect:
+    """``async with``: cancel the enclosed await when the client disconnects (ASGI
+    ``http.disconnect``) so the backend stops generating, and raise :class:`ClientDisconnected`
+    instead. A class, not a generator context manager: this is on every request's path."""
+
+    __slots__ = ("_gone", "_receive", "_task", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._gone = False
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        self._task.cancel()
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
+        self._watcher.cancel()
+        if not self._gone:
+            return
+        # Withdraw our cancellation; unless the server cancelled too, the caller sees a
+        # disconnect instead of a cancel.
+        if self._task.uncancel() == 0 and exc_type is asyncio.CancelledError:
+            raise ClientDisconnected("the client closed the connection") from None

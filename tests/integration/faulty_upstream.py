@@ -1,0 +1,117 @@
+"""FaultInjectingUpstream: an OpenAI-compatible upstream on loopback (in a thread) that
+misbehaves on purpose, to check the gateway's backend seam.
+
+The fault is the model name the gateway forwards, so one upstream serves a gateway with one
+route per fault. Every malformed answer quotes the request body it got, so a test can check
+that nothing of it reaches the client or the gateway's logs. ``received`` keeps every request
+body, to check what the gateway forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_USAGE = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+
+
+def _chat(**changes: Any) -> dict[str, Any]:
+    doc = {"id": "chatcmpl-faulty", "object": "chat.completion", "created": 1, "model": "m",
+           "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "ok"}}], "usage": _USAGE}
+    return {**doc, **changes}
+
+
+def _chunk(**changes: Any) -> dict[str, Any]:
+    doc = {"id": "chatcmpl-faulty", "object": "chat.completion.chunk", "created": 1, "model": "m",
+           "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]}
+    return {**doc, **changes}
+
+
+def _whole(echo: str) -> dict[str, Any]:
+    """Non-streamed faults: the JSON answer each model name gets."""
+    return {
+        "ok": _chat(),
+        "choices-not-objects": _chat(choices=[echo]),
+        "usage-not-object": _chat(usage=[1, 2, echo]),
+        "message-not-object": _chat(choices=[{"index": 0, "message": echo}]),
+        "negative-tokens": _chat(usage={"prompt_tokens": -1, "completion_tokens": 2}),
+        "fractional-tokens": _chat(usage={"prompt_tokens": 1, "completion_tokens": 2.5}),
+        "error-as-200": {"error": {"message": echo}},
+    }
+
+
+def _events(echo: str) -> dict[str, list[Any]]:
+    """Streamed faults: the SSE events each model name gets (``None`` ends without [DONE])."""
+    usage = _chunk(choices=[], usage={"prompt_tokens": 5, "completion_tokens": 3})
+    return {
+        "ok": [_chunk(), usage, "[DONE]"],
+        "stream-fractional-usage": [_chunk(), _chunk(choices=[], usage={"completion_tokens": 3.5}),
+                                    "[DONE]"],
+        "stream-bad-chunk": [_chunk(), _chunk(choices=[echo]), "[DONE]"],
+        "stream-truncated": [_chunk(), _chunk()],
+        "stream-error-event": [_chunk(), {"error": {"message": echo}}],
+    }
+
+
+WHOLE_FAULTS = tuple(sorted(set(_whole("")) - {"ok"}))
+STREAM_FAULTS = (*sorted(set(_events("")) - {"ok"}), "stream-as-json")
+MODELS = ("ok", *WHOLE_FAULTS, *STREAM_FAULTS)
+"""Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
+
+
+class FaultInjectingUpstream:
+    """``with FaultInjectingUpstream() as up:`` serves ``up.url`` until the block ends."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def __enter__(self) -> FaultInjectingUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, media_type: str, payload: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", media_type)
+                self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+                self.wfile.write(payload)
+
+            def do_GET(self) -> None:
+                self._send("application/json", b'{"object": "list", "data": []}')
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = json.loads(raw)
+                upstream.received.append(body)
+                fault, echo = body.get("model", "ok"), raw.decode()
+                if not body.get("stream"):
+                    self._send("application/json", json.dumps(_whole(echo)[fault]).encode())
+                elif fault == "stream-as-json":
+                    self._send("application/json", json.dumps(_chat()).encode())
+                else:
+                    events = _events(echo)[fault]
+                    self._send("text/event-stream", b"".join(
+                        b"data: " + (e.encode() if isinstance(e, str) else json.dumps(e).encode())
+                        + b"\n\n" for e in events))
+
+        return Handler

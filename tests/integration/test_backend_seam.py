@@ -1,0 +1,134 @@
+"""The backend seam against a FaultInjectingUpstream: what is forwarded (declared fields only),
+and how malformed, truncated or non-SSE answers end (502, fixed message, nothing relayed, a
+completion record with its abort reason, never a 500 or a traceback)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import request_records
+from tests.integration.faulty_upstream import MODELS, WHOLE_FAULTS, FaultInjectingUpstream
+from tests.server import Gateway, start_gateway
+
+pytestmark = pytest.mark.timeout(120)
+
+CANARY = "CANARY" + secrets.token_hex(8)
+MESSAGES = [{"role": "user", "content": f"repeat {CANARY}"}]
+MALFORMED_STREAMS = ["stream-fractional-usage", "stream-bad-chunk", "stream-error-event"]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FaultInjectingUpstream]:
+    with FaultInjectingUpstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def seam_gateway(workdir: Path, upstream: FaultInjectingUpstream) -> Iterator[Gateway]:
+    config = ("allow_plaintext = true\n[backends.faulty]\ntype = \"openai\"\n"
+              f"url = \"{upstream.url}/v1\"\n" + "".join(
+                  f'[models."{m}"]\nbackend = "faulty"\nretention_tier = "attested-zero"\n'
+                  for m in MODELS))
+    gw = start_gateway(workdir, config)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def key(seam_gateway: Gateway) -> str:
+    return seam_gateway.new_key("seam")
+
+
+def _post(gw: Gateway, key: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"})
+
+
+def _clean(gw: Gateway, response: httpx.Response) -> None:
+    assert CANARY not in response.text
+    assert "Traceback" not in gw.output() and CANARY not in gw.output()
+
+
+def test_only_declared_fields_are_forwarded(seam_gateway: Gateway, key: str,
+                                            upstream: FaultInjectingUpstream) -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    body = {"model": "ok", "messages": [
+        {"role": "system", "content": "be brief", "extra": 1},
+        {"role": "user", "content": [
+            {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}},
+            {"type": "image_url", "image_url": {"url": image, "detail": "low", "fetch": "x"}},
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE",
+                                      "filename": "a.pdf", "file_url": "http://x/"}}]}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}},
+                   "vector_store_ids": ["vs_1"]}],
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "r", "schema": {}, "url": "http://x/"}}}
+    assert _post(seam_gateway, key, body).status_code == 200
+    forwarded = upstream.received[-1]
+    assert forwarded["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "hi"},
+            {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE",
+                                      "filename": "a.pdf"}}]}]
+    assert forwarded["tools"] == [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    assert forwarded["response_format"] == {"type": "json_schema",
+                                            "json_schema": {"name": "r", "schema": {}}}
+
+
+@pytest.mark.parametrize("fault", WHOLE_FAULTS)
+def test_malformed_answer_is_502_with_a_record(seam_gateway: Gateway, key: str, fault: str) -> None:
+    response = _post(seam_gateway, key, {"model": fault, "messages": MESSAGES})
+    assert response.status_code == 502
+    assert response.json()["error"] == {"message": "the upstream sent a malformed response",
+                                        "type": "api_error", "param": None, "code": "backend_error"}
+    _clean(seam_gateway, response)
+    assert response.headers["sealgate-receipt"]
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == 502
+    assert records["completion"]["abort_reason"] == "backend_error"
+
+
+@pytest.mark.parametrize("fault", MALFORMED_STREAMS)
+def test_malformed_stream_ends_with_error_event_and_record(seam_gateway: Gateway, key: str,
+                                                           fault: str) -> None:
+    response = _post(seam_gateway, key, {"model": fault, "messages": MESSAGES, "stream": True})
+    events = [e for e in response.text.split("\n\n") if e]
+    assert response.status_code == 200 and '"error"' in events[-1] and "[DONE]" not in response.text
+    _clean(seam_gateway, response)
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == 502
+    assert records["completion"]["abort_reason"] == "backend_error"
+
+
+def test_truncated_stream_is_not_reported_complete(seam_gateway: Gateway, key: str) -> None:
+    response = _post(seam_gateway, key, {"model": "stream-truncated", "messages": MESSAGES,
+                                         "stream": True})
+    events = [e for e in response.text.split("\n\n") if e]
+    assert "[DONE]" not in response.text and len(events) == 3
+    assert '"code":"upstream_truncated"' in events[-1]
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == 502
+    assert records["completion"]["abort_reason"] == "upstream_truncated"
+
+
+def test_json_instead_of_a_stream_is_502(seam_gateway: Gateway, key: str) -> None:
+    response = _post(seam_gateway, key, {"model": "stream-as-json", "messages": MESSAGES,
+                                         "stream": True})
+    assert response.status_code == 502 and response.json()["error"]["code"] == "backend_error"
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == 502
+
+
+def test_complete_stream_ends_with_done(seam_gateway: Gateway, key: str) -> None:
+    response = _post(seam_gateway, key, {"model": "ok", "messages": MESSAGES, "stream": True})
+    assert response.text.endswith("data: [DONE]\n\n")
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == 200 and "abort_reason" not in records["completion"]
