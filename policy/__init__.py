@@ -4,7 +4,7 @@
 default) and ``OPAEngine`` (an OPA server). See docs/policy.md.
 """
 
-from ._bundle import PolicyBundle, load_bundle
+from ._bundle import PolicyBundle, bundle_digest, load_bundle
 from ._decision import Decision, Denial
 from ._engine import PolicyEngine
 from ._errors import PolicyBundleError, PolicyError, PolicyInputError, PolicyUnavailable
@@ -29,6 +29,7 @@ __all__ = [
     "RegoTestResult",
     "RegopyEngine",
     "RequestParams",
+    "bundle_digest",
     "load_bundle",
     "run_rego_tests",
 ]

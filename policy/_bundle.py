@@ -8,7 +8,8 @@ at ``data.a.b``), which is how ``opa run`` loads the same directory.
 Digest (docs/policy.md, "Bundle digest"): SHA-256 over the ``sha256sum``-style listing of every
 bundle file, one line ``<hex sha256 of file>  <path relative to the bundle root>\\n`` per file,
 sorted by the UTF-8 bytes of the path, written ``sha256:<hex>``. A path must be printable UTF-8
-(no newline or other control character), so each listing has exactly one reading.
+(no newline or other control character), so each listing has exactly one reading. Paths with a
+component starting with ``.`` are not part of the bundle (OPA ignores them too).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import yaml
 
 from ._errors import PolicyBundleError
 
-__all__ = ["PolicyBundle", "load_bundle"]
+__all__ = ["PolicyBundle", "bundle_digest", "load_bundle"]
 
 _DATA_SUFFIXES = (".yaml", ".yml", ".json")
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -53,6 +54,8 @@ class PolicyBundle:
     """Relative path → Rego source, for ``*_test.rego`` modules."""
     data: Mapping[str, Any]
     """The merged data document."""
+    files: Mapping[str, bytes]
+    """Relative path → the exact bytes of every bundle file, as digested."""
     digest: str
     """``sha256:<hex>`` over the file listing (module docstring)."""
 
@@ -66,10 +69,13 @@ def _bundle_files(root: Path) -> list[Path]:
     data_dir = root / "data"
     data = sorted(data_dir.rglob("*")) if data_dir.is_dir() else []
     data = [p for p in data if p.suffix in _DATA_SUFFIXES]
-    return [p for p in rego + data if p.is_file()]
+    # Hidden names are not part of a bundle, as for `opa run --ignore=.*`: what is digested
+    # (and attested) is exactly what either engine evaluates.
+    return [p for p in rego + data if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
 
 
-def digest_of(contents: Mapping[str, bytes]) -> str:
+def bundle_digest(contents: Mapping[str, bytes]) -> str:
     """Digest of ``relative path → file bytes`` (module docstring)."""
     for rel in contents:
         # A newline in a path could forge listing lines: two bundles, one digest.
@@ -143,7 +149,7 @@ def load_bundle(path: str | Path | None = None) -> PolicyBundle:
         contents = {f.relative_to(root).as_posix(): f.read_bytes() for f in _bundle_files(root)}
     except OSError as exc:
         raise PolicyBundleError(f"cannot read bundle directory {root}") from exc
-    digest = digest_of(contents)
+    digest = bundle_digest(contents)
     modules: dict[str, str] = {}
     tests: dict[str, str] = {}
     data: dict[str, Any] = {}
@@ -165,5 +171,6 @@ def load_bundle(path: str | Path | None = None) -> PolicyBundle:
         modules=MappingProxyType(modules),
         tests=MappingProxyType(tests),
         data=MappingProxyType(data),
+        files=MappingProxyType(contents),
         digest=digest,
     )

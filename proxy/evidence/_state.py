@@ -13,19 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from policy import load_bundle
+from policy import bundle_digest, load_bundle
 
 __all__ = [
     "document_bytes",
     "identity_documents",
     "persist_identity",
-    "policy_digest",
     "policy_snapshots",
     "record_startup_state",
     "snapshot_policy",
 ]
 
-_DATA_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _write_once(path: Path, data: bytes) -> None:
@@ -63,34 +61,13 @@ def identity_documents(data_dir: Path) -> dict[str, dict[str, Any]]:
     return dict(sorted(docs.items(), key=lambda item: str(item[1].get("created", ""))))
 
 
-def policy_digest(files: Mapping[str, bytes]) -> str:
-    """docs/policy.md "Bundle digest": SHA-256 of the sorted ``sha256sum``-style listing."""
-    listing = b"".join(
-        hashlib.sha256(files[rel]).hexdigest().encode() + b"  " + rel.encode() + b"\n"
-        for rel in sorted(files, key=str.encode)
-    )
-    return "sha256:" + hashlib.sha256(listing).hexdigest()
-
-
-def _bundle_files(root: Path) -> dict[str, bytes]:
-    rego = sorted((root / "rego").rglob("*.rego")) if (root / "rego").is_dir() else []
-    data = sorted((root / "data").rglob("*")) if (root / "data").is_dir() else []
-    paths = [p for p in rego if p.is_file()]
-    paths += [p for p in data if p.is_file() and p.suffix in _DATA_SUFFIXES]
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in paths}
-
-
 def snapshot_policy(data_dir: Path, bundle_dir: str | Path | None = None) -> str:
     """Keep the files of the bundle in force (default: the shipped one); returns its digest."""
     bundle = load_bundle(bundle_dir or None)
-    files = _bundle_files(bundle.root)
-    digest = policy_digest(files)
-    if digest != bundle.digest:  # the bundle changed between the two reads: keep neither
-        return bundle.digest
-    target = data_dir / "policies" / digest.removeprefix("sha256:")
-    for rel, raw in files.items():
+    target = data_dir / "policies" / bundle.digest.removeprefix("sha256:")
+    for rel, raw in bundle.files.items():  # the very bytes the digest covers
         _write_once(target / rel, raw)
-    return digest
+    return bundle.digest
 
 
 def policy_snapshots(data_dir: Path) -> dict[str, dict[str, bytes]]:
@@ -102,7 +79,7 @@ def policy_snapshots(data_dir: Path) -> dict[str, dict[str, bytes]]:
         files = {p.relative_to(sub).as_posix(): p.read_bytes()
                  for p in sorted(sub.rglob("*")) if p.is_file() and not p.name.startswith(".")}
         digest = "sha256:" + sub.name
-        if files and policy_digest(files) == digest:
+        if files and bundle_digest(files) == digest:
             out[digest] = files
     return out
 

@@ -18,6 +18,7 @@ from policy import (
     load_bundle,
     run_rego_tests,
 )
+from proxy.evidence import policy_snapshots, snapshot_policy
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policy"
 
@@ -83,6 +84,19 @@ def test_file_names_cannot_forge_listing_lines(bundle_dir: Path) -> None:
     (bundle_dir / "rego" / forged / "tenant.rego").write_bytes(b"package sealgate.authz\n")
     with pytest.raises(PolicyBundleError, match="not printable"):
         load_bundle(bundle_dir)
+
+
+def test_hidden_names_are_not_part_of_the_bundle(bundle_dir: Path, tmp_path: Path) -> None:
+    # As for `opa run --ignore=.*`: what is digested (and kept for evidence) is what is evaluated.
+    before = load_bundle(bundle_dir)
+    (bundle_dir / "rego" / ".shadow.rego").write_text('package sealgate.authz\n\nallow := true\n')
+    (bundle_dir / "data" / "..2026_11_22").mkdir()
+    (bundle_dir / "data" / "..2026_11_22" / "contracts.yaml").write_text("contracts: {}\n")
+    after = load_bundle(bundle_dir)
+    assert after.digest == before.digest and after.files == before.files
+    kept = tmp_path / "state"
+    assert snapshot_policy(kept, bundle_dir) == before.digest
+    assert dict(policy_snapshots(kept)[before.digest]) == dict(before.files)
 
 
 def test_undecodable_file_name_is_a_bundle_error(bundle_dir: Path) -> None:
