@@ -21,11 +21,12 @@ from ._merkle import verify_consistency, verify_inclusion
 from ._note import vkey_for
 from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
-from ._record import PREDICATE_TYPE, Record, RecordBuilder, commit
+from ._record import IDENTIFIER, PREDICATE_TYPE, Record, RecordBuilder, commit
 from ._store import LogStore
 from ._verify import VerifyReport, verify_log, verify_receipt
 
 __all__ = [
+    "IDENTIFIER",
     "PREDICATE_TYPE",
     "AuditError",
     "AuditLog",

@@ -13,7 +13,7 @@ from ._errors import AuditUnavailable, RecordNotFound
 from ._note import check_name, key_id, vkey_for
 from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
-from ._record import Record
+from ._record import IDENTIFIER, Record
 from ._store import LogStore
 from ._writer import LogIdentity, LogWriter, Pending, Sealed, seal
 
@@ -149,6 +149,8 @@ class AuditLog:
 
     async def request_records(self, tenant: str, request_id: str) -> list[dict[str, Any]]:
         """The receipts and envelopes of one request's records (tenant-scoped)."""
+        if not IDENTIFIER.fullmatch(request_id):  # no record holds it; and the driver may refuse it
+            return []
         rows = await asyncio.to_thread(self._store.records_for_request, tenant, request_id)
         return [{"record_id": r.record_id, "kind": r.kind, "log": r.log_id,
                  "leaf": int(r.leaf_index), "envelope": bytes(r.envelope).decode()} for r in rows]

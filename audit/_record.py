@@ -26,7 +26,8 @@ PREDICATE_TYPE = "https://sealgate.dev/proof-of-secrecy/v1"
 COMMITMENT_ALG = "hmac-sha256"
 
 # Matched with fullmatch: a "$" anchor would also accept a trailing newline.
-_ID = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
+IDENTIFIER = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
+"""Record identifier fields (request id, endpoint, model, …): this grammar, whole."""
 _DIGEST = re.compile(r"sha(256|384|512):[0-9a-f]{64,128}")
 _COMMIT = re.compile(r"hmac-sha256:[0-9a-f]{64}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
@@ -86,7 +87,7 @@ def _bool(value: object) -> object:
 def _ids(value: object) -> object:
     if not isinstance(value, list | tuple) or len(value) > _MAX_LIST:
         raise InvalidRecord(f"value must be a list of at most {_MAX_LIST} identifiers")
-    return [_pattern(_ID, "identifier")(v) for v in value]
+    return [_pattern(IDENTIFIER, "identifier")(v) for v in value]
 
 
 def _time(value: object) -> object:
@@ -97,7 +98,7 @@ def _time(value: object) -> object:
     return _pattern(_TIME, "RFC 3339 UTC time")(value)
 
 
-_identifier = _pattern(_ID, "identifier")
+_identifier = _pattern(IDENTIFIER, "identifier")
 _digest = _pattern(_DIGEST, "digest (sha256:<hex>)")
 _commitment = _pattern(_COMMIT, "commitment (hmac-sha256:<hex>)")
 

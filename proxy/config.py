@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from audit import IDENTIFIER
 from inference import LlamaCppConfig, ModelRoute, OpenAIConfig, RetentionTier, VLLMConfig
 from proxy.errors import ConfigError
 
@@ -266,6 +267,8 @@ def _parse_backends(table: Any) -> dict[str, BackendSettings]:
 def _parse_models(table: Any) -> dict[str, ModelRoute]:
     result: dict[str, ModelRoute] = {}
     for name, body in _tables(table, "models").items():
+        if not IDENTIFIER.fullmatch(name):  # records name the model: it must fit their grammar
+            raise ConfigError(f"model {name!r}: names are 1-128 of A-Z a-z 0-9 . _ : / @ + -")
         try:
             tier = RetentionTier(body.get("retention_tier", "attested-zero"))
             result[name] = ModelRoute(name, body["backend"], tier, body.get("upstream_model"),

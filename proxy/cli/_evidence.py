@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -42,15 +43,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def parse_when(text: str, *, end: bool = False) -> datetime:
-    """An ISO date or time; naive means UTC; a bare date as an end means the next midnight."""
-    from datetime import timedelta
+    """An ISO date or time; naive means UTC; a bare date (``2024-01-01`` or ``20240101``) as an
+    end means the next midnight. ``ValueError`` (or ``OverflowError`` past year 9999) if not."""
+    from datetime import date, timedelta
 
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    if end and len(text) == 10:
-        value += timedelta(days=1)
-    return value
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start + timedelta(days=1) if end else start
 
 
 def _progress(stage: str, done: int, total: int) -> None:
@@ -80,8 +83,11 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         start, end = parse_when(args.start), parse_when(args.end, end=True)
-    except ValueError:
-        return fail("--from and --to must be ISO 8601 dates or times")
+    except (ValueError, OverflowError):
+        return fail("--from and --to must be ISO 8601 dates or times up to 9999-12-30")
+    output = Path(args.output)
+    if not output.parent.is_dir():  # known before a long export, not after
+        return fail(f"cannot write {output}: no folder {output.parent}")
     if args.sample is not None and args.sample < 1:
         return fail("--sample must be at least 1")
     settings = load_settings(args)
@@ -109,9 +115,11 @@ def _export(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except Exception as exc:
         return fail(f"export failed: {exc}")
-    with open(args.output, "wb") as fh:
-        fh.write(data)
-    print(f"wrote {args.output} ({len(data)} bytes)", file=sys.stderr)
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        return fail(f"cannot write {output}: {exc.strerror}")
+    print(f"wrote {output} ({len(data)} bytes)", file=sys.stderr)
     return 0
 
 

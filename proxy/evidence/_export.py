@@ -169,7 +169,7 @@ def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: 
         "latest_size": cps[-1][0], "decisions": dict(sorted(win.decisions.items())),
         "records": {"in_window": win.total, "exported": len(chosen), "pending": win.pending,
                     "sampled": len(chosen) < len(win.rows),
-                    "complete": opts.tenant is None and len(chosen) == len(win.rows),
+                    "complete": opts.tenant is None and len(chosen) == win.total,
                     "leaves": [int(r.leaf_index) for r in chosen]},
     }  # fmt: skip
     times = checkpoint_times(store, log_id)

@@ -7,7 +7,7 @@ import audit
 
 def test_all_is_exact() -> None:
     assert sorted(audit.__all__) == sorted([
-        "PREDICATE_TYPE", "AuditError", "AuditLog", "AuditUnavailable", "ConsistencyProof",
+        "IDENTIFIER", "PREDICATE_TYPE", "AuditError", "AuditLog", "AuditUnavailable", "ConsistencyProof",
         "InclusionProof", "InvalidRecord", "LogStore", "ProofError", "Receipt", "Record",
         "RecordBuilder", "RecordNotFound", "SignedCheckpoint", "TreeReader", "VerificationError",
         "VerifyReport",

@@ -66,6 +66,10 @@ async def test_records_are_tenant_scoped(store_url: str, log_key: Ed25519Private
             with pytest.raises(RecordNotFound) as info:
                 await log.get_record(rid, tenant=tenant)
             assert str(info.value) == "record_not_found: no such record"
+        assert [r["kind"] for r in await log.request_records("tenant-a", "req-1")] == ["intent"]
+        # Not a request id any record can hold (PostgreSQL refuses NUL in text): simply none.
+        for request_id in ("req-1\x00", "a\x00b", "", "x" * 129, "req 1"):
+            assert await log.request_records("tenant-a", request_id) == []
     finally:
         await log.close()
 

@@ -185,3 +185,29 @@ def test_sampled_and_tenant_bundles(traffic: Traffic, evidence_workdir: Path) ->
     for line in lines:
         envelope = json.loads(json.loads(line)["envelope"])
         assert json.loads(base64.b64decode(envelope["payload"]))["predicate"]["tenant"] == tenant
+
+
+@pytest.mark.parametrize(("text", "end", "expected"), [
+    ("2024-01-01", False, "2024-01-01T00:00:00+00:00"),
+    ("2024-01-01", True, "2024-01-02T00:00:00+00:00"),
+    ("20240101", True, "2024-01-02T00:00:00+00:00"),  # the basic form is a whole day too
+    ("2024-01-01T12:30:00", True, "2024-01-01T12:30:00+00:00"),
+    ("2024-01-01T12:30:00Z", False, "2024-01-01T12:30:00+00:00"),
+])
+def test_export_window_bounds(text: str, end: bool, expected: str) -> None:
+    from proxy.cli._evidence import parse_when
+
+    assert parse_when(text, end=end).isoformat() == expected
+
+
+@pytest.mark.parametrize("args", [
+    ("--from", "2024-01-01", "--to", "9999-12-31", "-o", "{out}/b.zip"),
+    ("--from", "2024-01-01", "--to", "2024-13-01", "-o", "{out}/b.zip"),
+    ("--from", "2024-01-01", "--to", "2024-01-02", "-o", "{out}/missing/b.zip"),
+])
+def test_export_refuses_bad_arguments_cleanly(traffic: Traffic, evidence_workdir: Path,
+                                              args: tuple[str, ...]) -> None:
+    run = traffic.gateway.cli("evidence", "export",
+                              *(a.format(out=evidence_workdir) for a in args))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("sealgate: ") and len(run.stderr.strip().splitlines()) == 1

@@ -62,6 +62,7 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('[backends.v]\ntype = "vllm"\nextra_args = ["--enable-log-requests"]', {}),
     ('[backends.v]\ntype = "vllm"\nnope = 1', {}),
     ('audit_url = "mysql://db/audit"', {}),
+    ('[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n[models."my model"]\nbackend = "b"', {}),
     ("", {"SEALGATE_DATABASE_URL": "bogus://x"}),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
