@@ -7,6 +7,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import need
 from tests.helm.conftest import Rendered
 
@@ -172,6 +174,21 @@ def _policy(rendered: Rendered, name: str) -> dict[str, Any]:
 
 def _selected_component(policy: dict[str, Any]) -> str:
     return str(policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"])
+
+
+@pytest.mark.parametrize("data_dir", ["/var/lib/sealgate", "/data/"])
+def test_signing_keys_live_in_memory(render: Any, data_dir: str) -> None:
+    """keys/ (log signing key, session secret) is a memory-backed emptyDir: under Confidential
+    Containers it stays in the pod VM's memory instead of host-visible disk."""
+    rendered: Rendered = render({"proxy": {"dataDir": data_dir}})
+    spec = rendered.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["keys"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["keys"]["emptyDir"]["sizeLimit"]
+    (proxy,) = [c for c in spec["containers"] if c["name"] == "proxy"]
+    mounts = {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]}
+    assert mounts["data"] == data_dir
+    assert mounts["keys"] == data_dir.rstrip("/") + "/keys"
 
 
 def test_vllm_has_no_egress_and_only_proxy_ingress(each_render: Rendered) -> None:

@@ -33,6 +33,10 @@ BAD_VALUES = [
     ("policy-engine-unknown", "policy:\n  engine: cedar\n", "engine"),
     ("policy-file-path", "policy:\n  files:\n    rego/../authz.rego: x\n", "rego/../authz.rego"),
     ("policy-file-outside-bundle", "policy:\n  files:\n    authz.rego: x\n", "authz.rego"),
+    # OPA runs with --ignore=.* while the proxy's attested digest would cover the file.
+    ("policy-file-dot-rego", "policy:\n  files:\n    rego/.shadow.rego: x\n", "rego/.shadow.rego"),
+    ("policy-file-dot-data", "policy:\n  files:\n    data/.hidden.yaml: x\n", "data/.hidden.yaml"),
+    ("policy-file-dot-folder", "policy:\n  files:\n    data/.d/x.yaml: x\n", "data/.d/x.yaml"),
     ("log-flag-unknown", "vllm:\n  requestLogFlag: --log-requests\n", "requestLogFlag"),
     ("tp-zero", "vllm:\n  tensorParallelSize: 0\n", "tensorParallelSize"),
     (
@@ -51,6 +55,11 @@ BAD_VALUES = [
         "retentionTier",
     ),
     ("digest-malformed", "image:\n  digest: sha256:abc\n", "digest"),
+    # No appVersion to fall back on: a tag or a digest, never an implicit latest.
+    ("opa-unpinned", "opa:\n  image:\n    tag: ''\n", "/opa/image"),
+    ("vllm-unpinned", "vllm:\n  image:\n    tag: ''\n", "/vllm/image"),
+    ("test-hook-unpinned", "tests:\n  image:\n    tag: ''\n", "/tests/image"),
+    ("tag-malformed", "vllm:\n  image:\n    tag: 'v1 latest'\n", "/vllm/image/tag"),
     ("resources-limits-removed", "opa:\n  resources:\n    limits: null\n", "limits"),
     ("claim-not-a-string", "vllm:\n  modelStorage: {existingClaim: 7}\n", "existingClaim"),
 ]
@@ -80,6 +89,11 @@ BAD_COMBINATIONS = [
         "not both",
     ),
     (
+        "postgres-egress-to-anywhere",
+        {"postgresql": {"enabled": True, "existingSecret": "audit-db"}},
+        "needs postgresql.egress.to",
+    ),
+    (
         "model-names-unknown-backend",
         {"models": {"m": {"backend": "nowhere", "retentionTier": "attested-zero"}}},
         'names backend "nowhere"',
@@ -90,6 +104,18 @@ BAD_COMBINATIONS = [
         "needs metrics.enabled",
     ),
 ]
+
+
+# An in-cluster database selected by its pods' labels.
+DB_EGRESS = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "databases"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "postgresql"}},
+        }
+    ]
+}
+DIGEST = "sha256:" + "ab" * 32
 
 
 def test_schema_is_valid_draft7() -> None:
@@ -133,12 +159,49 @@ def test_guards_reject_unsafe_combinations(chart: Any, values: dict[str, Any], n
 
 def test_created_secret_holds_the_url_and_nothing_else_does(render: Any) -> None:
     url = "postgresql+psycopg://audit:s3cr3t-pw@db.internal:5432/sealgate"
-    rendered: Rendered = render({"postgresql": {"enabled": True, "createSecret": True, "url": url}})
+    rendered: Rendered = render(
+        {"postgresql": {"enabled": True, "createSecret": True, "url": url, "egress": DB_EGRESS}}
+    )
     (secret,) = rendered.of_kind("Secret")
     assert secret["metadata"]["name"] == "sealgate-audit-db"
     assert "stringData" not in secret
     everything_else = [o for o in rendered.objects if o["kind"] != "Secret"]
     assert "s3cr3t-pw" not in yaml.safe_dump_all(everything_else)
+
+
+def test_database_egress_goes_only_to_the_named_peers(render: Any) -> None:
+    values = {"postgresql": {"enabled": True, "existingSecret": "audit-db", "egress": DB_EGRESS}}
+    egress = render(values).get("NetworkPolicy", "sealgate-proxy")["spec"]["egress"]
+    (rule,) = [r for r in egress if {"port": 5432, "protocol": "TCP"} in r["ports"]]
+    assert rule["to"] == DB_EGRESS["to"]
+
+
+def test_database_without_network_policy_needs_no_peers(render: Any) -> None:
+    values = {
+        "postgresql": {"enabled": True, "existingSecret": "audit-db"},
+        "networkPolicy": {"enabled": False},
+    }
+    assert not render(values).of_kind("NetworkPolicy")
+
+
+def test_images_pin_by_digest_and_never_fall_back_to_latest(
+    chart: Any, render: Any, each_render: Rendered
+) -> None:
+    images = [c["image"] for _, spec in each_render.pod_specs() for c in spec["containers"]]
+    assert images and not [i for i in images if i.endswith(":latest") or ":" not in i]
+    pinned = {"image": {"tag": "", "digest": DIGEST}}
+    values = {"opa": pinned, "vllm": pinned, "tests": pinned}
+    chart.validate_schema(values)
+    rendered: Rendered = render(values)
+    images = [c["image"] for _, spec in rendered.pod_specs() for c in spec["containers"]]
+    assert sorted(images) == sorted(
+        [
+            "ghcr.io/sealgate/sealgate:0.1.0",
+            f"openpolicyagent/opa@{DIGEST}",
+            f"vllm/vllm-openai@{DIGEST}",
+            f"curlimages/curl@{DIGEST}",
+        ]
+    )
 
 
 def test_simulated_development_drops_the_tsm_mount(render: Any) -> None:
@@ -260,6 +323,16 @@ def test_policy_folder_is_packaged_and_values_overlay_it(tmp_path: Path) -> None
     data = _render_dir(chart_dir, overlay).get("ConfigMap", "sealgate-policy")["data"]
     assert data["rego__authz.rego"].endswith("# override\n")
     assert data["data__contracts.yaml"] == shipped["data/contracts.yaml"]
+
+
+@pytest.mark.parametrize("rel", ["rego/.shadow.rego", "data/.hidden.yaml", "data/.d/x.yaml"])
+def test_dot_named_file_in_the_chart_policy_folder_is_refused(tmp_path: Path, rel: str) -> None:
+    """The schema guards policy.files; the chart's own folder is checked at render time."""
+    helm = helm_module()
+    chart_dir = _chart_copy_with_policy(tmp_path, {"rego/authz.rego": "package a\n", rel: "x\n"})
+    with pytest.raises(helm.HelmRenderError) as caught:
+        _render_dir(chart_dir)
+    assert f'policy file "{rel}"' in str(caught.value)
 
 
 def test_repository_bundle_mounts_with_the_same_digest(tmp_path: Path) -> None:

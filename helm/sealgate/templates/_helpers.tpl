@@ -48,12 +48,18 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
-{{/* An image reference; a digest wins over the tag. Call with (dict "image" ... "default" ...). */}}
+{{/* An image reference; a digest wins over the tag. Call with (dict "image" ... "key" "opa.image")
+and, for the proxy only, "default" (the appVersion). There is no fallback to latest: with neither
+a tag, a digest nor a default, rendering stops. */}}
 {{- define "sealgate.image" -}}
 {{- if .image.digest }}
 {{- printf "%s@%s" .image.repository .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .image.repository (default .default .image.tag) }}
+{{- $tag := default .default .image.tag }}
+{{- if not $tag }}
+{{- fail (printf "%s needs a tag or a digest; the chart never falls back to latest" .key) }}
+{{- end }}
+{{- printf "%s:%s" .image.repository $tag }}
 {{- end }}
 {{- end }}
 
@@ -163,6 +169,9 @@ seccompProfile:
 {{- if and $v.postgresql.createSecret (not $v.postgresql.url) }}
 {{- fail "postgresql.createSecret needs postgresql.url" }}
 {{- end }}
+{{- if and $v.networkPolicy.enabled (not $v.postgresql.egress.to) }}
+{{- fail "postgresql.enabled with networkPolicy.enabled needs postgresql.egress.to: the chart does not deploy PostgreSQL, so name the database's peers (an ipBlock for an external database, podSelector/namespaceSelector for one in the cluster); an empty list would open the port to every address, the internet included" }}
+{{- end }}
 {{- end }}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
@@ -174,6 +183,11 @@ seccompProfile:
 {{- end }}
 {{- $keys := dict }}
 {{- range $path, $_ := (include "sealgate.policyFiles" . | fromJson) }}
+{{- range splitList "/" $path }}
+{{- if hasPrefix "." . }}
+{{- fail (printf "policy file %q has a path component starting with \".\": OPA (--ignore=.*) would skip it while the proxy's attested digest covers it" $path) }}
+{{- end }}
+{{- end }}
 {{- $key := include "sealgate.policyKey" $path }}
 {{- if hasKey $keys $key }}
 {{- fail (printf "policy files %q and %q share the ConfigMap key %q" (get $keys $key) $path $key) }}
