@@ -30,7 +30,9 @@ from ._errors import PolicyBundleError
 __all__ = ["PolicyBundle", "bundle_digest", "load_bundle"]
 
 _DATA_SUFFIXES = (".yaml", ".yml", ".json")
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+# Contract expiry: a whole minute. The gateway gives the policy its time at minute resolution
+# (truncated), which then decides "before the expiry instant" exactly.
+_EXPIRY_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:00Z")
 # Contract fields and their types (policy/data/contracts.yaml documents each one).
 _CONTRACT_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "models": list,
@@ -135,8 +137,9 @@ def _check_contracts(data: Mapping[str, Any]) -> None:
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise PolicyBundleError(f"contract {name}: {key} is missing or mistyped")
         expires = contract.get("expires")
-        if expires is not None and not (isinstance(expires, str) and _TIME_RE.match(expires)):
-            raise PolicyBundleError(f"contract {name}: expires must be YYYY-MM-DDTHH:MM:SSZ")
+        if expires is not None and not (isinstance(expires, str) and _EXPIRY_RE.fullmatch(expires)):
+            raise PolicyBundleError(f"contract {name}: expires must be a whole minute, "
+                                    "YYYY-MM-DDTHH:MM:00Z")
 
 
 def load_bundle(path: str | Path | None = None) -> PolicyBundle:

@@ -38,8 +38,9 @@ class EnclaveFacts:
 
 
 class _MinuteClock:
-    """Decision time at minute resolution: contract expiry is judged to the minute, and equal
-    request shapes within a minute share one cached decision (the policy is deterministic).
+    """Decision time at minute resolution (truncated): equal request shapes within a minute
+    share one cached decision (the policy is deterministic). Contract expiries are whole
+    minutes (the bundle refuses others), so "before the expiry" is still judged exactly.
     The string is formatted once per minute."""
 
     def __init__(self) -> None:

@@ -38,6 +38,7 @@ def test_exported_names_are_exact() -> None:
         "RegoTestResult",
         "RegopyEngine",
         "RequestParams",
+        "bundle_digest",
         "load_bundle",
         "run_rego_tests",
     ]

@@ -75,6 +75,16 @@ def test_invalid_bundles_rejected(bundle_dir: Path, name: str, text: str) -> Non
         RegopyEngine(load_bundle(bundle_dir)).reload(load_bundle(bundle_dir))
 
 
+def test_contract_expiry_is_a_whole_minute(bundle_dir: Path) -> None:
+    # Decisions see the time truncated to the minute; only a whole-minute expiry stays exact.
+    contracts = bundle_dir / "data" / "contracts.yaml"
+    text = contracts.read_text()
+    assert 'expires: "2030-01-01T00:00:00Z"' in text
+    contracts.write_text(text.replace('"2030-01-01T00:00:00Z"', '"2030-01-01T00:00:30Z"'))
+    with pytest.raises(PolicyBundleError, match="whole minute"):
+        load_bundle(bundle_dir)
+
+
 def test_file_names_cannot_forge_listing_lines(bundle_dir: Path) -> None:
     # A directory whose name holds "\n<sha>  <path>" would rebuild the listing of a bundle
     # that still has that file: printable names are required, so no two bundles share a digest.
