@@ -41,7 +41,7 @@ from proxy.enclave import enclave_facts
 from proxy.errors import exception_handler
 from proxy.evidence import record_startup_state
 from proxy.gate import PolicyAuditGate
-from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers
+from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers, gateway_front
 from proxy.telemetry import Metrics, configure_logging
 from proxy.tenants import Tenant, TenantStore
 
@@ -211,18 +211,23 @@ def create_app(settings: Settings | None = None, *,
         finally:
             await services.stop()
 
+    outer_max = settings.max_body_bytes + 64 * 1024  # an encapsulated request's framing and tags
     handlers: list[Any] = [*health_handlers, *openai_handlers, *identity_handlers, *audit_handlers,
-                *build_gateway_handlers(max_body_size=settings.max_body_bytes + 64 * 1024),
+                *build_gateway_handlers(max_body_size=outer_max),
                 *refused_handlers, dashboard_router]
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         dependencies=services.dependencies(),
         exception_handlers={Exception: exception_handler},
         lifespan=[lifespan],
-        request_max_body_size=settings.max_body_bytes + 64 * 1024,
+        request_max_body_size=outer_max,
         openapi_config=OpenAPIConfig(title="Sealgate", version="0.1.0", path="/schema",
                                      render_plugins=[SwaggerRenderPlugin()]),
         state=State({"services": services}),
         debug=False,
         logging_config=None,
     )
+    # Sealed requests skip the framework's per-request machinery (proxy/gateway/_front.py).
+    app.asgi_handler = gateway_front(app.asgi_handler, app, keys, services.replay_guard,
+                                     max_body_size=outer_max)
+    return app

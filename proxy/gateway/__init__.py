@@ -1,7 +1,8 @@
 """The OHTTP gateway inside the Litestar app (RFC 9458 §5, chunked OHTTP for streaming).
 
 Register :data:`gateway_handlers` and provide ``ohttp_keys`` (:class:`KeyManager`) and
-``replay_guard`` (:class:`ReplayGuard`) with ``Provide(...)``. An opened request is dispatched
+``replay_guard`` (:class:`ReplayGuard`) with ``Provide(...)``; :func:`gateway_front` serves
+non-chunked sealed requests ahead of the framework, answering as the route would. An opened request is dispatched
 to the same app in-process; content routes call :func:`sealed_channel` on their scope to learn
 whether they were reached through the gateway (only the gateway can set that marker).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from ._channel import SealedChannel, sealed_channel
 from ._errors import GatewayError
+from ._front import gateway_front
 from ._keys import KeyManager
 from ._replay import ReplayGuard
 from ._routes import DEFAULT_MAX_BODY, GATEWAY_PATH, build_gateway_handlers
@@ -24,6 +26,7 @@ __all__ = [
     "ReplayGuard",
     "SealedChannel",
     "build_gateway_handlers",
+    "gateway_front",
     "gateway_handlers",
     "sealed_channel",
 ]

@@ -23,7 +23,10 @@ from litestar import Litestar, Request, get, post
 from litestar.di import Provide
 from litestar.response import ServerSentEvent, Stream
 
-from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers, sealed_channel
+from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers, gateway_front, sealed_channel
+
+FRONT = True
+"""Whether :func:`build_app` serves non-chunked sealed requests through ``gateway_front``."""
 
 
 @dataclass
@@ -121,7 +124,7 @@ def build_app(state: AppState, *, max_body_size: int | None = None) -> Litestar:
 
         return Stream(chunks(), media_type="text/event-stream")
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[*build_gateway_handlers(**kwargs), echo, boom, sse, chat],
         dependencies={
             "ohttp_keys": Provide(lambda: state.keys, sync_to_thread=False),
@@ -129,6 +132,9 @@ def build_app(state: AppState, *, max_body_size: int | None = None) -> Litestar:
         },
         debug=False,
     )
+    if FRONT:  # as sealgate serve does; tests run both ways (tests/ohttp/conftest.py)
+        app.asgi_handler = gateway_front(app.asgi_handler, app, state.keys, state.guard, **kwargs)
+    return app
 
 
 @contextmanager

@@ -53,6 +53,7 @@ def test_gateway_exports() -> None:
             "ReplayGuard",
             "SealedChannel",
             "build_gateway_handlers",
+            "gateway_front",
             "gateway_handlers",
             "sealed_channel",
         ]

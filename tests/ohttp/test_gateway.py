@@ -25,9 +25,18 @@ from proxy.ohttp import (
     encapsulate_request,
     encode_request,
 )
+from tests.ohttp import _apps
 from tests.ohttp._apps import AppState, build_app
 
 BASE = "http://sealgate.test"
+
+
+@pytest.fixture(autouse=True, params=["front", "route"])
+def gateway_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with non-chunked sealed requests served by ``gateway_front`` (as
+    ``sealgate serve`` does) and by the framework route alone: both must answer alike."""
+    monkeypatch.setattr(_apps, "FRONT", request.param == "front")
+    return str(request.param)
 
 
 def _client(state: AppState, **app_kwargs: Any) -> httpx2.AsyncClient:
@@ -283,3 +292,47 @@ def test_rotation_grace_and_reverification() -> None:
     assert source.fetches == 1
     assert response.status_code == 200 and response.json()["sealed"] is True
     assert source.fetches == 1
+
+
+def test_front_answers_an_unexpected_failure_with_a_plain_500(
+        gateway_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import proxy.gateway._front as front
+
+    async def broken(*_: Any) -> bytes:
+        raise RuntimeError("fault injected")
+
+    monkeypatch.setattr(front, "seal_exchange", broken)
+    state = AppState()
+    config = decode_key_configs(state.keys.key_configs())[0]
+    sealed, _ = encapsulate_request(config, _inner_request(date=formatdate(usegmt=True)))
+    response = _post(state, sealed, MediaType.REQUEST)
+    if gateway_path == "front":
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error"
+        assert "fault injected" not in response.text
+    else:  # the route does not call the front's seal_exchange
+        assert response.status_code == 200
+
+
+def test_the_served_app_routes_sealed_requests_through_the_front(tmp_path: Any) -> None:
+    # Guards against a framework change that would silently bypass the hot path (the route
+    # would still answer, only slower).
+    from litestar.testing import TestClient
+
+    from proxy.app import create_app
+    from proxy.config import Settings
+
+    settings = Settings.load(env={"SEALGATE_DATA_DIR": str(tmp_path)}).replace(
+        backends={}, models={})
+    app = create_app(settings)
+    assert app.asgi_handler.__qualname__ == "gateway_front.<locals>.front"
+    with TestClient(app) as client:
+        keys = client.get(GATEWAY_PATH).content
+        config = decode_key_configs(keys)[0]
+        health = BHTTPRequest(b"GET", b"https", b"sealgate.test", b"/healthz",
+                              ((b"date", formatdate(usegmt=True).encode()),), b"")
+        sealed, context = encapsulate_request(config, encode_request(health))
+        outer = client.post(GATEWAY_PATH, content=sealed,
+                            headers={"content-type": MediaType.REQUEST})
+        assert outer.status_code == 200 and outer.headers["cache-control"] == "no-store"
+        assert decode_response(context.open_response(outer.content)).status == 200
