@@ -72,7 +72,9 @@ class Prepared:
 
 def wants_stream(request: httpx2.Request, body: bytes) -> bool:
     """OpenAI-style streaming requests (JSON ``"stream": true``) use chunked OHTTP."""
-    if "json" not in request.headers.get("content-type", "") or not body:
+    if b'"stream"' not in body and b"\\u" not in body:  # the key, literal or escaped
+        return False
+    if "json" not in request.headers.get("content-type", ""):
         return False
     try:
         payload = json.loads(body)

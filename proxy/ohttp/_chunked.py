@@ -119,10 +119,10 @@ class ChunkedRequestSealer:
 
     def __init__(self, config: KeyConfig, *, prepared: SenderSetup | None = None,
                  ephemeral_sk_for_testing: bytes | None = None) -> None:
-        suite, header, enc, hpke = sender_setup(config, True, prepared, ephemeral_sk_for_testing)
-        self._prefix = header + enc
-        self._hpke: ContextInterface | None = hpke
-        self.context = ClientRequestContext(suite, enc, hpke, chunked=True)
+        setup = sender_setup(config, True, prepared, ephemeral_sk_for_testing)
+        self.context = setup.exchange
+        self._prefix = setup.header + self.context.enc
+        self._hpke: ContextInterface | None = self.context.hpke_context()
 
     def seal(self, chunk: bytes, *, final: bool = False) -> bytes:
         if self._hpke is None:

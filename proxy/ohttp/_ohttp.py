@@ -95,34 +95,34 @@ def seal_header(
 
 @dataclass(frozen=True)
 class SenderSetup:
-    """The sender half of one exchange, set up before its request exists (a fresh ephemeral
-    key and HPKE context for ``config``). Use it for exactly one request, then drop it."""
+    """The sender half of one exchange, set up before its request exists: a fresh ephemeral
+    key, the HPKE context for ``config`` and the commitment key exported from it. Use it for
+    exactly one request, then drop it."""
 
     config: KeyConfig
     chunked: bool
-    suite: Suite
     header: bytes
-    enc: bytes
-    context: ContextInterface = field(repr=False)
+    exchange: ClientRequestContext = field(repr=False)
 
 
-def prepare_sender(config: KeyConfig, *, chunked: bool) -> SenderSetup:
-    """Set up the sender side (KEM encapsulation and key schedule) for one future request."""
+def prepare_sender(
+    config: KeyConfig, *, chunked: bool, ephemeral_sk: bytes | None = None
+) -> SenderSetup:
+    """Set up the sender side (KEM encapsulation, key schedule, commitment key) for one future
+    request. ``ephemeral_sk`` pins the ephemeral key, for known-answer tests only."""
     suite = config.select_suite()
-    header, enc, context = seal_header(config, suite, chunked=chunked, ephemeral_sk=None)
-    return SenderSetup(config, chunked, suite, header, enc, context)
+    header, enc, context = seal_header(config, suite, chunked=chunked, ephemeral_sk=ephemeral_sk)
+    return SenderSetup(config, chunked, header, ClientRequestContext(suite, enc, context, chunked))
 
 
 def sender_setup(config: KeyConfig, chunked: bool, prepared: SenderSetup | None,
-                 ephemeral_sk: bytes | None) -> tuple[Suite, bytes, bytes, ContextInterface]:
-    """Suite, header, enc and sender context: ``prepared`` when given (it must match), else
-    set up now."""
+                 ephemeral_sk: bytes | None) -> SenderSetup:
+    """``prepared`` when given (it must match), else a sender setup made now."""
     if prepared is None:
-        suite = config.select_suite()
-        return (suite, *seal_header(config, suite, chunked=chunked, ephemeral_sk=ephemeral_sk))
+        return prepare_sender(config, chunked=chunked, ephemeral_sk=ephemeral_sk)
     if prepared.config != config or prepared.chunked != chunked or ephemeral_sk is not None:
         raise ValueError("the prepared sender setup is for another key or request framing")
-    return prepared.suite, prepared.header, prepared.enc, prepared.context
+    return prepared
 
 
 def open_header(
@@ -198,10 +198,11 @@ def encapsulate_request(
     ``prepared`` (from :func:`prepare_sender`) supplies a sender setup made in advance.
     ``ephemeral_sk_for_testing`` pins the ephemeral key, for known-answer tests only.
     """
-    suite, header, enc, context = sender_setup(config, False, prepared, ephemeral_sk_for_testing)
+    setup = sender_setup(config, False, prepared, ephemeral_sk_for_testing)
+    exchange = setup.exchange
     with crypto_errors():
-        ct = context.seal(request, b"")
-    return header + enc + ct, ClientRequestContext(suite, enc, context, chunked=False)
+        ct = exchange.hpke_context().seal(request, b"")
+    return setup.header + exchange.enc + ct, exchange
 
 
 def decapsulate_request(data: bytes, keys: KeyLookup) -> tuple[bytes, ServerRequestContext]:

@@ -7,8 +7,10 @@ import os
 import time
 import warnings
 
+import httpx2
 import pytest
 
+from proxy.client._core import wants_stream
 from proxy.client._presealer import Presealer
 from proxy.gateway import KeyManager
 from proxy.ohttp import (
@@ -42,7 +44,7 @@ def test_prepared_setup_seals_a_request_the_gateway_opens() -> None:
     config = _config(keys)
     setup = prepare_sender(config, chunked=False)
     sealed, context = encapsulate_request(config, b"inner request", prepared=setup)
-    assert sealed[7 : 7 + len(setup.enc)] == setup.enc
+    assert sealed[7 : 7 + len(setup.exchange.enc)] == setup.exchange.enc
     opened, server = decapsulate_request(sealed, keys.lookup)
     assert opened == b"inner request"
     assert server.commitment_key == context.commitment_key
@@ -82,7 +84,7 @@ def test_presealer_hands_each_setup_out_once() -> None:
         first = _ready(presealer, config, chunked=False)
         second = _ready(presealer, config, chunked=False)
         assert first is not second
-        assert first.enc != second.enc  # a fresh ephemeral key each time
+        assert first.exchange.enc != second.exchange.enc  # a fresh ephemeral key each time
         chunked = _ready(presealer, config, chunked=True)
         assert chunked.chunked
     finally:
@@ -138,3 +140,18 @@ def test_forked_child_starts_without_the_parents_setups() -> None:
         assert presealer.take(config, chunked=False) is not None  # the parent keeps its own
     finally:
         presealer.close()
+
+
+@pytest.mark.parametrize(("body", "content_type", "expected"), [
+    (b'{"model": "m", "stream": true}', "application/json", True),
+    (b'{"model": "m", "\\u0073tream": true}', "application/json", True),  # an escaped key
+    (b'{"model": "m", "stream": false}', "application/json", False),
+    (b'{"model": "m"}', "application/json", False),
+    (b'{"model": "m", "stream": true}', "text/plain", False),
+    (b'{"stream": tru', "application/json", False),
+    (b"", "application/json", False),
+])
+def test_streaming_requests_are_recognised(body: bytes, content_type: str, expected: bool) -> None:
+    request = httpx2.Request("POST", "http://x/v1/chat/completions", content=body,
+                             headers={"content-type": content_type})
+    assert wants_stream(request, body) is expected
