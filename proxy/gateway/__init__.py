@@ -2,9 +2,10 @@
 
 Register :data:`gateway_handlers` and provide ``ohttp_keys`` (:class:`KeyManager`) and
 ``replay_guard`` (:class:`ReplayGuard`) with ``Provide(...)``; :func:`gateway_front` serves
-non-chunked sealed requests ahead of the framework, answering as the route would. An opened request is dispatched
-to the same app in-process; content routes call :func:`sealed_channel` on their scope to learn
-whether they were reached through the gateway (only the gateway can set that marker).
+non-chunked sealed requests ahead of the framework, answering as the route would. An opened
+request is dispatched to the same app in-process; content routes call :func:`sealed_channel` on
+their scope to learn whether they were reached through the gateway (only the gateway can set
+that marker).
 """
 
 from __future__ import annotations
