@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 
@@ -55,4 +56,8 @@ class BackendRouter:
             await backend.close()
 
     async def ready(self) -> dict[str, bool]:
-        return {name: await backend.ready() for name, backend in self._backends.items()}
+        """Every backend's readiness, checked at once: a slow one delays the answer by its own
+        check only, not by the sum of all of them (a readiness probe has one timeout)."""
+        names = list(self._backends)
+        states = await asyncio.gather(*(self._backends[name].ready() for name in names))
+        return dict(zip(names, states, strict=True))

@@ -25,6 +25,8 @@ from ._verify_records import RecordChecks
 __all__ = ["verify_bundle"]
 
 _SIGNED = ("manifest.json", "manifest.sig")
+# Files every export writes (proxy/evidence/_export.py), besides what other checks require.
+_REQUIRED = ("log.json", "report.html", "policies/index.json", "records/records.jsonl")
 _MAX_ZIP_BYTES = 2 << 30
 _SIMULATED = ("simulated evidence (development only, proves nothing about the machine) is "
               "refused; verify with --allow-simulated to accept it as insecure")
@@ -119,6 +121,10 @@ class _Verifier:
             else:
                 continue
             bad += 1
+        for name in _REQUIRED:  # even a bundle its own key signed must be whole
+            if name not in listed:
+                self.add("file hash", False, "a file every bundle holds is not listed", name)
+                bad += 1
         if not bad:
             self.add("file hashes", True, f"{len(listed) - 2} files match the manifest")
 

@@ -147,6 +147,19 @@ def test_resigned_with_another_key_is_caught(bundle: bytes) -> None:
     assert "manifest signature" in names
 
 
+@pytest.mark.parametrize("name", ["report.html", "log.json"])
+def test_a_bundle_its_own_key_signed_must_still_be_whole(
+        bundle: bytes, traffic: Traffic, name: str) -> None:
+    key = load_or_create_signing_key(traffic.gateway.data_dir / "keys" / "log-signing-key.pem")
+    files = unzip(bundle)
+    del files[name]
+    manifest = json.loads(files["manifest.json"])
+    del manifest["files"][name]
+    files["manifest.json"] = json.dumps(manifest).encode()
+    files["manifest.sig"] = sign_manifest(files["manifest.json"], key)
+    assert ("file hash", name) in _failed(rezip(files))
+
+
 def test_swapped_checkpoint_is_caught(bundle: bytes) -> None:
     files = unzip(bundle)
     notes = sorted(n for n in files if n.startswith("checkpoints/") and n.endswith(".note"))
