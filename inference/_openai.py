@@ -65,7 +65,8 @@ class _ChatChoice(msgspec.Struct):
 
 
 class _ChunkChoice(msgspec.Struct):
-    delta: _Message
+    # Some providers send choices without a delta (e.g. content-filter annotations).
+    delta: _Message | None = None
 
 
 class _TextChoice(msgspec.Struct):

@@ -80,7 +80,10 @@ def _reserved(arg: str) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on the port. (SO_REUSEADDR: our own child's connections left in
+    TIME_WAIT after it died must not block its restart; on Linux a listener still does.)"""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -238,9 +241,15 @@ class VLLMBackend:
         self._child_running()
         return await self._upstream.generate(kind, body)
 
-    def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+    async def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+        # A generator: its failures arrive with the first chunk, where callers handle them.
         self._child_running()
-        return self._upstream.stream(kind, body)
+        chunks = self._upstream.stream(kind, body)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
 
     async def embed(self, body: Mapping[str, Any]) -> Json:
         self._child_running()

@@ -30,6 +30,7 @@ __all__ = ["ASGIApp", "build_scope", "collect_response", "error_response", "stre
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
+Receive = Callable[[], Awaitable[Any]]
 
 _HOP_BY_HOP = HOP_BY_HOP_FIELDS
 _DISCONNECT_GRACE_S = 1.0
@@ -125,10 +126,26 @@ class _InnerExchange:
             await self.messages.put({"type": _DONE, "failed": False})
 
 
-async def collect_response(app: ASGIApp, scope: dict[str, Any], body: bytes) -> BHTTPResponse:
-    """Run the inner request to completion and gather the response (known-length framing)."""
+async def _relay_disconnect(outer: Receive, exchange: _InnerExchange) -> None:
+    while (await outer())["type"] != "http.disconnect":
+        pass
+    exchange.disconnected.set()
+
+
+async def collect_response(
+    app: ASGIApp, scope: dict[str, Any], body: bytes, outer: Receive | None = None
+) -> BHTTPResponse:
+    """Run the inner request to completion and gather the response (known-length framing).
+    With ``outer`` (the outer request's ``receive``), the inner app learns of the client
+    leaving as a plain request's handler would, so it can stop the backend."""
     exchange = _InnerExchange(body)
-    await exchange.run(app, scope)
+    relay = asyncio.ensure_future(_relay_disconnect(outer, exchange)) if outer else None
+    try:
+        await exchange.run(app, scope)
+    finally:
+        if relay is not None:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
     status, content, failed = 0, bytearray(), True
     headers: tuple[tuple[bytes, bytes], ...] = ()
     while not exchange.messages.empty():

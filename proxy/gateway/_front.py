@@ -72,7 +72,7 @@ def gateway_front(
         if body is None:
             return 413, _JSON, error_body(_TOO_LARGE)
         try:
-            return 200, _RESPONSE, await seal_exchange(app, body, keys, guard)
+            return 200, _RESPONSE, await seal_exchange(app, body, keys, guard, receive)
         except OHTTPError as err:
             return err.status, _JSON, error_body(err)
         except Exception as exc:

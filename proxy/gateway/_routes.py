@@ -24,7 +24,7 @@ from proxy.ohttp import (
 )
 
 from ._channel import SealedChannel, sealed_channel
-from ._dispatch import ASGIApp, build_scope, collect_response, error_response, stream_response
+from ._dispatch import ASGIApp, Receive, build_scope, collect_response, error_response, stream_response
 from ._errors import GatewayError, error_body
 from ._keys import KeyManager
 from ._replay import ReplayGuard
@@ -80,14 +80,16 @@ def _dated_error(err: GatewayError) -> BHTTPResponse:
     return BHTTPResponse(error.status, (*error.headers, (b"date", date)), error.content)
 
 
-async def seal_exchange(app: ASGIApp, body: bytes, keys: KeyManager, guard: ReplayGuard) -> bytes:
+async def seal_exchange(app: ASGIApp, body: bytes, keys: KeyManager, guard: ReplayGuard,
+                        receive: Receive | None = None) -> bytes:
     """One ``message/ohttp-req`` exchange: open ``body``, dispatch it in-process to ``app``, and
-    return the sealed ``message/ohttp-res`` answer. Raises :class:`OHTTPError` only for what is
-    answered outside the encapsulation (RFC 9458 §5.2)."""
+    return the sealed ``message/ohttp-res`` answer; ``receive`` (the outer request's) relays
+    the client leaving. Raises :class:`OHTTPError` only for what is answered outside the
+    encapsulation (RFC 9458 §5.2)."""
     raw, context = decapsulate_request(body, keys.lookup)
     try:
         inner, scope = _admit(raw, context, guard)
-        response = await collect_response(app, scope, inner.content)
+        response = await collect_response(app, scope, inner.content, receive)
     except GatewayError as err:
         response = _dated_error(err)
     return context.seal_response(encode_response(response))
@@ -140,7 +142,8 @@ def build_gateway_handlers(*, max_body_size: int = DEFAULT_MAX_BODY) -> list[HTT
             return _outer_error(GatewayError("request_too_large", "encapsulated request too large", 413))
         try:
             if media_type == MediaType.REQUEST:
-                sealed = await seal_exchange(request.app, body, ohttp_keys, replay_guard)
+                sealed = await seal_exchange(request.app, body, ohttp_keys, replay_guard,
+                                             request.receive)
                 return Response(sealed, media_type=MediaType.RESPONSE, headers=_NO_STORE)
             return await _chunked(request, body, ohttp_keys, replay_guard)
         except OHTTPError as err:

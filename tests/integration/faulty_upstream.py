@@ -48,6 +48,9 @@ def _events(echo: str) -> dict[str, list[Any]]:
     usage = _chunk(choices=[], usage={"prompt_tokens": 5, "completion_tokens": 3})
     return {
         "ok": [_chunk(), usage, "[DONE]"],
+        # Well formed though unusual: choices without a delta (as content-filter annotations).
+        "ok-annotated": [_chunk(), _chunk(choices=[{"index": 0, "content_filter_results": {}}]),
+                         _chunk(choices=[{"index": 0, "delta": None}]), usage, "[DONE]"],
         "stream-fractional-usage": [_chunk(), _chunk(choices=[], usage={"completion_tokens": 3.5}),
                                     "[DONE]"],
         "stream-bad-chunk": [_chunk(), _chunk(choices=[echo]), "[DONE]"],
@@ -57,8 +60,8 @@ def _events(echo: str) -> dict[str, list[Any]]:
 
 
 WHOLE_FAULTS = tuple(sorted(set(_whole("")) - {"ok"}))
-STREAM_FAULTS = (*sorted(set(_events("")) - {"ok"}), "stream-as-json")
-MODELS = ("ok", *WHOLE_FAULTS, *STREAM_FAULTS)
+STREAM_FAULTS = (*sorted(set(_events("")) - {"ok", "ok-annotated"}), "stream-as-json")
+MODELS = ("ok", "ok-annotated", *WHOLE_FAULTS, *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 

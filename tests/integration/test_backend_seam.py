@@ -127,8 +127,9 @@ def test_json_instead_of_a_stream_is_502(seam_gateway: Gateway, key: str) -> Non
     assert records["completion"]["status"] == 502
 
 
-def test_complete_stream_ends_with_done(seam_gateway: Gateway, key: str) -> None:
-    response = _post(seam_gateway, key, {"model": "ok", "messages": MESSAGES, "stream": True})
+@pytest.mark.parametrize("model", ["ok", "ok-annotated"])
+def test_complete_stream_ends_with_done(seam_gateway: Gateway, key: str, model: str) -> None:
+    response = _post(seam_gateway, key, {"model": model, "messages": MESSAGES, "stream": True})
     assert response.text.endswith("data: [DONE]\n\n")
     records = request_records(seam_gateway, key, response.headers["x-request-id"])
     assert records["completion"]["status"] == 200 and "abort_reason" not in records["completion"]

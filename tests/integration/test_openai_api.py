@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import time
+from email.utils import formatdate
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from proxy.gateway import GATEWAY_PATH
+from proxy.ohttp import BHTTPRequest, decode_key_configs, encapsulate_request, encode_request
 from tests.integration.conftest import MODEL, request_records
 from tests.server import Gateway, Proc
 
@@ -276,15 +279,31 @@ def test_deeply_nested_json_is_a_400(gateway: Gateway, api_key: str, body: bytes
 
 
 # -- a client that leaves a whole (non-streamed) answer cancels the backend -------------------
+def _leaving_request(gateway: Gateway, api_key: str, data: bytes, sealed: bool) -> bytes:
+    """The raw HTTP/1.1 request a client sends before it goes away: plain, or sealed."""
+    headers = {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
+    if not sealed:
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+                + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    config = decode_key_configs(httpx.get(f"{gateway.url}{GATEWAY_PATH}").content)[0]
+    inner = BHTTPRequest(b"POST", b"http", b"x", b"/v1/chat/completions", tuple(
+        (k.encode(), v.encode()) for k, v in {**headers, "date": formatdate(usegmt=True)}.items()),
+        data)
+    body, _ = encapsulate_request(config, encode_request(inner))
+    return (f"POST {GATEWAY_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: message/ohttp-req\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
 def test_client_leaving_whole_answer_cancels_backend(gateway: Gateway, api_key: str,
-                                                     fast_upstream: Proc) -> None:
+                                                     fast_upstream: Proc, sealed: bool) -> None:
     before = httpx.get(f"{fast_upstream.url}/stats").json()
     data = json.dumps({"model": "fast-echo", "messages": [{"role": "user", "content": "go"}],
                        "max_tokens": 300, "temperature": 1.0}).encode()  # 3 s upstream
+    seen = len(gateway.output().splitlines())
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                     + api_key.encode() + b"\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        sock.sendall(_leaving_request(gateway, api_key, data, sealed))
         time.sleep(0.5)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -294,7 +313,7 @@ def test_client_leaving_whole_answer_cancels_backend(gateway: Gateway, api_key: 
         time.sleep(0.1)
     assert after["whole_cancelled"] == before["whole_cancelled"] + 1
     assert after["whole_finished"] == before["whole_finished"]
-    line = next(json.loads(x) for x in gateway.output().splitlines()
+    line = next(json.loads(x) for x in gateway.output().splitlines()[seen:]
                 if '"status": 499' in x and '"event": "request"' in x)
     completion = request_records(gateway, api_key, line["request_id"])["completion"]
     assert completion["status"] == 499 and completion["abort_reason"] == "client_disconnected"

@@ -158,3 +158,35 @@ def test_a_dead_child_is_not_ready_and_gets_no_requests(stand_in: dict[str, str]
             await backend.close()
 
     asyncio.run(run())
+
+
+def test_a_dead_child_comes_back_despite_its_closed_connections(stand_in: dict[str, str]) -> None:
+    # The stand-in closes each health-check connection first, leaving them in TIME_WAIT on
+    # the child's port after it dies: that must not read as a squatter.
+    async def run() -> None:
+        backend = VLLMBackend("v", _config(stand_in, free_port(), max_restarts=2))
+        await backend.start()
+        try:
+            assert backend._process is not None
+            first = backend._process.pid
+            await asyncio.sleep(0.6)  # a few health checks
+            backend._process.kill()
+            deadline = time.monotonic() + 20
+            while not (await backend.ready() and backend._process.pid != first):
+                assert time.monotonic() < deadline, "the child was not restarted"
+                await asyncio.sleep(0.2)
+        finally:
+            await backend.close()
+
+    asyncio.run(run())
+
+
+def test_a_stream_from_a_dead_child_fails_with_its_first_chunk(stand_in: dict[str, str]) -> None:
+    # Raised where callers handle generation failures (and record them), not at the call.
+    async def run() -> None:
+        backend = VLLMBackend("v", _config(stand_in, free_port(), max_restarts=0))
+        chunks = backend.stream("chat", {"model": "m"})
+        with pytest.raises(BackendUnavailable, match="not running"):
+            await anext(chunks)
+
+    asyncio.run(run())
