@@ -8,7 +8,8 @@ at ``data.a.b``), which is how ``opa run`` loads the same directory.
 Digest (docs/policy.md, "Bundle digest"): SHA-256 over the ``sha256sum``-style listing of every
 bundle file, one line ``<hex sha256 of file>  <path relative to the bundle root>\\n`` per file,
 sorted by the UTF-8 bytes of the path, written ``sha256:<hex>``. A path must be printable UTF-8
-(no newline or other control character), so each listing has exactly one reading. Paths with a
+(no newline or other control character, no backslash), so each listing has exactly one reading
+and every bundle file can be kept in an evidence bundle. Paths with a
 component starting with ``.`` are not part of the bundle (OPA ignores them too).
 """
 
@@ -81,8 +82,10 @@ def bundle_digest(contents: Mapping[str, bytes]) -> str:
     """Digest of ``relative path → file bytes`` (module docstring)."""
     for rel in contents:
         # A newline in a path could forge listing lines: two bundles, one digest.
-        if not rel.isprintable():
-            raise PolicyBundleError(f"bundle file name {rel!a} is not printable UTF-8")
+        # A backslash could not be carried to an auditor: archives refuse it as a separator.
+        if not rel.isprintable() or "\\" in rel:
+            raise PolicyBundleError(f"bundle file name {rel!a} is not printable UTF-8 "
+                                    "without backslashes")
     listing = b"".join(
         hashlib.sha256(contents[rel]).hexdigest().encode() + b"  " + rel.encode() + b"\n"
         for rel in sorted(contents, key=str.encode)

@@ -29,8 +29,13 @@ class PolicyEngine(abc.ABC):
 
     @property
     @abc.abstractmethod
+    def bundle(self) -> PolicyBundle:
+        """The bundle that decides now."""
+
+    @property
     def bundle_digest(self) -> str:
         """Digest of the bundle that decides now."""
+        return self.bundle.digest
 
     @abc.abstractmethod
     async def decide(self, input: PolicyInput | Mapping[str, Any]) -> Decision:

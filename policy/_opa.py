@@ -58,8 +58,8 @@ class OPAEngine(PolicyEngine):
         self._opened = False
 
     @property
-    def bundle_digest(self) -> str:
-        return self._bundle.digest
+    def bundle(self) -> PolicyBundle:
+        return self._bundle
 
     def reload(self, bundle: PolicyBundle) -> None:
         self._bundle = bundle

@@ -112,10 +112,6 @@ class RegopyEngine(PolicyEngine):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealgate-policy")
 
     @property
-    def bundle_digest(self) -> str:
-        return self._state.bundle.digest
-
-    @property
     def bundle(self) -> PolicyBundle:
         return self._state.bundle
 

@@ -123,7 +123,7 @@ class Services:
             checkpoint_every_n=settings.checkpoint_every_n,
             checkpoint_every_ms=settings.checkpoint_every_ms)
         facts = await enclave_facts(self.identity)
-        await record_startup_state(settings.data_dir, settings.policy_bundle, self.identity)
+        await record_startup_state(settings.data_dir, self.policy.bundle, self.identity)
         self.gate = PolicyAuditGate(
             self.policy, self.audit, facts, mode=settings.deployment_mode, region=settings.region,
             allow_plaintext=settings.allow_plaintext, timeout_s=settings.policy_timeout_ms / 1000)
@@ -163,7 +163,7 @@ class Services:
                     stale = True
                 if stale and self.gate is not None:
                     self.gate.enclave = await enclave_facts(self.identity)
-                    await record_startup_state(settings.data_dir, settings.policy_bundle,
+                    await record_startup_state(settings.data_dir, self.policy.bundle,
                                                self.identity)
                     stale = False
             except Exception as exc:  # logged; retried on the next tick

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from policy import bundle_digest, load_bundle
+from policy import PolicyBundle, bundle_digest, load_bundle
 
 __all__ = [
     "document_bytes",
@@ -61,9 +61,11 @@ def identity_documents(data_dir: Path) -> dict[str, dict[str, Any]]:
     return dict(sorted(docs.items(), key=lambda item: str(item[1].get("created", ""))))
 
 
-def snapshot_policy(data_dir: Path, bundle_dir: str | Path | None = None) -> str:
-    """Keep the files of the bundle in force (default: the shipped one); returns its digest."""
-    bundle = load_bundle(bundle_dir or None)
+def snapshot_policy(data_dir: Path, bundle: PolicyBundle | str | Path | None = None) -> str:
+    """Keep the files of a bundle: the one given, or the one loaded from a directory (default:
+    the shipped one); returns its digest."""
+    if not isinstance(bundle, PolicyBundle):
+        bundle = load_bundle(bundle or None)
     target = data_dir / "policies" / bundle.digest.removeprefix("sha256:")
     for rel, raw in bundle.files.items():  # the very bytes the digest covers
         _write_once(target / rel, raw)
@@ -84,7 +86,8 @@ def policy_snapshots(data_dir: Path) -> dict[str, dict[str, bytes]]:
     return out
 
 
-async def record_startup_state(data_dir: Path, bundle_dir: str, identity: Any) -> None:
-    """At start-up: keep the identity document about to be published and the policy bundle."""
+async def record_startup_state(data_dir: Path, bundle: PolicyBundle, identity: Any) -> None:
+    """At start-up and after each change: keep the identity document about to be published
+    and the policy bundle in force (the engine's, not whatever the directory holds by now)."""
     persist_identity(data_dir, await identity.document())
-    snapshot_policy(data_dir, bundle_dir or None)
+    snapshot_policy(data_dir, bundle)

@@ -60,6 +60,7 @@ class UserStore:
         self._engine = open_engine(url)
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, User | None]] = {}
+        self._ended: dict[str, int] = {}  # sign-outs seen by this process, per account
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -101,14 +102,16 @@ class UserStore:
         has ended. A generation newer than the cached one skips the cache (a sign-in elsewhere)."""
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(user_id)
+            hit, ended = self._cache.get(user_id), self._ended.get(user_id, 0)
         user = hit[1] if hit is not None else None
         if hit is None or hit[0] <= now or (user is not None and user.session_generation < generation):
             user = self.get(user_id)
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[user_id] = (now + self._ttl, user)
+                # A sign-out since the read above would be undone by caching what it read.
+                if self._ended.get(user_id, 0) == ended:
+                    self._cache[user_id] = (now + self._ttl, user)
         return user if user is not None and user.session_generation == generation else None
 
     def end_sessions(self, user_id: str) -> None:
@@ -119,6 +122,7 @@ class UserStore:
                          .values(session_generation=table.c.session_generation + 1))
         with self._lock:
             self._cache.pop(user_id, None)
+            self._ended[user_id] = self._ended.get(user_id, 0) + 1
 
     def authenticate(self, username: str, password: str) -> User:
         with Session(self._engine) as session:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -95,6 +97,31 @@ def test_ending_sessions_reaches_every_store(tmp_path: Path) -> None:
     assert here.session_user("usr_unknown", 0) is None
     here.close()
     there.close()
+
+
+def test_a_check_racing_a_sign_out_does_not_cache_the_old_generation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = UserStore(f"sqlite:///{tmp_path / 'sealgate.db'}", cache_ttl_s=30.0)
+    user = store.create("ada", "auditor", "twelve chars!")
+    read, resume = threading.Event(), threading.Event()
+    original = store.get
+
+    def paused_get(user_id: str) -> Any:  # the sign-out lands between the read and the cache
+        found = original(user_id)
+        read.set()
+        resume.wait(10)
+        return found
+
+    monkeypatch.setattr(store, "get", paused_get)
+    check = threading.Thread(target=store.session_user, args=(user.id, 0))
+    check.start()
+    assert read.wait(10)
+    monkeypatch.setattr(store, "get", original)
+    store.end_sessions(user.id)
+    resume.set()
+    check.join(10)
+    assert store.session_user(user.id, 0) is None
+    store.close()
 
 
 def test_migration_keeps_existing_accounts(tmp_path: Path) -> None:
