@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import msgspec
 from litestar import Request, Response
@@ -32,7 +32,6 @@ _SCHEMAS: dict[GenerationKind, type[ChatCompletionRequest] | type[CompletionRequ
     "chat": ChatCompletionRequest,
     "completions": CompletionRequest,
 }
-T = TypeVar("T")
 _OBJECTS = {"chat": ("chatcmpl-", "chat.completion"), "completions": ("cmpl-", "text_completion")}
 # Request fields that steer the gateway or policy and are not forwarded to a backend.
 _NOT_FORWARDED = ("metadata", "user", "previous_response_id", "conversation")
@@ -126,7 +125,8 @@ class OpenAIService:
         a client that leaves first cancels the backend call."""
         outcome = Outcome(500, aborted="internal_error")
         try:
-            result = await _unless_disconnected(request.receive, answer)
+            async with _CancelOnDisconnect(request.receive):
+                result = await answer
             shape(result)
             payload = _encode(result)
             usage = result.get("usage") or {}
@@ -294,23 +294,41 @@ def _failed(exc: BaseException) -> Outcome:
     return Outcome(status, aborted=reason)
 
 
-async def _unless_disconnected(receive: Receive, answer: Awaitable[T]) -> T:
-    """``answer``, unless the client disconnects (ASGI ``http.disconnect``) first: then the
-    answer is cancelled, so the backend stops generating, and :class:`ClientDisconnected` is
-    raised. The caller's own task is never cancelled, so what it does next (writing the
-    completion record) cannot be interrupted by a disconnect racing the answer."""
+class _CancelOnDisconnect:
+    """``async with``: cancel the enclosed await when the client disconnects (ASGI
+    ``http.disconnect``) so the backend stops generating, and raise :class:`ClientDisconnected`
+    instead. A class, not a generator context manager: this is on every request's path.
 
-    async def gone() -> None:
-        while (await receive())["type"] != "http.disconnect":
+    The watcher cancels the caller's own task (an extra task for the answer costs about as much
+    as the rest of this). That cannot strike later code, such as writing the completion
+    record: between the enclosed await returning and ``__aexit__`` cancelling the watcher there
+    is no await, and a watcher cancelled while already scheduled never runs its next line.
+    """
+
+    __slots__ = ("_gone", "_receive", "_task", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._gone = False
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
             pass
+        self._gone = True
+        self._task.cancel()
 
-    work, watch = asyncio.ensure_future(answer), asyncio.ensure_future(gone())
-    try:
-        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
-        if work.done():
-            return work.result()
-        raise ClientDisconnected("the client closed the connection")
-    finally:
-        for task in (work, watch):
-            task.cancel()
-        await asyncio.gather(work, watch, return_exceptions=True)
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
+        self._watcher.cancel()
+        if not self._gone:
+            return
+        # Withdraw our cancellation; unless the server cancelled too, the caller sees a
+        # disconnect instead of a cancel.
+        if self._task.uncancel() == 0 and exc_type is asyncio.CancelledError:
+            raise ClientDisconnected("the client closed the connection") from None
