@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -43,12 +44,35 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKe
             os.link(tmp, target)
         except FileExistsError:
             return _load(target)  # another process created it first: use theirs
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            if not _create_in_place(target, pem):  # a file system without hard links
+                return _load(target)
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(target.parent)
     except OSError as exc:
         raise AuditUnavailable("cannot create the log signing key file") from exc
     return key
+
+
+# link(2) errors of file systems that have no hard links (vfat, some network mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
+
+
+def _create_in_place(target: Path, pem: bytes) -> bool:
+    """Exclusive create of the key file itself, written and fsynced; False if it exists.
+    (Only where hard links are missing: a crash while writing leaves a file to remove.)"""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -73,3 +74,22 @@ def test_empty_key_file_names_the_remedy(tmp_path: Path) -> None:
     path.touch()
     with pytest.raises(AuditUnavailable, match="empty"):
         load_or_create_signing_key(path)
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_file_systems_without_hard_links_still_get_a_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    def no_links(*_: object) -> None:  # as vfat or some network mounts answer link(2)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "log.key"
+    key = load_or_create_signing_key(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert _pub(load_or_create_signing_key(path)) == _pub(key)
+    assert [p.name for p in tmp_path.iterdir()] == ["log.key"]  # no temporary file left
+    # Another process got there first: its key is used, not overwritten.
+    other = tmp_path / "other.key"
+    first = load_or_create_signing_key(other)
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # both saw no file at the start
+    assert _pub(load_or_create_signing_key(other)) == _pub(first)
