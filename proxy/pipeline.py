@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any, Literal
 import structlog
 from litestar import Request
 
+from audit import IDENTIFIER
 from inference import ModelRoute
 from proxy.errors import SealedChannelRequired
 from proxy.gateway import sealed_channel
@@ -32,13 +32,12 @@ Channel = Literal["sealed", "plaintext"]
 # A record's endpoint is an identifier of the record grammar (docs/protocol.md, "Records"). A
 # path outside it (spaces, non-ASCII, over 128 characters) is recorded as this fixed label:
 # no real path matches it, since every request path starts with "/".
-_RECORDABLE = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
 _INVALID_PATH = ":invalid-path"
 
 
 def _endpoint_label(path: str) -> str:
     """``path`` where it fits a record, else ``:invalid-path`` (content-free either way)."""
-    return path if _RECORDABLE.fullmatch(path) else _INVALID_PATH
+    return path if IDENTIFIER.fullmatch(path) else _INVALID_PATH
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from proxy.errors import error_envelope
 from proxy.ohttp import MediaType, OHTTPError
 
 from ._channel import sealed_channel
@@ -31,8 +32,7 @@ _log = structlog.get_logger("sealgate.errors")
 _JSON = b"application/json"
 _REQUEST, _RESPONSE = MediaType.REQUEST.encode(), MediaType.RESPONSE.encode()
 _TOO_LARGE = GatewayError("request_too_large", "encapsulated request too large", 413)
-_INTERNAL = msgspec.json.encode({"error": {"message": "internal error", "type": "api_error",
-                                           "param": None, "code": "internal_error"}})
+_INTERNAL = msgspec.json.encode(error_envelope("internal error", "api_error", "internal_error"))
 
 
 class _Gone(Exception):

@@ -10,9 +10,10 @@ body, to check what the gateway forwards.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.loopback import LoopbackHTTPServer
 
 _USAGE = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
 
@@ -65,26 +66,12 @@ MODELS = ("ok", "ok-annotated", *WHOLE_FAULTS, *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 
-class FaultInjectingUpstream:
+class FaultInjectingUpstream(LoopbackHTTPServer):
     """``with FaultInjectingUpstream() as up:`` serves ``up.url`` until the block ends."""
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def __enter__(self) -> FaultInjectingUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         upstream = self

@@ -179,6 +179,16 @@ def test_backend_down(client: openai.OpenAI, stream: bool) -> None:
     assert "Traceback" not in str(info.value.body)
 
 
+def _once_risen(upstream: Proc, before: dict[str, int], counter: str) -> dict[str, int]:
+    """The fast upstream's counters once ``counter`` has risen above ``before`` (or after 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        after: dict[str, int] = httpx.get(f"{upstream.url}/stats").json()
+        if after[counter] > before[counter] or time.monotonic() > deadline:
+            return after
+        time.sleep(0.1)
+
+
 def test_client_disconnect_cancels_backend(gateway: Gateway, api_key: str, fast_upstream: Proc) -> None:
     before = httpx.get(f"{fast_upstream.url}/stats").json()
     body = {"model": "fast-echo", "messages": [{"role": "user", "content": "go"}],
@@ -187,12 +197,7 @@ def test_client_disconnect_cancels_backend(gateway: Gateway, api_key: str, fast_
                       headers={"Authorization": f"Bearer {api_key}"}) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        after = httpx.get(f"{fast_upstream.url}/stats").json()
-        if after["streams_cancelled"] > before["streams_cancelled"]:
-            break
-        time.sleep(0.1)
+    after = _once_risen(fast_upstream, before, "streams_cancelled")
     assert after["streams_cancelled"] == before["streams_cancelled"] + 1
     assert after["streams_finished"] == before["streams_finished"]
 
@@ -305,12 +310,7 @@ def test_client_leaving_whole_answer_cancels_backend(gateway: Gateway, api_key: 
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.sendall(_leaving_request(gateway, api_key, data, sealed))
         time.sleep(0.5)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        after = httpx.get(f"{fast_upstream.url}/stats").json()
-        if after["whole_cancelled"] > before["whole_cancelled"]:
-            break
-        time.sleep(0.1)
+    after = _once_risen(fast_upstream, before, "whole_cancelled")
     assert after["whole_cancelled"] == before["whole_cancelled"] + 1
     assert after["whole_finished"] == before["whole_finished"]
     line = next(json.loads(x) for x in gateway.output().splitlines()[seen:]

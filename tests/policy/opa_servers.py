@@ -10,36 +10,20 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
 import regopy
 
 from policy import PolicyBundle
 from policy._regopy import compile_bundle
+from tests.loopback import LoopbackHTTPServer
 
 DATA_PATH = "/v1/data/sealgate/authz/decision"
 Fault = Literal["hang", "500", "garbage", "undefined"]
 
 
-class _Server:
-    def __init__(self) -> None:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def __enter__(self) -> _Server:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
+class _Server(LoopbackHTTPServer):
     def answer(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         raise NotImplementedError
 
