@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import regopy
+import structlog
 
 from ._bundle import PolicyBundle, load_bundle
 from ._decision import Decision
@@ -38,20 +41,41 @@ _NONDETERMINISTIC = re.compile(r"\b(time\.now_ns|http\.send|rand\.|uuid\.|opa\.r
 # modules may not use it (unit tests may: they are evaluated apart, see _rego_tests.py).
 _WITH = re.compile(r"\bwith\s+(input|data)\b")
 _STRINGS_AND_COMMENTS = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`|#[^\n]*')
+_log = structlog.get_logger("sealgate.policy")
+
+
+class _Evaluator:
+    """A compiled program and an interpreter: rego-cpp objects used by one thread at a time."""
+
+    def __init__(self, bundle: PolicyBundle, program: regopy.Bundle | None = None) -> None:
+        self.bundle = bundle
+        self.program = program if program is not None else compile_bundle(bundle)
+        self.interpreter = regopy.Interpreter()
+
+    def evaluate(self, doc: Mapping[str, Any]) -> Decision:
+        with fail_closed("policy evaluation"):
+            self.interpreter.set_input(make_input(doc))
+            try:
+                # Read from the engine's node tree, not its rendering (see _regopy_capi).
+                document = query_entrypoint(self.interpreter, self.program, ENTRYPOINT)
+            except ResultError as exc:
+                raise PolicyUnavailable("the policy produced no decision") from exc
+            return Decision.from_document(document, self.bundle.digest)
 
 
 class _Compiled:
-    """One compiled bundle with its own interpreter and decision cache."""
+    """One bundle: its decision cache, and the program compiled when it was loaded (the first
+    thread to evaluate the bundle takes it; any other compiles its own)."""
 
     def __init__(self, bundle: PolicyBundle, cache_size: int) -> None:
         self.bundle = bundle
-        self.program = compile_bundle(bundle)
-        self.interpreter = regopy.Interpreter()
+        self.program: regopy.Bundle | None = compile_bundle(bundle)
         cacheable = not any(_NONDETERMINISTIC.search(src) for src in bundle.modules.values())
         self.cache_size = cache_size if cacheable else 0
         self.cache: OrderedDict[PolicyInput, Decision] = OrderedDict()
-        self.lock = threading.Lock()  # guards the cache
-        self.eval_lock = threading.Lock()  # one evaluation at a time per interpreter
+        self.lock = threading.Lock()  # guards the cache and the spare program
+        self.here: _Evaluator | None = None  # the calling thread's evaluator (decide_sync)
+        self.here_lock = threading.Lock()
 
     def lookup(self, key: PolicyInput) -> Decision | None:
         with self.lock:
@@ -66,16 +90,111 @@ class _Compiled:
             if len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
 
-    def evaluate(self, doc: Mapping[str, Any]) -> Decision:
-        """Run the compiled entrypoint (regopy interpreters are not safe to share)."""
-        with self.eval_lock, fail_closed("policy evaluation"):
-            self.interpreter.set_input(make_input(doc))
+    def evaluator(self) -> _Evaluator:
+        with self.lock:
+            program, self.program = self.program, None
+        with fail_closed("policy compilation"):
             try:
-                # Read from the engine's node tree, not its rendering (see _regopy_capi).
-                document = query_entrypoint(self.interpreter, self.program, ENTRYPOINT)
-            except ResultError as exc:
-                raise PolicyUnavailable("the policy produced no decision") from exc
-            return Decision.from_document(document, self.bundle.digest)
+                return _Evaluator(self.bundle, program)
+            except PolicyBundleError as exc:  # compiled once already; fail closed regardless
+                raise PolicyUnavailable("the policy bundle did not compile again") from exc
+
+    def evaluate_here(self, doc: Mapping[str, Any]) -> Decision:
+        with self.here_lock:
+            if self.here is None:
+                self.here = self.evaluator()
+            return self.here.evaluate(doc)
+
+
+class _Worker:
+    """One evaluation thread. A daemon: an evaluation that never ends never holds up exit."""
+
+    def __init__(self, pool: _Workers) -> None:
+        self.pool = pool
+        self.started: float | None = None  # monotonic start of the evaluation under way
+        self.abandoned = False
+        self.thread = threading.Thread(target=self._run, name="sealgate-policy", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        pool, evaluator, source = self.pool, None, None
+        while True:
+            job = pool.jobs.get()
+            if job is None:
+                return
+            state, doc, future = job
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller gave up while it waited
+            with pool.lock:
+                self.started = time.monotonic()
+            try:
+                if evaluator is None or source is not state:
+                    evaluator, source = state.evaluator(), state
+                future.set_result(evaluator.evaluate(doc))
+            except BaseException as exc:  # handed to the waiting caller, as an executor does
+                future.set_exception(exc)
+            with pool.lock:
+                self.started = None
+                if self.abandoned:
+                    pool.abandoned.discard(self)
+                    return
+
+
+class _Workers:
+    """The evaluation queue and the thread that serves it, replaced when it is stuck.
+
+    rego-cpp evaluates without the GIL, so the caller's loop keeps running and its timeout
+    fires; but an evaluation past its timeout may take much longer still (a policy that is slow
+    on some input), and every decision queued behind it would fail too. So a decision that timed
+    out while the serving thread's evaluation had been running for longer than the timeout
+    abandons that thread (it ends after that evaluation) and starts a fresh one, with its own
+    interpreter, on the same queue. At most ``max_abandoned`` abandoned threads run at once;
+    past that, decisions wait for one to end, and fail closed on their timeouts meanwhile.
+    """
+
+    def __init__(self, max_abandoned: int) -> None:
+        self.jobs: queue.SimpleQueue[tuple[_Compiled, Mapping[str, Any], Future[Decision]] | None]
+        self.jobs = queue.SimpleQueue()
+        self.lock = threading.Lock()  # guards active, abandoned, each worker's started/abandoned
+        self.max_abandoned = max_abandoned
+        self.abandoned: set[_Worker] = set()
+        self.closed = False
+        self.active = _Worker(self)
+
+    def submit(self, state: _Compiled, doc: Mapping[str, Any]) -> Future[Decision]:
+        future: Future[Decision] = Future()
+        self.jobs.put((state, doc, future))
+        return future
+
+    def rescue(self, timeout_s: float) -> None:
+        """After a decision gave up: abandon the serving thread if its evaluation overran."""
+        with self.lock:
+            worker = self.active
+            started = worker.started
+            if self.closed or started is None or time.monotonic() - started < timeout_s:
+                return
+            if len(self.abandoned) >= self.max_abandoned:
+                stuck = len(self.abandoned)
+            else:
+                worker.abandoned = True
+                self.abandoned.add(worker)
+                self.active, stuck = _Worker(self), 0
+        if stuck:
+            _log.error("policy_evaluations_stuck", engine="regopy", count=stuck)
+        else:
+            _log.warning("policy_evaluation_abandoned", engine="regopy", count=len(self.abandoned))
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+        self.jobs.put(None)
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job[2].cancel()
 
 
 def compile_bundle(bundle: PolicyBundle) -> regopy.Bundle:
@@ -105,11 +224,12 @@ class RegopyEngine(PolicyEngine):
         *,
         timeout_s: float = 0.25,
         cache_size: int = 1024,
+        max_abandoned: int = 2,
     ) -> None:
         self._timeout_s = timeout_s
         self._cache_size = cache_size
         self._state = _Compiled(bundle if bundle is not None else load_bundle(), cache_size)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealgate-policy")
+        self._workers = _Workers(max_abandoned)
 
     @property
     def bundle(self) -> PolicyBundle:
@@ -129,7 +249,7 @@ class RegopyEngine(PolicyEngine):
         state, key = self._state, _validated(input)
         hit = state.lookup(key) if state.cache_size else None
         if hit is None:
-            hit = state.evaluate(key.to_dict())
+            hit = state.evaluate_here(key.to_dict())
             if state.cache_size:
                 state.store(key, hit)
         return hit
@@ -139,18 +259,25 @@ class RegopyEngine(PolicyEngine):
         hit = state.lookup(key) if state.cache_size else None
         if hit is not None:
             return hit
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, state.evaluate, key.to_dict())
+        future = self._workers.submit(state, key.to_dict())
         try:
-            decision = await asyncio.wait_for(future, self._timeout_s)
+            decision = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout_s)
         except TimeoutError as exc:
             raise PolicyUnavailable("the policy engine did not answer in time") from exc
+        finally:
+            if not future.done() or future.cancelled():  # timed out, or its caller gave up
+                self._workers.rescue(self._timeout_s)
         if state.cache_size:
             state.store(key, decision)
         return decision
 
+    @property
+    def abandoned(self) -> int:
+        """Evaluations abandoned after overrunning the timeout that are still running."""
+        return len(self._workers.abandoned)
+
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._workers.close()
 
 
 def _validated(input: PolicyInput | Mapping[str, Any]) -> PolicyInput:

@@ -64,7 +64,7 @@ def test_decision_case(case: dict[str, Any], engine: RegopyEngine) -> None:
         with pytest.raises(PolicyInputError):
             asyncio.run(engine.decide(doc))
         # The Rego rules deny the raw document on their own too.
-        _check(case, _Compiled(engine.bundle, 0).evaluate(doc).to_dict())
+        _check(case, _Compiled(engine.bundle, 0).evaluate_here(doc).to_dict())
         return
     jsonschema.validate(doc, schema("input"))
     decision = asyncio.run(engine.decide(doc)).to_dict()

@@ -95,7 +95,7 @@ def test_the_widest_exact_integers_pass() -> None:
 def test_engine_fails_closed_on_an_unconvertible_document(bundle: PolicyBundle) -> None:
     engine = RegopyEngine(bundle, cache_size=0)
     with pytest.raises(PolicyUnavailable):
-        engine._state.evaluate({"k": object()})
+        engine._state.evaluate_here({"k": object()})
 
 
 @pytest.fixture(scope="module")
