@@ -48,11 +48,17 @@ def _opt_int(body: Mapping[str, Any], key: str, lenient: bool) -> int | None:
 
 
 def _stored_reference(body: Mapping[str, Any]) -> bool:
-    """A chat content part names a file kept by the provider (``file.file_id``); inline
-    ``file_data`` is content, not a reference."""
+    """A chat message refers to something kept by the provider: a content part's file
+    (``file.file_id``; inline ``file_data`` is content, not a reference) or an assistant
+    message's earlier audio answer (``audio.id``)."""
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else ():
-        content = message.get("content") if isinstance(message, Mapping) else None
+        if not isinstance(message, Mapping):
+            continue
+        audio = message.get("audio")
+        if isinstance(audio, Mapping) and audio.get("id") not in (None, ""):
+            return True
+        content = message.get("content")
         for part in content if isinstance(content, list) else ():
             file = part.get("file") if isinstance(part, Mapping) else None
             if isinstance(file, Mapping) and file.get("file_id") not in (None, ""):

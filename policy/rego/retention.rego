@@ -71,11 +71,12 @@ deny contains {
 	"message": "conversation objects are server-side state and are not allowed",
 } if not input.request.conversation == false
 
-# SG-STORE-006: a content part that refers to a file kept by the provider (a chat `file` part
-# with `file_id`) makes the answer depend on stored content. Inline `file_data` is allowed.
+# SG-STORE-006: a message that refers to something kept by the provider (a chat `file` part
+# with `file_id`, or an assistant message's earlier audio answer `audio.id`) makes the answer
+# depend on stored content. Inline `file_data` is allowed.
 deny contains {
 	"rule": "SG-STORE-006",
-	"message": "references to stored files are not allowed",
+	"message": "references to files or answers kept by the provider are not allowed",
 } if not input.request.stored_references == false
 
 # SG-STORE-004: request metadata whose keys mark it for distillation, evals or training. Keys

@@ -83,6 +83,27 @@ def test_only_declared_fields_are_forwarded(seam_gateway: Gateway, key: str,
                                             "json_schema": {"name": "r", "schema": {}}}
 
 
+def test_declared_sampling_and_tool_parameters_are_forwarded(
+        seam_gateway: Gateway, key: str, upstream: FaultInjectingUpstream) -> None:
+    body = {"model": "ok", "messages": MESSAGES, "parallel_tool_calls": False,
+            "logit_bias": {"50256": -100, "13": 5}, "reasoning_effort": "low",
+            "modalities": ["text"], "safety_identifier": "user-1f3a", "prompt_cache_key": "k-7",
+            "user": "u-2"}
+    assert _post(seam_gateway, key, body).status_code == 200
+    forwarded = upstream.received[-1]
+    assert {k: forwarded[k] for k in ("parallel_tool_calls", "logit_bias", "reasoning_effort",
+                                      "modalities")} == {
+        "parallel_tool_calls": False, "logit_bias": {"50256": -100, "13": 5},
+        "reasoning_effort": "low", "modalities": ["text"]}
+    # End-user and cache-routing identifiers stay in the gateway.
+    assert not {"safety_identifier", "prompt_cache_key", "user"} & set(forwarded)
+    httpx.post(f"{seam_gateway.url}/v1/completions", timeout=30,
+               headers={"Authorization": f"Bearer {key}"},
+               json={"model": "ok", "prompt": "a", "best_of": 2, "logit_bias": {"7": 1}})
+    assert {k: upstream.received[-1][k] for k in ("prompt", "best_of", "logit_bias")} == {
+        "prompt": "a", "best_of": 2, "logit_bias": {"7": 1}}
+
+
 @pytest.mark.parametrize("fault", WHOLE_FAULTS)
 def test_malformed_answer_is_502_with_a_record(seam_gateway: Gateway, key: str, fault: str) -> None:
     response = _post(seam_gateway, key, {"model": fault, "messages": MESSAGES})

@@ -266,6 +266,44 @@ def test_content_parts_and_tools_are_checked(gateway: Gateway, api_key: str,
         assert "data: URL" in error["message"]
 
 
+@pytest.mark.parametrize(("path", "extra", "param", "message"), [
+    ("/v1/chat/completions", {"web_search_options": {}}, "web_search_options",
+     "unrecognized request argument 'web_search_options'"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions",
+     "unrecognized request argument 'functions'"),
+    ("/v1/completions", {"suffix": "a", "top_k": 5}, "top_k", "unrecognized request argument 'top_k'"),
+    ("/v1/embeddings", {"task": "x"}, "task", "unrecognized request argument 'task'"),
+    # A parameter name is request text: named back only when it is an identifier.
+    ("/v1/chat/completions", {CANARY: 1}, None, "the request has an unrecognized argument"),
+    ("/v1/chat/completions", {"modalities": ["text", "audio"]}, "modalities[1]", None),
+    ("/v1/chat/completions", {"logit_bias": {"50256": 101}}, "logit_bias[...]", None),
+    ("/v1/chat/completions", {"logit_bias": {"token": 1}}, "logit_bias", "invalid key in 'logit_bias'"),
+    ("/v1/chat/completions", {"reasoning_effort": "extreme"}, "reasoning_effort", None),
+])
+def test_parameters_not_served_are_refused_by_name(gateway: Gateway, api_key: str, path: str,
+                                                    extra: dict[str, Any], param: str | None,
+                                                    message: str | None) -> None:
+    base = {"/v1/chat/completions": {"messages": _HI}, "/v1/completions": {"prompt": "a"},
+            "/v1/embeddings": {"input": "a"}}[path]
+    response = httpx.post(f"{gateway.url}{path}", json={"model": "fast-echo", **base, **extra},
+                          timeout=30, headers={"Authorization": f"Bearer {api_key}"})
+    error = _error(response)
+    assert response.status_code == 400 and error["code"] == "invalid_request_error"
+    assert error["param"] == param and "CANARY" not in response.text
+    if message is not None:
+        assert error["message"] == message
+
+
+def test_an_earlier_audio_answer_is_a_stored_reference(gateway: Gateway, api_key: str) -> None:
+    messages = [*_HI, {"role": "assistant", "audio": {"id": "audio_abc123"}}, *_HI]
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=30,
+                          json={"model": "fast-echo", "messages": messages},
+                          headers={"Authorization": f"Bearer {api_key}"})
+    error = _error(response)
+    assert response.status_code == 403 and error["code"] == "policy_denied"
+    assert "SG-STORE-006" in error["message"]
+
+
 @pytest.mark.parametrize("body", [
     b'{"model": "fast-echo", "messages": [{"role": "user", "content": "a"}], '
     b'"response_format": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1000 + b"}",

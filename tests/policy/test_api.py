@@ -116,6 +116,16 @@ def test_stored_references_are_flagged_without_ids(content: object, stored: bool
     assert "CANARY" not in repr(params.to_dict())
 
 
+@pytest.mark.parametrize(("audio", "stored"), [
+    ({"id": "audio_CANARY"}, True), ({"id": ""}, False), (None, False), ("audio_CANARY", False)])
+def test_an_earlier_audio_answer_is_a_stored_reference(audio: object, stored: bool) -> None:
+    body = {"messages": [{"role": "user", "content": "a"},
+                         {"role": "assistant", "audio": audio}, "not a message"]}
+    params = RequestParams.from_body(body)
+    assert params.stored_references is stored
+    assert "CANARY" not in repr(params.to_dict())
+
+
 def _input(**overrides: object) -> PolicyInput:
     fields: dict[str, object] = dict(
         channel="sealed",

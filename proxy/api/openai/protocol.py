@@ -1,7 +1,9 @@
 """Request schemas of the OpenAI endpoints (msgspec: validation and decoding in one pass).
 
-Only the fields Sealgate forwards or decides on are declared; unknown fields are ignored and
-never forwarded, so nothing unexpected reaches a backend.
+Only the fields Sealgate forwards or decides on are declared. A request naming any other
+top-level parameter is refused (400, as the OpenAI API itself answers "unrecognized request
+argument"), so no parameter is silently dropped and nothing unexpected reaches a backend;
+undeclared fields inside messages and content parts are dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ __all__ = [
 PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
+# logit_bias: token ids (as decimal strings) to a bias in [-100, 100].
+TokenId = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,10}$")]
+LogitBias = dict[TokenId, Annotated[int, msgspec.Meta(ge=-100, le=100)]]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
@@ -119,10 +124,16 @@ class UserMessage(_Message, frozen=True, omit_defaults=True, tag="user", kw_only
     content: str | list[TextPart | ImagePart | AudioPart | FilePart]
 
 
+class AudioRef(msgspec.Struct, frozen=True):
+    id: str
+
+
 class AssistantMessage(_Message, frozen=True, omit_defaults=True, tag="assistant", kw_only=True):
     content: str | list[TextPart | RefusalPart] | None = None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    # A previous audio answer kept by the provider: a stored reference (policy SG-STORE-006).
+    audio: AudioRef | None = None
 
 
 class ToolMessage(msgspec.Struct, frozen=True, tag_field="role", tag="tool"):
@@ -190,7 +201,7 @@ class JSONSchemaFormat(msgspec.Struct, frozen=True, tag_field="type", tag="json_
     json_schema: JSONSchema
 
 
-class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
+class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     model: ModelName
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -203,6 +214,7 @@ class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: str | None = None
+    logit_bias: LogitBias | None = None
     # Fields that matter to policy (state kept by the provider, training-shaped metadata).
     store: bool | None = None
     metadata: dict[str, str] | None = None
@@ -214,6 +226,13 @@ class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=
     response_format: TextFormat | JSONObjectFormat | JSONSchemaFormat | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    # Text is the one output modality served.
+    modalities: list[Literal["text"]] | None = None
+    # End-user and cache-routing identifiers: accepted, never forwarded (as ``user``).
+    safety_identifier: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    prompt_cache_key: str | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     previous_response_id: str | None = None
@@ -223,11 +242,12 @@ class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=
 class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
     prompt: str | list[str | int | list[int]]
     echo: bool | None = None
+    best_of: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
     suffix: str | None = None
 
 
-class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True):
+class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     model: ModelName
     input: str | list[str | int | list[int]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -244,16 +264,29 @@ _MISSING = re.compile(r"Object missing required field `(\w+)`")
 _WRONG_TYPE = re.compile(r"Expected `[^`]*`, got `[^`]*`")
 _OUT_OF_RANGE = re.compile(r"Expected `[^`]*` [<>]=? -?\d|Number out of range|Integer value out of range")
 _LENGTH = re.compile(r"Expected `[^`]*` of length [<>]=? \d")
-_DATA_URL = re.compile(r"Expected `str` matching regex")
+_DATA_URL = re.compile(r"Expected `str` matching regex '\^\[dD\]\[aA\]")
+_KEY_AT = re.compile(r" - at `key` in `\$\.?([^`]*)`$")
+_UNKNOWN = re.compile(r"Object contains unknown field `(.*)`$", re.DOTALL)
+# An unrecognized parameter is named in the error only when its name is an identifier: a name
+# is request text like any other, and could carry content.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 def _validation_error(text: str) -> InvalidRequest:
+    if key := _KEY_AT.search(text):
+        param = key.group(1) or None
+        return InvalidRequest(f"invalid key in '{param}'" if param else "invalid key", param=param)
     match = _AT.search(text)
     param = match.group(1) or None if match else None
     head = text[:match.start()] if match else text
     if missing := _MISSING.match(head):
         param = f"{param}.{missing.group(1)}" if param else missing.group(1)
         return InvalidRequest(f"missing required parameter '{param}'", param=param)
+    if unknown := _UNKNOWN.match(head):
+        name = unknown.group(1)
+        if param is None and _IDENTIFIER.match(name):
+            return InvalidRequest(f"unrecognized request argument '{name}'", param=name)
+        return InvalidRequest("the request has an unrecognized argument", param=param)
     where = f"'{param}'" if param else "the request body"
     if param is None and _WRONG_TYPE.match(head):
         message = "the request body must be a JSON object"

@@ -34,7 +34,8 @@ _SCHEMAS: dict[GenerationKind, type[ChatCompletionRequest] | type[CompletionRequ
 }
 _OBJECTS = {"chat": ("chatcmpl-", "chat.completion"), "completions": ("cmpl-", "text_completion")}
 # Request fields that steer the gateway or policy and are not forwarded to a backend.
-_NOT_FORWARDED = ("metadata", "user", "previous_response_id", "conversation")
+_NOT_FORWARDED = ("metadata", "user", "safety_identifier", "prompt_cache_key",
+                  "previous_response_id", "conversation")
 # Completion records' abort reasons (docs/protocol.md); a backend error names its own when listed.
 _ABORT_REASONS = frozenset({"client_disconnected", "upstream_truncated"})
 
