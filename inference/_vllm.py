@@ -35,6 +35,11 @@ class VLLMConfig:
     """Model path or name passed to ``vllm serve`` (supervised mode)."""
     url: str = ""
     """Base URL (with ``/v1``) of an existing vLLM service; empty means supervise a child."""
+    api_key_env: str = ""
+    """Name of the environment variable holding the vLLM API key (never the key itself): sent
+    with every request, and required by a supervised child too (its ``VLLM_API_KEY``)."""
+    timeout_s: float = 600.0
+    """Read timeout for one request."""
     port: int = 8011
     """Loopback port of the supervised child."""
     python: str = ""
@@ -58,6 +63,8 @@ class VLLMConfig:
     default) discards them. Request logging stays off either way."""
 
     def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
         for arg in self.extra_args:
             if _reserved(arg):
                 raise ValueError(f"extra_args may not set {arg.split('=')[0]}: the gateway fixes "
@@ -123,7 +130,8 @@ class VLLMBackend:
         self._config = config
         self._managed = not config.url
         url = config.url or f"http://127.0.0.1:{config.port}/v1"
-        self._upstream = OpenAIBackend(name, OpenAIConfig(url=url, timeout_s=600.0))
+        self._upstream = OpenAIBackend(name, OpenAIConfig(
+            url=url, timeout_s=config.timeout_s, api_key_env=config.api_key_env))
         self._process: asyncio.subprocess.Process | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._restarts = 0
@@ -157,6 +165,8 @@ class VLLMBackend:
             raise BackendUnavailable(f"loopback port {self._config.port} for vllm is in use")
         env = {**os.environ, **self._config.env, "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        if key := os.environ.get(self._config.api_key_env, "") if self._config.api_key_env else "":
+            env["VLLM_API_KEY"] = key  # the child answers only requests that carry it
         with self._output() as output:
             self._process = await asyncio.create_subprocess_exec(
                 *self.command(), env=env, stdin=asyncio.subprocess.DEVNULL,

@@ -118,6 +118,25 @@ def test_rendered_config_loads_in_the_proxy(each_render: Rendered, tmp_path: Pat
     assert str(route.retention_tier) == "attested-zero"
 
 
+@pytest.mark.parametrize("kind", ["openai", "vllm"])
+def test_extra_backends_with_a_key_and_a_timeout_load_in_the_proxy(
+        render: Any, tmp_path: Path, kind: str) -> None:
+    try:
+        from proxy.config import Settings
+    except ImportError as exc:
+        need(False, f"proxy.config unavailable: {exc}")
+    rendered: Rendered = render({"backends": {"other": {
+        "type": kind, "url": "https://llm.example.net/v1", "timeoutS": 45,
+        "apiKeySecret": {"name": "other-key", "key": "token"}}}})
+    config = tmp_path / "sealgate.toml"
+    config.write_text(rendered.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"])
+    env = _proxy_env(rendered)
+    variable = next(name for name, value in env.items()
+                    if isinstance(value, dict) and value["secretKeyRef"]["name"] == "other-key")
+    options = Settings.load(config, env={}).backends["other"].options
+    assert (options.api_key_env, options.timeout_s) == (variable, 45.0)
+
+
 def test_no_plaintext_secrets_in_configmaps_or_env(each_render: Rendered) -> None:
     for cm in each_render.of_kind("ConfigMap"):
         for key, text in cm.get("data", {}).items():

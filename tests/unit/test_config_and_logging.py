@@ -12,7 +12,7 @@ import structlog
 import inference
 import policy
 import proxy
-from inference import RetentionTier
+from inference import RetentionTier, VLLMConfig
 from proxy.cli import main
 from proxy.config import Settings
 from proxy.errors import ConfigError
@@ -61,6 +61,7 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('[backends.v]\ntype = "vllm"\nextra_args = ["--host", "0.0.0.0"]', {}),
     ('[backends.v]\ntype = "vllm"\nextra_args = ["--enable-log-requests"]', {}),
     ('[backends.v]\ntype = "vllm"\nnope = 1', {}),
+    ('[backends.v]\ntype = "vllm"\ntimeout_s = 0', {}),
     ('audit_url = "mysql://db/audit"', {}),
     ('[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n[models."my model"]\nbackend = "b"', {}),
     ("", {"SEALGATE_DATABASE_URL": "bogus://x"}),
@@ -81,6 +82,15 @@ def test_config_show_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "hunter2" not in json.dumps(shown)
     assert shown["audit_url"] == "postgresql+psycopg://********@db:5432/audit"
     assert shown["backends"]["gpu"]["options"]["api_key_env"] == "UPSTREAM_KEY"
+
+
+def test_a_vllm_service_takes_an_api_key_variable_and_a_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[backends.v]\ntype = "vllm"\nurl = "http://vllm:8000/v1"\n'
+                    'api_key_env = "VLLM_KEY"\ntimeout_s = 90\n[models.m]\nbackend = "v"\n')
+    options = Settings.load(path, env={}).backends["v"].options
+    assert isinstance(options, VLLMConfig)
+    assert (options.api_key_env, options.timeout_s) == ("VLLM_KEY", 90.0)
 
 
 def test_config_show_masks_child_arguments_and_environment(

@@ -5,6 +5,7 @@ answers ``/health`` on the address its command line names; the real vLLM runs in
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -28,11 +29,23 @@ STAND_IN = textwrap.dedent("""
     parser.add_argument("--host"); parser.add_argument("--port", type=int)
     parser.add_argument("--no-enable-log-requests", action="store_true")
     args, _ = parser.parse_known_args()
+    key = os.environ.get("VLLM_API_KEY")
     with open(os.environ["STAND_IN_RECORD"], "a") as out:
-        out.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:]}) + "\\n")
+        out.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "key": key}) + "\\n")
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200); self.end_headers()
+        def do_POST(self):  # with VLLM_API_KEY set, vLLM answers only requests that carry it
+            self.rfile.read(int(self.headers["content-length"]))
+            ok = key is None or self.headers.get("authorization") == "Bearer " + key
+            body = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                               "choices": [{"index": 0, "finish_reason": "stop", "message":
+                                            {"role": "assistant", "content": "ok"}}]}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body) if ok else 0)); self.end_headers()
+            if ok:
+                self.wfile.write(body)
         def log_message(self, *a):
             pass
     http.server.HTTPServer((args.host, args.port), Health).serve_forever()
@@ -140,6 +153,25 @@ def test_the_child_dies_with_the_gateway(stand_in: dict[str, str], tmp_path: Pat
         assert _wait_gone(child), "the vllm child outlived a killed gateway"
     finally:
         gateway.kill()
+
+
+def test_the_api_key_is_required_by_the_child_and_sent_with_requests(
+        stand_in: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SG_TEST_VLLM_KEY", "sk-vllm-7f1c")
+
+    async def run() -> None:
+        backend = VLLMBackend("v", _config(stand_in, free_port(), api_key_env="SG_TEST_VLLM_KEY",
+                                           timeout_s=30.0))
+        await backend.start()
+        try:
+            answer = await backend.generate("chat", {"model": "m", "messages": []})
+            assert answer["choices"][0]["message"]["content"] == "ok"
+        finally:
+            await backend.close()
+
+    asyncio.run(run())
+    (started,) = [json.loads(line) for line in (tmp_path / "record").read_text().splitlines()]
+    assert started["key"] == "sk-vllm-7f1c"
 
 
 def test_a_dead_child_is_not_ready_and_gets_no_requests(stand_in: dict[str, str]) -> None:
