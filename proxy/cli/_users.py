@@ -20,11 +20,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--tenant", help="limit a reviewer to this tenant (name)")
     create.add_argument("--password-stdin", action="store_true",
                         help="read the password from the first line of stdin")
+    passwd = cmd.add_parser("passwd", help="set an account's password; its sessions end")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin")
+    remove = cmd.add_parser("remove", help="remove an account; its sessions end")
+    remove.add_argument("name")
     listing = cmd.add_parser("list", help="list accounts")
     listing.add_argument("--json", action="store_true")
-    for parser in (create, listing):
+    for parser in (create, passwd, remove, listing):
         add_config_arg(parser)
     create.set_defaults(func=_create)
+    passwd.set_defaults(func=_passwd)
+    remove.set_defaults(func=_remove)
     listing.set_defaults(func=_list)
 
 
@@ -61,6 +69,39 @@ def _create(args: argparse.Namespace) -> int:
         return fail(str(exc))
     print(f"created {user.role} {user.username}" + (f" for tenant {user.tenant}"
                                                      if user.tenant else ""))
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    from proxy.cli._common import fail, load_settings
+    from proxy.users import UserError, UserStore
+
+    settings = load_settings(args)
+    try:
+        password = _password(args)
+        store = UserStore(settings.tenants_url)
+        try:
+            store.set_password(args.name, password)
+        finally:
+            store.close()
+    except (UserError, ValueError) as exc:
+        return fail(str(exc))
+    print(f"password changed for {args.name}; its sessions have ended")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from proxy.cli._common import fail, load_settings
+    from proxy.users import UserError, UserStore
+
+    store = UserStore(load_settings(args).tenants_url)
+    try:
+        store.remove(args.name)
+    except UserError as exc:
+        return fail(str(exc))
+    finally:
+        store.close()
+    print(f"removed {args.name}; its sessions have ended")
     return 0
 
 

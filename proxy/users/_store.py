@@ -1,4 +1,5 @@
-"""Reviewer accounts: create, list, authenticate, end sessions. Roles: admin, reviewer, auditor."""
+"""Reviewer accounts: create, list, authenticate, change passwords, remove, end sessions.
+Roles: admin, reviewer, auditor."""
 
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ class User:
         return self.role in ("admin", "auditor")
 
 
+_TABLE: sa.Table = UserRow.__table__  # type: ignore[attr-defined]
+
+
+def _check_password(password: str) -> None:
+    if len(password) < _MIN_PASSWORD:
+        raise UserError(f"passwords have at least {_MIN_PASSWORD} characters", code="weak_password")
+
+
 def _user(row: UserRow) -> User:
     return User(row.id, row.username, row.role, row.tenant, row.session_generation)
 
@@ -73,9 +82,7 @@ class UserStore:
             raise UserError(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
         if tenant is not None and role != "reviewer":
             raise UserError("only reviewers are limited to one tenant", code="invalid_role")
-        if len(password) < _MIN_PASSWORD:
-            raise UserError(f"passwords have at least {_MIN_PASSWORD} characters",
-                            code="weak_password")
+        _check_password(password)
         row = UserRow(id="usr_" + secrets.token_hex(8), username=username, role=role,
                       tenant=tenant, password_hash=hash_password(password),
                       created_at=datetime.now(UTC))
@@ -114,9 +121,33 @@ class UserStore:
                     self._cache[user_id] = (now + self._ttl, user)
         return user if user is not None and user.session_generation == generation else None
 
+    def set_password(self, username: str, password: str) -> None:
+        """Replace the account's password; every session it has ends with the old one."""
+        _check_password(password)
+        digest = hash_password(password)
+        self._change(username, _TABLE.update().values(
+            password_hash=digest, session_generation=_TABLE.c.session_generation + 1))
+
+    def remove(self, username: str) -> None:
+        """Delete the account; its sessions stop working with it."""
+        self._change(username, _TABLE.delete())
+
+    def _change(self, username: str, statement: sa.Update | sa.Delete) -> None:
+        """Apply ``statement`` to the named account and forget what this process cached of
+        it (other processes see the change within the cache TTL, as for a sign-out)."""
+        where = _TABLE.c.username == username
+        with self._engine.begin() as conn:
+            user_id = conn.execute(sa.select(_TABLE.c.id).where(where)).scalar()
+            if user_id is None:
+                raise UserError(f"no user {username!r}", code="user_not_found")
+            conn.execute(statement.where(where))
+        with self._lock:
+            self._cache.pop(user_id, None)
+            self._ended[user_id] = self._ended.get(user_id, 0) + 1
+
     def end_sessions(self, user_id: str) -> None:
         """End every session of the account (sign-out): its cookies' generation is now stale."""
-        table: sa.Table = UserRow.__table__  # type: ignore[attr-defined]
+        table = _TABLE
         with self._engine.begin() as conn:  # one atomic increment, whoever else signs out
             conn.execute(table.update().where(table.c.id == user_id)
                          .values(session_generation=table.c.session_generation + 1))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from proxy.users import UserStore
 from tests.dashboard.conftest import PASSWORD
 from tests.evidence.conftest import Traffic
-from tests.server import Gateway, start_gateway
+from tests.server import ROOT, Gateway, start_gateway
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -95,3 +97,44 @@ def test_sign_out_reaches_other_gateway_processes(traffic: Traffic, accounts: An
     # and a new sign-in on one process is accepted at once by the other, cache or not
     again = str(_sign_in(traffic.gateway.url, "signout2").cookies.get("sg_session"))
     assert _status(replica.url, again) == 200
+
+
+def _cli(gateway: Gateway, *args: str, stdin: str = "") -> str:
+    result = subprocess.run([sys.executable, "-m", "proxy.cli", "users", *args], cwd=ROOT,
+                            env=gateway.env, input=stdin, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _refused_within_ttl(url: str, cookie: str) -> None:
+    deadline = time.monotonic() + 5  # the serving process caches accounts for one second
+    while _status(url, cookie) != 303:
+        assert time.monotonic() < deadline, "the gateway still accepts the cookie"
+        time.sleep(0.1)
+
+
+def test_a_password_change_or_removal_from_the_cli_ends_sessions(traffic: Traffic,
+                                                                 accounts: Any) -> None:
+    _account(traffic, "rotated1")
+    url, gateway = traffic.gateway.url, traffic.gateway
+    copied = str(_sign_in(url, "rotated1").cookies.get("sg_session"))
+    assert _status(url, copied) == 200
+    new = "another long password"
+    assert "sessions have ended" in _cli(gateway, "passwd", "rotated1", "--password-stdin",
+                                         stdin=new + "\n")
+    _refused_within_ttl(url, copied)
+    client = httpx.Client(base_url=url, timeout=30,
+                          transport=httpx.HTTPTransport(local_address="127.0.0.3"))
+    token = _CSRF.search(client.get("/dashboard/login").text)
+    assert token is not None
+    signed_in = client.post("/dashboard/login", data={"csrf": token.group(1),
+                                                      "username": "rotated1", "password": new})
+    assert signed_in.status_code == 303
+    fresh = str(client.cookies.get("sg_session"))
+    assert _status(url, fresh) == 200
+    assert "removed rotated1" in _cli(gateway, "remove", "rotated1")
+    _refused_within_ttl(url, fresh)
+    missing = subprocess.run([sys.executable, "-m", "proxy.cli", "users", "remove", "rotated1"],
+                             cwd=ROOT, env=gateway.env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "no user 'rotated1'" in missing.stderr

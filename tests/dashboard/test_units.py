@@ -54,6 +54,32 @@ def test_user_store(tmp_path: Path) -> None:
     store.close()
 
 
+def test_password_change_and_removal(tmp_path: Path) -> None:
+    store = UserStore(f"sqlite:///{tmp_path / 'sealgate.db'}")
+    user = store.create("ada", "auditor", "twelve chars!")
+    other = store.create("bob", "auditor", "twelve chars!")
+    assert store.session_user(user.id, 0) == user
+    store.set_password("ada", "a new long password")
+    assert store.session_user(user.id, 0) is None  # sessions under the old password end
+    with pytest.raises(InvalidCredentials):
+        store.authenticate("ada", "twelve chars!")
+    changed = store.authenticate("ada", "a new long password")
+    assert changed.session_generation == 1 and store.session_user(user.id, 1) == changed
+    assert store.authenticate("bob", "twelve chars!") == other  # nobody else is touched
+    store.remove("ada")
+    assert store.session_user(user.id, 1) is None and store.get(user.id) is None
+    with pytest.raises(InvalidCredentials):
+        store.authenticate("ada", "a new long password")
+    for call, code in ((lambda: store.set_password("ada", "a new long password"), "user_not_found"),
+                       (lambda: store.remove("ada"), "user_not_found"),
+                       (lambda: store.set_password("bob", "short"), "weak_password")):
+        with pytest.raises(UserError) as info:
+            call()
+        assert info.value.code == code
+    assert [u.username for u in store.users()] == ["bob"]
+    store.close()
+
+
 def test_session_cookie_and_csrf(tmp_path: Path) -> None:
     now = [1000.0]
     codec = SessionCodec(load_secret("", tmp_path), clock=lambda: now[0])
