@@ -199,6 +199,11 @@ class LogWriter:
             if len(rows) < RECOVERY_CHUNK:
                 break
         last = self._check_extends()
+        if last is not None and (self.latest is None or last.size > self.latest.size):
+            # Signed by this key and extended by the tree: published, even if the commit that
+            # stored it was reported failed (lost acknowledgement). Signing that size again
+            # would only be refused by the checkpoints' primary key.
+            self.latest = last
         self.reload = False
         self.next_index = max(self.next_index, self.range.size)
         return last
@@ -283,7 +288,10 @@ class LogWriter:
             try:
                 if self.reload:
                     self._catch_up()
-                self._publish()
+                if self._unpublished() or self.latest is None:
+                    self._publish()
+                else:
+                    self.last_publish = time.monotonic()
             except AuditError:
                 # Records stay durable; retry from the database after one more period.
                 self.reload = True

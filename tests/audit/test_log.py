@@ -321,3 +321,37 @@ async def test_appends_right_after_another_are_batched(tmp_path: Path, log_key: 
         writer.committed += 1  # the pretend-waiting append, settled (the writer is idle now)
     finally:
         await log.close()
+
+
+async def test_a_checkpoint_whose_commit_acknowledgement_was_lost_is_adopted(
+    store_url: str, log_key: Ed25519PrivateKey
+) -> None:
+    """The checkpoint's commit lands but the writer hears a failure (a connection lost after
+    COMMIT): it must take the stored checkpoint as published, not sign that size again, which
+    its primary key refuses, again and again."""
+    log = await AuditLog.open(store_url, log_key, ORIGIN, checkpoint_every_n=10_000,
+                              checkpoint_every_ms=50)  # fmt: skip
+    store, lost = log.store, []
+    integrate = store.integrate
+
+    def ack_lost(log_id: str, nodes: Any, size: int, checkpoint: Any) -> None:
+        integrate(log_id, nodes, size, checkpoint)
+        if checkpoint is not None and size > 0 and not lost:
+            lost.append(size)
+            raise AuditUnavailable("injected: the commit landed, its acknowledgement was lost")
+
+    store.integrate = ack_lost  # type: ignore[method-assign]
+    try:
+        await log.append(make_record(0))
+        deadline = time.monotonic() + 10
+        while (await log.checkpoint()).size != 1:
+            assert time.monotonic() < deadline, "the stored checkpoint was never served"
+            await asyncio.sleep(0.02)
+        assert lost == [1]
+        assert (await log.publish()).size == 1
+        await log.append(make_record(1))
+        assert (await log.publish()).size == 2
+    finally:
+        await log.close()
+    sizes = [size for size, _, _ in LogStore.open(store_url).checkpoints(log.log_id)]
+    assert sizes == [0, 1, 2]
