@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from proxy.attestation import VerificationError, VerificationPolicy
+from proxy.attestation import Collateral, VerificationError, VerificationPolicy
 from proxy.client import (
     AttestedKeySource,
     KeySource,
@@ -48,6 +48,13 @@ def register(subparsers: Any) -> None:
         help="verification policy file (allowed measurements, platforms, minimum TCB)",
     )
     parser.add_argument(
+        "--collateral",
+        type=Path,
+        metavar="DIR",
+        help="platform collateral for verifying the identity (TDX TCB info, QE identity, CRLs; "
+             "SEV-SNP certificates), see docs/attestation.md",
+    )
+    parser.add_argument(
         "--key-config",
         type=Path,
         help="pin this application/ohttp-keys file instead of verifying attestation (testing)",
@@ -65,7 +72,12 @@ def _key_source(args: argparse.Namespace) -> KeySource:
     if args.allow_any_measurement:
         policy = replace(policy, allow_any_measurement=True)
     _warn(policy)
-    return AttestedKeySource(origin, policy)
+    try:
+        collateral = Collateral.from_dir(args.collateral) if args.collateral else None
+    except OSError as exc:
+        raise ValueError(f"cannot read the collateral folder {args.collateral}: "
+                         f"{exc.strerror or exc}") from exc
+    return AttestedKeySource(origin, policy, collateral=collateral)
 
 
 def _warn(policy: VerificationPolicy) -> None:

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="accept hardware evidence of any measurement (no allowlist)")
     verify.add_argument("--allow-simulated", action="store_true",
                         help="accept simulated (development, insecure) enclave evidence")
+    verify.add_argument("--collateral", type=Path, metavar="DIR",
+                        help="platform collateral for the identity documents (TDX TCB info, "
+                             "QE identity, CRLs; SEV-SNP certificates), see docs/attestation.md")
     verify.add_argument("--json", action="store_true", help="machine-readable verdict")
     verify.set_defaults(func=_verify)
 
@@ -124,16 +127,20 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from proxy.attestation import VerificationError, VerificationPolicy
+    from proxy.attestation import Collateral, VerificationError, VerificationPolicy
     from proxy.cli._common import fail
     from proxy.evidence import EvidenceError, verify_bundle
 
+    try:
+        collateral = Collateral.from_dir(args.collateral) if args.collateral else None
+    except OSError as exc:
+        return fail(f"cannot read the collateral folder {args.collateral}: {exc.strerror or exc}")
     try:
         policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy()
         if args.allow_any_measurement:
             policy = replace(policy, allow_any_measurement=True)
         verdict = verify_bundle(args.bundle, vkey=args.vkey, allow_simulated=args.allow_simulated,
-                                policy=policy)
+                                policy=policy, collateral=collateral)
     except (EvidenceError, VerificationError) as exc:
         return fail(str(exc))
     if args.json:

@@ -91,6 +91,9 @@ class AttestedKeySource:
     verified ``application/ohttp-keys`` value; any exception means "not verified". The default
     is ``proxy.attestation.verify_identity``, and the default ``policy`` is
     ``VerificationPolicy.from_env()`` (strict unless the environment relaxes it).
+    ``collateral``, when given, is passed to ``verify`` as ``collateral=``: the platform
+    collateral the client fetched itself (``proxy.attestation.Collateral``: TDX TCB info, QE
+    identity and CRLs, which the strict policy needs for TDX evidence; SEV-SNP certificates).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class AttestedKeySource:
         transport: httpx2.BaseTransport | None = None,
         async_transport: httpx2.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        collateral: Any = None,
     ) -> None:
         base = identity_url.rstrip("/")
         self.identity_url = base if base.endswith(IDENTITY_PATH) else base + IDENTITY_PATH
@@ -114,6 +118,7 @@ class AttestedKeySource:
         self._transport = transport
         self._async_transport = async_transport
         self._clock = clock
+        self._collateral = collateral
         self._cached: tuple[KeyConfig, float] | None = None
         self.verified: Any = None
         """The last verified identity (``proxy.attestation.VerifiedIdentity``): its
@@ -137,9 +142,10 @@ class AttestedKeySource:
         if not isinstance(document, Mapping):
             raise _unverified("identity document is not an object")
         verify = self._verify or _default_verify()
+        extra = {} if self._collateral is None else {"collateral": self._collateral}
         try:
             policy = self._policy if self._policy is not None else _default_policy()
-            verified = verify(document, policy, nonce=nonce)
+            verified = verify(document, policy, nonce=nonce, **extra)
             key_configs = bytes(verified.key_configs)
         except Exception as exc:
             raise _unverified(f"identity verification failed: {exc}") from exc

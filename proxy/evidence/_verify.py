@@ -13,8 +13,8 @@ from pathlib import Path
 import audit
 from audit import ConsistencyProof, SignedCheckpoint, verify_consistency
 from policy import PolicyBundleError, bundle_digest
+from proxy.attestation import Collateral, VerificationPolicy, verify_identity
 from proxy.attestation import VerificationError as AttestationError
-from proxy.attestation import VerificationPolicy, verify_identity
 
 from ._errors import BundleInvalid
 from ._fields import array, load, obj, string
@@ -67,8 +67,9 @@ def _read_zip(source: str | Path | bytes) -> dict[str, bytes]:
 
 class _Verifier:
     def __init__(self, files: dict[str, bytes], pinned: str | None,
-                 policy: VerificationPolicy) -> None:
+                 policy: VerificationPolicy, collateral: Collateral | None = None) -> None:
         self.files, self.pinned, self.policy = files, pinned, policy
+        self.collateral = collateral
         self.checks: list[Check] = []
         self.manifest = Manifest("", "", {}, ("", ""), None, 0, [])
         self.vkey = ""
@@ -138,7 +139,7 @@ class _Verifier:
             try:
                 doc = obj(load(self.files[name], "identity document"), "identity document")
                 created = datetime.fromisoformat(string(doc.get("created"), "document created"))
-                verified = verify_identity(doc, policy, now=created)
+                verified = verify_identity(doc, policy, now=created, collateral=self.collateral)
             except AttestationError as exc:
                 detail = _SIMULATED if exc.code == "simulated_not_allowed" else (
                     f"identity document does not verify: {exc}")
@@ -237,17 +238,20 @@ def _digest(files: dict[str, bytes]) -> str | None:
 
 def verify_bundle(source: str | Path | bytes, *, vkey: str | None = None,
                   allow_simulated: bool = False,
-                  policy: VerificationPolicy | None = None) -> BundleVerdict:
+                  policy: VerificationPolicy | None = None,
+                  collateral: Collateral | None = None) -> BundleVerdict:
     """Verify a bundle offline; ``vkey`` pins the expected log key.
 
     Identity documents are judged by ``policy`` (default: the strict one, which refuses real
     evidence without a measurement allowlist); ``allow_simulated`` lets simulated
-    (development) evidence pass it. What the bundle's own manifest says is not consulted.
+    (development) evidence pass it. ``collateral`` is the platform collateral the verifier
+    fetched itself (TDX TCB info, QE identity and CRLs; SEV-SNP certificates), which the
+    strict policy needs for TDX evidence. What the bundle's own manifest says is not consulted.
     Raises ``BundleInvalid`` when the file is not a readable, well-formed zip archive.
     """
     policy = policy or VerificationPolicy()
     if allow_simulated:
         policy = replace(policy, allow_simulated=True)
-    verifier = _Verifier(_read_zip(source), vkey, policy)
+    verifier = _Verifier(_read_zip(source), vkey, policy, collateral)
     verifier.run()
     return BundleVerdict(tuple(verifier.checks))

@@ -179,7 +179,7 @@ class SnpForge:
         return to_pem([*extra, self.vcek, self.ask, self.ark])
 
 
-def _raw_p256(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+def raw_p256(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
@@ -190,7 +190,7 @@ def with_pck_chain(quote: bytes, chain_pem: bytes,
     re-signs the QE report for it."""
     parsed = parse_tdx_quote(quote)
     qe_sig = (parsed.qe_report_signature if qe_signer is None
-              else _raw_p256(qe_signer, parsed.qe_report.raw))
+              else raw_p256(qe_signer, parsed.qe_report.raw))
     qe = (parsed.qe_report.raw + qe_sig
           + struct.pack("<H", len(parsed.qe_auth_data)) + parsed.qe_auth_data
           + struct.pack("<HI", 5, len(chain_pem)) + chain_pem)
@@ -229,7 +229,7 @@ class TdxForge:
 
     def signed_doc(self, name: str, raw_body: bytes, extra: bytes = b"") -> bytes:
         """A PCS document ``{name: raw_body, "signature": ...}`` signed by our TCB Signing key."""
-        sig = _raw_p256(self.keys["tcb"], raw_body).hex().encode()
+        sig = raw_p256(self.keys["tcb"], raw_body).hex().encode()
         return b'{"' + name.encode() + b'":' + raw_body + b',"signature":"' + sig + b'"' + extra + b"}"
 
     @staticmethod

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
+import hashlib
 import json
+import struct
 from typing import Any
 
 import httpx2
 import pytest
 import rfc8785
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proxy.attestation import (
+    Collateral,
     Evidence,
     IdentityService,
     NvidiaGpuProvider,
@@ -24,8 +29,17 @@ from proxy.attestation import (
     verify_identity,
 )
 from proxy.attestation._binding import binding_object
+from proxy.attestation._tdx_quote import parse_tdx_quote
 from proxy.client import AttestedKeySource, SealedTransportError
-from tests.attestation._support import SNP_AT, SnpForge, snp_case
+from tests.attestation._support import (
+    SNP_AT,
+    TDX_V4_AT,
+    SnpForge,
+    TdxForge,
+    raw_p256,
+    snp_case,
+    to_pem,
+)
 from tests.conftest import load_vector, vector_path
 
 M = "a1" * 48
@@ -253,4 +267,61 @@ def test_client_default_refuses_unlisted_measurement(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SEALGATE_ALLOW_ANY_MEASUREMENT", "1")
     with pytest.raises(SealedTransportError) as past:  # verified; this document's keys are a stub
         default.key_config()
+    assert "unusable key configuration" in str(past.value)
+
+
+def _tdx_document(forge: TdxForge, nonce: bytes) -> dict[str, Any]:
+    """A genuine-looking TDX identity document for the test keys: the real v4 quote with this
+    document's REPORT_DATA, signed by a new attestation key that a QE report, signed by the
+    forge's PCK, certifies."""
+    created = "2023-06-20T00:00:00+00:00"
+    quote = parse_tdx_quote(forge.original)
+    measurement = quote.body.mr_td.hex()
+    signed = bytearray(quote.signed)
+    signed[48 + 520:48 + 584] = compute_report_data(  # v4: 48-byte header, REPORTDATA at 520
+        KEY_CONFIGS, AUDIT_KEY, "sha256:" + "11" * 32, measurement, nonce, created)
+    attestation = ec.generate_private_key(ec.SECP256R1())
+    point = attestation.public_key().public_numbers()
+    key = point.x.to_bytes(32) + point.y.to_bytes(32)
+    qe = bytearray(quote.qe_report.raw)
+    qe[320:384] = hashlib.sha256(key + quote.qe_auth_data).digest() + bytes(32)
+    chain = to_pem([forge.pck, forge.pca, forge.root])
+    qe_data = (bytes(qe) + raw_p256(forge.keys["pck"], bytes(qe))
+               + struct.pack("<H", len(quote.qe_auth_data)) + quote.qe_auth_data
+               + struct.pack("<HI", 5, len(chain)) + chain)
+    sig = raw_p256(attestation, bytes(signed)) + key + struct.pack("<HI", 6, len(qe_data)) + qe_data
+    evidence = Evidence(platform="tdx", report=bytes(signed) + struct.pack("<I", len(sig)) + sig,
+                        certificates=b"", provider="configfs-tsm")
+    return {"version": 1, "platform": "tdx",
+            "key_configs": base64.b64encode(KEY_CONFIGS).decode(),
+            "audit_public_key": base64.b64encode(AUDIT_KEY).decode(),
+            "policy_digest": "sha256:" + "11" * 32, "measurement": measurement,
+            "nonce": base64.b64encode(nonce).decode(), "evidence": evidence.to_json(),
+            "created": created}
+
+
+def test_client_verifies_tdx_identity_with_the_collateral_it_is_given(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    forge = TdxForge(monkeypatch)
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent = base64.b64decode(json.loads(request.content)["nonce"])
+        return httpx2.Response(200, json=_tdx_document(forge, sent))
+
+    policy = VerificationPolicy(allow_any_measurement=True,
+                                allowed_tcb_statuses=frozenset({"UpToDate", "TcbNotSupported"}))
+    verify = functools.partial(verify_identity, now=TDX_V4_AT)  # the vectors' collateral era
+
+    def source(collateral: Collateral | None) -> AttestedKeySource:
+        return AttestedKeySource("https://gw.example", policy, verify, collateral=collateral,
+                                 transport=httpx2.MockTransport(handler))
+
+    with pytest.raises(SealedTransportError) as missing:
+        source(None).key_config()
+    assert "collateral_missing" in str(missing.value)
+    with pytest.raises(SealedTransportError) as revoked:
+        source(forge.collateral(pck_crl=forge.crl("pca", [forge.pck.serial_number]))).key_config()
+    assert "crl_revoked" in str(revoked.value)
+    with pytest.raises(SealedTransportError) as past:  # verified; this document's keys are a stub
+        source(forge.collateral()).key_config()
     assert "unusable key configuration" in str(past.value)

@@ -73,6 +73,20 @@ def test_cli_verify_judges_measurements_by_the_verifiers_policy(
     assert run.returncode != 0 and "policy_invalid" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_cli_verify_takes_a_collateral_folder(traffic: Traffic, evidence_workdir: Path,
+                                              bundle: bytes) -> None:
+    path = evidence_workdir / "bundle.zip"
+    folder = evidence_workdir / "collateral"
+    folder.mkdir(exist_ok=True)
+    run = traffic.gateway.cli("evidence", "verify", str(path), "--allow-simulated",
+                              "--collateral", str(folder))
+    assert run.returncode == 0 and "verdict: PASSED (insecure" in run.stdout
+    run = traffic.gateway.cli("evidence", "verify", str(path), "--collateral",
+                              str(evidence_workdir / "nowhere"))
+    assert run.returncode != 0 and "cannot read the collateral folder" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 _TARGETS = ["manifest.json", "manifest.sig", "report.html", "log.json", "identity/",
             "policies/index.json", "policies/*/rego/", "checkpoints/*.note",
             "checkpoints/consistency.json", "records/records.jsonl"]

@@ -58,3 +58,19 @@ def test_warns_about_permissive_policy(monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     assert [w for w in ("any enclave measurement", "simulated (insecure)") if w in err] == warned
     assert all("WARNING" in line for line in err.splitlines())
+
+
+def test_collateral_folder_reaches_the_verifier(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.attestation import Collateral
+
+    folder = tmp_path / "collateral"
+    folder.mkdir()
+    (folder / "pck_crl.der").write_bytes(b"crl bytes")
+    source = _client_proxy._key_source(_parse("--gateway", "https://x", "--collateral", str(folder)))
+    assert source._collateral == Collateral.from_dir(folder)
+    assert source._collateral.pck_crl == b"crl bytes"
+    missing = _parse("--gateway", "https://x", "--collateral", str(tmp_path / "nowhere"))
+    assert missing.func(missing) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the collateral folder" in err and "Traceback" not in err
