@@ -162,6 +162,8 @@ class _Workers:
         self.active = _Worker(self)
 
     def submit(self, state: _Compiled, doc: Mapping[str, Any]) -> Future[Decision]:
+        if self.closed:
+            raise PolicyUnavailable("the policy engine is closed")
         future: Future[Decision] = Future()
         self.jobs.put((state, doc, future))
         return future
@@ -185,16 +187,17 @@ class _Workers:
             _log.warning("policy_evaluation_abandoned", engine="regopy", count=len(self.abandoned))
 
     def close(self) -> None:
+        """Cancel what waits, then stop the serving thread (an abandoned one ends on its own)."""
         with self.lock:
             self.closed = True
-        self.jobs.put(None)
         while True:
             try:
                 job = self.jobs.get_nowait()
             except queue.Empty:
-                return
+                break
             if job is not None:
                 job[2].cancel()
+        self.jobs.put(None)
 
 
 def compile_bundle(bundle: PolicyBundle) -> regopy.Bundle:

@@ -117,3 +117,20 @@ def test_past_the_cap_decisions_fail_closed_until_a_stuck_thread_ends(
         await _eventually(ended)
 
     asyncio.run(scenario())
+
+
+def test_closing_stops_the_serving_thread_and_refuses_decisions(
+    slow_engine: Callable[..., RegopyEngine], base_input: dict[str, Any]
+) -> None:
+    engine = slow_engine(timeout_s=5.0)
+
+    async def scenario() -> None:
+        await engine.decide(base_input)
+        serving = engine._workers.active.thread
+        await engine.aclose()
+        serving.join(5.0)
+        assert not serving.is_alive()
+        with pytest.raises(PolicyUnavailable, match="closed"):
+            await engine.decide(base_input)
+
+    asyncio.run(scenario())
