@@ -88,13 +88,13 @@ def test_declared_sampling_and_tool_parameters_are_forwarded(
     body = {"model": "ok", "messages": MESSAGES, "parallel_tool_calls": False,
             "logit_bias": {"50256": -100, "13": 5}, "reasoning_effort": "low",
             "modalities": ["text"], "safety_identifier": "user-1f3a", "prompt_cache_key": "k-7",
-            "user": "u-2"}
+            "user": "u-2", "top_k": 20, "min_p": 0.05}
     assert _post(seam_gateway, key, body).status_code == 200
     forwarded = upstream.received[-1]
     assert {k: forwarded[k] for k in ("parallel_tool_calls", "logit_bias", "reasoning_effort",
-                                      "modalities")} == {
+                                      "modalities", "top_k", "min_p")} == {
         "parallel_tool_calls": False, "logit_bias": {"50256": -100, "13": 5},
-        "reasoning_effort": "low", "modalities": ["text"]}
+        "reasoning_effort": "low", "modalities": ["text"], "top_k": 20, "min_p": 0.05}
     # End-user and cache-routing identifiers stay in the gateway.
     assert not {"safety_identifier", "prompt_cache_key", "user"} & set(forwarded)
     httpx.post(f"{seam_gateway.url}/v1/completions", timeout=30,

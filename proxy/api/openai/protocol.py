@@ -215,6 +215,10 @@ class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_
     frequency_penalty: Penalty | None = None
     user: str | None = None
     logit_bias: LogitBias | None = None
+    # Sampling extensions that vLLM and llama.cpp both take (not OpenAI parameters); -1 or 0
+    # turns top-k off.
+    top_k: Annotated[int, msgspec.Meta(ge=-1, le=2**31 - 1)] | None = None
+    min_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     # Fields that matter to policy (state kept by the provider, training-shaped metadata).
     store: bool | None = None
     metadata: dict[str, str] | None = None
