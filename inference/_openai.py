@@ -27,7 +27,7 @@ from httpx_aiohttp import AiohttpTransport
 from inference._base import GenerationKind, Json
 from inference._errors import BackendError, BackendRejected, BackendUnavailable
 
-__all__ = ["OpenAIBackend", "OpenAIConfig"]
+__all__ = ["OpenAIBackend", "OpenAIConfig", "api_key"]
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 _MALFORMED = "the upstream sent a malformed response"
@@ -126,6 +126,16 @@ class OpenAIConfig:
     """Connection pool size."""
 
 
+def api_key(variable: str) -> str:
+    """The key in the environment variable ``api_key_env`` names; a backend configured with a
+    key does not start without one (it would send, or a vLLM child would accept, requests
+    without it)."""
+    key = os.environ.get(variable, "")
+    if not key:
+        raise BackendUnavailable(f"the API key variable {variable} named by api_key_env is not set")
+    return key
+
+
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
     """Translate httpx failures at the seam (STYLE: foreign exceptions never escape)."""
@@ -159,9 +169,7 @@ class OpenAIBackend:
     async def start(self) -> None:
         headers = {}
         if self._config.api_key_env:
-            key = os.environ.get(self._config.api_key_env, "")
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
+            headers["Authorization"] = f"Bearer {api_key(self._config.api_key_env)}"
         limits = httpx.Limits(max_connections=self._config.max_connections)
         self._client = httpx.AsyncClient(
             base_url=self._config.url.rstrip("/"),

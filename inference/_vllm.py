@@ -22,7 +22,7 @@ import httpx
 
 from inference._base import GenerationKind, Json
 from inference._errors import BackendUnavailable
-from inference._openai import OpenAIBackend, OpenAIConfig
+from inference._openai import OpenAIBackend, OpenAIConfig, api_key
 
 __all__ = ["VLLMBackend", "VLLMConfig"]
 
@@ -165,8 +165,8 @@ class VLLMBackend:
             raise BackendUnavailable(f"loopback port {self._config.port} for vllm is in use")
         env = {**os.environ, **self._config.env, "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        if key := os.environ.get(self._config.api_key_env, "") if self._config.api_key_env else "":
-            env["VLLM_API_KEY"] = key  # the child answers only requests that carry it
+        if self._config.api_key_env:  # the child answers only requests that carry the key
+            env["VLLM_API_KEY"] = api_key(self._config.api_key_env)
         with self._output() as output:
             self._process = await asyncio.create_subprocess_exec(
                 *self.command(), env=env, stdin=asyncio.subprocess.DEVNULL,

@@ -116,12 +116,14 @@ class RequestParams:
         """Extract the policy-relevant parameters of an OpenAI request body (JSON or form).
 
         ``lenient`` (bodies of endpoints that are never forwarded, which no schema checked):
-        a token limit or ``n`` that is not an integer within ±(2**53 - 1) counts as absent
+        a token limit, ``n`` or ``best_of`` that is not an integer within ±(2**53 - 1) counts as absent
         instead of being an error, so such a request still gets a decision and a record."""
         store = body.get("store")
         # A non-boolean ``store`` is treated as a request to store: the conservative reading.
         store_flag = store if isinstance(store, bool) or store is None else True
         limits = [v for v in (_opt_int(body, k, lenient) for k in _TOKEN_LIMIT_KEYS) if v is not None]
+        # ``best_of`` candidates are generated like ``n`` choices (only the best is returned).
+        choices = [v for v in (_opt_int(body, k, lenient) for k in ("n", "best_of")) if v is not None]
         metadata = body.get("metadata")
         keys = tuple(sorted(str(k) for k in metadata)) if isinstance(metadata, Mapping) else ()
         purpose = body.get("purpose")
@@ -129,7 +131,7 @@ class RequestParams:
             stream=body.get("stream") is True,
             store=store_flag,
             max_tokens=max(limits) if limits else None,
-            n=_opt_int(body, "n", lenient),
+            n=max(choices) if choices else None,
             previous_response_id=_present(body, "previous_response_id"),
             conversation=_present(body, "conversation"),
             metadata_keys=keys,

@@ -187,7 +187,8 @@ class _Workers:
             _log.warning("policy_evaluation_abandoned", engine="regopy", count=len(self.abandoned))
 
     def close(self) -> None:
-        """Cancel what waits, then stop the serving thread (an abandoned one ends on its own)."""
+        """Fail what waits (closed engines fail closed, as any other engine failure), then stop
+        the serving thread (an abandoned one ends on its own)."""
         with self.lock:
             self.closed = True
         while True:
@@ -195,8 +196,8 @@ class _Workers:
                 job = self.jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
-                job[2].cancel()
+            if job is not None and job[2].set_running_or_notify_cancel():
+                job[2].set_exception(PolicyUnavailable("the policy engine is closed"))
         self.jobs.put(None)
 
 

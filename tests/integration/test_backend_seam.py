@@ -99,9 +99,9 @@ def test_declared_sampling_and_tool_parameters_are_forwarded(
     assert not {"safety_identifier", "prompt_cache_key", "user"} & set(forwarded)
     httpx.post(f"{seam_gateway.url}/v1/completions", timeout=30,
                headers={"Authorization": f"Bearer {key}"},
-               json={"model": "ok", "prompt": "a", "best_of": 2, "logit_bias": {"7": 1}})
+               json={"model": "ok", "prompt": "a", "best_of": 1, "logit_bias": {"7": 1}})
     assert {k: upstream.received[-1][k] for k in ("prompt", "best_of", "logit_bias")} == {
-        "prompt": "a", "best_of": 2, "logit_bias": {"7": 1}}
+        "prompt": "a", "best_of": 1, "logit_bias": {"7": 1}}
 
 
 @pytest.mark.parametrize("fault", WHOLE_FAULTS)

@@ -276,8 +276,15 @@ def test_content_parts_and_tools_are_checked(gateway: Gateway, api_key: str,
     ("/v1/chat/completions", {"top_k": -2}, "top_k", None),
     ("/v1/chat/completions", {"min_p": 1.5}, "min_p", None),
     ("/v1/embeddings", {"task": "x"}, "task", "unrecognized request argument 'task'"),
-    # A parameter name is request text: named back only when it is an identifier.
+    # A parameter name is request text: named back only when it is an identifier, and never
+    # read back from the decoder's message (which quotes it unescaped).
     ("/v1/chat/completions", {CANARY: 1}, None, "the request has an unrecognized argument"),
+    ("/v1/chat/completions", {"x` - at `$.CANARY": 1}, None,
+     "the request has an unrecognized argument"),
+    ("/v1/chat/completions", {"x` - at `key` in `$.CANARY": 1}, None,
+     "the request has an unrecognized argument"),
+    ("/v1/completions", {"best_of": 0}, "best_of", None),
+    ("/v1/completions", {"n": 3, "best_of": 2}, "best_of", "best_of must be at least n"),
     ("/v1/chat/completions", {"modalities": ["text", "audio"]}, "modalities[1]", None),
     ("/v1/chat/completions", {"logit_bias": {"50256": 101}}, "logit_bias[...]", None),
     ("/v1/chat/completions", {"logit_bias": {"token": 1}}, "logit_bias", "invalid key in 'logit_bias'"),
@@ -295,6 +302,15 @@ def test_parameters_not_served_are_refused_by_name(gateway: Gateway, api_key: st
     assert error["param"] == param and "CANARY" not in response.text
     if message is not None:
         assert error["message"] == message
+
+
+def test_best_of_counts_as_choices_for_the_policy(gateway: Gateway, api_key: str) -> None:
+    # The default contract allows one choice: best_of=3 generates three.
+    response = httpx.post(f"{gateway.url}/v1/completions", timeout=30,
+                          json={"model": "fast-echo", "prompt": "a", "best_of": 3},
+                          headers={"Authorization": f"Bearer {api_key}"})
+    error = _error(response)
+    assert response.status_code == 403 and "SG-TOKENS-002" in error["message"]
 
 
 def test_an_earlier_audio_answer_is_a_stored_reference(gateway: Gateway, api_key: str) -> None:

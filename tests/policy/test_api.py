@@ -126,6 +126,13 @@ def test_an_earlier_audio_answer_is_a_stored_reference(audio: object, stored: bo
     assert "CANARY" not in repr(params.to_dict())
 
 
+@pytest.mark.parametrize(("body", "n"), [
+    ({}, None), ({"n": 2}, 2), ({"best_of": 5}, 5), ({"n": 3, "best_of": 4}, 4),
+    ({"n": 4, "best_of": 1}, 4)])
+def test_best_of_counts_as_choices(body: dict[str, object], n: int | None) -> None:
+    assert RequestParams.from_body(body).n == n
+
+
 def _input(**overrides: object) -> PolicyInput:
     fields: dict[str, object] = dict(
         channel="sealed",

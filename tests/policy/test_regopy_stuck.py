@@ -127,7 +127,14 @@ def test_closing_stops_the_serving_thread_and_refuses_decisions(
     async def scenario() -> None:
         await engine.decide(base_input)
         serving = engine._workers.active.thread
+        slow = asyncio.create_task(engine.decide(patched(base_input, {"tenant.name": "slow-c"})))
+        await asyncio.sleep(0.3)  # evaluating
+        queued = asyncio.create_task(engine.decide(patched(base_input, {"tenant.name": "q"})))
+        await asyncio.sleep(0.1)  # waiting behind it
         await engine.aclose()
+        with pytest.raises(PolicyUnavailable, match="closed"):  # not a cancellation
+            await queued
+        slow.cancel()
         serving.join(5.0)
         assert not serving.is_alive()
         with pytest.raises(PolicyUnavailable, match="closed"):

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from inference import BackendRouter, ModelRoute, RetentionTier, VLLMBackend, VLLMConfig
+from inference import (
+    BackendRouter,
+    ModelRoute,
+    OpenAIBackend,
+    OpenAIConfig,
+    RetentionTier,
+    VLLMBackend,
+    VLLMConfig,
+)
 from inference._errors import BackendUnavailable
 from tests.server import free_port
 
@@ -172,6 +180,25 @@ def test_the_api_key_is_required_by_the_child_and_sent_with_requests(
     asyncio.run(run())
     (started,) = [json.loads(line) for line in (tmp_path / "record").read_text().splitlines()]
     assert started["key"] == "sk-vllm-7f1c"
+
+
+@pytest.mark.parametrize("kind", ["vllm", "openai"])
+def test_a_named_api_key_that_is_not_set_stops_the_start(
+        stand_in: dict[str, str], monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    monkeypatch.delenv("SG_TEST_UNSET_KEY", raising=False)
+    backend = (VLLMBackend("v", _config(stand_in, free_port(), api_key_env="SG_TEST_UNSET_KEY"))
+               if kind == "vllm" else
+               OpenAIBackend("o", OpenAIConfig(url="http://127.0.0.1:9/v1",
+                                               api_key_env="SG_TEST_UNSET_KEY")))
+
+    async def run() -> None:
+        try:
+            await backend.start()
+        finally:
+            await backend.close()
+
+    with pytest.raises(BackendUnavailable, match="SG_TEST_UNSET_KEY"):
+        asyncio.run(run())
 
 
 def test_a_dead_child_is_not_ready_and_gets_no_requests(stand_in: dict[str, str]) -> None:

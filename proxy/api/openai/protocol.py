@@ -41,6 +41,7 @@ class StreamOptions(msgspec.Struct, frozen=True):
 # depth is bounded so that no later encoding step of this request can exhaust the stack.
 MAX_SCHEMA_DEPTH = 32
 _TOO_DEEP = "JSON Schema nested too deeply"
+_BEST_OF = "best_of must be at least n"
 
 
 def _check_depth(value: object) -> None:
@@ -246,9 +247,15 @@ class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=
 class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
     prompt: str | list[str | int | list[int]]
     echo: bool | None = None
-    best_of: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    # Candidates generated server-side, the best returned: at least ``n``; the policy counts
+    # them as choices (SG-TOKENS-002).
+    best_of: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
     suffix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(_BEST_OF)
 
 
 class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -270,10 +277,25 @@ _OUT_OF_RANGE = re.compile(r"Expected `[^`]*` [<>]=? -?\d|Number out of range|In
 _LENGTH = re.compile(r"Expected `[^`]*` of length [<>]=? \d")
 _DATA_URL = re.compile(r"Expected `str` matching regex '\^\[dD\]\[aA\]")
 _KEY_AT = re.compile(r" - at `key` in `\$\.?([^`]*)`$")
-_UNKNOWN = re.compile(r"Object contains unknown field `(.*)`$", re.DOTALL)
+_UNKNOWN = "Object contains unknown field `"
 # An unrecognized parameter is named in the error only when its name is an identifier: a name
 # is request text like any other, and could carry content.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _unrecognized(body: bytes, schema: type[Any]) -> InvalidRequest:
+    """The first top-level key the schema does not declare, named when it is an identifier.
+    Found from the body itself: msgspec quotes the key unescaped, so its text can imitate a
+    location, and nothing is taken from it."""
+    try:
+        doc = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        doc = None
+    declared = set(getattr(schema, "__struct_fields__", ()))
+    names = sorted(k for k in doc if k not in declared) if isinstance(doc, dict) else []
+    if names and _IDENTIFIER.match(names[0]):
+        return InvalidRequest(f"unrecognized request argument '{names[0]}'", param=names[0])
+    return InvalidRequest("the request has an unrecognized argument")
 
 
 def _validation_error(text: str) -> InvalidRequest:
@@ -286,11 +308,8 @@ def _validation_error(text: str) -> InvalidRequest:
     if missing := _MISSING.match(head):
         param = f"{param}.{missing.group(1)}" if param else missing.group(1)
         return InvalidRequest(f"missing required parameter '{param}'", param=param)
-    if unknown := _UNKNOWN.match(head):
-        name = unknown.group(1)
-        if param is None and _IDENTIFIER.match(name):
-            return InvalidRequest(f"unrecognized request argument '{name}'", param=name)
-        return InvalidRequest("the request has an unrecognized argument", param=param)
+    if head == _BEST_OF:
+        return InvalidRequest(_BEST_OF, param="best_of")
     where = f"'{param}'" if param else "the request body"
     if param is None and _WRONG_TYPE.match(head):
         message = "the request body must be a JSON object"
@@ -325,7 +344,10 @@ def decode_request(body: bytes, schema: type[T]) -> T:
     try:
         request = msgspec.json.decode(body, type=schema)
     except msgspec.ValidationError as exc:
-        raise _validation_error(str(exc)) from None
+        text = str(exc)
+        if text.startswith(_UNKNOWN):  # only top-level structs refuse unknown fields
+            raise _unrecognized(body, schema) from None
+        raise _validation_error(text) from None
     except msgspec.DecodeError:
         raise InvalidJSON("the request body is not valid JSON") from None
     except RecursionError:
