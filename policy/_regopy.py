@@ -145,11 +145,12 @@ class _Workers:
 
     rego-cpp evaluates without the GIL, so the caller's loop keeps running and its timeout
     fires; but an evaluation past its timeout may take much longer still (a policy that is slow
-    on some input), and every decision queued behind it would fail too. So a decision that timed
-    out while the serving thread's evaluation had been running for longer than the timeout
-    abandons that thread (it ends after that evaluation) and starts a fresh one, with its own
-    interpreter, on the same queue. At most ``max_abandoned`` abandoned threads run at once;
-    past that, decisions wait for one to end, and fail closed on their timeouts meanwhile.
+    on some input), and every decision queued behind it would fail too. So a decision that gave
+    up while the serving thread's evaluation had been running for half the timeout or longer
+    (evaluations take a few milliseconds) abandons that thread (it ends after that evaluation)
+    and starts a fresh one, with its own interpreter, on the same queue. At most
+    ``max_abandoned`` abandoned threads run at once; past that, decisions wait for one to end,
+    and fail closed on their timeouts meanwhile.
     """
 
     def __init__(self, max_abandoned: int) -> None:
@@ -168,12 +169,13 @@ class _Workers:
         self.jobs.put((state, doc, future))
         return future
 
-    def rescue(self, timeout_s: float) -> None:
-        """After a decision gave up: abandon the serving thread if its evaluation overran."""
+    def rescue(self, overrun_s: float) -> None:
+        """After a decision gave up: abandon the serving thread if its evaluation has run for
+        ``overrun_s`` or longer."""
         with self.lock:
             worker = self.active
             started = worker.started
-            if self.closed or started is None or time.monotonic() - started < timeout_s:
+            if self.closed or started is None or time.monotonic() - started < overrun_s:
                 return
             if len(self.abandoned) >= self.max_abandoned:
                 stuck = len(self.abandoned)
@@ -270,7 +272,10 @@ class RegopyEngine(PolicyEngine):
             raise PolicyUnavailable("the policy engine did not answer in time") from exc
         finally:
             if not future.done() or future.cancelled():  # timed out, or its caller gave up
-                self._workers.rescue(self._timeout_s)
+                # Its own evaluation started a little after it was asked for, and an outer
+                # deadline (the gateway's) can end the wait a little before this one: half the
+                # timeout tells an overrun from a wait that merely ran out.
+                self._workers.rescue(self._timeout_s / 2)
         if state.cache_size:
             state.store(key, decision)
         return decision
