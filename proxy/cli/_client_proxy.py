@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from proxy.attestation import Collateral, VerificationError, VerificationPolicy
+from proxy.attestation import VerificationError, VerificationPolicy
+from proxy.cli._common import load_collateral
 from proxy.client import (
     AttestedKeySource,
     KeySource,
@@ -72,12 +73,7 @@ def _key_source(args: argparse.Namespace) -> KeySource:
     if args.allow_any_measurement:
         policy = replace(policy, allow_any_measurement=True)
     _warn(policy)
-    try:
-        collateral = Collateral.from_dir(args.collateral) if args.collateral else None
-    except OSError as exc:
-        raise ValueError(f"cannot read the collateral folder {args.collateral}: "
-                         f"{exc.strerror or exc}") from exc
-    return AttestedKeySource(origin, policy, collateral=collateral)
+    return AttestedKeySource(origin, policy, collateral=load_collateral(args.collateral))
 
 
 def _warn(policy: VerificationPolicy) -> None:

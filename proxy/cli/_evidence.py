@@ -127,14 +127,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from proxy.attestation import Collateral, VerificationError, VerificationPolicy
-    from proxy.cli._common import fail
+    from proxy.attestation import VerificationError, VerificationPolicy
+    from proxy.cli._common import fail, load_collateral
     from proxy.evidence import EvidenceError, verify_bundle
 
     try:
-        collateral = Collateral.from_dir(args.collateral) if args.collateral else None
-    except OSError as exc:
-        return fail(f"cannot read the collateral folder {args.collateral}: {exc.strerror or exc}")
+        collateral = load_collateral(args.collateral)
+    except ValueError as exc:
+        return fail(str(exc))
     try:
         policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy()
         if args.allow_any_measurement:

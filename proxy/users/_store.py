@@ -141,16 +141,18 @@ class UserStore:
             if user_id is None:
                 raise UserError(f"no user {username!r}", code="user_not_found")
             conn.execute(statement.where(where))
-        with self._lock:
-            self._cache.pop(user_id, None)
-            self._ended[user_id] = self._ended.get(user_id, 0) + 1
+        self._forget(user_id)
 
     def end_sessions(self, user_id: str) -> None:
         """End every session of the account (sign-out): its cookies' generation is now stale."""
-        table = _TABLE
         with self._engine.begin() as conn:  # one atomic increment, whoever else signs out
-            conn.execute(table.update().where(table.c.id == user_id)
-                         .values(session_generation=table.c.session_generation + 1))
+            conn.execute(_TABLE.update().where(_TABLE.c.id == user_id)
+                         .values(session_generation=_TABLE.c.session_generation + 1))
+        self._forget(user_id)
+
+    def _forget(self, user_id: str) -> None:
+        """Drop what this process cached of the account, and count the change (a session check
+        that read the account before it must not cache what it read)."""
         with self._lock:
             self._cache.pop(user_id, None)
             self._ended[user_id] = self._ended.get(user_id, 0) + 1

@@ -227,7 +227,12 @@ def _snp_document(forge: SnpForge, nonce: bytes) -> dict[str, Any]:
                                          measurement, nonce, created)
     evidence = Evidence(platform="sev-snp", report=forge.sign(bytes(raw)),
                         certificates=forge.certs(), provider="configfs-tsm")
-    return {"version": 1, "platform": "sev-snp",
+    return _document(evidence, measurement, nonce, created)
+
+
+def _document(evidence: Evidence, measurement: str, nonce: bytes, created: str) -> dict[str, Any]:
+    """An identity document for the test keys around hardware ``evidence``."""
+    return {"version": 1, "platform": evidence.platform,
             "key_configs": base64.b64encode(KEY_CONFIGS).decode(),
             "audit_public_key": base64.b64encode(AUDIT_KEY).decode(),
             "policy_digest": "sha256:" + "11" * 32, "measurement": measurement,
@@ -292,12 +297,7 @@ def _tdx_document(forge: TdxForge, nonce: bytes) -> dict[str, Any]:
     sig = raw_p256(attestation, bytes(signed)) + key + struct.pack("<HI", 6, len(qe_data)) + qe_data
     evidence = Evidence(platform="tdx", report=bytes(signed) + struct.pack("<I", len(sig)) + sig,
                         certificates=b"", provider="configfs-tsm")
-    return {"version": 1, "platform": "tdx",
-            "key_configs": base64.b64encode(KEY_CONFIGS).decode(),
-            "audit_public_key": base64.b64encode(AUDIT_KEY).decode(),
-            "policy_digest": "sha256:" + "11" * 32, "measurement": measurement,
-            "nonce": base64.b64encode(nonce).decode(), "evidence": evidence.to_json(),
-            "created": created}
+    return _document(evidence, measurement, nonce, created)
 
 
 def test_client_verifies_tdx_identity_with_the_collateral_it_is_given(

@@ -63,6 +63,13 @@ async def _eventually(check: Callable[[], Any], within_s: float = 90.0) -> Any:
         await asyncio.sleep(0.1)
 
 
+async def _abandoned_threads_end(engine: RegopyEngine) -> None:
+    async def ended() -> bool:
+        return engine.abandoned == 0
+
+    await _eventually(ended)
+
+
 def test_decisions_after_a_stuck_one_are_made_by_a_fresh_thread(
     slow_engine: Callable[..., RegopyEngine], base_input: dict[str, Any]
 ) -> None:
@@ -79,11 +86,7 @@ def test_decisions_after_a_stuck_one_are_made_by_a_fresh_thread(
         # Within the same timeout, while the abandoned evaluation still runs.
         assert (await engine.decide(base_input)).to_dict() == expected
         assert engine.abandoned == 1
-
-        async def ended() -> bool:
-            return engine.abandoned == 0
-
-        await _eventually(ended)
+        await _abandoned_threads_end(engine)
 
     asyncio.run(scenario())
 
@@ -110,11 +113,7 @@ def test_past_the_cap_decisions_fail_closed_until_a_stuck_thread_ends(
             return (await engine.decide(base_input)).to_dict()
 
         assert await _eventually(decided) == expected
-
-        async def ended() -> bool:
-            return engine.abandoned == 0
-
-        await _eventually(ended)
+        await _abandoned_threads_end(engine)
 
     asyncio.run(scenario())
 

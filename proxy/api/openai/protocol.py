@@ -291,7 +291,7 @@ def _unrecognized(body: bytes, schema: type[Any]) -> InvalidRequest:
         doc = msgspec.json.decode(body)
     except (msgspec.DecodeError, RecursionError):
         doc = None
-    declared = set(getattr(schema, "__struct_fields__", ()))
+    declared = set(schema.__struct_fields__)
     names = sorted(k for k in doc if k not in declared) if isinstance(doc, dict) else []
     if names and _IDENTIFIER.match(names[0]):
         return InvalidRequest(f"unrecognized request argument '{names[0]}'", param=names[0])
