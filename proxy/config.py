@@ -110,6 +110,10 @@ class Settings:
     release_measurement: str = ""
     """Measurement of this release as published in the release manifest
     (``SEALGATE_RELEASE_MEASUREMENT``); the simulated provider reports it."""
+    collateral_dir: str = ""
+    """Folder with Intel TDX collateral (as for ``evidence verify --collateral``) that the
+    dashboard uses to check the TCB status of this gateway's own identity documents
+    (``SEALGATE_COLLATERAL_DIR``); without it that status is shown as not checked."""
     session_secret: str = ""
     """Dashboard session signing secret; empty means one generated and kept in the data
     directory (``SEALGATE_SESSION_SECRET``)."""

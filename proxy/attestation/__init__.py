@@ -8,7 +8,7 @@ measurement into REPORT_DATA; `verify_identity` checks all of it on the client s
 """
 
 from ._binding import compute_report_data
-from ._collateral import Collateral
+from ._collateral import Collateral, load_collateral
 from ._configfs import ConfigfsIO, ConfigfsTsmProvider
 from ._errors import VerificationError
 from ._evidence import Evidence, EvidenceProvider
@@ -42,6 +42,7 @@ __all__ = [
     "detect_provider",
     "gpu_nonce",
     "identity_handlers",
+    "load_collateral",
     "verify_evidence",
     "verify_identity",
     "verify_nvidia",

@@ -12,7 +12,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Collateral"]
+__all__ = ["Collateral", "load_collateral"]
 
 _CERT_SUFFIXES = (".pem", ".der", ".crt", ".cer")
 
@@ -79,3 +79,15 @@ def _as_pem(data: bytes) -> bytes:
         return data if data.endswith(b"\n") else data + b"\n"
     body = "\n".join(textwrap.wrap(base64.b64encode(data).decode(), 64))
     return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n".encode()
+
+
+def load_collateral(folder: str | Path | None) -> Collateral | None:
+    """The collateral in ``folder`` (``None`` when no folder is given); ``ValueError`` with a
+    readable message when it cannot be read."""
+    if not folder:
+        return None
+    try:
+        return Collateral.from_dir(folder)
+    except OSError as exc:
+        raise ValueError(f"cannot read the collateral folder {folder}: "
+                         f"{exc.strerror or exc}") from exc

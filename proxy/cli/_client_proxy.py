@@ -8,8 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from proxy.attestation import VerificationError, VerificationPolicy
-from proxy.cli._common import load_collateral
+from proxy.attestation import VerificationError, VerificationPolicy, load_collateral
 from proxy.client import (
     AttestedKeySource,
     KeySource,

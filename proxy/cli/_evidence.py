@@ -127,8 +127,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from proxy.attestation import VerificationError, VerificationPolicy
-    from proxy.cli._common import fail, load_collateral
+    from proxy.attestation import VerificationError, VerificationPolicy, load_collateral
+    from proxy.cli._common import fail
     from proxy.evidence import EvidenceError, verify_bundle
 
     try:

@@ -89,20 +89,29 @@ async def health_page(svc: DashboardService) -> dict[str, Any]:
             "origin": log.origin, "vkey": log.vkey}
 
 
-def _kept_documents_policy(svc: DashboardService) -> VerificationPolicy:
-    """This gateway's own documents: pinned to its configured release measurement, if any."""
+def _kept_documents_policy(svc: DashboardService, collateral: bool) -> VerificationPolicy:
+    """This gateway's own documents: pinned to its configured release measurement, if any.
+    Without collateral a TDX document's TCB status cannot be evaluated; its verdict says so."""
     measurement = svc.settings.release_measurement.lower()
-    if measurement:
-        return VerificationPolicy(allowed_measurements=frozenset({measurement}), allow_simulated=True)
-    return VerificationPolicy(allow_simulated=True, allow_any_measurement=True)
+    pinned = ({"allowed_measurements": frozenset({measurement})} if measurement
+              else {"allow_any_measurement": True})
+    return VerificationPolicy(allow_simulated=True, require_tcb_status=collateral, **pinned)
 
 
 def _verify_doc(svc: DashboardService, name: str, doc: dict[str, Any]) -> tuple[bool, str]:
     if name not in svc.identity_verdicts:
         try:
+            collateral = svc.collateral()
             created = datetime.fromisoformat(str(doc.get("created")))
-            found = verify_identity(doc, _kept_documents_policy(svc), now=created)
-            text = "verified" + (" (SIMULATED: insecure)" if found.simulated else "")
+            found = verify_identity(doc, _kept_documents_policy(svc, collateral is not None),
+                                    now=created, collateral=collateral)
+            text = "verified"
+            if found.simulated:
+                text += " (SIMULATED: insecure)"
+            elif found.platform == "tdx" and found.tcb_status is None:
+                text += " (TCB status not checked: no collateral_dir configured)"
+            elif found.tcb_status is not None:
+                text += f" (TCB status {found.tcb_status})"
             svc.identity_verdicts[name] = (True, text)
         except (VerificationError, ValueError, TypeError) as exc:
             svc.identity_verdicts[name] = (False, str(exc))

@@ -10,6 +10,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import AuditLog
+from proxy.attestation import Collateral, load_collateral
 from proxy.config import Settings
 from proxy.tenants import TenantStore
 from proxy.users import User, UserStore
@@ -44,6 +45,15 @@ class DashboardService:
         self.verified_checkpoints: dict[int, bool] = {}
         self.verified_pairs: dict[tuple[int, int], str | None] = {}
         self.identity_verdicts: dict[str, tuple[bool, str]] = {}
+        self._collateral: Collateral | None = None
+
+    def collateral(self) -> Collateral | None:
+        """The TDX collateral in ``collateral_dir`` (read once), or ``None`` when none is
+        configured; ``ValueError`` when the folder cannot be read."""
+        folder = self.settings.collateral_dir
+        if folder and self._collateral is None:
+            self._collateral = load_collateral(folder)
+        return self._collateral
 
     @property
     def data_dir(self) -> Path:

@@ -325,3 +325,48 @@ def test_client_verifies_tdx_identity_with_the_collateral_it_is_given(
     with pytest.raises(SealedTransportError) as past:  # verified; this document's keys are a stub
         source(forge.collateral()).key_config()
     assert "unusable key configuration" in str(past.value)
+
+
+def _collateral_folder(collateral: Collateral, folder: Any) -> str:
+    """``collateral`` laid out as an operator's ``collateral_dir`` (docs/attestation.md)."""
+    folder.mkdir()
+    (folder / "tcb_info.json").write_bytes(collateral.tcb_infos[0])
+    assert collateral.qe_identity and collateral.pck_crl and collateral.root_crl
+    (folder / "qe_identity.json").write_bytes(collateral.qe_identity)
+    (folder / "tcb_signing_chain.pem").write_bytes(collateral.tcb_signing_chain)
+    (folder / "pck_crl.der").write_bytes(collateral.pck_crl)
+    (folder / "root_crl.der").write_bytes(collateral.root_crl)
+    return str(folder)
+
+
+def test_dashboard_checks_its_tdx_documents_with_the_configured_collateral(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from proxy.config import Settings
+    from proxy.dashboard._pages import _verify_doc
+    from proxy.dashboard._service import DashboardService
+    from proxy.tenants import TenantStore
+
+    forge = TdxForge(monkeypatch)
+    document = _tdx_document(forge, b"n" * 32)  # created at TDX_V4_AT, the collateral's era
+
+    def verdict(name: str, collateral_dir: str) -> tuple[bool, str]:
+        settings = Settings(data_dir=tmp_path / name, collateral_dir=collateral_dir)
+        tenants = TenantStore(settings.tenants_url)
+        try:
+            svc = DashboardService(settings, tenants, lambda: None, None,
+                                   Ed25519PrivateKey.generate())
+            return _verify_doc(svc, "identity-1.json", document)
+        finally:
+            tenants.close()
+
+    ok, text = verdict("none", "")
+    assert ok and text == "verified (TCB status not checked: no collateral_dir configured)"
+    good = _collateral_folder(forge.collateral(), tmp_path / "good")
+    ok, text = verdict("good", good)  # evaluated: this quote's TCB is unknown to that TCB info
+    assert (ok, text) == (False, "tcb_status_not_allowed: TCB status TcbNotSupported")
+    revoked = _collateral_folder(
+        forge.collateral(pck_crl=forge.crl("pca", [forge.pck.serial_number])), tmp_path / "revoked")
+    ok, text = verdict("revoked", revoked)
+    assert not ok and "crl_revoked" in text
+    ok, text = verdict("missing", str(tmp_path / "nowhere"))
+    assert not ok and "cannot read the collateral folder" in text
