@@ -252,7 +252,8 @@ def decode_request(data: bytes) -> BHTTPRequest:
             raise bhttp_malformed("not a request framing indicator")
         known = framing == _KNOWN_REQUEST
         method, scheme, authority, path = (reader.take(reader.varint()) for _ in range(4))
-        headers = read_section(reader, known)
+        # RFC 9458 Appendix A's request ends here: every section after it is empty.
+        headers = () if reader.at_end() else read_section(reader, known)
         content = b"" if reader.at_end() else _read_content(reader, known)
         trailers = () if reader.at_end() else read_section(reader, known)
     check_padding(reader)

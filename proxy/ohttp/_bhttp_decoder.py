@@ -73,12 +73,25 @@ class ResponseDecoder:
         """End of input: return the closing events, or raise if the message is cut short."""
         if self._state == _PADDING:
             return []
-        # RFC 9292 §3.8: truncation is allowed only before a content or trailer section starts.
+        # RFC 9292 §3.8: truncation is allowed only where a section would start: before the
+        # content or trailers, or right after the final status (RFC 9458 Appendix A's
+        # response is framing and status alone).
+        events = []
+        if self._state == _STATUS and self._buf:
+            reader = Reader(self._buf)
+            try:
+                status = reader.varint()
+            except Incomplete:
+                raise bhttp_malformed("message truncated") from None
+            if reader.at_end() and 200 <= status <= 599:
+                events.append(ResponseEvent("head", status))
+                self._state, self._section_started = _CONTENT, False
+                self._buf.clear()
         boundary = self._state in (_CONTENT, _TRAILERS) and not self._section_started
         if self._buf or not boundary:
             raise bhttp_malformed("message truncated")
         self._state = _PADDING
-        return [ResponseEvent("end")]
+        return [*events, ResponseEvent("end")]
 
     def _step(self, reader: Reader, events: list[ResponseEvent]) -> None:
         if self._state == _FRAMING:

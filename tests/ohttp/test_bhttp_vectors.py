@@ -94,6 +94,24 @@ def test_truncated_known_length_request_is_allowed_rfc9292_3_8() -> None:
     assert decode_request(full[:-2]) == decode_request(full)
 
 
+def test_rfc9458_appendix_a_messages_truncated_after_control_data() -> None:
+    """RFC 9458 Appendix A's request ends after its control data and its response after the
+    status: every section they omit is empty (RFC 9292 §3.8), in both framings."""
+    vector = ohttp_vector("rfc9458-appendix-a.json")
+    request = decode_request(h(vector["bhttp_request"]))
+    assert request == BHTTPRequest(b"GET", b"https", b"example.com", b"/", (), b"", ())
+    indeterminate = b"\x02" + h(vector["bhttp_request"])[1:]
+    assert decode_request(indeterminate) == request
+    assert decode_request(h(vector["bhttp_request"]) + bytes(4)) == request  # and padded
+    for data in (h(vector["bhttp_response"]), b"\x03\x40\xc8", b"\x03\x40\x64\x00\x40\xc8"):
+        response = decode_response(data)
+        assert (response.status, response.headers, response.content, response.trailers) == (
+            200, (), b"", ())
+        decoder = ResponseDecoder()
+        events = [e for b in data for e in decoder.feed(bytes([b]))] + decoder.close()
+        assert [(e.kind, e.status) for e in events][-2:] == [("head", 200), ("end", 0)]
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -121,6 +139,8 @@ def test_malformed_request(data: bytes) -> None:
         pytest.param(b"\x01\x40\x63\x00", id="status-99"),
         pytest.param(b"\x01\x42\x58\x00", id="status-600"),
         pytest.param(b"\x01\x40\x64\x00", id="only-informational"),
+        pytest.param(b"\x01\x40\x64", id="truncated-after-informational-status"),
+        pytest.param(b"\x01\x40\xc8\x05", id="truncated-header-section"),
         pytest.param(b"\x01\x40\xc8\x00\x05ab", id="truncated-content"),
         pytest.param(b"\x03\x40\xc8\x00\x02ab", id="truncated-indeterminate-content"),
     ],
