@@ -26,6 +26,12 @@ _TOKEN_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Integers every engine represents exactly (I-JSON, RFC 7493 §2.2). rego-cpp keeps 64 bits and
 # silently wraps wider values, so an unbounded limit could compare as a small one.
 MAX_SAFE_INTEGER = 2**53 - 1
+# Request metadata as the OpenAI API bounds it. Its keys reach the policy (SG-STORE-004), so
+# they are also printable: a NUL would end the string early in a C engine and hide a term.
+MAX_METADATA_PAIRS, MAX_METADATA_KEY = 16, 64
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
+METADATA_LIMITS = (f"metadata has at most {MAX_METADATA_PAIRS} keys of at most "
+                   f"{MAX_METADATA_KEY} printable characters")
 
 
 def utc_now() -> str:
@@ -64,6 +70,25 @@ def _stored_reference(body: Mapping[str, Any]) -> bool:
             if isinstance(file, Mapping) and file.get("file_id") not in (None, ""):
                 return True
     return False
+
+
+def _metadata_keys(body: Mapping[str, Any], lenient: bool) -> tuple[str, ...]:
+    """Sorted ``metadata`` keys. Metadata holds at most 16 pairs whose keys are printable text
+    of at most 64 characters (the OpenAI API's limits, which the request schema enforces); a
+    map beyond them is an error, or counts as absent under ``lenient``."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return ()
+    keys = tuple(sorted(k for k in metadata if isinstance(k, str)))
+    if len(keys) == len(metadata) and _metadata_ok(keys):
+        return keys
+    _check(lenient, METADATA_LIMITS)
+    return ()
+
+
+def _metadata_ok(keys: tuple[str, ...]) -> bool:
+    return len(keys) <= MAX_METADATA_PAIRS and all(
+        len(k) <= MAX_METADATA_KEY and _PRINTABLE.fullmatch(k) for k in keys)
 
 
 def _present(body: Mapping[str, Any], key: str) -> bool:
@@ -108,7 +133,9 @@ class RequestParams:
             isinstance(self.metadata_keys, tuple) and all(isinstance(k, str) for k in self.metadata_keys),
             "metadata_keys must be a tuple of strings",
         )
-        _check(self.purpose is None or isinstance(self.purpose, str), "purpose must be a string")
+        _check(_metadata_ok(self.metadata_keys), METADATA_LIMITS)
+        _check(self.purpose is None or (isinstance(self.purpose, str) and "\x00" not in self.purpose),
+               "purpose must be a string without NUL characters")
         _check(isinstance(self.stored_references, bool), "stored_references must be a boolean")
 
     @classmethod
@@ -124,8 +151,7 @@ class RequestParams:
         limits = [v for v in (_opt_int(body, k, lenient) for k in _TOKEN_LIMIT_KEYS) if v is not None]
         # ``best_of`` candidates are generated like ``n`` choices (only the best is returned).
         choices = [v for v in (_opt_int(body, k, lenient) for k in ("n", "best_of")) if v is not None]
-        metadata = body.get("metadata")
-        keys = tuple(sorted(str(k) for k in metadata)) if isinstance(metadata, Mapping) else ()
+        keys = _metadata_keys(body, lenient)
         purpose = body.get("purpose")
         return cls(
             stream=body.get("stream") is True,
@@ -149,6 +175,9 @@ def _normalize_path(path: str) -> str:
     """Drop the query string and trailing slashes: routing ignores both."""
     bare = path.split("?", 1)[0].split("#", 1)[0]
     return bare.rstrip("/") or "/"
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(RequestParams))
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +233,14 @@ class PolicyInput:
             "enclave_measurement",
             "region",
         ):
-            _check(isinstance(getattr(self, name), str), f"{name} must be a string")
+            value = getattr(self, name)
+            _check(isinstance(value, str) and "\x00" not in value,
+                   f"{name} must be a string without NUL characters")
         _check(self.path.startswith("/"), "path must start with /")
         object.__setattr__(self, "path", _normalize_path(self.path))
         object.__setattr__(self, "method", self.method.upper())
-        _check(self.model is None or isinstance(self.model, str), "model must be a string")
+        _check(self.model is None or (isinstance(self.model, str) and "\x00" not in self.model),
+               "model must be a string without NUL characters")
         _check(isinstance(self.request, RequestParams), "request must be RequestParams")
         for name in ("enclave_simulated", "enclave_debug", "allow_plaintext"):
             _check(isinstance(getattr(self, name), bool), f"{name} must be a boolean")
@@ -239,10 +271,13 @@ class PolicyInput:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> PolicyInput:
-        """Parse and validate an input document (the inverse of ``to_dict``)."""
+        """Parse and validate an input document (the inverse of ``to_dict``). Every field of
+        the schema is required: a missing one is an error, never a permissive default."""
         try:
-            req = dict(doc["request"])
-            req["metadata_keys"] = tuple(req.get("metadata_keys", ()))
+            req = {name: doc["request"][name] for name in _REQUEST_FIELDS}
+            _check(set(doc["request"]) == set(_REQUEST_FIELDS), "request has an unknown field")
+            _check(isinstance(req["metadata_keys"], list), "metadata_keys must be a list")
+            req["metadata_keys"] = tuple(req["metadata_keys"])
             enclave, deployment = doc["enclave"], doc["deployment"]
             return cls(
                 channel=doc["channel"],
@@ -250,7 +285,7 @@ class PolicyInput:
                 tenant_name=doc["tenant"]["name"],
                 method=doc["endpoint"]["method"],
                 path=doc["endpoint"]["path"],
-                model=doc.get("model"),
+                model=doc["model"],
                 request=RequestParams(**req),
                 backend_name=doc["backend"]["name"],
                 retention_tier=doc["backend"]["retention_tier"],
@@ -260,7 +295,7 @@ class PolicyInput:
                 enclave_debug=enclave["debug"],
                 mode=deployment["mode"],
                 region=deployment["region"],
-                allow_plaintext=doc.get("dev", {}).get("allow_plaintext", False),
+                allow_plaintext=doc["dev"]["allow_plaintext"],
                 time=doc["time"],
             )
         except (KeyError, TypeError, AttributeError) as exc:

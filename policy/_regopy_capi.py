@@ -60,6 +60,14 @@ class _BuiltInput(regopy.Input):  # type: ignore[misc]
         self._impl = handle
 
 
+def _c_string(value: str) -> bytes:
+    """``value`` for the C API, which reads strings up to their first NUL: a string holding one
+    would reach the policy cut short, so it is refused instead."""
+    if "\x00" in value:
+        raise ValueError("a string in the policy input contains a NUL character")
+    return value.encode()
+
+
 def _builder(lib: Any) -> Callable[[Mapping[str, Any]], regopy.Input]:
     new, free = lib.regoNewInput, lib.regoFreeInput
     string, boolean, integer = lib.regoInputString, lib.regoInputBoolean, lib.regoInputInt
@@ -69,7 +77,7 @@ def _builder(lib: Any) -> Callable[[Mapping[str, Any]], regopy.Input]:
     def push(handle: Any, value: Any) -> int:
         kind = type(value)
         if kind is str:
-            return int(string(handle, value.encode()))
+            return int(string(handle, _c_string(value)))
         if kind is bool:
             return int(boolean(handle, value))
         if kind is int:
@@ -84,7 +92,7 @@ def _builder(lib: Any) -> Callable[[Mapping[str, Any]], regopy.Input]:
             for key, inner in value.items():
                 if type(key) is not str:
                     raise TypeError("object keys in the policy input must be strings")
-                if string(handle, key.encode()) or push(handle, inner) or item(handle):
+                if string(handle, _c_string(key)) or push(handle, inner) or item(handle):
                     return 1
             return int(obj(handle, len(value)))
         if kind is list or kind is tuple:

@@ -134,3 +134,54 @@ def test_failing_engine_fails_closed_within_timeout(workdir: Path, fast_upstream
             assert after["streams_started"] == before["streams_started"]  # nothing forwarded
         finally:
             gw.stop()
+
+
+def test_model_listing_is_decided_and_a_denial_recorded(gateway: Gateway, api_key: str) -> None:
+    """GET /v1/models and /v1/models/{id} reach the policy like every other endpoint: a
+    tenant whose contract excludes this deployment's region gets no answer from either."""
+    assert httpx.get(f"{gateway.url}/v1/models",
+                     headers={"Authorization": f"Bearer {api_key}"}).status_code == 200
+    outside = gateway.new_key("acme-health")  # contract: EU regions only; this one is "local"
+    for path in ("/v1/models", "/v1/models/fast-echo"):
+        response = httpx.get(f"{gateway.url}{path}", headers={"Authorization": f"Bearer {outside}"})
+        assert response.status_code == 403, response.text
+        assert response.json()["error"]["code"] == "policy_denied"
+        assert "SG-REGION-001" in response.json()["error"]["message"]
+        denial = request_records(gateway, outside, response.headers["x-request-id"],
+                                 "denial")["denial"]
+        assert denial["rule_ids"] == ["SG-REGION-001"] and denial["endpoint"] == path
+
+
+@pytest.mark.parametrize("form", ["multipart", "urlencoded"])
+def test_form_uploads_for_fine_tuning_cite_their_rule(gateway: Gateway, api_key: str,
+                                                      form: str) -> None:
+    """File uploads are forms, not JSON: their ``purpose`` still reaches the policy, and the
+    file itself is never read or kept."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    if form == "multipart":
+        response = httpx.post(f"{gateway.url}/v1/files", headers=auth, data={"purpose": "fine-tune"},
+                              files={"file": ("train.jsonl", b'{"prompt": "CANARY-upload"}\n')})
+    else:
+        response = httpx.post(f"{gateway.url}/v1/uploads", headers=auth,
+                              data={"purpose": "fine-tune", "filename": "CANARY.jsonl"})
+    assert response.status_code == 403 and "SG-TRAIN-002" in response.json()["error"]["message"]
+    denial = request_records(gateway, api_key, response.headers["x-request-id"], "denial")["denial"]
+    assert denial["rule_ids"] == ["SG-TRAIN-002"] and "CANARY" not in json.dumps(denial)
+    other = httpx.post(f"{gateway.url}/v1/files", headers=auth, data={"purpose": "assistants"},
+                       files={"file": ("a.txt", b"CANARY")})
+    assert other.status_code == 403 and "SG-STORE-005" in other.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("metadata", "param"), [
+    ({"\u0000distill_run": "x"}, "metadata"),  # a C engine would have read the key as ""
+    ({"x\u0000eval": "x"}, "metadata"),
+    ({f"k{i}": "v" for i in range(17)}, "metadata"),  # one engine evaluation per key and term
+    ({"k" * 65: "v"}, "metadata"),
+])
+def test_metadata_beyond_the_api_limits_is_refused(gateway: Gateway, api_key: str,
+                                                   metadata: dict[str, str], param: str) -> None:
+    response = _post(gateway, api_key, "/v1/chat/completions", {
+        "model": "fast-echo", "messages": [{"role": "user", "content": "x"}], "metadata": metadata})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert "distill" not in response.text and "eval" not in response.text

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import copy
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -209,3 +211,46 @@ def test_decision_invariants_and_apply() -> None:
 def test_garbage_decisions_fail_closed(doc: object) -> None:
     with pytest.raises(PolicyUnavailable):
         Decision.from_document(doc, DIGEST)
+
+
+@pytest.mark.parametrize("drop", [("request", "stored_references"), ("request", "metadata_keys"),
+                                  ("model",), ("dev",), ("dev", "allow_plaintext")])
+def test_from_dict_requires_every_field(base_input: dict[str, Any], drop: tuple[str, ...]) -> None:
+    """A missing field is an error, never a permissive default (the Rego rules deny a raw
+    document missing it, so a default would turn that denial into an allow)."""
+    doc = copy.deepcopy(base_input)
+    inner = doc
+    for key in drop[:-1]:
+        inner = inner[key]
+    del inner[drop[-1]]
+    with pytest.raises(PolicyInputError):
+        PolicyInput.from_dict(doc)
+
+
+@pytest.mark.parametrize("override", [{"tenant_name": "acme\x00"}, {"path": "/v1/chat\x00/x"},
+                                      {"model": "m\x00"}, {"region": "eu\x00-west-1"}])
+def test_input_strings_never_hold_nul(override: dict[str, object]) -> None:
+    with pytest.raises(PolicyInputError):
+        _input(**override)
+
+
+@pytest.mark.parametrize("keys", [("\x00distill_run",), ("x\x00eval",), ("a\nb",), ("k" * 65,),
+                                  tuple(f"k{i}" for i in range(17))])
+def test_metadata_keys_within_the_api_limits(keys: tuple[str, ...]) -> None:
+    body = {"metadata": dict.fromkeys(keys, "v")}
+    with pytest.raises(PolicyInputError):
+        RequestParams.from_body(body)
+    with pytest.raises(PolicyInputError):
+        RequestParams(metadata_keys=keys)
+    # Bodies of endpoints that are never forwarded: such a map counts as absent.
+    assert RequestParams.from_body(body, lenient=True).metadata_keys == ()
+    fine = {f"k{i}": "v" for i in range(16)}
+    assert RequestParams.from_body({"metadata": fine}).metadata_keys == tuple(sorted(fine))
+
+
+def test_engine_input_refuses_nul_at_the_c_boundary() -> None:
+    from policy._regopy_capi import _c_string
+
+    assert _c_string("distill") == b"distill"
+    with pytest.raises(ValueError, match="NUL"):
+        _c_string("\x00distill")

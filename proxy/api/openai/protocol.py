@@ -31,6 +31,13 @@ TokenId = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,10}$")]
 LogitBias = dict[TokenId, Annotated[int, msgspec.Meta(ge=-100, le=100)]]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+# The OpenAI API's metadata limits: 16 pairs, keys of 64 characters, values of 512. Keys reach
+# the policy (SG-STORE-004), so they are printable text too.
+Metadata = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")],
+         Annotated[str, msgspec.Meta(max_length=512)]],
+    msgspec.Meta(max_length=16),
+]
 
 
 class StreamOptions(msgspec.Struct, frozen=True):
@@ -222,7 +229,7 @@ class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_
     min_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     # Fields that matter to policy (state kept by the provider, training-shaped metadata).
     store: bool | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
 
 class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):

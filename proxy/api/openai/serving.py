@@ -6,7 +6,10 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Request, Response
@@ -87,15 +90,23 @@ class OpenAIService:
 
     # -- models -------------------------------------------------------------------------------
     async def models(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
-        ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
+        await self._decided(request)
         return {"object": "list", "data": [self._model(r) for r in self._router.routes]}
 
     async def model(self, request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
-        ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
-        ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
-        route, _ = self._router.route(model_id)
+        route = await self._decided(request, model_id)
+        assert route is not None
         return self._model(route)
+
+    async def _decided(self, request: Request[Any, Any, Any],
+                       model_id: str | None = None) -> ModelRoute | None:
+        """Authenticate, look the model up (404 if unknown), then let the policy decide (a
+        denial is raised and recorded). Nothing is forwarded."""
+        ctx, _ = await self._begin(request)
+        route = None if model_id is None else self._router.route(model_id)[0]
+        if self.gate is not None:
+            await self.gate.deny_or_pass(ctx, {})
+        return route
 
     def _model(self, route: ModelRoute) -> dict[str, Any]:
         return {"id": route.name, "object": "model", "created": self._created,
@@ -199,7 +210,9 @@ class OpenAIService:
         """Any other ``/v1`` endpoint: the policy decides (training-shaped endpoints are
         denied with their rule id and recorded); anything it allows is still not served here."""
         ctx, raw = await self._begin(request)
-        params = _json_object(raw) if request.method in ("POST", "PUT", "PATCH") else {}
+        params: dict[str, Any] = {}
+        if request.method in ("POST", "PUT", "PATCH"):
+            params = _body_fields(raw, request.headers.get("content-type", ""))
         params.update({k: v for k, v in request.query_params.items() if k == "purpose"})
         if self.gate is not None:
             await self.gate.deny_or_pass(ctx, params)
@@ -223,13 +236,37 @@ class OpenAIService:
         return await self._whole(request, ctx, admission, backend.embed(body), shape)
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
-    """Policy-relevant view of a body we will not forward (JSON object, else nothing)."""
+def _body_fields(raw: bytes, content_type: str) -> dict[str, Any]:
+    """Policy-relevant view of a body we will not forward: a JSON object, or the ``purpose``
+    field of a form (file uploads are multipart); else nothing. Parsed in memory only."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        purpose = _form_field(raw, content_type, media, "purpose")
+        return {} if purpose is None else {"purpose": purpose}
     try:
         doc = msgspec.json.decode(raw) if raw else {}
     except (msgspec.DecodeError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _form_field(raw: bytes, content_type: str, media: str, name: str) -> str | None:
+    """The first text field ``name`` of a form body (file parts are skipped), or ``None``."""
+    try:
+        if media == "application/x-www-form-urlencoded":
+            found = [v for k, v in parse_qsl(raw.decode("utf-8", "replace"), max_num_fields=1000)
+                     if k == name]
+            return found[0] if found else None
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw)
+        for part in message.iter_parts():
+            if (part.get_param("name", header="content-disposition") == name
+                    and part.get_filename() is None):
+                value = part.get_payload(decode=True)
+                return value.decode("utf-8", "replace") if isinstance(value, bytes) else None
+    except (ValueError, TypeError, LookupError, UnicodeError):
+        return None
+    return None
 
 
 def _forward_body(params: dict[str, Any], route: ModelRoute, admission: Admission) -> dict[str, Any]:
