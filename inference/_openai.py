@@ -145,7 +145,7 @@ def _mapped_errors() -> Iterator[None]:
         raise BackendUnavailable("the upstream timed out") from exc
     except (httpx.HTTPError, aiohttp.ClientError) as exc:
         raise BackendUnavailable(f"the upstream is unreachable ({type(exc).__name__})") from exc
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8 is the second
         raise BackendError(_MALFORMED) from None
 
 

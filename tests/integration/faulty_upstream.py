@@ -41,6 +41,7 @@ def _whole(echo: str) -> dict[str, Any]:
         "negative-tokens": _chat(usage={"prompt_tokens": -1, "completion_tokens": 2}),
         "fractional-tokens": _chat(usage={"prompt_tokens": 1, "completion_tokens": 2.5}),
         "error-as-200": {"error": {"message": echo}},
+        "invalid-utf8": _chat(),  # sent with a byte that is not UTF-8 inside its id
     }
 
 
@@ -95,7 +96,10 @@ class FaultInjectingUpstream(LoopbackHTTPServer):
                 upstream.received.append(body)
                 fault, echo = body.get("model", "ok"), raw.decode()
                 if not body.get("stream"):
-                    self._send("application/json", json.dumps(_whole(echo)[fault]).encode())
+                    answer = json.dumps(_whole(echo)[fault]).encode()
+                    if fault == "invalid-utf8":
+                        answer = answer.replace(b"chatcmpl-faulty", b"chatcmpl-\xff")
+                    self._send("application/json", answer)
                 elif fault == "stream-as-json":
                     self._send("application/json", json.dumps(_chat()).encode())
                 else:

@@ -117,6 +117,21 @@ def test_malformed_json(gateway: Gateway, api_key: str) -> None:
     assert response.status_code == 400 and _error(response)["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", b'{"model": "m", "messages": [{"role": "user", "content": "caf\xe9"}]}'),
+    ("/v1/completions", b'{"model": "m", "prompt": "caf\xe9"}'),
+    ("/v1/embeddings", b'{"model": "m", "input": "caf\xe9"}'),
+    ("/v1/chat/completions", b'{"model": "m", "caf\xe9": 1}'),
+])
+def test_invalid_utf8_inside_json_is_invalid_json(gateway: Gateway, api_key: str, path: str,
+                                                  body: bytes) -> None:
+    response = _post(gateway, path, body, api_key)
+    assert response.status_code == 400, response.text
+    assert _error(response)["code"] == "invalid_json"
+    refused = _post(gateway, "/v1/fine_tuning/jobs", b'{"purpose": "caf\xe9"}', api_key)
+    assert refused.status_code == 403 and _error(refused)["code"] == "policy_denied"
+
+
 @pytest.mark.parametrize(("body", "param"), [
     (b'{"model": "x"}', "messages"),
     (b'{"model": "x", "messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role"),

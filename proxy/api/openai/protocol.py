@@ -296,7 +296,7 @@ def _unrecognized(body: bytes, schema: type[Any]) -> InvalidRequest:
     location, and nothing is taken from it."""
     try:
         doc = msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         doc = None
     declared = set(schema.__struct_fields__)
     names = sorted(k for k in doc if k not in declared) if isinstance(doc, dict) else []
@@ -355,8 +355,8 @@ def decode_request(body: bytes, schema: type[T]) -> T:
         if text.startswith(_UNKNOWN):  # only top-level structs refuse unknown fields
             raise _unrecognized(body, schema) from None
         raise _validation_error(text) from None
-    except msgspec.DecodeError:
-        raise InvalidJSON("the request body is not valid JSON") from None
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec reports bad UTF-8 as the latter
+        raise InvalidJSON("the request body is not valid JSON (UTF-8)") from None
     except RecursionError:
         raise InvalidJSON("the request body is nested too deeply") from None
     for param in ("prompt", "input"):

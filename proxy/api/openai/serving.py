@@ -245,7 +245,7 @@ def _body_fields(raw: bytes, content_type: str) -> dict[str, Any]:
         return {} if purpose is None else {"purpose": purpose}
     try:
         doc = msgspec.json.decode(raw) if raw else {}
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}
 
