@@ -1,6 +1,7 @@
 """FastUpstream: a measurement tool, not a model. An OpenAI-compatible upstream that answers
 instantly with fixed text, so benchmarks measure the gateway's own cost and tests can observe
-whether a stream (or, with a ``temperature``, a whole answer) was cancelled. Raw ASGI, no
+whether a stream (or, with a ``temperature``, a whole answer) was cancelled; a stream's
+``presence_penalty`` holds its first chunk that many seconds, as queueing and prefill do. Raw ASGI, no
 framework, to keep its own overhead near zero.
 
 Run standalone: ``python -m tests.fast_upstream PORT``.
@@ -15,7 +16,8 @@ import time
 from typing import Any
 
 STATS: dict[str, int] = {"streams_started": 0, "streams_cancelled": 0, "streams_finished": 0,
-                         "whole_cancelled": 0, "whole_finished": 0}
+                         "streams_cancelled_in_prefill": 0, "whole_cancelled": 0,
+                         "whole_finished": 0}
 
 
 def _chat(model: str, n: int) -> dict[str, Any]:
@@ -58,10 +60,13 @@ async def _send_json(send: Any, doc: Any, status: int = 200) -> None:
 
 
 async def _stream(send: Any, receive: Any, model: str, n: int, delay: float,
-                  text: bool = False) -> None:
+                  text: bool = False, prefill: float = 0.0) -> None:
     STATS["streams_started"] += 1
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/event-stream")]})
+    if prefill and not await _generating(receive, prefill):  # before the first chunk
+        STATS["streams_cancelled_in_prefill"] += 1
+        return
     disconnected = asyncio.Event()
 
     async def watch() -> None:
@@ -123,7 +128,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return await _send_json(send, {"error": {"message": "not found"}}, 404)
     delay = float(body.get("temperature") or 0) / 100  # per token: 10 ms at temperature 1
     if body.get("stream"):
-        return await _stream(send, receive, model, n, delay, text=path == "/v1/completions")
+        # presence_penalty, in seconds: time before the first chunk (queueing and prefill).
+        prefill = float(body.get("presence_penalty") or 0)
+        return await _stream(send, receive, model, n, delay, text=path == "/v1/completions",
+                             prefill=prefill)
     if delay:
         finished = await _generating(receive, n * delay)
         STATS["whole_finished" if finished else "whole_cancelled"] += 1

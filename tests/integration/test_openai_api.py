@@ -217,6 +217,24 @@ def test_client_disconnect_cancels_backend(gateway: Gateway, api_key: str, fast_
     assert after["streams_finished"] == before["streams_finished"]
 
 
+def test_client_leaving_before_the_first_chunk_cancels_backend(gateway: Gateway, api_key: str,
+                                                                fast_upstream: Proc) -> None:
+    """Queueing and prefill come before the first chunk: a client that leaves then cancels
+    the backend call too, and the completion record says it left."""
+    before = httpx.get(f"{fast_upstream.url}/stats").json()
+    body = {"model": "fast-echo", "messages": [{"role": "user", "content": "go"}],
+            "stream": True, "presence_penalty": 2.0}  # upstream: 2 s before the first chunk
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=0.5,
+                   headers={"Authorization": f"Bearer {api_key}"})
+    after = _once_risen(fast_upstream, before, "streams_cancelled_in_prefill")
+    assert after["streams_cancelled_in_prefill"] == before["streams_cancelled_in_prefill"] + 1
+    assert after["streams_finished"] == before["streams_finished"]
+    log = [json.loads(line) for line in gateway.output().splitlines() if '"status": 499' in line
+           or '"status":499' in line]
+    assert log and log[-1]["reason"] == "client_disconnected" and log[-1]["ttft_ms"] is None
+
+
 def test_health_and_openapi(gateway: Gateway) -> None:
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz")

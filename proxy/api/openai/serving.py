@@ -122,7 +122,7 @@ class OpenAIService:
         body = _forward_body(params, ctx.route, admission)
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            chunks = await self._first_chunk(ctx, admission, backend.stream(kind, body))
+            chunks = await self._first_chunk(request, ctx, admission, backend.stream(kind, body))
             stream = self._stream(kind, ctx, admission, chunks, include_usage)
             return Stream(stream, media_type="text/event-stream",
                           headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
@@ -153,12 +153,15 @@ class OpenAIService:
             await self._finish(ctx, admission, outcome)
         return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
 
-    async def _first_chunk(self, ctx: CallContext, admission: Admission,
-                           chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async def _first_chunk(self, request: Request[Any, Any, Any], ctx: CallContext,
+                           admission: Admission, chunks: AsyncIterator[dict[str, Any]]
+                           ) -> AsyncIterator[dict[str, Any]]:
         """Wait for the first chunk before answering, so a backend that is down gets a proper
-        503 instead of a 200 stream that fails."""
+        503 instead of a 200 stream that fails. A client that leaves meanwhile (queueing and
+        prefill can take long) cancels the backend call, and the record says so."""
         try:
-            first = await anext(chunks)
+            async with _CancelOnDisconnect(request.receive):
+                first = await anext(chunks)
         except StopAsyncIteration:
             return _prepend(None, chunks)
         except Exception as exc:
