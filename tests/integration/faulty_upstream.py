@@ -35,6 +35,9 @@ def _whole(echo: str) -> dict[str, Any]:
     """Non-streamed faults: the JSON answer each model name gets."""
     return {
         "ok": _chat(),
+        "ok-logprobs": _chat(choices=[{"index": 0, "finish_reason": "stop",
+                                       "message": {"role": "assistant", "content": "ok"},
+                                       "logprobs": {"content": []}}]),
         "choices-not-objects": _chat(choices=[echo]),
         "usage-not-object": _chat(usage=[1, 2, echo]),
         "message-not-object": _chat(choices=[{"index": 0, "message": echo}]),
@@ -53,6 +56,12 @@ def _events(echo: str) -> dict[str, list[Any]]:
         # Well formed though unusual: choices without a delta (as content-filter annotations).
         "ok-annotated": [_chunk(), _chunk(choices=[{"index": 0, "content_filter_results": {}}]),
                          _chunk(choices=[{"index": 0, "delta": None}]), usage, "[DONE]"],
+        # Well formed though unlike OpenAI: ids without its prefix, changing per chunk, no
+        # created, and the usage on the last content chunk.
+        "ok-unprefixed": [{k: v for k, v in _chunk(id=f"gen-{i}").items() if k != "created"}
+                          for i in range(2)] + [
+            {**_chunk(id="gen-2", choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+             "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, "[DONE]"],
         "stream-fractional-usage": [_chunk(), _chunk(choices=[], usage={"completion_tokens": 3.5}),
                                     "[DONE]"],
         "stream-bad-chunk": [_chunk(), _chunk(choices=[echo]), "[DONE]"],
@@ -61,9 +70,9 @@ def _events(echo: str) -> dict[str, list[Any]]:
     }
 
 
-WHOLE_FAULTS = tuple(sorted(set(_whole("")) - {"ok"}))
-STREAM_FAULTS = (*sorted(set(_events("")) - {"ok", "ok-annotated"}), "stream-as-json")
-MODELS = ("ok", "ok-annotated", *WHOLE_FAULTS, *STREAM_FAULTS)
+WHOLE_FAULTS = tuple(sorted(m for m in _whole("") if not m.startswith("ok")))
+STREAM_FAULTS = (*sorted(m for m in _events("") if not m.startswith("ok")), "stream-as-json")
+MODELS = ("ok", "ok-annotated", "ok-logprobs", "ok-unprefixed", *WHOLE_FAULTS, *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 

@@ -4,6 +4,7 @@ completion record with its abort reason, never a 500 or a traceback)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,34 @@ def test_complete_stream_ends_with_done(seam_gateway: Gateway, key: str, model: 
     assert response.text.endswith("data: [DONE]\n\n")
     records = request_records(seam_gateway, key, response.headers["x-request-id"])
     assert records["completion"]["status"] == 200 and "abort_reason" not in records["completion"]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_stream_chunks_share_one_id_and_usage_comes_alone(seam_gateway: Gateway, key: str,
+                                                          include_usage: bool) -> None:
+    """A backend whose chunk ids lack the OpenAI prefix (and change), with no ``created`` and
+    the usage on its last content chunk, still streams as OpenAI does: one id and one
+    ``created`` for every chunk, and the usage (when asked for) on a chunk of its own."""
+    response = _post(seam_gateway, key, {"model": "ok-unprefixed", "messages": MESSAGES,
+                                         "stream": True,
+                                         "stream_options": {"include_usage": include_usage}})
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert len({c["created"] for c in chunks}) == 1
+    assert all(c["choices"] for c in chunks[:3]) and not any("usage" in c for c in chunks[:3])
+    if include_usage:
+        assert len(chunks) == 4 and chunks[3]["choices"] == []
+        assert chunks[3]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2}
+    else:
+        assert len(chunks) == 3
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["completion_tokens"] == 2
+
+
+def test_chat_logprobs_have_their_refusal_field(seam_gateway: Gateway, key: str) -> None:
+    response = _post(seam_gateway, key, {"model": "ok-logprobs", "messages": MESSAGES,
+                                         "logprobs": True})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["logprobs"] == {"content": [], "refusal": None}

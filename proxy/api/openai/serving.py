@@ -178,20 +178,21 @@ class OpenAIService:
         assert ctx.route is not None
         commitment = ResponseCommitment(ctx.commitment_key)
         outcome = Outcome(200, response_commitment=None, aborted="client_disconnected")
+        same: tuple[Any, Any] | None = None  # every chunk of a stream: one id, one created
         try:
             async for chunk in chunks:
                 if outcome.ttft_ms is None:
                     outcome.ttft_ms = ctx.elapsed_ms()
-                usage = chunk.get("usage")
+                usage = chunk.pop("usage", None)
                 if usage:
                     outcome.prompt_tokens = usage.get("prompt_tokens", 0)
                     outcome.completion_tokens = usage.get("completion_tokens", 0)
-                    if not chunk.get("choices") and not include_usage:
-                        continue
-                    if not include_usage:
-                        chunk.pop("usage", None)
-                _shape(chunk, kind, ctx.route, chunk=True)
-                yield commitment.update(b"data: " + _encode(chunk) + b"\n\n")
+                for part in _with_usage(chunk, usage if include_usage else None):
+                    _shape(part, kind, ctx.route, chunk=True)
+                    if same is None:
+                        same = part["id"], part["created"]
+                    part["id"], part["created"] = same
+                    yield commitment.update(b"data: " + _encode(part) + b"\n\n")
             yield commitment.update(b"data: [DONE]\n\n")
             outcome.aborted = None
         except Exception as exc:
@@ -301,10 +302,24 @@ def _shape(doc: dict[str, Any], kind: GenerationKind, route: ModelRoute, *, chun
     for choice in doc.get("choices") or ():
         if not chunk:  # required (nullable) in whole responses, absent in chunks
             choice.setdefault("logprobs", None)
+        logprobs = choice.get("logprobs")
+        if kind == "chat" and isinstance(logprobs, dict):
+            logprobs.setdefault("refusal", None)  # required beside content
         message = choice.get("message")
         if message is not None:
             message.setdefault("refusal", None)
             message.setdefault("content", None)
+
+
+def _with_usage(chunk: dict[str, Any], usage: Any) -> list[dict[str, Any]]:
+    """The chunks to send for one backend chunk whose ``usage`` was taken off: the chunk if
+    it has choices, and the usage (when asked for) on a chunk of its own with no choices, as
+    the OpenAI API sends it; some backends put it on their last content chunk."""
+    parts = [chunk] if chunk.get("choices") else []
+    if usage:
+        parts.append({**{k: v for k, v in chunk.items() if k != "choices"},
+                      "choices": [], "usage": usage})
+    return parts
 
 
 async def _prepend(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]
