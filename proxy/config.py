@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -268,17 +268,38 @@ def _parse_backends(table: Any) -> dict[str, BackendSettings]:
     return result
 
 
+class _ModelTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One ``[models.NAME]`` table, typed exactly like the backend tables."""
+
+    backend: str
+    """Name of a configured backend (checked in :meth:`Settings.validate`)."""
+    retention_tier: RetentionTier = RetentionTier.ATTESTED_ZERO
+    """The documented default; a misspelt key is refused rather than falling back to it."""
+    upstream_model: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """Model name sent to the backend; an empty one would silently mean the route name."""
+    owned_by: str = "sealgate"
+    """``owned_by`` in ``GET /v1/models``."""
+
+
+_MODEL_KEYS = frozenset(_ModelTable.__struct_fields__)
+
+
 def _parse_models(table: Any) -> dict[str, ModelRoute]:
     result: dict[str, ModelRoute] = {}
     for name, body in _tables(table, "models").items():
         if not IDENTIFIER.fullmatch(name):  # records name the model: it must fit their grammar
             raise ConfigError(f"model {name!r}: names are 1-128 of A-Z a-z 0-9 . _ : / @ + -")
+        # A typo such as ``retention-tier`` must not leave the route on the default tier, the
+        # strongest retention claim, which every decision and signed record then carries.
+        unknown = set(body) - _MODEL_KEYS
+        if unknown:
+            raise ConfigError(f"model {name!r}: unknown keys: {', '.join(sorted(unknown))}")
         try:
-            tier = RetentionTier(body.get("retention_tier", "attested-zero"))
-            result[name] = ModelRoute(name, body["backend"], tier, body.get("upstream_model"),
-                                      body.get("owned_by", "sealgate"))
-        except (KeyError, ValueError) as exc:
+            route = msgspec.convert(body, _ModelTable)
+        except msgspec.ValidationError as exc:
             raise ConfigError(f"model {name!r}: {exc}") from exc
+        result[name] = ModelRoute(name, route.backend, route.retention_tier, route.upstream_model,
+                                  route.owned_by)
     return result
 
 

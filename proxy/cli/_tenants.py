@@ -30,8 +30,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     klist = kcmd.add_parser("list", help="list keys (never the keys themselves)")
     klist.add_argument("--tenant")
     klist.add_argument("--json", action="store_true")
-    krevoke = kcmd.add_parser("revoke", help="revoke a key by id or prefix")
-    krevoke.add_argument("key")
+    krevoke = kcmd.add_parser(
+        "revoke", help="revoke a key by id or prefix",
+        description="Revoke one API key. A prefix that several keys share is refused and "
+                    "nothing is revoked: name the key by its id (key_…) from 'keys list'.")
+    krevoke.add_argument("key", help="key id (key_…) or the 8 hex digits after 'sg-'")
     for parser in (kcreate, klist, krevoke):
         add_config_arg(parser)
     kcreate.set_defaults(func=_key_create)

@@ -9,7 +9,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from proxy.errors import AuthenticationError, InvalidRequest, NotFound
 from proxy.tenants._models import ApiKeyRow, TenantRow
@@ -144,11 +144,15 @@ class TenantStore:
                     for k, t in session.exec(ordered).all()]
 
     def revoke_key(self, key_id_or_prefix: str) -> ApiKeyInfo:
+        """Revoke the one key with this id (``key_…``) or prefix; a shared prefix is refused."""
         with self._session() as session:
-            row = session.exec(select(ApiKeyRow).where(
-                (ApiKeyRow.id == key_id_or_prefix) | (ApiKeyRow.prefix == key_id_or_prefix))).first()
-            if row is None:
+            rows = session.exec(select(ApiKeyRow).where(
+                (ApiKeyRow.id == key_id_or_prefix) | (ApiKeyRow.prefix == key_id_or_prefix))).all()
+            if not rows:
                 raise NotFound("no such API key", code="key_not_found")
+            if len(rows) > 1:  # prefixes are 32 bits: picking one could revoke the wrong key
+                raise InvalidRequest(_ambiguous(session, key_id_or_prefix, rows), code="key_ambiguous")
+            row = rows[0]
             row.revoked_at = row.revoked_at or datetime.now(UTC)
             session.add(row)
             session.commit()
@@ -162,9 +166,11 @@ class TenantStore:
     # -- request path -------------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> Tenant:
         """The tenant of a ``Bearer`` key; :class:`AuthenticationError` otherwise."""
-        if not authorization or not authorization.startswith("Bearer "):
+        # RFC 9110 §11.1: the auth scheme is case-insensitive; §11.4: one or more spaces follow it.
+        scheme, _, key = (authorization or "").strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        key = authorization[7:].strip()
         if not _KEY.match(key):
             raise AuthenticationError("invalid API key")
         digest = _hash(key)
@@ -190,3 +196,14 @@ class TenantStore:
         if not hmac.compare_digest(key.key_hash, digest):
             raise AuthenticationError("invalid API key")
         return Tenant(tenant.id, tenant.name, tenant.pseudonym)
+
+
+def _ambiguous(session: Session, given: str, rows: Sequence[ApiKeyRow]) -> str:
+    """Which keys share the prefix, by id and tenant (never the keys), and what to pass instead."""
+    tenants = select(TenantRow).where(col(TenantRow.id).in_({r.tenant_id for r in rows}))
+    names = {t.id: t.name for t in session.exec(tenants).all()}
+    listed = ", ".join(f"{r.id} (tenant {names.get(r.tenant_id, '?')}"
+                       f"{', revoked' if r.revoked_at else ''})"
+                       for r in sorted(rows, key=lambda r: r.id))
+    return (f"{given!r} matches {len(rows)} API keys: {listed}; nothing was revoked, "
+            "name the key by its id (key_…) instead")

@@ -12,7 +12,7 @@ import structlog
 import inference
 import policy
 import proxy
-from inference import RetentionTier, VLLMConfig
+from inference import ModelRoute, RetentionTier, VLLMConfig
 from proxy.cli import main
 from proxy.config import Settings
 from proxy.errors import ConfigError
@@ -65,6 +65,7 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('audit_url = "mysql://db/audit"', {}),
     ('[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n[models."my model"]\nbackend = "b"', {}),
     ("", {"SEALGATE_DATABASE_URL": "bogus://x"}),
+    ('[backends.b]\ntype = "openai"\n[models.m]\nretention_tier = "none"', {}),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
     path = tmp_path / "c.toml"
@@ -72,6 +73,46 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, s
     with pytest.raises(ConfigError) as info:
         Settings.load(path, env=env)
     assert str(info.value).startswith("invalid_config: ")
+
+
+_ROUTE = '[backends.up]\ntype = "openai"\n[models.m]\nbackend = "up"\n'
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ('retention-tier = "none"', "model 'm': unknown keys: retention-tier"),
+    ('upstream_modle = "gpt-4o"\nretention_tier = "none"', "model 'm': unknown keys: upstream_modle"),
+    ('retention_tier = "nothing"', "model 'm': Invalid enum value 'nothing' - at `$.retention_tier`"),
+    ('retention_tier = "Attested-Zero"', "model 'm': Invalid enum value 'Attested-Zero'"),
+    ("retention_tier = 0", "model 'm': Expected `str`, got `int` - at `$.retention_tier`"),
+    ("upstream_model = 42", "model 'm': Expected `str | null`, got `int` - at `$.upstream_model`"),
+    ('upstream_model = ""', "model 'm': Expected `str` of length >= 1 - at `$.upstream_model`"),
+    ('owned_by = ["x"]', "model 'm': Expected `str`, got `array` - at `$.owned_by`"),
+])
+def test_model_tables_refuse_unknown_keys_and_wrong_types(tmp_path: Path, line: str,
+                                                          error: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(_ROUTE + line + "\n")
+    with pytest.raises(ConfigError) as info:
+        Settings.load(path, env={})
+    assert str(info.value).startswith("invalid_config: " + error)
+
+
+def test_model_table_without_a_backend_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[backends.up]\ntype = "openai"\n[models.m]\nowned_by = "x"\n')
+    with pytest.raises(ConfigError, match="model 'm': Object missing required field `backend`"):
+        Settings.load(path, env={})
+
+
+def test_model_table_defaults_and_typed_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(_ROUTE + '[models.p]\nbackend = "up"\nretention_tier = "contractual-zero"\n'
+                    'upstream_model = "large-2025-01"\nowned_by = "partner"\n')
+    models = Settings.load(path, env={}).models
+    assert models["m"] == ModelRoute("m", "up", RetentionTier.ATTESTED_ZERO, None, "sealgate")
+    assert models["p"] == ModelRoute("p", "up", RetentionTier.CONTRACTUAL_ZERO, "large-2025-01",
+                                     "partner")
+    assert isinstance(models["p"].retention_tier, RetentionTier)
 
 
 def test_config_show_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,131 @@
+"""API keys against the real store (SQLite in tmp_path): the Bearer scheme and revocation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from proxy.cli import main
+from proxy.errors import AuthenticationError, InvalidRequest
+from proxy.tenants import ApiKeyInfo, TenantStore
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The data directory the CLI uses too (``SEALGATE_DATA_DIR``)."""
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def store(data_dir: Path) -> Iterator[TenantStore]:
+    store = TenantStore(f"sqlite:///{data_dir / 'sealgate.db'}", cache_ttl_s=0)
+    yield store
+    store.close()
+
+
+def _share_prefix(data_dir: Path, *, of: ApiKeyInfo, to: ApiKeyInfo) -> None:
+    """Give ``to`` the prefix of ``of``: a 32-bit collision, forced."""
+    engine = sa.create_engine(f"sqlite:///{data_dir / 'sealgate.db'}")
+    with engine.begin() as db:
+        db.execute(sa.text("update api_keys set prefix = :p where id = :i"),
+                   {"p": of.prefix, "i": to.id})
+    engine.dispose()
+
+
+def _colliding(store: TenantStore, data_dir: Path) -> tuple[ApiKeyInfo, str, ApiKeyInfo, str]:
+    """Alice's and Bob's keys, Bob's made to share Alice's prefix."""
+    store.create_tenant("alice")
+    store.create_tenant("bob")
+    alice, alice_key = store.create_key("alice")
+    bob, bob_key = store.create_key("bob")
+    _share_prefix(data_dir, of=alice, to=bob)
+    return alice, alice_key, bob, bob_key
+
+
+# RFC 9110 §11.1: the scheme is case-insensitive; §11.4: one or more spaces before the token.
+@pytest.mark.parametrize("scheme", ["Bearer ", "bearer ", "BEARER ", "bEaReR ", "Bearer   "])
+def test_bearer_scheme_is_case_insensitive(store: TenantStore, scheme: str) -> None:
+    store.create_tenant("acme")
+    _, key = store.create_key("acme")
+    assert store.authenticate(scheme + key).name == "acme"
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer   ", "Basic {key}", "Bearer{key}",
+                                    "Token {key}"])
+def test_other_schemes_are_a_missing_key(store: TenantStore, header: str | None) -> None:
+    store.create_tenant("acme")
+    _, key = store.create_key("acme")
+    with pytest.raises(AuthenticationError, match="missing API key"):
+        store.authenticate(header.format(key=key) if header else header)
+
+
+def test_lower_case_scheme_still_checks_the_key(store: TenantStore) -> None:
+    store.create_tenant("acme")
+    info, key = store.create_key("acme")
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+    with pytest.raises(AuthenticationError) as error:
+        store.authenticate("bearer " + wrong)
+    assert str(error.value) == "invalid_api_key: invalid API key"
+    store.revoke_key(info.id)
+    with pytest.raises(AuthenticationError) as error:
+        store.authenticate("bearer " + key)
+    assert str(error.value) == "invalid_api_key: invalid API key"
+
+
+def test_revoke_refuses_a_shared_prefix(store: TenantStore, data_dir: Path) -> None:
+    alice, alice_key, bob, bob_key = _colliding(store, data_dir)
+    with pytest.raises(InvalidRequest) as info:
+        store.revoke_key(alice.prefix)
+    message = str(info.value)
+    assert message.startswith(f"key_ambiguous: '{alice.prefix}' matches 2 API keys: ")
+    assert alice.id in message and bob.id in message and "key_…" in message
+    assert alice_key not in message and bob_key not in message
+    assert all(k.revoked_at is None for k in store.keys())  # nothing revoked
+    assert store.authenticate("Bearer " + alice_key).name == "alice"
+    assert store.authenticate("Bearer " + bob_key).name == "bob"
+
+
+def test_revoke_by_id_when_the_prefix_is_shared(store: TenantStore, data_dir: Path) -> None:
+    alice, alice_key, _, bob_key = _colliding(store, data_dir)
+    assert store.revoke_key(alice.id).tenant == "alice"
+    with pytest.raises(AuthenticationError):
+        store.authenticate("Bearer " + alice_key)
+    assert store.authenticate("Bearer " + bob_key).name == "bob"
+
+
+def test_revoke_by_a_unique_prefix(store: TenantStore) -> None:
+    store.create_tenant("acme")
+    info, key = store.create_key("acme")
+    store.create_key("acme")
+    revoked = store.revoke_key(info.prefix)
+    assert (revoked.id, revoked.revoked_at is not None) == (info.id, True)
+    with pytest.raises(AuthenticationError):
+        store.authenticate("Bearer " + key)
+
+
+def test_cli_revoke_refuses_a_shared_prefix(store: TenantStore, data_dir: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    alice, alice_key, bob, bob_key = _colliding(store, data_dir)
+    assert main(["keys", "revoke", alice.prefix]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"sealgate: key_ambiguous: '{alice.prefix}' matches 2 API keys: ")
+    assert alice.id in err and bob.id in err and "by its id" in err
+    assert alice_key not in err and bob_key not in err
+    assert store.authenticate("Bearer " + alice_key).name == "alice"
+    assert store.authenticate("Bearer " + bob_key).name == "bob"
+
+    assert main(["keys", "revoke", alice.id]) == 0
+    assert capsys.readouterr().out == f"revoked {alice.id} (tenant alice)\n"
+    with pytest.raises(AuthenticationError):
+        store.authenticate("Bearer " + alice_key)
+    assert store.authenticate("Bearer " + bob_key).name == "bob"
+
+
+def test_cli_revoke_unknown_key_fails(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "revoke", "0badf00d"]) == 1
+    assert capsys.readouterr().err == "sealgate: key_not_found: no such API key\n"
