@@ -24,11 +24,10 @@ forwards_content if {
 	content_endpoints[input.endpoint.path]
 }
 
-# GET /v1/models/{model}: one path segment below /v1/models.
+# GET /v1/models/{model}: a model's name may hold "/" itself (e.g. meta-llama/Llama-3.1-8B).
 endpoint_allowed if {
 	input.endpoint.method == "GET"
 	startswith(input.endpoint.path, "/v1/models/")
-	count(split(input.endpoint.path, "/")) == 4
 }
 
 endpoint_path := input.endpoint.path

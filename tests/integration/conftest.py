@@ -34,6 +34,10 @@ timeout_s = 5.0
 backend = "fast"
 retention_tier = "attested-zero"
 
+[models."acme/fast-echo"]
+backend = "fast"
+retention_tier = "attested-zero"
+
 [models."down-model"]
 backend = "down"
 retention_tier = "attested-zero"

@@ -80,6 +80,13 @@ def test_only_declared_fields_are_forwarded(seam_gateway: Gateway, key: str,
             {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE",
                                       "filename": "a.pdf"}}]}]
     assert forwarded["tools"] == [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    legacy = [{"role": "user", "content": "weather?"},
+              {"role": "assistant", "content": None,
+               "function_call": {"name": "get_weather", "arguments": "{}"}},
+              {"role": "function", "name": "get_weather", "content": "sunny"}]
+    assert _post(seam_gateway, key, {"model": "ok", "messages": legacy}).status_code == 200
+    assert upstream.received[-1]["messages"] == [{"role": "user", "content": "weather?"}, *[
+        {k: v for k, v in m.items() if v is not None} for m in legacy[1:]]]
     assert forwarded["response_format"] == {"type": "json_schema",
                                             "json_schema": {"name": "r", "schema": {}}}
 

@@ -31,8 +31,11 @@ def test_models_list(client: openai.OpenAI) -> None:
     assert MODEL in ids and "fast-echo" in ids
     assert all(m.object == "model" and isinstance(m.created, int) for m in models.data)
     assert client.models.retrieve(MODEL).id == MODEL
+    assert client.models.retrieve("acme/fast-echo").id == "acme/fast-echo"  # "/" in a name
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("acme/no-such-model")
 
 
 def test_chat_completion_real_model(client: openai.OpenAI) -> None:

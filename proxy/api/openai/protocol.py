@@ -140,6 +140,8 @@ class AssistantMessage(_Message, frozen=True, omit_defaults=True, tag="assistant
     content: str | list[TextPart | RefusalPart] | None = None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    # The legacy call that a ``function`` message answers (deprecated, still in the API).
+    function_call: FunctionCall | None = None
     # A previous audio answer kept by the provider: a stored reference (policy SG-STORE-006).
     audio: AudioRef | None = None
 

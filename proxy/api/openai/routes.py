@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -18,10 +19,11 @@ async def list_models(request: Request[Any, Any, Any], openai_service: OpenAISer
     return await openai_service.models(request)
 
 
-@get("/v1/models/{model_id:str}", summary="Retrieve model", description=_DOC, tags=["openai"])
+# A path parameter: model names may hold "/" (organisation/model), as served ones do.
+@get("/v1/models/{model_id:path}", summary="Retrieve model", description=_DOC, tags=["openai"])
 async def retrieve_model(request: Request[Any, Any, Any], openai_service: OpenAIService,
-                         model_id: str) -> dict[str, Any]:
-    return await openai_service.model(request, model_id)
+                         model_id: Path) -> dict[str, Any]:
+    return await openai_service.model(request, str(model_id).lstrip("/"))
 
 
 @post("/v1/chat/completions", summary="Create chat completion", description=_DOC, tags=["openai"],
