@@ -97,6 +97,11 @@ class ClientProxy:
             status = 502 if err.code != "enclave_unverified" else 503
             await _send_whole(send, *_error(status, err))
             return
+        except httpx2.HTTPError as exc:  # the outer request failed: nothing was answered
+            err = SealedTransportError("gateway_unreachable",
+                                       f"the gateway could not be reached ({type(exc).__name__})")
+            await _send_whole(send, *_error(502, err))
+            return
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)

@@ -24,6 +24,7 @@ from proxy.client import (
 )
 from proxy.gateway import GATEWAY_PATH
 from tests.ohttp._apps import AppState, RecordingTCPRelay, build_app, serve
+from tests.server import free_port
 
 pytestmark = pytest.mark.timeout(60)
 CANARY = "canary-7f3a9c prompt that must never cross the wire in clear"
@@ -253,3 +254,20 @@ def test_client_proxy_refuses_unverified_enclave(gateway: tuple[AppState, int]) 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "enclave_unverified"
     assert state.requests == []
+
+
+def test_client_proxy_answers_an_unreachable_gateway_with_an_error(
+        gateway: tuple[AppState, int]) -> None:
+    """The gateway's host refuses connections: the local client gets the documented JSON error
+    (502 ``gateway_unreachable``), not a bare 500."""
+    state, _ = gateway
+    dead = free_port()
+    source = StaticKeySource(state.keys.key_configs())
+    transport = AsyncSealedTransport(gateway_url=f"http://127.0.0.1:{dead}{GATEWAY_PATH}",
+                                     key_source=source)
+    with serve(ClientProxy(transport, f"http://127.0.0.1:{dead}")) as proxy_port:
+        response = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"prompt": CANARY})
+    assert response.status_code == 502
+    assert response.json()["error"] == {
+        "message": "the gateway could not be reached (ConnectError)",
+        "type": "sealed_transport_error", "param": None, "code": "gateway_unreachable"}
