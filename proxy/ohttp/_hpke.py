@@ -5,8 +5,10 @@ pyhpke and cryptography exceptions never leave this module untranslated.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from pyhpke import (
 
 from ._errors import OHTTPError, decrypt_failed
 
+_CPYTHON = sys.implementation.name == "cpython"
+
 __all__ = [
     "AEAD_AES_128_GCM",
     "AEAD_AES_256_GCM",
@@ -46,6 +50,7 @@ __all__ = [
     "public_key_length",
     "recipient_context",
     "sender_context",
+    "wipe",
 ]
 
 KEM_X25519 = 0x0020
@@ -144,13 +149,29 @@ def recipient_context(
         return cs.create_recipient_context(enc, sk_r, info=info)
 
 
+_BYTES_DATA = bytes.__basicsize__ - 1  # offset of a CPython bytes object's data
+
+
+def wipe(secret: bytes | bytearray) -> None:
+    """Overwrite key material with zeros once it is used. A ``bytes`` object is immutable to
+    Python but its buffer is not: on CPython it is zeroed in place (only for objects this
+    module created and owns, of 16 bytes or more, which the interpreter never shares)."""
+    if isinstance(secret, bytearray):
+        secret[:] = bytes(len(secret))
+    elif _CPYTHON and len(secret) >= 16:
+        ctypes.memset(id(secret) + _BYTES_DATA, 0, len(secret))
+
+
 def _hkdf_expand(prk: bytes, info: bytes, length: int) -> bytearray:
     # RFC 5869 §2.3
     out, block, counter = bytearray(), b"", 1
     while len(out) < length:
+        previous = block
         block = hmac.digest(prk, block + info + bytes((counter,)), hashlib.sha256)
+        wipe(previous)
         out += block
         counter += 1
+    wipe(block)
     del out[length:]
     return out
 
@@ -158,14 +179,20 @@ def _hkdf_expand(prk: bytes, info: bytes, length: int) -> bytearray:
 def derive_response_aead(
     context: ContextInterface, label: bytes, aead_id: int, enc: bytes, response_nonce: bytes
 ) -> tuple[AEADCipher, bytes]:
-    """RFC 9458 §4.4: derive the response AEAD key and nonce from the request's HPKE context."""
+    """RFC 9458 §4.4: derive the response AEAD key and nonce from the request's HPKE context.
+    The exported secret, the HKDF intermediates and every copy of the key are wiped before
+    this returns; the cipher keeps the key only in its own (OpenSSL) state."""
     nk, nn = _AEAD_SIZES[aead_id]
     secret = context.export(label, max(nn, nk))
     prk = hmac.digest(enc + response_nonce, secret, hashlib.sha256)  # HKDF-Extract(salt, IKM)
+    wipe(secret)
     key = _hkdf_expand(prk, b"key", nk)
     nonce = bytes(_hkdf_expand(prk, b"nonce", nn))
+    wipe(prk)
+    key_bytes = bytes(key)
+    wipe(key)
     cipher: AEADCipher = (
-        ChaCha20Poly1305(bytes(key)) if aead_id == AEAD_CHACHA20_POLY1305 else AESGCM(bytes(key))
+        ChaCha20Poly1305(key_bytes) if aead_id == AEAD_CHACHA20_POLY1305 else AESGCM(key_bytes)
     )
-    key[:] = bytes(nk)  # erase the key bytes we hold; the cipher keeps its own copy
+    wipe(key_bytes)
     return cipher, nonce
