@@ -1,9 +1,17 @@
 """Embedded CPU backend: llama.cpp (``xllamacpp``) in this process, SmolLM2 by default.
 
 llama.cpp's server core runs on its own threads; each call here blocks, so it runs in a worker
-thread and streamed chunks cross back to the event loop through a queue. The core also opens a
-loopback HTTP listener that cannot be switched off; it is locked with a random key that never
-leaves this object, so nothing can reach the model around the gateway.
+thread and streamed chunks cross back to the event loop through a queue. A whole answer is
+assembled from that same stream: the core stops generating only when a stream callback asks it
+to (its non-streamed call cannot be interrupted), so a client that leaves frees the slot at once.
+The core also opens a loopback HTTP listener that cannot be switched off; it is locked with a
+random key that never leaves this object, so nothing can reach the model around the gateway.
+
+What the core would drop silently or fail on is refused here with a 400 naming the parameter:
+content parts other than text, ``suffix``, ``best_of`` above 1, ``dimensions`` other than the
+model's, ``echo`` with token ids or logprobs, and ``tools`` when the chat template does not
+render them. ``echo`` of text prompts is applied here. Error messages are fixed text: llama.cpp's
+own may quote the request.
 """
 
 from __future__ import annotations
@@ -12,22 +20,32 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import re
 import secrets
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from inference._base import GenerationKind, Json
-from inference._errors import BackendRejected, BackendUnavailable
+from inference._errors import BackendError, BackendRejected, BackendUnavailable
 
 __all__ = ["LlamaCppBackend", "LlamaCppConfig", "default_model_path"]
 
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Fields llama.cpp adds that are not part of the OpenAI shapes.
 _EXTRA_FIELDS = ("timings", "system_fingerprint")
+_OBJECTS: dict[GenerationKind, str] = {"chat": "chat.completion", "completions": "text_completion"}
 _DONE = object()
+# Content parts the core cannot take (no multimodal projector is ever loaded).
+_PARTS = {"image_url": "image input", "input_audio": "audio input", "file": "file input",
+          "refusal": "refusal content parts"}
+# An embedding input must fit one physical batch; llama.cpp reports it as a server error.
+_TOO_LONG = re.compile(r"input \(\d+ tokens\) is too large to process")
+_PROBE = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+_PROBE_TOOLS = [{"type": "function",
+                 "function": {"name": "probe", "parameters": {"type": "object", "properties": {}}}}]
 
 
 def default_model_path() -> Path:
@@ -58,6 +76,16 @@ class LlamaCppConfig:
     """Model name written into responses."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Capabilities:
+    """What the loaded model serves, asked of the core once at start-up."""
+
+    embedding_size: int = 0
+    """Length of its embedding vectors: the one ``dimensions`` it can honour."""
+    tools: bool = False
+    """Whether its chat template renders ``tools``; llama.cpp ignores them silently if not."""
+
+
 class LlamaCppBackend:
     """Chat, completions and embeddings from one in-process llama.cpp server core."""
 
@@ -65,6 +93,7 @@ class LlamaCppBackend:
         self.name = name
         self._config = config
         self._server: Any = None
+        self._caps = _Capabilities()
         self._lock = threading.Lock()
 
     async def start(self) -> None:
@@ -87,7 +116,9 @@ class LlamaCppBackend:
         params.api_keys = [secrets.token_urlsafe(32)]
         params.endpoint_metrics = False
         params.endpoint_slots = False
-        self._server = xllamacpp.Server(params)
+        server = xllamacpp.Server(params)
+        self._caps = _probe(server)
+        self._server = server
 
     async def close(self) -> None:
         server, self._server = self._server, None
@@ -102,14 +133,17 @@ class LlamaCppBackend:
         return self._server
 
     async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
-        server = self._require()
-        handler = server.handle_chat_completions if kind == "chat" else server.handle_completions
-        request = {**body, "stream": False}
-        result = await asyncio.to_thread(handler, request)
-        return self._clean(_checked(result), body)
+        chunks = self.stream(kind, {**body, "stream_options": {"include_usage": True}})
+        try:
+            return _assembled(kind, [chunk async for chunk in chunks])
+        finally:
+            await chunks.aclose()
 
     async def embed(self, body: Mapping[str, Any]) -> Json:
         server = self._require()
+        dimensions = body.get("dimensions")
+        if dimensions is not None and dimensions != self._caps.embedding_size:
+            raise _unsupported("dimensions", "'dimensions'")
         result = _checked(await asyncio.to_thread(server.handle_embeddings, dict(body)))
         result["model"] = body.get("model", self._config.model_name)
         for i, item in enumerate(result.get("data", [])):
@@ -117,9 +151,14 @@ class LlamaCppBackend:
             item.setdefault("index", i)
         return result
 
-    async def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+    async def stream(self, kind: GenerationKind,
+                     body: Mapping[str, Any]) -> AsyncGenerator[Json, None]:
         server = self._require()
+        _refuse_unsupported(kind, body, self._caps)
+        prompts = _echo_prompts(body) if kind == "completions" and body.get("echo") else None
+        echo: list[str | None] | None = None if prompts is None else list(prompts)
         handler = server.handle_chat_completions if kind == "chat" else server.handle_completions
+        request = {k: v for k, v in body.items() if k != "echo"} | {"stream": True}
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
@@ -130,20 +169,31 @@ class LlamaCppBackend:
 
         def run() -> None:
             try:
-                result = handler({**body, "stream": True}, on_chunk)
-                if isinstance(result, dict) and "error" in result:
+                result = handler(request, on_chunk)
+                if isinstance(result, dict) and "error" in result:  # refused before streaming
                     loop.call_soon_threadsafe(queue.put_nowait, result)
             except Exception as exc:  # the worker thread must always end the stream
-                loop.call_soon_threadsafe(queue.put_nowait, BackendUnavailable(type(exc).__name__))
+                loop.call_soon_threadsafe(queue.put_nowait, _translated(exc, body))
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
         worker = loop.run_in_executor(None, run)
+        usage: Json = {}
+        last: Json = {}
         try:
             while (item := await queue.get()) is not _DONE:
-                if isinstance(item, BackendUnavailable):
+                if isinstance(item, BackendError):
                     raise item
-                yield self._clean(_checked(item), body)
+                if item is None:  # llama.cpp sends JSON null between the prompts of a batch
+                    continue
+                last = self._clean(_checked(item), body)
+                _add_counts(usage, last.pop("usage", None) or {})
+                if echo is not None:
+                    _echoed(last, echo)
+                if last.get("choices"):
+                    yield last
+            if usage:  # one usage chunk for the whole batch, as OpenAI sends it
+                yield {**last, "choices": [], "usage": usage}
         finally:
             cancelled.set()
             with contextlib.suppress(Exception):
@@ -156,6 +206,77 @@ class LlamaCppBackend:
         return doc
 
 
+# -- what the core cannot serve ------------------------------------------------------------------
+def _probe(server: Any) -> _Capabilities:
+    """Ask the loaded model what it serves: a template that renders ``tools`` makes the prompt
+    longer when one is given."""
+    embedding = _checked(server.handle_embeddings({"input": "probe"}))["data"][0]["embedding"]
+    plain = _checked(server.handle_chat_completions(dict(_PROBE)))["usage"]["prompt_tokens"]
+    try:
+        tooled = _checked(server.handle_chat_completions({**_PROBE, "tools": _PROBE_TOOLS}))
+    except (ValueError, BackendError):  # the template cannot take tools at all
+        return _Capabilities(len(embedding), tools=False)
+    return _Capabilities(len(embedding), tools=tooled["usage"]["prompt_tokens"] != plain)
+
+
+def _unsupported(param: str, what: str) -> BackendRejected:
+    error = BackendRejected(f"the model's backend does not support {what}")
+    error.param = param
+    return error
+
+
+def _refuse_unsupported(kind: GenerationKind, body: Mapping[str, Any], caps: _Capabilities) -> None:
+    if kind == "chat":
+        for i, message in enumerate(body.get("messages") or ()):
+            content = message.get("content") if isinstance(message, Mapping) else None
+            for j, part in enumerate(content if isinstance(content, list) else ()):
+                kind_ = part.get("type") if isinstance(part, Mapping) else None
+                if kind_ != "text":
+                    raise _unsupported(f"messages[{i}].content[{j}]",
+                                       _PARTS.get(str(kind_), "this content part type"))
+        if body.get("tools") and body.get("tool_choice") != "none" and not caps.tools:
+            raise _unsupported("tools", "'tools'")
+        return
+    if body.get("suffix"):
+        raise _unsupported("suffix", "'suffix'")
+    if (body.get("best_of") or 1) > 1:
+        raise _unsupported("best_of", "'best_of'")
+    if body.get("echo") and _echo_prompts(body) is None:
+        raise _unsupported("echo", "'echo' with token-id prompts or with logprobs")
+
+
+def _echo_prompts(body: Mapping[str, Any]) -> list[str] | None:
+    """The text prompts ``echo`` puts before each choice; ``None`` where it cannot be done
+    exactly (token ids need the tokenizer; logprobs would need the prompt's)."""
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if (body.get("logprobs") is not None or not isinstance(prompts, list)
+            or not all(isinstance(p, str) for p in prompts)):
+        return None
+    return prompts
+
+
+def _echoed(chunk: Json, prompts: list[str | None]) -> None:
+    """Put each prompt before its choice's first text, once (``None`` marks it done)."""
+    for choice in chunk.get("choices") or ():
+        index = choice.get("index", 0)
+        if isinstance(index, int) and 0 <= index < len(prompts):
+            prompt, prompts[index] = prompts[index], None
+            if prompt is not None:
+                choice["text"] = prompt + (choice.get("text") or "")
+
+
+def _translated(exc: Exception, body: Mapping[str, Any]) -> BackendError:
+    """A Python exception from the core, never with its text (it may quote the request)."""
+    if isinstance(exc, ValueError):  # C++ std::invalid_argument: the core's mark of a bad request
+        if "JSON schema" in str(exc) and body.get("response_format"):
+            error = BackendRejected("the model's backend cannot use this JSON schema")
+            error.param = "response_format"
+            return error
+        return BackendRejected("the model rejected the request parameters")
+    return BackendUnavailable("the model failed to answer")
+
+
 def _checked(result: Any) -> Json:
     if not isinstance(result, dict):
         raise BackendUnavailable("the model returned no result")
@@ -164,5 +285,69 @@ def _checked(result: Any) -> Json:
         status = error.get("code") if isinstance(error, dict) else None
         if isinstance(status, int) and 400 <= status < 500:
             raise BackendRejected("the model rejected the request parameters")
+        if _TOO_LONG.match(str(error.get("message", "")) if isinstance(error, dict) else ""):
+            rejected = BackendRejected("an input is longer than the model can embed at once")
+            rejected.param = "input"
+            raise rejected
         raise BackendUnavailable("the model failed to answer")
     return result
+
+
+# -- a whole answer from its stream --------------------------------------------------------------
+def _assembled(kind: GenerationKind, chunks: list[Json]) -> Json:
+    """The whole answer the stream adds up to: texts, tool calls and logprobs joined per
+    choice, the last finish reason, the usage chunk's counts."""
+    if not chunks:
+        raise BackendUnavailable("the model returned no result")
+    choices: dict[int, Json] = {}
+    for chunk in chunks:
+        for part in chunk.get("choices") or ():
+            index = part.get("index", 0)
+            if index not in choices:
+                choices[index] = {"index": index, "finish_reason": None, "logprobs": None}
+                choices[index].update({"message": {"role": "assistant", "content": None}}
+                                      if kind == "chat" else {"text": ""})
+            _merge(choices[index], part)
+    for choice in choices.values():
+        message = choice.get("message")
+        if message is not None and message["content"] is None and "tool_calls" not in message:
+            message["content"] = ""
+    whole = {"id": chunks[0].get("id"), "object": _OBJECTS[kind],
+             "created": chunks[0].get("created"), "model": chunks[0].get("model"),
+             "choices": [choices[i] for i in sorted(choices)]}
+    if usage := chunks[-1].get("usage"):
+        whole["usage"] = usage
+    return whole
+
+
+def _merge(choice: Json, part: Json) -> None:
+    if part.get("finish_reason"):
+        choice["finish_reason"] = part["finish_reason"]
+    if isinstance(logprobs := part.get("logprobs"), dict):
+        choice["logprobs"] = choice["logprobs"] or {"content": []}
+        choice["logprobs"]["content"] += logprobs.get("content") or []
+    if "message" not in choice:
+        choice["text"] += part.get("text") or ""
+        return
+    message, delta = choice["message"], part.get("delta") or {}
+    for field in ("content", "reasoning_content"):
+        if isinstance(delta.get(field), str):
+            message[field] = (message.get(field) or "") + delta[field]
+    for call in delta.get("tool_calls") or ():
+        calls = message.setdefault("tool_calls", [])
+        while len(calls) <= call.get("index", 0):
+            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        target = calls[call.get("index", 0)]
+        target["id"] = call.get("id") or target["id"]
+        function = call.get("function") or {}
+        target["function"]["name"] += function.get("name") or ""
+        target["function"]["arguments"] += function.get("arguments") or ""
+
+
+def _add_counts(total: Json, counts: Mapping[str, Any]) -> None:
+    """Add token counts (nested details too): llama.cpp reports each prompt of a batch apart."""
+    for key, value in counts.items():
+        if isinstance(value, int):
+            total[key] = total.get(key, 0) + value
+        elif isinstance(value, Mapping):
+            _add_counts(total.setdefault(key, {}), value)

@@ -1,0 +1,278 @@
+"""The embedded llama.cpp backend with the real SmolLM2 model: requests the core cannot serve
+are a 400 naming the parameter (never a 500, a 503, or a silently dropped parameter), an engine
+fault stays a 5xx, error messages never echo request content, and a whole (non-streamed)
+answer stops generating when its caller leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from inference import BackendRejected, BackendUnavailable, LlamaCppBackend, LlamaCppConfig
+from tests.server import Gateway, start_gateway
+
+pytestmark = pytest.mark.timeout(300)
+
+CANARY = "CANARY" + secrets.token_hex(8)
+MODEL = "SmolLM2-135M-Instruct"
+# One slot: a generation that goes on after its client left makes the next request wait.
+CONFIG = f"""allow_plaintext = true
+[backends.local]
+type = "llamacpp"
+n_ctx = 2048
+n_parallel = 1
+[models."{MODEL}"]
+backend = "local"
+retention_tier = "attested-zero"
+"""
+HI = [{"role": "user", "content": "Hi"}]
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+# A story the model keeps writing to max_tokens (seeded), as in the review's reproduction.
+LONG = {"model": MODEL, "max_tokens": 1500, "temperature": 1.0, "seed": 1,
+        "prompt": "Chapter 1.\n\nThe long, long story of the kingdom begins"}
+
+# (content part, message) for every part type the core cannot take.
+UNSERVABLE_PARTS = {
+    "image": ({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{CANARY}"}},
+              "image input"),
+    "audio": ({"type": "input_audio", "input_audio": {"data": CANARY, "format": "wav"}},
+              "audio input"),
+    "file": ({"type": "file", "file": {"file_data": f"data:application/pdf;base64,{CANARY}",
+                                       "filename": f"{CANARY}.pdf"}}, "file input"),
+}
+# (path, body, param) for each parameter the core would ignore.
+UNSUPPORTED_PARAMETERS = {
+    "dimensions": ("/v1/embeddings", {"input": CANARY, "dimensions": 8}, "dimensions"),
+    "suffix": ("/v1/completions", {"prompt": CANARY, "suffix": CANARY}, "suffix"),
+    "echo-token-ids": ("/v1/completions", {"prompt": [1, 2, 3], "echo": True}, "echo"),
+    "echo-logprobs": ("/v1/completions", {"prompt": CANARY, "echo": True, "logprobs": 1}, "echo"),
+    "tools-required": ("/v1/chat/completions", {"messages": [{"role": "user", "content": CANARY}],
+                                                "tools": TOOLS, "tool_choice": "required"}, "tools"),
+    "tools-auto": ("/v1/chat/completions", {"messages": [{"role": "user", "content": CANARY}],
+                                            "tools": TOOLS}, "tools"),
+}
+
+
+# -- the backend in this process ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def backend() -> Iterator[LlamaCppBackend]:
+    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=1))
+    asyncio.run(model.start())
+    yield model
+    asyncio.run(model.close())
+
+
+class FaultInjectingServer:
+    """Fault injection only: the real core, except that generation calls raise ``fault``."""
+
+    def __init__(self, inner: Any, fault: Exception) -> None:
+        self._inner = inner
+        self._fault = fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def handle_chat_completions(self, *args: Any) -> Any:
+        raise self._fault
+
+
+async def _streamed(model: LlamaCppBackend, kind: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [chunk async for chunk in model.stream(kind, body)]
+
+
+def test_whole_answer_is_the_stream_assembled(backend: LlamaCppBackend) -> None:
+    body = {"model": MODEL, "messages": HI, "max_tokens": 8, "temperature": 0,
+            "logprobs": True, "top_logprobs": 2}
+    whole = asyncio.run(backend.generate("chat", body))
+    chunks = asyncio.run(_streamed(backend, "chat", body))
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert whole["object"] == "chat.completion" and whole["model"] == MODEL
+    choice = whole["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": streamed} and streamed
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = whole["usage"]
+    assert len(choice["logprobs"]["content"]) == usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_completion_batch_has_every_choice_and_all_tokens_counted(backend: LlamaCppBackend) -> None:
+    prompts = ["Once upon a time", "Hello"]
+    single = [asyncio.run(backend.generate("completions", {"model": MODEL, "prompt": p,
+                                                           "max_tokens": 3, "temperature": 0}))
+              for p in prompts]
+    batch = asyncio.run(backend.generate("completions", {"model": MODEL, "prompt": prompts,
+                                                         "max_tokens": 3, "temperature": 0}))
+    assert [c["index"] for c in batch["choices"]] == [0, 1]
+    assert [c["text"] for c in batch["choices"]] == [s["choices"][0]["text"] for s in single]
+    for field in ("prompt_tokens", "completion_tokens"):
+        assert batch["usage"][field] == sum(s["usage"][field] for s in single)
+    chunks = asyncio.run(_streamed(backend, "completions", {
+        "model": MODEL, "prompt": prompts, "max_tokens": 3, "temperature": 0,
+        "stream_options": {"include_usage": True}}))
+    assert [c for c in chunks if "usage" in c] == [chunks[-1]]  # one usage chunk, at the end
+    for field in ("prompt_tokens", "completion_tokens"):
+        assert chunks[-1]["usage"][field] == batch["usage"][field]
+
+
+def test_echo_puts_each_text_prompt_before_its_completion(backend: LlamaCppBackend) -> None:
+    body = {"model": MODEL, "prompt": ["Once upon a time", "Hello"], "max_tokens": 3,
+            "temperature": 0}
+    plain = asyncio.run(backend.generate("completions", body))
+    echoed = asyncio.run(backend.generate("completions", body | {"echo": True}))
+    assert [c["text"] for c in echoed["choices"]] == [
+        p + c["text"] for p, c in zip(body["prompt"], plain["choices"], strict=True)]
+    chunks = asyncio.run(_streamed(backend, "completions", body | {"echo": True}))
+    for index, choice in enumerate(echoed["choices"]):
+        parts = [c["text"] for chunk in chunks for c in chunk["choices"] if c["index"] == index]
+        assert "".join(parts) == choice["text"]
+
+
+def test_cancelled_whole_answer_stops_generating(backend: LlamaCppBackend) -> None:
+    async def run() -> tuple[float, float]:
+        # ignore_eos: the model cannot end on its own, only the cancellation stops it.
+        task = asyncio.create_task(backend.generate("completions", LONG | {"ignore_eos": True}))
+        await asyncio.sleep(1.5)
+        assert not task.done()
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cancelled = time.monotonic() - started
+        started = time.monotonic()
+        await backend.generate("completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+        return cancelled, time.monotonic() - started
+
+    cancelled, next_request = asyncio.run(run())
+    # 1500 tokens take 15 s or more here; the slot is free again within a token or two.
+    assert cancelled < 5 and next_request < 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_engine_fault_stays_a_server_error(backend: LlamaCppBackend, stream: bool) -> None:
+    real = backend._server
+    backend._server = FaultInjectingServer(real, RuntimeError(f"engine crashed at {CANARY}"))
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2}
+    try:
+        with pytest.raises(BackendUnavailable) as caught:
+            asyncio.run(_streamed(backend, "chat", body) if stream else backend.generate("chat", body))
+    finally:
+        backend._server = real
+    assert caught.value.status >= 500 and CANARY not in str(caught.value)
+    assert "RuntimeError" not in str(caught.value)
+
+
+def test_dimensions_of_the_model_are_honoured(backend: LlamaCppBackend) -> None:
+    native = len(asyncio.run(backend.embed({"model": MODEL, "input": "x"}))["data"][0]["embedding"])
+    result = asyncio.run(backend.embed({"model": MODEL, "input": "x", "dimensions": native}))
+    assert len(result["data"][0]["embedding"]) == native
+    with pytest.raises(BackendRejected) as caught:
+        asyncio.run(backend.embed({"model": MODEL, "input": "x", "dimensions": native - 1}))
+    assert caught.value.param == "dimensions"
+
+
+def test_best_of_above_one_is_refused(backend: LlamaCppBackend) -> None:
+    # Not reachable through the gateway under the default policy (SG-TOKENS-002 counts it).
+    body = {"model": MODEL, "prompt": CANARY, "max_tokens": 2, "best_of": 2}
+    with pytest.raises(BackendRejected) as caught:
+        asyncio.run(backend.generate("completions", body))
+    assert caught.value.param == "best_of" and CANARY not in str(caught.value)
+
+
+# -- through the gateway -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama_gateway(workdir: Path) -> Iterator[Gateway]:
+    gw = start_gateway(workdir, CONFIG)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def key(llama_gateway: Gateway) -> str:
+    return llama_gateway.new_key("llamacpp")
+
+
+def _post(gw: Gateway, key: str, path: str, body: dict[str, Any]) -> httpx.Response:
+    defaults = {"model": MODEL} if path == "/v1/embeddings" else {"model": MODEL, "max_tokens": 4}
+    return httpx.post(f"{gw.url}{path}", json=defaults | body, timeout=120,
+                      headers={"Authorization": f"Bearer {key}"})
+
+
+def _refused(gw: Gateway, response: httpx.Response, param: str) -> str:
+    """The 400 envelope's message, checked: the parameter named, no content, no retry hint."""
+    assert response.status_code == 400, response.text
+    assert "retry-after" not in response.headers
+    error = response.json()["error"]
+    assert error["code"] == "upstream_rejected" and error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert CANARY not in response.text and CANARY not in gw.output()
+    assert "Traceback" not in gw.output() and "unhandled_error" not in gw.output()
+    return str(error["message"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("part", sorted(UNSERVABLE_PARTS))
+def test_unservable_content_part_is_refused(llama_gateway: Gateway, key: str, part: str,
+                                            stream: bool) -> None:
+    content, what = UNSERVABLE_PARTS[part]
+    messages = [{"role": "user", "content": [{"type": "text", "text": CANARY}, content]}]
+    response = _post(llama_gateway, key, "/v1/chat/completions",
+                     {"messages": messages, "stream": stream})
+    assert _refused(llama_gateway, response, "messages[0].content[1]") == (
+        f"the model's backend does not support {what}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_uncompilable_json_schema_is_refused(llama_gateway: Gateway, key: str,
+                                             stream: bool) -> None:
+    schema = {"type": CANARY, "description": CANARY}
+    body = {"messages": HI, "stream": stream,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}
+    response = _post(llama_gateway, key, "/v1/chat/completions", body)
+    _refused(llama_gateway, response, "response_format")
+
+
+def test_embedding_input_longer_than_a_batch_is_refused(llama_gateway: Gateway, key: str) -> None:
+    response = _post(llama_gateway, key, "/v1/embeddings", {"input": f"{CANARY} " * 600})
+    _refused(llama_gateway, response, "input")
+
+
+@pytest.mark.parametrize("case", sorted(UNSUPPORTED_PARAMETERS))
+def test_ignored_parameter_is_refused(llama_gateway: Gateway, key: str, case: str) -> None:
+    path, body, param = UNSUPPORTED_PARAMETERS[case]
+    message = _refused(llama_gateway, _post(llama_gateway, key, path, body), param)
+    assert message.startswith(f"the model's backend does not support '{param}'")
+
+
+def test_what_can_be_honoured_is_served(llama_gateway: Gateway, key: str) -> None:
+    gw = llama_gateway
+    embedding = _post(gw, key, "/v1/embeddings", {"input": "x", "dimensions": 576})
+    assert embedding.status_code == 200 and len(embedding.json()["data"][0]["embedding"]) == 576
+    echoed = _post(gw, key, "/v1/completions", {"prompt": "Once upon", "echo": True, "suffix": ""})
+    assert echoed.status_code == 200 and echoed.json()["choices"][0]["text"].startswith("Once upon")
+    no_tools = _post(gw, key, "/v1/chat/completions",
+                     {"messages": HI, "tools": TOOLS, "tool_choice": "none"})
+    assert no_tools.status_code == 200 and "tool_calls" not in no_tools.json()["choices"][0]["message"]
+    assert _post(gw, key, "/v1/completions", {"prompt": "Hi", "best_of": 1}).status_code == 200
+
+
+def test_whole_answer_stops_when_the_client_leaves(llama_gateway: Gateway, key: str) -> None:
+    body = json.dumps(LONG).encode()
+    request = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", llama_gateway.port)) as sock:
+        sock.sendall(request + body)
+        time.sleep(1.5)
+    started = time.monotonic()
+    response = _post(llama_gateway, key, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+    # With one slot, a generation left running would hold this request for its 1500 tokens.
+    assert response.status_code == 200 and time.monotonic() - started < 8
