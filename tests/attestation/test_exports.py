@@ -23,6 +23,7 @@ def test_all_is_exact() -> None:
         "detect_provider",
         "gpu_nonce",
         "identity_handlers",
+        "load_collateral",
         "verify_evidence",
         "verify_identity",
         "verify_nvidia",
