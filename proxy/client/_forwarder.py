@@ -98,9 +98,9 @@ class ClientProxy:
             await _send_whole(send, *_error(status, err))
             return
         except httpx2.HTTPError as exc:  # the outer request failed: nothing was answered
-            err = SealedTransportError("gateway_unreachable",
-                                       f"the gateway could not be reached ({type(exc).__name__})")
-            await _send_whole(send, *_error(502, err))
+            unreachable = SealedTransportError(
+                "gateway_unreachable", f"the gateway could not be reached ({type(exc).__name__})")
+            await _send_whole(send, *_error(502, unreachable))
             return
         try:
             async with anyio.create_task_group() as group:
