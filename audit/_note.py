@@ -24,8 +24,10 @@ __all__ = ["NoteVerifier", "key_id", "sign_note", "verify_note", "vkey_for"]
 
 ED25519_ALG = 0x01
 _SIG_PREFIX = "\u2014 "
-# c2sp.org/signed-note: names are non-empty, with no Unicode spaces and no plus signs.
-_NAME = re.compile(r"^[^\s+]+$")
+# c2sp.org/signed-note: names are non-empty, with no Unicode spaces and no plus signs; control
+# characters are refused too (they would break the note's lines). Used with fullmatch: a "$"
+# anchor would also accept a trailing newline.
+_NAME = re.compile(r"[^\s+\x00-\x1f\x7f]+")
 _MAX_SIGNATURES = 100
 
 
@@ -34,7 +36,7 @@ def _public_bytes(key: Ed25519PublicKey) -> bytes:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name) or len(name.encode()) > 255:
+    if not _NAME.fullmatch(name) or len(name.encode()) > 255:
         raise ValueError("key name must be non-empty with no spaces or '+'")
     return name
 

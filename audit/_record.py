@@ -30,7 +30,7 @@ IDENTIFIER = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
 """Record identifier fields (request id, endpoint, model, …): this grammar, whole."""
 _DIGEST = re.compile(r"sha(256|384|512):[0-9a-f]{64,128}")
 _COMMIT = re.compile(r"hmac-sha256:[0-9a-f]{64}")
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 _MAX_LIST = 32
 _MAX_INT = 2**53 - 1
 
@@ -95,7 +95,12 @@ def _time(value: object) -> object:
         if value.tzinfo is None:
             raise InvalidRecord("time must be timezone-aware")
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return _pattern(_TIME, "RFC 3339 UTC time")(value)
+    _pattern(_TIME, "RFC 3339 UTC time")(value)
+    try:  # the form alone admits month 13 or hour 99
+        datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRecord("value is not a valid RFC 3339 UTC time") from None
+    return value
 
 
 _identifier = _pattern(IDENTIFIER, "identifier")

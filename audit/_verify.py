@@ -41,7 +41,9 @@ class VerifyReport:
 
 
 def _check_row(row: Any, expect_index: int, verifier: NoteVerifier, log_id: str) -> bytes:
-    if int(row.leaf_index) != expect_index:
+    """A stored row against its signed record; columns are compared type-strictly, since a
+    database writer can put any type in them."""
+    if type(row.leaf_index) is not int or row.leaf_index != expect_index:
         raise VerificationError(f"record indices have a gap at leaf {expect_index}")
     envelope = bytes(row.envelope)
     try:
@@ -53,7 +55,11 @@ def _check_row(row: Any, expect_index: int, verifier: NoteVerifier, log_id: str)
         raise VerificationError(f"leaf {expect_index}: not a proof-of-secrecy statement")
     stored = {c: getattr(row, c) for c in _COLUMNS}
     signed = {c: pred.get(c) for c in _COLUMNS}
-    if stored != signed or int(row.time_us) != _time_us(str(pred.get("time"))):
+    try:
+        signed_time = _time_us(str(pred.get("time")))
+    except ValueError:
+        raise VerificationError(f"leaf {expect_index}: the record's time is invalid") from None
+    if stored != signed or type(row.time_us) is not int or row.time_us != signed_time:
         raise VerificationError(f"leaf {expect_index}: metadata columns differ from the record")
     return leaf_hash(envelope)
 

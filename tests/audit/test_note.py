@@ -109,3 +109,10 @@ def test_checkpoint_truncated(
 def test_malformed_or_mismatched_vkeys(vkey: str) -> None:
     with pytest.raises(VerificationError):
         NoteVerifier.parse(vkey)
+
+
+@pytest.mark.parametrize("name", ["origin\n", "a\x00b", "tab\there", "a+b", ""])
+def test_key_names_are_one_printable_word(name: str) -> None:
+    """A name that would break the note's lines is refused before anything is signed with it."""
+    with pytest.raises(ValueError):
+        vkey_for(name, Ed25519PrivateKey.generate().public_key())

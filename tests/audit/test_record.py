@@ -81,6 +81,8 @@ def test_builder_is_immutable_and_rejects_setting_twice() -> None:
         ("time", "yesterday"),
         # a "$" anchor would accept a trailing newline
         ("time", "2024-01-01T00:00:00Z\n"),
+        ("time", "\u0662\u0660\u0662\u0664-01-01T00:00:00Z"),  # digits, but not ASCII ones
+        ("time", "2024-13-45T99:99:99Z"),  # the right form, no instant
         ("model", "smollm2\n"),
         ("policy_bundle_digest", "sha256:" + "ab" * 32 + "\n"),
         ("response_commitment", "hmac-sha256:" + "0" * 64 + "\n"),

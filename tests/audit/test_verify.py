@@ -66,6 +66,9 @@ TAMPERS: dict[str, Callable[[str], None]] = {
     "record metadata": lambda u: _tamper(
         u, "UPDATE audit_records SET tenant = 'tenant-z' WHERE leaf_index = 3"),
     "record deleted": lambda u: _tamper(u, "DELETE FROM audit_records WHERE leaf_index = 20"),
+    # SQLite keeps text in an integer column (a verdict, not a crash); PostgreSQL refuses it.
+    "record time column": lambda u: _tamper(u, "UPDATE audit_records SET time_us = " + (
+        "'x'" if u.startswith("sqlite") else "time_us + 1") + " WHERE leaf_index = 4"),
     "leaf hash": lambda u: _flip(u, "audit_nodes", "hash", "node_id = 5"),
     "interior node": lambda u: _flip(u, "audit_nodes", "hash", f"node_id = {2 * 2**48 + 1}"),
     "checkpoint note": lambda u: _tamper(
