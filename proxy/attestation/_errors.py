@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 __all__ = ["VerificationError", "translate"]
 
 
@@ -37,5 +39,6 @@ def translate(code: str, what: str) -> Iterator[None]:
         yield
     except VerificationError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, UnicodeError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, UnicodeError,
+            UnsupportedAlgorithm) as exc:  # the last: an unknown key type in a certificate
         raise VerificationError(code, f"{what}: {type(exc).__name__}") from exc

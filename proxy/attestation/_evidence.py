@@ -28,7 +28,7 @@ def _unb64(value: object, what: str) -> bytes:
         raise VerificationError("document_malformed", f"{what} must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # non-ASCII text is a ValueError
         raise VerificationError("document_malformed", f"{what} is not base64") from exc
 
 

@@ -44,7 +44,7 @@ def _nonce(payload: Any) -> bytes | None:
         return None
     try:
         nonce = base64.b64decode(value, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # non-ASCII text is a ValueError
         return None
     return nonce if NONCE_MIN <= len(nonce) <= NONCE_MAX else None
 
@@ -60,7 +60,7 @@ async def post_identity(
                       "rate_limited")
     try:
         payload = await request.json()
-    except SerializationException:
+    except (SerializationException, ValueError, RecursionError):  # also bad UTF-8, deep nesting
         payload = None
     nonce = _nonce(payload)
     if nonce is None:

@@ -115,5 +115,6 @@ def _verdict(quote: TdxQuote, pck: PckInfo, status: str | None, qe_status: str |
     }
     return EvidenceVerdict(
         platform="tdx", report_data=body.report_data, measurement=body.mr_td.hex(),
-        debug=body.debug, tcb=tcb, tcb_status=status, claims=claims, checks=tuple(trace),
+        debug=body.debug, migration_agent=body.migratable, tcb=tcb, tcb_status=status,
+        claims=claims, checks=tuple(trace),
     )

@@ -51,6 +51,12 @@ class TdReport:
     def debug(self) -> bool:
         return bool(self.td_attributes[0] & 1)  # TDATTRIBUTES bit 0: DEBUG
 
+    @property
+    def migratable(self) -> bool:
+        """TDATTRIBUTES bit 29, MIGRATABLE: a Migration TD the host binds may export the TD's
+        memory (the counterpart of SEV-SNP's MIGRATE_MA)."""
+        return bool(self.td_attributes[3] & 0x20)
+
 
 @dataclass(frozen=True)
 class QeReport:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._binding import compute_report_data
 from ._collateral import Collateral
-from ._errors import VerificationError
+from ._errors import VerificationError, translate
 from ._evidence import Evidence
 from ._nvidia import gpu_nonce, verify_nvidia
 from ._policy import VerificationPolicy, apply_policy
@@ -31,7 +31,14 @@ def verify_evidence(
     at: datetime | None = None,
     trace: Trace | None = None,
 ) -> EvidenceVerdict:
-    """Verify one piece of evidence by platform (no policy, no GPU binding)."""
+    """Verify one piece of evidence by platform (no policy, no GPU binding). Whatever the
+    parsers or the crypto library raise on crafted input is a ``VerificationError``."""
+    with translate("report_malformed", f"{evidence.platform} evidence"):
+        return _verify_platform(evidence, collateral, at, trace)
+
+
+def _verify_platform(evidence: Evidence, collateral: Collateral | None, at: datetime | None,
+                     trace: Trace | None) -> EvidenceVerdict:
     extra = collateral.certificates if collateral is not None else b""
     if evidence.platform == "sev-snp":
         certs = evidence.certificates + b"\n" + extra if extra else evidence.certificates
@@ -95,9 +102,20 @@ def _created(document: Mapping[str, Any]) -> tuple[str, datetime]:
         raise VerificationError("document_malformed", "created is not an ISO time") from exc
 
 
+_CLOCK_SKEW_S = 60.0
+
+
 def _check_age(created: datetime, policy: VerificationPolicy, when: datetime) -> None:
-    if policy.max_age_s is not None and (when - created).total_seconds() > policy.max_age_s:
+    """With ``max_age_s``, the document must be that recent, and not from the future either
+    (beyond clock skew): a host that pushes the enclave's clock forward could otherwise mint a
+    document that never ages."""
+    if policy.max_age_s is None:
+        return
+    age = (when - created).total_seconds()
+    if age > policy.max_age_s:
         raise VerificationError("document_expired", "identity document is too old")
+    if age < -_CLOCK_SKEW_S:
+        raise VerificationError("document_expired", "identity document is dated in the future")
 
 
 def verify_identity(
@@ -153,7 +171,8 @@ def _verify_gpu(gpu: Evidence, report_data: bytes, when: datetime,
                 trace: Trace) -> Mapping[str, Any]:
     if gpu.platform != "nvidia":
         raise VerificationError("platform_not_allowed", "GPU evidence must be nvidia")
-    verdict = verify_nvidia(gpu.report, gpu.certificates, expected_nonce=gpu_nonce(report_data),
-                            at=when)
+    with translate("report_malformed", "GPU evidence"):
+        verdict = verify_nvidia(gpu.report, gpu.certificates,
+                                expected_nonce=gpu_nonce(report_data), at=when)
     trace.append("GPU evidence verified and bound to REPORT_DATA by its nonce")
     return verdict.claims

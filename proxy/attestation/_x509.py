@@ -18,7 +18,7 @@ from importlib import resources
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
 
 from ._errors import VerificationError
@@ -84,7 +84,7 @@ def check_window(
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
         detail = f"{what}: {cert.subject.rfc4514_string()} is not signed by its issuer"
         raise VerificationError("cert_chain_invalid", detail) from exc
 
@@ -107,7 +107,7 @@ def build_chain(
 def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         return False
     return True
 

@@ -137,7 +137,7 @@ class AttestedKeySource:
             raise _unverified(f"identity endpoint answered {status}")
         try:
             document = json.loads(content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _unverified("identity document is not JSON") from exc
         if not isinstance(document, Mapping):
             raise _unverified("identity document is not an object")

@@ -8,6 +8,7 @@ signed while every parsed field stays the real one.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -226,6 +227,22 @@ class TdxForge:
               qe_signer: ec.EllipticCurvePrivateKey | None = None) -> bytes:
         chain = chain or [self.pck, self.pca, self.root]
         return with_pck_chain(self.original, to_pem(list(chain)), qe_signer or self.keys["pck"])
+
+    def resigned(self, signed: bytes) -> bytes:
+        """The real v4 quote with other signed bytes (header and TD report), signed by a new
+        attestation key that a QE report, signed by this forge's PCK, certifies."""
+        quote = parse_tdx_quote(self.original)
+        attestation = ec.generate_private_key(ec.SECP256R1())
+        point = attestation.public_key().public_numbers()
+        key = point.x.to_bytes(32) + point.y.to_bytes(32)
+        qe = bytearray(quote.qe_report.raw)
+        qe[320:384] = hashlib.sha256(key + quote.qe_auth_data).digest() + bytes(32)
+        chain = to_pem([self.pck, self.pca, self.root])
+        qe_data = (bytes(qe) + raw_p256(self.keys["pck"], bytes(qe))
+                   + struct.pack("<H", len(quote.qe_auth_data)) + quote.qe_auth_data
+                   + struct.pack("<HI", 5, len(chain)) + chain)
+        sig = raw_p256(attestation, signed) + key + struct.pack("<HI", 6, len(qe_data)) + qe_data
+        return signed + struct.pack("<I", len(sig)) + sig
 
     def signed_doc(self, name: str, raw_body: bytes, extra: bytes = b"") -> bytes:
         """A PCS document ``{name: raw_body, "signature": ...}`` signed by our TCB Signing key."""

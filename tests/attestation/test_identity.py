@@ -6,15 +6,12 @@ import asyncio
 import base64
 import datetime as dt
 import functools
-import hashlib
 import json
-import struct
 from typing import Any
 
 import httpx2
 import pytest
 import rfc8785
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proxy.attestation import (
@@ -36,9 +33,7 @@ from tests.attestation._support import (
     TDX_V4_AT,
     SnpForge,
     TdxForge,
-    raw_p256,
     snp_case,
-    to_pem,
 )
 from tests.conftest import load_vector, vector_path
 
@@ -164,6 +159,11 @@ def test_max_age() -> None:
     verify_identity(doc, policy)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     assert _code(doc, policy, now=later) == "document_expired"
+    # A document from the enclave's future (a host can push its clock) never ages: refused
+    # beyond clock skew, accepted within it.
+    earlier = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    assert _code(doc, policy, now=earlier) == "document_expired"
+    verify_identity(doc, policy, now=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30))
 
 
 def test_created_is_bound() -> None:
@@ -277,26 +277,15 @@ def test_client_default_refuses_unlisted_measurement(monkeypatch: pytest.MonkeyP
 
 def _tdx_document(forge: TdxForge, nonce: bytes) -> dict[str, Any]:
     """A genuine-looking TDX identity document for the test keys: the real v4 quote with this
-    document's REPORT_DATA, signed by a new attestation key that a QE report, signed by the
-    forge's PCK, certifies."""
+    document's REPORT_DATA, re-signed under the forge's PCK."""
     created = "2023-06-20T00:00:00+00:00"
     quote = parse_tdx_quote(forge.original)
     measurement = quote.body.mr_td.hex()
     signed = bytearray(quote.signed)
     signed[48 + 520:48 + 584] = compute_report_data(  # v4: 48-byte header, REPORTDATA at 520
         KEY_CONFIGS, AUDIT_KEY, "sha256:" + "11" * 32, measurement, nonce, created)
-    attestation = ec.generate_private_key(ec.SECP256R1())
-    point = attestation.public_key().public_numbers()
-    key = point.x.to_bytes(32) + point.y.to_bytes(32)
-    qe = bytearray(quote.qe_report.raw)
-    qe[320:384] = hashlib.sha256(key + quote.qe_auth_data).digest() + bytes(32)
-    chain = to_pem([forge.pck, forge.pca, forge.root])
-    qe_data = (bytes(qe) + raw_p256(forge.keys["pck"], bytes(qe))
-               + struct.pack("<H", len(quote.qe_auth_data)) + quote.qe_auth_data
-               + struct.pack("<HI", 5, len(chain)) + chain)
-    sig = raw_p256(attestation, bytes(signed)) + key + struct.pack("<HI", 6, len(qe_data)) + qe_data
-    evidence = Evidence(platform="tdx", report=bytes(signed) + struct.pack("<I", len(sig)) + sig,
-                        certificates=b"", provider="configfs-tsm")
+    evidence = Evidence(platform="tdx", report=forge.resigned(bytes(signed)), certificates=b"",
+                        provider="configfs-tsm")
     return _document(evidence, measurement, nonce, created)
 
 
@@ -370,3 +359,14 @@ def test_dashboard_checks_its_tdx_documents_with_the_configured_collateral(
     assert not ok and "crl_revoked" in text
     ok, text = verdict("missing", str(tmp_path / "nowhere"))
     assert not ok and "cannot read the collateral folder" in text
+
+
+def test_client_refuses_an_identity_answer_nested_too_deeply() -> None:
+    """Whatever the identity endpoint answers, the client fails with its own error."""
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=b"[" * 100_000 + b"]" * 100_000)
+
+    source = AttestedKeySource("https://gw.example", PINNED, transport=httpx2.MockTransport(handler))
+    with pytest.raises(SealedTransportError) as info:
+        source.key_config()
+    assert info.value.code == "enclave_unverified"

@@ -66,10 +66,14 @@ def test_post_with_nonce_verifies(client: TestClient[Litestar]) -> None:
     assert verify_identity(response.json(), POLICY, nonce=nonce).measurement == M
 
 
-@pytest.mark.parametrize("body", [_nonce(b"short"), _nonce(b"x" * 65), {"nonce": "%%%"}, {}, []],
-                         ids=["short", "long", "not_base64", "missing", "not_object"])
+@pytest.mark.parametrize("body", [_nonce(b"short"), _nonce(b"x" * 65), {"nonce": "%%%"}, {}, [],
+                                  {"nonce": "\u00e9" * 24}, b'{"nonce": "caf\xe9"}',
+                                  b"[" * 100_000 + b"]" * 100_000],
+                         ids=["short", "long", "not_base64", "missing", "not_object",
+                              "non_ascii", "not_utf8", "nested_too_deeply"])
 def test_bad_nonce(client: TestClient[Litestar], body: object) -> None:
-    response = client.post(PATH, json=body)
+    response = (client.post(PATH, content=body, headers={"content-type": "application/json"})
+                if isinstance(body, bytes) else client.post(PATH, json=body))
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "invalid_nonce" and error["param"] == "nonce"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy.attestation import VerificationError, VerificationPolicy, verify_sev_snp
 from proxy.attestation._snp import _check_binding
@@ -249,3 +250,19 @@ def test_pinned_arks_are_self_signed(name: str) -> None:
     root = pinned_root(name)
     root.verify_directly_issued_by(root)
     assert root.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value.startswith("ARK-")
+
+
+def test_an_unusable_certificate_beside_the_chain_is_skipped() -> None:
+    """The host supplies the certificates: one whose key algorithm the crypto library does not
+    know, named like the ASK, neither hides the genuine chain nor crashes the verifier."""
+    case = snp_case(MILAN)
+    genuine = load_certificates(snp_certs(case), "certificates")
+    key = ec.generate_private_key(ec.SECP384R1())
+    signer = next(c for c in genuine if c.subject == genuine[0].issuer)  # the VCEK's issuer
+    der = issue(signer.subject, key).public_bytes(Encoding.DER)
+    spki_oid = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey, once: in the key info
+    assert der.count(spki_oid) == 1
+    odd = x509.load_der_x509_certificate(der.replace(spki_oid, bytes.fromhex("06072a8648ce3d0209")))
+    verdict = _verify(snp_report(case), to_pem([genuine[0], odd, *genuine[1:]]))
+    assert verdict.measurement == case["fields"]["measurement"]
+

@@ -249,3 +249,27 @@ def test_signed_tcb_info_fmspc_decides(forge: TdxForge, monkeypatch: pytest.Monk
     other = forge.signed_doc("tcbInfo", _other_fmspc_tcb_info(forge))
     monkeypatch.setattr(_tdx_collateral, "_select", lambda infos, fmspc: other)
     assert _forged_code(forge) == "fmspc_mismatch"
+
+
+@pytest.mark.parametrize(("bit", "refused"), [(None, None), (0, "debug_enabled"),
+                                              (29, "migration_agent_allowed")])
+def test_td_attributes_debug_and_migratable(forge: TdxForge, bit: int | None,
+                                            refused: str | None) -> None:
+    """TDATTRIBUTES bit 29 (MIGRATABLE) is the TDX counterpart of SEV-SNP's MIGRATE_MA: the
+    default policy refuses it, as it refuses DEBUG (bit 0)."""
+    signed = bytearray(parse_tdx_quote(forge.original).signed)
+    at = 48 + 120  # v4 header, then TD_ATTRIBUTES in the TD report body
+    if bit is not None:
+        value = int.from_bytes(signed[at:at + 8], "little") | (1 << bit)
+        signed[at:at + 8] = value.to_bytes(8, "little")
+    verdict = verify_tdx(forge.resigned(bytes(signed)), forge.collateral(), at=TDX_V4_AT)
+    assert verdict.migration_agent == (bit == 29) and verdict.debug == (bit == 0)
+    policy = VerificationPolicy(allow_any_measurement=True,
+                                allowed_tcb_statuses=frozenset({"TcbNotSupported"}))
+    if refused is None:
+        policy.check(verdict)
+        return
+    with pytest.raises(VerificationError) as info:
+        policy.check(verdict)
+    assert info.value.code == refused
+
