@@ -113,7 +113,8 @@ class Services:
             "audit_log": Provide(audit_log, sync_to_thread=False),
             "tenant": Provide(tenant, sync_to_thread=False),
             "dashboard": const(DashboardService(self.settings, self.tenants, lambda: self.audit,
-                                                self.identity, self.log_key)),
+                                                self.identity, self.log_key,
+                                                lambda: self.policy.bundle)),
         }
 
     async def start(self) -> None:

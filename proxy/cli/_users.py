@@ -54,7 +54,7 @@ def _create(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     try:
         password = _password(args)
-        if args.tenant:
+        if args.tenant is not None:  # "" too: it names no tenant
             tenants = TenantStore(settings.tenants_url)
             try:
                 tenants.tenant(args.tenant)

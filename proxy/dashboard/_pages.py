@@ -146,15 +146,27 @@ def _diff(old: dict[str, bytes], new: dict[str, bytes]) -> str:
     return "\n".join(out) or "(no differences)"
 
 
+def _rules_only(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The Rego sources of a bundle: its data files hold every tenant's contract."""
+    return {rel: raw for rel, raw in files.items() if rel.endswith(".rego")}
+
+
 async def policies_page(svc: DashboardService, viewer: Viewer, compare: str | None) -> dict[str, Any]:
+    """The bundle in force (as the engine enforces it, which a refused reload leaves as it
+    was), the versions records cite, and diffs. A viewer scoped to one tenant sees only the
+    versions its own records cite, and of their files only the Rego rules."""
     index = await svc.index()
-    current = await asyncio.to_thread(snapshot_policy, svc.data_dir, svc.settings.policy_bundle or None)
+    bundle = svc.policy() if svc.policy is not None else svc.settings.policy_bundle or None
+    current = await asyncio.to_thread(snapshot_policy, svc.data_dir, bundle)
     snapshots = await asyncio.to_thread(policy_snapshots, svc.data_dir)
     seen = [(d, fmt_us(s.first_us), fmt_us(s.last_us), n, d in snapshots)
             for d, s, n in index.seen(index.policies, viewer.scope)]
-    files = snapshots.get(current, {})
+    visible = set(snapshots) if viewer.scope is None else {d for d, *_ in seen} | {current}
+    shown = (lambda files: files) if viewer.scope is None else _rules_only
+    files = shown(snapshots.get(current, {}))
     diff = None
-    if compare and compare in snapshots and compare != current:
-        diff = _diff(snapshots[compare], files)
+    if compare and compare in snapshots and compare in visible and compare != current:
+        diff = _diff(shown(snapshots[compare]), files)
     return {"current": current, "files": sorted(files), "seen": seen, "compare": compare,
-            "diff": diff, "stored": [d for d in snapshots if d != current]}
+            "diff": diff, "stored": [d for d in snapshots if d != current and d in visible],
+            "rules_only": viewer.scope is not None}

@@ -77,16 +77,16 @@ async def login(request: Req, dashboard: DashboardService) -> Response[str]:
         return html("login.html", 403, csrf=csrf, error="The form expired; please try again.")
     name = str(form.get("username", ""))[:64]
     keys = (f"ip:{request.client.host if request.client else '-'}", f"user:{name}")
-    if dashboard.limiter.blocked(*keys):
+    stamp = dashboard.limiter.attempt(*keys)  # counted before the check: no concurrent bypass
+    if stamp is None:
         return html("login.html", 429, csrf=csrf,
                     error="Too many failed sign-ins; wait a few minutes and try again.")
     try:
         user = await asyncio.to_thread(dashboard.users.authenticate, name,
                                        str(form.get("password", "")))
     except InvalidCredentials:
-        dashboard.limiter.fail(*keys)
         return html("login.html", 401, csrf=csrf, error="Invalid user name or password.")
-    dashboard.limiter.reset(keys[1])
+    dashboard.limiter.succeeded(stamp, *keys)
     cookie = dashboard.sessions.issue(user.id, user.session_generation)
     return _redirect("/dashboard", [_cookie(request, SESSION, cookie)])
 
@@ -115,7 +115,11 @@ def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None
     if not name:
         return viewer.scope
     tenants: dict[str, Tenant] = {t.name: t for t in dashboard.tenants.tenants()}
-    pseudonym = tenants[name].pseudonym if name in tenants else "-"
+    if name not in tenants:
+        if viewer.scope is not None:  # as for another tenant's name: nothing to learn
+            raise PermissionError
+        raise BadQuery("tenant must be one of the known tenants")
+    pseudonym = tenants[name].pseudonym
     if viewer.scope is not None and pseudonym != viewer.scope:
         raise PermissionError
     return pseudonym
@@ -225,8 +229,10 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
     try:
         start, end = _window(form)
         tenant = _scoped_tenant(dashboard, viewer, text_value("tenant", str(form.get("tenant") or "")))
+        bundle = dashboard.policy() if dashboard.policy is not None else (
+            dashboard.settings.policy_bundle)
         options = ExportOptions(start, end, tenant, None, await dashboard.identity.document(),
-                                dashboard.settings.policy_bundle)
+                                bundle)
         log = dashboard.audit
         data = await asyncio.to_thread(build_bundle, log.store, dashboard.data_dir,
                                        dashboard.log_key, options)

@@ -10,6 +10,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import AuditLog
+from policy import PolicyBundle
 from proxy.attestation import Collateral, load_collateral
 from proxy.config import Settings
 from proxy.tenants import TenantStore
@@ -35,8 +36,11 @@ class Viewer:
 class DashboardService:
     def __init__(self, settings: Settings, tenants: TenantStore,
                  audit: Callable[[], AuditLog | None], identity: Any,
-                 log_key: Ed25519PrivateKey) -> None:
+                 log_key: Ed25519PrivateKey,
+                 policy: Callable[[], PolicyBundle] | None = None) -> None:
         self.settings, self.tenants, self.identity, self.log_key = settings, tenants, identity, log_key
+        self.policy = policy
+        """The bundle the policy engine enforces now (``None``: the configured one on disk)."""
         self._audit = audit
         self.users = UserStore(settings.tenants_url)
         self.sessions = SessionCodec(load_secret(settings.session_secret, settings.data_dir))

@@ -71,7 +71,7 @@ class SessionCodec:
         if not cookie or "." not in cookie:
             return None
         payload, mac = cookie.rsplit(".", 1)
-        if not hmac.compare_digest(mac, self._mac(payload.encode())):
+        if not hmac.compare_digest(_raw(mac), self._mac(_raw(payload)).encode()):
             return None
         try:
             body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -86,32 +86,68 @@ class SessionCodec:
 
     def check_csrf(self, nonce: str | None, token: object, purpose: str = "csrf") -> bool:
         return bool(nonce) and isinstance(token, str) and hmac.compare_digest(
-            token, self.csrf(str(nonce), purpose))
+            _raw(token), self.csrf(str(nonce), purpose).encode())
+
+
+def _raw(text: str) -> bytes:
+    """A client-supplied string as bytes for ``hmac.compare_digest`` (which refuses non-ASCII
+    strings with a TypeError)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 class LoginLimiter:
-    """At most ``limit`` failed logins per key (client address, user name) per ``window_s``."""
+    """At most ``limit`` failed logins per key (client address, user name) per ``window_s``.
+
+    An attempt is counted *before* its password is checked (:meth:`attempt`) and refunded
+    when it succeeds, so concurrent guesses cannot all pass the check before any failure is
+    counted. Past ``max_keys`` expired entries go first, then the oldest address entries; a
+    user name inside its window is never forgotten, so no flood unlocks an account."""
 
     def __init__(self, limit: int = 5, window_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._limit, self._window, self._clock = limit, window_s, clock
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
+        self._limit, self._window, self._clock, self._max = limit, window_s, clock, max_keys
         self._failures: dict[str, list[float]] = {}
 
     def _recent(self, key: str) -> list[float]:
         now = self._clock()
-        recent = [t for t in self._failures.get(key, []) if now - t < self._window]
-        self._failures[key] = recent
+        recent = [t for t in self._failures.get(key, ()) if now - t < self._window]
+        if recent:
+            self._failures[key] = recent
+        else:
+            self._failures.pop(key, None)
         return recent
 
     def blocked(self, *keys: str) -> bool:
         return any(len(self._recent(k)) >= self._limit for k in keys)
 
-    def fail(self, *keys: str) -> None:
-        if len(self._failures) > 10_000:
-            self._failures.clear()
+    def attempt(self, *keys: str) -> float | None:
+        """Count an attempt against every key, or ``None`` (counting nothing) when one of them
+        is at the limit; pass the returned stamp to :meth:`succeeded` if it was right."""
+        if self.blocked(*keys):
+            return None
+        self._evict()
+        stamp = self._clock()
         for key in keys:
-            self._recent(key).append(self._clock())
+            self._failures.setdefault(key, []).append(stamp)
+        return stamp
+
+    def succeeded(self, stamp: float, address: str, user: str) -> None:
+        """A right password: its attempt is refunded and the user name's failures cleared."""
+        self._failures.pop(user, None)
+        times = self._failures.get(address, [])
+        if stamp in times:
+            times.remove(stamp)
 
     def reset(self, *keys: str) -> None:
         for key in keys:
             self._failures.pop(key, None)
+
+    def _evict(self) -> None:
+        if len(self._failures) < self._max:
+            return
+        for key in list(self._failures):
+            self._recent(key)
+        for key in [k for k in self._failures if not k.startswith("user:")]:
+            if len(self._failures) < self._max:
+                break
+            del self._failures[key]

@@ -23,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import LogStore
+from policy import PolicyBundle
 from proxy.attestation import Evidence
 from proxy.attestation import VerificationError as AttestationError
 
@@ -68,8 +69,9 @@ class ExportOptions:
     """Export a uniform random sample of this many records instead of all."""
     server_document: Mapping[str, Any] | None = None
     """The identity document the running server publishes now (``--server``)."""
-    policy_bundle: str = ""
-    """The server's policy bundle directory (empty: the shipped one)."""
+    policy_bundle: str | PolicyBundle = ""
+    """The server's policy bundle: the one its engine enforces, or its directory (empty: the
+    shipped one)."""
 
 
 def _select_log(store: LogStore, key: Ed25519PrivateKey) -> tuple[str, str, str]:
@@ -197,8 +199,8 @@ def _add_identities(out: _Zip, data_dir: Path, wanted: set[str],
 
 
 def _add_policies(out: _Zip, data_dir: Path, seen: dict[str, list[Any]],
-                  bundle_dir: str) -> list[dict[str, Any]]:
-    current = snapshot_policy(data_dir, bundle_dir or None)
+                  bundle: str | PolicyBundle) -> list[dict[str, Any]]:
+    current = snapshot_policy(data_dir, bundle or None)
     snapshots = policy_snapshots(data_dir)
     index = []
     for digest in sorted(set(seen) | {current}):

@@ -82,6 +82,8 @@ class UserStore:
             raise UserError(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
         if tenant is not None and role != "reviewer":
             raise UserError("only reviewers are limited to one tenant", code="invalid_role")
+        if tenant == "":  # would read as "every tenant" in listings, and match none
+            raise UserError("a reviewer's tenant must be named", code="invalid_tenant")
         _check_password(password)
         row = UserRow(id="usr_" + secrets.token_hex(8), username=username, role=role,
                       tenant=tenant, password_hash=hash_password(password),

@@ -7,12 +7,16 @@ from typing import Any
 
 import httpx
 
+from policy import bundle_digest
 from tests.dashboard.conftest import PASSWORD
 from tests.evidence.conftest import Traffic
 
 
-def _login(traffic: Traffic, user: str, password: str = PASSWORD) -> tuple[httpx.Client, Any]:
-    client = httpx.Client(base_url=traffic.gateway.url, timeout=30)
+def _login(traffic: Traffic, user: str, password: str = PASSWORD,
+           address: str = "127.0.0.1") -> tuple[httpx.Client, Any]:
+    """Signed in from ``address``: the failed-login limit counts per client address."""
+    client = httpx.Client(base_url=traffic.gateway.url, timeout=30,
+                          transport=httpx.HTTPTransport(local_address=address))
     form = client.get("/dashboard/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert csrf is not None
@@ -54,3 +58,54 @@ def test_failed_logins_are_rate_limited(traffic: Traffic, accounts: Any) -> None
     assert statuses[:5] == [401] * 5 and statuses[5] == 429
     # the limit holds even for the right password until the window passes
     assert _login(traffic, "auditor1")[1].status_code == 429
+
+
+def test_non_ascii_tokens_and_cookies_are_refused_not_a_crash(traffic: Traffic,
+                                                              accounts: Any) -> None:
+    client, _ = _login(traffic, "admin1", address="127.0.0.5")
+    for path in ("/dashboard/logout", "/dashboard/export"):
+        assert client.post(path, data={"csrf": "\u00e9"}).status_code == 403
+    anonymous = httpx.Client(base_url=traffic.gateway.url, timeout=30,
+                             transport=httpx.HTTPTransport(local_address="127.0.0.5"))
+    anonymous.get("/dashboard/login")
+    assert anonymous.post("/dashboard/login", data={"csrf": "\u00e9", "username": "admin1",
+                                                    "password": PASSWORD}).status_code == 403
+    forged = httpx.get(f"{traffic.gateway.url}/dashboard",
+                       headers={"cookie": "sg_session=x.\u00e9".encode()})
+    assert forged.headers["location"] == "/dashboard/login"
+
+
+def test_a_scoped_reviewer_sees_only_its_policy_versions_and_rules(traffic: Traffic,
+                                                                  accounts: Any) -> None:
+    """Bundle data files hold every tenant's contract, and a version no record of the tenant
+    cites is none of its business: a tenant's reviewer gets neither, an auditor both."""
+    admin, _ = _login(traffic, "admin1", address="127.0.0.5")  # auditor1 is locked out above
+    current = re.search(r'<code id="current">([^<]+)</code>', admin.get("/dashboard/policies").text)
+    assert current is not None
+    folder = traffic.gateway.data_dir / "policies" / current.group(1).removeprefix("sha256:")
+    files = {p.relative_to(folder).as_posix(): p.read_bytes()
+             for p in folder.rglob("*") if p.is_file()}
+    data = next(rel for rel in files if rel.endswith(".yaml"))
+    files[data] += b"\n# other-tenant-secret-terms\n"
+    other = bundle_digest(files)
+    for rel, raw in files.items():
+        target = traffic.gateway.data_dir / "policies" / other.removeprefix("sha256:") / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(raw)
+    audited = admin.get("/dashboard/policies", params={"compare": other}).text
+    assert other in audited and "other-tenant-secret-terms" in audited
+    reviewer, _ = _login(traffic, "rev-acme", address="127.0.0.5")
+    page = reviewer.get("/dashboard/policies", params={"compare": other})
+    assert page.status_code == 200
+    assert other not in page.text.replace(f"compare={other}", "")  # not offered, not diffed
+    assert "other-tenant-secret-terms" not in page.text and 'id="diff"' not in page.text
+    assert data not in page.text and "administrators and auditors only" in page.text
+
+
+def test_an_unknown_tenant_filter_is_an_error_not_an_empty_answer(traffic: Traffic,
+                                                                  accounts: Any) -> None:
+    admin, _ = _login(traffic, "admin1", address="127.0.0.5")
+    assert admin.get("/dashboard/records", params={"tenant": "no-such-tenant"}).status_code == 400
+    reviewer, _ = _login(traffic, "rev-acme", address="127.0.0.5")
+    assert reviewer.get("/dashboard/records",
+                        params={"tenant": "no-such-tenant"}).status_code == 403

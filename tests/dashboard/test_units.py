@@ -46,7 +46,8 @@ def test_user_store(tmp_path: Path) -> None:
                        (("bob", "root", "twelve chars!"), "invalid_role"),
                        (("bob", "admin", "short"), "weak_password"),
                        (("Bad Name", "admin", "twelve chars!"), "invalid_name"),
-                       (("bob", "auditor", "twelve chars!", "acme"), "invalid_role")):
+                       (("bob", "auditor", "twelve chars!", "acme"), "invalid_role"),
+                       (("bob", "reviewer", "twelve chars!", ""), "invalid_tenant")):
         with pytest.raises(UserError) as info:
             store.create(*args)  # type: ignore[arg-type]
         assert info.value.code == code
@@ -174,11 +175,35 @@ def test_login_limiter_window() -> None:
     now = [0.0]
     limiter = LoginLimiter(limit=3, window_s=60, clock=lambda: now[0])
     for _ in range(3):
-        assert not limiter.blocked("ip:a", "user:x")
-        limiter.fail("ip:a", "user:x")
+        assert limiter.attempt("ip:a", "user:x") is not None  # each one a wrong password
+    assert limiter.attempt("ip:a", "user:x") is None
     assert limiter.blocked("ip:a") and limiter.blocked("user:x") and not limiter.blocked("ip:b")
     now[0] = 61
     assert not limiter.blocked("ip:a", "user:x")
+
+
+def test_login_limiter_counts_attempts_before_they_are_checked() -> None:
+    """Guesses sent together are counted as they arrive, before any password is checked:
+    only ``limit`` of them are let through, and a right one among them refunds itself."""
+    limiter = LoginLimiter(limit=5, window_s=60, clock=lambda: 0.0)
+    stamps = [limiter.attempt("ip:a", "user:x") for _ in range(40)]
+    assert sum(s is not None for s in stamps) == 5
+    right = stamps[4]
+    assert right is not None
+    limiter.succeeded(right, "ip:a", "user:x")
+    assert not limiter.blocked("user:x") and not limiter.blocked("ip:a")
+
+
+def test_login_limiter_never_forgets_a_locked_user() -> None:
+    now = [0.0]
+    limiter = LoginLimiter(limit=5, window_s=300, clock=lambda: now[0], max_keys=100)
+    while limiter.attempt("ip:a", "user:admin") is not None:
+        pass
+    for i in range(5000):  # a flood of failures under made-up names from many addresses
+        now[0] += 0.01
+        limiter.attempt(f"ip:{i}", f"user:nobody-{i % 50}")
+    assert limiter.blocked("user:admin")
+    assert limiter.attempt("ip:elsewhere", "user:admin") is None
 
 
 @given(st.text(max_size=30))

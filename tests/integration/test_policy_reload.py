@@ -4,7 +4,10 @@ changes to the new bundle's."""
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +16,7 @@ import httpx
 
 from policy import load_bundle
 from tests.integration.conftest import gateway_config
-from tests.server import Proc, start_gateway
+from tests.server import ROOT, Gateway, Proc, start_gateway
 
 
 def test_bundle_hot_reload(workdir: Path, fast_upstream: Proc) -> None:
@@ -48,6 +51,8 @@ def test_bundle_hot_reload(workdir: Path, fast_upstream: Proc) -> None:
             assert time.monotonic() < deadline, "the broken bundle was not reported"
             time.sleep(0.2)
         assert httpx.get(identity).json()["policy_digest"] == old_digest
+        # The dashboard shows the bundle in force, not the refused one on disk.
+        assert _dashboard_current_policy(gw) == old_digest
         broken.unlink()
         contracts = bundle_dir / "data" / "contracts.yaml"
         contracts.write_text(contracts.read_text() + "\n# revision 2\n")
@@ -63,3 +68,22 @@ def test_bundle_hot_reload(workdir: Path, fast_upstream: Proc) -> None:
         assert statuses and set(statuses) == {200}
     finally:
         gw.stop()
+
+
+def _dashboard_current_policy(gw: Gateway) -> str:
+    password = "correct horse battery staple"
+    created = subprocess.run([sys.executable, "-m", "proxy.cli", "users", "create", "ops",
+                              "--role", "admin", "--password-stdin"], cwd=ROOT, env=gw.env,
+                             input=password + "\n", capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard/login").text)
+        assert csrf is not None
+        client.post("/dashboard/login", data={"csrf": csrf.group(1), "username": "ops",
+                                              "password": password})
+        page = client.get("/dashboard/policies")
+    assert page.status_code == 200, page.text
+    current = re.search(r'<code id="current">([^<]+)</code>', page.text)
+    assert current is not None
+    return current.group(1)
+
