@@ -156,8 +156,7 @@ async def policies_page(svc: DashboardService, viewer: Viewer, compare: str | No
     was), the versions records cite, and diffs. A viewer scoped to one tenant sees only the
     versions its own records cite, and of their files only the Rego rules."""
     index = await svc.index()
-    bundle = svc.policy() if svc.policy is not None else svc.settings.policy_bundle or None
-    current = await asyncio.to_thread(snapshot_policy, svc.data_dir, bundle)
+    current = await asyncio.to_thread(snapshot_policy, svc.data_dir, svc.bundle() or None)
     snapshots = await asyncio.to_thread(policy_snapshots, svc.data_dir)
     seen = [(d, fmt_us(s.first_us), fmt_us(s.last_us), n, d in snapshots)
             for d, s, n in index.seen(index.policies, viewer.scope)]

@@ -115,14 +115,13 @@ def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None
     if not name:
         return viewer.scope
     tenants: dict[str, Tenant] = {t.name: t for t in dashboard.tenants.tenants()}
-    if name not in tenants:
-        if viewer.scope is not None:  # as for another tenant's name: nothing to learn
-            raise PermissionError
-        raise BadQuery("tenant must be one of the known tenants")
-    pseudonym = tenants[name].pseudonym
-    if viewer.scope is not None and pseudonym != viewer.scope:
+    found = tenants.get(name)
+    # A scoped viewer learns nothing from a name: unknown or another tenant's, the same 403.
+    if viewer.scope is not None and (found is None or found.pseudonym != viewer.scope):
         raise PermissionError
-    return pseudonym
+    if found is None:
+        raise BadQuery("tenant must be one of the known tenants")
+    return found.pseudonym
 
 
 def _record_filter(pseudonym: str | None, params: dict[str, str], page: str | None) -> RecordFilter:
@@ -229,10 +228,8 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
     try:
         start, end = _window(form)
         tenant = _scoped_tenant(dashboard, viewer, text_value("tenant", str(form.get("tenant") or "")))
-        bundle = dashboard.policy() if dashboard.policy is not None else (
-            dashboard.settings.policy_bundle)
         options = ExportOptions(start, end, tenant, None, await dashboard.identity.document(),
-                                bundle)
+                                dashboard.bundle())
         log = dashboard.audit
         data = await asyncio.to_thread(build_bundle, log.store, dashboard.data_dir,
                                        dashboard.log_key, options)

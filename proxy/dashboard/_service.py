@@ -51,6 +51,11 @@ class DashboardService:
         self.identity_verdicts: dict[str, tuple[bool, str]] = {}
         self._collateral: Collateral | None = None
 
+    def bundle(self) -> PolicyBundle | str:
+        """The policy bundle the engine enforces now, else the configured directory (empty:
+        the shipped bundle)."""
+        return self.policy() if self.policy is not None else self.settings.policy_bundle
+
     def collateral(self) -> Collateral | None:
         """The TDX collateral in ``collateral_dir`` (read once), or ``None`` when none is
         configured; ``ValueError`` when the folder cannot be read."""

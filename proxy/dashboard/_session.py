@@ -138,10 +138,6 @@ class LoginLimiter:
         if stamp in times:
             times.remove(stamp)
 
-    def reset(self, *keys: str) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
-
     def _evict(self) -> None:
         if len(self._failures) < self._max:
             return
