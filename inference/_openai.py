@@ -1,8 +1,9 @@
 """Any OpenAI-compatible upstream (vLLM, llama.cpp server, a zero-retention provider) over httpx.
 
-The httpx client runs on aiohttp's connection pool and HTTP/1.1 parser (``httpx-aiohttp``, the
-transport the official SDK offers for async use): the same calls, about half the per-request
-cost of httpx's default transport, which matters on the gateway's hot path (``make bench``).
+Requests are httpx requests sent through aiohttp's connection pool and HTTP/1.1 parser
+(``httpx-aiohttp``, the transport the official SDK offers for async use): about half the
+per-request cost of httpx's default transport, which matters on the gateway's hot path
+(``make bench``).
 Streaming is passed through as it arrives: each upstream SSE event becomes one chunk here, with
 no buffering beyond the event itself. Upstream error bodies are never relayed (they may echo
 content); only their status class is. Every document is checked against the skeleton of its
@@ -158,51 +159,67 @@ def _check_status(response: httpx.Response) -> None:
 
 
 class OpenAIBackend:
-    """Forwards requests to an OpenAI-compatible HTTP upstream."""
+    """Forwards requests to an OpenAI-compatible HTTP upstream.
+
+    Requests go straight to the httpx transport: the gateway never follows redirects, keeps no
+    cookies and sends one fixed credential, so ``httpx.AsyncClient``'s layers for those (a third
+    of this backend's cost per request) have nothing to do. URLs are parsed once, at start.
+    """
 
     def __init__(self, name: str, config: OpenAIConfig, *, transport: Any = None) -> None:
         self.name = name
         self._config = config
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._transport: httpx.AsyncBaseTransport | None = transport
+        self._started = False
+        self._headers: dict[str, str] = {}
+        self._urls: dict[str, httpx.URL] = {}
+        self._timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s).as_dict()
 
     async def start(self) -> None:
-        headers = {}
+        self._headers = {"Content-Type": "application/json", "User-Agent": "sealgate"}
         if self._config.api_key_env:
-            headers["Authorization"] = f"Bearer {api_key(self._config.api_key_env)}"
-        limits = httpx.Limits(max_connections=self._config.max_connections)
-        self._client = httpx.AsyncClient(
-            base_url=self._config.url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(self._config.timeout_s, connect=self._config.connect_timeout_s),
-            transport=self._transport or AiohttpTransport(limits=limits, trust_env=False),
-            trust_env=False,
-        )
+            self._headers["Authorization"] = f"Bearer {api_key(self._config.api_key_env)}"
+        base = self._config.url.rstrip("/")
+        self._urls = {path: httpx.URL(base + path)
+                      for path in (*_PATHS.values(), "/embeddings", "/models")}
+        if self._transport is None:
+            limits = httpx.Limits(max_connections=self._config.max_connections)
+            self._transport = AiohttpTransport(limits=limits, trust_env=False)
+        self._started = True
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._started and self._transport is not None:
+            self._started = False
+            await self._transport.aclose()
 
-    def _require(self) -> httpx.AsyncClient:
-        if self._client is None:
+    async def _send(self, method: str, path: str, content: bytes | None = None,
+                    timeout: float | None = None) -> httpx.Response:
+        """The upstream's response, its body not yet read (the caller closes it)."""
+        if not self._started or self._transport is None:
             raise BackendUnavailable(f"backend {self.name!r} is not started")
-        return self._client
+        limits = self._timeout if timeout is None else httpx.Timeout(timeout).as_dict()
+        request = httpx.Request(method, self._urls[path], content=content, headers=self._headers,
+                                extensions={"timeout": limits})
+        return await self._transport.handle_async_request(request)
 
     async def ready(self) -> bool:
         try:
             with _mapped_errors():
-                response = await self._require().get("/models", timeout=2.0)
+                response = await self._send("GET", "/models", timeout=2.0)
+                await response.aclose()
         except BackendUnavailable:
             return False
         return response.status_code == 200
 
     async def _post(self, path: str, body: Mapping[str, Any], schema: type[_Document]) -> Json:
         with _mapped_errors():
-            response = await self._require().post(path, content=msgspec.json.encode(body),
-                                                  headers={"Content-Type": "application/json"})
-            _check_status(response)
-            return _checked(msgspec.json.decode(response.content), schema)
+            response = await self._send("POST", path, msgspec.json.encode(body))
+            try:
+                _check_status(response)
+                content = await response.aread()
+            finally:
+                await response.aclose()
+            return _checked(msgspec.json.decode(content), schema)
 
     async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
         return await self._post(_PATHS[kind], {**body, "stream": False}, _WHOLE[kind])
@@ -211,11 +228,10 @@ class OpenAIBackend:
         return await self._post("/embeddings", body, _Embeddings)
 
     async def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
-        request = {**body, "stream": True}
-        client = self._require()
         with _mapped_errors():
-            async with client.stream("POST", _PATHS[kind], content=msgspec.json.encode(request),
-                                     headers={"Content-Type": "application/json"}) as response:
+            response = await self._send("POST", _PATHS[kind],
+                                        msgspec.json.encode({**body, "stream": True}))
+            try:
                 _check_status(response)
                 media_type = response.headers.get("content-type", "").split(";")[0].strip()
                 if media_type.lower() != "text/event-stream":
@@ -235,3 +251,5 @@ class OpenAIBackend:
                     yield _checked(chunk, _CHUNK[kind])
                 if not done:
                     raise UpstreamTruncated("the upstream stream ended before data: [DONE]")
+            finally:
+                await response.aclose()
