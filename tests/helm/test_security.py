@@ -132,7 +132,8 @@ def test_extra_backends_with_a_key_and_a_timeout_load_in_the_proxy(
     config.write_text(rendered.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"])
     env = _proxy_env(rendered)
     variable = next(name for name, value in env.items()
-                    if isinstance(value, dict) and value["secretKeyRef"]["name"] == "other-key")
+                    if isinstance(value, dict)
+                    and value.get("secretKeyRef", {}).get("name") == "other-key")
     options = Settings.load(config, env={}).backends["other"].options
     assert (options.api_key_env, options.timeout_s) == (variable, 45.0)
 
@@ -260,3 +261,22 @@ def test_helm_test_hook_fetches_the_identity_document(each_render: Rendered) -> 
     assert "--fail" in container["args"]
     assert container["args"][-1] == "http://sealgate:8080/.well-known/sealgate/identity"
     assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_each_replica_signs_under_its_own_log_origin(production_render: Rendered) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from audit import SignedCheckpoint, vkey_for
+
+    spec = production_render.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    env = next(c for c in spec["containers"] if c["name"] == "proxy")["env"]
+    names = [e["name"] for e in env]
+    assert names.index("POD_NAME") < names.index("SEALGATE_LOG_ORIGIN")  # defined before use
+    assert env[names.index("POD_NAME")]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    origin = env[names.index("SEALGATE_LOG_ORIGIN")]["value"]
+    assert origin == "sealgate.sealgate/audit/$(POD_NAME)"
+    pod_origin = origin.replace("$(POD_NAME)", "sealgate-7d9c5b8f6-x2x9q")
+    key = Ed25519PrivateKey.generate()  # the origin names the checkpoints' signer
+    signed = SignedCheckpoint.sign(pod_origin, 1, b"\0" * 32, key)
+    assert SignedCheckpoint.parse(signed.note, vkey_for(pod_origin, key.public_key())) == signed
+

@@ -39,6 +39,8 @@ BAD_VALUES = [
     ("policy-file-dot-folder", "policy:\n  files:\n    data/.d/x.yaml: x\n", "data/.d/x.yaml"),
     ("log-flag-unknown", "vllm:\n  requestLogFlag: --log-requests\n", "requestLogFlag"),
     ("tp-zero", "vllm:\n  tensorParallelSize: 0\n", "tensorParallelSize"),
+    ("metrics-path", "metrics:\n  path: /prom\n", "path"),  # the proxy serves /metrics only
+    ("model-name-too-long", "models:\n  " + "m" * 129 + ":\n    backend: vllm\n", "m" * 129),
     (
         "backend-url-with-credentials",
         "backends:\n  up:\n    type: openai\n    url: http://u:p@up:8000/v1\n",
@@ -98,6 +100,22 @@ BAD_COMBINATIONS = [
         {"models": {"m": {"backend": "nowhere", "retentionTier": "attested-zero"}}},
         'names backend "nowhere"',
     ),
+    (
+        "no-model-route",
+        {"vllm": {"enabled": False}},
+        "no model route",
+    ),
+    (
+        "backends-sharing-a-key-variable",
+        {"backends": {n: {"type": "openai", "url": "https://up.example/v1",
+                          "apiKeySecret": {"name": n, "key": "k"}} for n in ("a-b", "a_b")}},
+        "share the API key variable UPSTREAM_API_KEY_A_B",
+    ),
+    ("vllm-request-logging-on", {"vllm": {"extraArgs": ["--enable-log-requests"]}},
+     "may not set --enable-log-requests"),
+    ("vllm-output-logging-abbreviated", {"vllm": {"extraArgs": ["--enable-log-o=true"]}},
+     "may not set --enable-log-o"),
+    ("vllm-port-override", {"vllm": {"extraArgs": ["--port", "9"]}}, "may not set --port"),
     (
         "service-monitor-without-metrics",
         {"metrics": {"serviceMonitor": {"enabled": True}}},
@@ -362,3 +380,21 @@ def test_repository_bundle_mounts_with_the_same_digest(tmp_path: Path) -> None:
     # A ConfigMap (with its metadata) must stay under the 1 MiB object limit.
     policy_map = rendered.get("ConfigMap", "sealgate-policy")
     assert len(json.dumps(policy_map).encode()) < 1_000_000
+
+
+def test_extra_config_holds_top_level_settings_and_names_with_at_and_plus_load(
+        render: Any, tmp_path: Path) -> None:
+    try:
+        from proxy.config import Settings
+    except ImportError as exc:
+        need(False, f"proxy.config unavailable: {exc}")
+    rendered: Rendered = render({
+        "proxy": {"extraConfig": "policy_timeout_ms = 500\naudit_sync = \"full\"\n"},
+        "models": {"team@v1+fast": {"backend": "vllm", "retentionTier": "attested-zero"}},
+    })
+    config = tmp_path / "sealgate.toml"
+    config.write_text(rendered.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"])
+    settings = Settings.load(config, env={})
+    assert (settings.policy_timeout_ms, settings.audit_sync) == (500, "full")
+    assert "team@v1+fast" in settings.models and "llama-3.1-8b-instruct" in settings.models
+

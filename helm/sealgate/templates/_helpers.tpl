@@ -176,7 +176,38 @@ seccompProfile:
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
 {{- end }}
-{{- range $name, $m := (include "sealgate.models" . | fromJson) }}
+{{- $models := include "sealgate.models" . | fromJson }}
+{{- if not $models }}
+{{- fail "no model route: enable vllm or name models (with backends); the proxy would otherwise serve its built-in development model" }}
+{{- end }}
+{{- $keyVars := dict }}
+{{- range $name, $b := (include "sealgate.backends" . | fromJson) }}
+{{- if $b.apiKeySecret }}
+{{- $var := include "sealgate.apiKeyEnv" $name }}
+{{- if hasKey $keyVars $var }}
+{{- fail (printf "backends %q and %q would share the API key variable %s: rename one" (get $keyVars $var) $name $var) }}
+{{- end }}
+{{- $_ := set $keyVars $var $name }}
+{{- end }}
+{{- end }}
+{{- /* What the chart sets itself, and request logging, which stays off (prompts would reach
+vLLM's logs). argparse takes any unambiguous abbreviation, so a prefix of one is refused too. */}}
+{{- $reserved := list "--host" "--port" "--uds" "--model" "--served-model-name" "--tensor-parallel-size" "--enable-log-requests" "--no-enable-log-requests" "--enable-log-outputs" "--disable-log-requests" }}
+{{- range $arg := $v.vllm.extraArgs }}
+{{- $flag := first (splitList "=" $arg) }}
+{{- $hit := or (contains "log-requests" $flag) (contains "log-outputs" $flag) }}
+{{- if and (hasPrefix "--" $flag) (gt (len $flag) 2) }}
+{{- range $reserved }}
+{{- if hasPrefix $flag . }}
+{{- $hit = true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $hit }}
+{{- fail (printf "vllm.extraArgs may not set %s: the chart fixes vLLM's address, model and request logging (off)" $flag) }}
+{{- end }}
+{{- end }}
+{{- range $name, $m := $models }}
 {{- if not (hasKey (include "sealgate.backends" $ | fromJson) $m.backend) }}
 {{- fail (printf "model %q names backend %q, which is neither in backends nor the vLLM backend" $name $m.backend) }}
 {{- end }}
