@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
@@ -32,6 +33,8 @@ __all__ = ["OpenAIBackend", "OpenAIConfig", "api_key"]
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 _MALFORMED = "the upstream sent a malformed response"
+_EOL = re.compile(rb"\r\n|\r|\n")  # the only line ends of an event stream (WHATWG HTML §9.2.5)
+_MAX_LINE = 16 << 20  # one event's line; a longer one is not an OpenAI chunk
 
 
 class UpstreamTruncated(BackendError):
@@ -150,6 +153,25 @@ def _mapped_errors() -> Iterator[None]:
         raise BackendError(_MALFORMED) from None
 
 
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The lines of an event stream, as bytes. Split at CR, LF and CRLF only: JSON may carry
+    U+2028, U+2029 and U+0085 unescaped (vLLM and llama.cpp send them raw), where
+    ``str.splitlines`` would cut an event in two. Kept as bytes, so UTF-8 is checked strictly
+    by the JSON decoder (bad bytes are a malformed answer, as in a whole response). A CR that
+    ends one read and an LF that starts the next yield one extra empty line, which is no event.
+    """
+    pending = b""
+    async for chunk in chunks:
+        lines = _EOL.split(pending + chunk)
+        pending = lines.pop()
+        if len(pending) > _MAX_LINE:
+            raise BackendError(_MALFORMED)
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
 def _check_status(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
@@ -237,12 +259,12 @@ class OpenAIBackend:
                 if media_type.lower() != "text/event-stream":
                     raise BackendError(_MALFORMED)
                 done = False
-                async for line in response.aiter_lines():
+                async for line in _lines(response.aiter_bytes()):
                     # Read to the end even after [DONE], so the connection goes back to the pool.
-                    if done or not line.startswith("data:"):
+                    if done or not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         done = True
                         continue
                     chunk = msgspec.json.decode(data)

@@ -16,6 +16,8 @@ from typing import Any
 from tests.loopback import LoopbackHTTPServer
 
 _USAGE = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+SEPARATORS = "one\u2028two\u2029three\x85four"
+"""Content that JSON may carry unescaped, and which ``str.splitlines`` would split at."""
 
 
 def _chat(**changes: Any) -> dict[str, Any]:
@@ -62,6 +64,10 @@ def _events(echo: str) -> dict[str, list[Any]]:
                           for i in range(2)] + [
             {**_chunk(id="gen-2", choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]),
              "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, "[DONE]"],
+        # Raw U+2028/U+2029/U+0085 (as vLLM and llama.cpp send them), CRLF line ends.
+        "ok-separators": [_chunk(choices=[{"index": 0, "delta": {"content": SEPARATORS},
+                                           "finish_reason": None}]), "[DONE]"],
+        "stream-invalid-utf8": [_chunk(), _chunk(id="chatcmpl-bad"), "[DONE]"],
         "stream-fractional-usage": [_chunk(), _chunk(choices=[], usage={"completion_tokens": 3.5}),
                                     "[DONE]"],
         "stream-bad-chunk": [_chunk(), _chunk(choices=[echo]), "[DONE]"],
@@ -72,7 +78,8 @@ def _events(echo: str) -> dict[str, list[Any]]:
 
 WHOLE_FAULTS = tuple(sorted(m for m in _whole("") if not m.startswith("ok")))
 STREAM_FAULTS = (*sorted(m for m in _events("") if not m.startswith("ok")), "stream-as-json")
-MODELS = ("ok", "ok-annotated", "ok-logprobs", "ok-unprefixed", *WHOLE_FAULTS, *STREAM_FAULTS)
+MODELS = ("ok", "ok-annotated", "ok-logprobs", "ok-unprefixed", "ok-separators", *WHOLE_FAULTS,
+          *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 
@@ -113,8 +120,12 @@ class FaultInjectingUpstream(LoopbackHTTPServer):
                     self._send("application/json", json.dumps(_chat()).encode())
                 else:
                     events = _events(echo)[fault]
-                    self._send("text/event-stream", b"".join(
-                        b"data: " + (e.encode() if isinstance(e, str) else json.dumps(e).encode())
-                        + b"\n\n" for e in events))
+                    end = b"\r\n\r\n" if fault == "ok-separators" else b"\n\n"
+                    stream = b"".join(
+                        b"data: " + (e if isinstance(e, str) else json.dumps(e, ensure_ascii=False))
+                        .encode() + end for e in events)
+                    if fault == "stream-invalid-utf8":
+                        stream = stream.replace(b"chatcmpl-bad", b"chatcmpl-\xff")
+                    self._send("text/event-stream", stream)
 
         return Handler

@@ -14,14 +14,20 @@ import httpx
 import pytest
 
 from tests.integration.conftest import request_records
-from tests.integration.faulty_upstream import MODELS, WHOLE_FAULTS, FaultInjectingUpstream
+from tests.integration.faulty_upstream import (
+    MODELS,
+    SEPARATORS,
+    WHOLE_FAULTS,
+    FaultInjectingUpstream,
+)
 from tests.server import Gateway, start_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
 CANARY = "CANARY" + secrets.token_hex(8)
 MESSAGES = [{"role": "user", "content": f"repeat {CANARY}"}]
-MALFORMED_STREAMS = ["stream-fractional-usage", "stream-bad-chunk", "stream-error-event"]
+MALFORMED_STREAMS = ["stream-fractional-usage", "stream-bad-chunk", "stream-error-event",
+                     "stream-invalid-utf8"]
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +192,19 @@ def test_stream_chunks_share_one_id_and_usage_comes_alone(seam_gateway: Gateway,
         assert len(chunks) == 3
     records = request_records(seam_gateway, key, response.headers["x-request-id"])
     assert records["completion"]["completion_tokens"] == 2
+
+
+def test_stream_content_with_unicode_line_separators_passes_whole(seam_gateway: Gateway,
+                                                                 key: str) -> None:
+    """Events split at CR, LF and CRLF only: raw U+2028, U+2029 and U+0085 inside the JSON
+    (legal, and what vLLM sends) stay inside their event."""
+    response = _post(seam_gateway, key, {"model": "ok-separators", "messages": MESSAGES,
+                                         "stream": True})
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]", response.text
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == SEPARATORS
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == 200
 
 
 def test_chat_logprobs_have_their_refusal_field(seam_gateway: Gateway, key: str) -> None:
