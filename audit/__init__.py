@@ -18,6 +18,7 @@ from ._errors import (
 from ._keys import load_or_create_signing_key
 from ._log import AuditLog
 from ._merkle import verify_consistency, verify_inclusion
+from ._note import check_name as check_note_name
 from ._note import vkey_for
 from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
@@ -44,6 +45,7 @@ __all__ = [
     "TreeReader",
     "VerificationError",
     "VerifyReport",
+    "check_note_name",
     "commit",
     "load_or_create_signing_key",
     "verify_consistency",

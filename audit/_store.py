@@ -12,12 +12,16 @@ SQLAlchemy errors are translated to ``AuditUnavailable`` here and never escape t
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -109,12 +113,18 @@ class LogStore:
                           f"WHERE log_id = {self._mark}")
 
     @classmethod
-    def open(cls, url: str) -> LogStore:
-        """Connect and run the migrations to ``head``."""
+    def open(cls, url: str, *, read_only: bool = False) -> LogStore:
+        """Connect and run the migrations to ``head``.
+
+        ``read_only`` (verification, inspection) changes nothing: no migration, no switch to
+        WAL, a SQLite file opened ``mode=ro``; a database not at this release's schema is
+        refused instead of upgraded."""
         with _translated("open"):
             url, synchronous = _sync_mode(url)
             sync_url = normalize_url(url)
             parsed = make_url(sync_url)
+            if read_only:
+                return cls._open_read_only(sync_url, parsed)
             if parsed.get_backend_name() == "sqlite" and parsed.database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(sync_url, pool_pre_ping=parsed.get_backend_name() != "sqlite")
@@ -123,6 +133,26 @@ class LogStore:
             store = cls(engine, synchronous=synchronous)
             store._migrate()
             return store
+
+    @classmethod
+    def _open_read_only(cls, sync_url: str, parsed: Any) -> LogStore:
+        if parsed.get_backend_name() == "sqlite":
+            uri = f"file:{urllib.parse.quote(str(parsed.database))}?mode=ro"
+            engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
+        else:
+            engine = create_engine(sync_url, pool_pre_ping=True,
+                                   execution_options={"postgresql_readonly": True})
+        store = cls(engine)
+        head = ScriptDirectory(str(_MIGRATIONS)).get_current_head()
+        with engine.connect() as conn:
+            current = MigrationContext.configure(
+                conn, opts={"version_table": "audit_alembic_version"}).get_current_revision()
+        if current != head:
+            engine.dispose()
+            raise AuditUnavailable(
+                "not a Sealgate audit database" if current is None else
+                f"the audit database is at schema {current}, this release reads {head}")
+        return store
 
     @property
     def is_sqlite(self) -> bool:

@@ -89,6 +89,8 @@ class Services:
     audit: AuditLog | None = None
     gate: PolicyAuditGate | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    startup_error: BaseException | None = None
+    """Why start-up failed (the CLI prints it once, with its code, instead of a traceback)."""
 
     def dependencies(self) -> dict[str, Provide]:
         def const(value: Any) -> Provide:
@@ -156,7 +158,7 @@ class Services:
                     _log.info("policy_reloaded", policy_digest=self.policy.bundle_digest)
                 error = watcher.last_error if watcher is not None else None
                 if error is not None and str(error) != refused:
-                    _log.warning("policy_reload_refused", code=error.code, reason=error.detail)
+                    _log.warning("policy_reload_refused", code=error.code)  # why: `policy test`
                 refused = None if error is None else str(error)
                 if settings.ohttp_key_rotation_s > 0 and loop.time() >= next_rotation:
                     self.ohttp_keys.rotate()
@@ -206,7 +208,11 @@ def create_app(settings: Settings | None = None, *,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await services.start()
+        try:
+            await services.start()
+        except Exception as exc:
+            services.startup_error = exc
+            raise
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+from sqlalchemy.engine import URL
 
-from audit import IDENTIFIER
+from audit import IDENTIFIER, check_note_name
 from inference import LlamaCppConfig, ModelRoute, OpenAIConfig, RetentionTier, VLLMConfig
 from proxy.errors import ConfigError
 
@@ -25,6 +27,8 @@ __all__ = ["BackendSettings", "Settings"]
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SECRET_WORDS = ("password", "secret", "token", "api_key")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII only: int() also reads other scripts' digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,8 @@ class Settings:
                 doc = tomllib.loads(Path(path).read_text())
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"cannot read config {path}: {exc}") from exc
+            except UnicodeDecodeError:
+                raise ConfigError(f"cannot read config {path}: not UTF-8 text") from None
         return cls._from_mapping(doc, os.environ if env is None else env)
 
     @classmethod
@@ -171,6 +177,15 @@ class Settings:
             raise ConfigError("policy_engine must be 'regopy' or 'opa'")
         if self.audit_sync not in ("normal", "full"):
             raise ConfigError("audit_sync must be 'normal' or 'full'")
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+        if not self.host.strip():  # uvicorn would listen on every interface
+            raise ConfigError("host must not be empty")
+        try:
+            check_note_name(self.log_origin)
+        except ValueError:
+            raise ConfigError("log_origin must be non-empty, at most 255 bytes, with no spaces, "
+                              "'+' or control characters") from None
         for name, low, high in _RANGES:
             value = getattr(self, name)
             if not low <= value <= high:
@@ -186,12 +201,11 @@ class Settings:
     # -- derived values -----------------------------------------------------------------------
     @property
     def tenants_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'sealgate.db'}"
+        return self.database_url or _sqlite_url(self.data_dir / "sealgate.db")
 
     @property
     def audit_db_url(self) -> str:
-        return self.audit_url or (
-            f"sqlite:///{self.data_dir / 'audit.db'}?synchronous={self.audit_sync}")
+        return self.audit_url or _sqlite_url(self.data_dir / "audit.db", synchronous=self.audit_sync)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -215,6 +229,11 @@ _RANGES = (
 )
 
 
+def _sqlite_url(path: Path, **query: str) -> str:
+    """A SQLite URL for ``path``, escaped: a data directory holding ``?`` or ``#`` stays one path."""
+    return URL.create("sqlite", database=str(path), query=query).render_as_string()
+
+
 def _coerce(name: str, default: Any, raw: Any) -> Any:
     """A setting from the environment (text) or TOML (text, or a value of the right type)."""
     if not isinstance(raw, str):
@@ -231,8 +250,12 @@ def _coerce(name: str, default: Any, raw: Any) -> Any:
                 return text in _TRUE
             raise ValueError(raw)
         if isinstance(default, int):
+            if not _INTEGER.fullmatch(str(raw).strip()):
+                raise ValueError(raw)
             return int(raw)
         if isinstance(default, Path):
+            if not str(raw).strip():  # Path("") is the current directory
+                raise ValueError(raw)
             return Path(str(raw))
         return str(raw)
     except ValueError as exc:
@@ -325,10 +348,26 @@ def _mask(value: Any, key: str = "") -> Any:
     if isinstance(value, str) and value:
         if _secret(key) and not key.endswith("_env"):
             return "********"
-        if "://" in value and "@" in value.split("://", 1)[1]:
-            scheme, rest = value.split("://", 1)
-            return f"{scheme}://********@{rest.split('@', 1)[1]}"
+        if "://" in value:
+            return _mask_url(value)
     return value
+
+
+def _mask_url(url: str) -> str:
+    """The URL with its user information and any secret-named query parameter masked
+    (``?password=``, ``?sslpassword=``, ``?api_key=``, ``?key=``, ``?token=``)."""
+    scheme, rest = url.split("://", 1)
+    rest, hash_, fragment = rest.partition("#")
+    head, question, query = rest.partition("?")
+    authority, slash, path = head.partition("/")
+    if "@" in authority:
+        authority = "********@" + authority.rsplit("@", 1)[1]
+    params = []
+    for param in query.split("&") if query else ():
+        name, equals, _ = param.partition("=")
+        params.append(f"{name}=********" if equals and (_secret(name) or name.lower() == "key")
+                      else param)
+    return f"{scheme}://{authority}{slash}{path}{question}{'&'.join(params)}{hash_}{fragment}"
 
 
 def _secret(name: str) -> bool:

@@ -2,7 +2,8 @@
 
 An allow-list processor keeps only known, content-free fields and drops everything else, so a
 careless ``log.info(..., body=...)`` loses the field instead of leaking it. String values are
-also clipped and restricted to identifier-like text.
+also clipped and restricted to identifier-like text with no spaces (prose, which could be
+content, cannot pass), and the event name itself must be a snake_case word.
 """
 
 from __future__ import annotations
@@ -26,24 +27,31 @@ ALLOWED_FIELDS = frozenset({
     "backends", "models", "key_id", "reason", "data_dir", "log_id", "size",
 })
 # Identifier-ish values only: free text (which could be content) is replaced, not logged.
-_SAFE = re.compile(r"^[A-Za-z0-9_.:/@+=,\- ]{0,160}$")
+_SAFE = re.compile(r"[A-Za-z0-9_.:/@+=,\-]{0,160}")
+_EVENT = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 
 
 def _clean(value: Any) -> Any:
     if isinstance(value, bool | int | float) or value is None:
         return value
     if isinstance(value, str):
-        return value if _SAFE.match(value) else "[redacted]"
+        return value if _SAFE.fullmatch(value) else "[redacted]"
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value][:32]
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in list(value.items())[:32] if _SAFE.match(str(k))}
+        return {str(k): _clean(v) for k, v in list(value.items())[:32] if _SAFE.fullmatch(str(k))}
     return "[redacted]"
 
 
 def drop_unknown_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: keep allow-listed fields with content-free values only."""
-    return {k: (v if k == "event" else _clean(v)) for k, v in event_dict.items() if k in ALLOWED_FIELDS}
+    """structlog processor: keep allow-listed fields with content-free values only; an event
+    name that is not one snake_case word (an f-string, a dict) is replaced too."""
+    return {k: (_event(v) if k == "event" else _clean(v))
+            for k, v in event_dict.items() if k in ALLOWED_FIELDS}
+
+
+def _event(value: Any) -> str:
+    return value if isinstance(value, str) and _EVENT.fullmatch(value) else "[redacted]"
 
 
 def configure_logging(level: str = "info", stream: Any = None) -> None:

@@ -58,12 +58,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        # Every package's errors carry a stable string code: show "CODE: detail", no trace.
-        if not isinstance(getattr(exc, "code", None), str):
+        message = _message(exc)
+        if message is None:
             raise
-        print(f"sealgate: {exc}", file=sys.stderr)
+        print(f"sealgate: {message}", file=sys.stderr)
         return 2
     return status
+
+
+_PACKAGES = frozenset({"proxy", "policy", "audit", "inference"})
+
+
+def _message(exc: Exception) -> str | None:
+    """What to print for a failure the user can act on; None for a bug (shown with its trace).
+
+    Errors of the four packages carry a stable string code and print as "CODE: detail". Only
+    they do: a foreign exception with a ``code`` attribute (a database driver's, whose text
+    may quote the statement and its parameters) is not shown as one of ours."""
+    if type(exc).__module__.split(".")[0] in _PACKAGES and isinstance(getattr(exc, "code", None), str):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"os_error: {exc.strerror}{where}"
+    if isinstance(exc, EOFError):
+        return "input_ended: standard input ended before the command had what it needs"
+    if isinstance(exc, RecursionError):
+        return "input_too_deep: the input is nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid_encoding: an input file is not UTF-8 text"
+    return None
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,15 +12,9 @@ from typing import Any
 __all__ = ["register"]
 
 
-def default_db_url() -> str:
-    """``$SEALGATE_AUDIT_URL``, else ``sqlite:///$SEALGATE_DATA_DIR/audit.db`` (data dir ./var)."""
-    url = os.environ.get("SEALGATE_AUDIT_URL")
-    if url:
-        return url
-    return f"sqlite:///{Path(os.environ.get('SEALGATE_DATA_DIR', 'var')) / 'audit.db'}"
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from proxy.cli._common import add_config_arg
+
     audit = sub.add_parser("audit", help="verify and inspect the audit log")
     cmd = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
     verify = cmd.add_parser("verify", help="recompute and check the whole log")
@@ -33,8 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     checkpoint = cmd.add_parser("checkpoint", help="print the latest signed checkpoint")
     for parser in (verify, show, checkpoint):
         parser.add_argument("--db", metavar="URL", default=None,
-                            help="audit database URL (default: $SEALGATE_AUDIT_URL or "
-                                 "sqlite:///$SEALGATE_DATA_DIR/audit.db)")
+                            help="audit database URL (default: the configured audit_url, else "
+                                 "audit.db in the configured data directory)")
+        add_config_arg(parser)
         parser.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_verify)
     show.set_defaults(func=_show)
@@ -48,12 +42,19 @@ def _fail(message: str) -> int:
 
 def _with_store(args: argparse.Namespace, action: Any) -> int:
     from audit import AuditError, LogStore
+    from proxy.cli._common import load_settings
 
-    url = args.db or default_db_url()
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return _fail(f"no audit database at {url}")
+    url = args.db or load_settings(args).audit_db_url
+    from sqlalchemy.engine import make_url
+
     try:
-        store = LogStore.open(url)
+        parsed = make_url(url)
+    except Exception:
+        return _fail("invalid audit database URL")
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return _fail(f"no audit database at {parsed.database}")
+    try:
+        store = LogStore.open(url, read_only=True)
     except AuditError as exc:
         return _fail(str(exc))
     try:

@@ -87,8 +87,14 @@ def _warn(policy: VerificationPolicy) -> None:
 
 def run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        print(f"sealgate client-proxy: --listen needs HOST:PORT with a port from 1 to 65535, "
+              f"not {args.listen!r}", file=sys.stderr)
+        return 2
     try:
         key_source = _key_source(args)
+        print(f"sealgate client-proxy: listening on http://{args.listen}/v1, sealing to "
+              f"{args.gateway}", file=sys.stderr, flush=True)
         serve_client_proxy(args.gateway, key_source, host=host.strip("[]"), port=int(port))
     except (ValueError, OSError, SealedTransportError, VerificationError) as exc:
         print(f"sealgate client-proxy: {exc}", file=sys.stderr)

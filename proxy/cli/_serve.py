@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 __all__ = ["register"]
 
@@ -28,8 +30,40 @@ def _serve(args: argparse.Namespace) -> int:
     settings = settings.replace(**changes)
     settings.validate()
     app = create_app(settings)
-    print(f"sealgate: serving on http://{settings.host}:{settings.port} "
-          f"(models: {', '.join(settings.models)}; data: {settings.data_dir})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, server_header=False, date_header=True, timeout_graceful_shutdown=10)
+    banner = (f"sealgate: serving on http://{settings.host}:{settings.port} "
+              f"(models: {', '.join(settings.models)}; data: {settings.data_dir})")
+    try:
+        uvicorn.run(_announcing(app, banner), host=settings.host, port=settings.port,
+                    log_level="warning", access_log=False, server_header=False, date_header=True,
+                    timeout_graceful_shutdown=10)
+    except SystemExit:
+        error = app.state["services"].startup_error
+        if error is None:
+            raise
+        code = getattr(error, "code", None)
+        detail = str(error) if isinstance(code, str) else f"internal error ({type(error).__name__})"
+        print(f"sealgate: start-up failed: {detail}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _announcing(app: Any, banner: str) -> Any:
+    """The app, printing ``banner`` once start-up has succeeded (not before: the audit log,
+    evidence and backends start in the lifespan) and keeping the framework's traceback of a
+    failed start-up out of the output (the cause is printed once, with its code)."""
+
+    async def announcing(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def watched(message: Any) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                print(banner, flush=True)
+            elif message["type"] == "lifespan.startup.failed":
+                message = {**message, "message": ""}
+            await send(message)
+
+        await app(scope, receive, watched)
+
+    return announcing

@@ -71,3 +71,42 @@ def test_verify_from_checkpoint_errors_are_clear(data_dir: tuple[Path, str], tmp
     (tmp_path / "other.note").write_text(other.note)
     assert main(["audit", "verify", "--from-checkpoint", str(tmp_path / "other.note")]) == 1
     assert "verification_failed: no log in the store" in capsys.readouterr().err
+
+
+def test_verify_changes_nothing_and_refuses_what_is_not_an_audit_log(
+        data_dir: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Verification opens the file read-only: a copy handed to an auditor keeps its hash (no
+    migration, no switch to WAL), and a database that is not an audit log is refused as such."""
+    import hashlib
+    import shutil
+    import sqlite3
+
+    folder, _ = data_dir
+    copy = tmp_path / "copy" / "audit.db"
+    copy.parent.mkdir()
+    sqlite3.connect(folder / "audit.db").execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    shutil.copy(folder / "audit.db", copy)
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert main(["audit", "verify", "--db", f"sqlite:///{copy}"]) == 0
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE t (x)").close()
+    before = hashlib.sha256(foreign.read_bytes()).hexdigest()
+    capsys.readouterr()
+    assert main(["audit", "verify", "--db", f"sqlite:///{foreign}"]) == 1
+    assert "not a Sealgate audit database" in capsys.readouterr().err
+    assert hashlib.sha256(foreign.read_bytes()).hexdigest() == before
+
+
+def test_audit_commands_read_the_config_file(data_dir: tuple[Path, str], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _ = data_dir
+    monkeypatch.delenv("SEALGATE_DATA_DIR")
+    monkeypatch.chdir(tmp_path / "..")  # no ./var here: only the config names the log
+    config = tmp_path / "sealgate.toml"
+    config.write_text(f'data_dir = "{folder}"\n')
+    assert main(["audit", "checkpoint", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith(f"{ORIGIN}\n12\n")
+    monkeypatch.setenv("SEALGATE_CONFIG", str(config))
+    assert main(["audit", "verify"]) == 0

@@ -66,6 +66,12 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n[models."my model"]\nbackend = "b"', {}),
     ("", {"SEALGATE_DATABASE_URL": "bogus://x"}),
     ('[backends.b]\ntype = "openai"\n[models.m]\nretention_tier = "none"', {}),
+    ("", {"SEALGATE_HOST": ""}),  # uvicorn would listen on every interface
+    ("", {"SEALGATE_DATA_DIR": " "}),  # Path("") is the current directory
+    ("", {"SEALGATE_PORT": "\u0668\u0660\u0668\u0660"}),  # Arabic-Indic digits: int() reads 8080
+    ('log_level = "verbose"', {}),
+    ("", {"SEALGATE_LOG_ORIGIN": "my origin"}),  # the log could not sign its checkpoints
+    ("", {"SEALGATE_LOG_ORIGIN": ""}),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
     path = tmp_path / "c.toml"
@@ -125,6 +131,29 @@ def test_config_show_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture
     assert shown["backends"]["gpu"]["options"]["api_key_env"] == "UPSTREAM_KEY"
 
 
+def test_config_show_masks_credentials_in_url_queries(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('audit_url = "postgresql://db/audit?sslmode=require&password=hunter2"\n'
+                    '[backends.up]\ntype = "openai"\nurl = "https://up.example/v1?api_key=sk-1&key=k2"\n'
+                    '[models.m]\nbackend = "up"\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["audit_url"] == "postgresql://db/audit?sslmode=require&password=********"
+    assert shown["backends"]["up"]["options"]["url"] == (
+        "https://up.example/v1?api_key=********&key=********")
+
+
+def test_a_data_dir_holding_url_characters_stays_one_path(tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    data = tmp_path / "d?x#y"
+    settings = Settings.load(None, env={"SEALGATE_DATA_DIR": str(data)})
+    assert make_url(settings.tenants_url).database == str(data / "sealgate.db")
+    audit = make_url(settings.audit_db_url)
+    assert (audit.database, dict(audit.query)) == (str(data / "audit.db"), {"synchronous": "normal"})
+
+
 def test_a_vllm_service_takes_an_api_key_variable_and_a_timeout(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[backends.v]\ntype = "vllm"\nurl = "http://vllm:8000/v1"\n'
@@ -171,6 +200,21 @@ def test_log_processor_drops_unknown_and_free_text() -> None:
     assert "SECRET" not in buffer.getvalue()
 
 
+def test_log_processor_refuses_prose_and_free_form_events() -> None:
+    buffer = io.StringIO()
+    configure_logging("info", stream=buffer)
+    log = structlog.get_logger("t")
+    prose = "Patient John Smith asked about dosage"  # spaces: prose, never an identifier
+    log.info("request", reason=prose, code="my password is hunter2", status=200)
+    log.info(f"prompt was: {prose}")
+    log.info({"messages": [{"role": "user", "content": prose}]})  # type: ignore[arg-type]
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert lines[0]["reason"] == lines[0]["code"] == "[redacted]" and lines[0]["status"] == 200
+    assert lines[0]["event"] == "request"
+    assert [line["event"] for line in lines[1:]] == ["[redacted]", "[redacted]"]
+    assert "Smith" not in buffer.getvalue() and "hunter2" not in buffer.getvalue()
+
+
 def test_public_surfaces_are_exact() -> None:
     assert sorted(inference.__all__) == [
         "Backend", "BackendError", "BackendRejected", "BackendRouter", "BackendUnavailable",
@@ -189,3 +233,54 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert main(["serve", "--port", "18099"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sealgate: simulated_not_allowed: ") and "Traceback" not in err
+
+
+def test_a_failed_start_up_prints_its_cause_once_and_no_banner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """What fails inside start-up (here a missing model file) is one line with its code, not
+    the framework's traceback after a "serving on" banner."""
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(tmp_path))
+    config = tmp_path / "c.toml"
+    config.write_text('[backends.local]\ntype = "llamacpp"\nmodel_path = "/nonexistent.gguf"\n')
+    assert main(["serve", "--config", str(config), "--port", "18098"]) == 2
+    captured = capsys.readouterr()
+    assert "serving on" not in captured.out
+    assert "sealgate: start-up failed: backend_unavailable: model file not found" in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["tenants", "list"], "Not a directory"),  # the data directory is under a file
+    (["config", "show", "--config", "{latin1}"], "invalid_config: cannot read config"),
+    (["policy", "eval", "--input", "{deep}"], "input_too_deep"),
+])
+def test_bad_input_is_one_line_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], needle: str) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "latin1.toml").write_bytes(b'host = "\xff"\n')
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(tmp_path / "file" / "var"))
+    files = {"latin1": tmp_path / "latin1.toml", "deep": tmp_path / "deep.json"}
+    assert main([a.format(**files) for a in argv]) in (1, 2)
+    err = capsys.readouterr().err
+    assert err.startswith("sealgate: ") and needle in err and "Traceback" not in err
+
+
+def test_a_foreign_error_with_a_code_attribute_is_not_shown_as_ours(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver's error (its text may quote SQL and parameters) is not printed as a coded
+    error of ours."""
+    from proxy.cli import _message
+
+    class DriverError(Exception):
+        code = "e3q8"
+
+    assert _message(DriverError("INSERT ... parameters: ('scrypt$...')")) is None
+    assert _message(ConfigError("bad")) == "invalid_config: bad"
+
+
+def test_client_proxy_refuses_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["client-proxy", "--gateway", "https://gw.example", "--listen",
+                 "127.0.0.1:99999"]) == 2
+    assert "port from 1 to 65535" in capsys.readouterr().err
