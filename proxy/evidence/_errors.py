@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BundleInvalid", "EvidenceError", "ExportFailed"]
+__all__ = ["BundleInvalid", "EvidenceError", "ExportFailed", "kind_of"]
 
 
 class EvidenceError(Exception):
@@ -30,3 +30,11 @@ class BundleInvalid(EvidenceError):
     """A bundle cannot be read at all (not a zip, no manifest)."""
 
     code = "bundle_invalid"
+
+
+def kind_of(exc: BaseException) -> str:
+    """An exception's type as a verdict names it: bare for builtins, else module-qualified
+    (``zlib.error``), so a report says which library refused the input."""
+    name = type(exc).__qualname__
+    module = type(exc).__module__
+    return name if module == "builtins" else f"{module}.{name}"

@@ -7,6 +7,7 @@ Layout: ``manifest.json`` + ``manifest.sig``, ``report.html``, ``log.json``,
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import itertools
@@ -159,7 +160,8 @@ def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: 
     out = _Zip()
     log = {"log_id": log_id, "origin": origin, "vkey": vkey}
     out.add("log.json", _dumps(log))
-    identities = _add_identities(out, data_dir, win.evidence, opts.server_document)
+    identities = _add_identities(out, data_dir, win.evidence, opts.server_document,
+                                 raw_public(key.public_key()))
     policies = _add_policies(out, data_dir, win.policies, opts.policy_bundle)
     first_leaf = int(chosen[0].leaf_index) if chosen else latest_size
     cps = _add_checkpoints(out, store, log_id, first_leaf)
@@ -183,8 +185,12 @@ def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: 
 
 
 def _add_identities(out: _Zip, data_dir: Path, wanted: set[str],
-                    server: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    rows = []
+                    server: Mapping[str, Any] | None, audit_key: bytes) -> list[dict[str, Any]]:
+    """The kept documents the records cite, and the server's; when that is none (a window or
+    tenant without records, no ``--server``), the newest kept one that attests the log key:
+    without a document that binds it, nothing in the bundle can verify."""
+    chosen: list[tuple[str, dict[str, Any], str]] = []
+    binding: list[tuple[str, dict[str, Any], str]] = []
     for name, doc in identity_documents(data_dir).items():
         try:
             digest = Evidence.from_json(doc["evidence"]).digest()
@@ -192,10 +198,26 @@ def _add_identities(out: _Zip, data_dir: Path, wanted: set[str],
             continue  # a malformed kept document cannot be attested; it is not exported
         is_server = server is not None and document_bytes(doc) == document_bytes(server)
         if digest in wanted or is_server:
-            out.add(f"identity/{name}", document_bytes(doc))
-            rows.append({"file": name, "created": doc.get("created"), "evidence_digest": digest,
-                         "platform": doc.get("platform"), "measurement": doc.get("measurement")})
+            chosen.append((name, doc, digest))
+        elif _attests(doc, audit_key):
+            binding.append((name, doc, digest))
+    if not chosen and not binding:
+        raise ExportFailed("no identity document in the data directory attests the log key; "
+                           "export with --server URL to fetch the one the gateway serves")
+    rows = []
+    for name, doc, digest in chosen or binding[-1:]:  # kept documents are oldest first
+        out.add(f"identity/{name}", document_bytes(doc))
+        rows.append({"file": name, "created": doc.get("created"), "evidence_digest": digest,
+                     "platform": doc.get("platform"), "measurement": doc.get("measurement")})
     return rows
+
+
+def _attests(doc: Mapping[str, Any], audit_key: bytes) -> bool:
+    """Whether a kept document names ``audit_key`` (unverified: the verifier's job)."""
+    try:
+        return base64.b64decode(doc["audit_public_key"], validate=True) == audit_key
+    except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+        return False
 
 
 def _add_policies(out: _Zip, data_dir: Path, seen: dict[str, list[Any]],

@@ -32,8 +32,15 @@ def obj(value: Any, what: str) -> dict[str, Any]:
 
 
 def string(value: Any, what: str) -> str:
+    """A JSON string that is Unicode text: ``json`` decodes a lone surrogate escape
+    (``"\\ud800"``) into a ``str`` that no codec can encode, so it is refused here, once,
+    rather than as a ``UnicodeEncodeError`` wherever the value is encoded or printed."""
     if not isinstance(value, str):
         raise BundleInvalid(f"{what} must be a string")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise BundleInvalid(f"{what} holds a lone surrogate, not Unicode text") from exc
     return value
 
 

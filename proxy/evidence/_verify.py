@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
-import zipfile
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import audit
 from audit import ConsistencyProof, SignedCheckpoint, verify_consistency
@@ -16,60 +15,28 @@ from policy import PolicyBundleError, bundle_digest
 from proxy.attestation import Collateral, VerificationPolicy, verify_identity
 from proxy.attestation import VerificationError as AttestationError
 
+from ._archive import Archive, open_archive
 from ._errors import BundleInvalid
 from ._fields import array, load, obj, string
 from ._manifest import Manifest, parse_vkey, raw_public, verify_manifest
-from ._verdict import BundleVerdict, Check
+from ._verdict import BundleVerdict, Check, unexpected
 from ._verify_records import RecordChecks
 
 __all__ = ["verify_bundle"]
 
+T = TypeVar("T")
 _SIGNED = ("manifest.json", "manifest.sig")
 # Files every export writes (proxy/evidence/_export.py), besides what other checks require.
 _REQUIRED = ("log.json", "report.html", "policies/index.json", "records/records.jsonl")
-_MAX_ZIP_BYTES = 2 << 30
 _SIMULATED = ("simulated evidence (development only, proves nothing about the machine) is "
               "refused; verify with --allow-simulated to accept it as insecure")
 
 
-def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
-    """One name per entry, relative and without ``..``, and no data in directory entries: an
-    unzip tool must extract exactly the files that were verified."""
-    name = info.filename
-    parts = name.removesuffix("/").split("/")
-    if name in seen:
-        raise BundleInvalid(f"duplicate zip entry {name[:80]!r}")
-    if ":" in parts[0] or any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
-        raise BundleInvalid(f"unsafe zip entry name {name[:80]!r}")
-    if info.is_dir() and info.file_size:
-        raise BundleInvalid(f"directory entry {name[:80]!r} carries data")
-    seen.add(name)
-
-
-def _read_zip(source: str | Path | bytes) -> dict[str, bytes]:
-    try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-        with handle, zipfile.ZipFile(handle) as zf:
-            infos = zf.infolist()
-            if sum(i.file_size for i in infos) > _MAX_ZIP_BYTES:
-                raise BundleInvalid("bundle is too large")
-            seen: set[str] = set()
-            for info in infos:
-                _check_entry(info, seen)
-            return {i.filename: zf.read(i) for i in infos if not i.is_dir()}
-    except BundleInvalid:
-        raise
-    except Exception as exc:  # crafted archives raise zlib.error, NotImplementedError, ...
-        kind = type(exc).__name__ if type(exc).__module__ == "builtins" else (
-            f"{type(exc).__module__}.{type(exc).__name__}")
-        raise BundleInvalid(f"cannot read the bundle as a zip archive ({kind})") from exc
-
-
 class _Verifier:
-    def __init__(self, files: dict[str, bytes], pinned: str | None,
+    def __init__(self, archive: Archive, pinned: str | None,
                  policy: VerificationPolicy, collateral: Collateral | None = None) -> None:
-        self.files, self.pinned, self.policy = files, pinned, policy
-        self.collateral = collateral
+        self.archive, self.files = archive, archive.files
+        self.pinned, self.policy, self.collateral = pinned, policy, collateral
         self.checks: list[Check] = []
         self.manifest = Manifest("", "", {}, ("", ""), None, 0, [])
         self.vkey = ""
@@ -78,14 +45,25 @@ class _Verifier:
             insecure: bool = False) -> None:
         self.checks.append(Check(name, ok, detail, file, insecure))
 
+    def guarded(self, name: str, check: Callable[[], T], fallback: T) -> T:
+        """Run one check; whatever it raises on crafted input fails that check (by exception
+        type, see ``unexpected``) and the checks after it still run."""
+        try:
+            return check()
+        except Exception as exc:
+            self.add(name, False, unexpected(exc))
+            return fallback
+
     def run(self) -> None:
-        if not self.check_manifest():
+        if not self.guarded("manifest", self.check_manifest, False):
             return
-        self.check_hashes()
-        evidence = self.check_identities()
-        policies = self.check_policies()
-        latest = self.check_checkpoints()
-        RecordChecks(self, latest, policies, evidence).run()
+        self.guarded("file hashes", self.check_hashes, None)
+        empty: set[str] = set()
+        evidence = self.guarded("attestation", self.check_identities, empty)
+        policies = self.guarded("policy digest", self.check_policies, empty)
+        latest = self.guarded("checkpoint signature", self.check_checkpoints, None)
+        records = RecordChecks(self, latest, policies, evidence)
+        self.guarded("record signature", records.run, None)
 
     def check_manifest(self) -> bool:
         raw = self.files.get("manifest.json", b"")
@@ -108,18 +86,19 @@ class _Verifier:
         return True
 
     def check_hashes(self) -> None:
-        listed = self.manifest.files
-        bad = 0
-        for name in sorted(set(self.files) | set(listed)):
-            if name in _SIGNED:
+        listed, present = self.manifest.files, self.archive.digests
+        bad = matched = 0
+        for name in sorted(set(present) | set(listed)):
+            if name in _SIGNED:  # what the signature covers, never listed by an export
                 continue
             if name not in listed:
                 self.add("file hash", False, "file is not listed in the manifest", name)
-            elif name not in self.files:
+            elif name not in present:
                 self.add("file hash", False, "file listed in the manifest is missing", name)
-            elif hashlib.sha256(self.files[name]).hexdigest() != listed[name]:
+            elif present[name] != listed[name]:
                 self.add("file hash", False, "SHA-256 differs from the manifest", name)
             else:
+                matched += 1
                 continue
             bad += 1
         for name in _REQUIRED:  # even a bundle its own key signed must be whole
@@ -127,7 +106,7 @@ class _Verifier:
                 self.add("file hash", False, "a file every bundle holds is not listed", name)
                 bad += 1
         if not bad:
-            self.add("file hashes", True, f"{len(listed) - 2} files match the manifest")
+            self.add("file hashes", True, f"{matched} files match the manifest")
 
     def check_identities(self) -> set[str]:
         # What evidence is acceptable (simulated, which measurements) is the verifier's call,
@@ -150,6 +129,9 @@ class _Verifier:
                 continue
             except (ValueError, TypeError) as exc:
                 self.add("attestation", False, f"identity document does not verify: {exc}", name)
+                continue
+            except Exception as exc:  # one document's surprise must not hide the others'
+                self.add("attestation", False, unexpected(exc), name)
                 continue
             if verified.audit_public_key != raw_public(parse_vkey(self.vkey)):
                 self.add("attestation", False, "attested audit key is not the log key", name)
@@ -247,11 +229,13 @@ def verify_bundle(source: str | Path | bytes, *, vkey: str | None = None,
     (development) evidence pass it. ``collateral`` is the platform collateral the verifier
     fetched itself (TDX TCB info, QE identity and CRLs; SEV-SNP certificates), which the
     strict policy needs for TDX evidence. What the bundle's own manifest says is not consulted.
-    Raises ``BundleInvalid`` when the file is not a readable, well-formed zip archive.
+    Raises ``BundleInvalid`` when the file is not a readable, well-formed zip archive within
+    the size limits of ``_archive``; anything else wrong fails a named check.
     """
     policy = policy or VerificationPolicy()
     if allow_simulated:
         policy = replace(policy, allow_simulated=True)
-    verifier = _Verifier(_read_zip(source), vkey, policy, collateral)
-    verifier.run()
+    with open_archive(source) as archive:
+        verifier = _Verifier(archive, vkey, policy, collateral)
+        verifier.run()
     return BundleVerdict(tuple(verifier.checks))

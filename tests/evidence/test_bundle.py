@@ -5,15 +5,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit import load_or_create_signing_key
-from proxy.evidence import BundleInvalid, verify_bundle
+from audit import LogStore, load_or_create_signing_key
+from proxy.evidence import (
+    BundleInvalid,
+    ExportFailed,
+    ExportOptions,
+    build_bundle,
+    persist_identity,
+    verify_bundle,
+)
 from proxy.evidence._manifest import sign_manifest
-from tests.evidence.conftest import Traffic, export, rezip, unzip
+from tests.evidence.conftest import Traffic, export, rezip, unzip, window
 
 
 def _failed(data: bytes, vkey: str | None = None) -> list[tuple[str, str]]:
@@ -40,6 +48,55 @@ def test_bundle_from_real_server_verifies(bundle: bytes, traffic: Traffic) -> No
                     "A.5.34", "Art. 28"):
         assert control in report
     assert "<script" not in report and "http://" not in report.replace(traffic.gateway.url, "")
+
+
+def test_file_hashes_row_counts_every_file_checked(bundle: bytes) -> None:
+    files = unzip(bundle)
+    listed = json.loads(files["manifest.json"])["files"]
+    assert len(listed) == len(files) - 2  # all but the manifest and its signature
+    verdict = verify_bundle(bundle, allow_simulated=True)
+    row = next(c for c in verdict.checks if c.name == "file hashes")
+    assert row.ok and row.detail == f"{len(listed)} files match the manifest"
+
+
+@pytest.mark.parametrize("scope", ["empty window", "tenant without records"])
+def test_export_without_records_or_server_still_verifies(traffic: Traffic, tmp_path: Path,
+                                                         scope: str) -> None:
+    """No record cites an identity document: the newest kept one that attests the log key is
+    exported all the same (no ``--server`` either), so the bundle verifies."""
+    start, end = window()
+    args = ("--from", "2020-01-01", "--to", "2020-01-02")
+    if scope == "tenant without records":
+        assert traffic.gateway.cli("tenants", "create", "initech", "--exist-ok").returncode == 0
+        args = ("--from", start, "--to", end, "--tenant", "initech")
+    run = traffic.gateway.cli("evidence", "export", *args, "-o", str(tmp_path / "b.zip"))
+    assert run.returncode == 0, run.stderr
+    data = (tmp_path / "b.zip").read_bytes()
+    files = unzip(data)
+    assert json.loads(files["manifest.json"])["records"]["exported"] == 0
+    assert len([n for n in files if n.startswith("identity/")]) == 1
+    verdict = verify_bundle(data, allow_simulated=True)
+    assert verdict.ok, verdict.table()
+
+
+@pytest.mark.parametrize("kept", ["none", "another key's"])
+def test_export_with_no_document_for_the_log_key_fails(traffic: Traffic, tmp_path: Path,
+                                                       kept: str) -> None:
+    """A bundle without a document that attests the log key can never verify: the export
+    fails and says to fetch the gateway's with --server."""
+    data_dir = traffic.gateway.data_dir
+    if kept == "another key's":
+        theirs = json.loads(next((data_dir / "identity").glob("*.json")).read_bytes())
+        persist_identity(tmp_path, {**theirs, "audit_public_key": base64.b64encode(
+            bytes(32)).decode()})
+    key = load_or_create_signing_key(data_dir / "keys" / "log-signing-key.pem")
+    store = LogStore.open(f"sqlite:///{data_dir / 'audit.db'}", read_only=True)
+    empty = ExportOptions(datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC))
+    try:
+        with pytest.raises(ExportFailed, match="--server URL"):
+            build_bundle(store, tmp_path, key, empty)
+    finally:
+        store.close()
 
 
 def test_cli_verify_prints_table_and_json(traffic: Traffic, evidence_workdir: Path,

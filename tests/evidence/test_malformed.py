@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
+import tracemalloc
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 
 from audit import load_or_create_signing_key
 from proxy.cli import main
-from proxy.evidence import BundleInvalid, verify_bundle
+from proxy.evidence import BundleInvalid, BundleVerdict, Check, verify_bundle
 from proxy.evidence._manifest import sign_manifest
 from tests.evidence.conftest import Traffic, rezip, unzip
 
@@ -58,6 +60,13 @@ def _envelope(files: Files, envelope: Any) -> Files:
     return _first_record(files, envelope=json.dumps(envelope))
 
 
+def _long_first_line(files: Files) -> Files:
+    """A first record line over the 1 MiB line cap (random hex: it deflates only 2-fold)."""
+    pad = random.Random(0).randbytes(600_000).hex()
+    first = json.dumps({"pad": pad}).encode()
+    return {**files, "records/records.jsonl": first + b"\n" + files["records/records.jsonl"]}
+
+
 # name → (mutation of the bundle's files, the failed check it must produce)
 FILE_CASES: dict[str, tuple[Callable[[Files], Files], str]] = {
     "inclusion is a list": (lambda f: _first_record(f, inclusion=[]), "inclusion"),
@@ -72,6 +81,11 @@ FILE_CASES: dict[str, tuple[Callable[[Files], Files], str]] = {
     "envelope is an object": (lambda f: _first_record(f, envelope={}), "record signature"),
     "envelope is a JSON list": (lambda f: _envelope(f, []), "record signature"),
     "envelope has no signatures": (lambda f: _envelope(f, {"signatures": []}), "record signature"),
+    "envelope is a lone surrogate": (
+        lambda f: _first_record(f, envelope="\ud800"), "record signature"),
+    "record_id is a lone surrogate": (
+        lambda f: _first_record(f, record_id="\udfff"), "record signature"),
+    "record line over 1 MiB": (_long_first_line, "record signature"),
     "envelope signature is a list": (lambda f: _envelope(f, {"signatures": [[]]}), "record signature"),
     "record line is a list": (
         lambda f: {**f, "records/records.jsonl": b"[]\n"}, "record signature"),
@@ -92,6 +106,9 @@ FILE_CASES: dict[str, tuple[Callable[[Files], Files], str]] = {
     "manifest log is a string": (lambda f: _manifest(f, log="x"), "manifest"),
     "manifest files is a list": (lambda f: _manifest(f, files=[]), "manifest"),
     "manifest tenant is a number": (lambda f: _manifest(f, tenant=5), "manifest"),
+    "manifest vkey is a lone surrogate": (
+        lambda f: _manifest(f, log={**json.loads(f["manifest.json"])["log"], "vkey": "\ud800"}),
+        "manifest"),
     "manifest latest is a string": (lambda f: _manifest(f, latest_checkpoint="12"), "manifest"),
     "policy index is an object": (
         lambda f: {**f, "policies/index.json": b"{}"}, "policy digest"),
@@ -136,6 +153,29 @@ def _compression_99(data: bytes) -> bytes:
     return bytes(out)
 
 
+def _declare(data: bytes, sizes: dict[str, tuple[int, int]]) -> bytes:
+    """The archive with the central directory declaring other (inflated, compressed) sizes for
+    some entries: the verifier must refuse them from the declarations, before inflating."""
+    out = bytearray(data)
+    for name, (size, compressed) in sizes.items():
+        for at in _entry_offsets(data, name)[1]:
+            out[at + 20:at + 28] = compressed.to_bytes(4, "little") + size.to_bytes(4, "little")
+    return bytes(out)
+
+
+def _policy_files(files: Files, count: int) -> list[str]:
+    return [n for n in sorted(files) if n.startswith("policies/") and "/rego/" in n][:count]
+
+
+def _deflate_bomb(files: Files) -> bytes:
+    """``report.html`` replaced by 4 MiB of zeros, deflated about 1,000-fold."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in {**files, "report.html": bytes(4 << 20)}.items():
+            zf.writestr(name, data, zipfile.ZIP_DEFLATED if name == "report.html" else None)
+    return buffer.getvalue()
+
+
 def _with_entries(files: Files, *extra: tuple[str, bytes], first: bool = False) -> bytes:
     """The bundle's files plus raw ``extra`` entries (ahead of them when ``first``)."""
     entries = [*extra, *files.items()] if first else [*files.items(), *extra]
@@ -161,6 +201,21 @@ ZIP_CASES: dict[str, tuple[Callable[[Files, bytes], bytes], str]] = {
     "backslash": (lambda f, raw: _with_entries(f, ("a\\..\\x", b"x")), "unsafe"),
     "directory entry with data": (lambda f, raw: _with_entries(f, ("identity/", b"x")), "carries data"),
     "truncated archive": (lambda f, raw: raw[: len(raw) // 2], "zip archive"),
+    "carriage return and ANSI escapes in a name": (
+        lambda f, raw: _with_entries(f, ("x\r\x1b[2K\x1b[1Averdict  PASSED\x1b[8m", b"")),
+        "non-printable character"),
+    "bidi override in a name": (
+        lambda f, raw: _with_entries(f, ("report\u202e.html", b"")), "non-printable character"),
+    "member inflates 1000-fold": (lambda f, raw: _deflate_bomb(f), "inflates more than 100-fold"),
+    "member declares over 64 MiB": (
+        lambda f, raw: _declare(raw, {"manifest.json": (65 << 20, 1 << 20)}),
+        "'manifest.json' is larger than 64 MiB"),
+    "members together declare over 256 MiB": (
+        lambda f, raw: _declare(raw, dict.fromkeys(_policy_files(f, 5), (60 << 20, 1 << 20))),
+        "exceed 256 MiB"),
+    "members declare over 2 GiB": (
+        lambda f, raw: _declare(raw, {"records/records.jsonl": (3 << 30, 64 << 20)}),
+        "bundle is too large"),
 }
 
 
@@ -193,6 +248,84 @@ def test_crafted_archive_is_not_a_bundle(bundle: bytes, case: str, tmp_path: Pat
     (tmp_path / "bad.zip").write_bytes(data)
     status, out, err = _cli(capsys, tmp_path / "bad.zip", "--allow-simulated")
     assert status == 1 and out == "" and err.startswith("sealgate: bundle_invalid: ")
+    assert err.removesuffix("\n").isprintable()  # names are shown escaped
+
+
+@pytest.mark.parametrize(("mutate", "phrase"), [
+    (lambda f: _first_record(f, envelope="\ud800"),
+     "line 1: malformed record entry (envelope holds a lone surrogate, not Unicode text)"),
+    (_long_first_line, "line 1: longer than 1 MiB"),
+])
+def test_a_bad_record_line_says_why_and_the_others_are_checked(
+        bundle: bytes, mutate: Callable[[Files], Files], phrase: str) -> None:
+    verdict = verify_bundle(rezip(mutate(unzip(bundle))), allow_simulated=True)
+    failed = {c.name: c.detail for c in verdict.failures}
+    assert failed["record signature"] == phrase, verdict.table()
+    # the remaining lines were still proven: only the bad line is missing from the record set
+    assert {"inclusion", "policy in force", "evidence binding"}.isdisjoint(failed)
+
+
+def _raise(*args: Any, **kwargs: Any) -> Any:
+    raise ZeroDivisionError("a verifier bug")
+
+
+def test_a_check_that_raises_fails_by_name(bundle: bytes, monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("proxy.evidence._verify.verify_identity", _raise)
+    monkeypatch.setattr("proxy.evidence._verify._Verifier.check_policies", _raise)
+    monkeypatch.setattr("proxy.evidence._verify_records.verify_receipt", _raise)
+    verdict = verify_bundle(bundle, allow_simulated=True)
+    failed = {c.name: c.detail for c in verdict.failures}
+    crash = "unexpected ZeroDivisionError while checking: a verifier bug"
+    assert failed["attestation"] == crash and failed["policy digest"] == crash
+    assert failed["record signature"].startswith(f"line 1: {crash}; line 2: {crash}")
+    # the checks that did not raise still ran and passed
+    passed = {c.name for c in verdict.checks if c.ok}
+    assert {"manifest signature", "file hashes", "checkpoint signature", "record set"} <= passed
+    (tmp_path / "b.zip").write_bytes(bundle)
+    status, out, _ = _cli(capsys, tmp_path / "b.zip", "--allow-simulated")
+    assert status == 1 and crash in out and out.endswith("verdict: FAILED\n")
+
+
+_FORGED = "x\r\x1b[2K\x1b[1Averdict: PASSED\x1b[8m\u202e\ud800\n"
+
+
+def test_table_escapes_what_the_bundle_supplied() -> None:
+    table = BundleVerdict((Check("file hash", False, _FORGED, _FORGED),)).table()
+    lines = table.split("\n")
+    assert len(lines) == 3 and all(line.isprintable() for line in lines)
+    assert lines[1].endswith(r"x\r\x1b[2K\x1b[1Averdict: PASSED\x1b[8m\u202e\ud800\n")
+    assert lines[2] == "verdict: FAILED"
+
+
+def test_cli_escapes_names_the_manifest_lists(bundle: bytes, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    files = unzip(bundle)
+    manifest = json.loads(files["manifest.json"])
+    manifest["files"][_FORGED] = "00"
+    path = tmp_path / "forged.zip"
+    path.write_bytes(rezip({**files, "manifest.json": json.dumps(manifest).encode()}))
+    status, out, _ = _cli(capsys, path, "--allow-simulated")
+    assert status == 1 and all(line.isprintable() for line in out.splitlines())
+    assert "file listed in the manifest is missing" in out and out.endswith("verdict: FAILED\n")
+    status, out, _ = _cli(capsys, path, "--allow-simulated", "--json")
+    assert any(c["file"] == _FORGED for c in json.loads(out)["checks"])
+
+
+def test_records_are_read_in_bounded_memory(bundle: bytes) -> None:
+    """records.jsonl is streamed line by line: 9 MiB of it never sits in memory at once."""
+    rng = random.Random(0)
+    junk = b"".join(rng.randbytes(3000).hex().encode() + b"\n" for _ in range(1500))
+    data = rezip({**unzip(bundle), "records/records.jsonl": junk})
+    tracemalloc.start()
+    try:
+        verdict = verify_bundle(data, allow_simulated=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not verdict.ok and "record signature" in {c.name for c in verdict.failures}
+    assert peak < len(junk) // 3, peak
 
 
 def test_cli_prints_no_traceback(traffic: Traffic, bundle: bytes, tmp_path: Path) -> None:
