@@ -2,16 +2,18 @@
 
 Requests go through the OpenAI-compatible upstream backend either way. The supervised child is
 started with request logging off (prompts must never reach its logs), bound to loopback only,
-health-checked, and restarted when it dies.
+given only an allow-listed environment (the gateway's secrets stay out of it), health-checked
+(an answer counts only while its own process group holds the port), and restarted with backoff
+when it dies or hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -19,12 +21,29 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import httpx
+import structlog
 
 from inference._base import GenerationKind, Json
 from inference._errors import BackendUnavailable
 from inference._openai import OpenAIBackend, OpenAIConfig, api_key
+from inference._ports import port_free, port_holder
 
 __all__ = ["VLLMBackend", "VLLMConfig"]
+
+_log = structlog.get_logger("sealgate.inference")
+
+# Restarts: the first after a crash waits _BACKOFF_FIRST_S, each further crash within
+# _RESTART_WINDOW_S doubles the wait up to _BACKOFF_MAX_S, and past max_restarts crashes in the
+# window every restart waits _BACKOFF_MAX_S. The supervisor never gives up: a crash loop costs
+# one start a minute, a permanent give-up costs an outage until someone restarts the gateway.
+_BACKOFF_FIRST_S = 1.0
+_BACKOFF_MAX_S = 60.0
+_RESTART_WINDOW_S = 600.0
+_HUNG_CHECKS = 3
+"""Consecutive failed health checks after which a live child is taken for hung and restarted."""
+_HEALTH_TIMEOUT_S = 2.0
+_STOP_GRACE_S = 20.0
+"""How long the child's group may take to exit on SIGTERM before it is SIGKILLed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +74,12 @@ class VLLMConfig:
     health_interval_s: float = 5.0
     """Seconds between health checks of the child."""
     max_restarts: int = 5
-    """Restarts allowed before the backend stays down."""
+    """Restarts within 10 minutes that follow the doubling backoff (1 s, 2 s, 4 s, ...); past
+    them the child is restarted once a minute until it stays up (never given up on)."""
     env: Mapping[str, str] = field(default_factory=dict)
-    """Extra environment for the child (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
+    """Extra environment for the child (e.g. ``VLLM_CPU_KVCACHE_SPACE``). Of the gateway's own
+    environment the child gets only the allow-listed variables (:func:`_child_env`); a variable
+    that turns on request, response or prompt logging is refused."""
     debug_log: str = ""
     """File that receives the child's stdout and stderr, for debugging start-up; empty (the
     default) discards them. Request logging stays off either way."""
@@ -68,39 +90,69 @@ class VLLMConfig:
         for arg in self.extra_args:
             if _reserved(arg):
                 raise ValueError(f"extra_args may not set {arg.split('=')[0]}: the gateway fixes "
-                                 "the child's address, model and request logging")
+                                 "the child's address, model and request logging, and what "
+                                 "sees its requests")
+        for name in self.env:
+            if _logs_content(name):
+                raise ValueError(f"env may not set {name}: it turns on request or response "
+                                 "logging in vllm, and prompts must never reach its logs")
 
 
-# Options the gateway sets itself. argparse also takes any unambiguous abbreviation of an
-# option, so an extra argument that is a prefix of one of these is refused too.
+# Options the gateway sets itself, and options that would let an extra argument see or log
+# request bodies: ``--middleware`` (any ASGI code in the request path) and ``--config`` (a file
+# that can set every other option, these included). argparse also takes any unambiguous
+# abbreviation of an option, so an extra argument that is a prefix of one of these is refused too.
 _RESERVED = ("--host", "--port", "--uds", "--model", "--served-model-name",
              "--tensor-parallel-size", "--enable-log-requests", "--no-enable-log-requests",
-             "--enable-log-outputs", "--disable-log-requests", "--disable-uvicorn-access-log")
+             "--enable-log-outputs", "--disable-log-requests", "--disable-uvicorn-access-log",
+             "--middleware", "--config")
 
 
 def _reserved(arg: str) -> bool:
-    name = arg.split("=", 1)[0]
+    # vLLM's parser reads ``_`` in an option name as ``-`` (``--enable_log_requests``).
+    name = arg.split("=", 1)[0].replace("_", "-")
     if not name.startswith("--") or len(name) < 3:
         return False
     return "log-requests" in name or "log-outputs" in name or any(
         flag.startswith(name) for flag in _RESERVED)
 
 
-def _port_free(port: int) -> bool:
-    """Nothing listens on the port. (SO_REUSEADDR: our own child's connections left in
-    TIME_WAIT after it died must not block its restart; on Linux a listener still does.)"""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+# The child's environment is built from an allow-list, not inherited whole: the gateway's own
+# secrets (session secret, database URL with its password, other backends' API keys) are no
+# business of vLLM, whose output may go to a file (``debug_log``).
+_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR",
+                        "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME",
+                        "VIRTUAL_ENV"})
+_ENV_PREFIXES = ("LC_", "VLLM_", "CUDA_", "NVIDIA_", "NCCL_", "HF_", "HUGGINGFACE_",
+                 "TRANSFORMERS_", "TORCH", "PYTORCH_", "TRITON_", "OMP_", "MKL_", "KMP_",
+                 "TOKENIZERS_", "XDG_")
+# Name parts of switches that log request or response content, such as vLLM 0.32's
+# VLLM_DEBUG_LOG_API_SERVER_RESPONSE (every response body, i.e. completions, into its output).
+_CONTENT_LOGGING = ("DEBUG_LOG", "LOG_REQUEST", "LOG_RESPONSE", "LOG_API", "LOG_OUTPUT",
+                    "LOG_PROMPT")
+# No telemetry, no downloads: the child runs offline inside the attested boundary.
+_CHILD_FIXED = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1"}
 
 
-# Runs first in the child, then becomes vLLM (same process): on Linux the child gets SIGTERM when
-# the gateway dies, however it dies, so it never outlives it holding the port and the GPU. (Done
-# by exec, not preexec_fn, which is unsafe in a process with threads.)
+def _logs_content(name: str) -> bool:
+    upper = name.upper()
+    return any(part in upper for part in _CONTENT_LOGGING)
+
+
+def _child_env(extra: Mapping[str, str], key: str | None) -> dict[str, str]:
+    """The child's environment: the allow-listed part of the gateway's, less any content
+    logging switch and any inherited ``VLLM_API_KEY`` (the child's key is the one the gateway
+    sends, or none), then ``extra`` (the configured ``env``), the fixed settings and the key."""
+    inherited = {name: value for name, value in os.environ.items()
+                 if (name in _ENV_NAMES or name.startswith(_ENV_PREFIXES))
+                 and not _logs_content(name) and name != "VLLM_API_KEY"}
+    env = {**inherited, **extra, **_CHILD_FIXED}
+    if key is not None:  # the child answers only requests that carry the key
+        env["VLLM_API_KEY"] = key
+    return env
+
+
 _LAUNCHER = (
     "import ctypes, os, signal, sys\n"
     "try:\n"
@@ -133,8 +185,11 @@ class VLLMBackend:
         self._upstream = OpenAIBackend(name, OpenAIConfig(
             url=url, timeout_s=config.timeout_s, api_key_env=config.api_key_env))
         self._process: asyncio.subprocess.Process | None = None
+        """The child, kept until its process group has been killed and the child reaped."""
         self._watchdog: asyncio.Task[None] | None = None
-        self._restarts = 0
+        self._crashes: collections.deque[float] = collections.deque()
+        """When the child crashed, hung or failed to start, within the restart window."""
+        self._failed_checks = 0
         self._healthy = False
 
     def command(self) -> list[str]:
@@ -160,27 +215,39 @@ class VLLMBackend:
             self._healthy = await self._upstream.ready()
 
     async def _spawn(self) -> None:
-        if not _port_free(self._config.port):
+        port = self._config.port
+        if not port_free(port):
             # Whatever holds the port would pass our health checks and get our requests.
-            raise BackendUnavailable(f"loopback port {self._config.port} for vllm is in use")
-        env = {**os.environ, **self._config.env, "VLLM_NO_USAGE_STATS": "1",
-               "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        if self._config.api_key_env:  # the child answers only requests that carry the key
-            env["VLLM_API_KEY"] = api_key(self._config.api_key_env)
+            raise BackendUnavailable(f"loopback port {port} for vllm is in use")
+        key = api_key(self._config.api_key_env) if self._config.api_key_env else None
         with self._output() as output:
             self._process = await asyncio.create_subprocess_exec(
-                *self.command(), env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=output, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                *self.command(), env=_child_env(self._config.env, key),
+                stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True)
+        try:
+            await self._until_healthy(self._process)
+        except Exception:
+            await self._stop_child()
+            raise
+        self._healthy = True
+        self._failed_checks = 0
+
+    async def _until_healthy(self, process: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + self._config.startup_timeout_s
         while time.monotonic() < deadline:
-            if (code := self._process.returncode) is not None:
-                await self._stop_child()
-                raise BackendUnavailable(f"vllm exited during start-up ({code})")
-            if await self._health() and self._process.returncode is None:
-                self._healthy = True
+            if process.returncode is not None:
+                raise BackendUnavailable(f"vllm exited during start-up with status {process.returncode}")
+            problem = await self._problem(process)
+            if problem is None:
                 return
-            await asyncio.sleep(1.0)
-        await self._stop_child()
+            if problem == "port_taken":  # the child cannot bind it: no use waiting
+                raise BackendUnavailable(f"loopback port {self._config.port} for vllm is taken by "
+                                         "another process")
+            if problem == "proc_unreadable":
+                raise BackendUnavailable("cannot tell whether vllm holds its port: /proc is "
+                                         "unreadable")
+            await asyncio.sleep(min(1.0, self._config.health_interval_s))
         raise BackendUnavailable("vllm did not become healthy in time")
 
     @contextlib.contextmanager
@@ -192,68 +259,138 @@ class VLLMBackend:
         with open(self._config.debug_log, "ab") as handle:
             yield handle
 
+    async def _problem(self, process: asyncio.subprocess.Process) -> str | None:
+        """What keeps the child from taking requests (a log reason), or None. A health answer
+        counts only while the child's own process group holds the port: whatever else listens
+        there (it may have bound the port while the child was still loading) answers too, and
+        would receive prompts and the API key."""
+        answered = await self._health()
+        try:
+            holder = await asyncio.to_thread(port_holder, self._config.port, process.pid)
+        except (OSError, ValueError):
+            return "proc_unreadable"  # unconfirmed is not ready: fail closed
+        if holder is False:
+            return "port_taken"
+        if not (answered and holder) or process.returncode is not None:
+            return "no_answer"
+        return None
+
     async def _health(self) -> bool:
         base = f"http://127.0.0.1:{self._config.port}"
         try:
-            async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
+            async with httpx.AsyncClient(trust_env=False, timeout=_HEALTH_TIMEOUT_S) as client:
                 return (await client.get(f"{base}/health")).status_code == 200
         except httpx.HTTPError:
             return False
 
     async def _watch(self) -> None:
+        """Check the child every ``health_interval_s``; restart it when it has died or hangs.
+        The loop outlives any error (logged): a watchdog that ended would leave vLLM down for
+        good, silently. Cancellation (close) still ends it."""
         while True:
             await asyncio.sleep(self._config.health_interval_s)
-            process = self._process
-            alive = process is not None and process.returncode is None
-            self._healthy = alive and await self._health()
-            if alive:
-                continue
-            await self._stop_child()
-            if self._restarts >= self._config.max_restarts:
-                continue
-            self._restarts += 1
-            with contextlib.suppress(BackendUnavailable):
-                await self._spawn()
+            try:
+                await self._check()
+            except Exception as exc:
+                _log.error("vllm_supervisor_error", backend=self.name, error_type=type(exc).__name__)
+
+    async def _check(self) -> None:
+        process = self._process
+        if process is None:  # a restart failed: try again, later each time
+            await self._restart("start_failed")
+            return
+        if process.returncode is not None:
+            _log.warning("vllm_exited", backend=self.name, code=process.returncode)
+            await self._restart("exited")
+            return
+        problem = await self._problem(process)
+        if problem is None:
+            self._healthy, self._failed_checks = True, 0
+            return
+        # Unhealthy at once: requests fail fast with 503 instead of waiting timeout_s on a
+        # child that does not answer, or going to whatever holds its port.
+        self._healthy = False
+        self._failed_checks += 1
+        _log.warning("vllm_health_check_failed", backend=self.name, reason=problem,
+                     count=self._failed_checks)
+        if self._failed_checks >= _HUNG_CHECKS:
+            await self._restart("unresponsive")
+
+    async def _restart(self, reason: str) -> None:
+        """Stop what is left of the child's group, wait out the backoff, start a new child."""
+        await self._stop_child()
+        self._failed_checks = 0
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes[0] < now - _RESTART_WINDOW_S:
+            self._crashes.popleft()
+        if len(self._crashes) > self._config.max_restarts:
+            delay = _BACKOFF_MAX_S
+            _log.error("vllm_restart_budget_spent", backend=self.name, count=len(self._crashes))
+        else:
+            delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** (len(self._crashes) - 1))
+        _log.warning("vllm_restart_scheduled", backend=self.name, reason=reason,
+                     count=round(delay))
+        await asyncio.sleep(delay)
+        try:
+            await self._spawn()
+        except BackendUnavailable as exc:
+            _log.error("vllm_restart_failed", backend=self.name, reason=exc.detail)
+            return
+        _log.info("vllm_restarted", backend=self.name, port=self._config.port)
 
     async def _stop_child(self) -> None:
         """Stop the child's whole process group: vLLM's engine and worker processes outlive a
-        killed API server otherwise, holding the model's memory."""
-        process, self._process = self._process, None
+        killed API server otherwise, holding the model's memory. The child is forgotten only
+        once its group has been SIGKILLed and it is reaped, and the SIGKILL is sent even when
+        this is cancelled (a gateway shutting down meanwhile), so no worker outlives close()."""
+        process = self._process
         if process is None:
             return
-        _signal_group(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20.0
-        while time.monotonic() < deadline and (
-                process.returncode is None or _signal_group(process.pid, 0)):
-            await asyncio.sleep(0.2)
-        _signal_group(process.pid, signal.SIGKILL)
+        self._healthy = False
+        try:
+            _signal_group(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + _STOP_GRACE_S
+            while time.monotonic() < deadline and (
+                    process.returncode is None or _signal_group(process.pid, 0)):
+                await asyncio.sleep(0.2)
+        finally:
+            _signal_group(process.pid, signal.SIGKILL)
         await process.wait()
+        if self._process is process:
+            self._process = None
 
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-        await self._stop_child()
-        await self._upstream.close()
+            await asyncio.wait([self._watchdog])  # its own outcome is no reason to skip the rest
+        try:
+            await self._stop_child()  # also what a cancelled stop of the watchdog left
+        finally:
+            await self._upstream.close()
 
     async def ready(self) -> bool:
         if not self._managed:
             return await self._upstream.ready()
         return self._healthy and self._process is not None and self._process.returncode is None
 
-    def _child_running(self) -> None:
-        """Forward only to our own child: while it is down, whatever took its port is not it."""
-        if self._managed and (self._process is None or self._process.returncode is not None):
+    def _child_ready(self) -> None:
+        """Forward only to our own child, and only while it passes its health checks: while it
+        is down, restarting or hung, requests fail fast, and whatever took its port is not it."""
+        if not self._managed:
+            return
+        if self._process is None or self._process.returncode is not None:
             raise BackendUnavailable("vllm is not running")
+        if not self._healthy:
+            raise BackendUnavailable("vllm is not answering its health checks")
 
     async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
-        self._child_running()
+        self._child_ready()
         return await self._upstream.generate(kind, body)
 
     async def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
         # A generator: its failures arrive with the first chunk, where callers handle them.
-        self._child_running()
+        self._child_ready()
         chunks = self._upstream.stream(kind, body)
         try:
             async for chunk in chunks:
@@ -262,5 +399,5 @@ class VLLMBackend:
             await chunks.aclose()  # type: ignore[attr-defined]
 
     async def embed(self, body: Mapping[str, Any]) -> Json:
-        self._child_running()
+        self._child_ready()
         return await self._upstream.embed(body)
