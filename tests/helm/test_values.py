@@ -116,6 +116,9 @@ BAD_COMBINATIONS = [
     ("vllm-output-logging-abbreviated", {"vllm": {"extraArgs": ["--enable-log-o=true"]}},
      "may not set --enable-log-o"),
     ("vllm-port-override", {"vllm": {"extraArgs": ["--port", "9"]}}, "may not set --port"),
+    ("vllm-middleware", {"vllm": {"extraArgs": ["--middleware=x.Log"]}}, "may not set --middleware"),
+    ("vllm-underscore-spelling", {"vllm": {"extraArgs": ["--enable_log_requests"]}},
+     "may not set --enable-log-requests"),
     (
         "service-monitor-without-metrics",
         {"metrics": {"serviceMonitor": {"enabled": True}}},

@@ -192,9 +192,10 @@ seccompProfile:
 {{- end }}
 {{- /* What the chart sets itself, and request logging, which stays off (prompts would reach
 vLLM's logs). argparse takes any unambiguous abbreviation, so a prefix of one is refused too. */}}
-{{- $reserved := list "--host" "--port" "--uds" "--model" "--served-model-name" "--tensor-parallel-size" "--enable-log-requests" "--no-enable-log-requests" "--enable-log-outputs" "--disable-log-requests" }}
+{{- $reserved := list "--host" "--port" "--uds" "--model" "--served-model-name" "--tensor-parallel-size" "--enable-log-requests" "--no-enable-log-requests" "--enable-log-outputs" "--disable-log-requests" "--middleware" "--config" }}
 {{- range $arg := $v.vllm.extraArgs }}
-{{- $flag := first (splitList "=" $arg) }}
+{{- /* vLLM's parser reads "_" as "-" in option names */}}
+{{- $flag := replace "_" "-" (first (splitList "=" $arg)) }}
 {{- $hit := or (contains "log-requests" $flag) (contains "log-outputs" $flag) }}
 {{- if and (hasPrefix "--" $flag) (gt (len $flag) 2) }}
 {{- range $reserved }}
