@@ -31,10 +31,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     klist.add_argument("--tenant")
     klist.add_argument("--json", action="store_true")
     krevoke = kcmd.add_parser(
-        "revoke", help="revoke a key by id or prefix",
+        "revoke", help="revoke a key by id, prefix or the key itself",
         description="Revoke one API key. A prefix that several keys share is refused and "
                     "nothing is revoked: name the key by its id (key_…) from 'keys list'.")
-    krevoke.add_argument("key", help="key id (key_…) or the 8 hex digits after 'sg-'")
+    krevoke.add_argument("key", help="key id (key_…), its prefix as 'keys list' shows it "
+                                     "(sg-XXXXXXXX, 'sg-' optional) or the whole key")
     for parser in (kcreate, klist, krevoke):
         add_config_arg(parser)
     kcreate.set_defaults(func=_key_create)
@@ -42,19 +43,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     krevoke.set_defaults(func=_key_revoke)
 
 
-def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from proxy.cli._common import load_settings
+def _run(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
+    """``action(store)``; an error opening the store or in the action is one line on stderr."""
+    from proxy.cli._common import fail, load_settings
+    from proxy.errors import SealgateError
     from proxy.tenants import TenantStore
 
     settings = load_settings(args)
-    return TenantStore(settings.tenants_url)
-
-
-def _run(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
-    from proxy.cli._common import fail
-    from proxy.errors import SealgateError
-
-    store = _store(args)
+    try:
+        store = TenantStore(settings.tenants_url)
+    except SealgateError as exc:
+        return fail(str(exc))
     try:
         return action(store)
     except SealgateError as exc:

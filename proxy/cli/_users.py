@@ -74,6 +74,7 @@ def _create(args: argparse.Namespace) -> int:
 
 def _passwd(args: argparse.Namespace) -> int:
     from proxy.cli._common import fail, load_settings
+    from proxy.errors import SealgateError
     from proxy.users import UserError, UserStore
 
     settings = load_settings(args)
@@ -84,7 +85,7 @@ def _passwd(args: argparse.Namespace) -> int:
             store.set_password(args.name, password)
         finally:
             store.close()
-    except (UserError, ValueError) as exc:
+    except (UserError, SealgateError, ValueError) as exc:
         return fail(str(exc))
     print(f"password changed for {args.name}; its sessions have ended")
     return 0
@@ -92,28 +93,36 @@ def _passwd(args: argparse.Namespace) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     from proxy.cli._common import fail, load_settings
+    from proxy.errors import SealgateError
     from proxy.users import UserError, UserStore
 
-    store = UserStore(load_settings(args).tenants_url)
+    settings = load_settings(args)
     try:
-        store.remove(args.name)
-    except UserError as exc:
+        store = UserStore(settings.tenants_url)
+        try:
+            store.remove(args.name)
+        finally:
+            store.close()
+    except (UserError, SealgateError) as exc:
         return fail(str(exc))
-    finally:
-        store.close()
     print(f"removed {args.name}; its sessions have ended")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    from proxy.cli._common import load_settings, print_json
+    from proxy.cli._common import fail, load_settings, print_json
+    from proxy.errors import SealgateError
     from proxy.users import UserStore
 
-    store = UserStore(load_settings(args).tenants_url)
+    settings = load_settings(args)
     try:
-        users = store.users()
-    finally:
-        store.close()
+        store = UserStore(settings.tenants_url)
+        try:
+            users = store.users()
+        finally:
+            store.close()
+    except SealgateError as exc:
+        return fail(str(exc))
     if args.json:
         print_json([{"username": u.username, "role": u.role, "tenant": u.tenant} for u in users])
     else:

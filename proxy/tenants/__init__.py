@@ -1,5 +1,6 @@
-"""Tenants and their API keys."""
+"""Tenants and their API keys, in the state database (shared with dashboard accounts)."""
 
+from proxy.tenants._errors import StateUnavailable, state_errors
 from proxy.tenants._store import ApiKeyInfo, Tenant, TenantStore, open_engine
 
-__all__ = ["ApiKeyInfo", "Tenant", "TenantStore", "open_engine"]
+__all__ = ["ApiKeyInfo", "StateUnavailable", "Tenant", "TenantStore", "open_engine", "state_errors"]

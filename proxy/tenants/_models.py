@@ -6,7 +6,11 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-__all__ = ["ApiKeyRow", "TenantRow"]
+__all__ = ["VERSION_TABLE", "ApiKeyRow", "TenantRow"]
+
+# alembic's version table for this database: its own, since the audit log may share the database
+# (one PostgreSQL in a cluster). Releases before that used alembic's default, ``alembic_version``.
+VERSION_TABLE = "sealgate_state_version"
 
 
 class TenantRow(SQLModel, table=True):

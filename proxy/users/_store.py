@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from proxy.tenants import open_engine
+from proxy.tenants import open_engine, state_errors
 
 from ._errors import InvalidCredentials, UserError
 from ._models import UserRow
@@ -23,7 +23,7 @@ from ._passwords import hash_password, verify_password
 __all__ = ["ROLES", "User", "UserStore"]
 
 ROLES = ("admin", "reviewer", "auditor")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.@-]{0,63}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")  # fullmatch: ``$`` matches before a "\n"
 _MIN_PASSWORD = 12
 # Compared against when the user is unknown, so both failures cost one scrypt.
 _DUMMY = hash_password(secrets.token_hex(16))
@@ -62,7 +62,8 @@ class UserStore:
 
     Session checks go through a short cache (``cache_ttl_s``, as API-key lookups in
     ``TenantStore``): ending sessions takes effect at once in this process and within the TTL in
-    every other process sharing the database.
+    every other process sharing the database. The database failing is
+    :class:`proxy.tenants.StateUnavailable`, as for the tenants it shares the database with.
     """
 
     def __init__(self, url: str, *, cache_ttl_s: float = 1.0) -> None:
@@ -76,7 +77,7 @@ class UserStore:
         self._engine.dispose()
 
     def create(self, username: str, role: str, password: str, tenant: str | None = None) -> User:
-        if not _NAME.match(username):
+        if not _NAME.fullmatch(username):
             raise UserError("user names are 1-64 characters: a-z 0-9 _ . @ -", code="invalid_name")
         if role not in ROLES:
             raise UserError(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
@@ -88,21 +89,22 @@ class UserStore:
         row = UserRow(id="usr_" + secrets.token_hex(8), username=username, role=role,
                       tenant=tenant, password_hash=hash_password(password),
                       created_at=datetime.now(UTC))
-        try:
-            with Session(self._engine, expire_on_commit=False) as session:
-                session.add(row)
-                session.commit()
-        except IntegrityError as exc:
-            raise UserError(f"user {username!r} already exists", code="user_exists") from exc
+        with state_errors("create an account"):
+            try:
+                with Session(self._engine, expire_on_commit=False) as session:
+                    session.add(row)
+                    session.commit()
+            except IntegrityError as exc:  # the name (the only other unique column: a random id)
+                raise UserError(f"user {username!r} already exists", code="user_exists") from exc
         return _user(row)
 
     def users(self) -> list[User]:
-        with Session(self._engine) as session:
+        with state_errors("list accounts"), Session(self._engine) as session:
             rows = session.exec(select(UserRow).order_by(UserRow.username)).all()
             return [_user(r) for r in rows]
 
     def get(self, user_id: str) -> User | None:
-        with Session(self._engine) as session:
+        with state_errors("read an account"), Session(self._engine) as session:
             row = session.get(UserRow, user_id)
             return None if row is None else _user(row)
 
@@ -127,18 +129,18 @@ class UserStore:
         """Replace the account's password; every session it has ends with the old one."""
         _check_password(password)
         digest = hash_password(password)
-        self._change(username, _TABLE.update().values(
+        self._change("change a password", username, _TABLE.update().values(
             password_hash=digest, session_generation=_TABLE.c.session_generation + 1))
 
     def remove(self, username: str) -> None:
         """Delete the account; its sessions stop working with it."""
-        self._change(username, _TABLE.delete())
+        self._change("remove an account", username, _TABLE.delete())
 
-    def _change(self, username: str, statement: sa.Update | sa.Delete) -> None:
+    def _change(self, operation: str, username: str, statement: sa.Update | sa.Delete) -> None:
         """Apply ``statement`` to the named account and forget what this process cached of
         it (other processes see the change within the cache TTL, as for a sign-out)."""
         where = _TABLE.c.username == username
-        with self._engine.begin() as conn:
+        with state_errors(operation), self._engine.begin() as conn:
             user_id = conn.execute(sa.select(_TABLE.c.id).where(where)).scalar()
             if user_id is None:
                 raise UserError(f"no user {username!r}", code="user_not_found")
@@ -147,7 +149,8 @@ class UserStore:
 
     def end_sessions(self, user_id: str) -> None:
         """End every session of the account (sign-out): its cookies' generation is now stale."""
-        with self._engine.begin() as conn:  # one atomic increment, whoever else signs out
+        # One atomic increment, whoever else signs out.
+        with state_errors("end an account's sessions"), self._engine.begin() as conn:
             conn.execute(_TABLE.update().where(_TABLE.c.id == user_id)
                          .values(session_generation=_TABLE.c.session_generation + 1))
         self._forget(user_id)
@@ -160,7 +163,7 @@ class UserStore:
             self._ended[user_id] = self._ended.get(user_id, 0) + 1
 
     def authenticate(self, username: str, password: str) -> User:
-        with Session(self._engine) as session:
+        with state_errors("sign in"), Session(self._engine) as session:
             row = session.exec(select(UserRow).where(UserRow.username == username)).first()
         stored = row.password_hash if row is not None else _DUMMY
         if not verify_password(password, stored) or row is None:

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from proxy.cli import main
-from proxy.errors import AuthenticationError, InvalidRequest
+from proxy.errors import AuthenticationError, InvalidRequest, NotFound
 from proxy.tenants import ApiKeyInfo, TenantStore
 
 
@@ -129,3 +129,66 @@ def test_cli_revoke_refuses_a_shared_prefix(store: TenantStore, data_dir: Path,
 def test_cli_revoke_unknown_key_fails(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "revoke", "0badf00d"]) == 1
     assert capsys.readouterr().err == "sealgate: key_not_found: no such API key\n"
+
+
+@pytest.mark.parametrize("form", ["key", "sg-{prefix}", "sg-{prefix}-…", "{prefix}", "{id}"])
+def test_revoke_by_each_form_keys_list_and_create_show(store: TenantStore, form: str) -> None:
+    """The key itself (a leaked one), its prefix as ``keys list`` prints it, with or without
+    ``sg-``, the bare prefix, the id."""
+    store.create_tenant("acme")
+    info, key = store.create_key("acme")
+    _, other = store.create_key("acme")
+    given = key if form == "key" else form.format(prefix=info.prefix, id=info.id)
+    assert store.revoke_key(given).id == info.id
+    with pytest.raises(AuthenticationError):
+        store.authenticate("Bearer " + key)
+    assert store.authenticate("Bearer " + other).name == "acme"
+
+
+def test_revoke_a_wrong_key_with_a_right_prefix_revokes_nothing(store: TenantStore) -> None:
+    """A whole key names a key by its hash only: a guess that shares the prefix names none."""
+    store.create_tenant("acme")
+    _, key = store.create_key("acme")
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+    with pytest.raises(NotFound) as error:
+        store.revoke_key(wrong)
+    assert str(error.value) == "key_not_found: no such API key"
+    assert store.authenticate("Bearer " + key).name == "acme"
+    assert [k.revoked_at for k in store.keys()] == [None]
+
+
+def test_revoke_refuses_a_shared_prefix_in_the_listed_form(store: TenantStore, data_dir: Path) -> None:
+    alice, alice_key, _, bob_key = _colliding(store, data_dir)
+    with pytest.raises(InvalidRequest) as info:
+        store.revoke_key(f"sg-{alice.prefix}")
+    assert info.value.code == "key_ambiguous" and alice_key not in str(info.value)
+    assert all(k.revoked_at is None for k in store.keys())
+    assert store.revoke_key(alice_key).id == alice.id  # the key itself is never ambiguous
+    assert store.authenticate("Bearer " + bob_key).name == "bob"
+
+
+def test_keys_of_an_unknown_tenant_is_an_error(store: TenantStore,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt tenant must not read as "no keys"."""
+    store.create_tenant("acme")
+    store.create_key("acme")
+    assert [k.tenant for k in store.keys("acme")] == ["acme"]
+    with pytest.raises(NotFound) as error:
+        store.keys("acmee")
+    assert error.value.code == "tenant_not_found"
+    assert main(["keys", "list", "--tenant", "acmee"]) == 1
+    assert capsys.readouterr() == ("", "sealgate: tenant_not_found: no tenant named 'acmee'\n")
+
+
+def test_cli_revoke_by_the_form_keys_list_prints(store: TenantStore,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    store.create_tenant("acme")
+    assert main(["keys", "create", "--tenant", "acme"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert main(["keys", "list"]) == 0
+    shown = capsys.readouterr().out.split()[2]
+    assert shown == key[:11] + "-…"
+    assert main(["keys", "revoke", shown.removesuffix("-…")]) == 0
+    assert capsys.readouterr().out.startswith("revoked key_")
+    with pytest.raises(AuthenticationError):
+        store.authenticate("Bearer " + key)
