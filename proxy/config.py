@@ -150,7 +150,7 @@ class Settings:
     def _from_mapping(cls, doc: dict[str, Any], env: Mapping[str, str]) -> Settings:
         doc = dict(doc)
         backends = _parse_backends(doc.pop("backends", None))
-        models = _parse_models(doc.pop("models", None))
+        models = _parse_models(doc.pop("models", None), backends or _default_backends())
         simple = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("backends", "models")}
         unknown = set(doc) - set(simple)
         if unknown:
@@ -296,8 +296,9 @@ class _ModelTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     backend: str
     """Name of a configured backend (checked in :meth:`Settings.validate`)."""
-    retention_tier: RetentionTier = RetentionTier.ATTESTED_ZERO
-    """The documented default; a misspelt key is refused rather than falling back to it."""
+    retention_tier: RetentionTier | None = None
+    """Required for a backend outside this process (:func:`_inside`); a misspelt key is
+    refused rather than falling back to a default."""
     upstream_model: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     """Model name sent to the backend; an empty one would silently mean the route name."""
     owned_by: str = "sealgate"
@@ -307,7 +308,20 @@ class _ModelTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 _MODEL_KEYS = frozenset(_ModelTable.__struct_fields__)
 
 
-def _parse_models(table: Any) -> dict[str, ModelRoute]:
+def _inside(backend: BackendSettings | None) -> bool:
+    """The backend runs inside this process or as its supervised child, so within the attested
+    boundary: the embedded llama.cpp, or a vLLM child the gateway starts (no ``url``)."""
+    if backend is None:
+        return False
+    options = backend.options
+    return isinstance(options, LlamaCppConfig) or (isinstance(options, VLLMConfig)
+                                                   and not options.url)
+
+
+def _parse_models(table: Any, backends: Mapping[str, BackendSettings]) -> dict[str, ModelRoute]:
+    """Model routes. Only a route to a backend inside the boundary may leave ``retention_tier``
+    out (it is then ``attested-zero``): for an upstream elsewhere the strongest claim would be
+    an unchecked default, carried by every decision and signed record."""
     result: dict[str, ModelRoute] = {}
     for name, body in _tables(table, "models").items():
         if not IDENTIFIER.fullmatch(name):  # records name the model: it must fit their grammar
@@ -321,8 +335,14 @@ def _parse_models(table: Any) -> dict[str, ModelRoute]:
             route = msgspec.convert(body, _ModelTable)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"model {name!r}: {exc}") from exc
-        result[name] = ModelRoute(name, route.backend, route.retention_tier, route.upstream_model,
-                                  route.owned_by)
+        tier = route.retention_tier
+        if tier is None:
+            if not _inside(backends.get(route.backend)):
+                raise ConfigError(f"model {name!r}: backend {route.backend!r} runs outside this "
+                                  "process; say its retention_tier (attested-zero, "
+                                  "contractual-zero or none)")
+            tier = RetentionTier.ATTESTED_ZERO
+        result[name] = ModelRoute(name, route.backend, tier, route.upstream_model, route.owned_by)
     return result
 
 

@@ -89,7 +89,7 @@ _ROUTE = '[backends.up]\ntype = "openai"\n[models.m]\nbackend = "up"\n'
     ('upstream_modle = "gpt-4o"\nretention_tier = "none"', "model 'm': unknown keys: upstream_modle"),
     ('retention_tier = "nothing"', "model 'm': Invalid enum value 'nothing' - at `$.retention_tier`"),
     ('retention_tier = "Attested-Zero"', "model 'm': Invalid enum value 'Attested-Zero'"),
-    ("retention_tier = 0", "model 'm': Expected `str`, got `int` - at `$.retention_tier`"),
+    ("retention_tier = 0", "model 'm': Expected `str | null`, got `int` - at `$.retention_tier`"),
     ("upstream_model = 42", "model 'm': Expected `str | null`, got `int` - at `$.upstream_model`"),
     ('upstream_model = ""', "model 'm': Expected `str` of length >= 1 - at `$.upstream_model`"),
     ('owned_by = ["x"]', "model 'm': Expected `str`, got `array` - at `$.owned_by`"),
@@ -103,6 +103,20 @@ def test_model_tables_refuse_unknown_keys_and_wrong_types(tmp_path: Path, line: 
     assert str(info.value).startswith("invalid_config: " + error)
 
 
+@pytest.mark.parametrize("backend", [
+    '[backends.b]\ntype = "openai"\nurl = "https://api.example/v1"',
+    '[backends.b]\ntype = "vllm"\nurl = "http://vllm:8000/v1"',  # a service, not our child
+])
+def test_a_route_to_an_upstream_elsewhere_must_state_its_tier(tmp_path: Path, backend: str) -> None:
+    """The strongest claim, attested-zero, is no default for an upstream outside this process:
+    every decision and signed record would carry it unchecked."""
+    path = tmp_path / "c.toml"
+    path.write_text(backend + '\n[models.m]\nbackend = "b"\n')
+    with pytest.raises(ConfigError, match="model 'm': backend 'b' runs outside this process; "
+                                          "say its retention_tier"):
+        Settings.load(path, env={})
+
+
 def test_model_table_without_a_backend_names_the_key(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[backends.up]\ntype = "openai"\n[models.m]\nowned_by = "x"\n')
@@ -112,10 +126,15 @@ def test_model_table_without_a_backend_names_the_key(tmp_path: Path) -> None:
 
 def test_model_table_defaults_and_typed_values(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text(_ROUTE + '[models.p]\nbackend = "up"\nretention_tier = "contractual-zero"\n'
+    path.write_text('[backends.up]\ntype = "openai"\n[backends.local]\ntype = "llamacpp"\n'
+                    '[backends.child]\ntype = "vllm"\n[models.m]\nbackend = "local"\n'
+                    '[models.c]\nbackend = "child"\n'
+                    '[models.p]\nbackend = "up"\nretention_tier = "contractual-zero"\n'
                     'upstream_model = "large-2025-01"\nowned_by = "partner"\n')
     models = Settings.load(path, env={}).models
-    assert models["m"] == ModelRoute("m", "up", RetentionTier.ATTESTED_ZERO, None, "sealgate")
+    # Inside the boundary (embedded, or a vLLM child the gateway starts) the tier may be left out.
+    assert models["m"] == ModelRoute("m", "local", RetentionTier.ATTESTED_ZERO, None, "sealgate")
+    assert models["c"].retention_tier is RetentionTier.ATTESTED_ZERO
     assert models["p"] == ModelRoute("p", "up", RetentionTier.CONTRACTUAL_ZERO, "large-2025-01",
                                      "partner")
     assert isinstance(models["p"].retention_tier, RetentionTier)
@@ -136,7 +155,7 @@ def test_config_show_masks_credentials_in_url_queries(
     path = tmp_path / "c.toml"
     path.write_text('audit_url = "postgresql://db/audit?sslmode=require&password=hunter2"\n'
                     '[backends.up]\ntype = "openai"\nurl = "https://up.example/v1?api_key=sk-1&key=k2"\n'
-                    '[models.m]\nbackend = "up"\n')
+                    '[models.m]\nbackend = "up"\nretention_tier = "contractual-zero"\n')
     assert main(["config", "show", "--config", str(path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["audit_url"] == "postgresql://db/audit?sslmode=require&password=********"
@@ -157,7 +176,8 @@ def test_a_data_dir_holding_url_characters_stays_one_path(tmp_path: Path) -> Non
 def test_a_vllm_service_takes_an_api_key_variable_and_a_timeout(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[backends.v]\ntype = "vllm"\nurl = "http://vllm:8000/v1"\n'
-                    'api_key_env = "VLLM_KEY"\ntimeout_s = 90\n[models.m]\nbackend = "v"\n')
+                    'api_key_env = "VLLM_KEY"\ntimeout_s = 90\n[models.m]\nbackend = "v"\n'
+                    'retention_tier = "attested-zero"\n')
     options = Settings.load(path, env={}).backends["v"].options
     assert isinstance(options, VLLMConfig)
     assert (options.api_key_env, options.timeout_s) == ("VLLM_KEY", 90.0)
