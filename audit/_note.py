@@ -36,6 +36,7 @@ def _public_bytes(key: Ed25519PublicKey) -> bytes:
 
 
 def check_name(name: str) -> str:
+    """``name`` if it can name a note's signer (a log origin); ValueError otherwise."""
     if not _NAME.fullmatch(name) or len(name.encode()) > 255:
         raise ValueError("key name must be non-empty with no spaces or '+'")
     return name

@@ -292,7 +292,9 @@ class VLLMBackend:
             try:
                 await self._check()
             except Exception as exc:
-                _log.error("vllm_supervisor_error", backend=self.name, error_type=type(exc).__name__)
+                with contextlib.suppress(Exception):  # not even a failing log may end the loop
+                    _log.error("vllm_supervisor_error", backend=self.name,
+                               error_type=type(exc).__name__)
 
     async def _check(self) -> None:
         process = self._process

@@ -50,3 +50,14 @@ def load_vector(*parts: str) -> Any:
 def vectors() -> Path:
     need(VECTORS.is_dir(), f"test vectors not found at {VECTORS} (set SEALGATE_VECTORS)")
     return VECTORS
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Any:
+    """Each test starts with structlog's defaults: a test that configured logging to its
+    captured output (closed when it ends) must not leave later tests' logs writing there."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
+

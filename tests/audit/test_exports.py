@@ -11,7 +11,7 @@ def test_all_is_exact() -> None:
         "InclusionProof", "InvalidRecord", "LogStore", "ProofError", "Receipt", "Record",
         "RecordBuilder", "RecordNotFound", "SignedCheckpoint", "TreeReader", "VerificationError",
         "VerifyReport",
-        "commit", "load_or_create_signing_key", "verify_consistency", "verify_inclusion",
+        "check_note_name", "commit", "load_or_create_signing_key", "verify_consistency", "verify_inclusion",
         "verify_log", "verify_receipt", "vkey_for",
     ])  # fmt: skip
     for name in audit.__all__:

@@ -255,18 +255,24 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert err.startswith("sealgate: simulated_not_allowed: ") and "Traceback" not in err
 
 
-def test_a_failed_start_up_prints_its_cause_once_and_no_banner(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failed_start_up_prints_its_cause_once_and_no_banner(tmp_path: Path) -> None:
     """What fails inside start-up (here a missing model file) is one line with its code, not
-    the framework's traceback after a "serving on" banner."""
-    monkeypatch.setenv("SEALGATE_DATA_DIR", str(tmp_path))
+    the framework's traceback after a "serving on" banner. (A child process: the server's
+    event loop leaves process-wide signal handling behind it.)"""
+    import os
+    import subprocess
+    import sys
+
     config = tmp_path / "c.toml"
     config.write_text('[backends.local]\ntype = "llamacpp"\nmodel_path = "/nonexistent.gguf"\n')
-    assert main(["serve", "--config", str(config), "--port", "18098"]) == 2
-    captured = capsys.readouterr()
-    assert "serving on" not in captured.out
-    assert "sealgate: start-up failed: backend_unavailable: model file not found" in captured.err
-    assert "Traceback" not in captured.err
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", "18098"],
+        env={**os.environ, "SEALGATE_DATA_DIR": str(tmp_path)}, capture_output=True, text=True,
+        timeout=120, check=False)
+    assert done.returncode == 2
+    assert "serving on" not in done.stdout
+    assert "sealgate: start-up failed: backend_unavailable: model file not found" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
