@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ._errors import AuditError, AuditUnavailable
-from ._tables import CheckpointRow, LogRow, NodeRow, RecordRow
+from ._tables import VERSION_TABLE, CheckpointRow, LogRow, NodeRow, RecordRow
 
 __all__ = ["LogStore", "normalize_url"]
 
@@ -146,7 +146,7 @@ class LogStore:
         head = ScriptDirectory(str(_MIGRATIONS)).get_current_head()
         with engine.connect() as conn:
             current = MigrationContext.configure(
-                conn, opts={"version_table": "audit_alembic_version"}).get_current_revision()
+                conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
         if current != head:
             engine.dispose()
             raise AuditUnavailable(

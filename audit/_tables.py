@@ -5,7 +5,10 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Text
 from sqlmodel import Field, SQLModel
 
-__all__ = ["CheckpointRow", "LogRow", "NodeRow", "RecordRow"]
+__all__ = ["VERSION_TABLE", "CheckpointRow", "LogRow", "NodeRow", "RecordRow"]
+
+VERSION_TABLE = "audit_alembic_version"
+"""alembic's version table for the audit schema: the state database may share the database."""
 
 
 class LogRow(SQLModel, table=True):

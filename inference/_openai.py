@@ -162,7 +162,8 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """
     pending = b""
     async for chunk in chunks:
-        lines = _EOL.split(pending + chunk)
+        lines = _EOL.split(chunk)  # only the new bytes: what is pending holds no line end
+        lines[0] = pending + lines[0]
         pending = lines.pop()
         if len(pending) > _MAX_LINE:
             raise BackendError(_MALFORMED)
@@ -219,9 +220,9 @@ class OpenAIBackend:
         """The upstream's response, its body not yet read (the caller closes it)."""
         if not self._started or self._transport is None:
             raise BackendUnavailable(f"backend {self.name!r} is not started")
-        limits = self._timeout if timeout is None else httpx.Timeout(timeout).as_dict()
+        timeouts = self._timeout if timeout is None else httpx.Timeout(timeout).as_dict()
         request = httpx.Request(method, self._urls[path], content=content, headers=self._headers,
-                                extensions={"timeout": limits})
+                                extensions={"timeout": timeouts})
         return await self._transport.handle_async_request(request)
 
     async def ready(self) -> bool:

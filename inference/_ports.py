@@ -18,6 +18,7 @@ from pathlib import Path
 
 __all__ = ["port_free", "port_holder"]
 
+
 def port_free(port: int) -> bool:
     """Nothing listens on the port. (SO_REUSEADDR: our own child's connections left in
     TIME_WAIT after it died must not block its restart; on Linux a listener still does.)"""
@@ -101,7 +102,3 @@ def port_holder(port: int, pgid: int) -> bool | None:
         return None
     return _group_holds(pgid, inodes)
 
-
-# Runs first in the child, then becomes vLLM (same process): on Linux the child gets SIGTERM when
-# the gateway dies, however it dies, so it never outlives it holding the port and the GPU. (Done
-# by exec, not preexec_fn, which is unsafe in a process with threads.)

@@ -153,6 +153,9 @@ def _child_env(extra: Mapping[str, str], key: str | None) -> dict[str, str]:
     return env
 
 
+# Runs first in the child, then becomes vLLM (same process): on Linux the child gets SIGTERM when
+# the gateway dies, however it dies, so it never outlives it holding the port and the GPU. (Done
+# by exec, not preexec_fn, which is unsafe in a process with threads.)
 _LAUNCHER = (
     "import ctypes, os, signal, sys\n"
     "try:\n"
@@ -336,8 +339,8 @@ class VLLMBackend:
         await asyncio.sleep(delay)
         try:
             await self._spawn()
-        except BackendUnavailable as exc:
-            _log.error("vllm_restart_failed", backend=self.name, reason=exc.detail)
+        except BackendUnavailable:  # its detail is prose, which logs never carry
+            _log.error("vllm_restart_failed", backend=self.name)
             return
         _log.info("vllm_restarted", backend=self.name, port=self._config.port)
 

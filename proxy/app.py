@@ -89,7 +89,7 @@ class Services:
     audit: AuditLog | None = None
     gate: PolicyAuditGate | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    startup_error: BaseException | None = None
+    startup_error: Exception | None = None
     """Why start-up failed (the CLI prints it once, with its code, instead of a traceback)."""
 
     def dependencies(self) -> dict[str, Provide]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-VERSION_TABLE = "audit_alembic_version"
+from audit._tables import VERSION_TABLE
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, version_table=VERSION_TABLE)

@@ -41,12 +41,12 @@ def _fail(message: str) -> int:
 
 
 def _with_store(args: argparse.Namespace, action: Any) -> int:
+    from sqlalchemy.engine import make_url
+
     from audit import AuditError, LogStore
     from proxy.cli._common import load_settings
 
     url = args.db or load_settings(args).audit_db_url
-    from sqlalchemy.engine import make_url
-
     try:
         parsed = make_url(url)
     except Exception:

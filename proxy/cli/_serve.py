@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.cli import _message
     from proxy.cli._common import load_settings
 
     settings = load_settings(args)
@@ -40,8 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         error = app.state["services"].startup_error
         if error is None:
             raise
-        code = getattr(error, "code", None)
-        detail = str(error) if isinstance(code, str) else f"internal error ({type(error).__name__})"
+        detail = _message(error) or f"internal error ({type(error).__name__})"
         print(f"sealgate: start-up failed: {detail}", file=sys.stderr)
         return 2
     return 0
