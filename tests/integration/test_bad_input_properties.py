@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from email.utils import formatdate
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +29,7 @@ from proxy.ohttp import (
 )
 from tests.server import Gateway
 
-EXAMPLES = settings(max_examples=150, deadline=None, database=None, derandomize=True,
+EXAMPLES = settings(max_examples=300, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 BODIES: dict[str, dict[str, Any]] = {
@@ -78,6 +80,12 @@ def _mutated(doc: dict[str, Any], steps: list[int], value: Any, how: int) -> dic
     return doc
 
 
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as session:
+        yield session
+
+
 def _assert_envelope(response: httpx.Response) -> None:
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
@@ -89,16 +97,17 @@ def _assert_envelope(response: httpx.Response) -> None:
 @EXAMPLES
 @given(path=st.sampled_from(sorted(BODIES)), steps=st.lists(st.integers(0, 30), max_size=5),
        value=_json, how=st.integers(0, 2), stream=st.booleans())
-def test_mutated_request_bodies_get_an_answer_or_a_4xx(gateway: Gateway, api_key: str, path: str,
+def test_mutated_request_bodies_get_an_answer_or_a_4xx(gateway: Gateway, api_key: str,
+                                                       client: httpx.Client, path: str,
                                                        steps: list[int], value: Any, how: int,
                                                        stream: bool) -> None:
     body = _mutated(BODIES[path], steps, value, how)
     streamed = stream and path != "/v1/embeddings"
     if streamed:
         body["stream"] = True
-    response = httpx.post(f"{gateway.url}{path}", content=json.dumps(body), timeout=30,
-                          headers={"Authorization": f"Bearer {api_key}",
-                                   "Content-Type": "application/json"})
+    response = client.post(f"{gateway.url}{path}", content=json.dumps(body),
+                           headers={"Authorization": f"Bearer {api_key}",
+                                    "Content-Type": "application/json"})
     _assert_envelope(response)
     if response.status_code == 200 and streamed:
         assert response.text.rstrip().endswith("data: [DONE]"), response.text
@@ -127,10 +136,10 @@ _contents = st.sampled_from([
        extra=st.lists(st.tuples(_names, _token), max_size=3), with_key=st.booleans(),
        dated=st.booleans(), content=_contents)
 def test_sealed_inner_requests_of_any_shape_get_a_sealed_4xx_at_worst(
-        gateway: Gateway, api_key: str, method: bytes, scheme: bytes, authority: bytes,
+        gateway: Gateway, api_key: str, client: httpx.Client, method: bytes, scheme: bytes, authority: bytes,
         path: bytes, extra: list[tuple[bytes, bytes]], with_key: bool, dated: bool,
         content: bytes) -> None:
-    config = decode_key_configs(httpx.get(f"{gateway.url}/.well-known/ohttp-gateway").content)[0]
+    config = decode_key_configs(client.get(f"{gateway.url}/.well-known/ohttp-gateway").content)[0]
     headers = [(b"content-type", b"application/json"), *extra]
     if with_key:
         headers.append((b"authorization", f"Bearer {api_key}".encode()))
@@ -138,8 +147,8 @@ def test_sealed_inner_requests_of_any_shape_get_a_sealed_4xx_at_worst(
         headers.append((b"date", formatdate(usegmt=True).encode()))
     inner = encode_request(BHTTPRequest(method, scheme, authority, path, tuple(headers), content))
     sealed, context = encapsulate_request(config, inner)
-    outer = httpx.post(f"{gateway.url}/.well-known/ohttp-gateway", content=sealed, timeout=30,
-                       headers={"Content-Type": "message/ohttp-req"})
+    outer = client.post(f"{gateway.url}/.well-known/ohttp-gateway", content=sealed,
+                        headers={"Content-Type": "message/ohttp-req"})
     assert outer.status_code == 200, outer.text  # a well-formed encapsulation is always opened
     answer = decode_response(context.open_response(outer.content))
     assert answer.status < 500, answer.content
