@@ -12,6 +12,7 @@ SQLAlchemy errors are translated to ``AuditUnavailable`` here and never escape t
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -95,6 +96,17 @@ def _sync_mode(url: str) -> tuple[str, str]:
         hide_password=False), _SYNC_MODES[mode]
 
 
+def _read_only_uri(path: str) -> str:
+    """``mode=ro``, or also ``immutable`` for a WAL database with no -wal file (no writer has it
+    open) in a folder or on a medium this process cannot write: a read-only connection would
+    have to create the WAL index there and fails (sqlite.org/wal.html, read-only databases)."""
+    uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(f"{path}-wal") and not os.access(folder, os.W_OK):
+        uri += "&immutable=1"
+    return uri
+
+
 class LogStore:
     """Persistence of records, Merkle nodes and checkpoints for one or more logs."""
 
@@ -137,7 +149,7 @@ class LogStore:
     @classmethod
     def _open_read_only(cls, sync_url: str, parsed: Any) -> LogStore:
         if parsed.get_backend_name() == "sqlite":
-            uri = f"file:{urllib.parse.quote(str(parsed.database))}?mode=ro"
+            uri = _read_only_uri(str(parsed.database))
             engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
         else:
             engine = create_engine(sync_url, pool_pre_ping=True,
@@ -240,23 +252,41 @@ class LogStore:
         more than the SQLite work itself. Appends go through one connection kept open for them;
         the log writer serializes its calls. After a failure that connection is discarded."""
         with _translated("write records", self._driver_errors):
-            conn = self._appender
-            if conn is None:
-                conn = self._appender = self.engine.raw_connection()
+            self._insert_batch(rows, nodes, size, retry=self._appender is not None)
+
+    def _insert_batch(self, rows: Sequence[dict[str, Any]], nodes: Sequence[tuple[int, bytes]],
+                      size: int | None, *, retry: bool) -> None:
+        """One attempt on the kept connection. That connection is never pre-pinged: if it was
+        closed under it while idle (a server restart, failover or idle timeout) and fails before
+        the commit was sent, its transaction died uncommitted and ``retry`` writes the batch
+        once more on a new connection; a failed commit may have landed and is never retried."""
+        conn = self._appender
+        if conn is None:
+            conn = self._appender = self.engine.raw_connection()
+        committing = False
+        try:
+            cursor = conn.cursor()
             try:
-                cursor = conn.cursor()
-                try:
-                    cols = self._record_columns
-                    cursor.executemany(self._insert_record, [tuple(r[c] for c in cols) for r in rows])
-                    if size is not None:
-                        self._grow_tree(cursor, rows[0]["log_id"], nodes, size)
-                finally:
-                    cursor.close()
-                conn.commit()
-            except BaseException:
-                self._appender = None
-                conn.invalidate()  # closes the driver connection, rolling back what it held
+                cols = self._record_columns
+                cursor.executemany(self._insert_record, [tuple(r[c] for c in cols) for r in rows])
+                if size is not None:
+                    self._grow_tree(cursor, rows[0]["log_id"], nodes, size)
+            finally:
+                cursor.close()
+            committing = True
+            conn.commit()
+            return
+        except BaseException as exc:
+            stale = retry and not committing and self._is_disconnect(exc, conn)
+            self._appender = None
+            conn.invalidate()  # closes the driver connection, rolling back what it held
+            if not stale:
                 raise
+        self._insert_batch(rows, nodes, size, retry=False)
+
+    def _is_disconnect(self, exc: BaseException, conn: PoolProxiedConnection) -> bool:
+        return isinstance(exc, self._driver_errors) and self.engine.dialect.is_disconnect(
+            exc, conn.dbapi_connection, None)  # type: ignore[arg-type]
 
     def records_from(self, log_id: str, start: int, limit: int) -> list[tuple[int, bytes]]:
         """(leaf_index, envelope) for indices >= start, in order."""
