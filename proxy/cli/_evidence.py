@@ -106,7 +106,7 @@ def _export(args: argparse.Namespace) -> int:
             finally:
                 store.close()
         document = _server_document(args.server) if args.server else None
-        log = LogStore.open(settings.audit_db_url)
+        log = LogStore.open(settings.audit_db_url, read_only=True)  # an export changes nothing
         try:
             options = ExportOptions(start, end, tenant, args.sample, document,
                                     settings.policy_bundle)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from proxy.evidence import (
 )
 from proxy.evidence._manifest import sign_manifest
 from tests.evidence.conftest import Traffic, export, rezip, unzip, window
+from tests.server import run_cli
 
 
 def _failed(data: bytes, vkey: str | None = None) -> list[tuple[str, str]]:
@@ -77,6 +80,24 @@ def test_export_without_records_or_server_still_verifies(traffic: Traffic, tmp_p
     assert len([n for n in files if n.startswith("identity/")]) == 1
     verdict = verify_bundle(data, allow_simulated=True)
     assert verdict.ok, verdict.table()
+
+
+def test_export_changes_nothing_in_the_audit_database(traffic: Traffic, tmp_path: Path) -> None:
+    """An export opens the log read-only: a copy of the data folder handed to whoever exports
+    keeps its audit database byte for byte (no migration, no switch to WAL)."""
+    source = traffic.gateway.data_dir
+    copy = tmp_path / "data"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("audit.db*"))
+    with sqlite3.connect(source / "audit.db") as live, sqlite3.connect(copy / "audit.db") as kept:
+        live.backup(kept)
+        kept.execute("PRAGMA journal_mode=DELETE")
+    before = hashlib.sha256((copy / "audit.db").read_bytes()).hexdigest()
+    start, end = window()
+    run = run_cli({**traffic.gateway.env, "SEALGATE_DATA_DIR": str(copy)}, "evidence", "export",
+                  "--from", start, "--to", end, "-o", str(tmp_path / "b.zip"))
+    assert run.returncode == 0, run.stderr
+    assert hashlib.sha256((copy / "audit.db").read_bytes()).hexdigest() == before
+    assert verify_bundle((tmp_path / "b.zip").read_bytes(), allow_simulated=True).ok
 
 
 @pytest.mark.parametrize("kept", ["none", "another key's"])
