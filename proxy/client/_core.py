@@ -26,7 +26,9 @@ from proxy.ohttp import (
 from ._errors import SealedTransportError
 from ._presealer import Presealer
 
-__all__ = ["Prepared", "SealedExchange", "StreamOpener", "gateway_failure", "open_plain", "seal"]
+__all__ = [
+    "GatewayRejected", "Prepared", "SealedExchange", "StreamOpener", "gateway_failure", "open_plain", "seal",
+]
 
 _HOP_BY_HOP = frozenset(
     {
@@ -135,6 +137,14 @@ def seal(
     return Prepared(outer, exchange, context)
 
 
+class GatewayRejected(SealedTransportError):
+    """``gateway_rejected``, with the outer status the gateway answered."""
+
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__("gateway_rejected", f"gateway answered {status} ({code})")
+        self.status = status
+
+
 def gateway_failure(status: int, content: bytes) -> SealedTransportError:
     """The error for a non-200 outer answer, carrying the gateway's error code."""
     code = "unknown"
@@ -142,7 +152,7 @@ def gateway_failure(status: int, content: bytes) -> SealedTransportError:
         code = str(json.loads(content)["error"]["code"])
     except (ValueError, KeyError, TypeError):
         pass
-    return SealedTransportError("gateway_rejected", f"gateway answered {status} ({code})")
+    return GatewayRejected(status, code)
 
 
 def is_unknown_key(err: SealedTransportError) -> bool:

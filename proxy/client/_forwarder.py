@@ -17,6 +17,7 @@ import uvicorn
 
 from proxy.ohttp import HOP_BY_HOP_FIELDS
 
+from ._core import GatewayRejected
 from ._errors import SealedTransportError
 from ._keysource import KeySource
 from ._transport import AsyncSealedTransport
@@ -80,6 +81,8 @@ class ClientProxy:
 
     def _request(self, scope: Message, body: bytes) -> httpx2.Request:
         target = scope.get("raw_path") or scope["path"].encode()
+        if not target.startswith(b"/"):  # e.g. ``OPTIONS *``: nothing at the gateway to address
+            raise httpx2.InvalidURL("the request target is not a path")
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         headers = [(n, v) for n, v in scope["headers"] if n.lower() not in _HOP_BY_HOP]
@@ -89,13 +92,28 @@ class ClientProxy:
 
     async def _forward(self, scope: Message, receive: Receive, send: Send) -> None:
         try:
-            request = self._request(scope, await _read_body(receive))
-            response = await self._transport.handle_async_request(request)
+            body = await _read_body(receive)
         except ConnectionAbortedError:
             return
+        # The local client may leave while the gateway is still working on a whole (non-streamed)
+        # answer: closing the sealed request then lets the gateway stop the backend, as it would
+        # for a client connected to it directly.
+        async with anyio.create_task_group() as group:
+            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+            await self._exchange(scope, body, send)
+            group.cancel_scope.cancel()
+
+    async def _exchange(self, scope: Message, body: bytes, send: Send) -> None:
+        try:
+            request = self._request(scope, body)
+        except httpx2.InvalidURL:
+            invalid = SealedTransportError("invalid_request", "the request target cannot be forwarded")
+            await _send_whole(send, *_error(400, invalid))
+            return
+        try:
+            response = await self._transport.handle_async_request(request)
         except SealedTransportError as err:
-            status = 502 if err.code != "enclave_unverified" else 503
-            await _send_whole(send, *_error(status, err))
+            await _send_whole(send, *_error(_failure_status(err), err))
             return
         except httpx2.HTTPError as exc:  # the outer request failed: nothing was answered
             unreachable = SealedTransportError(
@@ -103,17 +121,25 @@ class ClientProxy:
             await _send_whole(send, *_error(502, unreachable))
             return
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
-                await _relay(response, send)
-                group.cancel_scope.cancel()
+            await _relay(response, send)
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
 
+def _failure_status(err: SealedTransportError) -> int:
+    """503 when the enclave is unverified; the gateway's own 413 when the body was too large
+    for it, so the local client sees the same answer as a direct one (and does not retry);
+    otherwise 502, for a fault between this forwarder and the gateway."""
+    if err.code == "enclave_unverified":
+        return 503
+    if isinstance(err, GatewayRejected) and err.status == 413:
+        return 413
+    return 502
+
+
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Stop relaying when the local client goes away, so the sealed stream is closed too."""
+    """Stop forwarding when the local client goes away, so the sealed request is closed too."""
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()

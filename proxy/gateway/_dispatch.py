@@ -156,9 +156,21 @@ async def collect_response(
             content += message.get("body", b"")
         elif message["type"] == _DONE:
             failed = message["failed"]
-    if failed or not status:
+    if failed or not _final_status(status):
         return error_response(_INTERNAL)
-    return BHTTPResponse(status, headers, bytes(content))
+    return BHTTPResponse(status, headers, b"" if _no_content(scope) else bytes(content))
+
+
+def _final_status(status: int) -> bool:
+    """RFC 9292 §3.5.2: a final status Binary HTTP can carry. Anything else the inner app sent is
+    its failure, answered inside the encapsulation like any other (RFC 9458 §5.2)."""
+    return 200 <= status <= 599
+
+
+def _no_content(scope: dict[str, Any]) -> bool:
+    """RFC 9110 §9.3.2: an answer to HEAD has no content, whatever the app sent; an ASGI
+    server drops it for a plain request, so the gateway does too."""
+    return bool(scope["method"] == "HEAD")
 
 
 async def stream_response(
@@ -171,25 +183,26 @@ async def stream_response(
     exchange = _InnerExchange(body, ahead=_STREAM_AHEAD)
     task = asyncio.create_task(exchange.run(app, scope))
     encoder = ResponseStreamEncoder()
-    started = False
+    started, head_only = False, _no_content(scope)
     try:
         while True:
             message = await exchange.messages.get()
             kind = message["type"]
-            if kind == "http.response.start":
+            if kind == "http.response.start" and _final_status(message["status"]):
                 started = True
                 yield sealer.seal(encoder.head(message["status"], _fields(message.get("headers", ()))))
+            elif kind == "http.response.start":
+                yield _sealed_error(sealer, encoder)
+                return
             elif kind == "http.response.body" and started:
-                if data := message.get("body", b""):
+                if (data := message.get("body", b"")) and not head_only:
                     yield sealer.seal(encoder.body(data))
                 if not message.get("more_body", False):
                     yield sealer.seal(encoder.end(), final=True)
                     return
             elif kind == _DONE:
                 if not started:
-                    error = error_response(_INTERNAL)
-                    yield sealer.seal(encoder.head(error.status, error.headers) + encoder.body(error.content))
-                    yield sealer.seal(encoder.end(), final=True)
+                    yield _sealed_error(sealer, encoder)
                 # Otherwise the stream stops without its final chunk: the client sees truncation.
                 return
     finally:
@@ -197,6 +210,13 @@ async def stream_response(
         while not exchange.messages.empty():  # unblock a waiting send: it sees the disconnect next
             exchange.messages.get_nowait()
         await _finish(task)
+
+
+def _sealed_error(sealer: ChunkedResponseSealer, encoder: ResponseStreamEncoder) -> bytes:
+    """The whole internal-error answer, ending the stream."""
+    error = error_response(_INTERNAL)
+    head = encoder.head(error.status, error.headers) + encoder.body(error.content)
+    return sealer.seal(head) + sealer.seal(encoder.end(), final=True)
 
 
 async def _finish(task: asyncio.Task[None]) -> None:
