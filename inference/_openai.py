@@ -14,6 +14,7 @@ with a fixed message, never the upstream's text.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -35,6 +36,8 @@ _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 _MALFORMED = "the upstream sent a malformed response"
 _EOL = re.compile(rb"\r\n|\r|\n")  # the only line ends of an event stream (WHATWG HTML §9.2.5)
 _MAX_LINE = 16 << 20  # one event's line; a longer one is not an OpenAI chunk
+_MAX_BODY = 256 << 20  # one whole answer (the largest is a batch of float embeddings)
+_DRAIN_S = 1.0  # how long the end of a body is awaited after data: [DONE]
 
 
 class UpstreamTruncated(BackendError):
@@ -153,24 +156,53 @@ def _mapped_errors() -> Iterator[None]:
         raise BackendError(_MALFORMED) from None
 
 
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _lines(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[bytes]:
     """The lines of an event stream, as bytes. Split at CR, LF and CRLF only: JSON may carry
     U+2028, U+2029 and U+0085 unescaped (vLLM and llama.cpp send them raw), where
     ``str.splitlines`` would cut an event in two. Kept as bytes, so UTF-8 is checked strictly
     by the JSON decoder (bad bytes are a malformed answer, as in a whole response). A CR that
     ends one read and an LF that starts the next yield one extra empty line, which is no event.
+
+    A line that has not ended ``timeout`` after the last one did is a timeout: the socket's own
+    timeout restarts at every byte, so an upstream dripping them would hold the request
+    forever (checked at each read, which that timeout bounds, so no timer runs per event).
+    The start of a line is kept as a list of reads and joined once it ends: linear time.
     """
-    pending = b""
+    clock = asyncio.get_running_loop().time
+    pending: list[bytes] = []  # the start of a line that has not ended yet
+    held = 0
+    deadline = clock() + timeout
     async for chunk in chunks:
-        lines = _EOL.split(chunk)  # only the new bytes: what is pending holds no line end
-        lines[0] = pending + lines[0]
-        pending = lines.pop()
-        if len(pending) > _MAX_LINE:
-            raise BackendError(_MALFORMED)
-        for line in lines:
-            yield line
+        lines = _EOL.split(chunk)
+        last = lines.pop()
+        if lines:
+            if pending:
+                lines[0] = b"".join((*pending, lines[0]))
+                pending, held = [], 0
+            for line in lines:
+                yield line
+            deadline = clock() + timeout
+        elif clock() > deadline:
+            raise TimeoutError
+        if last:
+            pending.append(last)
+            held += len(last)
+            if held > _MAX_LINE:
+                raise BackendError(_MALFORMED)
     if pending:
-        yield pending
+        yield b"".join(pending)
+
+
+async def _body(response: httpx.Response) -> bytes:
+    """The whole body, refused past ``_MAX_BODY`` (counted decoded: a compressed answer may
+    grow a thousandfold) before it can exhaust the gateway's memory."""
+    parts, size = [], 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > _MAX_BODY:
+            raise BackendError(_MALFORMED)
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _check_status(response: httpx.Response) -> None:
@@ -228,20 +260,25 @@ class OpenAIBackend:
     async def ready(self) -> bool:
         try:
             with _mapped_errors():
-                response = await self._send("GET", "/models", timeout=2.0)
-                await response.aclose()
+                async with asyncio.timeout(2.0):
+                    response = await self._send("GET", "/models", timeout=2.0)
+                    await response.aclose()
         except BackendUnavailable:
             return False
         return response.status_code == 200
 
     async def _post(self, path: str, body: Mapping[str, Any], schema: type[_Document]) -> Json:
+        """One whole answer within ``timeout_s`` in all: the transport's timeouts bound each
+        socket operation only, so an upstream that reads slowly or answers a byte at a time
+        would otherwise hold the request (and its connection) forever."""
         with _mapped_errors():
-            response = await self._send("POST", path, msgspec.json.encode(body))
-            try:
-                _check_status(response)
-                content = await response.aread()
-            finally:
-                await response.aclose()
+            async with asyncio.timeout(self._config.timeout_s):
+                response = await self._send("POST", path, msgspec.json.encode(body))
+                try:
+                    _check_status(response)
+                    content = await _body(response)
+                finally:
+                    await response.aclose()
             return _checked(msgspec.json.decode(content), schema)
 
     async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
@@ -251,28 +288,41 @@ class OpenAIBackend:
         return await self._post("/embeddings", body, _Embeddings)
 
     async def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+        """The answer's chunks. Its headers arrive within ``timeout_s``, and then each event;
+        after ``data: [DONE]`` the end of the body is awaited briefly, so the connection can
+        go back to the pool, and anything else there is not waited for."""
         with _mapped_errors():
-            response = await self._send("POST", _PATHS[kind],
-                                        msgspec.json.encode({**body, "stream": True}))
+            async with asyncio.timeout(self._config.timeout_s):
+                response = await self._send("POST", _PATHS[kind],
+                                            msgspec.json.encode({**body, "stream": True}))
             try:
                 _check_status(response)
                 media_type = response.headers.get("content-type", "").split(";")[0].strip()
                 if media_type.lower() != "text/event-stream":
                     raise BackendError(_MALFORMED)
-                done = False
-                async for line in _lines(response.aiter_bytes()):
-                    # Read to the end even after [DONE], so the connection goes back to the pool.
-                    if done or not line.startswith(b"data:"):
+                lines = _lines(response.aiter_bytes(), self._config.timeout_s)
+                async for line in lines:
+                    if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
                     if data == b"[DONE]":
-                        done = True
-                        continue
+                        break
                     chunk = msgspec.json.decode(data)
                     if isinstance(chunk, dict) and "error" in chunk:
                         raise BackendUnavailable("the upstream failed mid-stream")
                     yield _checked(chunk, _CHUNK[kind])
-                if not done:
+                else:
                     raise UpstreamTruncated("the upstream stream ended before data: [DONE]")
+                await _drain(lines)
             finally:
                 await response.aclose()
+
+
+async def _drain(lines: AsyncIterator[bytes]) -> None:
+    """Read what follows ``data: [DONE]`` until the body ends, for ``_DRAIN_S`` at most and
+    only while it is empty: the answer is complete, so whatever happens here is no error."""
+    with contextlib.suppress(TimeoutError, BackendError, httpx.HTTPError, aiohttp.ClientError):
+        async with asyncio.timeout(_DRAIN_S):
+            async for line in lines:
+                if line:
+                    return

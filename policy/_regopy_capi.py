@@ -16,7 +16,7 @@ outage). :func:`query_entrypoint` reads the result from the engine's node tree i
 structure and types are exact, and refuses duplicate keys.
 
 The bindings are regopy's own ``rego_shared`` module; when a regopy release lacks one of them,
-both fall back to regopy's public API (tested to agree).
+both fall back to regopy's public API (tested to agree), the input after the same refusals.
 """
 
 from __future__ import annotations
@@ -68,6 +68,39 @@ def _c_string(value: str) -> bytes:
     return value.encode()
 
 
+def _c_long(value: int) -> int:
+    """``value`` for the C API, which takes a C long: ctypes would wrap a wider one."""
+    if not _LONG_MIN <= value <= _LONG_MAX:
+        raise OverflowError("an integer in the policy input is out of the engine's range")
+    return value
+
+
+def _refuse_lossy(value: Any) -> None:
+    """Refuse what :func:`_builder` refuses and ``regopy.Input`` would pass on changed: a string
+    cut at its NUL, an integer wrapped, a key that is not a string."""
+    kind = type(value)
+    if kind is str:
+        _c_string(value)
+    elif kind is int:
+        _c_long(value)
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            if type(key) is not str:
+                raise TypeError("object keys in the policy input must be strings")
+            _c_string(key)
+            _refuse_lossy(inner)
+    elif kind is list or kind is tuple:
+        for inner in value:
+            _refuse_lossy(inner)
+
+
+def _public_input(doc: Mapping[str, Any]) -> regopy.Input:
+    """``regopy.Input(doc)``, the fallback, refusing what the C API path refuses: the policy
+    must decide on the value the request carries, whichever path builds it."""
+    _refuse_lossy(doc)
+    return regopy.Input(doc)
+
+
 def _builder(lib: Any) -> Callable[[Mapping[str, Any]], regopy.Input]:
     new, free = lib.regoNewInput, lib.regoFreeInput
     string, boolean, integer = lib.regoInputString, lib.regoInputBoolean, lib.regoInputInt
@@ -81,9 +114,7 @@ def _builder(lib: Any) -> Callable[[Mapping[str, Any]], regopy.Input]:
         if kind is bool:
             return int(boolean(handle, value))
         if kind is int:
-            if not _LONG_MIN <= value <= _LONG_MAX:
-                raise OverflowError("an integer in the policy input is out of the engine's range")
-            return int(integer(handle, value))
+            return int(integer(handle, _c_long(value)))
         if value is None:
             return int(null(handle))
         if kind is float:
@@ -222,7 +253,7 @@ def _public_query(interpreter: regopy.Interpreter, program: regopy.Bundle, entry
 
 _LIB = _bindings()
 make_input: Callable[[Mapping[str, Any]], regopy.Input] = (
-    regopy.Input if _LIB is None else _builder(_LIB)
+    _public_input if _LIB is None else _builder(_LIB)
 )
 query_entrypoint: Callable[[regopy.Interpreter, regopy.Bundle, str], Any] = (
     _public_query if _LIB is None else _reader(_LIB)

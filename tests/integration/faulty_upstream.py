@@ -9,7 +9,9 @@ body, to check what the gateway forwards.
 
 from __future__ import annotations
 
+import gzip
 import json
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -83,6 +85,62 @@ MODELS = ("ok", "ok-annotated", "ok-logprobs", "ok-unprefixed", "ok-separators",
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 
+LIMIT_FAULTS = ("huge-answer", "gzip-bomb", "drip-answer", "stream-drip-event",
+                "stream-idle-after-done", "stream-more-after-done")
+"""Faults only a limit (of size or time) stops, for tests of the backend itself: well formed
+but huge, sent a byte at a time, or held open after ``data: [DONE]``. Not in ``MODELS``."""
+STALLED = "/stalled"
+"""Base path under which the upstream never reads a request (its body fills the socket)."""
+HUGE = 4 << 20
+"""Size of the content of ``huge-answer`` and ``gzip-bomb`` (the latter compresses it)."""
+
+
+def _limit_fault(handler: BaseHTTPRequestHandler, fault: str) -> None:
+    """Answer ``fault`` of ``LIMIT_FAULTS``; a client that leaves meanwhile ends it."""
+    sse = b"data: " + json.dumps(_chunk()).encode() + b"\n\n"
+
+    def head(media_type: str, *extra: tuple[str, str]) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", media_type)
+        for name, value in extra:
+            handler.send_header(name, value)
+        handler.end_headers()
+
+    def drip(payload: bytes) -> None:
+        for i in range(len(payload)):
+            handler.wfile.write(payload[i:i + 1])
+            handler.wfile.flush()
+            time.sleep(0.05)
+
+    try:
+        if fault in ("huge-answer", "gzip-bomb"):
+            answer = json.dumps(_chat(choices=[{"index": 0, "message": {
+                "role": "assistant", "content": "0" * HUGE}}])).encode()
+            if fault == "gzip-bomb":
+                head("application/json", ("Content-Encoding", "gzip"))
+                answer = gzip.compress(answer)
+            else:
+                head("application/json")
+            handler.wfile.write(answer)
+        elif fault == "drip-answer":
+            head("application/json")
+            drip(json.dumps(_chat()).encode())
+        elif fault == "stream-drip-event":
+            head("text/event-stream")
+            drip(sse + b"data: [DONE]\n\n")
+        else:
+            head("text/event-stream")
+            handler.wfile.write(sse + b"data: [DONE]\n\n")
+            handler.wfile.flush()
+            for _ in range(200):
+                if fault == "stream-more-after-done":
+                    handler.wfile.write(b": still here\n\n" + sse)
+                    handler.wfile.flush()
+                time.sleep(0.05)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 class FaultInjectingUpstream(LoopbackHTTPServer):
     """``with FaultInjectingUpstream() as up:`` serves ``up.url`` until the block ends."""
 
@@ -107,11 +165,16 @@ class FaultInjectingUpstream(LoopbackHTTPServer):
                 self._send("application/json", b'{"object": "list", "data": []}')
 
             def do_POST(self) -> None:
+                if self.path.startswith(STALLED):
+                    time.sleep(10)
+                    return
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 body = json.loads(raw)
                 upstream.received.append(body)
                 fault, echo = body.get("model", "ok"), raw.decode()
-                if not body.get("stream"):
+                if fault in LIMIT_FAULTS:
+                    _limit_fault(self, fault)
+                elif not body.get("stream"):
                     answer = json.dumps(_whole(echo)[fault]).encode()
                     if fault == "invalid-utf8":
                         answer = answer.replace(b"chatcmpl-faulty", b"chatcmpl-\xff")

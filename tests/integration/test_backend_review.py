@@ -1,0 +1,118 @@
+"""OpenAIBackend against upstreams only a limit stops: answers too large to hold, upstreams that
+read or answer a byte at a time, and streams held open after ``data: [DONE]``. Each ends
+within its bound, as a backend error or (after a complete answer) cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+import inference._openai as openai_backend
+from inference import BackendError, BackendUnavailable, OpenAIBackend, OpenAIConfig
+from tests.integration.faulty_upstream import HUGE, STALLED, FaultInjectingUpstream
+
+pytestmark = pytest.mark.timeout(120)
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FaultInjectingUpstream]:
+    with FaultInjectingUpstream() as up:
+        yield up
+
+
+def _run(url: str, timeout_s: float,
+         call: Callable[[OpenAIBackend], Awaitable[Any]]) -> tuple[Any, float]:
+    """``call``'s result (or the exception it raised) and how long it took, on a fresh backend."""
+
+    async def run() -> tuple[Any, float]:
+        backend = OpenAIBackend("review", OpenAIConfig(url=url, timeout_s=timeout_s))
+        await backend.start()
+        started = time.monotonic()
+        try:
+            # A bound for the test itself: without one, these faults would hang it.
+            result: Any = await asyncio.wait_for(call(backend), 30)
+        except Exception as exc:
+            result = exc
+        finally:
+            took = time.monotonic() - started
+            await backend.close()
+        return result, took
+
+    return asyncio.run(run())
+
+
+async def _chunks(backend: OpenAIBackend, model: str) -> list[Any]:
+    return [c async for c in backend.stream("chat", {"model": model, "messages": MESSAGES})]
+
+
+@pytest.mark.parametrize("fault", ["huge-answer", "gzip-bomb"])
+def test_a_huge_whole_answer_is_refused_not_buffered(upstream: FaultInjectingUpstream,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     fault: str) -> None:
+    # Counted as decoded: the gzip-bomb answer is a few KiB on the wire.
+    monkeypatch.setattr(openai_backend, "_MAX_BODY", HUGE // 2)
+    result, _ = _run(f"{upstream.url}/v1", 10, lambda b: b.generate(
+        "chat", {"model": fault, "messages": MESSAGES}))
+    assert type(result) is BackendError
+    assert str(result) == "backend_error: the upstream sent a malformed response"
+    monkeypatch.setattr(openai_backend, "_MAX_BODY", HUGE * 2)
+    result, _ = _run(f"{upstream.url}/v1", 10, lambda b: b.generate(
+        "chat", {"model": fault, "messages": MESSAGES}))
+    assert result["choices"][0]["message"]["content"] == "0" * HUGE
+
+
+@pytest.mark.parametrize("fault", ["drip-answer", "stream-drip-event", "stalled"])
+def test_a_slow_upstream_times_out_within_timeout_s(upstream: FaultInjectingUpstream,
+                                                    fault: str) -> None:
+    """The transport's timeouts restart at every byte read or written: an upstream that drips
+    its answer (headers, body or one event, a byte each 50 ms, for many seconds) or never
+    reads a large request must still fail after about ``timeout_s``."""
+    url = f"{upstream.url}{STALLED if fault == 'stalled' else ''}/v1"
+    body = {"model": fault, "messages": MESSAGES, "pad": "x" * (32 << 20) if fault == "stalled" else ""}
+    if fault == "stream-drip-event":
+        result, took = _run(url, 0.5, lambda b: _chunks(b, fault))
+    else:
+        result, took = _run(url, 0.5, lambda b: b.generate("chat", body))
+    assert isinstance(result, BackendUnavailable), result
+    assert str(result) == "backend_unavailable: the upstream timed out"
+    assert took < 5, f"took {took:.1f} s with timeout_s=0.5"
+
+
+@pytest.mark.parametrize("fault", ["stream-idle-after-done", "stream-more-after-done"])
+def test_a_complete_stream_ends_whatever_follows_done(upstream: FaultInjectingUpstream,
+                                                      fault: str) -> None:
+    """After ``data: [DONE]`` the answer is complete: an upstream that then keeps the response
+    open, idle or still sending, neither holds it back nor turns it into an error."""
+    result, took = _run(f"{upstream.url}/v1", 20, lambda b: _chunks(b, fault))
+    assert isinstance(result, list) and len(result) == 1, result
+    assert took < 5, f"took {took:.1f} s"
+
+
+def test_a_long_event_line_is_split_in_linear_time() -> None:
+    """One long line arriving in many small reads costs about what as many short lines do
+    (its start was copied again at every read: quadratic, seconds of a blocked event loop)."""
+
+    async def reads(line: bytes, count: int) -> AsyncIterator[bytes]:
+        data = line * count
+        for i in range(0, len(data), 256):
+            yield data[i:i + 256]
+
+    async def split(line: bytes, count: int) -> float:
+        started = time.perf_counter()
+        async for _ in openai_backend._lines(reads(line, count), 60):
+            pass
+        return time.perf_counter() - started
+
+    async def run() -> tuple[float, float]:
+        short = await split(b"data: " + b"x" * 250 + b"\n", 1 << 14)  # 4 MiB of short lines
+        long = await split(b"data: " + b"x" * ((1 << 22) - 7) + b"\n", 1)  # one 4 MiB line
+        return short, long
+
+    short, long = asyncio.run(run())
+    assert long < 4 * short + 0.1, f"one long line {long:.2f} s, short lines {short:.2f} s"
