@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from ._errors import GatewayError
@@ -60,6 +61,9 @@ def _parse_date(value: str | None) -> float:
     if not value:
         raise GatewayError("stale_request", "request has no Date header")
     try:
-        return parsedate_to_datetime(value).timestamp()
+        sent = parsedate_to_datetime(value)
+        if sent.tzinfo is None:  # "-0000": UTC, its sender's offset unknown (RFC 5322 §3.3)
+            sent = sent.replace(tzinfo=UTC)
+        return sent.timestamp()
     except (TypeError, ValueError, OverflowError):  # a year past datetime's range overflows
         raise GatewayError("stale_request", "request Date is not an HTTP date") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from email.utils import formatdate
 
 import pytest
@@ -61,6 +62,21 @@ def test_future_dates_beyond_the_window_are_stale() -> None:
     guard.check(b"b" * 32, _date(now + 20))
     with pytest.raises(GatewayError):
         guard.check(b"c" * 32, _date(now + 40))
+
+
+def test_a_date_in_negative_zero_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """RFC 5322's "-0000" is UTC with the sender's offset unknown; it was read as local time,
+    so a fresh request was stale on a gateway whose zone is not UTC."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        now = 1_800_000_000.0
+        ReplayGuard(window=60, clock=lambda: now).check(b"d" * 32, _date(now).replace("GMT",
+                                                                                        "-0000"))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_capacity_is_bounded_and_fails_closed() -> None:
