@@ -97,16 +97,31 @@ def _parse_data(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
         doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as exc:
         raise PolicyBundleError(f"cannot parse data file {path.name}") from exc
     if not isinstance(doc, dict):
         raise PolicyBundleError(f"data file {path.name} must hold an object")
     try:  # YAML also has dates, binary and non-finite numbers; the engines take JSON only
         json.dumps(doc, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        # json.dumps writes a YAML key `no` (false), `1` or `null` as a string, so the engines
+        # would look the key up as "false" while the file reads `no`.
+        _check_keys(doc)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise PolicyBundleError(f"data file {path.name} holds a value that is not JSON "
-                                "(quote dates and times)") from exc
+                                "(quote dates and times, and keys such as no, on or 1)") from exc
     return doc
+
+
+def _check_keys(value: Any) -> None:
+    """Refuse an object key that is not a string (JSON has no others)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"object key {key!r} is not a string")
+            _check_keys(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            _check_keys(inner)
 
 
 def _merge(into: dict[str, Any], doc: Mapping[str, Any], where: str) -> None:
@@ -147,7 +162,10 @@ def _check_contracts(data: Mapping[str, Any]) -> None:
 
 def load_bundle(path: str | Path | None = None) -> PolicyBundle:
     """Load a bundle directory (default: the policies shipped in this package)."""
-    root = Path(path).resolve() if path is not None else default_bundle_dir()
+    try:  # a symlink loop is a RuntimeError in Python 3.11
+        root = Path(path).resolve() if path is not None else default_bundle_dir()
+    except (OSError, RuntimeError) as exc:
+        raise PolicyBundleError(f"cannot resolve bundle directory {path}") from exc
     if not (root / "rego").is_dir():
         raise PolicyBundleError(f"bundle directory {root} has no rego/ folder")
     # Each file is read once: the digest and the parsed bundle describe the same bytes.
@@ -167,6 +185,10 @@ def load_bundle(path: str | Path | None = None) -> PolicyBundle:
                 target[rel] = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise PolicyBundleError(f"module {rel} is not UTF-8") from exc
+            # rego-cpp reads a module up to its first NUL: the rules after one would be
+            # digested (and read by an auditor) but never evaluated.
+            if "\x00" in target[rel]:
+                raise PolicyBundleError(f"module {rel} contains a NUL character")
         else:
             _mount(data, file.parent.parts[1:], _parse_data(file, raw))
     if not modules:

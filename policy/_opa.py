@@ -56,6 +56,7 @@ class OPAEngine(PolicyEngine):
         self._timeout_s = timeout_s
         self._client = _client(url, timeout_s, token)
         self._opened = False
+        self._closed = False
 
     @property
     def bundle(self) -> PolicyBundle:
@@ -65,6 +66,8 @@ class OPAEngine(PolicyEngine):
         self._bundle = bundle
 
     async def decide(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
+        if self._closed:  # reopening would also leave a session that nothing closes
+            raise PolicyUnavailable("the policy engine is closed")
         doc, bundle = as_document(input), self._bundle
         try:
             answer = await asyncio.wait_for(self._query(doc), self._timeout_s)
@@ -82,6 +85,7 @@ class OPAEngine(PolicyEngine):
             return await self._client.query_rule(doc, PACKAGE, RULE)
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._opened:
             self._opened = False
             await self._client.close_connection()

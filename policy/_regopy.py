@@ -248,10 +248,11 @@ class RegopyEngine(PolicyEngine):
 
     def cached(self, input: PolicyInput) -> Decision | None:
         state = self._state
-        return state.lookup(input) if state.cache_size else None
+        return state.lookup(input) if state.cache_size and not self._workers.closed else None
 
     def decide_sync(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
         """Decide on the calling thread (CLI, benchmarks); no timeout applies."""
+        self._check_open()
         state, key = self._state, _validated(input)
         hit = state.lookup(key) if state.cache_size else None
         if hit is None:
@@ -261,6 +262,7 @@ class RegopyEngine(PolicyEngine):
         return hit
 
     async def decide(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
+        self._check_open()
         state, key = self._state, _validated(input)
         hit = state.lookup(key) if state.cache_size else None
         if hit is not None:
@@ -287,6 +289,12 @@ class RegopyEngine(PolicyEngine):
 
     async def aclose(self) -> None:
         self._workers.close()
+
+    def _check_open(self) -> None:
+        """A closed engine decides nothing, not even from its cache: it fails closed, as any
+        other engine failure."""
+        if self._workers.closed:
+            raise PolicyUnavailable("the policy engine is closed")
 
 
 def _validated(input: PolicyInput | Mapping[str, Any]) -> PolicyInput:
