@@ -76,6 +76,8 @@ def test_proxy_uses_opa_sidecar_on_loopback(each_render: Rendered) -> None:
     assert opa["image"].startswith("openpolicyagent/opa")
     assert opa["args"][:4] == ["run", "--server", "--addr", "127.0.0.1:8181"]
     assert opa["args"][-1] == "/policy"
+    # OPA loads what the embedded engine loads: no hidden files, no unit-test modules.
+    assert {"--ignore=.*", "--ignore=*_test.rego"} <= set(opa["args"])
     env = {e["name"]: e.get("value") for e in containers["proxy"]["env"]}
     assert env["SEALGATE_POLICY_ENGINE"] == "opa"
     assert env["SEALGATE_OPA_URL"] == "http://127.0.0.1:8181"
