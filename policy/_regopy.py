@@ -35,8 +35,10 @@ from ._regopy_capi import ResultError, make_input, query_entrypoint
 
 __all__ = ["RegopyEngine", "compile_bundle"]
 
-# Builtins whose result is not a function of input and data; a bundle using one is not cached.
-_NONDETERMINISTIC = re.compile(r"\b(time\.now_ns|http\.send|rand\.|uuid\.|opa\.runtime|net\.)")
+# Builtins whose result is not a function of input and data (some read the clock to check
+# expiries); a bundle using one is not cached.
+_NONDETERMINISTIC = re.compile(r"\b(time\.now_ns|http\.send|rand\.|uuid\.|opa\.runtime|net\.|"
+                               r"io\.jwt\.decode_verify|crypto\.x509\.parse_and_verify)")
 # rego-cpp 1.5 aborts the whole process when it compiles `with` in a planned bundle, so policy
 # modules may not use it (unit tests may: they are evaluated apart, see _rego_tests.py).
 _WITH = re.compile(r"\bwith\s+(input|data)\b")

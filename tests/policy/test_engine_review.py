@@ -167,3 +167,25 @@ def test_a_closed_opa_engine_decides_nothing(bundle: PolicyBundle, base_input: d
     with OPADataAPITestServer(bundle) as server:
         asyncio.run(scenario(server.url))
         assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("rule", [
+    "now := time.now_ns()",
+    'token := io.jwt.decode_verify("a.b.c", {"secret": "s"})',
+])
+def test_a_bundle_that_reads_the_clock_is_never_cached(bundle_dir: Path, base_input: dict[str, Any],
+                                                       rule: str) -> None:
+    """Equal inputs need not get equal decisions when the policy reads the clock (a token's
+    expiry): such a bundle is evaluated every time; the shipped one is cached."""
+    shipped = RegopyEngine(load_bundle(bundle_dir))
+    (bundle_dir / "rego" / "clock.rego").write_text(f"package sealgate.authz\n\n{rule}\n")
+    clocked = RegopyEngine(load_bundle(bundle_dir))
+    try:
+        doc = PolicyInput.from_dict(base_input)
+        for engine in (shipped, clocked):
+            engine.decide_sync(doc)
+        assert shipped.cached(doc) is not None
+        assert clocked.cached(doc) is None
+    finally:
+        for engine in (shipped, clocked):
+            asyncio.run(engine.aclose())
