@@ -1,7 +1,9 @@
 """Embedded CPU backend: llama.cpp (``xllamacpp``) in this process, SmolLM2 by default.
 
-llama.cpp's server core runs on its own threads; each call here blocks, so it runs in a worker
-thread and streamed chunks cross back to the event loop through a queue. A whole answer is
+llama.cpp's server core runs on its own threads; each call here blocks for as long as the model
+works on it, so it runs in a thread of this backend's own pool (the event loop's default executor
+serves the audit log, policy reloads and the dashboard, which queued generations would hold up
+for minutes), and streamed chunks cross back to the event loop through a queue. A whole answer is
 assembled from that same stream: the core stops generating only when a stream callback asks it
 to (its non-streamed call cannot be interrupted), so a client that leaves frees the slot at once.
 The core also opens a loopback HTTP listener that cannot be switched off; it is locked with a
@@ -24,6 +26,7 @@ import re
 import secrets
 import threading
 from collections.abc import AsyncGenerator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,9 @@ class LlamaCppBackend:
         self._server: Any = None
         self._caps = _Capabilities()
         self._lock = threading.Lock()
+        # One thread per slot: more would only wait in the core's own queue, where a request
+        # whose client left still costs its prefill and first token; here it is dropped.
+        self._pool = ThreadPoolExecutor(max(1, config.n_parallel), thread_name_prefix="llamacpp")
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -123,6 +129,7 @@ class LlamaCppBackend:
     async def close(self) -> None:
         server, self._server = self._server, None
         del server
+        self._pool.shutdown(wait=False)
 
     async def ready(self) -> bool:
         return self._server is not None
@@ -144,7 +151,9 @@ class LlamaCppBackend:
         dimensions = body.get("dimensions")
         if dimensions is not None and dimensions != self._caps.embedding_size:
             raise _unsupported("dimensions", "'dimensions'")
-        result = _checked(await asyncio.to_thread(server.handle_embeddings, dict(body)))
+        loop = asyncio.get_running_loop()
+        result = _checked(await loop.run_in_executor(
+            self._pool, server.handle_embeddings, dict(body)))
         result["model"] = body.get("model", self._config.model_name)
         for i, item in enumerate(result.get("data", [])):
             item.setdefault("object", "embedding")
@@ -156,9 +165,18 @@ class LlamaCppBackend:
         server = self._require()
         _refuse_unsupported(kind, body, self._caps)
         prompts = _echo_prompts(body) if kind == "completions" and body.get("echo") else None
-        echo: list[str | None] | None = None if prompts is None else list(prompts)
+        # The core numbers the choices of prompt i as i * n + j, as the OpenAI API does.
+        n = body.get("n") or 1
+        echo: list[str | None] | None = (None if prompts is None
+                                         else [p for p in prompts for _ in range(n)])
         handler = server.handle_chat_completions if kind == "chat" else server.handle_completions
         request = {k: v for k, v in body.items() if k != "echo"} | {"stream": True}
+        # Legacy completions take logprobs=0 as "the sampled tokens' only"; the core would send
+        # none, so it is asked for one and the rest is dropped (``_legacy_logprobs``).
+        sampled_only = kind == "completions" and body.get("logprobs") == 0
+        if sampled_only:
+            request["logprobs"] = 1
+        offsets: dict[Any, int] = {}
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
@@ -177,7 +195,7 @@ class LlamaCppBackend:
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
-        worker = loop.run_in_executor(None, run)
+        job = self._pool.submit(run)
         usage: Json = {}
         last: Json = {}
         try:
@@ -188,6 +206,8 @@ class LlamaCppBackend:
                     continue
                 last = self._clean(_checked(item), body)
                 _add_counts(usage, last.pop("usage", None) or {})
+                if kind == "completions":
+                    _legacy_logprobs(last, offsets, sampled_only=sampled_only)
                 if echo is not None:
                     _echoed(last, echo)
                 if last.get("choices"):
@@ -196,8 +216,11 @@ class LlamaCppBackend:
                 yield {**last, "choices": [], "usage": usage}
         finally:
             cancelled.set()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(worker)
+            # A job still waiting for a thread never starts; a running one stops at its next
+            # token, and is waited for so that the slot is free when this call returns.
+            if not job.cancel():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(asyncio.wrap_future(job))
 
     def _clean(self, doc: Json, body: Mapping[str, Any]) -> Json:
         for field in _EXTRA_FIELDS:
@@ -266,6 +289,29 @@ def _echoed(chunk: Json, prompts: list[str | None]) -> None:
                 choice["text"] = prompt + (choice.get("text") or "")
 
 
+def _legacy_logprobs(chunk: Json, offsets: dict[Any, int], *, sampled_only: bool) -> None:
+    """Completions' logprobs in the legacy OpenAI shape (parallel ``tokens``, ``token_logprobs``,
+    ``top_logprobs`` as token → logprob maps, and ``text_offset``) instead of the chat shape the
+    core sends. Offsets count from the start of each choice's generated text, across chunks."""
+    for choice in chunk.get("choices") or ():
+        logprobs = choice.get("logprobs")
+        if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
+            continue
+        index = choice.get("index", 0)
+        offset = offsets.get(index, 0)
+        legacy: Json = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for item in logprobs["content"]:
+            token = str(item.get("token", ""))
+            top = [item] if sampled_only else item.get("top_logprobs") or ()
+            legacy["tokens"].append(token)
+            legacy["token_logprobs"].append(item.get("logprob"))
+            legacy["top_logprobs"].append({str(t.get("token", "")): t.get("logprob") for t in top})
+            legacy["text_offset"].append(offset)
+            offset += len(token)
+        offsets[index] = offset
+        choice["logprobs"] = legacy
+
+
 def _translated(exc: Exception, body: Mapping[str, Any]) -> BackendError:
     """A Python exception from the core, never with its text (it may quote the request)."""
     if isinstance(exc, ValueError):  # C++ std::invalid_argument: the core's mark of a bad request
@@ -323,9 +369,11 @@ def _assembled(kind: GenerationKind, chunks: list[Json]) -> Json:
 def _merge(choice: Json, part: Json) -> None:
     if part.get("finish_reason"):
         choice["finish_reason"] = part["finish_reason"]
-    if isinstance(logprobs := part.get("logprobs"), dict):
-        choice["logprobs"] = choice["logprobs"] or {"content": []}
-        choice["logprobs"]["content"] += logprobs.get("content") or []
+    if isinstance(logprobs := part.get("logprobs"), dict):  # chat: content; legacy: lists
+        merged = choice["logprobs"] = choice["logprobs"] or {}
+        for key, values in logprobs.items():
+            if isinstance(values, list):
+                merged.setdefault(key, []).extend(values)
     if "message" not in choice:
         choice["text"] += part.get("text") or ""
         return

@@ -30,6 +30,10 @@ TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 TokenId = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,10}$")]
 LogitBias = dict[TokenId, Annotated[int, msgspec.Meta(ge=-100, le=100)]]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+# Prompt token ids: backends hold them as 32-bit integers, and llama.cpp wraps a larger one
+# silently into another token.
+PromptTokenId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+Prompt = str | list[str | PromptTokenId | list[PromptTokenId]]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 # The OpenAI API's metadata limits: 16 pairs, keys of 64 characters, values of 512. Keys reach
 # the policy (SG-STORE-004), so they are printable text too.
@@ -254,7 +258,7 @@ class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=
 
 
 class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
-    prompt: str | list[str | int | list[int]]
+    prompt: Prompt
     echo: bool | None = None
     # Candidates generated server-side, the best returned: at least ``n``; the policy counts
     # them as choices (SG-TOKENS-002).
@@ -269,7 +273,7 @@ class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True
 
 class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     model: ModelName
-    input: str | list[str | int | list[int]]
+    input: Prompt
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: PositiveInt | None = None
     user: str | None = None

@@ -1,0 +1,174 @@
+"""OpenAI request handling with the real SmolLM2 model: completions that take several choices
+(``n``) or ask for logprobs have the OpenAI shapes, prompt token ids are checked, and long
+generations neither hold the event loop's default executor nor cost anything once their
+caller has left while they wait for a slot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from inference import LlamaCppBackend, LlamaCppConfig
+from tests.integration.conftest import MODEL
+from tests.server import Gateway
+
+pytestmark = pytest.mark.timeout(300)
+
+PROMPTS = ["Once upon a time", "Hello, my name"]
+# A story the model keeps writing to max_tokens (seeded), far longer than any test waits.
+LONG = {"model": MODEL, "max_tokens": 1500, "temperature": 1.0, "seed": 1,
+        "prompt": "Chapter 1.\n\nThe long, long story of the kingdom begins"}
+
+
+@pytest.fixture(scope="module")
+def several_choices_key(gateway: Gateway) -> str:
+    """A key of a tenant whose contract allows up to four choices (``max_n``)."""
+    return gateway.new_key("globex-research")
+
+
+def _post(gateway: Gateway, key: str, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{gateway.url}{path}", json={"model": MODEL, **body}, timeout=120,
+                      headers={"Authorization": f"Bearer {key}"})
+
+
+def _events(gateway: Gateway, key: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream("POST", f"{gateway.url}{path}", json={"model": MODEL, **body, "stream": True},
+                      timeout=120, headers={"Authorization": f"Bearer {key}"}) as response:
+        assert response.status_code == 200
+        lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+# -- echo with several choices ------------------------------------------------------------------
+def test_echo_puts_its_prompt_before_every_choice(gateway: Gateway, several_choices_key: str) -> None:
+    """Choices of prompt i are numbered i * n + j: each gets its own prompt echoed, not the
+    next prompt's (or none)."""
+    body = {"prompt": PROMPTS, "n": 2, "max_tokens": 3, "temperature": 0}
+    plain = _post(gateway, several_choices_key, "/v1/completions", body).json()["choices"]
+    echoed = _post(gateway, several_choices_key, "/v1/completions", body | {"echo": True})
+    assert echoed.status_code == 200, echoed.text
+    choices = echoed.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    expected = [PROMPTS[c["index"] // 2] + c["text"] for c in plain]
+    assert [c["text"] for c in choices] == expected
+    streamed = [""] * 4
+    for chunk in _events(gateway, several_choices_key, "/v1/completions", body | {"echo": True}):
+        for choice in chunk["choices"]:
+            streamed[choice["index"]] += choice["text"]
+    assert streamed == expected
+
+
+# -- legacy completions logprobs -----------------------------------------------------------------
+def _check_legacy(logprobs: dict[str, Any], text: str, top: int) -> None:
+    """The legacy shape: parallel lists, top_logprobs as token → logprob maps, offsets into
+    the choice's text."""
+    assert set(logprobs) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+    tokens = logprobs["tokens"]
+    assert tokens and "".join(tokens) == text
+    assert len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"]) == len(tokens)
+    assert all(isinstance(lp, float) for lp in logprobs["token_logprobs"])
+    assert logprobs["text_offset"] == [len("".join(tokens[:i])) for i in range(len(tokens))]
+    for entry in logprobs["top_logprobs"]:
+        assert isinstance(entry, dict) and 1 <= len(entry) <= top
+        assert all(isinstance(k, str) and isinstance(v, float) for k, v in entry.items())
+
+
+@pytest.mark.parametrize("logprobs", [0, 2])
+def test_completion_logprobs_have_the_legacy_shape(gateway: Gateway, api_key: str,
+                                                   logprobs: int) -> None:
+    body = {"prompt": "Once", "max_tokens": 4, "temperature": 0, "logprobs": logprobs}
+    response = _post(gateway, api_key, "/v1/completions", body)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    _check_legacy(choice["logprobs"], choice["text"], max(logprobs, 1))
+    if logprobs == 0:  # the sampled token's own logprob only
+        assert choice["logprobs"]["top_logprobs"] == [
+            {t: lp} for t, lp in zip(choice["logprobs"]["tokens"],
+                                     choice["logprobs"]["token_logprobs"], strict=True)]
+    merged: dict[str, list[Any]] = {}
+    text = ""
+    for chunk in _events(gateway, api_key, "/v1/completions", body):
+        for part in chunk["choices"]:
+            text += part["text"]
+            for key, values in (part["logprobs"] or {}).items():
+                merged.setdefault(key, []).extend(values)
+    assert text == choice["text"] and merged == choice["logprobs"]
+
+
+# -- prompt token ids ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"prompt": [2**32 + 5], "max_tokens": 2}, "prompt[0]"),
+    ("/v1/completions", {"prompt": [[1, 2**63]], "max_tokens": 2}, "prompt[0][1]"),
+    ("/v1/completions", {"prompt": [-1], "max_tokens": 2}, "prompt[0]"),
+    ("/v1/embeddings", {"input": [2**32]}, "input[0]"),
+])
+def test_token_ids_beyond_32_bits_are_refused(gateway: Gateway, api_key: str, path: str,
+                                              body: dict[str, Any], param: str) -> None:
+    """llama.cpp wrapped such an id into another token and answered 200."""
+    response = _post(gateway, api_key, path, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request_error" and error["param"] == param
+
+
+# -- threads of the embedded backend -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_slot() -> Iterator[LlamaCppBackend]:
+    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=1))
+    asyncio.run(model.start())
+    yield model
+    asyncio.run(model.close())
+
+
+async def _drain(model: LlamaCppBackend, body: dict[str, Any]) -> None:
+    async for _ in model.stream("completions", body):
+        pass
+
+
+def test_generations_leave_the_default_executor_free(one_slot: LlamaCppBackend) -> None:
+    """The audit log, policy reloads and the dashboard run in the default executor: a
+    generation that held one of its threads for its whole length stalled them."""
+    async def run() -> float:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        task = asyncio.create_task(_drain(one_slot, dict(LONG)))
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.to_thread(int), 30)
+        waited = time.monotonic() - started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return waited
+
+    assert asyncio.run(run()) < 2
+
+
+def test_a_queued_request_whose_caller_left_costs_nothing(one_slot: LlamaCppBackend) -> None:
+    """With the one slot busy, a request whose caller leaves while it waits is dropped at once:
+    it neither waits for the slot nor runs its prefill once the slot is free."""
+    async def run() -> float:
+        busy = asyncio.create_task(_drain(one_slot, dict(LONG)))
+        await asyncio.sleep(1.0)
+        queued = asyncio.create_task(one_slot.generate("completions", dict(LONG)))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        left = time.monotonic() - started
+        assert not busy.done()
+        busy.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await busy
+        return left
+
+    assert asyncio.run(run()) < 2
