@@ -41,7 +41,6 @@ BODIES: dict[str, dict[str, Any]] = {
         "response_format": {"type": "json_schema",
                             "json_schema": {"name": "x", "schema": {"type": "object"}}},
         "metadata": {"team": "a"}, "logit_bias": {"1": 2}, "temperature": 1, "top_p": 1,
-        "stream_options": {"include_usage": True},
     },
     "/v1/completions": {"model": "fast-echo", "prompt": "hi", "max_tokens": 4, "best_of": 1,
                         "n": 1, "echo": False, "logprobs": None, "suffix": None},
@@ -104,7 +103,7 @@ def test_mutated_request_bodies_get_an_answer_or_a_4xx(gateway: Gateway, api_key
     body = _mutated(BODIES[path], steps, value, how)
     streamed = stream and path != "/v1/embeddings"
     if streamed:
-        body["stream"] = True
+        body.update(stream=True, stream_options={"include_usage": True})
     response = client.post(f"{gateway.url}{path}", content=json.dumps(body),
                            headers={"Authorization": f"Bearer {api_key}",
                                     "Content-Type": "application/json"})

@@ -145,6 +145,9 @@ def test_invalid_utf8_inside_json_is_invalid_json(gateway: Gateway, api_key: str
     # Beyond what every policy engine compares exactly (rego-cpp would wrap it to 5).
     (b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], '
      b'"max_tokens": 18446744073709551621}', "max_tokens"),
+    # As the OpenAI API answers: stream options belong to a stream.
+    (b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], '
+     b'"stream_options": {"include_usage": true}}', "stream_options"),
 ])
 def test_schema_violation_names_param(gateway: Gateway, api_key: str, body: bytes, param: str) -> None:
     response = _post(gateway, "/v1/chat/completions", body, api_key)

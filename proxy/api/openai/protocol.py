@@ -53,6 +53,7 @@ class StreamOptions(msgspec.Struct, frozen=True):
 MAX_SCHEMA_DEPTH = 32
 _TOO_DEEP = "JSON Schema nested too deeply"
 _BEST_OF = "best_of must be at least n"
+_STREAM_OPTIONS = "stream_options is only allowed when stream is true"
 
 
 def _check_depth(value: object) -> None:
@@ -237,6 +238,10 @@ class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_
     store: bool | None = None
     metadata: Metadata | None = None
 
+    def __post_init__(self) -> None:
+        if self.stream_options is not None and not self.stream:  # as the OpenAI API refuses it
+            raise ValueError(_STREAM_OPTIONS)
+
 
 class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
     messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
@@ -267,6 +272,7 @@ class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True
     suffix: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.best_of is not None and self.best_of < self.n:
             raise ValueError(_BEST_OF)
 
@@ -323,6 +329,8 @@ def _validation_error(text: str) -> InvalidRequest:
         return InvalidRequest(f"missing required parameter '{param}'", param=param)
     if head == _BEST_OF:
         return InvalidRequest(_BEST_OF, param="best_of")
+    if head == _STREAM_OPTIONS:
+        return InvalidRequest(_STREAM_OPTIONS, param="stream_options")
     where = f"'{param}'" if param else "the request body"
     if param is None and _WRONG_TYPE.match(head):
         message = "the request body must be a JSON object"
