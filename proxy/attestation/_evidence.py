@@ -14,7 +14,7 @@ import rfc8785
 
 from ._errors import VerificationError
 
-__all__ = ["PLATFORMS", "Evidence", "EvidenceProvider"]
+__all__ = ["PLATFORMS", "Evidence", "EvidenceProvider", "text_field"]
 
 PLATFORMS = frozenset({"sev-snp", "tdx", "nvidia", "simulated"})
 
@@ -30,6 +30,18 @@ def _unb64(value: object, what: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:  # non-ASCII text is a ValueError
         raise VerificationError("document_malformed", f"{what} is not base64") from exc
+
+
+def text_field(value: object, what: str) -> str:
+    """A JSON string that RFC 8785 can encode (JSON may escape a lone surrogate; UTF-8 cannot
+    hold one), so the digests and REPORT_DATA computed over it exist."""
+    if not isinstance(value, str):
+        raise VerificationError("document_malformed", f"{what} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise VerificationError("document_malformed", f"{what} is not valid text") from exc
+    return value
 
 
 @dataclass(frozen=True)
@@ -60,15 +72,17 @@ class Evidence:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Evidence:
         """Inverse of `to_json`; ``document_malformed`` on a bad shape."""
-        if not isinstance(data, Mapping) or data.get("platform") not in PLATFORMS:
+        platform = data.get("platform") if isinstance(data, Mapping) else None
+        if not isinstance(platform, str) or platform not in PLATFORMS:
             raise VerificationError("document_malformed", "evidence has no known platform")
         certs = data.get("certificates", "")
         gpus = data.get("gpus", [])
         if not isinstance(certs, str) or not isinstance(gpus, list):
             raise VerificationError("document_malformed", "evidence fields have wrong types")
         return cls(
-            platform=str(data["platform"]), report=_unb64(data.get("report"), "evidence report"),
-            certificates=certs.encode("ascii", "replace"), provider=str(data.get("provider", "")),
+            platform=platform, report=_unb64(data.get("report"), "evidence report"),
+            certificates=certs.encode("ascii", "replace"),
+            provider=text_field(str(data.get("provider", "")), "evidence provider"),
             gpus=tuple(cls.from_json(g) for g in gpus),
         )
 

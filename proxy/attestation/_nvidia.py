@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -112,7 +112,11 @@ def opaque_claims(opaque: dict[int, bytes]) -> dict[str, str]:
 
 
 def _signed_by_key(parsed: SpdmMeasurements, cert: x509.Certificate) -> bool:
-    key, sig = cert.public_key(), parsed.signature
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):  # the host supplies the chain: skip the unusable
+        return False
+    sig = parsed.signature
     if not isinstance(key, ec.EllipticCurvePublicKey):
         return False
     der = encode_dss_signature(int.from_bytes(sig[:48]), int.from_bytes(sig[48:]))

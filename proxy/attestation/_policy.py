@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -94,6 +95,8 @@ class VerificationPolicy:
                     kwargs[name] = _flag(doc[name], name)
             if doc.get("max_age_s") is not None:
                 kwargs["max_age_s"] = float(doc["max_age_s"])
+                if math.isnan(kwargs["max_age_s"]):  # every comparison with NaN is false
+                    raise ValueError("max_age_s is not a number")
             tcb = doc.get("min_tcb", {})
             kwargs["min_tcb"] = _frozen({p: {k: int(v) for k, v in c.items()}
                                          for p, c in tcb.items()})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -42,7 +42,10 @@ def _check_signature(report: SnpReport, leaf: x509.Certificate) -> None:
     # ABI spec Table 134: r and s are zero-extended little-endian 72-byte fields.
     r = int.from_bytes(report.signature_r, "little")
     s = int.from_bytes(report.signature_s, "little")
-    key = leaf.public_key()
+    try:
+        key = leaf.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:  # the host supplies the certificates
+        raise VerificationError("report_signature_invalid", "unusable signing key") from exc
     if report.signature_algo != 1 or not isinstance(key, ec.EllipticCurvePublicKey):
         raise VerificationError("report_signature_invalid", "not an ECDSA P-384 signature")
     try:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from . import _der
 from ._collateral import Collateral
-from ._errors import VerificationError
+from ._errors import VerificationError, translate
 from ._tdx_collateral import evaluate_collateral
 from ._tdx_quote import TdxQuote, parse_tdx_quote
 from ._verdict import EvidenceVerdict, Trace
@@ -40,12 +40,13 @@ class PckInfo:
         except x509.ExtensionNotFound as exc:
             raise VerificationError("cert_chain_invalid", "PCK has no SGX extension") from exc
         encoded = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
-        fields = _der.oid_map(_der.read_tlv(encoded)[1])
-        tcb = _der.oid_map(fields[f"{_SGX_EXT}.2"][1])
-        self.fmspc: bytes = fields[f"{_SGX_EXT}.4"][1]
-        self.pce_id: bytes = fields[f"{_SGX_EXT}.3"][1]
-        self.sgx_svns = [int.from_bytes(tcb[f"{_SGX_EXT}.2.{i}"][1]) for i in range(1, 17)]
-        self.pce_svn = int.from_bytes(tcb[f"{_SGX_EXT}.2.17"][1])
+        with translate("cert_chain_invalid", "PCK SGX extension"):
+            fields = _der.oid_map(_der.read_tlv(encoded)[1])
+            tcb = _der.oid_map(fields[f"{_SGX_EXT}.2"][1])
+            self.fmspc: bytes = fields[f"{_SGX_EXT}.4"][1]
+            self.pce_id: bytes = fields[f"{_SGX_EXT}.3"][1]
+            self.sgx_svns = [int.from_bytes(tcb[f"{_SGX_EXT}.2.{i}"][1]) for i in range(1, 17)]
+            self.pce_svn = int.from_bytes(tcb[f"{_SGX_EXT}.2.17"][1])
 
 
 def _ecdsa_p256(key_xy: bytes, signature: bytes, data: bytes, code: str, what: str) -> None:
@@ -59,8 +60,8 @@ def _ecdsa_p256(key_xy: bytes, signature: bytes, data: bytes, code: str, what: s
 
 def _point(cert: x509.Certificate) -> bytes:
     key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise VerificationError("cert_chain_invalid", "PCK key is not ECDSA")
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise VerificationError("cert_chain_invalid", "PCK key is not ECDSA P-256")
     return key.public_numbers().x.to_bytes(32) + key.public_numbers().y.to_bytes(32)
 
 

@@ -83,6 +83,8 @@ def load_signed(
         signature = bytes.fromhex(doc["signature"])
         issue = datetime.fromisoformat(body["issueDate"])
         next_update = datetime.fromisoformat(body["nextUpdate"])
+        if issue.tzinfo is None or next_update.tzinfo is None:  # PCS dates are UTC ("Z")
+            raise VerificationError("collateral_invalid", f"{name}: dates without a time zone")
     key = signer.public_key()
     if len(signature) != 64 or not isinstance(key, ec.EllipticCurvePublicKey):
         raise VerificationError("collateral_invalid", f"{name}: unsupported signature")

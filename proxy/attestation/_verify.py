@@ -12,7 +12,7 @@ from typing import Any
 from ._binding import compute_report_data
 from ._collateral import Collateral
 from ._errors import VerificationError, translate
-from ._evidence import Evidence
+from ._evidence import Evidence, text_field
 from ._nvidia import gpu_nonce, verify_nvidia
 from ._policy import VerificationPolicy, apply_policy
 from ._simulated import verify_simulated
@@ -112,7 +112,7 @@ def _check_age(created: datetime, policy: VerificationPolicy, when: datetime) ->
     if policy.max_age_s is None:
         return
     age = (when - created).total_seconds()
-    if age > policy.max_age_s:
+    if not age <= policy.max_age_s:  # also a NaN limit: refuse rather than skip the check
         raise VerificationError("document_expired", "identity document is too old")
     if age < -_CLOCK_SKEW_S:
         raise VerificationError("document_expired", "identity document is dated in the future")
@@ -140,8 +140,8 @@ def verify_identity(
     if nonce is not None and doc_nonce != nonce:
         raise VerificationError("nonce_mismatch", "document does not echo our nonce")
     key_configs, audit_key = _b64(document, "key_configs"), _b64(document, "audit_public_key")
-    digest = str(_field(document, "policy_digest"))
-    measurement = str(_field(document, "measurement"))
+    digest = text_field(_field(document, "policy_digest"), "policy_digest")
+    measurement = text_field(_field(document, "measurement"), "measurement")
     created_text, created = _created(document)
     expected = compute_report_data(key_configs, audit_key, digest, measurement, doc_nonce,
                                    created_text)
