@@ -48,7 +48,7 @@ def _decode(envelope: bytes) -> tuple[bytes, list[Any]]:
         sigs = obj["signatures"]
         if obj["payloadType"] != PAYLOAD_TYPE or not isinstance(sigs, list):
             raise VerificationError("unexpected envelope payload type")
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as exc:  # also absurd nesting
         raise VerificationError("malformed envelope") from exc
     return payload, sigs
 
@@ -72,7 +72,7 @@ def open_envelope(
             continue
         try:
             statement = json.loads(payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise VerificationError("malformed statement") from exc
         if not isinstance(statement, dict):
             raise VerificationError("malformed statement")

@@ -98,7 +98,9 @@ def _split_note(note: str) -> tuple[str, list[str]]:
     text, _, sigs = note.rpartition("\n\n")
     text += "\n"
     lines = sigs[:-1].split("\n")
-    if any(ord(c) < 0x20 and c != "\n" for c in text) or len(lines) > _MAX_SIGNATURES:
+    # A lone surrogate (e.g. from a JSON "\ud800" escape) is not text: it has no UTF-8 bytes.
+    if (any((ord(c) < 0x20 and c != "\n") or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+            or len(lines) > _MAX_SIGNATURES):
         raise VerificationError("malformed note")
     return text, lines
 

@@ -70,7 +70,8 @@ def _int(lo: int, hi: int) -> Callable[[object], object]:
 
 
 def _latency(value: object) -> object:
-    if type(value) not in (int, float) or not 0 <= float(value) <= 1e9:  # type: ignore[arg-type]
+    # Compared as is: float() of a huge int raises OverflowError.
+    if type(value) not in (int, float) or not 0 <= value <= 1e9:  # type: ignore[operator]
         raise InvalidRecord("latency must be a finite non-negative number of milliseconds")
     ms = round(float(value), 3)  # type: ignore[arg-type]
     # Integral values are kept as int so that every number serialises identically under

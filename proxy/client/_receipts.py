@@ -7,13 +7,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from audit import Receipt, verify_receipt, vkey_for
+from audit import AuditError, Receipt, verify_receipt, vkey_for
 from proxy.client._errors import SealedTransportError
 
 __all__ = ["VerifiedReceipt", "verify_request_records", "verify_response_receipt"]
@@ -32,6 +34,18 @@ def _fail(detail: str) -> SealedTransportError:
     return SealedTransportError("receipt_invalid", detail)
 
 
+@contextmanager
+def _checked() -> Iterator[None]:
+    """Failed audit checks and malformed audit answers (the server's, so anything) are both
+    ``receipt_invalid``, as docs/protocol.md promises; ``SealedTransportError`` passes through."""
+    try:
+        yield
+    except AuditError as exc:
+        raise _fail(exc.detail) from exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        raise _fail("the audit routes answered something malformed") from exc
+
+
 def _commitment(key: bytes, data: bytes) -> str:
     return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
 
@@ -42,17 +56,19 @@ def _included(client: httpx2.Client, base: str, receipt: Receipt, envelope: byte
     note = client.get(f"{base}/v1/audit/checkpoint", params={"log": receipt.log_id})
     if note.status_code != 200:
         raise _fail("the checkpoint could not be fetched")
-    origin, size_line = note.text.split("\n")[:2]
-    vkey = vkey_for(origin, Ed25519PublicKey.from_public_bytes(audit_public_key))
-    size = int(size_line)
+    with _checked():
+        origin, size_line = note.text.split("\n")[:2]
+        vkey = vkey_for(origin, Ed25519PublicKey.from_public_bytes(audit_public_key))
+        size = int(size_line)
     if receipt.leaf_index >= size:
         raise _fail("the record is not yet in a published checkpoint")
     proof = client.get(f"{base}/v1/audit/proof/inclusion",
                        params={"index": receipt.leaf_index, "size": size, "log": receipt.log_id})
     if proof.status_code != 200:
         raise _fail("the inclusion proof could not be fetched")
-    return VerifiedReceipt(receipt, verify_receipt(receipt, envelope, note.text, proof.json(), vkey),
-                           size)
+    with _checked():
+        statement = verify_receipt(receipt, envelope, note.text, proof.json(), vkey)
+    return VerifiedReceipt(receipt, statement, size)
 
 
 def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
@@ -64,7 +80,8 @@ def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
     ``audit_public_key`` is the Ed25519 key from the *verified* identity document, so a log
     key the enclave did not attest to is refused.
     """
-    receipt = Receipt.parse(header)
+    with _checked():
+        receipt = Receipt.parse(header)
     base = base_url.rstrip("/")
     envelope = client.get(f"{base}/v1/audit/records/{receipt.record_id}",
                           headers={"Authorization": f"Bearer {api_key}"})
@@ -72,8 +89,9 @@ def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
         raise _fail("the record could not be fetched")
     verified = _included(client, base, receipt, envelope.content, audit_public_key)
     if commitment_key is not None and request_body is not None:
-        if verified.statement["predicate"]["commitments"].get("request") != _commitment(
-                commitment_key, request_body):
+        with _checked():
+            committed = verified.statement["predicate"]["commitments"].get("request")
+        if committed != _commitment(commitment_key, request_body):
             raise _fail("the record does not commit to the request this client sent")
     return verified
 
@@ -83,23 +101,36 @@ def verify_request_records(client: httpx2.Client, base_url: str, request_id: str
                            request_body: bytes, response_body: bytes | None = None
                            ) -> list[VerifiedReceipt]:
     """All records of one request (found by its ``x-request-id``): each signed and included,
-    each committing to ``request_body``, and the completion record to ``response_body``."""
+    each committing to ``request_body``, and the completion record to ``response_body``. With
+    ``response_body``, a listing without a completion record fails (a gateway leaving it out
+    would skip that check); so does an empty one. The completion record is appended after the
+    answer, so a caller may retry a while on these "not yet" failures."""
     base = base_url.rstrip("/")
     found = client.get(f"{base}/v1/audit/requests/{request_id}",
                        headers={"Authorization": f"Bearer {api_key}"})
     if found.status_code != 200:
         raise _fail("the request's records could not be fetched")
     verified = []
-    for item in found.json()["records"]:
-        envelope = item["envelope"].encode()
-        sig = json.loads(envelope)["signatures"][0]["sig"]
-        receipt = Receipt(item["record_id"], int(item["leaf"]), sig, item["log"])
+    with _checked():
+        items = list(found.json()["records"])
+    for item in items:
+        with _checked():
+            envelope = item["envelope"].encode()
+            sig = json.loads(envelope)["signatures"][0]["sig"]
+            receipt = Receipt(item["record_id"], int(item["leaf"]), sig, item["log"])
         checked = _included(client, base, receipt, envelope, audit_public_key)
-        commitments = checked.statement["predicate"]["commitments"]
+        with _checked():
+            kind = checked.statement["predicate"]["kind"]
+            commitments = dict(checked.statement["predicate"]["commitments"])
         if commitments.get("request") != _commitment(commitment_key, request_body):
             raise _fail("a record does not commit to the request this client sent")
-        if (checked.statement["predicate"]["kind"] == "completion" and response_body is not None
+        if (kind == "completion" and response_body is not None
                 and commitments.get("response") != _commitment(commitment_key, response_body)):
             raise _fail("the completion record does not commit to the response received")
         verified.append(checked)
+    if not verified:
+        raise _fail("no record of the request is published yet")
+    kinds = [r.statement["predicate"]["kind"] for r in verified]
+    if response_body is not None and "completion" not in kinds:
+        raise _fail("the completion record is not published yet")
     return verified
