@@ -23,5 +23,5 @@ HEADERS = {
 
 def html(template: str, status: int = 200, **context: Any) -> Response[str]:
     body = _ENV.get_template(template).render(**context)
-    return Response(body, status_code=status, media_type="text/html; charset=utf-8",
+    return Response(body, status_code=status, media_type="text/html",
                     headers=dict(HEADERS))

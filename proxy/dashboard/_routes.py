@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from litestar import Request, Response, Router, get, post
-from litestar.datastructures import Cookie
+from litestar.datastructures import Cookie, FormMultiDict
+from litestar.exceptions import ClientException
 from litestar.params import Parameter
 
 from proxy.evidence import EvidenceError, ExportOptions, build_bundle
@@ -56,36 +57,51 @@ def _viewer(request: Req, dashboard: DashboardService) -> Viewer:
     return viewer
 
 
+async def _form(request: Req) -> FormMultiDict:
+    """The posted form. Litestar decodes multipart fields strictly, in the charset a part
+    names: undecodable bytes or an unknown charset are the client's error (a 400), not a 500."""
+    try:
+        return await request.form()
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise ClientException("the form data cannot be decoded") from exc
+
+
 def _page(template: str, viewer: Viewer, active: str, status: int = 200, **ctx: Any) -> Response[str]:
     return html(template, status, viewer=viewer, active=active, **ctx)
 
 
-@get("/login", include_in_schema=False)
-async def login_form(request: Req, dashboard: DashboardService) -> Response[str]:
+def _login_page(request: Req, dashboard: DashboardService, status: int = 200,
+                error: str | None = None) -> Response[str]:
+    """The sign-in form with a token for the pre-session cookie, which it (re)sets: a form
+    shown after that cookie expired must work when submitted again."""
     pre = request.cookies.get(PRE) or secrets.token_hex(16)
-    response = html("login.html", csrf=dashboard.sessions.csrf(pre, "login"), error=None)
+    response = html("login.html", status, csrf=dashboard.sessions.csrf(pre, "login"), error=error)
     response.set_cookie(_cookie(request, PRE, pre, 3600))
     return response
 
 
+@get("/login", include_in_schema=False)
+async def login_form(request: Req, dashboard: DashboardService) -> Response[str]:
+    return _login_page(request, dashboard)
+
+
 @post("/login", include_in_schema=False, status_code=200)
 async def login(request: Req, dashboard: DashboardService) -> Response[str]:
-    form = await request.form()
+    form = await _form(request)
     pre = request.cookies.get(PRE)
-    csrf = dashboard.sessions.csrf(pre, "login") if pre else ""
     if not dashboard.sessions.check_csrf(pre, form.get("csrf"), "login"):
-        return html("login.html", 403, csrf=csrf, error="The form expired; please try again.")
+        return _login_page(request, dashboard, 403, "The form expired; please try again.")
     name = str(form.get("username", ""))[:64]
     keys = (f"ip:{request.client.host if request.client else '-'}", f"user:{name}")
     stamp = dashboard.limiter.attempt(*keys)  # counted before the check: no concurrent bypass
     if stamp is None:
-        return html("login.html", 429, csrf=csrf,
-                    error="Too many failed sign-ins; wait a few minutes and try again.")
+        return _login_page(request, dashboard, 429,
+                           "Too many failed sign-ins; wait a few minutes and try again.")
     try:
         user = await asyncio.to_thread(dashboard.users.authenticate, name,
                                        str(form.get("password", "")))
     except InvalidCredentials:
-        return html("login.html", 401, csrf=csrf, error="Invalid user name or password.")
+        return _login_page(request, dashboard, 401, "Invalid user name or password.")
     dashboard.limiter.succeeded(stamp, *keys)
     cookie = dashboard.sessions.issue(user.id, user.session_generation)
     return _redirect("/dashboard", [_cookie(request, SESSION, cookie)])
@@ -94,7 +110,7 @@ async def login(request: Req, dashboard: DashboardService) -> Response[str]:
 @post("/logout", include_in_schema=False, status_code=200)
 async def logout(request: Req, dashboard: DashboardService) -> Response[str]:
     viewer = _viewer(request, dashboard)
-    form = await request.form()
+    form = await _form(request)
     if not dashboard.sessions.check_csrf(viewer.nonce, form.get("csrf")):
         return _page("error.html", viewer, "", 403, message="Invalid form token.")
     # Clearing the cookie is not enough: a copy of it must stop working too, here and in every
@@ -220,7 +236,7 @@ def _export_problem(exc: Exception) -> str:
 @post("/export", include_in_schema=False, status_code=200)
 async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
     viewer = _viewer(request, dashboard)
-    form = await request.form()
+    form = await _form(request)
     if not viewer.can_export:
         return _page("error.html", viewer, "export", 403, message="Auditors and admins only.")
     if not dashboard.sessions.check_csrf(viewer.nonce, form.get("csrf")):

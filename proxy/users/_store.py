@@ -163,8 +163,12 @@ class UserStore:
             self._ended[user_id] = self._ended.get(user_id, 0) + 1
 
     def authenticate(self, username: str, password: str) -> User:
-        with state_errors("sign in"), Session(self._engine) as session:
-            row = session.exec(select(UserRow).where(UserRow.username == username)).first()
+        row = None
+        # A name no account can have is not looked up (PostgreSQL refuses a NUL in a query
+        # parameter: bad input, not a failing database); it still costs the one scrypt below.
+        if _NAME.fullmatch(username):
+            with state_errors("sign in"), Session(self._engine) as session:
+                row = session.exec(select(UserRow).where(UserRow.username == username)).first()
         stored = row.password_hash if row is not None else _DUMMY
         if not verify_password(password, stored) or row is None:
             raise InvalidCredentials("invalid user name or password")

@@ -1,0 +1,176 @@
+"""Review regressions: undecodable forms, an expired sign-in form, the HTML Content-Type, user
+names no account can have, and what the log health page claims and where it does its work."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import text
+
+from audit import AuditLog, SignedCheckpoint
+from proxy.dashboard import _pages
+from proxy.dashboard._render import html
+from proxy.users import InvalidCredentials, UserStore
+from tests.audit.conftest import ORIGIN, make_record
+from tests.dashboard.conftest import PASSWORD
+from tests.evidence.conftest import Traffic
+from tests.pg import PgCluster, postgresql  # noqa: F401  (session fixture)
+
+_CSRF = re.compile(r'name="csrf" value="([^"]*)"')
+# Its own client address: the failed-login limit that test_security trips is per address.
+_ADDRESS = "127.0.0.6"
+
+
+def _client(traffic: Traffic) -> httpx.Client:
+    return httpx.Client(base_url=traffic.gateway.url, timeout=30,
+                        transport=httpx.HTTPTransport(local_address=_ADDRESS))
+
+
+def _sign_in(traffic: Traffic, user: str) -> httpx.Client:
+    client = _client(traffic)
+    token = _CSRF.search(client.get("/dashboard/login").text)
+    assert token is not None
+    response = client.post("/dashboard/login", data={"csrf": token.group(1), "username": user,
+                                                     "password": PASSWORD})
+    assert response.status_code == 303
+    return client
+
+
+def _multipart(fields: dict[str, bytes], part_headers: bytes = b"") -> dict[str, Any]:
+    body = b"".join(b"--zz\r\nContent-Disposition: form-data; name=\"" + name.encode() + b"\"\r\n"
+                    + part_headers + b"\r\n" + value + b"\r\n" for name, value in fields.items())
+    return {"content": body + b"--zz--\r\n",
+            "headers": {"content-type": "multipart/form-data; boundary=zz"}}
+
+
+def test_undecodable_multipart_forms_are_a_400_not_a_500(traffic: Traffic, accounts: Any) -> None:
+    anonymous = _client(traffic)
+    token = _CSRF.search(anonymous.get("/dashboard/login").text)
+    assert token is not None
+    for fields, headers in (({"csrf": token.group(1).encode(), "username": b"\xff\xfe",
+                              "password": b"\xed\xa0\x80"}, b""),
+                            ({"csrf": token.group(1).encode()},
+                             b"Content-Type: text/plain; charset=no-such-charset\r\n")):
+        response = anonymous.post("/dashboard/login", **_multipart(fields, headers))
+        assert response.status_code == 400, response.text[:200]
+    auditor = _sign_in(traffic, "admin1")
+    for path in ("/dashboard/logout", "/dashboard/export"):
+        response = auditor.post(path, **_multipart({"csrf": b"\xff"}))
+        assert response.status_code == 400, (path, response.text[:200])
+    assert auditor.get("/dashboard/").status_code == 200  # still signed in
+
+
+def test_a_sign_in_form_shown_after_its_cookie_expired_works_when_sent_again(
+        traffic: Traffic, accounts: Any) -> None:
+    client = _client(traffic)  # no pre-session cookie: it expired, or was never set
+    expired = client.post("/dashboard/login", data={"csrf": "stale", "username": "admin1",
+                                                    "password": PASSWORD})
+    assert expired.status_code == 403 and "The form expired" in expired.text
+    assert client.cookies.get("sg_login")
+    token = _CSRF.search(expired.text)
+    assert token is not None and token.group(1)
+    again = client.post("/dashboard/login", data={"csrf": token.group(1), "username": "admin1",
+                                                  "password": PASSWORD})
+    assert again.status_code == 303 and again.headers["location"] == "/dashboard"
+
+
+def test_html_pages_name_their_charset_once(traffic: Traffic, accounts: Any) -> None:
+    client = _sign_in(traffic, "admin1")
+    for path in ("/dashboard/login", "/dashboard/", "/dashboard/records?page=0"):
+        assert client.get(path).headers["content-type"] == "text/html; charset=utf-8", path
+
+
+def _user_names_no_account_can_have(url: str) -> None:
+    store = UserStore(url)
+    try:
+        store.create("alice", "admin", PASSWORD)
+        for name in ("a\x00b", "alice\x00", "Alice", "alice\n", "\udcff", "x" * 65):
+            with pytest.raises(InvalidCredentials):
+                store.authenticate(name, PASSWORD)
+        assert store.authenticate("alice", PASSWORD).username == "alice"
+    finally:
+        store.close()
+
+
+def test_user_names_no_account_can_have_are_invalid_credentials(tmp_path: Path) -> None:
+    _user_names_no_account_can_have(f"sqlite:///{tmp_path / 'sealgate.db'}")
+
+
+def test_a_nul_in_a_user_name_is_invalid_credentials_on_postgresql(
+        postgresql: PgCluster) -> None:  # noqa: F811
+    """PostgreSQL refuses a NUL in a query parameter; that was a state_unavailable (a 503)."""
+    _user_names_no_account_can_have(postgresql.new_database())
+
+
+async def _log_with_checkpoints(folder: Path, records: int) -> tuple[AuditLog, Ed25519PrivateKey]:
+    key = Ed25519PrivateKey.generate()
+    log = await AuditLog.open(f"sqlite:///{folder / 'audit.db'}?synchronous=normal", key, ORIGIN,
+                              checkpoint_every_n=1)
+    for i in range(records):
+        await log.append(make_record(i))
+    await log.checkpoint()
+    return log, key
+
+
+def test_health_page_does_not_claim_unchecked_proofs_verify(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view checks a bounded number of consistency proofs; the rest are not yet known to
+    verify, and a forged checkpoint among them must not read as "all verify"."""
+    monkeypatch.setattr(_pages, "_MAX_PAIRS_PER_VIEW", 2)
+
+    async def views() -> list[str]:
+        log, key = await _log_with_checkpoints(tmp_path, 12)
+        try:
+            size = log.store.checkpoints(log.log_id)[-1][0]
+            forged = SignedCheckpoint.sign(ORIGIN, size, b"\x01" * 32, key)
+            with log.store.engine.begin() as conn:
+                conn.execute(text("UPDATE audit_checkpoints SET root_hash = :r, note = :n "
+                                  "WHERE size = :s"),
+                             {"r": forged.root_hash, "n": forged.note, "s": size})
+            svc = SimpleNamespace(audit=log, verified_checkpoints={}, verified_pairs={})
+            pages = []
+            for _ in range(20):
+                data = await _pages.health_page(svc)  # type: ignore[arg-type]
+                assert data["pairs"] > 2
+                pages.append(str(html("health.html", viewer=None, active="health", **data).content))
+            return pages
+        finally:
+            await log.close()
+
+    pages = asyncio.run(views())
+    assert "All " not in pages[0] and "checked so far" in pages[0]
+    assert '<span class="bad">✗' in pages[-1] and "All " not in pages[-1]
+
+
+def test_checkpoint_signatures_are_checked_off_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first view checks every checkpoint's signature: on the event loop, that stalls
+    every request the gateway serves for as long."""
+    threads: list[threading.Thread] = []
+    check_chain = _pages._check_chain
+
+    def spy(*args: Any) -> list[str]:
+        threads.append(threading.current_thread())
+        return check_chain(*args)
+
+    monkeypatch.setattr(_pages, "_check_chain", spy)
+
+    async def view() -> dict[str, Any]:
+        log, _ = await _log_with_checkpoints(tmp_path, 3)
+        try:
+            svc = SimpleNamespace(audit=log, verified_checkpoints={}, verified_pairs={})
+            return await _pages.health_page(svc)  # type: ignore[arg-type]
+        finally:
+            await log.close()
+
+    data = asyncio.run(view())
+    assert data["problems"] == [] and data["unchecked"] == 0
+    assert threads and threading.main_thread() not in threads
