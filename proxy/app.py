@@ -139,16 +139,18 @@ class Services:
         gc.freeze()
 
     async def _maintain(self) -> None:
-        """Policy hot reload and OHTTP key rotation; after either, the identity document,
-        the enclave facts in records, and the kept evidence state follow at once."""
+        """Policy hot reload and OHTTP key rotation; after either, and when a retired key's
+        grace period ends (the key configs change then too), the identity document, the
+        enclave facts in records, and the kept evidence state follow."""
         settings = self.settings
         watcher = (BundleWatcher(self.policy, settings.policy_bundle)
                    if settings.policy_bundle and settings.policy_reload_s > 0 else None)
         tick = min(x for x in (settings.policy_reload_s if watcher else 0,
-                               settings.ohttp_key_rotation_s, 3600) if x > 0)
+                               settings.ohttp_key_rotation_s, 60) if x > 0)
         loop = asyncio.get_running_loop()
         next_rotation = loop.time() + settings.ohttp_key_rotation_s
         stale, refused = False, None  # identity state to refresh; the last refused bundle's error
+        bound = self._identity_inputs()  # what the kept identity state binds
         while True:
             await asyncio.sleep(tick)
             # No single failure may end this loop: it is what keeps keys and policy current.
@@ -164,13 +166,19 @@ class Services:
                     self.ohttp_keys.rotate()
                     next_rotation = loop.time() + settings.ohttp_key_rotation_s
                     stale = True
+                current = self._identity_inputs()
+                stale = stale or current != bound
                 if stale and self.gate is not None:
                     self.gate.enclave = await enclave_facts(self.identity)
                     await record_startup_state(settings.data_dir, self.policy.bundle,
                                                self.identity)
-                    stale = False
+                    stale, bound = False, current
             except Exception as exc:  # logged; retried on the next tick
                 _log.error("maintenance_failed", error_type=type(exc).__name__)
+
+    def _identity_inputs(self) -> tuple[bytes, str]:
+        """What the no-nonce identity document binds that can change while running."""
+        return self.ohttp_keys.key_configs(), self.policy.bundle_digest
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -100,10 +100,16 @@ class ConfigfsTsmProvider(EvidenceProvider):
             try:
                 result = self._once(entry, report_data)
             finally:
-                self._io.rmdir(entry)
+                self._remove(entry)
             if result is not None:
                 return result
         raise VerificationError("evidence_race", "report generation kept changing underneath us")
+
+    def _remove(self, entry: Path) -> None:
+        try:
+            self._io.rmdir(entry)
+        except OSError as exc:
+            raise VerificationError("evidence_unavailable", "cannot remove a report") from exc
 
     def _read(self, path: Path) -> bytes:
         try:
@@ -121,7 +127,8 @@ class ConfigfsTsmProvider(EvidenceProvider):
             raise VerificationError("evidence_unavailable", "bad generation value") from exc
 
     def _once(self, entry: Path, report_data: bytes) -> Evidence | None:
-        platform = _PLATFORMS.get(self._read(entry / "provider").decode().strip())
+        name = self._read(entry / "provider").decode("ascii", "replace").strip()
+        platform = _PLATFORMS.get(name)
         if platform is None:
             raise VerificationError("evidence_unavailable", "unsupported configfs-tsm provider")
         before = self._generation(entry)

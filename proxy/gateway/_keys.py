@@ -39,9 +39,16 @@ class KeyManager:
         return self._current.config.key_id
 
     def rotate(self) -> int:
-        """Make a new current key; the old one stays valid for the grace period."""
+        """Make a new current key; the old one stays valid for the grace period.
+
+        Rotating more often than the grace period allows would leave no free one-byte
+        ``key_id``; the key closest to the end of its grace period then retires early, so
+        rotation never stops.
+        """
         with self._lock:
             self._purge()
+            if len(self._retired) >= 255:
+                del self._retired[min(self._retired, key=lambda k: self._retired[k][1])]
             used = {self.current_key_id, *self._retired}
             key_id = _free_id(self.current_key_id, used)
             self._retired[self.current_key_id] = (self._current, self._clock() + self._grace)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
 import struct
 import uuid
 from pathlib import Path
@@ -25,7 +24,7 @@ from proxy.attestation import (
     verify_evidence,
 )
 from proxy.attestation._x509 import load_certificates
-from tests.attestation._support import SNP_AT, TDX_V4_AT
+from tests.attestation._support import SNP_AT, TDX_V4_AT, SnpForge, snp_case
 from tests.conftest import vector_path
 
 VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
@@ -174,33 +173,42 @@ def test_detect_provider(tmp_path: Path) -> None:
     assert info.value.code == "no_evidence_provider"
 
 
-def _sev_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certs: str) -> IdentityService:
-    """``sev-guest`` chosen by settings, its ioctl played by a fake returning a real report."""
+def _sev_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certs: str,
+               forge: SnpForge) -> IdentityService:
+    """``sev-guest`` chosen by settings, its ioctl played by a fake returning a real report
+    that carries the requested REPORT_DATA, re-signed under the forge's VCEK."""
     device = tmp_path / "sev-guest"
     device.write_bytes(b"")
     provider = detect_provider(_settings("sev-guest", sev_guest_device=device,
                                          sev_guest_certs=certs))
     assert isinstance(provider, SevGuestProvider)
-    report = _der("virtee-sev_report_milan.bin")
-    monkeypatch.setattr(provider, "_ioctl", lambda report_data: report)
+
+    def ioctl(report_data: bytes) -> bytes:
+        return forge.sign(forge.report[:0x50] + report_data + forge.report[0x90:])
+
+    monkeypatch.setattr(provider, "_ioctl", ioctl)
     monkeypatch.setattr(enclave, "verify_evidence", functools.partial(verify_evidence, at=SNP_AT))
-    return IdentityService(provider, lambda: b"\x01k", bytes(32), lambda: "sha256:11", "m1")
+    measurement = forge.report[0x90:0xC0].hex()
+    return IdentityService(provider, lambda: b"\x01k", bytes(32), lambda: "sha256:11",
+                           measurement)
 
 
 def test_sev_guest_start_up_self_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the configured VCEK and ASK/ARK attached, the gateway can verify its own report."""
+    forge = SnpForge(monkeypatch, snp_case("virtee-sev_report_milan.bin"))
     folder = tmp_path / "certs"
     folder.mkdir()
-    for name in ("virtee-sev_vcek_milan.der", "ask_ark_milan.pem"):
-        shutil.copy(vector_path("sev-snp", name), folder / name)
-    facts = asyncio.run(enclave.enclave_facts(_sev_guest(tmp_path, monkeypatch, str(folder))))
+    (folder / "chain.pem").write_bytes(forge.certs())
+    facts = asyncio.run(enclave.enclave_facts(_sev_guest(tmp_path, monkeypatch, str(folder),
+                                                         forge)))
     assert facts.platform == "sev-snp" and not facts.simulated
 
 
 def test_sev_guest_without_certificates_fails_closed(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(VerificationError) as info:
-        asyncio.run(enclave.enclave_facts(_sev_guest(tmp_path, monkeypatch, "")))
+        forge = SnpForge(monkeypatch, snp_case("virtee-sev_report_milan.bin"))
+        asyncio.run(enclave.enclave_facts(_sev_guest(tmp_path, monkeypatch, "", forge)))
     assert info.value.code == "cert_chain_invalid"
     with pytest.raises(VerificationError) as info:
         detect_provider(_settings("sev-guest", sev_guest_certs=str(tmp_path / "absent")))
