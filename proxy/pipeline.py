@@ -25,7 +25,7 @@ from proxy.gateway import sealed_channel
 from proxy.telemetry import Metrics
 from proxy.tenants import Tenant
 
-__all__ = ["Admission", "CallContext", "Outcome", "ResponseCommitment"]
+__all__ = ["Admission", "CallContext", "Outcome", "ResponseCommitment", "model_endpoint"]
 
 _log = structlog.get_logger("sealgate.request")
 Channel = Literal["sealed", "plaintext"]
@@ -33,11 +33,38 @@ Channel = Literal["sealed", "plaintext"]
 # path outside it (spaces, non-ASCII, over 128 characters) is recorded as this fixed label:
 # no real path matches it, since every request path starts with "/".
 _INVALID_PATH = ":invalid-path"
+# The words of the OpenAI API's paths. A path is the client's text like a body is, and a
+# segment of it can carry content (``/v1/files/<anything>``), so records, logs and metrics name
+# the other segments (ids, or whatever a client wrote there) ``:id``; the policy still decides
+# on the real path.
+_API_WORDS = frozenset({
+    "v1", "chat", "completions", "embeddings", "models", "responses", "input_items",
+    "input_tokens", "cancel", "compact", "conversations", "items", "messages", "files",
+    "content", "uploads", "parts", "complete", "fine_tuning", "jobs", "checkpoints",
+    "permissions", "events", "pause", "resume", "alpha", "graders", "run", "validate", "batches",
+    "evals", "runs", "output_items", "assistants", "threads", "steps", "submit_tool_outputs",
+    "vector_stores", "file_batches", "search", "audio", "speech", "transcriptions",
+    "translations", "voices", "images", "generations", "edits", "variations", "moderations",
+    "realtime", "sessions", "transcription_sessions", "client_secrets", "calls", "containers",
+    "videos", "remix", "organization", "projects", "usage", "costs", "admin_api_keys",
+    "users", "invites", "audit_logs", "certificates", "chatkit",
+})
+_ID = ":id"
 
 
 def _endpoint_label(path: str) -> str:
-    """``path`` where it fits a record, else ``:invalid-path`` (content-free either way)."""
-    return path if IDENTIFIER.fullmatch(path) else _INVALID_PATH
+    """``path`` with every segment that is not a word of the API replaced by ``:id``, or
+    ``:invalid-path`` where it does not fit a record (content-free either way)."""
+    if not IDENTIFIER.fullmatch(path):
+        return _INVALID_PATH
+    return "/".join(part if not part or part in _API_WORDS else _ID for part in path.split("/"))
+
+
+def model_endpoint(name: str) -> str:
+    """The endpoint label of ``GET /v1/models/{name}`` for a *configured* model's name (the
+    operator's text, not the client's, so it is named as it is)."""
+    path = "/v1/models/" + name
+    return path if IDENTIFIER.fullmatch(path) else "/v1/models/" + _ID
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ from proxy.api.openai.protocol import (
     decode_request,
 )
 from proxy.errors import ClientDisconnected, NotFound, RequestTooLarge, set_error_headers
-from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment
+from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment, model_endpoint
 from proxy.telemetry import Metrics
 from proxy.tenants import TenantStore
 
@@ -104,6 +104,8 @@ class OpenAIService:
         denial is raised and recorded). Nothing is forwarded."""
         ctx, _ = await self._begin(request)
         route = None if model_id is None else self._router.route(model_id)[0]
+        if route is not None:
+            ctx.endpoint = model_endpoint(route.name)
         if self.gate is not None:
             await self.gate.deny_or_pass(ctx, {})
         return route
