@@ -42,7 +42,10 @@ def _login_required(_request: Req, _exc: Exception) -> Response[str]:
 
 
 def _secure(request: Req) -> bool:
-    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+    """Served over https, here or at the proxy in front: a chain of proxies lists each hop's
+    scheme in X-Forwarded-Proto, the client's first."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
 
 
 def _cookie(request: Req, key: str, value: str, max_age: int | None = None) -> Cookie:

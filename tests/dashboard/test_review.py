@@ -82,6 +82,18 @@ def test_a_sign_in_form_shown_after_its_cookie_expired_works_when_sent_again(
     assert again.status_code == 303 and again.headers["location"] == "/dashboard"
 
 
+@pytest.mark.parametrize(("proto", "secure"), [
+    ("https", True), ("https, http", True), ("HTTPS", True), ("http", False), ("http, https", False),
+])  # fmt: skip
+def test_cookies_are_secure_when_the_client_used_https(traffic: Traffic, proto: str,
+                                                       secure: bool) -> None:
+    """Behind a chain of proxies X-Forwarded-Proto lists every hop's scheme, the client's first:
+    that one decides the Secure flag."""
+    form = _client(traffic).get("/dashboard/login", headers={"X-Forwarded-Proto": proto})
+    assert form.status_code == 200
+    assert ("secure" in form.headers["set-cookie"].lower()) is secure
+
+
 def test_html_pages_name_their_charset_once(traffic: Traffic, accounts: Any) -> None:
     client = _sign_in(traffic, "admin1")
     for path in ("/dashboard/login", "/dashboard/", "/dashboard/records?page=0"):
