@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from proxy.users import UserStore
@@ -13,6 +15,7 @@ from tests.evidence.conftest import Traffic, evidence_workdir, traffic  # noqa: 
 from tests.server import ROOT
 
 PASSWORD = "correct horse battery staple"
+CSRF = re.compile(r'name="csrf" value="([^"]*)"')
 ACCOUNTS = {
     "admin1": ("admin", None),
     "auditor1": ("auditor", None),
@@ -40,3 +43,21 @@ def accounts(traffic: Traffic) -> dict[str, tuple[str, str | None]]:  # noqa: F8
                              timeout=60)
     assert {u["username"] for u in json.loads(listing.stdout)} == set(ACCOUNTS)
     return ACCOUNTS
+
+
+def dashboard_client(url: str, address: str) -> httpx.Client:
+    """A client on its own loopback address: the failed-sign-in limit counts per address, and
+    the tests that trip it must not lock out the others."""
+    return httpx.Client(base_url=url, timeout=30,
+                        transport=httpx.HTTPTransport(local_address=address))
+
+
+def sign_in(url: str, user: str, address: str, password: str = PASSWORD) -> httpx.Client:
+    """A client signed in as ``user`` through the sign-in form."""
+    client = dashboard_client(url, address)
+    token = CSRF.search(client.get("/dashboard/login").text)
+    assert token is not None
+    response = client.post("/dashboard/login", data={"csrf": token.group(1), "username": user,
+                                                     "password": password})
+    assert response.status_code == 303
+    return client

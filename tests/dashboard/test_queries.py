@@ -12,23 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.dashboard.conftest import PASSWORD
+from tests.dashboard.conftest import CSRF, sign_in
 from tests.evidence.conftest import Traffic
 
-_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 BAD_DATE = "must be a date (YYYY-MM-DD) or ISO 8601 time from 1970-01-01 to 9998-12-31"
 
 
 def _client(traffic: Traffic, user: str) -> httpx.Client:
-    # Its own client address: the failed-login limit that test_security trips is per address.
-    transport = httpx.HTTPTransport(local_address="127.0.0.4")
-    client = httpx.Client(base_url=traffic.gateway.url, timeout=30, transport=transport)
-    token = _CSRF.search(client.get("/dashboard/login").text)
-    assert token is not None
-    response = client.post("/dashboard/login", data={"csrf": token.group(1), "username": user,
-                                                     "password": PASSWORD})
-    assert response.status_code == 303
-    return client
+    return sign_in(traffic.gateway.url, user, "127.0.0.4")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +61,7 @@ def test_in_range_filters_still_work(admin: httpx.Client) -> None:
 
 def test_export_window_out_of_range_gets_a_400_page(traffic: Traffic, accounts: Any) -> None:
     auditor = _client(traffic, "auditor1")
-    token = _CSRF.search(auditor.get("/dashboard/export").text)
+    token = CSRF.search(auditor.get("/dashboard/export").text)
     assert token is not None
     for window, message in ((("2024-01-01", "9999-12-31"), f"to {BAD_DATE}."),
                             (("0001-01-01", "2024-01-01"), f"from {BAD_DATE}."),

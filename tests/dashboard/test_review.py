@@ -4,7 +4,6 @@ names no account can have, and what the log health page claims and where it does
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,28 +19,20 @@ from proxy.dashboard import _pages
 from proxy.dashboard._render import html
 from proxy.users import InvalidCredentials, UserStore
 from tests.audit.conftest import ORIGIN, make_record
-from tests.dashboard.conftest import PASSWORD
+from tests.dashboard.conftest import CSRF, PASSWORD, dashboard_client, sign_in
 from tests.evidence.conftest import Traffic
 from tests.pg import PgCluster, postgresql  # noqa: F401  (session fixture)
 
-_CSRF = re.compile(r'name="csrf" value="([^"]*)"')
 # Its own client address: the failed-login limit that test_security trips is per address.
 _ADDRESS = "127.0.0.6"
 
 
 def _client(traffic: Traffic) -> httpx.Client:
-    return httpx.Client(base_url=traffic.gateway.url, timeout=30,
-                        transport=httpx.HTTPTransport(local_address=_ADDRESS))
+    return dashboard_client(traffic.gateway.url, _ADDRESS)
 
 
 def _sign_in(traffic: Traffic, user: str) -> httpx.Client:
-    client = _client(traffic)
-    token = _CSRF.search(client.get("/dashboard/login").text)
-    assert token is not None
-    response = client.post("/dashboard/login", data={"csrf": token.group(1), "username": user,
-                                                     "password": PASSWORD})
-    assert response.status_code == 303
-    return client
+    return sign_in(traffic.gateway.url, user, _ADDRESS)
 
 
 def _multipart(fields: dict[str, bytes], part_headers: bytes = b"") -> dict[str, Any]:
@@ -53,7 +44,7 @@ def _multipart(fields: dict[str, bytes], part_headers: bytes = b"") -> dict[str,
 
 def test_undecodable_multipart_forms_are_a_400_not_a_500(traffic: Traffic, accounts: Any) -> None:
     anonymous = _client(traffic)
-    token = _CSRF.search(anonymous.get("/dashboard/login").text)
+    token = CSRF.search(anonymous.get("/dashboard/login").text)
     assert token is not None
     for fields, headers in (({"csrf": token.group(1).encode(), "username": b"\xff\xfe",
                               "password": b"\xed\xa0\x80"}, b""),
@@ -75,7 +66,7 @@ def test_a_sign_in_form_shown_after_its_cookie_expired_works_when_sent_again(
                                                     "password": PASSWORD})
     assert expired.status_code == 403 and "The form expired" in expired.text
     assert client.cookies.get("sg_login")
-    token = _CSRF.search(expired.text)
+    token = CSRF.search(expired.text)
     assert token is not None and token.group(1)
     again = client.post("/dashboard/login", data={"csrf": token.group(1), "username": "admin1",
                                                   "password": PASSWORD})

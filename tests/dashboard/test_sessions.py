@@ -3,7 +3,6 @@ process at once and in every other process sharing the account database within t
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -16,11 +15,9 @@ import httpx
 import pytest
 
 from proxy.users import UserStore
-from tests.dashboard.conftest import PASSWORD
+from tests.dashboard.conftest import CSRF, PASSWORD, sign_in
 from tests.evidence.conftest import Traffic
 from tests.server import ROOT, Gateway, start_gateway
-
-_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 def _account(traffic: Traffic, name: str) -> str:
@@ -31,20 +28,14 @@ def _account(traffic: Traffic, name: str) -> str:
         store.close()
 
 
-def _sign_in(url: str, user: str) -> httpx.Client:
-    # Its own client address: the failed-login limit that test_security trips is per address.
-    transport = httpx.HTTPTransport(local_address="127.0.0.3")
-    client = httpx.Client(base_url=url, timeout=30, transport=transport)
-    token = _CSRF.search(client.get("/dashboard/login").text)
-    assert token is not None
-    response = client.post("/dashboard/login", data={"csrf": token.group(1), "username": user,
-                                                     "password": PASSWORD})
-    assert response.status_code == 303 and client.cookies.get("sg_session")
+def _sign_in(url: str, user: str, password: str = PASSWORD) -> httpx.Client:
+    client = sign_in(url, user, "127.0.0.3", password)
+    assert client.cookies.get("sg_session")
     return client
 
 
 def _sign_out(client: httpx.Client) -> None:
-    token = _CSRF.search(client.get("/dashboard/").text)
+    token = CSRF.search(client.get("/dashboard/").text)
     assert token is not None
     response = client.post("/dashboard/logout", data={"csrf": token.group(1)})
     assert response.status_code == 303 and response.headers["location"] == "/dashboard/login"
@@ -124,13 +115,7 @@ def test_a_password_change_or_removal_from_the_cli_ends_sessions(traffic: Traffi
     assert "sessions have ended" in _cli(gateway, "passwd", "rotated1", "--password-stdin",
                                          stdin=new + "\n")
     _refused_within_ttl(url, copied)
-    client = httpx.Client(base_url=url, timeout=30,
-                          transport=httpx.HTTPTransport(local_address="127.0.0.3"))
-    token = _CSRF.search(client.get("/dashboard/login").text)
-    assert token is not None
-    signed_in = client.post("/dashboard/login", data={"csrf": token.group(1),
-                                                      "username": "rotated1", "password": new})
-    assert signed_in.status_code == 303
+    client = _sign_in(url, "rotated1", new)
     fresh = str(client.cookies.get("sg_session"))
     assert _status(url, fresh) == 200
     assert "removed rotated1" in _cli(gateway, "remove", "rotated1")

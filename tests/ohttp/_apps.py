@@ -157,6 +157,16 @@ def serve(app: Any) -> Iterator[int]:
         sock.close()
 
 
+def wait_for(condition: Any, seconds: float = 5.0) -> bool:
+    """Whether ``condition()`` turns true within ``seconds`` (polled)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 class RecordingTCPRelay:
     """Forwards loopback TCP to ``target_port`` and records the client-to-server bytes."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from proxy.client import (
     StaticKeySource,
 )
 from proxy.gateway import GATEWAY_PATH
-from tests.ohttp._apps import AppState, RecordingTCPRelay, build_app, serve
+from tests.ohttp._apps import AppState, RecordingTCPRelay, build_app, serve, wait_for
 from tests.server import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -85,15 +84,6 @@ def test_stream_is_delivered_chunk_by_chunk(gateway: tuple[AppState, int]) -> No
     assert [e["n"] for e in rest] == [1, 2, 3]
 
 
-def _wait_for(condition: Any, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_client_disconnect_cancels_inner_generation(gateway: tuple[AppState, int]) -> None:
     state, port = gateway
     state.release.set()
@@ -103,7 +93,7 @@ def test_client_disconnect_cancels_inner_generation(gateway: tuple[AppState, int
             assert next(events)["n"] == 0
             assert next(events)["n"] == 1
     # The route's generator runs ~3 s more unless cancelled; it must close without completing.
-    assert _wait_for(lambda: "closed" in state.stream_events, 2.5)
+    assert wait_for(lambda: "closed" in state.stream_events, 2.5)
     assert "completed" not in state.stream_events
 
 
@@ -236,7 +226,7 @@ def test_client_proxy_streams_chunk_by_chunk(client_proxy: tuple[AppState, int, 
             state.release.set()
             assert [next(events)["n"] for _ in range(3)] == [1, 2, 3]
     # Closing the local stream closes the sealed one, and the gateway cancels generation.
-    assert _wait_for(lambda: "closed" in state.stream_events, 2.5)
+    assert wait_for(lambda: "closed" in state.stream_events, 2.5)
     assert "completed" not in state.stream_events
 
 

@@ -10,7 +10,6 @@ import socket
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
-from typing import Any
 
 import httpx2
 import pytest
@@ -28,7 +27,7 @@ from proxy.ohttp import (
     encode_request,
 )
 from tests.ohttp import _apps
-from tests.ohttp._apps import AppState, build_app, serve
+from tests.ohttp._apps import AppState, build_app, serve, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -105,15 +104,6 @@ def client_proxy(gateway: tuple[AppState, int]) -> Iterator[tuple[AppState, int]
         yield state, proxy_port
 
 
-def _wait_for(condition: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_client_proxy_relays_a_local_disconnect_before_the_answer(
         client_proxy: tuple[AppState, int]) -> None:
     """A non-streamed request is answered whole; a local client leaving while the gateway works
@@ -126,7 +116,7 @@ def test_client_proxy_relays_a_local_disconnect_before_the_answer(
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         time.sleep(0.5)
     # The route's generator runs ~3 s more unless the disconnect reaches it.
-    assert _wait_for(lambda: "closed" in state.stream_events, 2.5)
+    assert wait_for(lambda: "closed" in state.stream_events, 2.5)
     assert "completed" not in state.stream_events
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import yaml
 from policy import PolicyBundle, RegopyEngine, load_bundle
 
 HERE = Path(__file__).resolve().parent
-SCHEMA_DIR = HERE.parent.parent / "policy" / "schema"
+SHIPPED = HERE.parent.parent / "policy"
+SCHEMA_DIR = SHIPPED / "schema"
 
 
 def load_cases() -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -42,6 +44,15 @@ def schema(name: str) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def bundle() -> PolicyBundle:
     return load_bundle()
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    """A copy of the shipped bundle to change."""
+    root = tmp_path / "bundle"
+    shutil.copytree(SHIPPED / "rego", root / "rego")
+    shutil.copytree(SHIPPED / "data", root / "data")
+    return root
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,7 @@ from policy import (
     run_rego_tests,
 )
 from proxy.evidence import policy_snapshots, snapshot_policy
-
-SHIPPED = Path(__file__).resolve().parents[2] / "policy"
-
-
-@pytest.fixture
-def bundle_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "bundle"
-    shutil.copytree(SHIPPED / "rego", root / "rego")
-    shutil.copytree(SHIPPED / "data", root / "data")
-    return root
+from tests.policy.conftest import SHIPPED
 
 
 def test_digest_is_sha256_over_sorted_sha256sum_listing(bundle: PolicyBundle) -> None:

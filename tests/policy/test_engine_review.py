@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ from tests.policy.conftest import patched
 
 from .opa_servers import OPADataAPITestServer
 
-SHIPPED = Path(__file__).resolve().parents[2] / "policy"
-
 # A rule that denies every `store: true`, in a module of its own.
 STORE_RULE = ('deny contains {"rule": "SG-STORE-901", "message": "store"} '
               "if input.request.store == true\n")
@@ -43,14 +40,6 @@ NARROW_CONTRACT = """
     allow_contractual_zero: false
     rewrite_store: false
 """
-
-
-@pytest.fixture
-def bundle_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "bundle"
-    shutil.copytree(SHIPPED / "rego", root / "rego")
-    shutil.copytree(SHIPPED / "data", root / "data")
-    return root
 
 
 @pytest.mark.parametrize("before", ["\x00\n", "# a note\n\x00", "default x := 1\x00\n"])
@@ -107,16 +96,7 @@ def test_a_deeply_nested_data_file_is_refused_and_polling_goes_on(
 ) -> None:
     # It was a RecursionError: out of load_bundle, and out of BundleWatcher.poll.
     (bundle_dir / "data" / name).write_text(text)
-    with pytest.raises(PolicyBundleError):
-        load_bundle(bundle_dir)
-    engine = RegopyEngine(bundle)
-    try:
-        watcher = BundleWatcher(engine, bundle_dir)
-        assert watcher.poll() is False
-        assert isinstance(watcher.last_error, PolicyBundleError)
-        assert engine.bundle_digest == bundle.digest
-    finally:
-        asyncio.run(engine.aclose())
+    _refused_and_polling_goes_on(bundle, bundle_dir)
 
 
 def test_a_bundle_path_in_a_symlink_loop_is_refused_and_polling_goes_on(
@@ -124,13 +104,20 @@ def test_a_bundle_path_in_a_symlink_loop_is_refused_and_polling_goes_on(
 ) -> None:
     loop = tmp_path / "loop"
     os.symlink(loop, loop)
+    _refused_and_polling_goes_on(bundle, loop)
+
+
+def _refused_and_polling_goes_on(bundle: PolicyBundle, path: Path) -> None:
+    """Loading ``path`` is a bundle error, and a watcher on it reports that error and keeps
+    the bundle in force."""
     with pytest.raises(PolicyBundleError):
-        load_bundle(loop)
+        load_bundle(path)
     engine = RegopyEngine(bundle)
     try:
-        watcher = BundleWatcher(engine, loop)
+        watcher = BundleWatcher(engine, path)
         assert watcher.poll() is False
         assert isinstance(watcher.last_error, PolicyBundleError)
+        assert engine.bundle_digest == bundle.digest
     finally:
         asyncio.run(engine.aclose())
 

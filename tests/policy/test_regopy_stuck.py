@@ -5,7 +5,6 @@ it are made by a fresh thread instead of failing behind it, up to a cap on aband
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +15,6 @@ from structlog.testing import capture_logs
 
 from policy import PolicyUnavailable, RegopyEngine, load_bundle
 from tests.policy.conftest import patched
-
-SHIPPED = Path(__file__).resolve().parents[2] / "policy"
 
 # Seconds of rego-cpp work, only for tenants whose name starts with "slow".
 SLOW_RULE = """package sealgate.authz
@@ -32,10 +29,8 @@ deny contains {"rule": "SG-SLOW-001", "message": "slow"} if {
 
 
 @pytest.fixture
-def slow_engine(tmp_path: Path) -> Iterator[Callable[..., RegopyEngine]]:
-    root = tmp_path / "bundle"
-    shutil.copytree(SHIPPED / "rego", root / "rego")
-    shutil.copytree(SHIPPED / "data", root / "data")
+def slow_engine(bundle_dir: Path) -> Iterator[Callable[..., RegopyEngine]]:
+    root = bundle_dir
     (root / "rego" / "slow.rego").write_text(SLOW_RULE)
     engines: list[RegopyEngine] = []
 
