@@ -91,6 +91,11 @@ class Services:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     startup_error: Exception | None = None
     """Why start-up failed (the CLI prints it once, with its code, instead of a traceback)."""
+    dashboard: DashboardService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dashboard = DashboardService(self.settings, self.tenants, lambda: self.audit,
+                                          self.identity, self.log_key, lambda: self.policy.bundle)
 
     def dependencies(self) -> dict[str, Provide]:
         def const(value: Any) -> Provide:
@@ -114,9 +119,7 @@ class Services:
             "policy_engine": const(self.policy),
             "audit_log": Provide(audit_log, sync_to_thread=False),
             "tenant": Provide(tenant, sync_to_thread=False),
-            "dashboard": const(DashboardService(self.settings, self.tenants, lambda: self.audit,
-                                                self.identity, self.log_key,
-                                                lambda: self.policy.bundle)),
+            "dashboard": const(self.dashboard),
         }
 
     async def start(self) -> None:
@@ -187,6 +190,7 @@ class Services:
         await self.router.close()
         if self.gate is not None:
             await self.gate.drain()
+        await self.dashboard.aclose()
         if self.audit is not None:
             await self.audit.close()
         await self.policy.aclose()

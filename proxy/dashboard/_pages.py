@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import difflib
-import itertools
 import json
 from datetime import datetime
 from typing import Any
 
-from audit import AuditError, Receipt, SignedCheckpoint, verify_consistency, verify_receipt
+from audit import AuditError, Receipt, verify_receipt
 from proxy.attestation import VerificationError, VerificationPolicy, verify_identity
 from proxy.evidence import identity_documents, policy_snapshots, snapshot_policy
 
@@ -20,7 +19,9 @@ from ._views import fmt_us
 
 __all__ = ["enclave_page", "health_page", "policies_page", "record_page"]
 
-_MAX_PAIRS_PER_VIEW = 2000
+_MAX_PAIRS_PER_VIEW = 2000  # checkpoints a view checks (a signature and a proof each) …
+_MAX_SECONDS_PER_VIEW = 0.15  # … within about this long
+_CATCH_UP = True  # the rest are checked in the background
 
 
 async def record_page(svc: DashboardService, viewer: Viewer, record_id: str) -> dict[str, Any] | None:
@@ -49,48 +50,21 @@ async def record_page(svc: DashboardService, viewer: Viewer, record_id: str) -> 
             "proof": proof, "checkpoint": latest.note}
 
 
-def _check_chain(svc: DashboardService, log: Any, cps: list[tuple[int, bytes, str]]) -> list[str]:
-    problems: list[str] = []
-    for size, _root, note in cps:
-        if size not in svc.verified_checkpoints:
-            try:
-                SignedCheckpoint.parse(note, log.vkey)
-                svc.verified_checkpoints[size] = True
-            except AuditError:
-                svc.verified_checkpoints[size] = False
-        if not svc.verified_checkpoints[size]:
-            problems.append(f"checkpoint {size}: signature does not verify")
-    return problems
-
-
 async def health_page(svc: DashboardService) -> dict[str, Any]:
     log = svc.audit
     store = log.store
-    cps = [c for c in await asyncio.to_thread(store.checkpoints, log.log_id) if c[0] > 0]
-    # One signature check per checkpoint on the first view: off the event loop, which serves
-    # the gateway's requests too.
-    problems = await asyncio.to_thread(_check_chain, svc, log, cps)
-    todo = [(a, b) for a, b in itertools.pairwise(cps)
-            if (a[0], b[0]) not in svc.verified_pairs][:_MAX_PAIRS_PER_VIEW]
-    for (old, old_root, _), (new, new_root, _) in todo:
-        try:
-            proof = await log.consistency_proof(old, new)
-            verify_consistency(old, new, old_root, new_root, proof.hashes)
-            svc.verified_pairs[(old, new)] = None
-        except AuditError as exc:
-            svc.verified_pairs[(old, new)] = str(exc)
-    pairs = [(a[0], b[0]) for a, b in itertools.pairwise(cps)]
-    problems += [f"{o} → {n}: {svc.verified_pairs[(o, n)]}" for o, n in pairs
-                 if svc.verified_pairs.get((o, n))]
-    # A view checks at most _MAX_PAIRS_PER_VIEW new pairs: the rest are not yet known to verify.
-    unchecked = sum(1 for pair in pairs if pair not in svc.verified_pairs)
+    chain = await svc.chain.view(log, _MAX_PAIRS_PER_VIEW, _MAX_SECONDS_PER_VIEW,
+                                background=_CATCH_UP)
     count = await asyncio.to_thread(store.count_records, log.log_id)
     top = await asyncio.to_thread(store.next_index, log.log_id)
-    latest = cps[-1] if cps else None
-    return {"latest": latest, "checkpoints": len(cps), "pairs": len(pairs), "unchecked": unchecked,
-            "records": count, "gaps": top - count, "unintegrated": count - (latest[0] if latest else 0),
-            "problems": problems, "recent": [(s, n) for s, _r, n in cps[-10:]][::-1],
-            "origin": log.origin, "vkey": log.vkey}
+    recent = await asyncio.to_thread(store.checkpoints, log.log_id, after=0, limit=10,
+                                     newest_first=True)
+    latest = recent[0] if recent else None
+    return {"latest": latest, "checkpoints": chain.checkpoints, "pairs": chain.pairs,
+            "unchecked": chain.unchecked, "records": count, "gaps": top - count,
+            "unintegrated": count - (latest[0] if latest else 0), "problems": chain.problems,
+            "more_problems": chain.more_problems,
+            "recent": [(s, n) for s, _r, n in recent], "origin": log.origin, "vkey": log.vkey}
 
 
 def _kept_documents_policy(svc: DashboardService, collateral: bool) -> VerificationPolicy:

@@ -16,6 +16,7 @@ from proxy.config import Settings
 from proxy.tenants import TenantStore
 from proxy.users import User, UserStore
 
+from ._chain import ChainCheck
 from ._index import RecordIndex
 from ._session import LoginLimiter, SessionCodec, load_secret
 
@@ -46,10 +47,13 @@ class DashboardService:
         self.sessions = SessionCodec(load_secret(settings.session_secret, settings.data_dir))
         self.limiter = LoginLimiter()
         self._index: RecordIndex | None = None
-        self.verified_checkpoints: dict[int, bool] = {}
-        self.verified_pairs: dict[tuple[int, int], str | None] = {}
+        self.chain = ChainCheck()
         self.identity_verdicts: dict[str, tuple[bool, str]] = {}
         self._collateral: Collateral | None = None
+
+    async def aclose(self) -> None:
+        """Stop background work (before the audit log closes)."""
+        await self.chain.aclose()
 
     def bundle(self) -> PolicyBundle | str:
         """The policy bundle the engine enforces now, else the configured directory (empty:

@@ -127,16 +127,25 @@ class _Zip:
 
 
 def _checkpoints(store: LogStore, log_id: str, first_leaf: int) -> list[tuple[int, str]]:
-    """An anchor at or before the window, then up to MAX_CHECKPOINTS after it, latest last."""
-    cps = [(s, n) for s, _r, n in store.checkpoints(log_id) if s > 0]
-    if not cps:
+    """An anchor at or before the window, then up to MAX_CHECKPOINTS after it, latest last:
+    all of them, or, when there are more, the first at or above each of evenly spaced tree
+    sizes. Index seeks only, never a read of every checkpoint: a busy log publishes one a
+    second."""
+    latest = store.latest_checkpoint(log_id)
+    if latest is None or latest[0] == 0:
         raise ExportFailed("the log has no published checkpoint yet")
-    before = [c for c in cps if c[0] <= first_leaf][-1:]
-    after = [c for c in cps if c[0] > first_leaf]
+    anchor = store.checkpoint_near(log_id, first_leaf, at_or_before=True)
+    before = [anchor] if anchor is not None and anchor[0] > 0 else []
+    after = store.checkpoints(log_id, after=first_leaf, limit=MAX_CHECKPOINTS + 1)
     if len(after) > MAX_CHECKPOINTS:
-        step = len(after) / (MAX_CHECKPOINTS - 1)
-        after = [after[int(i * step)] for i in range(MAX_CHECKPOINTS - 1)] + [after[-1]]
-    return before + after
+        low, high, steps = after[0][0], latest[0], MAX_CHECKPOINTS - 1
+        spread = {latest[0]: latest}
+        for i in range(steps):
+            row = store.checkpoint_near(log_id, low + (high - low) * i // steps, at_or_before=False)
+            if row is not None:
+                spread[row[0]] = row
+        after = sorted(spread.values())
+    return [(size, note) for size, _root, note in before + after]
 
 
 def _dumps(value: Any) -> bytes:
@@ -149,7 +158,8 @@ def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: 
     if opts.end <= opts.start:
         raise ExportFailed("the window must end after it starts")
     log_id, origin, vkey = _select_log(store, key)
-    latest_size = max((s for s, _r, _n in store.checkpoints(log_id)), default=0)
+    latest = store.latest_checkpoint(log_id)
+    latest_size = latest[0] if latest is not None else 0
     win = _scan(store, log_id, opts, latest_size, progress)
     chosen = win.rows
     if opts.sample is not None and opts.sample < len(chosen):

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from audit import AuditLog, SignedCheckpoint
-from proxy.dashboard import _pages
+from proxy.dashboard import _chain, _pages
+from proxy.dashboard._chain import ChainCheck, ChainStatus
 from proxy.dashboard._render import html
 from proxy.users import InvalidCredentials, UserStore
 from tests.audit.conftest import ORIGIN, make_record
@@ -117,9 +118,9 @@ async def _log_with_checkpoints(folder: Path, records: int) -> tuple[AuditLog, E
     key = Ed25519PrivateKey.generate()
     log = await AuditLog.open(f"sqlite:///{folder / 'audit.db'}?synchronous=normal", key, ORIGIN,
                               checkpoint_every_n=1)
-    for i in range(records):
+    for i in range(records):  # one checkpoint per record, and none published after
         await log.append(make_record(i))
-    await log.checkpoint()
+        await log.publish()
     return log, key
 
 
@@ -128,6 +129,7 @@ def test_health_page_does_not_claim_unchecked_proofs_verify(tmp_path: Path,
     """A view checks a bounded number of consistency proofs; the rest are not yet known to
     verify, and a forged checkpoint among them must not read as "all verify"."""
     monkeypatch.setattr(_pages, "_MAX_PAIRS_PER_VIEW", 2)
+    monkeypatch.setattr(_pages, "_CATCH_UP", False)
 
     async def views() -> list[str]:
         log, key = await _log_with_checkpoints(tmp_path, 12)
@@ -138,7 +140,7 @@ def test_health_page_does_not_claim_unchecked_proofs_verify(tmp_path: Path,
                 conn.execute(text("UPDATE audit_checkpoints SET root_hash = :r, note = :n "
                                   "WHERE size = :s"),
                              {"r": forged.root_hash, "n": forged.note, "s": size})
-            svc = SimpleNamespace(audit=log, verified_checkpoints={}, verified_pairs={})
+            svc = SimpleNamespace(audit=log, chain=ChainCheck())
             pages = []
             for _ in range(20):
                 data = await _pages.health_page(svc)  # type: ignore[arg-type]
@@ -158,18 +160,18 @@ def test_checkpoint_signatures_are_checked_off_the_event_loop(
     """The first view checks every checkpoint's signature: on the event loop, that stalls
     every request the gateway serves for as long."""
     threads: list[threading.Thread] = []
-    check_chain = _pages._check_chain
+    advance = ChainCheck._advance
 
-    def spy(*args: Any) -> list[str]:
+    def spy(*args: Any) -> ChainStatus:
         threads.append(threading.current_thread())
-        return check_chain(*args)
+        return advance(*args)
 
-    monkeypatch.setattr(_pages, "_check_chain", spy)
+    monkeypatch.setattr(ChainCheck, "_advance", spy)
 
     async def view() -> dict[str, Any]:
         log, _ = await _log_with_checkpoints(tmp_path, 3)
         try:
-            svc = SimpleNamespace(audit=log, verified_checkpoints={}, verified_pairs={})
+            svc = SimpleNamespace(audit=log, chain=ChainCheck())
             return await _pages.health_page(svc)  # type: ignore[arg-type]
         finally:
             await log.close()
@@ -177,3 +179,101 @@ def test_checkpoint_signatures_are_checked_off_the_event_loop(
     data = asyncio.run(view())
     assert data["problems"] == [] and data["unchecked"] == 0
     assert threads and threading.main_thread() not in threads
+
+
+def test_health_views_resume_the_chain_check_and_read_a_bounded_number_of_checkpoints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log publishes up to a checkpoint a second: a view must not read them all, nor keep an
+    entry per checkpoint. Each view checks a few more, resuming where the last one stopped."""
+    monkeypatch.setattr(_pages, "_MAX_PAIRS_PER_VIEW", 4)
+    monkeypatch.setattr(_pages, "_MAX_SECONDS_PER_VIEW", 600.0)
+    monkeypatch.setattr(_pages, "_CATCH_UP", False)
+    monkeypatch.setattr(_chain, "MAX_PROBLEMS", 2)
+    read: list[int] = []
+
+    async def views() -> tuple[list[dict[str, Any]], ChainCheck, int]:
+        log, _ = await _log_with_checkpoints(tmp_path, 30)
+        try:
+            sizes = [s for s, _, _ in log.store.checkpoints(log.log_id) if s > 0]
+            # forge the signatures of three checkpoints: problems past the listed two are counted
+            for size in sizes[5:8]:
+                forged = SignedCheckpoint.sign(ORIGIN, size, b"\x02" * 32,
+                                               Ed25519PrivateKey.generate())
+                with log.store.engine.begin() as conn:
+                    conn.execute(text("UPDATE audit_checkpoints SET note = :n WHERE size = :s"),
+                                 {"n": forged.note, "s": size})
+            checkpoints = log.store.checkpoints
+
+            def counted(*args: Any, **kwargs: Any) -> list[tuple[int, bytes, str]]:
+                rows = checkpoints(*args, **kwargs)
+                read.append(len(rows))
+                return rows
+
+            monkeypatch.setattr(log.store, "checkpoints", counted)
+            svc = SimpleNamespace(audit=log, chain=ChainCheck())
+            return [await _pages.health_page(svc) for _ in range(12)], svc.chain, len(sizes)
+        finally:
+            await log.close()
+
+    pages, chain, total = asyncio.run(views())
+    assert total == 30 and max(read) <= 10  # 4 checked and the 10 latest listed, per view
+    # (the writer may publish one more checkpoint meanwhile)
+    assert [p["checkpoints"] - p["unchecked"] for p in pages[:2]] == [4, 8]
+    last = pages[-1]
+    assert last["unchecked"] == 0 and chain.checked == last["checkpoints"] >= total
+    assert len(last["problems"]) == 2 and last["more_problems"] == 1
+    assert all("signature does not verify" in p for p in last["problems"])
+    page = str(html("health.html", viewer=None, active="health", **last).content)
+    assert "✗ 3 problem(s)" in page and "and 1 more" in page
+
+
+def test_a_health_view_checks_for_a_bounded_time(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catching up a large log takes many views; each stays fast (and checks at least one)."""
+    monkeypatch.setattr(_pages, "_MAX_SECONDS_PER_VIEW", 0.0)
+    monkeypatch.setattr(_pages, "_CATCH_UP", False)
+
+    async def views() -> list[dict[str, Any]]:
+        log, _ = await _log_with_checkpoints(tmp_path, 8)
+        try:
+            svc = SimpleNamespace(audit=log, chain=ChainCheck())
+            return [await _pages.health_page(svc) for _ in range(3)]
+        finally:
+            await log.close()
+
+    pages = asyncio.run(views())
+    assert [p["checkpoints"] - p["unchecked"] for p in pages] == [1, 2, 3]
+    assert pages[-1]["problems"] == [] and pages[-1]["unchecked"] > 0
+
+
+def test_the_chain_check_goes_on_in_the_background_after_a_view(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One view is enough: the rest of the chain is checked without more views, and a forged
+    checkpoint found meanwhile shows on the next one."""
+    monkeypatch.setattr(_pages, "_MAX_PAIRS_PER_VIEW", 3)
+
+    async def views() -> tuple[dict[str, Any], dict[str, Any]]:
+        log, key = await _log_with_checkpoints(tmp_path, 20)
+        try:
+            size = log.store.checkpoints(log.log_id)[-2][0]
+            forged = SignedCheckpoint.sign(ORIGIN, size, b"\x03" * 32, key)
+            with log.store.engine.begin() as conn:
+                conn.execute(text("UPDATE audit_checkpoints SET root_hash = :r, note = :n "
+                                  "WHERE size = :s"),
+                             {"r": forged.root_hash, "n": forged.note, "s": size})
+            svc = SimpleNamespace(audit=log, chain=ChainCheck())
+            first = await _pages.health_page(svc)  # type: ignore[arg-type]
+            task = svc.chain.task
+            assert task is not None
+            await asyncio.wait_for(task, 30)
+            second = await _pages.health_page(svc)  # type: ignore[arg-type]
+            assert svc.chain.task is task  # caught up: no new catch-up started
+            await svc.chain.aclose()
+            return first, second
+        finally:
+            await log.close()
+
+    first, second = asyncio.run(views())
+    assert first["unchecked"] == 20 - 3 and first["problems"] == []
+    assert second["unchecked"] == 0
+    assert len(second["problems"]) == 2  # the forged root: both proofs that touch it fail
