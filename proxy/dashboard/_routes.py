@@ -127,7 +127,8 @@ async def overview_page(request: Req, dashboard: DashboardService) -> Response[s
     viewer = _viewer(request, dashboard)
     index = await dashboard.index()
     data = overview(index, viewer.scope, dashboard.tenant_names())
-    return _page("overview.html", viewer, "overview", **data)
+    return _page("overview.html", viewer, "overview", index_behind=await dashboard.index_behind(index),
+                 **data)
 
 
 def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None) -> str | None:

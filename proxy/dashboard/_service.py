@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from proxy.config import Settings
 from proxy.tenants import TenantStore
 from proxy.users import User, UserStore
 
+from ._backlog import SLICE_S, Backlog
 from ._chain import ChainCheck
 from ._index import RecordIndex
 from ._session import LoginLimiter, SessionCodec, load_secret
@@ -47,6 +49,7 @@ class DashboardService:
         self.sessions = SessionCodec(load_secret(settings.session_secret, settings.data_dir))
         self.limiter = LoginLimiter()
         self._index: RecordIndex | None = None
+        self._index_backlog = Backlog("record_index")
         self.chain = ChainCheck()
         self.identity_verdicts: dict[str, tuple[bool, str]] = {}
         self._collateral: Collateral | None = None
@@ -54,6 +57,7 @@ class DashboardService:
     async def aclose(self) -> None:
         """Stop background work (before the audit log closes)."""
         await self.chain.aclose()
+        await self._index_backlog.aclose()
 
     def bundle(self) -> PolicyBundle | str:
         """The policy bundle the engine enforces now, else the configured directory (empty:
@@ -80,10 +84,22 @@ class DashboardService:
         return log
 
     async def index(self) -> RecordIndex:
-        if self._index is None:
-            self._index = RecordIndex(self.audit.store, self.audit.log_id)
-        await asyncio.to_thread(self._index.refresh)
-        return self._index
+        """The aggregates, refreshed by one slice (or by the background catch-up under way);
+        ``index_behind`` says how many records they do not cover yet."""
+        log = self.audit
+        if self._index is None or self._index.log_id != log.log_id:
+            self._index = RecordIndex(log.store, log.log_id)
+        index = self._index
+        await self._index_backlog.view(functools.partial(index.refresh, SLICE_S))
+        return index
+
+    async def index_behind(self, index: RecordIndex) -> int:
+        """Records of the log the aggregates do not cover yet, while the background catch-up
+        runs (otherwise the view's own slice covered all but what arrived since: 0)."""
+        if not self._index_backlog.running:
+            return 0
+        return max(await asyncio.to_thread(self.audit.store.next_index, index.log_id)
+                   - index.next_leaf, 0)
 
     def tenant_names(self) -> dict[str, str]:
         """Pseudonym → tenant name."""

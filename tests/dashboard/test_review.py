@@ -263,11 +263,11 @@ def test_the_chain_check_goes_on_in_the_background_after_a_view(
                              {"r": forged.root_hash, "n": forged.note, "s": size})
             svc = SimpleNamespace(audit=log, chain=ChainCheck())
             first = await _pages.health_page(svc)  # type: ignore[arg-type]
-            task = svc.chain.task
+            task = svc.chain.backlog.task
             assert task is not None
             await asyncio.wait_for(task, 30)
             second = await _pages.health_page(svc)  # type: ignore[arg-type]
-            assert svc.chain.task is task  # caught up: no new catch-up started
+            assert svc.chain.backlog.task is task  # caught up: no new catch-up started
             await svc.chain.aclose()
             return first, second
         finally:
@@ -277,3 +277,44 @@ def test_the_chain_check_goes_on_in_the_background_after_a_view(
     assert first["unchecked"] == 20 - 3 and first["problems"] == []
     assert second["unchecked"] == 0
     assert len(second["problems"]) == 2  # the forged root: both proofs that touch it fail
+
+
+def test_the_record_index_catches_up_in_slices_and_the_pages_say_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folding a large log takes minutes after a restart: a view folds one slice, the rest is
+    folded in the background, and the overview says its counts are not complete meanwhile."""
+    from proxy.config import Settings
+    from proxy.dashboard import _index, _service
+    from proxy.dashboard._service import DashboardService
+    from proxy.dashboard._views import overview
+    from proxy.tenants import TenantStore
+
+    monkeypatch.setattr(_index, "_CHUNK", 10)
+    monkeypatch.setattr(_service, "SLICE_S", 0.0)  # one chunk per slice
+
+    async def run() -> tuple[list[int], int, list[int]]:
+        log, _ = await _log_with_checkpoints(tmp_path, 45)
+        settings = Settings(data_dir=tmp_path / "state")
+        tenants = TenantStore(settings.tenants_url)
+        svc = DashboardService(settings, tenants, lambda: log, None, Ed25519PrivateKey.generate())
+        try:
+            index = await svc.index()
+            first = [overview(index, None, {})["total_records"], await svc.index_behind(index)]
+            page = str(html("overview.html", viewer=None, active="overview",
+                            index_behind=first[1], **overview(index, None, {})).content)
+            assert 'id="catching-up"' in page, first
+            task = svc._index_backlog.task
+            assert task is not None
+            await asyncio.wait_for(task, 30)
+            index = await svc.index()
+            last = [overview(index, None, {})["total_records"], await svc.index_behind(index)]
+            return first, index.next_leaf, last
+        finally:
+            await svc.aclose()
+            tenants.close()
+            await log.close()
+
+    first, next_leaf, last = asyncio.run(run())
+    # one chunk folded by the view; the background goes on while the page is rendered
+    assert first[0] == 10 and 0 < first[1] <= 35
+    assert last == [45, 0] and next_leaf == 45
