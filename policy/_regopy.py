@@ -271,7 +271,8 @@ class RegopyEngine(PolicyEngine):
             return hit
         future = self._workers.submit(state, key.to_dict())
         try:
-            decision = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):  # no extra task, unlike wait_for
+                decision = await asyncio.wrap_future(future)
         except TimeoutError as exc:
             raise PolicyUnavailable("the policy engine did not answer in time") from exc
         finally:
