@@ -7,6 +7,7 @@ Every field has a docstring; :meth:`Settings.redacted` is what ``sealgate config
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -121,6 +122,11 @@ class Settings:
     session_secret: str = ""
     """Dashboard session signing secret; empty means one generated and kept in the data
     directory (``SEALGATE_SESSION_SECRET``)."""
+    trusted_proxies: str = "127.0.0.1,::1"
+    """Comma-separated addresses or networks (CIDR) of the load balancers or ingress in front
+    of the gateway, whose ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed: the
+    per-address limits (dashboard sign-in, identity nonces) then count each client, not the
+    proxy they all come through. Empty trusts no one (``SEALGATE_TRUSTED_PROXIES``)."""
     backends: Mapping[str, BackendSettings] = field(default_factory=_default_backends)
     """Configured backends by name (TOML ``[backends.NAME]``)."""
     models: Mapping[str, ModelRoute] = field(default_factory=_default_models)
@@ -194,11 +200,21 @@ class Settings:
             url = getattr(self, name)
             if url and url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql"):
                 raise ConfigError(f"{name} must be a sqlite:// or postgresql+psycopg:// URL")
+        for entry in self.trusted_proxy_list:
+            try:
+                ipaddress.ip_network(entry)  # strict, as uvicorn parses it: no host bits
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {entry!r} is not an IP address or network "
+                                  "(CIDR)") from None
         for route in self.models.values():
             if route.backend not in self.backends:
                 raise ConfigError(f"model {route.name!r} names unknown backend {route.backend!r}")
 
     # -- derived values -----------------------------------------------------------------------
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [entry.strip() for entry in self.trusted_proxies.split(",") if entry.strip()]
+
     @property
     def tenants_url(self) -> str:
         return self.database_url or _sqlite_url(self.data_dir / "sealgate.db")

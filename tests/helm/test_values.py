@@ -190,6 +190,21 @@ def test_created_secret_holds_the_url_and_nothing_else_does(render: Any) -> None
     assert "s3cr3t-pw" not in yaml.safe_dump_all(everything_else)
 
 
+def test_trusted_proxies_reach_the_gateway_as_one_setting_it_accepts(render: Any) -> None:
+    from proxy.config import Settings
+
+    def proxy_env(values: dict[str, Any]) -> dict[str, Any]:
+        spec = render(values).get("Deployment", "sealgate")["spec"]["template"]["spec"]
+        (proxy,) = [c for c in spec["containers"] if c["name"] == "proxy"]
+        return {e["name"]: e.get("value") for e in proxy["env"]}
+
+    assert "SEALGATE_TRUSTED_PROXIES" not in proxy_env({})  # the gateway's default: loopback
+    value = proxy_env({"proxy": {"trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]}})[
+        "SEALGATE_TRUSTED_PROXIES"]
+    settings = Settings.load(None, env={"SEALGATE_TRUSTED_PROXIES": value})
+    assert settings.trusted_proxy_list == ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]
+
+
 def test_database_egress_goes_only_to_the_named_peers(render: Any) -> None:
     values = {"postgresql": {"enabled": True, "existingSecret": "audit-db", "egress": DB_EGRESS}}
     egress = render(values).get("NetworkPolicy", "sealgate-proxy")["spec"]["egress"]
