@@ -4,6 +4,9 @@
 default) and ``OPAEngine`` (an OPA server). See docs/policy.md.
 """
 
+from . import _native  # noqa: F401  first: rego-cpp before any other C++ library (_native.py)
+
+# isort: split
 from ._bundle import PolicyBundle, bundle_digest, load_bundle
 from ._decision import Decision, Denial
 from ._engine import PolicyEngine

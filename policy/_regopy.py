@@ -31,6 +31,7 @@ from ._decision import Decision
 from ._engine import ENTRYPOINT, PolicyEngine, fail_closed
 from ._errors import PolicyBundleError, PolicyUnavailable
 from ._input import PolicyInput
+from ._native import ALLOCATOR_CONFLICT
 from ._regopy_capi import ResultError, make_input, query_entrypoint
 
 __all__ = ["RegopyEngine", "compile_bundle"]
@@ -234,6 +235,9 @@ class RegopyEngine(PolicyEngine):
         cache_size: int = 1024,
         max_abandoned: int = 2,
     ) -> None:
+        if ALLOCATOR_CONFLICT:
+            _log.error("policy_engine_allocator_conflict", engine="regopy",
+                       reason="libstdc++_loaded_before_rego_cpp")
         self._timeout_s = timeout_s
         self._cache_size = cache_size
         self._state = _Compiled(bundle if bundle is not None else load_bundle(), cache_size)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from policy import _native  # noqa: F401  first: rego-cpp before any other C++ library
+
+# isort: split
 import asyncio
 import contextlib
 import gc

@@ -6,6 +6,9 @@ reason, or fails when ``SEALGATE_REQUIRE_ALL=1`` (CI), so nothing is silently le
 
 from __future__ import annotations
 
+import policy  # noqa: F401  first: rego-cpp before any other C++ library (policy/_native.py)
+
+# isort: split
 import json
 import os
 from pathlib import Path

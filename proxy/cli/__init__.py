@@ -6,6 +6,9 @@ takes the parsed namespace and returns the exit status.
 
 from __future__ import annotations
 
+import policy  # noqa: F401  first: rego-cpp before any other C++ library (policy/_native.py)
+
+# isort: split
 import argparse
 import importlib
 import sys
