@@ -364,41 +364,27 @@ class LogStore:
         self.integrate(log_id, nodes, size, None)
 
     def latest_checkpoint(self, log_id: str) -> tuple[int, bytes, str] | None:
-        query = (
-            select(CHECKPOINTS.c.size, CHECKPOINTS.c.root_hash, CHECKPOINTS.c.note)
-            .where(CHECKPOINTS.c.log_id == log_id)
-            .order_by(CHECKPOINTS.c.size.desc())
-            .limit(1)
-        )
-        with _translated("read the checkpoint"), self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else (int(row[0]), bytes(row[1]), str(row[2]))
+        found = self.checkpoints(log_id, limit=1, newest_first=True)
+        return found[0] if found else None
 
-    def checkpoints(self, log_id: str, *, after: int | None = None, limit: int | None = None,
-                    newest_first: bool = False) -> list[tuple[int, bytes, str]]:
+    def checkpoints(self, log_id: str, *, after: int | None = None, through: int | None = None,
+                    limit: int | None = None, newest_first: bool = False
+                    ) -> list[tuple[int, bytes, str]]:
         """(size, root, note) of the log's checkpoints by size: all of them, or those above
-        ``after``, at most ``limit`` (the smallest, or with ``newest_first`` the largest)."""
-        query = select(CHECKPOINTS.c.size, CHECKPOINTS.c.root_hash, CHECKPOINTS.c.note).where(
+        ``after`` and up to ``through``, at most ``limit`` (the smallest, or with
+        ``newest_first`` the largest); with a limit, one index seek."""
+        size = CHECKPOINTS.c.size
+        query = select(size, CHECKPOINTS.c.root_hash, CHECKPOINTS.c.note).where(
             CHECKPOINTS.c.log_id == log_id)
         if after is not None:
-            query = query.where(CHECKPOINTS.c.size > after)
-        query = query.order_by(CHECKPOINTS.c.size.desc() if newest_first else CHECKPOINTS.c.size)
+            query = query.where(size > after)
+        if through is not None:
+            query = query.where(size <= through)
+        query = query.order_by(size.desc() if newest_first else size)
         if limit is not None:
             query = query.limit(limit)
         with _translated("read checkpoints"), self.engine.connect() as conn:
             return [(int(s), bytes(r), str(n)) for s, r, n in conn.execute(query)]
-
-    def checkpoint_near(self, log_id: str, size: int, *, at_or_before: bool
-                        ) -> tuple[int, bytes, str] | None:
-        """The checkpoint of the largest size <= ``size`` (``at_or_before``), or of the smallest
-        size >= ``size``; one index seek."""
-        column = CHECKPOINTS.c.size
-        query = select(column, CHECKPOINTS.c.root_hash, CHECKPOINTS.c.note).where(
-            CHECKPOINTS.c.log_id == log_id, column <= size if at_or_before else column >= size
-        ).order_by(column.desc() if at_or_before else column).limit(1)
-        with _translated("read the checkpoint"), self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else (int(row[0]), bytes(row[1]), str(row[2]))
 
     def count_checkpoints(self, log_id: str, *, after: int = -1) -> int:
         """How many checkpoints of the log are of size above ``after``."""

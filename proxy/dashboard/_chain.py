@@ -60,11 +60,16 @@ class ChainCheck:
         """Check up to ``budget`` more checkpoints of ``log`` (an ``AuditLog``) for about
         ``seconds`` (at least one), or let the background catch-up go on; then say how far the
         check got."""
+        sliced: ChainStatus | None = None  # what the view's own slice found, if it ran one
+
         def work() -> bool:
-            return self._advance(log, budget, seconds).unchecked == 0
+            nonlocal sliced
+            sliced = self._advance(log, budget, seconds)
+            return sliced.unchecked == 0
 
         await self.backlog.view(work, background=background)
-        return await asyncio.to_thread(self._status, log)
+        # (a catch-up it starts has not run yet: that is still the view's own slice)
+        return sliced if sliced is not None else await asyncio.to_thread(self._status, log)
 
     async def aclose(self) -> None:
         await self.backlog.aclose()

@@ -134,16 +134,14 @@ def _checkpoints(store: LogStore, log_id: str, first_leaf: int) -> list[tuple[in
     latest = store.latest_checkpoint(log_id)
     if latest is None or latest[0] == 0:
         raise ExportFailed("the log has no published checkpoint yet")
-    anchor = store.checkpoint_near(log_id, first_leaf, at_or_before=True)
-    before = [anchor] if anchor is not None and anchor[0] > 0 else []
+    before = store.checkpoints(log_id, after=0, through=first_leaf, limit=1, newest_first=True)
     after = store.checkpoints(log_id, after=first_leaf, limit=MAX_CHECKPOINTS + 1)
     if len(after) > MAX_CHECKPOINTS:
         low, high, steps = after[0][0], latest[0], MAX_CHECKPOINTS - 1
         spread = {latest[0]: latest}
-        for i in range(steps):
-            row = store.checkpoint_near(log_id, low + (high - low) * i // steps, at_or_before=False)
-            if row is not None:
-                spread[row[0]] = row
+        for i in range(steps):  # the first at or above each size: above the size before it
+            spread.update((row[0], row) for row in store.checkpoints(
+                log_id, after=low + (high - low) * i // steps - 1, limit=1))
         after = sorted(spread.values())
     return [(size, note) for size, _root, note in before + after]
 

@@ -114,6 +114,14 @@ def test_a_nul_in_a_user_name_is_invalid_credentials_on_postgresql(
     _user_names_no_account_can_have(postgresql.new_database())
 
 
+def _forge_root(log: AuditLog, key: Ed25519PrivateKey, size: int, root: bytes) -> None:
+    """Replace the stored checkpoint of ``size`` with one properly signed over ``root``."""
+    forged = SignedCheckpoint.sign(ORIGIN, size, root, key)
+    with log.store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_checkpoints SET root_hash = :r, note = :n WHERE size = :s"),
+                     {"r": forged.root_hash, "n": forged.note, "s": size})
+
+
 async def _log_with_checkpoints(folder: Path, records: int) -> tuple[AuditLog, Ed25519PrivateKey]:
     key = Ed25519PrivateKey.generate()
     log = await AuditLog.open(f"sqlite:///{folder / 'audit.db'}?synchronous=normal", key, ORIGIN,
@@ -135,11 +143,7 @@ def test_health_page_does_not_claim_unchecked_proofs_verify(tmp_path: Path,
         log, key = await _log_with_checkpoints(tmp_path, 12)
         try:
             size = log.store.checkpoints(log.log_id)[-1][0]
-            forged = SignedCheckpoint.sign(ORIGIN, size, b"\x01" * 32, key)
-            with log.store.engine.begin() as conn:
-                conn.execute(text("UPDATE audit_checkpoints SET root_hash = :r, note = :n "
-                                  "WHERE size = :s"),
-                             {"r": forged.root_hash, "n": forged.note, "s": size})
+            _forge_root(log, key, size, b"\x01" * 32)
             svc = SimpleNamespace(audit=log, chain=ChainCheck())
             pages = []
             for _ in range(20):
@@ -256,11 +260,7 @@ def test_the_chain_check_goes_on_in_the_background_after_a_view(
         log, key = await _log_with_checkpoints(tmp_path, 20)
         try:
             size = log.store.checkpoints(log.log_id)[-2][0]
-            forged = SignedCheckpoint.sign(ORIGIN, size, b"\x03" * 32, key)
-            with log.store.engine.begin() as conn:
-                conn.execute(text("UPDATE audit_checkpoints SET root_hash = :r, note = :n "
-                                  "WHERE size = :s"),
-                             {"r": forged.root_hash, "n": forged.note, "s": size})
+            _forge_root(log, key, size, b"\x03" * 32)
             svc = SimpleNamespace(audit=log, chain=ChainCheck())
             first = await _pages.health_page(svc)  # type: ignore[arg-type]
             task = svc.chain.backlog.task

@@ -3,6 +3,7 @@ a fast upstream (measurement tool) and an upstream that is down."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from inference import LlamaCppBackend, LlamaCppConfig
 from tests.server import Gateway, Proc, free_port, start_fast_upstream, start_gateway
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -54,6 +56,15 @@ n_parallel = 2
 backend = "local"
 retention_tier = "attested-zero"
 """
+
+
+@pytest.fixture(scope="module")
+def one_slot() -> Iterator[LlamaCppBackend]:
+    """The embedded llama.cpp backend with the real SmolLM2 model, in this process, one slot."""
+    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=1))
+    asyncio.run(model.start())
+    yield model
+    asyncio.run(model.close())
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from inference import LlamaCppBackend, LlamaCppConfig
+from inference import LlamaCppBackend
 from tests.integration.conftest import MODEL
 from tests.server import Gateway
 
@@ -119,13 +118,7 @@ def test_token_ids_beyond_32_bits_are_refused(gateway: Gateway, api_key: str, pa
     assert error["code"] == "invalid_request_error" and error["param"] == param
 
 
-# -- threads of the embedded backend -------------------------------------------------------------
-@pytest.fixture(scope="module")
-def one_slot() -> Iterator[LlamaCppBackend]:
-    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=1))
-    asyncio.run(model.start())
-    yield model
-    asyncio.run(model.close())
+# -- threads of the embedded backend (`one_slot`, tests/integration/conftest.py) -----------------
 
 
 async def _drain(model: LlamaCppBackend, body: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inference import BackendRejected, BackendUnavailable, LlamaCppBackend, LlamaCppConfig
+from inference import BackendRejected, BackendUnavailable, LlamaCppBackend
 from tests.server import Gateway, start_gateway
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,21 +63,13 @@ UNSUPPORTED_PARAMETERS = {
 }
 
 
-# -- the backend in this process ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def backend() -> Iterator[LlamaCppBackend]:
-    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=1))
-    asyncio.run(model.start())
-    yield model
-    asyncio.run(model.close())
-
-
+# -- the backend in this process (`one_slot`, tests/integration/conftest.py) ----------------------
 def _rss_mb() -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
 
 
-def test_past_prompts_are_not_cached_and_memory_stays_flat(backend: LlamaCppBackend) -> None:
+def test_past_prompts_are_not_cached_and_memory_stays_flat(one_slot: LlamaCppBackend) -> None:
     """llama.cpp's host-memory prompt cache (8 GiB by default) kept every past prompt's KV
     state, every tenant's, after its request ended: about 230 KB more per completion."""
     if not Path("/proc/self/status").exists():
@@ -86,7 +78,7 @@ def test_past_prompts_are_not_cached_and_memory_stays_flat(backend: LlamaCppBack
     async def completions(first: int, count: int) -> None:
         for i in range(first, first + count):
             body = {"model": MODEL, "max_tokens": 4, "prompt": f"Item {i}: the number {i * 7}"}
-            await backend.generate("completions", body)
+            await one_slot.generate("completions", body)
 
     asyncio.run(completions(0, 20))
     before = _rss_mb()
@@ -112,11 +104,11 @@ async def _streamed(model: LlamaCppBackend, kind: Any, body: dict[str, Any]) -> 
     return [chunk async for chunk in model.stream(kind, body)]
 
 
-def test_whole_answer_is_the_stream_assembled(backend: LlamaCppBackend) -> None:
+def test_whole_answer_is_the_stream_assembled(one_slot: LlamaCppBackend) -> None:
     body = {"model": MODEL, "messages": HI, "max_tokens": 8, "temperature": 0,
             "logprobs": True, "top_logprobs": 2}
-    whole = asyncio.run(backend.generate("chat", body))
-    chunks = asyncio.run(_streamed(backend, "chat", body))
+    whole = asyncio.run(one_slot.generate("chat", body))
+    chunks = asyncio.run(_streamed(one_slot, "chat", body))
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert whole["object"] == "chat.completion" and whole["model"] == MODEL
     choice = whole["choices"][0]
@@ -127,18 +119,18 @@ def test_whole_answer_is_the_stream_assembled(backend: LlamaCppBackend) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-def test_completion_batch_has_every_choice_and_all_tokens_counted(backend: LlamaCppBackend) -> None:
+def test_completion_batch_has_every_choice_and_all_tokens_counted(one_slot: LlamaCppBackend) -> None:
     prompts = ["Once upon a time", "Hello"]
-    single = [asyncio.run(backend.generate("completions", {"model": MODEL, "prompt": p,
+    single = [asyncio.run(one_slot.generate("completions", {"model": MODEL, "prompt": p,
                                                            "max_tokens": 3, "temperature": 0}))
               for p in prompts]
-    batch = asyncio.run(backend.generate("completions", {"model": MODEL, "prompt": prompts,
+    batch = asyncio.run(one_slot.generate("completions", {"model": MODEL, "prompt": prompts,
                                                          "max_tokens": 3, "temperature": 0}))
     assert [c["index"] for c in batch["choices"]] == [0, 1]
     assert [c["text"] for c in batch["choices"]] == [s["choices"][0]["text"] for s in single]
     for field in ("prompt_tokens", "completion_tokens"):
         assert batch["usage"][field] == sum(s["usage"][field] for s in single)
-    chunks = asyncio.run(_streamed(backend, "completions", {
+    chunks = asyncio.run(_streamed(one_slot, "completions", {
         "model": MODEL, "prompt": prompts, "max_tokens": 3, "temperature": 0,
         "stream_options": {"include_usage": True}}))
     assert [c for c in chunks if "usage" in c] == [chunks[-1]]  # one usage chunk, at the end
@@ -146,23 +138,23 @@ def test_completion_batch_has_every_choice_and_all_tokens_counted(backend: Llama
         assert chunks[-1]["usage"][field] == batch["usage"][field]
 
 
-def test_echo_puts_each_text_prompt_before_its_completion(backend: LlamaCppBackend) -> None:
+def test_echo_puts_each_text_prompt_before_its_completion(one_slot: LlamaCppBackend) -> None:
     body = {"model": MODEL, "prompt": ["Once upon a time", "Hello"], "max_tokens": 3,
             "temperature": 0}
-    plain = asyncio.run(backend.generate("completions", body))
-    echoed = asyncio.run(backend.generate("completions", body | {"echo": True}))
+    plain = asyncio.run(one_slot.generate("completions", body))
+    echoed = asyncio.run(one_slot.generate("completions", body | {"echo": True}))
     assert [c["text"] for c in echoed["choices"]] == [
         p + c["text"] for p, c in zip(body["prompt"], plain["choices"], strict=True)]
-    chunks = asyncio.run(_streamed(backend, "completions", body | {"echo": True}))
+    chunks = asyncio.run(_streamed(one_slot, "completions", body | {"echo": True}))
     for index, choice in enumerate(echoed["choices"]):
         parts = [c["text"] for chunk in chunks for c in chunk["choices"] if c["index"] == index]
         assert "".join(parts) == choice["text"]
 
 
-def test_cancelled_whole_answer_stops_generating(backend: LlamaCppBackend) -> None:
+def test_cancelled_whole_answer_stops_generating(one_slot: LlamaCppBackend) -> None:
     async def run() -> tuple[float, float]:
         # ignore_eos: the model cannot end on its own, only the cancellation stops it.
-        task = asyncio.create_task(backend.generate("completions", LONG | {"ignore_eos": True}))
+        task = asyncio.create_task(one_slot.generate("completions", LONG | {"ignore_eos": True}))
         await asyncio.sleep(1.5)
         assert not task.done()
         started = time.monotonic()
@@ -171,7 +163,7 @@ def test_cancelled_whole_answer_stops_generating(backend: LlamaCppBackend) -> No
             await task
         cancelled = time.monotonic() - started
         started = time.monotonic()
-        await backend.generate("completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+        await one_slot.generate("completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
         return cancelled, time.monotonic() - started
 
     cancelled, next_request = asyncio.run(run())
@@ -180,33 +172,33 @@ def test_cancelled_whole_answer_stops_generating(backend: LlamaCppBackend) -> No
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_engine_fault_stays_a_server_error(backend: LlamaCppBackend, stream: bool) -> None:
-    real = backend._server
-    backend._server = FaultInjectingServer(real, RuntimeError(f"engine crashed at {CANARY}"))
+def test_engine_fault_stays_a_server_error(one_slot: LlamaCppBackend, stream: bool) -> None:
+    real = one_slot._server
+    one_slot._server = FaultInjectingServer(real, RuntimeError(f"engine crashed at {CANARY}"))
     body = {"model": MODEL, "messages": HI, "max_tokens": 2}
     try:
         with pytest.raises(BackendUnavailable) as caught:
-            asyncio.run(_streamed(backend, "chat", body) if stream else backend.generate("chat", body))
+            asyncio.run(_streamed(one_slot, "chat", body) if stream else one_slot.generate("chat", body))
     finally:
-        backend._server = real
+        one_slot._server = real
     assert caught.value.status >= 500 and CANARY not in str(caught.value)
     assert "RuntimeError" not in str(caught.value)
 
 
-def test_dimensions_of_the_model_are_honoured(backend: LlamaCppBackend) -> None:
-    native = len(asyncio.run(backend.embed({"model": MODEL, "input": "x"}))["data"][0]["embedding"])
-    result = asyncio.run(backend.embed({"model": MODEL, "input": "x", "dimensions": native}))
+def test_dimensions_of_the_model_are_honoured(one_slot: LlamaCppBackend) -> None:
+    native = len(asyncio.run(one_slot.embed({"model": MODEL, "input": "x"}))["data"][0]["embedding"])
+    result = asyncio.run(one_slot.embed({"model": MODEL, "input": "x", "dimensions": native}))
     assert len(result["data"][0]["embedding"]) == native
     with pytest.raises(BackendRejected) as caught:
-        asyncio.run(backend.embed({"model": MODEL, "input": "x", "dimensions": native - 1}))
+        asyncio.run(one_slot.embed({"model": MODEL, "input": "x", "dimensions": native - 1}))
     assert caught.value.param == "dimensions"
 
 
-def test_best_of_above_one_is_refused(backend: LlamaCppBackend) -> None:
+def test_best_of_above_one_is_refused(one_slot: LlamaCppBackend) -> None:
     # Not reachable through the gateway under the default policy (SG-TOKENS-002 counts it).
     body = {"model": MODEL, "prompt": CANARY, "max_tokens": 2, "best_of": 2}
     with pytest.raises(BackendRejected) as caught:
-        asyncio.run(backend.generate("completions", body))
+        asyncio.run(one_slot.generate("completions", body))
     assert caught.value.param == "best_of" and CANARY not in str(caught.value)
 
 
