@@ -42,7 +42,15 @@ class ModelRoute:
 
 @runtime_checkable
 class Backend(Protocol):
-    """A model server. Bodies are OpenAI request/response documents (already validated)."""
+    """A model server. Bodies are OpenAI request/response documents (already validated).
+
+    ``cache_scope`` says who may share cached prompt state (a prefix cache's KV entries) with
+    a request: requests with equal scopes may, requests with different scopes never, and a
+    request without one shares with nobody. A cache hit shows in the answer's timing and in
+    ``usage.prompt_tokens_details.cached_tokens``, so a cache shared across tenants would tell
+    one tenant what another's prompts begin with. The gateway passes one opaque scope per
+    tenant.
+    """
 
     name: str
 
@@ -55,11 +63,13 @@ class Backend(Protocol):
     async def ready(self) -> bool:
         """True when a request would be served now."""
 
-    async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
+    async def generate(self, kind: GenerationKind, body: Mapping[str, Any], *,
+                       cache_scope: str | None = None) -> Json:
         """A whole (non-streaming) chat or text completion."""
 
-    def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+    def stream(self, kind: GenerationKind, body: Mapping[str, Any], *,
+               cache_scope: str | None = None) -> AsyncIterator[Json]:
         """Chunks of a streaming completion; closing the iterator cancels generation."""
 
-    async def embed(self, body: Mapping[str, Any]) -> Json:
+    async def embed(self, body: Mapping[str, Any], *, cache_scope: str | None = None) -> Json:
         """An embeddings response."""

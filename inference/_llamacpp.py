@@ -9,6 +9,11 @@ to (its non-streamed call cannot be interrupted), so a client that leaves frees 
 The core also opens a loopback HTTP listener that cannot be switched off; it is locked with a
 random key that never leaves this object, so nothing can reach the model around the gateway.
 
+Every call runs in a slot this backend picks (:class:`_Slots`), never one the core picks: the
+core would reuse whatever prompt prefix a slot's KV cache holds, another tenant's included, and
+the reuse shows in the answer's timing and in ``usage.prompt_tokens_details.cached_tokens``. A
+call may reuse a slot's cache only when the slot last served the same ``cache_scope``.
+
 What the core would drop silently or fail on is refused here with a 400 naming the parameter:
 content parts other than text, ``suffix``, ``best_of`` above 1, ``dimensions`` other than the
 model's, ``echo`` with token ids or logprobs, and ``tools`` when the chat template does not
@@ -101,6 +106,7 @@ class LlamaCppBackend:
         # One thread per slot: more would only wait in the core's own queue, where a request
         # whose client left still costs its prefill and first token; here it is dropped.
         self._pool = ThreadPoolExecutor(max(1, config.n_parallel), thread_name_prefix="llamacpp")
+        self._slots = _Slots(max(1, config.n_parallel))
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -144,29 +150,40 @@ class LlamaCppBackend:
             raise BackendUnavailable(f"backend {self.name!r} is not loaded")
         return self._server
 
-    async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
-        chunks = self.stream(kind, {**body, "stream_options": {"include_usage": True}})
+    async def generate(self, kind: GenerationKind, body: Mapping[str, Any], *,
+                       cache_scope: str | None = None) -> Json:
+        chunks = self.stream(kind, {**body, "stream_options": {"include_usage": True}},
+                             cache_scope=cache_scope)
         try:
             return _assembled(kind, [chunk async for chunk in chunks])
         finally:
             await chunks.aclose()
 
-    async def embed(self, body: Mapping[str, Any]) -> Json:
+    async def embed(self, body: Mapping[str, Any], *, cache_scope: str | None = None) -> Json:
         server = self._require()
         dimensions = body.get("dimensions")
         if dimensions is not None and dimensions != self._caps.embedding_size:
             raise _unsupported("dimensions", "'dimensions'")
+
+        def run() -> Any:
+            # Embeddings read no cached prefix (every token's output is pooled) and leave none
+            # a completion could reuse, so the slot keeps its owner.
+            slot, _ = self._slots.take(None)
+            try:
+                return server.handle_embeddings({**body, "id_slot": slot, "cache_prompt": False})
+            finally:
+                self._slots.release(slot, None, keep_owner=True)
+
         loop = asyncio.get_running_loop()
-        result = _checked(await loop.run_in_executor(
-            self._pool, server.handle_embeddings, dict(body)))
+        result = _checked(await loop.run_in_executor(self._pool, run))
         result["model"] = body.get("model", self._config.model_name)
         for i, item in enumerate(result.get("data", [])):
             item.setdefault("object", "embedding")
             item.setdefault("index", i)
         return result
 
-    async def stream(self, kind: GenerationKind,
-                     body: Mapping[str, Any]) -> AsyncGenerator[Json, None]:
+    async def stream(self, kind: GenerationKind, body: Mapping[str, Any], *,
+                     cache_scope: str | None = None) -> AsyncGenerator[Json, None]:
         server = self._require()
         _refuse_unsupported(kind, body, self._caps)
         prompts = _echo_prompts(body) if kind == "completions" and body.get("echo") else None
@@ -191,13 +208,15 @@ class LlamaCppBackend:
             return cancelled.is_set()  # True tells llama.cpp to stop generating
 
         def run() -> None:
+            slot, reuse = self._slots.take(cache_scope)
             try:
-                result = handler(request, on_chunk)
+                result = handler({**request, "id_slot": slot, "cache_prompt": reuse}, on_chunk)
                 if isinstance(result, dict) and "error" in result:  # refused before streaming
                     loop.call_soon_threadsafe(queue.put_nowait, result)
             except Exception as exc:  # the worker thread must always end the stream
                 loop.call_soon_threadsafe(queue.put_nowait, _translated(exc, body))
             finally:
+                self._slots.release(slot, cache_scope)
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
         job = self._pool.submit(run)
@@ -232,6 +251,46 @@ class LlamaCppBackend:
             doc.pop(field, None)
         doc["model"] = body.get("model", self._config.model_name)
         return doc
+
+
+# -- which slot serves a call ----------------------------------------------------------------------
+class _Slots:
+    """The core's slots: which are in use, and whose prompt state each one's KV cache holds.
+
+    A call takes a free slot that last served its own scope when there is one (and may then
+    reuse the cached prefix), else a free slot whose cache no one may reuse or, failing that,
+    the one unused longest; it must not reuse that cache, and the core evaluates the whole
+    prompt over it. A call without a scope never reuses a cache and leaves a slot no one may
+    reuse. One thread per slot calls the core, so a free slot is always there; a caller waits
+    for one otherwise.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._owner: list[str | None] = [None] * count  # None: no one may reuse its cache
+        self._last_used = [0] * count
+        self._free = set(range(count))
+        self._uses = 0
+        self._changed = threading.Condition()
+
+    def take(self, scope: str | None) -> tuple[int, bool]:
+        """A free slot, now in use, and whether its cache may be reused."""
+        with self._changed:
+            self._changed.wait_for(lambda: bool(self._free))
+            own = [s for s in self._free if scope is not None and self._owner[s] == scope]
+            slot = own[0] if own else min(
+                self._free, key=lambda s: (self._owner[s] is not None, self._last_used[s]))
+            self._free.discard(slot)
+            return slot, bool(own)
+
+    def release(self, slot: int, scope: str | None, *, keep_owner: bool = False) -> None:
+        """Give ``slot`` back; unless ``keep_owner``, its cache is now ``scope``'s."""
+        with self._changed:
+            if not keep_owner:
+                self._owner[slot] = scope
+            self._uses += 1
+            self._last_used[slot] = self._uses
+            self._free.add(slot)
+            self._changed.notify()
 
 
 # -- what the core cannot serve ------------------------------------------------------------------

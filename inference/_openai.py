@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
@@ -131,6 +132,11 @@ class OpenAIConfig:
     """Connect timeout."""
     max_connections: int = 64
     """Connection pool size."""
+    cache_salt: bool = False
+    """Send each request's cache scope (one per tenant) as ``cache_salt``, which vLLM (0.9 and
+    later) mixes into its prefix cache's keys, so tenants never share cached prompt state.
+    Only for upstreams that take the field (vLLM); others may refuse it. Without it, an
+    upstream with a prefix cache may share it across tenants."""
 
 
 def api_key(variable: str) -> str:
@@ -281,20 +287,30 @@ class OpenAIBackend:
                     await response.aclose()
             return _checked(msgspec.json.decode(content), schema)
 
-    async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
-        return await self._post(_PATHS[kind], {**body, "stream": False}, _WHOLE[kind])
+    def _salted(self, body: Mapping[str, Any], cache_scope: str | None) -> dict[str, Any]:
+        """``body`` with its ``cache_salt`` when this upstream takes one: the scope, or for a
+        request without one a fresh salt, which shares with nobody."""
+        if not self._config.cache_salt:
+            return dict(body)
+        return {**body, "cache_salt": cache_scope or secrets.token_hex(16)}
 
-    async def embed(self, body: Mapping[str, Any]) -> Json:
-        return await self._post("/embeddings", body, _Embeddings)
+    async def generate(self, kind: GenerationKind, body: Mapping[str, Any], *,
+                       cache_scope: str | None = None) -> Json:
+        return await self._post(_PATHS[kind], {**self._salted(body, cache_scope), "stream": False},
+                                _WHOLE[kind])
 
-    async def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+    async def embed(self, body: Mapping[str, Any], *, cache_scope: str | None = None) -> Json:
+        return await self._post("/embeddings", self._salted(body, cache_scope), _Embeddings)
+
+    async def stream(self, kind: GenerationKind, body: Mapping[str, Any], *,
+                     cache_scope: str | None = None) -> AsyncIterator[Json]:
         """The answer's chunks. Its headers arrive within ``timeout_s``, and then each event;
         after ``data: [DONE]`` the end of the body is awaited briefly, so the connection can
         go back to the pool, and anything else there is not waited for."""
+        content = msgspec.json.encode({**self._salted(body, cache_scope), "stream": True})
         with _mapped_errors():
             async with asyncio.timeout(self._config.timeout_s):
-                response = await self._send("POST", _PATHS[kind],
-                                            msgspec.json.encode({**body, "stream": True}))
+                response = await self._send("POST", _PATHS[kind], content)
             try:
                 _check_status(response)
                 media_type = response.headers.get("content-type", "").split(";")[0].strip()

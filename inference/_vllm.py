@@ -185,8 +185,9 @@ class VLLMBackend:
         self._config = config
         self._managed = not config.url
         url = config.url or f"http://127.0.0.1:{config.port}/v1"
+        # vLLM keys its prefix cache by ``cache_salt`` too: one per tenant keeps them apart.
         self._upstream = OpenAIBackend(name, OpenAIConfig(
-            url=url, timeout_s=config.timeout_s, api_key_env=config.api_key_env))
+            url=url, timeout_s=config.timeout_s, api_key_env=config.api_key_env, cache_salt=True))
         self._process: asyncio.subprocess.Process | None = None
         """The child, kept until its process group has been killed and the child reaped."""
         self._watchdog: asyncio.Task[None] | None = None
@@ -389,20 +390,22 @@ class VLLMBackend:
         if not self._healthy:
             raise BackendUnavailable("vllm is not answering its health checks")
 
-    async def generate(self, kind: GenerationKind, body: Mapping[str, Any]) -> Json:
+    async def generate(self, kind: GenerationKind, body: Mapping[str, Any], *,
+                       cache_scope: str | None = None) -> Json:
         self._child_ready()
-        return await self._upstream.generate(kind, body)
+        return await self._upstream.generate(kind, body, cache_scope=cache_scope)
 
-    async def stream(self, kind: GenerationKind, body: Mapping[str, Any]) -> AsyncIterator[Json]:
+    async def stream(self, kind: GenerationKind, body: Mapping[str, Any], *,
+                     cache_scope: str | None = None) -> AsyncIterator[Json]:
         # A generator: its failures arrive with the first chunk, where callers handle them.
         self._child_ready()
-        chunks = self._upstream.stream(kind, body)
+        chunks = self._upstream.stream(kind, body, cache_scope=cache_scope)
         try:
             async for chunk in chunks:
                 yield chunk
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 
-    async def embed(self, body: Mapping[str, Any]) -> Json:
+    async def embed(self, body: Mapping[str, Any], *, cache_scope: str | None = None) -> Json:
         self._child_ready()
-        return await self._upstream.embed(body)
+        return await self._upstream.embed(body, cache_scope=cache_scope)

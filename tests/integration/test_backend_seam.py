@@ -109,8 +109,9 @@ def test_declared_sampling_and_tool_parameters_are_forwarded(
                                       "modalities", "top_k", "min_p")} == {
         "parallel_tool_calls": False, "logit_bias": {"50256": -100, "13": 5},
         "reasoning_effort": "low", "modalities": ["text"], "top_k": 20, "min_p": 0.05}
-    # End-user and cache-routing identifiers stay in the gateway.
-    assert not {"safety_identifier", "prompt_cache_key", "user"} & set(forwarded)
+    # End-user and cache-routing identifiers stay in the gateway; an openai upstream gets no
+    # cache_salt unless configured to (test_each_tenant_has_its_own_vllm_cache_salt).
+    assert not {"safety_identifier", "prompt_cache_key", "user", "cache_salt"} & set(forwarded)
     httpx.post(f"{seam_gateway.url}/v1/completions", timeout=30,
                headers={"Authorization": f"Bearer {key}"},
                json={"model": "ok", "prompt": "a", "best_of": 1, "logit_bias": {"7": 1}})
@@ -212,3 +213,32 @@ def test_chat_logprobs_have_their_refusal_field(seam_gateway: Gateway, key: str)
                                          "logprobs": True})
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["logprobs"] == {"content": [], "refusal": None}
+
+
+def test_each_tenant_has_its_own_vllm_cache_salt(workdir: Path,
+                                                 upstream: FaultInjectingUpstream) -> None:
+    """vLLM keys its prefix cache by ``cache_salt``: one salt per tenant, the same on every
+    request of that tenant and different from any other's, so no tenant can read from the
+    answer's timing or ``cached_tokens`` what another's prompts begin with. The salt names no
+    tenant (not its id, nor the pseudonym that records carry)."""
+    config = ("allow_plaintext = true\n[backends.shared]\ntype = \"vllm\"\n"
+              f'url = "{upstream.url}/v1"\n[models."ok"]\nbackend = "shared"\n'
+              'retention_tier = "attested-zero"\n')
+    gw = start_gateway(workdir, config)
+    try:
+        salts: dict[str, list[str]] = {}
+        for tenant in ("salt-a", "salt-b"):
+            key = gw.new_key(tenant)
+            for stream in (False, True, False):
+                response = _post(gw, key, {"model": "ok", "messages": MESSAGES, "stream": stream})
+                assert response.status_code == 200, response.text
+                salts.setdefault(tenant, []).append(upstream.received[-1]["cache_salt"])
+        names = [t[f] for t in json.loads(gw.cli("tenants", "list", "--json").stdout)
+                 for f in ("id", "pseudonym")]
+    finally:
+        gw.stop()
+    a, b = (set(salts[t]) for t in ("salt-a", "salt-b"))
+    assert len(a) == 1 and len(b) == 1 and a != b
+    for salt in a | b:
+        assert 16 <= len(salt) <= 128 and not {"@", "/", "\\", "\x00"} & set(salt)
+        assert not any(name in salt for name in ("salt-a", "salt-b", *names))

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inference import BackendRejected, BackendUnavailable, LlamaCppBackend
+from inference import BackendRejected, BackendUnavailable, LlamaCppBackend, LlamaCppConfig
 from tests.server import Gateway, start_gateway
 
 pytestmark = pytest.mark.timeout(300)
@@ -84,6 +84,49 @@ def test_past_prompts_are_not_cached_and_memory_stays_flat(one_slot: LlamaCppBac
     before = _rss_mb()
     asyncio.run(completions(20, 150))
     assert _rss_mb() - before < 10  # ~35 MB with the cache on
+
+
+# A prompt long enough that reusing its cached prefix is unmistakable (~450 tokens).
+MEMO = "Summarise this memo. " + " ".join(f"clause{i}" for i in range(150))
+
+
+def _cached_tokens(answer: dict[str, Any]) -> int:
+    return int(answer["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+
+@pytest.fixture(scope="module")
+def two_slots() -> Iterator[LlamaCppBackend]:
+    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=2))
+    asyncio.run(model.start())
+    yield model
+    asyncio.run(model.close())
+
+
+def test_cached_prompts_are_reused_within_their_scope_only(two_slots: LlamaCppBackend) -> None:
+    """llama.cpp reuses whatever prefix a slot's KV cache holds, and says so in the answer's
+    timing and ``cached_tokens``: one tenant could learn what another's prompts begin with.
+    A call reuses a slot's cache only when the slot last served its own scope."""
+    body = {"model": MODEL, "prompt": MEMO, "max_tokens": 1}
+
+    async def cached(scope: str | None, stream: bool = False) -> int:
+        if not stream:
+            return _cached_tokens(await two_slots.generate("completions", body,
+                                                           cache_scope=scope))
+        chunks = [c async for c in two_slots.stream(
+            "completions", {**body, "stream_options": {"include_usage": True}}, cache_scope=scope)]
+        return _cached_tokens(chunks[-1])
+
+    async def scenario() -> list[int]:
+        return [await cached("tenant-a"), await cached("tenant-b"),  # the same prompt, apart
+                await cached("tenant-a"), await cached("tenant-b", stream=True),
+                await cached(None), await cached(None),  # no scope: shares with no one
+                await cached("tenant-a"),  # its slot went to the scopeless calls
+                await cached("tenant-c")]  # the slot tenant-b left: not reused
+
+    first_a, first_b, again_a, again_b, none_1, none_2, later_a, first_c = asyncio.run(scenario())
+    assert first_b == 0 and first_c == 0 and none_1 == 0 and none_2 == 0 and later_a == 0
+    assert again_a > 400 and again_b > 400  # within a tenant the prefix is still reused
+    assert first_a == 0  # nothing here before
 
 
 class FaultInjectingServer:
@@ -203,6 +246,15 @@ def test_best_of_above_one_is_refused(one_slot: LlamaCppBackend) -> None:
 
 
 # -- through the gateway -------------------------------------------------------------------------
+def test_one_tenant_never_reuses_another_tenants_prompt(llama_gateway: Gateway, key: str) -> None:
+    """Through the gateway (one slot): the tenant's own repeated prompt is served from the
+    cache, and the same prompt from another tenant right after is evaluated in full."""
+    other = llama_gateway.new_key("llamacpp-other")
+    body = {"prompt": MEMO, "max_tokens": 1}
+    answers = [_post(llama_gateway, k, "/v1/completions", body) for k in (key, key, other, key)]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    cached = [_cached_tokens(a.json()) for a in answers]
+    assert cached[1] > 400 and cached[2] == 0 and cached[3] == 0, cached
 @pytest.fixture(scope="module")
 def llama_gateway(workdir: Path) -> Iterator[Gateway]:
     gw = start_gateway(workdir, CONFIG)

@@ -29,7 +29,8 @@ model = "{model}"
 python = "{python}"
 port = {port}
 served_model_name = "{name}"
-extra_args = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager"]
+extra_args = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager",
+              "--enable-prefix-caching", "--enable-prompt-tokens-details"]
 startup_timeout_s = {startup}
 health_interval_s = 2.0
 debug_log = "{debug_log}"

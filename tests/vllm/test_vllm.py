@@ -52,6 +52,25 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
     return hits
 
 
+def test_tenants_never_share_cached_prompts(vllm_gateway: VLLMGateway,
+                                            client: openai.OpenAI) -> None:
+    """vLLM's prefix cache, salted per tenant by the gateway: a tenant's repeated prompt is
+    served from the cache, the same prompt from another tenant is evaluated in full (a hit
+    would show in its timing and ``cached_tokens``)."""
+    other = openai.OpenAI(base_url=f"{vllm_gateway.gateway.url}/v1", max_retries=0, timeout=300,
+                          api_key=vllm_gateway.gateway.new_key("globex"))
+    memo = "Summarise this memo. " + " ".join(f"clause{i}" for i in range(150))
+
+    def cached(tenant: openai.OpenAI) -> int:
+        usage = tenant.completions.create(model=MODEL, prompt=memo, max_tokens=1).usage
+        assert usage is not None and usage.prompt_tokens > 400
+        return (usage.prompt_tokens_details and usage.prompt_tokens_details.cached_tokens) or 0
+
+    cached(client)
+    assert cached(client) > 0
+    assert cached(other) == 0
+
+
 def test_models_list(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list().data]
     assert ids == [MODEL]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -66,6 +68,9 @@ class OpenAIService:
         self._allow_plaintext = allow_plaintext
         self._max_body = max_body_bytes
         self._created = int(time.time())
+        # Cache scopes: one per tenant, keyed by a secret of this process, so that no one
+        # who sees a scope (a vLLM server's cache_salt) can tell the tenant or forge another's.
+        self._scope_key = secrets.token_bytes(32)
 
     async def _begin(self, request: Request[Any, Any, Any]) -> tuple[CallContext, bytes]:
         ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
@@ -82,6 +87,12 @@ class OpenAIService:
         admission = Admission() if self.gate is None else await self.gate.admit(ctx, params)
         set_error_headers(request.scope, _headers(ctx, admission))
         return admission
+
+    def _cache_scope(self, ctx: CallContext) -> str | None:
+        """Who may share cached prompt state with this request (``Backend``): its tenant."""
+        if ctx.tenant is None:
+            return None
+        return hmac.new(self._scope_key, ctx.tenant.id.encode(), hashlib.sha256).hexdigest()
 
     async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None:
         outcome.log(ctx, self.metrics)
@@ -122,14 +133,17 @@ class OpenAIService:
         params = msgspec.to_builtins(parsed)
         admission = await self._admit(request, ctx, params)
         body = _forward_body(params, ctx.route, admission)
+        scope = self._cache_scope(ctx)
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            chunks = await self._first_chunk(request, ctx, admission, backend.stream(kind, body))
+            chunks = await self._first_chunk(request, ctx, admission,
+                                             backend.stream(kind, body, cache_scope=scope))
             stream = self._stream(kind, ctx, admission, chunks, include_usage)
             return Stream(stream, media_type="text/event-stream",
                           headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
         route = ctx.route
-        return await self._whole(request, ctx, admission, backend.generate(kind, body),
+        return await self._whole(request, ctx, admission,
+                                 backend.generate(kind, body, cache_scope=scope),
                                  lambda doc: _shape(doc, kind, route))
 
     async def _whole(self, request: Request[Any, Any, Any], ctx: CallContext,
@@ -239,7 +253,8 @@ class OpenAIService:
             result["model"] = model
             result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
 
-        return await self._whole(request, ctx, admission, backend.embed(body), shape)
+        return await self._whole(request, ctx, admission,
+                                 backend.embed(body, cache_scope=self._cache_scope(ctx)), shape)
 
 
 def _body_fields(raw: bytes, content_type: str) -> dict[str, Any]:
