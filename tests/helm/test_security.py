@@ -140,6 +140,21 @@ def test_extra_backends_with_a_key_and_a_timeout_load_in_the_proxy(
     assert (options.api_key_env, options.timeout_s) == (variable, 45.0)
 
 
+def test_an_openai_backend_can_salt_the_prefix_cache_per_tenant(render: Any, tmp_path: Path) -> None:
+    try:
+        from proxy.config import Settings
+    except ImportError as exc:
+        need(False, f"proxy.config unavailable: {exc}")
+    rendered: Rendered = render({"backends": {
+        "salted": {"type": "openai", "url": "http://vllm-b:8000/v1", "cacheSalt": True},
+        "plain": {"type": "openai", "url": "http://other:8000/v1"}}})
+    config = tmp_path / "sealgate.toml"
+    config.write_text(rendered.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"])
+    backends = Settings.load(config, env={}).backends
+    assert backends["salted"].options.cache_salt is True
+    assert backends["plain"].options.cache_salt is False
+
+
 def test_no_plaintext_secrets_in_configmaps_or_env(each_render: Rendered) -> None:
     for cm in each_render.of_kind("ConfigMap"):
         for key, text in cm.get("data", {}).items():
