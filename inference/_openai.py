@@ -136,7 +136,9 @@ class OpenAIConfig:
     """Send each request's cache scope (one per tenant) as ``cache_salt``, which vLLM (0.9 and
     later) mixes into its prefix cache's keys, so tenants never share cached prompt state.
     Only for upstreams that take the field (vLLM); others may refuse it. Without it, an
-    upstream with a prefix cache may share it across tenants."""
+    upstream with a prefix cache may share it across tenants, so the count of cached prompt
+    tokens it reports (``usage.prompt_tokens_details.cached_tokens``) is not relayed: it would
+    tell a tenant whether another's prompt began with a guessed text."""
 
 
 def api_key(variable: str) -> str:
@@ -285,7 +287,17 @@ class OpenAIBackend:
                     content = await _body(response)
                 finally:
                     await response.aclose()
-            return _checked(msgspec.json.decode(content), schema)
+            return self._relayable(_checked(msgspec.json.decode(content), schema))
+
+    def _relayable(self, doc: Json) -> Json:
+        """``doc`` without its cached-token count unless this upstream's cache is salted per
+        tenant (``cache_salt``)."""
+        if not self._config.cache_salt:
+            usage = doc.get("usage")
+            details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+            if isinstance(details, dict):
+                details.pop("cached_tokens", None)
+        return doc
 
     def _salted(self, body: Mapping[str, Any], cache_scope: str | None) -> dict[str, Any]:
         """``body`` with its ``cache_salt`` when this upstream takes one: the scope, or for a
@@ -326,7 +338,7 @@ class OpenAIBackend:
                     chunk = msgspec.json.decode(data)
                     if isinstance(chunk, dict) and "error" in chunk:
                         raise BackendUnavailable("the upstream failed mid-stream")
-                    yield _checked(chunk, _CHUNK[kind])
+                    yield self._relayable(_checked(chunk, _CHUNK[kind]))
                 else:
                     raise UpstreamTruncated("the upstream stream ended before data: [DONE]")
                 await _drain(lines)

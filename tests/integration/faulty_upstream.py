@@ -18,6 +18,8 @@ from typing import Any
 from tests.loopback import LoopbackHTTPServer
 
 _USAGE = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+CACHED_DETAILS = {"cached_tokens": 4, "audio_tokens": 0}
+"""An upstream's report that part of the prompt came from its prefix cache."""
 SEPARATORS = "one\u2028two\u2029three\x85four"
 """Content that JSON may carry unescaped, and which ``str.splitlines`` would split at."""
 
@@ -39,6 +41,7 @@ def _whole(echo: str) -> dict[str, Any]:
     """Non-streamed faults: the JSON answer each model name gets."""
     return {
         "ok": _chat(),
+        "ok-cached": _chat(usage={**_USAGE, "prompt_tokens_details": CACHED_DETAILS}),
         "ok-logprobs": _chat(choices=[{"index": 0, "finish_reason": "stop",
                                        "message": {"role": "assistant", "content": "ok"},
                                        "logprobs": {"content": []}}]),
@@ -57,6 +60,9 @@ def _events(echo: str) -> dict[str, list[Any]]:
     usage = _chunk(choices=[], usage={"prompt_tokens": 5, "completion_tokens": 3})
     return {
         "ok": [_chunk(), usage, "[DONE]"],
+        "ok-cached": [_chunk(), {**usage, "usage": {**usage["usage"],
+                                                   "prompt_tokens_details": CACHED_DETAILS}},
+                      "[DONE]"],
         # Well formed though unusual: choices without a delta (as content-filter annotations).
         "ok-annotated": [_chunk(), _chunk(choices=[{"index": 0, "content_filter_results": {}}]),
                          _chunk(choices=[{"index": 0, "delta": None}]), usage, "[DONE]"],
@@ -80,7 +86,7 @@ def _events(echo: str) -> dict[str, list[Any]]:
 
 WHOLE_FAULTS = tuple(sorted(m for m in _whole("") if not m.startswith("ok")))
 STREAM_FAULTS = (*sorted(m for m in _events("") if not m.startswith("ok")), "stream-as-json")
-MODELS = ("ok", "ok-annotated", "ok-logprobs", "ok-unprefixed", "ok-separators", *WHOLE_FAULTS,
+MODELS = ("ok", "ok-cached", "ok-annotated", "ok-logprobs", "ok-unprefixed", "ok-separators", *WHOLE_FAULTS,
           *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 

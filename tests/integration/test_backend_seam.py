@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.conftest import request_records
 from tests.integration.faulty_upstream import (
+    CACHED_DETAILS,
     MODELS,
     SEPARATORS,
     WHOLE_FAULTS,
@@ -215,6 +216,28 @@ def test_chat_logprobs_have_their_refusal_field(seam_gateway: Gateway, key: str)
     assert response.json()["choices"][0]["logprobs"] == {"content": [], "refusal": None}
 
 
+def _usage(response: httpx.Response, stream: bool) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    if not stream:
+        return dict(response.json()["usage"])
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    return dict(json.loads(events[-2])["usage"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_unsalted_upstreams_cached_token_count_is_not_relayed(seam_gateway: Gateway, key: str,
+                                                                  stream: bool) -> None:
+    """An upstream whose prefix cache may be shared across tenants: how much of a prompt it
+    found cached would tell one tenant what another's prompts begin with."""
+    body = {"model": "ok-cached", "messages": MESSAGES, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    usage = _usage(_post(seam_gateway, key, body), stream)
+    assert usage["prompt_tokens_details"] == {"audio_tokens": 0}
+    assert usage["prompt_tokens"] == 5
+
+
 def test_each_tenant_has_its_own_vllm_cache_salt(workdir: Path,
                                                  upstream: FaultInjectingUpstream) -> None:
     """vLLM keys its prefix cache by ``cache_salt``: one salt per tenant, the same on every
@@ -222,8 +245,9 @@ def test_each_tenant_has_its_own_vllm_cache_salt(workdir: Path,
     answer's timing or ``cached_tokens`` what another's prompts begin with. The salt names no
     tenant (not its id, nor the pseudonym that records carry)."""
     config = ("allow_plaintext = true\n[backends.shared]\ntype = \"vllm\"\n"
-              f'url = "{upstream.url}/v1"\n[models."ok"]\nbackend = "shared"\n'
-              'retention_tier = "attested-zero"\n')
+              f'url = "{upstream.url}/v1"\n' + "".join(
+                  f'[models."{m}"]\nbackend = "shared"\nretention_tier = "attested-zero"\n'
+                  for m in ("ok", "ok-cached")))
     gw = start_gateway(workdir, config)
     try:
         salts: dict[str, list[str]] = {}
@@ -233,6 +257,13 @@ def test_each_tenant_has_its_own_vllm_cache_salt(workdir: Path,
                 response = _post(gw, key, {"model": "ok", "messages": MESSAGES, "stream": stream})
                 assert response.status_code == 200, response.text
                 salts.setdefault(tenant, []).append(upstream.received[-1]["cache_salt"])
+            # Salted per tenant, its cache's hits are the tenant's own: their count is relayed.
+            for stream in (False, True):
+                body = {"model": "ok-cached", "messages": MESSAGES, "stream": stream,
+                        "stream_options": {"include_usage": True} if stream else None}
+                usage = _usage(_post(gw, key, {k: v for k, v in body.items() if v is not None}),
+                               stream)
+                assert usage["prompt_tokens_details"] == CACHED_DETAILS
         names = [t[f] for t in json.loads(gw.cli("tenants", "list", "--json").stdout)
                  for f in ("id", "pseudonym")]
     finally:
