@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,24 +64,58 @@ def _check_row(row: Any, expect_index: int, verifier: NoteVerifier, log_id: str)
 
 
 class _LogCheck:
-    """Recomputes one log's tree from its envelopes and compares every stored artefact."""
+    """Recomputes one log's tree from its envelopes and compares every stored artefact.
 
-    def __init__(self, store: LogStore, log: tuple[str, str, str, int], progress: Progress | None):
+    Records and checkpoints are read in pages, in order, and each checkpoint is checked when
+    the recomputed tree reaches its size: memory stays bounded however long the log (a log
+    that publishes a checkpoint a second holds 86,400 of them a day).
+    """
+
+    def __init__(self, store: LogStore, log: tuple[str, str, str, int], progress: Progress | None,
+                 trusted: SignedCheckpoint | None = None):
         self.store, self.progress = store, progress
         self.log_id, self.origin, vkey, self.integrated = log
         self.vkey = vkey
         self.verifier = NoteVerifier.parse(vkey)
         if self.verifier.key_id.hex() != self.log_id or self.verifier.name != self.origin:
             raise VerificationError("log id or origin does not match the log key")
-        self.checkpoints = [self._checkpoint(*row) for row in store.checkpoints(self.log_id)]
-        self.roots: dict[int, bytes] = {0: empty_root()}
-        self.wanted = {cp.size for cp in self.checkpoints}
+        self.reader = TreeReader(store, self.log_id)
+        self.trusted = trusted
+        self.trusted_root: bytes | None = None  # the recomputed root at the trusted size
+        self.checkpoints = 0
+        self.latest: SignedCheckpoint | None = None
+        self._pending = self._stored_checkpoints()
+        self._next = next(self._pending, None)
+
+    def _stored_checkpoints(self) -> Iterator[SignedCheckpoint]:
+        after = -1
+        while page := self.store.checkpoints(self.log_id, after=after, limit=_CHUNK):
+            for size, root, note in page:
+                yield self._checkpoint(size, root, note)
+            after = page[-1][0]
 
     def _checkpoint(self, size: int, root: bytes, note: str) -> SignedCheckpoint:
         cp = SignedCheckpoint.parse(note, self.vkey, self.origin)
         if (cp.size, cp.root_hash) != (size, root):
             raise VerificationError(f"checkpoint {size}: columns differ from its signed note")
         return cp
+
+    def _reached(self, size: int, root: bytes) -> None:
+        """The recomputed tree has ``size`` records and ``root``: check the checkpoint of that
+        size, if any, and its consistency with the one before it."""
+        if self.trusted is not None and self.trusted.size == size:
+            self.trusted_root = root
+        cp = self._next
+        if cp is None or cp.size != size:
+            return
+        if size > self.integrated or cp.root_hash != root:
+            raise VerificationError(f"checkpoint {size} does not match the records")
+        old = self.latest
+        if old is not None and old.size > 0:
+            proof = self.reader.consistency(old.size, size, self.integrated)
+            verify_consistency(old.size, size, old.root_hash, root, proof.hashes)
+        self.latest, self.checkpoints = cp, self.checkpoints + 1
+        self._next = next(self._pending, None)
 
     def _compare_nodes(self, nodes: list[tuple[int, bytes]]) -> None:
         stored = self.store.get_nodes(self.log_id, [n for n, _ in nodes])
@@ -92,7 +125,10 @@ class _LogCheck:
 
     def run(self) -> int:
         total, done = self.store.count_records(self.log_id), 0
+        if self.integrated > total:
+            raise VerificationError("integrated size exceeds the stored records")
         rng = CompactRange()
+        self._reached(0, empty_root())
         while True:
             rows = self.store.record_rows(self.log_id, done, _CHUNK)
             nodes: list[tuple[int, bytes]] = []
@@ -101,38 +137,30 @@ class _LogCheck:
                 done += 1
                 if done <= self.integrated:
                     nodes.extend(new)
-                if done in self.wanted:
-                    self.roots[done] = rng.root()
+                self._reached(done, rng.root())
             self._compare_nodes(nodes)
             if self.progress is not None:
                 self.progress(done, total)
             if len(rows) < _CHUNK:
-                return done
-
-    def check_checkpoints(self, size: int, trusted: SignedCheckpoint | None) -> None:
-        if self.integrated > size:
+                break
+        if self.integrated > done:
             raise VerificationError("integrated size exceeds the stored records")
-        for cp in self.checkpoints:
-            if cp.size > self.integrated or self.roots.get(cp.size) != cp.root_hash:
-                raise VerificationError(f"checkpoint {cp.size} does not match the records")
-        reader = TreeReader(self.store, self.log_id)
-        for old, new in itertools.pairwise(self.checkpoints):
-            if old.size > 0:
-                proof = reader.consistency(old.size, new.size, self.integrated)
-                verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof.hashes)
-        if trusted is not None:
-            self.check_extends(trusted, reader)
+        if self._next is not None:  # a checkpoint over more records than there are
+            raise VerificationError(f"checkpoint {self._next.size} does not match the records")
+        if self.trusted is not None:
+            self.check_extends(self.trusted)
+        return done
 
-    def check_extends(self, trusted: SignedCheckpoint, reader: TreeReader) -> None:
+    def check_extends(self, trusted: SignedCheckpoint) -> None:
         """The kept checkpoint is a prefix of the records and of the latest stored checkpoint
         (RFC 9162 §2.1.4.2): a smaller or rewritten log is a rollback or a fork."""
-        latest = self.checkpoints[-1] if self.checkpoints else None
-        if (self.roots.get(trusted.size) != trusted.root_hash
+        latest = self.latest
+        if (self.trusted_root != trusted.root_hash
                 or latest is None or latest.size < trusted.size):
             raise VerificationError(
                 f"the log is not an extension of the given checkpoint (size {trusted.size})")
         if trusted.size > 0:
-            proof = reader.consistency(trusted.size, latest.size, self.integrated)
+            proof = self.reader.consistency(trusted.size, latest.size, self.integrated)
             verify_consistency(trusted.size, latest.size, trusted.root_hash, latest.root_hash,
                                proof.hashes)
 
@@ -179,17 +207,10 @@ def verify_log(
         trusted_id, trusted = _trusted_log(logs, from_checkpoint)
     reports = []
     for log in logs:
-        check = _LogCheck(store, log, progress)
-        mine = trusted if check.log_id == trusted_id else None
-        if mine is not None:
-            check.wanted.add(mine.size)
+        check = _LogCheck(store, log, progress, trusted if log[0] == trusted_id else None)
         size = check.run()
-        check.check_checkpoints(size, mine)
-        latest = check.checkpoints[-1] if check.checkpoints else None
-        reports.append(
-            VerifyReport(check.log_id, check.origin, size, check.integrated,
-                         len(check.checkpoints), latest)
-        )  # fmt: skip
+        reports.append(VerifyReport(check.log_id, check.origin, size, check.integrated,
+                                    check.checkpoints, check.latest))
     return reports
 
 

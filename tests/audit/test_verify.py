@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
+import audit._verify as verify_module
 from audit import AuditLog, LogStore, SignedCheckpoint, VerificationError, verify_log
 from tests.audit.conftest import ORIGIN, make_record
 
@@ -78,10 +79,25 @@ TAMPERS: dict[str, Callable[[str], None]] = {
 }  # fmt: skip
 
 
+def test_records_and_checkpoints_are_read_a_page_at_a_time(
+        populated: tuple[str, str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 3 (records and checkpoints alike) give the report of one page: a checkpoint is
+    checked when the recomputed tree reaches its size, whichever page either falls in."""
+    url, vkey, notes = populated
+    whole = verify_log(LogStore.open(url), notes[1], vkey=vkey)
+    monkeypatch.setattr(verify_module, "_CHUNK", 3)
+    assert verify_log(LogStore.open(url), notes[1], vkey=vkey) == whole
+    assert whole[0].checkpoints == LogStore.open(url).count_checkpoints(whole[0].log_id)
+    assert whole[0].latest is not None and whole[0].latest.size == 40
+
+
+@pytest.mark.parametrize("chunk", [3, 2000])
 @pytest.mark.parametrize("what", list(TAMPERS))
-def test_tampering_is_detected(populated: tuple[str, str, list[str]], what: str) -> None:
+def test_tampering_is_detected(populated: tuple[str, str, list[str]], what: str, chunk: int,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
     url, vkey, _ = populated
     TAMPERS[what](url)
+    monkeypatch.setattr(verify_module, "_CHUNK", chunk)
     with pytest.raises(VerificationError):
         verify_log(LogStore.open(url), vkey=vkey)
 
