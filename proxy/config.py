@@ -66,6 +66,10 @@ class Settings:
     and record then says so (``SEALGATE_ALLOW_PLAINTEXT``)."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted (``SEALGATE_MAX_BODY_BYTES``)."""
+    tenant_max_concurrent: int = 0
+    """Requests to chat, completions and embeddings one tenant may have in flight at once;
+    past it a request is refused with 429 ``concurrency_limit_exceeded`` and ``Retry-After``.
+    0 means no limit (``SEALGATE_TENANT_MAX_CONCURRENT``)."""
     deployment_mode: str = "development"
     """``development`` or ``production``; production refuses simulated or debug enclaves
     (``SEALGATE_DEPLOYMENT_MODE``)."""
@@ -236,6 +240,7 @@ class Settings:
 _RANGES = (
     ("port", 1, 65535),
     ("max_body_bytes", 1024, 1 << 30),
+    ("tenant_max_concurrent", 0, 1_000_000),
     ("replay_window_s", 1, 3600),
     ("policy_timeout_ms", 1, 60_000),
     ("policy_reload_s", 0, 86_400),

@@ -204,6 +204,10 @@ def test_trusted_proxies_reach_the_gateway_as_one_setting_it_accepts(render: Any
     settings = Settings.load(None, env={"SEALGATE_TRUSTED_PROXIES": value})
     assert settings.trusted_proxy_list == ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]
 
+    assert "SEALGATE_TENANT_MAX_CONCURRENT" not in proxy_env({})  # no limit
+    value = proxy_env({"proxy": {"tenantMaxConcurrent": 8}})["SEALGATE_TENANT_MAX_CONCURRENT"]
+    assert Settings.load(None, env={"SEALGATE_TENANT_MAX_CONCURRENT": value}).tenant_max_concurrent == 8
+
 
 def test_database_egress_goes_only_to_the_named_peers(render: Any) -> None:
     values = {"postgresql": {"enabled": True, "existingSecret": "audit-db", "egress": DB_EGRESS}}

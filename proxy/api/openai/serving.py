@@ -28,7 +28,7 @@ from proxy.api.openai.protocol import (
 from proxy.errors import ClientDisconnected, NotFound, RequestTooLarge, set_error_headers
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment, model_endpoint
 from proxy.telemetry import Metrics
-from proxy.tenants import TenantStore
+from proxy.tenants import Lease, TenantBusy, TenantLimiter, TenantStore
 
 __all__ = ["Gate", "OpenAIService"]
 
@@ -60,10 +60,11 @@ class OpenAIService:
 
     def __init__(self, router: BackendRouter, tenants: TenantStore, gate: Gate | None, *,
                  allow_plaintext: bool, max_body_bytes: int = 1 << 20,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, tenant_max_concurrent: int = 0) -> None:
         self.metrics = metrics
         self._router = router
         self._tenants = tenants
+        self.limiter = TenantLimiter(tenant_max_concurrent)
         self.gate = gate
         self._allow_plaintext = allow_plaintext
         self._max_body = max_body_bytes
@@ -87,6 +88,15 @@ class OpenAIService:
         admission = Admission() if self.gate is None else await self.gate.admit(ctx, params)
         set_error_headers(request.scope, _headers(ctx, admission))
         return admission
+
+    def _lease(self, ctx: CallContext) -> Lease:
+        """The request's place among its tenant's requests in flight (429 past the cap)."""
+        assert ctx.tenant is not None
+        try:
+            return self.limiter.acquire(ctx.tenant.id)
+        except TenantBusy:
+            Outcome(TenantBusy.status, aborted="concurrency_limited").log(ctx, self.metrics)
+            raise
 
     def _cache_scope(self, ctx: CallContext) -> str | None:
         """Who may share cached prompt state with this request (``Backend``): its tenant."""
@@ -128,23 +138,33 @@ class OpenAIService:
     # -- chat and text completions ------------------------------------------------------------
     async def generate(self, kind: GenerationKind, request: Request[Any, Any, Any]) -> Response[Any]:
         ctx, raw = await self._begin(request)
-        parsed = decode_request(raw, _SCHEMAS[kind])
-        ctx.route, backend = self._router.route(parsed.model)
-        params = msgspec.to_builtins(parsed)
-        admission = await self._admit(request, ctx, params)
-        body = _forward_body(params, ctx.route, admission)
-        scope = self._cache_scope(ctx)
-        if parsed.stream:
-            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            chunks = await self._first_chunk(request, ctx, admission,
-                                             backend.stream(kind, body, cache_scope=scope))
-            stream = self._stream(kind, ctx, admission, chunks, include_usage)
-            return Stream(stream, media_type="text/event-stream",
-                          headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
-        route = ctx.route
-        return await self._whole(request, ctx, admission,
-                                 backend.generate(kind, body, cache_scope=scope),
-                                 lambda doc: _shape(doc, kind, route))
+        lease = self._lease(ctx)
+        streaming = False
+        try:
+            parsed = decode_request(raw, _SCHEMAS[kind])
+            ctx.route, backend = self._router.route(parsed.model)
+            params = msgspec.to_builtins(parsed)
+            admission = await self._admit(request, ctx, params)
+            body = _forward_body(params, ctx.route, admission)
+            scope = self._cache_scope(ctx)
+            if parsed.stream:
+                include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+                chunks = await self._first_chunk(request, ctx, admission,
+                                                 backend.stream(kind, body, cache_scope=scope))
+                # The stream holds the lease from here: released when it ends, or when it is
+                # collected without ever having started.
+                stream = self._stream(kind, ctx, admission, chunks, include_usage, lease)
+                lease.until_collected(stream)
+                streaming = True
+                return Stream(stream, media_type="text/event-stream",
+                              headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
+            route = ctx.route
+            return await self._whole(request, ctx, admission,
+                                     backend.generate(kind, body, cache_scope=scope),
+                                     lambda doc: _shape(doc, kind, route))
+        finally:
+            if not streaming:
+                lease.release()
 
     async def _whole(self, request: Request[Any, Any, Any], ctx: CallContext,
                      admission: Admission, answer: Awaitable[dict[str, Any]],
@@ -189,7 +209,7 @@ class OpenAIService:
         return _prepend(first, chunks)
 
     async def _stream(self, kind: GenerationKind, ctx: CallContext, admission: Admission,
-                      chunks: AsyncIterator[dict[str, Any]], include_usage: bool
+                      chunks: AsyncIterator[dict[str, Any]], include_usage: bool, lease: Lease
                       ) -> AsyncIterator[bytes]:
         assert ctx.route is not None
         commitment = ResponseCommitment(ctx.commitment_key)
@@ -222,6 +242,7 @@ class OpenAIService:
             try:
                 await _aclose(chunks)
             finally:
+                lease.release()
                 outcome.response_commitment = commitment.value()
                 await self._finish(ctx, admission, outcome)
 
@@ -241,20 +262,24 @@ class OpenAIService:
     # -- embeddings ---------------------------------------------------------------------------
     async def embeddings(self, request: Request[Any, Any, Any]) -> Response[Any]:
         ctx, raw = await self._begin(request)
-        parsed = decode_request(raw, EmbeddingRequest)
-        ctx.route, backend = self._router.route(parsed.model)
-        params = msgspec.to_builtins(parsed)
-        admission = await self._admit(request, ctx, params)
-        body = _forward_body(params, ctx.route, admission)
-        model = ctx.route.name
+        lease = self._lease(ctx)
+        try:
+            parsed = decode_request(raw, EmbeddingRequest)
+            ctx.route, backend = self._router.route(parsed.model)
+            params = msgspec.to_builtins(parsed)
+            admission = await self._admit(request, ctx, params)
+            body = _forward_body(params, ctx.route, admission)
+            model = ctx.route.name
 
-        def shape(result: dict[str, Any]) -> None:
-            result["object"] = "list"
-            result["model"] = model
-            result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
+            def shape(result: dict[str, Any]) -> None:
+                result["object"] = "list"
+                result["model"] = model
+                result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
 
-        return await self._whole(request, ctx, admission,
-                                 backend.embed(body, cache_scope=self._cache_scope(ctx)), shape)
+            return await self._whole(request, ctx, admission,
+                                     backend.embed(body, cache_scope=self._cache_scope(ctx)), shape)
+        finally:
+            lease.release()
 
 
 def _body_fields(raw: bytes, content_type: str) -> dict[str, Any]:

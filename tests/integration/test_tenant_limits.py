@@ -1,0 +1,92 @@
+"""A cap on each tenant's requests in flight (``tenant_max_concurrent``), through a real gateway:
+past it a request is refused at once (429, ``Retry-After``, nothing forwarded or recorded),
+other tenants are not held up, and every way a request ends gives its place back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import gateway_config, request_records
+from tests.server import Gateway, Proc, start_gateway
+
+pytestmark = pytest.mark.timeout(120)
+
+CAP = 2
+CHAT = "/v1/chat/completions"
+# The fast upstream takes temperature / 100 seconds per token: this one answers in ~3 s.
+SLOW = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 150, "temperature": 2}
+QUICK = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.fixture(scope="module")
+def limited(workdir: Path, fast_upstream: Proc) -> Iterator[Gateway]:
+    config = f"tenant_max_concurrent = {CAP}\n" + gateway_config(
+        fast_upstream.port, allow_plaintext=True, local=False)
+    gw = start_gateway(workdir, config)
+    yield gw
+    gw.stop()
+
+
+def _post(gw: Gateway, key: str, body: dict[str, Any], path: str = CHAT) -> httpx.Response:
+    return httpx.post(f"{gw.url}{path}", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"})
+
+
+def test_past_the_cap_a_request_is_refused_at_once(limited: Gateway) -> None:
+    key, other = limited.new_key("busy"), limited.new_key("patient")
+    with ThreadPoolExecutor(CAP) as pool:
+        slow = [pool.submit(_post, limited, key, SLOW) for _ in range(CAP)]
+        time.sleep(1.0)  # both admitted, both still generating
+        started = time.monotonic()
+        refused = _post(limited, key, QUICK)
+        took = time.monotonic() - started
+        served = _post(limited, other, QUICK)
+        assert [f.result().status_code for f in slow] == [200] * CAP
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "1" and took < 1.0
+    error = refused.json()["error"]
+    assert error["code"] == "concurrency_limit_exceeded" and error["type"] == "rate_limit_error"
+    assert served.status_code == 200  # another tenant is not held up
+    # Refused before the policy: no decision, no record, nothing forwarded.
+    rid = refused.headers["x-request-id"]
+    assert request_records(limited, key, rid, final="intent", timeout=1.0) == {}
+    assert _post(limited, key, QUICK).status_code == 200  # its places are back
+
+
+def _leave_a_stream(gw: Gateway, key: str) -> None:
+    body = {**SLOW, "stream": True}
+    with httpx.stream("POST", f"{gw.url}{CHAT}", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"}) as response:
+        assert response.status_code == 200
+        next(response.iter_bytes())  # the first chunk, then the client leaves
+
+
+def test_every_way_a_request_ends_gives_its_place_back(limited: Gateway) -> None:
+    key = limited.new_key("ends")
+    for _ in range(CAP):
+        _leave_a_stream(limited, key)
+        assert _post(limited, key, {**QUICK, "model": "no-such-model"}).status_code == 404
+        assert _post(limited, key, {**QUICK, "store": True}).status_code == 403  # policy
+        assert _post(limited, key, {**QUICK, "messages": "x"}).status_code == 400
+        assert _post(limited, key, {**QUICK, "model": "down-model"}).status_code in (502, 503)
+        assert _post(limited, key, {**QUICK, "stream": True}).status_code == 200
+        assert _post(limited, key, {"model": "fast-echo", "input": "x"},
+                     "/v1/embeddings").status_code == 200
+    # A stream the client left is closed by the gateway a moment later: wait for its places.
+    deadline = time.monotonic() + 15
+    while True:
+        with ThreadPoolExecutor(CAP) as pool:
+            answers = list(pool.map(lambda _: _post(limited, key, {**SLOW, "max_tokens": 25}),
+                                    range(CAP)))
+        if all(a.status_code == 200 for a in answers) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [a.status_code for a in answers] == [200] * CAP, [a.text for a in answers]
