@@ -70,6 +70,10 @@ class Settings:
     """Requests to chat, completions and embeddings one tenant may have in flight at once;
     past it a request is refused with 429 ``concurrency_limit_exceeded`` and ``Retry-After``.
     0 means no limit (``SEALGATE_TENANT_MAX_CONCURRENT``)."""
+    tenant_requests_per_minute: int = 0
+    """Requests to chat, completions and embeddings one tenant may start in any minute (a
+    burst of that many, then evenly refilled); past it, 429 ``rate_limit_exceeded`` with the
+    seconds to wait in ``Retry-After``. 0 means no limit (``SEALGATE_TENANT_REQUESTS_PER_MINUTE``)."""
     deployment_mode: str = "development"
     """``development`` or ``production``; production refuses simulated or debug enclaves
     (``SEALGATE_DEPLOYMENT_MODE``)."""
@@ -241,6 +245,7 @@ _RANGES = (
     ("port", 1, 65535),
     ("max_body_bytes", 1024, 1 << 30),
     ("tenant_max_concurrent", 0, 1_000_000),
+    ("tenant_requests_per_minute", 0, 10_000_000),
     ("replay_window_s", 1, 3600),
     ("policy_timeout_ms", 1, 60_000),
     ("policy_reload_s", 0, 86_400),

@@ -160,7 +160,8 @@ def _mapped(exc: Exception) -> Response[bytes]:
         detail = getattr(exc, "detail", None) or str(exc)
         type_ = getattr(exc, "type", None) or ("api_error" if status >= 500 else "invalid_request_error")
         body = error_envelope(str(detail), str(type_), code, getattr(exc, "param", None))
-        headers = {"Retry-After": "1"} if status in (429, 503) else None
+        retry_after = getattr(exc, "retry_after", 1)
+        headers = {"Retry-After": str(retry_after)} if status in (429, 503) else None
         return _json(status, body, headers)
     if isinstance(exc, ValidationException):
         return _json(400, error_envelope("the request is invalid", "invalid_request_error",

@@ -1,8 +1,8 @@
 """Tenants and their API keys, in the state database (shared with dashboard accounts)."""
 
 from proxy.tenants._errors import StateUnavailable, state_errors
-from proxy.tenants._limits import Lease, TenantBusy, TenantLimiter
+from proxy.tenants._limits import Lease, TenantBusy, TenantLimiter, TenantRateLimited
 from proxy.tenants._store import ApiKeyInfo, Tenant, TenantStore, open_engine
 
 __all__ = ["ApiKeyInfo", "Lease", "StateUnavailable", "Tenant", "TenantBusy", "TenantLimiter",
-           "TenantStore", "open_engine", "state_errors"]
+           "TenantRateLimited", "TenantStore", "open_engine", "state_errors"]

@@ -1,19 +1,22 @@
-"""How many requests each tenant may have in flight at once.
+"""How many requests each tenant may have in flight at once, and start per minute.
 
-The model backends are shared: one tenant that sends many long generations at once would
-otherwise hold every slot, and every other tenant would wait behind it. A request past its
-tenant's cap is refused at once (429 with ``Retry-After``), before any policy decision, record
-or backend call, so it costs the others nothing.
+The model backends are shared: one tenant that sends many long generations at once, or a
+steady flood of short ones, would otherwise hold every slot, and every other tenant would wait
+behind it. A request past its tenant's limits is refused at once (429 with ``Retry-After``),
+before any policy decision, record or backend call, so it costs the others nothing.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 import weakref
+from collections.abc import Callable
 
 from proxy.errors import SealgateError
 
-__all__ = ["Lease", "TenantBusy", "TenantLimiter"]
+__all__ = ["Lease", "TenantBusy", "TenantLimiter", "TenantRateLimited"]
 
 
 class TenantBusy(SealgateError):
@@ -22,6 +25,19 @@ class TenantBusy(SealgateError):
     code = "concurrency_limit_exceeded"
     status = 429
     type = "rate_limit_error"
+
+
+class TenantRateLimited(SealgateError):
+    """The tenant has started as many requests as it may in the last minute."""
+
+    code = "rate_limit_exceeded"
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        """Whole seconds until the tenant may start another request."""
 
 
 class Lease:
@@ -46,28 +62,55 @@ class Lease:
 
 
 class TenantLimiter:
-    """In-flight requests per tenant, at most ``limit`` each (0: no limit).
+    """Per tenant: at most ``limit`` requests in flight, and at most ``per_minute`` started in
+    any minute (a token bucket of that size, refilled evenly; 0: no limit for either).
 
     Called from the event loop; a lease may also be released by the garbage collector on
     another thread, hence the lock.
     """
 
-    def __init__(self, limit: int) -> None:
+    _MAX_BUCKETS = 10_000  # past this many tenants with buckets, the full ones are dropped
+
+    def __init__(self, limit: int, per_minute: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self.per_minute = per_minute
+        self._clock = clock
         self._in_flight: dict[str, int] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant → (tokens, when)
         self._lock = threading.Lock()
 
     def acquire(self, tenant: str) -> Lease:
-        """A lease for one more of ``tenant``'s requests, or :class:`TenantBusy`."""
-        if self.limit <= 0:
+        """A lease for one more of ``tenant``'s requests, or :class:`TenantBusy` or
+        :class:`TenantRateLimited` (a refused request uses up nothing)."""
+        if self.limit <= 0 and self.per_minute <= 0:
             return Lease(None, tenant)
         with self._lock:
             count = self._in_flight.get(tenant, 0)
-            if count >= self.limit:
+            if 0 < self.limit <= count:
                 raise TenantBusy(f"this tenant already has {self.limit} requests in flight, "
                                  "the most it may have at once; retry when one has finished")
+            if self.per_minute > 0:
+                self._take_token(tenant)
+            if self.limit <= 0:
+                return Lease(None, tenant)
             self._in_flight[tenant] = count + 1
         return Lease(self, tenant)
+
+    def _take_token(self, tenant: str) -> None:
+        now, rate = self._clock(), self.per_minute / 60.0
+        tokens, when = self._buckets.get(tenant, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - when) * rate)
+        if tokens < 1.0:
+            self._buckets[tenant] = (tokens, now)
+            raise TenantRateLimited(
+                f"this tenant has started {self.per_minute} requests in the last minute, the "
+                "most it may; retry after the time Retry-After gives",
+                retry_after=max(1, math.ceil((1.0 - tokens) / rate)))
+        if len(self._buckets) >= self._MAX_BUCKETS and tenant not in self._buckets:
+            self._buckets = {t: (k, w) for t, (k, w) in self._buckets.items()
+                             if k + (now - w) * rate < self.per_minute}
+        self._buckets[tenant] = (tokens - 1.0, now)
 
     def in_flight(self, tenant: str) -> int:
         with self._lock:

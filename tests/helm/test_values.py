@@ -207,6 +207,11 @@ def test_trusted_proxies_reach_the_gateway_as_one_setting_it_accepts(render: Any
     assert "SEALGATE_TENANT_MAX_CONCURRENT" not in proxy_env({})  # no limit
     value = proxy_env({"proxy": {"tenantMaxConcurrent": 8}})["SEALGATE_TENANT_MAX_CONCURRENT"]
     assert Settings.load(None, env={"SEALGATE_TENANT_MAX_CONCURRENT": value}).tenant_max_concurrent == 8
+    assert "SEALGATE_TENANT_REQUESTS_PER_MINUTE" not in proxy_env({})
+    value = proxy_env({"proxy": {"tenantRequestsPerMinute": 600}})[
+        "SEALGATE_TENANT_REQUESTS_PER_MINUTE"]
+    settings = Settings.load(None, env={"SEALGATE_TENANT_REQUESTS_PER_MINUTE": value})
+    assert settings.tenant_requests_per_minute == 600
 
 
 def test_database_egress_goes_only_to_the_named_peers(render: Any) -> None:

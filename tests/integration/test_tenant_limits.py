@@ -1,6 +1,7 @@
-"""A cap on each tenant's requests in flight (``tenant_max_concurrent``), through a real gateway:
-past it a request is refused at once (429, ``Retry-After``, nothing forwarded or recorded),
-other tenants are not held up, and every way a request ends gives its place back."""
+"""Limits on each tenant's requests, through a real gateway: in flight at once
+(``tenant_max_concurrent``) and started per minute (``tenant_requests_per_minute``). Past either,
+a request is refused at once (429, ``Retry-After``, nothing forwarded or recorded), other tenants
+are not held up, and every way a request ends gives its place back."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.server import Gateway, Proc, start_gateway
 pytestmark = pytest.mark.timeout(120)
 
 CAP = 2
+PER_MINUTE = 60
 CHAT = "/v1/chat/completions"
 # The fast upstream takes temperature / 100 seconds per token: this one answers in ~3 s.
 SLOW = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}],
@@ -28,8 +30,9 @@ QUICK = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}], 
 
 @pytest.fixture(scope="module")
 def limited(workdir: Path, fast_upstream: Proc) -> Iterator[Gateway]:
-    config = f"tenant_max_concurrent = {CAP}\n" + gateway_config(
-        fast_upstream.port, allow_plaintext=True, local=False)
+    config = (f"tenant_max_concurrent = {CAP}\ntenant_requests_per_minute = {PER_MINUTE}\n"
+              + gateway_config(
+        fast_upstream.port, allow_plaintext=True, local=False))
     gw = start_gateway(workdir, config)
     yield gw
     gw.stop()
@@ -90,3 +93,27 @@ def test_every_way_a_request_ends_gives_its_place_back(limited: Gateway) -> None
             break
         time.sleep(0.2)
     assert [a.status_code for a in answers] == [200] * CAP, [a.text for a in answers]
+
+
+def test_past_its_requests_per_minute_a_tenant_waits(limited: Gateway) -> None:
+    key, other = limited.new_key("hasty"), limited.new_key("calm")
+    served = 0
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {key}"}) as client:
+        # The burst, and what refills while it is sent (each request takes well under the
+        # second that refills one).
+        for _ in range(2 * PER_MINUTE):
+            refused = client.post(f"{limited.url}{CHAT}", json=QUICK)
+            if refused.status_code != 200:
+                break
+            served += 1
+    assert PER_MINUTE <= served < 2 * PER_MINUTE
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "rate_limit_error"
+    # One more every second: the wait is what is left of the one being refilled.
+    assert 1 <= int(refused.headers["retry-after"]) <= 60 // PER_MINUTE
+    assert request_records(limited, key, refused.headers["x-request-id"], final="intent",
+                           timeout=1.0) == {}
+    assert _post(limited, other, QUICK).status_code == 200
+    time.sleep(int(refused.headers["retry-after"]) + 0.2)
+    assert _post(limited, key, QUICK).status_code == 200

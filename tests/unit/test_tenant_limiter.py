@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.tenants import TenantBusy, TenantLimiter
+from proxy.tenants import TenantBusy, TenantLimiter, TenantRateLimited
 
 
 def test_each_tenant_has_its_own_cap() -> None:
@@ -54,3 +54,52 @@ def test_a_stream_collected_before_it_started_gives_its_place_back() -> None:
     gc.collect()
     assert limiter.in_flight("a") == 0
     limiter.acquire("a")
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_requests_per_minute_burst_then_refill_evenly() -> None:
+    clock = Clock()
+    limiter = TenantLimiter(0, per_minute=6, clock=clock)  # one more every 10 s
+    for _ in range(6):
+        limiter.acquire("a").release()
+    with pytest.raises(TenantRateLimited) as limited:
+        limiter.acquire("a")
+    assert limited.value.status == 429 and limited.value.code == "rate_limit_exceeded"
+    assert limited.value.retry_after == 10
+    limiter.acquire("b")  # another tenant has its own minute
+    clock.now += 4
+    with pytest.raises(TenantRateLimited) as limited:
+        limiter.acquire("a")
+    assert limited.value.retry_after == 6  # a refused request uses up nothing
+    clock.now += 6
+    limiter.acquire("a")
+    with pytest.raises(TenantRateLimited):
+        limiter.acquire("a")
+    clock.now += 3600  # a long pause refills the burst, never more
+    for _ in range(6):
+        limiter.acquire("a")
+    with pytest.raises(TenantRateLimited):
+        limiter.acquire("a")
+
+
+def test_a_request_refused_for_concurrency_uses_no_minute() -> None:
+    clock = Clock()
+    limiter = TenantLimiter(1, per_minute=2, clock=clock)
+    held = limiter.acquire("a")
+    for _ in range(5):
+        with pytest.raises(TenantBusy):
+            limiter.acquire("a")
+    held.release()
+    limiter.acquire("a").release()  # the second of its two
+    with pytest.raises(TenantRateLimited):
+        limiter.acquire("a")
+    assert limiter.in_flight("a") == 0

@@ -28,7 +28,7 @@ from proxy.api.openai.protocol import (
 from proxy.errors import ClientDisconnected, NotFound, RequestTooLarge, set_error_headers
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment, model_endpoint
 from proxy.telemetry import Metrics
-from proxy.tenants import Lease, TenantBusy, TenantLimiter, TenantStore
+from proxy.tenants import Lease, TenantBusy, TenantLimiter, TenantRateLimited, TenantStore
 
 __all__ = ["Gate", "OpenAIService"]
 
@@ -60,11 +60,12 @@ class OpenAIService:
 
     def __init__(self, router: BackendRouter, tenants: TenantStore, gate: Gate | None, *,
                  allow_plaintext: bool, max_body_bytes: int = 1 << 20,
-                 metrics: Metrics | None = None, tenant_max_concurrent: int = 0) -> None:
+                 metrics: Metrics | None = None, tenant_max_concurrent: int = 0,
+                 tenant_requests_per_minute: int = 0) -> None:
         self.metrics = metrics
         self._router = router
         self._tenants = tenants
-        self.limiter = TenantLimiter(tenant_max_concurrent)
+        self.limiter = TenantLimiter(tenant_max_concurrent, tenant_requests_per_minute)
         self.gate = gate
         self._allow_plaintext = allow_plaintext
         self._max_body = max_body_bytes
@@ -90,12 +91,12 @@ class OpenAIService:
         return admission
 
     def _lease(self, ctx: CallContext) -> Lease:
-        """The request's place among its tenant's requests in flight (429 past the cap)."""
+        """The request's place among its tenant's requests in flight (429 past the limits)."""
         assert ctx.tenant is not None
         try:
             return self.limiter.acquire(ctx.tenant.id)
-        except TenantBusy:
-            Outcome(TenantBusy.status, aborted="concurrency_limited").log(ctx, self.metrics)
+        except (TenantBusy, TenantRateLimited) as exc:
+            Outcome(exc.status, aborted=exc.code).log(ctx, self.metrics)
             raise
 
     def _cache_scope(self, ctx: CallContext) -> str | None:
