@@ -44,6 +44,9 @@ _CONTRACT_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "allow_contractual_zero": bool,
     "rewrite_store": bool,
 }
+# Optional contract fields the gateway enforces itself (not the policy): the tenant's request
+# limits, each a count (0: no limit), overriding the gateway's setting of the same meaning.
+LIMIT_FIELDS = ("max_concurrent_requests", "requests_per_minute")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,13 @@ class PolicyBundle:
     """Relative path → the exact bytes of every bundle file, as digested."""
     digest: str
     """``sha256:<hex>`` over the file listing (module docstring)."""
+
+    def contract(self, tenant_name: str) -> Mapping[str, Any]:
+        """The tenant's contract, or ``default`` for a tenant without one (as the policy looks
+        it up)."""
+        contracts: Mapping[str, Mapping[str, Any]] = self.data["contracts"]
+        found = contracts.get(tenant_name)
+        return found if found is not None else contracts["default"]
 
 
 def default_bundle_dir() -> Path:
@@ -154,6 +164,11 @@ def _check_contracts(data: Mapping[str, Any]) -> None:
             value = contract.get(key)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise PolicyBundleError(f"contract {name}: {key} is missing or mistyped")
+        for key in LIMIT_FIELDS:
+            value = contract.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**7:
+                raise PolicyBundleError(f"contract {name}: {key} must be a whole number from 0 "
+                                        "to 10000000")
         expires = contract.get("expires")
         if expires is not None and not (isinstance(expires, str) and _EXPIRY_RE.fullmatch(expires)):
             raise PolicyBundleError(f"contract {name}: expires must be a whole minute, "

@@ -215,11 +215,19 @@ def create_app(settings: Settings | None = None, *,
         detect_provider(settings), keys.key_configs,
         log_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
         lambda: policy.bundle_digest, settings.release_measurement or "simulated")
+    def tenant_limits(name: str) -> tuple[int, int]:
+        """The tenant's request limits: its contract's (in the bundle deciding now), else the
+        settings'."""
+        contract = policy.bundle.contract(name)
+        return (contract.get("max_concurrent_requests", settings.tenant_max_concurrent),
+                contract.get("requests_per_minute", settings.tenant_requests_per_minute))
+
     service = OpenAIService(router, tenants, None, allow_plaintext=settings.allow_plaintext,
                             max_body_bytes=settings.max_body_bytes,
                             metrics=Metrics(frozenset(settings.models)),
                             tenant_max_concurrent=settings.tenant_max_concurrent,
-                            tenant_requests_per_minute=settings.tenant_requests_per_minute)
+                            tenant_requests_per_minute=settings.tenant_requests_per_minute,
+                            tenant_limits=tenant_limits)
     services = Services(settings, router, tenants, policy, keys,
                         ReplayGuard(window=settings.replay_window_s), identity, service, log_key)
 

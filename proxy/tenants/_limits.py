@@ -63,7 +63,8 @@ class Lease:
 
 class TenantLimiter:
     """Per tenant: at most ``limit`` requests in flight, and at most ``per_minute`` started in
-    any minute (a token bucket of that size, refilled evenly; 0: no limit for either).
+    any minute (a token bucket of that size, refilled evenly; 0: no limit for either), unless
+    the tenant has limits of its own (its contract's).
 
     Called from the event loop; a lease may also be released by the garbage collector on
     another thread, hence the lock.
@@ -80,36 +81,40 @@ class TenantLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant → (tokens, when)
         self._lock = threading.Lock()
 
-    def acquire(self, tenant: str) -> Lease:
+    def acquire(self, tenant: str, limits: tuple[int, int] | None = None) -> Lease:
         """A lease for one more of ``tenant``'s requests, or :class:`TenantBusy` or
-        :class:`TenantRateLimited` (a refused request uses up nothing)."""
-        if self.limit <= 0 and self.per_minute <= 0:
+        :class:`TenantRateLimited` (a refused request uses up nothing). ``limits`` (in flight,
+        per minute) are this tenant's own, when they differ from the limiter's."""
+        limit, per_minute = limits if limits is not None else (self.limit, self.per_minute)
+        if limit <= 0 and per_minute <= 0:
             return Lease(None, tenant)
         with self._lock:
             count = self._in_flight.get(tenant, 0)
-            if 0 < self.limit <= count:
-                raise TenantBusy(f"this tenant already has {self.limit} requests in flight, "
+            if 0 < limit <= count:
+                raise TenantBusy(f"this tenant already has {limit} requests in flight, "
                                  "the most it may have at once; retry when one has finished")
-            if self.per_minute > 0:
-                self._take_token(tenant)
-            if self.limit <= 0:
+            if per_minute > 0:
+                self._take_token(tenant, per_minute)
+            if limit <= 0:
                 return Lease(None, tenant)
             self._in_flight[tenant] = count + 1
         return Lease(self, tenant)
 
-    def _take_token(self, tenant: str) -> None:
-        now, rate = self._clock(), self.per_minute / 60.0
-        tokens, when = self._buckets.get(tenant, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - when) * rate)
+    def _take_token(self, tenant: str, per_minute: int) -> None:
+        now, rate = self._clock(), per_minute / 60.0
+        tokens, when = self._buckets.get(tenant, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - when) * rate)
         if tokens < 1.0:
             self._buckets[tenant] = (tokens, now)
             raise TenantRateLimited(
-                f"this tenant has started {self.per_minute} requests in the last minute, the "
+                f"this tenant has started {per_minute} requests in the last minute, the "
                 "most it may; retry after the time Retry-After gives",
                 retry_after=max(1, math.ceil((1.0 - tokens) / rate)))
         if len(self._buckets) >= self._MAX_BUCKETS and tenant not in self._buckets:
+            # Buckets that have refilled (at this tenant's rate: an estimate for others) hold
+            # nothing a fresh one would not.
             self._buckets = {t: (k, w) for t, (k, w) in self._buckets.items()
-                             if k + (now - w) * rate < self.per_minute}
+                             if k + (now - w) * rate < per_minute}
         self._buckets[tenant] = (tokens - 1.0, now)
 
     def in_flight(self, tenant: str) -> int:

@@ -5,6 +5,7 @@ are not held up, and every way a request ends gives its place back."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from policy import load_bundle
 from tests.integration.conftest import gateway_config, request_records
 from tests.server import Gateway, Proc, start_gateway
 
@@ -117,3 +119,45 @@ def test_past_its_requests_per_minute_a_tenant_waits(limited: Gateway) -> None:
     assert _post(limited, other, QUICK).status_code == 200
     time.sleep(int(refused.headers["retry-after"]) + 0.2)
     assert _post(limited, key, QUICK).status_code == 200
+
+
+def _contract(name: str, limits: str) -> str:
+    """A contract like ``default`` (policy/data/contracts.yaml) with ``limits`` added."""
+    return (f"  {name}:\n    models: [\"*\"]\n    regions: [\"local\"]\n    max_tokens: 4096\n"
+            "    max_n: 1\n    allow_streaming: true\n    allow_contractual_zero: false\n"
+            f"    rewrite_store: false\n{limits}")
+
+
+def test_a_tenants_contract_sets_its_own_limits(workdir: Path, fast_upstream: Proc) -> None:
+    """A contract's ``max_concurrent_requests`` replaces the gateway's setting for that tenant
+    (here: none); a reloaded bundle's limits apply from the reload on."""
+    bundle_dir = workdir / "bundle-limits"
+    shutil.copytree(load_bundle().root, bundle_dir,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    contracts = bundle_dir / "data" / "contracts.yaml"
+    shipped = contracts.read_text()
+    contracts.write_text(shipped + _contract("solo", "    max_concurrent_requests: 1\n"))
+    config = (f'policy_bundle = "{bundle_dir}"\npolicy_reload_s = 1\n'
+              + gateway_config(fast_upstream.port, allow_plaintext=True, local=False))
+    gw = start_gateway(workdir, config)
+    try:
+        solo, free = gw.new_key("solo"), gw.new_key("free")
+
+        def two_at_once(key: str) -> list[int]:
+            with ThreadPoolExecutor(2) as pool:
+                slow = pool.submit(_post, gw, key, SLOW)
+                time.sleep(1.0)
+                second = _post(gw, key, QUICK).status_code
+                return [slow.result().status_code, second]
+
+        assert two_at_once(solo) == [200, 429]
+        assert two_at_once(free) == [200, 200]  # no contract of its own: the setting (none)
+        contracts.write_text(shipped + _contract("solo", "    max_concurrent_requests: 2\n"))
+        digest = load_bundle(bundle_dir).digest
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{gw.url}/.well-known/sealgate/identity").json()["policy_digest"] != digest:
+            assert time.monotonic() < deadline, "the new bundle was not loaded"
+            time.sleep(0.2)
+        assert two_at_once(solo) == [200, 200]
+    finally:
+        gw.stop()

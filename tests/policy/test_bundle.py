@@ -76,6 +76,22 @@ def test_contract_expiry_is_a_whole_minute(bundle_dir: Path) -> None:
         load_bundle(bundle_dir)
 
 
+@pytest.mark.parametrize("value", ["-1", "true", '"8"', "1.5", "10000001"])
+@pytest.mark.parametrize("field", ["max_concurrent_requests", "requests_per_minute"])
+def test_contract_request_limits_are_whole_numbers(bundle_dir: Path, field: str,
+                                                   value: str) -> None:
+    contracts = bundle_dir / "data" / "contracts.yaml"
+    text = contracts.read_text()
+    contracts.write_text(text.replace("    rewrite_store: false\n",
+                                      f"    rewrite_store: false\n    {field}: {value}\n", 1))
+    with pytest.raises(PolicyBundleError, match=f"{field} must be a whole number"):
+        load_bundle(bundle_dir)
+    contracts.write_text(text.replace("    rewrite_store: false\n",
+                                      f"    rewrite_store: false\n    {field}: 8\n", 1))
+    assert load_bundle(bundle_dir).contract("default")[field] == 8
+    assert load_bundle(bundle_dir).contract("no-such-tenant")[field] == 8  # held to default
+
+
 def test_file_names_cannot_forge_listing_lines(bundle_dir: Path) -> None:
     # A directory whose name holds "\n<sha>  <path>" would rebuild the listing of a bundle
     # that still has that file: printable names are required, so no two bundles share a digest.

@@ -61,11 +61,14 @@ class OpenAIService:
     def __init__(self, router: BackendRouter, tenants: TenantStore, gate: Gate | None, *,
                  allow_plaintext: bool, max_body_bytes: int = 1 << 20,
                  metrics: Metrics | None = None, tenant_max_concurrent: int = 0,
-                 tenant_requests_per_minute: int = 0) -> None:
+                 tenant_requests_per_minute: int = 0,
+                 tenant_limits: Callable[[str], tuple[int, int]] | None = None) -> None:
         self.metrics = metrics
         self._router = router
         self._tenants = tenants
         self.limiter = TenantLimiter(tenant_max_concurrent, tenant_requests_per_minute)
+        self._tenant_limits = tenant_limits
+        """A tenant's own limits (in flight, per minute) by tenant name: its contract's."""
         self.gate = gate
         self._allow_plaintext = allow_plaintext
         self._max_body = max_body_bytes
@@ -93,8 +96,9 @@ class OpenAIService:
     def _lease(self, ctx: CallContext) -> Lease:
         """The request's place among its tenant's requests in flight (429 past the limits)."""
         assert ctx.tenant is not None
+        limits = self._tenant_limits(ctx.tenant.name) if self._tenant_limits else None
         try:
-            return self.limiter.acquire(ctx.tenant.id)
+            return self.limiter.acquire(ctx.tenant.id, limits)
         except (TenantBusy, TenantRateLimited) as exc:
             Outcome(exc.status, aborted=exc.code).log(ctx, self.metrics)
             raise
