@@ -299,11 +299,11 @@ class OpenAIBackend:
                 details.pop("cached_tokens", None)
         return doc
 
-    def _salted(self, body: Mapping[str, Any], cache_scope: str | None) -> dict[str, Any]:
+    def _salted(self, body: Mapping[str, Any], cache_scope: str | None) -> Mapping[str, Any]:
         """``body`` with its ``cache_salt`` when this upstream takes one: the scope, or for a
         request without one a fresh salt, which shares with nobody."""
         if not self._config.cache_salt:
-            return dict(body)
+            return body
         return {**body, "cache_salt": cache_scope or secrets.token_hex(16)}
 
     async def generate(self, kind: GenerationKind, body: Mapping[str, Any], *,

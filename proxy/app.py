@@ -225,8 +225,6 @@ def create_app(settings: Settings | None = None, *,
     service = OpenAIService(router, tenants, None, allow_plaintext=settings.allow_plaintext,
                             max_body_bytes=settings.max_body_bytes,
                             metrics=Metrics(frozenset(settings.models)),
-                            tenant_max_concurrent=settings.tenant_max_concurrent,
-                            tenant_requests_per_minute=settings.tenant_requests_per_minute,
                             tenant_limits=tenant_limits)
     services = Services(settings, router, tenants, policy, keys,
                         ReplayGuard(window=settings.replay_window_s), identity, service, log_key)

@@ -1,8 +1,15 @@
 """Tenants and their API keys, in the state database (shared with dashboard accounts)."""
 
 from proxy.tenants._errors import StateUnavailable, state_errors
-from proxy.tenants._limits import Lease, TenantBusy, TenantLimiter, TenantRateLimited
+from proxy.tenants._limits import (
+    Lease,
+    TenantBusy,
+    TenantLimiter,
+    TenantLimitExceeded,
+    TenantRateLimited,
+)
 from proxy.tenants._store import ApiKeyInfo, Tenant, TenantStore, open_engine
 
-__all__ = ["ApiKeyInfo", "Lease", "StateUnavailable", "Tenant", "TenantBusy", "TenantLimiter",
-           "TenantRateLimited", "TenantStore", "open_engine", "state_errors"]
+__all__ = ["ApiKeyInfo", "Lease", "StateUnavailable", "Tenant", "TenantBusy",
+           "TenantLimitExceeded", "TenantLimiter", "TenantRateLimited", "TenantStore",
+           "open_engine", "state_errors"]

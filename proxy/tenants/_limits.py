@@ -16,23 +16,26 @@ from collections.abc import Callable
 
 from proxy.errors import SealgateError
 
-__all__ = ["Lease", "TenantBusy", "TenantLimiter", "TenantRateLimited"]
+__all__ = ["Lease", "TenantBusy", "TenantLimitExceeded", "TenantLimiter", "TenantRateLimited"]
 
 
-class TenantBusy(SealgateError):
+class TenantLimitExceeded(SealgateError):
+    """A request past one of its tenant's limits: 429, with ``Retry-After``."""
+
+    status = 429
+    type = "rate_limit_error"
+
+
+class TenantBusy(TenantLimitExceeded):
     """The tenant already has as many requests in flight as it may."""
 
     code = "concurrency_limit_exceeded"
-    status = 429
-    type = "rate_limit_error"
 
 
-class TenantRateLimited(SealgateError):
+class TenantRateLimited(TenantLimitExceeded):
     """The tenant has started as many requests as it may in the last minute."""
 
     code = "rate_limit_exceeded"
-    status = 429
-    type = "rate_limit_error"
 
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail)

@@ -58,13 +58,22 @@ retention_tier = "attested-zero"
 """
 
 
-@pytest.fixture(scope="module")
-def one_slot() -> Iterator[LlamaCppBackend]:
-    """The embedded llama.cpp backend with the real SmolLM2 model, in this process, one slot."""
-    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=1))
+def _embedded(slots: int) -> Iterator[LlamaCppBackend]:
+    """The embedded llama.cpp backend with the real SmolLM2 model, in this process."""
+    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=slots))
     asyncio.run(model.start())
     yield model
     asyncio.run(model.close())
+
+
+@pytest.fixture(scope="module")
+def one_slot() -> Iterator[LlamaCppBackend]:
+    yield from _embedded(1)
+
+
+@pytest.fixture(scope="module")
+def two_slots() -> Iterator[LlamaCppBackend]:
+    yield from _embedded(2)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inference import BackendRejected, BackendUnavailable, LlamaCppBackend, LlamaCppConfig
+from inference import BackendRejected, BackendUnavailable, LlamaCppBackend
 from tests.server import Gateway, start_gateway
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,7 +63,7 @@ UNSUPPORTED_PARAMETERS = {
 }
 
 
-# -- the backend in this process (`one_slot`, tests/integration/conftest.py) ----------------------
+# -- the backend in this process (`one_slot`, `two_slots`: tests/integration/conftest.py) ---------------
 def _rss_mb() -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
@@ -92,14 +92,6 @@ MEMO = "Summarise this memo. " + " ".join(f"clause{i}" for i in range(150))
 
 def _cached_tokens(answer: dict[str, Any]) -> int:
     return int(answer["usage"]["prompt_tokens_details"]["cached_tokens"])
-
-
-@pytest.fixture(scope="module")
-def two_slots() -> Iterator[LlamaCppBackend]:
-    model = LlamaCppBackend("local", LlamaCppConfig(n_ctx=2048, n_parallel=2))
-    asyncio.run(model.start())
-    yield model
-    asyncio.run(model.close())
 
 
 def test_cached_prompts_are_reused_within_their_scope_only(two_slots: LlamaCppBackend) -> None:

@@ -28,7 +28,7 @@ from proxy.api.openai.protocol import (
 from proxy.errors import ClientDisconnected, NotFound, RequestTooLarge, set_error_headers
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment, model_endpoint
 from proxy.telemetry import Metrics
-from proxy.tenants import Lease, TenantBusy, TenantLimiter, TenantRateLimited, TenantStore
+from proxy.tenants import Lease, TenantLimiter, TenantLimitExceeded, TenantStore
 
 __all__ = ["Gate", "OpenAIService"]
 
@@ -60,15 +60,14 @@ class OpenAIService:
 
     def __init__(self, router: BackendRouter, tenants: TenantStore, gate: Gate | None, *,
                  allow_plaintext: bool, max_body_bytes: int = 1 << 20,
-                 metrics: Metrics | None = None, tenant_max_concurrent: int = 0,
-                 tenant_requests_per_minute: int = 0,
+                 metrics: Metrics | None = None,
                  tenant_limits: Callable[[str], tuple[int, int]] | None = None) -> None:
         self.metrics = metrics
         self._router = router
         self._tenants = tenants
-        self.limiter = TenantLimiter(tenant_max_concurrent, tenant_requests_per_minute)
+        self.limiter = TenantLimiter(0)
         self._tenant_limits = tenant_limits
-        """A tenant's own limits (in flight, per minute) by tenant name: its contract's."""
+        """A tenant's limits (in flight, per minute; 0: none) by tenant name; none without."""
         self.gate = gate
         self._allow_plaintext = allow_plaintext
         self._max_body = max_body_bytes
@@ -99,7 +98,7 @@ class OpenAIService:
         limits = self._tenant_limits(ctx.tenant.name) if self._tenant_limits else None
         try:
             return self.limiter.acquire(ctx.tenant.id, limits)
-        except (TenantBusy, TenantRateLimited) as exc:
+        except TenantLimitExceeded as exc:
             Outcome(exc.status, aborted=exc.code).log(ctx, self.metrics)
             raise
 
