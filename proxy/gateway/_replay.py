@@ -19,6 +19,12 @@ class ReplayGuard:
 
     An entry is needed only until its Date leaves the window (a replay after that is stale), so
     memory stays bounded by the request rate times the window; ``max_entries`` caps it outright.
+
+    Forgetting is for good: if the clock steps back (an NTP correction, a VM restored from a
+    snapshot), a Date whose entry may already have been forgotten would be inside the window
+    again and its replay unnoticed. So a Date is also stale when its window ended before the
+    latest time the guard has seen; after a step back the guard refuses requests (fails closed)
+    until the clock has caught up or the client's Date is recent enough.
     """
 
     def __init__(
@@ -33,6 +39,7 @@ class ReplayGuard:
         self._clock = clock
         self._seen: set[bytes] = set()
         self._expiry: list[tuple[float, bytes]] = []
+        self._latest = float("-inf")  # entries whose window ended before this are forgotten
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -41,7 +48,7 @@ class ReplayGuard:
         """Accept and remember this request, or raise :class:`GatewayError`."""
         now = self._clock()
         sent = _parse_date(date)
-        if abs(now - sent) > self.window:
+        if abs(now - sent) > self.window or sent + self.window < self._latest:
             raise GatewayError("stale_request", "request Date is outside the accepted window")
         self._evict(now)
         if enc in self._seen:
@@ -52,6 +59,7 @@ class ReplayGuard:
         heapq.heappush(self._expiry, (sent + self.window, enc))
 
     def _evict(self, now: float) -> None:
+        self._latest = max(self._latest, now)
         while self._expiry and self._expiry[0][0] < now:
             _, enc = heapq.heappop(self._expiry)
             self._seen.discard(enc)

@@ -49,6 +49,30 @@ def test_replay_window_and_eviction() -> None:
     assert err.value.code == "stale_request"
 
 
+def test_a_clock_stepping_back_does_not_reopen_the_window() -> None:
+    """An entry forgotten once its window ended must stay stale when the clock steps back, or
+    the request it stood for could be replayed (an NTP step, a VM restored from a snapshot)."""
+    now = [4_000_000.0]
+    guard = ReplayGuard(window=60, clock=lambda: now[0])
+    captured = _date(now[0])
+    guard.check(b"r" * 32, captured)
+    now[0] += 120
+    guard.check(b"later" * 8, _date(now[0]))  # evicts the first entry
+    assert len(guard) == 1
+    now[0] -= 110  # the captured request's Date is inside the window of this clock again
+    with pytest.raises(GatewayError) as err:
+        guard.check(b"r" * 32, captured)
+    assert err.value.code == "stale_request"
+    # A Date whose window reaches the latest time seen is still checked, and accepted once.
+    recent = _date(now[0] + 55)
+    guard.check(b"n" * 32, recent)
+    with pytest.raises(GatewayError) as err:
+        guard.check(b"n" * 32, recent)
+    assert err.value.code == "replayed_request"
+    now[0] += 200  # the clock has caught up: ordinary requests pass again
+    guard.check(b"m" * 32, _date(now[0]))
+
+
 @pytest.mark.parametrize("date", [None, "", "not a date", _date(0)])
 def test_stale_or_bad_dates(date: str | None) -> None:
     with pytest.raises(GatewayError) as err:
