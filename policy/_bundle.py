@@ -46,7 +46,8 @@ _CONTRACT_FIELDS: Mapping[str, type | tuple[type, ...]] = {
 }
 # Optional contract fields the gateway enforces itself (not the policy): the tenant's request
 # limits, each a count (0: no limit), overriding the gateway's setting of the same meaning.
-LIMIT_FIELDS = ("max_concurrent_requests", "requests_per_minute")
+LIMIT_FIELDS = ("max_concurrent_requests", "requests_per_minute", "tokens_per_minute")
+_LIMIT_MAX = 10**9
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +167,9 @@ def _check_contracts(data: Mapping[str, Any]) -> None:
                 raise PolicyBundleError(f"contract {name}: {key} is missing or mistyped")
         for key in LIMIT_FIELDS:
             value = contract.get(key, 0)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**7:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _LIMIT_MAX:
                 raise PolicyBundleError(f"contract {name}: {key} must be a whole number from 0 "
-                                        "to 10000000")
+                                        f"to {_LIMIT_MAX}")
         expires = contract.get("expires")
         if expires is not None and not (isinstance(expires, str) and _EXPIRY_RE.fullmatch(expires)):
             raise PolicyBundleError(f"contract {name}: expires must be a whole minute, "

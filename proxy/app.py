@@ -46,7 +46,7 @@ from proxy.evidence import record_startup_state
 from proxy.gate import PolicyAuditGate
 from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers, gateway_front
 from proxy.telemetry import Metrics, configure_logging
-from proxy.tenants import Tenant, TenantStore
+from proxy.tenants import Tenant, TenantLimits, TenantStore
 
 __all__ = ["Services", "build_backends", "create_app"]
 
@@ -215,12 +215,14 @@ def create_app(settings: Settings | None = None, *,
         detect_provider(settings), keys.key_configs,
         log_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
         lambda: policy.bundle_digest, settings.release_measurement or "simulated")
-    def tenant_limits(name: str) -> tuple[int, int]:
-        """The tenant's request limits: its contract's (in the bundle deciding now), else the
+    def tenant_limits(name: str) -> TenantLimits:
+        """The tenant's limits: its contract's (in the bundle deciding now), else the
         settings'."""
         contract = policy.bundle.contract(name)
-        return (contract.get("max_concurrent_requests", settings.tenant_max_concurrent),
-                contract.get("requests_per_minute", settings.tenant_requests_per_minute))
+        return TenantLimits(
+            contract.get("max_concurrent_requests", settings.tenant_max_concurrent),
+            contract.get("requests_per_minute", settings.tenant_requests_per_minute),
+            contract.get("tokens_per_minute", settings.tenant_tokens_per_minute))
 
     service = OpenAIService(router, tenants, None, allow_plaintext=settings.allow_plaintext,
                             max_body_bytes=settings.max_body_bytes,

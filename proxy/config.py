@@ -74,6 +74,11 @@ class Settings:
     """Requests to chat, completions and embeddings one tenant may start in any minute (a
     burst of that many, then evenly refilled); past it, 429 ``rate_limit_exceeded`` with the
     seconds to wait in ``Retry-After``. 0 means no limit (``SEALGATE_TENANT_REQUESTS_PER_MINUTE``)."""
+    tenant_tokens_per_minute: int = 0
+    """Prompt and completion tokens one tenant's requests may use in any minute (counted when
+    each request ends; a burst of that many, then evenly refilled); once used up, 429
+    ``token_rate_limit_exceeded`` with the seconds to wait in ``Retry-After``. 0 means no limit
+    (``SEALGATE_TENANT_TOKENS_PER_MINUTE``)."""
     deployment_mode: str = "development"
     """``development`` or ``production``; production refuses simulated or debug enclaves
     (``SEALGATE_DEPLOYMENT_MODE``)."""
@@ -246,6 +251,7 @@ _RANGES = (
     ("max_body_bytes", 1024, 1 << 30),
     ("tenant_max_concurrent", 0, 1_000_000),
     ("tenant_requests_per_minute", 0, 10_000_000),
+    ("tenant_tokens_per_minute", 0, 1_000_000_000),
     ("replay_window_s", 1, 3600),
     ("policy_timeout_ms", 1, 60_000),
     ("policy_reload_s", 0, 86_400),

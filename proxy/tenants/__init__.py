@@ -6,10 +6,12 @@ from proxy.tenants._limits import (
     TenantBusy,
     TenantLimiter,
     TenantLimitExceeded,
+    TenantLimits,
     TenantRateLimited,
+    TenantTokensExhausted,
 )
 from proxy.tenants._store import ApiKeyInfo, Tenant, TenantStore, open_engine
 
 __all__ = ["ApiKeyInfo", "Lease", "StateUnavailable", "Tenant", "TenantBusy",
-           "TenantLimitExceeded", "TenantLimiter", "TenantRateLimited", "TenantStore",
-           "open_engine", "state_errors"]
+           "TenantLimitExceeded", "TenantLimiter", "TenantLimits", "TenantRateLimited",
+           "TenantStore", "TenantTokensExhausted", "open_engine", "state_errors"]

@@ -212,6 +212,11 @@ def test_trusted_proxies_reach_the_gateway_as_one_setting_it_accepts(render: Any
         "SEALGATE_TENANT_REQUESTS_PER_MINUTE"]
     settings = Settings.load(None, env={"SEALGATE_TENANT_REQUESTS_PER_MINUTE": value})
     assert settings.tenant_requests_per_minute == 600
+    assert "SEALGATE_TENANT_TOKENS_PER_MINUTE" not in proxy_env({})
+    value = proxy_env({"proxy": {"tenantTokensPerMinute": 200000}})[
+        "SEALGATE_TENANT_TOKENS_PER_MINUTE"]
+    settings = Settings.load(None, env={"SEALGATE_TENANT_TOKENS_PER_MINUTE": value})
+    assert settings.tenant_tokens_per_minute == 200000
 
 
 def test_database_egress_goes_only_to_the_named_peers(render: Any) -> None:

@@ -1,7 +1,8 @@
 """Limits on each tenant's requests, through a real gateway: in flight at once
-(``tenant_max_concurrent``) and started per minute (``tenant_requests_per_minute``). Past either,
-a request is refused at once (429, ``Retry-After``, nothing forwarded or recorded), other tenants
-are not held up, and every way a request ends gives its place back."""
+(``tenant_max_concurrent``), started per minute (``tenant_requests_per_minute``) and tokens used
+per minute (``tenant_tokens_per_minute``). Past any, a request is refused at once (429,
+``Retry-After``, nothing forwarded or recorded), other tenants are not held up, and every way a
+request ends gives its place back."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 CAP = 2
 PER_MINUTE = 60
+TOKENS_PER_MINUTE = 6000  # 100 a second
 CHAT = "/v1/chat/completions"
 # The fast upstream takes temperature / 100 seconds per token: this one answers in ~3 s.
 SLOW = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}],
@@ -33,7 +35,7 @@ QUICK = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}], 
 @pytest.fixture(scope="module")
 def limited(workdir: Path, fast_upstream: Proc) -> Iterator[Gateway]:
     config = (f"tenant_max_concurrent = {CAP}\ntenant_requests_per_minute = {PER_MINUTE}\n"
-              + gateway_config(
+              f"tenant_tokens_per_minute = {TOKENS_PER_MINUTE}\n" + gateway_config(
         fast_upstream.port, allow_plaintext=True, local=False))
     gw = start_gateway(workdir, config)
     yield gw
@@ -121,6 +123,26 @@ def test_past_its_requests_per_minute_a_tenant_waits(limited: Gateway) -> None:
     assert _post(limited, key, QUICK).status_code == 200
 
 
+def test_past_its_tokens_per_minute_a_tenant_waits(limited: Gateway) -> None:
+    """Tokens are counted as each request ends, from the backend's usage (the fast upstream
+    uses 5 prompt tokens and max_tokens completion tokens), streamed answers included."""
+    key, other = limited.new_key("wordy"), limited.new_key("terse")
+    big = {**QUICK, "max_tokens": 4000}
+    assert _post(limited, key, big).status_code == 200  # 4005 of its 6000
+    with httpx.stream("POST", f"{limited.url}{CHAT}", json={**big, "stream": True}, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"}) as streamed:
+        assert streamed.status_code == 200  # some of the budget was left: admitted
+        assert streamed.read().endswith(b"data: [DONE]\n\n")
+    refused = _post(limited, key, QUICK)  # about 2000 tokens in debt
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "token_rate_limit_exceeded" and error["type"] == "rate_limit_error"
+    assert 10 <= int(refused.headers["retry-after"]) <= 21  # the debt, refilled at 100/s
+    assert request_records(limited, key, refused.headers["x-request-id"], final="intent",
+                           timeout=1.0) == {}
+    assert _post(limited, other, big).status_code == 200  # another tenant's own budget
+
+
 def _contract(name: str, limits: str) -> str:
     """A contract like ``default`` (policy/data/contracts.yaml) with ``limits`` added."""
     return (f"  {name}:\n    models: [\"*\"]\n    regions: [\"local\"]\n    max_tokens: 4096\n"
@@ -136,7 +158,8 @@ def test_a_tenants_contract_sets_its_own_limits(workdir: Path, fast_upstream: Pr
                     ignore=shutil.ignore_patterns("__pycache__", "*.py"))
     contracts = bundle_dir / "data" / "contracts.yaml"
     shipped = contracts.read_text()
-    contracts.write_text(shipped + _contract("solo", "    max_concurrent_requests: 1\n"))
+    contracts.write_text(shipped + _contract("solo", "    max_concurrent_requests: 1\n")
+                         + _contract("frugal", "    tokens_per_minute: 100\n"))
     config = (f'policy_bundle = "{bundle_dir}"\npolicy_reload_s = 1\n'
               + gateway_config(fast_upstream.port, allow_plaintext=True, local=False))
     gw = start_gateway(workdir, config)
@@ -152,6 +175,12 @@ def test_a_tenants_contract_sets_its_own_limits(workdir: Path, fast_upstream: Pr
 
         assert two_at_once(solo) == [200, 429]
         assert two_at_once(free) == [200, 200]  # no contract of its own: the setting (none)
+        frugal = gw.new_key("frugal")
+        assert _post(gw, frugal, {**QUICK, "max_tokens": 150}).status_code == 200  # 155 of 100
+        spent = _post(gw, frugal, QUICK)
+        assert spent.status_code == 429 and spent.json()["error"]["code"] == "token_rate_limit_exceeded"
+        for _ in range(2):  # no token budget of its own: the setting (none)
+            assert _post(gw, free, {**QUICK, "max_tokens": 150}).status_code == 200
         contracts.write_text(shipped + _contract("solo", "    max_concurrent_requests: 2\n"))
         digest = load_bundle(bundle_dir).digest
         deadline = time.monotonic() + 30

@@ -76,8 +76,9 @@ def test_contract_expiry_is_a_whole_minute(bundle_dir: Path) -> None:
         load_bundle(bundle_dir)
 
 
-@pytest.mark.parametrize("value", ["-1", "true", '"8"', "1.5", "10000001"])
-@pytest.mark.parametrize("field", ["max_concurrent_requests", "requests_per_minute"])
+@pytest.mark.parametrize("value", ["-1", "true", '"8"', "1.5", "1000000001"])
+@pytest.mark.parametrize("field", ["max_concurrent_requests", "requests_per_minute",
+                                   "tokens_per_minute"])
 def test_contract_request_limits_are_whole_numbers(bundle_dir: Path, field: str,
                                                    value: str) -> None:
     contracts = bundle_dir / "data" / "contracts.yaml"

@@ -1,5 +1,5 @@
 """TenantLimiter: a cap per tenant, leases given back once, and by the garbage collector for a
-streamed answer that never started."""
+streamed answer that never started; requests and tokens per minute."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.tenants import TenantBusy, TenantLimiter, TenantRateLimited
+from proxy.tenants import TenantBusy, TenantLimiter, TenantLimits, TenantRateLimited, TenantTokensExhausted
 
 
 def test_each_tenant_has_its_own_cap() -> None:
@@ -103,3 +103,62 @@ def test_a_request_refused_for_concurrency_uses_no_minute() -> None:
     with pytest.raises(TenantRateLimited):
         limiter.acquire("a")
     assert limiter.in_flight("a") == 0
+
+
+def test_tokens_per_minute_admit_until_used_then_the_debt_is_waited_out() -> None:
+    clock = Clock()
+    limiter = TenantLimiter(0, tokens_per_minute=600, clock=clock)  # 10 tokens a second
+    first = limiter.acquire("a")
+    second = limiter.acquire("a")  # nothing is used until a request ends
+    first.charge(500)
+    first.charge(500)  # a lease is charged once
+    second.charge(400)  # the budget's last 100, and 300 more: a debt
+    with pytest.raises(TenantTokensExhausted) as spent:
+        limiter.acquire("a")
+    assert spent.value.status == 429 and spent.value.code == "token_rate_limit_exceeded"
+    assert spent.value.type == "rate_limit_error"
+    assert spent.value.retry_after == 31  # until one token is back: (300 + 1) / 10 s
+    limiter.acquire("b").charge(600)  # another tenant has its own budget
+    clock.now += 30
+    with pytest.raises(TenantTokensExhausted) as spent:
+        limiter.acquire("a")
+    assert spent.value.retry_after == 1
+    clock.now += 1
+    limiter.acquire("a").charge(0)  # a request that used nothing costs nothing
+    clock.now += 3600  # a long pause refills the budget, never more
+    lease = limiter.acquire("a")
+    lease.charge(600)
+    with pytest.raises(TenantTokensExhausted):
+        limiter.acquire("a")
+
+
+def test_a_request_refused_for_tokens_uses_no_request_of_the_minute() -> None:
+    clock = Clock()
+    limiter = TenantLimiter(1, per_minute=2, tokens_per_minute=600, clock=clock)
+    lease = limiter.acquire("a")  # the first request of the minute
+    lease.release()
+    lease.charge(610)  # a debt of 10 tokens: 1 s to pay, 2 s until one token is back
+    for _ in range(5):
+        with pytest.raises(TenantTokensExhausted):
+            limiter.acquire("a")
+    clock.now += 2
+    limiter.acquire("a").release()  # the second request of the minute
+    with pytest.raises(TenantRateLimited) as limited:
+        limiter.acquire("a")
+    assert limited.value.code == "rate_limit_exceeded"
+    assert limiter.in_flight("a") == 0
+
+
+def test_a_tenants_own_limits_replace_the_limiters() -> None:
+    clock = Clock()
+    limiter = TenantLimiter(0, tokens_per_minute=10, clock=clock)
+    own = TenantLimits(concurrent=1, tokens_per_minute=0)
+    held = limiter.acquire("big", own)
+    held.charge(1_000_000)  # no token budget of its own
+    with pytest.raises(TenantBusy):
+        limiter.acquire("big", own)
+    held.release()
+    limiter.acquire("big", own).release()
+    limiter.acquire("small").charge(11)
+    with pytest.raises(TenantTokensExhausted):
+        limiter.acquire("small")

@@ -28,7 +28,7 @@ from proxy.api.openai.protocol import (
 from proxy.errors import ClientDisconnected, NotFound, RequestTooLarge, set_error_headers
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment, model_endpoint
 from proxy.telemetry import Metrics
-from proxy.tenants import Lease, TenantLimiter, TenantLimitExceeded, TenantStore
+from proxy.tenants import Lease, TenantLimiter, TenantLimitExceeded, TenantLimits, TenantStore
 
 __all__ = ["Gate", "OpenAIService"]
 
@@ -61,13 +61,13 @@ class OpenAIService:
     def __init__(self, router: BackendRouter, tenants: TenantStore, gate: Gate | None, *,
                  allow_plaintext: bool, max_body_bytes: int = 1 << 20,
                  metrics: Metrics | None = None,
-                 tenant_limits: Callable[[str], tuple[int, int]] | None = None) -> None:
+                 tenant_limits: Callable[[str], TenantLimits] | None = None) -> None:
         self.metrics = metrics
         self._router = router
         self._tenants = tenants
         self.limiter = TenantLimiter(0)
         self._tenant_limits = tenant_limits
-        """A tenant's limits (in flight, per minute; 0: none) by tenant name; none without."""
+        """A tenant's limits by tenant name; none without."""
         self.gate = gate
         self._allow_plaintext = allow_plaintext
         self._max_body = max_body_bytes
@@ -108,7 +108,13 @@ class OpenAIService:
             return None
         return hmac.new(self._scope_key, ctx.tenant.id.encode(), hashlib.sha256).hexdigest()
 
-    async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None:
+    async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome,
+                      lease: Lease | None = None, tokens: int | None = None) -> None:
+        """Log and record how the request ended; charge its tokens (``tokens``, else the
+        outcome's) to its tenant."""
+        if lease is not None:
+            lease.charge(outcome.prompt_tokens + outcome.completion_tokens
+                         if tokens is None else tokens)
         outcome.log(ctx, self.metrics)
         if self.gate is not None:
             await self.gate.finish(ctx, admission, outcome)
@@ -163,7 +169,7 @@ class OpenAIService:
                 return Stream(stream, media_type="text/event-stream",
                               headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
             route = ctx.route
-            return await self._whole(request, ctx, admission,
+            return await self._whole(request, ctx, admission, lease,
                                      backend.generate(kind, body, cache_scope=scope),
                                      lambda doc: _shape(doc, kind, route))
         finally:
@@ -171,7 +177,7 @@ class OpenAIService:
                 lease.release()
 
     async def _whole(self, request: Request[Any, Any, Any], ctx: CallContext,
-                     admission: Admission, answer: Awaitable[dict[str, Any]],
+                     admission: Admission, lease: Lease, answer: Awaitable[dict[str, Any]],
                      shape: Callable[[dict[str, Any]], None]) -> Response[Any]:
         """A whole (non-streamed) answer. The completion record is written however it ends;
         a client that leaves first cancels the backend call."""
@@ -190,7 +196,7 @@ class OpenAIService:
             outcome = _failed(exc)
             raise
         finally:
-            await self._finish(ctx, admission, outcome)
+            await self._finish(ctx, admission, outcome, lease)
         return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
 
     async def _first_chunk(self, request: Request[Any, Any, Any], ctx: CallContext,
@@ -219,6 +225,9 @@ class OpenAIService:
         commitment = ResponseCommitment(ctx.commitment_key)
         outcome = Outcome(200, response_commitment=None, aborted="client_disconnected")
         same: tuple[Any, Any] | None = None  # every chunk of a stream: one id, one created
+        # Tokens to charge when the backend's usage never came (the client left first): at
+        # least one per chunk sent.
+        sent: int | None = 0
         try:
             async for chunk in chunks:
                 if outcome.ttft_ms is None:
@@ -227,6 +236,9 @@ class OpenAIService:
                 if usage:
                     outcome.prompt_tokens = usage.get("prompt_tokens", 0)
                     outcome.completion_tokens = usage.get("completion_tokens", 0)
+                    sent = None
+                elif sent is not None:
+                    sent += 1
                 for part in _with_usage(chunk, usage if include_usage else None):
                     _shape(part, kind, ctx.route, chunk=True)
                     if same is None:
@@ -248,7 +260,7 @@ class OpenAIService:
             finally:
                 lease.release()
                 outcome.response_commitment = commitment.value()
-                await self._finish(ctx, admission, outcome)
+                await self._finish(ctx, admission, outcome, lease, sent)
 
     # -- endpoints this gateway does not serve ---------------------------------------------------
     async def refuse(self, request: Request[Any, Any, Any]) -> Response[Any]:
@@ -280,7 +292,7 @@ class OpenAIService:
                 result["model"] = model
                 result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
 
-            return await self._whole(request, ctx, admission,
+            return await self._whole(request, ctx, admission, lease,
                                      backend.embed(body, cache_scope=self._cache_scope(ctx)), shape)
         finally:
             lease.release()
