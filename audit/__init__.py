@@ -10,6 +10,7 @@ from ._checkpoint import SignedCheckpoint
 from ._errors import (
     AuditError,
     AuditUnavailable,
+    CorruptStore,
     InvalidRecord,
     ProofError,
     RecordNotFound,
@@ -32,6 +33,7 @@ __all__ = [
     "AuditError",
     "AuditLog",
     "AuditUnavailable",
+    "CorruptStore",
     "ConsistencyProof",
     "InclusionProof",
     "InvalidRecord",

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AuditError",
     "AuditUnavailable",
+    "CorruptStore",
     "InvalidRecord",
     "ProofError",
     "RecordNotFound",
@@ -33,6 +34,13 @@ class AuditUnavailable(AuditError):
 
     code = "audit_unavailable"
     status = 503
+
+
+class CorruptStore(AuditError):
+    """A stored value has the wrong type (SQLite columns accept any): the store was written by
+    something other than the gateway."""
+
+    code = "audit_store_corrupt"
 
 
 class InvalidRecord(AuditError):

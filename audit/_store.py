@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from ._errors import AuditError, AuditUnavailable
+from ._errors import AuditError, AuditUnavailable, CorruptStore
 from ._tables import VERSION_TABLE, CheckpointRow, LogRow, NodeRow, RecordRow
 
 __all__ = ["LogStore", "normalize_url"]
@@ -52,6 +52,26 @@ def normalize_url(url: str) -> str:
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     raise AuditUnavailable(f"unsupported audit database backend {backend!r}")
+
+
+def _int(value: Any, where: str) -> int:
+    """A stored integer, strictly (``int("7")`` would pass a text value through)."""
+    if type(value) is not int:
+        raise CorruptStore(f"{where} holds a {type(value).__name__}, not an integer")
+    return value
+
+
+def _bytes(value: Any, where: str) -> bytes:
+    """A stored binary value, strictly (``bytes(7)`` would be seven zero bytes)."""
+    if not isinstance(value, (bytes, memoryview)):
+        raise CorruptStore(f"{where} holds a {type(value).__name__}, not binary")
+    return bytes(value)
+
+
+def _str(value: Any, where: str) -> str:
+    if type(value) is not str:
+        raise CorruptStore(f"{where} holds a {type(value).__name__}, not text")
+    return value
 
 
 @contextlib.contextmanager
@@ -213,13 +233,15 @@ class LogStore:
                 return 0
             if row.vkey != vkey:
                 raise AuditUnavailable("stored log identity does not match the signing key")
-            return int(row.integrated_size)
+            return _int(row.integrated_size, "audit_logs.integrated_size")
 
     def logs(self) -> list[tuple[str, str, str, int]]:
         """(log_id, origin, vkey, integrated_size) for every log in the store."""
         with _translated("list logs"), self.engine.connect() as conn:
             rows = conn.execute(select(LOGS).order_by(LOGS.c.log_id)).all()
-        return [(r.log_id, r.origin, r.vkey, int(r.integrated_size)) for r in rows]
+        return [(_str(r.log_id, "audit_logs.log_id"), _str(r.origin, "audit_logs.origin"),
+                 _str(r.vkey, "audit_logs.vkey"),
+                 _int(r.integrated_size, "audit_logs.integrated_size")) for r in rows]
 
     # -- records ---------------------------------------------------------------------------
     def next_index(self, log_id: str) -> int:
@@ -227,7 +249,7 @@ class LogStore:
             top = conn.execute(
                 select(func.max(RECORDS.c.leaf_index)).where(RECORDS.c.log_id == log_id)
             ).scalar()
-        return 0 if top is None else int(top) + 1
+        return 0 if top is None else _int(top, "audit_records.leaf_index") + 1
 
     def _insert_sql(self, table: Any) -> str:
         cols = [c.name for c in table.columns]
@@ -297,7 +319,8 @@ class LogStore:
             .limit(limit)
         )
         with _translated("read records"), self.engine.connect() as conn:
-            return [(int(i), bytes(e)) for i, e in conn.execute(query)]
+            return [(_int(i, "audit_records.leaf_index"), _bytes(e, "audit_records.envelope"))
+                    for i, e in conn.execute(query)]
 
     def record_rows(self, log_id: str, start: int, limit: int) -> list[Any]:
         """Full record rows (envelope and metadata) for indices >= start, in order."""
@@ -357,7 +380,7 @@ class LogStore:
         )
         with _translated("read tree nodes"), self.engine.connect() as conn:
             rows = conn.exec_driver_sql(sql, (log_id, *node_ids)).all()
-        return {int(n): bytes(h) for n, h in rows}
+        return {_int(n, "audit_nodes.node_id"): _bytes(h, "audit_nodes.hash") for n, h in rows}
 
     def bulk_nodes(self, log_id: str, nodes: Sequence[tuple[int, bytes]], size: int) -> None:
         """Load precomputed nodes for a fresh log (benchmarks and imports)."""
@@ -384,7 +407,8 @@ class LogStore:
         if limit is not None:
             query = query.limit(limit)
         with _translated("read checkpoints"), self.engine.connect() as conn:
-            return [(int(s), bytes(r), str(n)) for s, r, n in conn.execute(query)]
+            return [(_int(s, "audit_checkpoints.size"), _bytes(r, "audit_checkpoints.root_hash"),
+                     _str(n, "audit_checkpoints.note")) for s, r, n in conn.execute(query)]
 
     def count_checkpoints(self, log_id: str, *, after: int = -1) -> int:
         """How many checkpoints of the log are of size above ``after``."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._checkpoint import SignedCheckpoint
 from ._dsse import open_envelope
-from ._errors import VerificationError
+from ._errors import CorruptStore, VerificationError
 from ._merkle import CompactRange, empty_root, leaf_hash, verify_consistency, verify_inclusion
 from ._note import NoteVerifier
 from ._proofs import InclusionProof, TreeReader
@@ -44,6 +44,8 @@ def _check_row(row: Any, expect_index: int, verifier: NoteVerifier, log_id: str)
     database writer can put any type in them."""
     if type(row.leaf_index) is not int or row.leaf_index != expect_index:
         raise VerificationError(f"record indices have a gap at leaf {expect_index}")
+    if not isinstance(row.envelope, (bytes, memoryview)):
+        raise VerificationError(f"leaf {expect_index}: the stored envelope is not binary")
     envelope = bytes(row.envelope)
     try:
         statement, _ = open_envelope(envelope, verifier.public_key, log_id)
@@ -190,8 +192,16 @@ def verify_log(
     checkpoints. ``from_checkpoint`` (a signed note kept from earlier) is verified first: a log
     in the store must have signed it (same origin and key), and that log's records and latest
     checkpoint must extend it. Raises ``VerificationError`` on the first discrepancy, and when
-    the store holds no log at all.
+    the store holds no log at all, or a stored value of the wrong type.
     """
+    try:
+        return _verify_logs(store, from_checkpoint, progress, vkey)
+    except CorruptStore as exc:
+        raise VerificationError(exc.detail) from None
+
+
+def _verify_logs(store: LogStore, from_checkpoint: str | None, progress: Progress | None,
+                 vkey: str | None) -> list[VerifyReport]:
     logs = store.logs()
     if not logs:
         raise VerificationError("the store holds no log")

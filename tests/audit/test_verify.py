@@ -76,7 +76,35 @@ TAMPERS: dict[str, Callable[[str], None]] = {
         u, "UPDATE audit_checkpoints SET note = REPLACE(note, '\n\n', '\nx\n\n') WHERE size = 14"),
     "checkpoint root column": lambda u: _flip(u, "audit_checkpoints", "root_hash", "size = 14"),
     "checkpoint signature": lambda u: _flip(u, "audit_checkpoints", "note", "size = 14", -8),
+    # SQLite keeps any type in any column: each must fail verification, not crash it.
+    "envelope stored as text": lambda u: _retype(
+        u, "UPDATE audit_records SET envelope = CAST(envelope AS TEXT) WHERE leaf_index = 3",
+        lambda: _flip(u, "audit_records", "envelope", "leaf_index = 3")),
+    "node hash stored as text": lambda u: _retype(
+        u, "UPDATE audit_nodes SET hash = 'abc' WHERE node_id = 0",
+        lambda: _flip(u, "audit_nodes", "hash", "node_id = 0")),
+    "checkpoint root stored as text": lambda u: _retype(
+        u, "UPDATE audit_checkpoints SET root_hash = 'abc' WHERE size = 14",
+        lambda: _flip(u, "audit_checkpoints", "root_hash", "size = 14")),
+    "checkpoint size stored as text": lambda u: _retype(
+        u, "UPDATE audit_checkpoints SET size = 'x' WHERE size = 14",
+        lambda: _tamper(u, "UPDATE audit_checkpoints SET size = 15 WHERE size = 14")),
+    "checkpoint note stored as binary": lambda u: _retype(
+        u, "UPDATE audit_checkpoints SET note = CAST(note AS BLOB) WHERE size = 14",
+        lambda: _flip(u, "audit_checkpoints", "note", "size = 14")),
+    "integrated size stored as text": lambda u: _retype(
+        u, "UPDATE audit_logs SET integrated_size = 'abc'",
+        lambda: _tamper(u, "UPDATE audit_logs SET integrated_size = 41")),
 }  # fmt: skip
+
+
+def _retype(url: str, sqlite_sql: str, otherwise: Callable[[], None]) -> None:
+    """Store a value of another type (SQLite only; a typed database refuses it, so there the
+    same column is tampered with otherwise)."""
+    if url.startswith("sqlite"):
+        _tamper(url, sqlite_sql)
+    else:
+        otherwise()
 
 
 def test_records_and_checkpoints_are_read_a_page_at_a_time(
