@@ -143,6 +143,7 @@ class GatewayRejected(SealedTransportError):
     def __init__(self, status: int, code: str) -> None:
         super().__init__("gateway_rejected", f"gateway answered {status} ({code})")
         self.status = status
+        self.gateway_code = code
 
 
 def gateway_failure(status: int, content: bytes) -> SealedTransportError:
@@ -155,8 +156,13 @@ def gateway_failure(status: int, content: bytes) -> SealedTransportError:
     return GatewayRejected(status, code)
 
 
-def is_unknown_key(err: SealedTransportError) -> bool:
-    return err.detail.endswith("(ohttp_unknown_key)")
+# Refusals that mean the client's key configuration is stale: a restarted gateway has new keys,
+# and its random one-byte key_id may repeat the old one (then decryption fails instead).
+_STALE_KEY = frozenset({"ohttp_unknown_key", "ohttp_decrypt_failed", "ohttp_unsupported_suite"})
+
+
+def is_stale_key(err: SealedTransportError) -> bool:
+    return isinstance(err, GatewayRejected) and err.gateway_code in _STALE_KEY
 
 
 def _invalid(exc: OHTTPError) -> SealedTransportError:

@@ -11,7 +11,7 @@ import httpx2
 
 from proxy.ohttp import MediaType
 
-from ._core import Fields, Prepared, StreamOpener, gateway_failure, is_unknown_key, open_plain, seal
+from ._core import Fields, Prepared, StreamOpener, gateway_failure, is_stale_key, open_plain, seal
 from ._errors import SealedTransportError
 from ._keysource import KeySource
 from ._presealer import Presealer
@@ -36,11 +36,12 @@ def _response(
 
 
 def _failure(keys: KeySource, status: int, content: bytes) -> SealedTransportError:
-    """The error for a refused request. On ``ohttp_unknown_key`` the key is dropped, so the next
-    request verifies the gateway's identity again; this one is not resent, because the refusal is
+    """The error for a refused request. When the refusal says the key is stale (unknown
+    ``key_id``, decryption failed, suite not offered) the key is dropped, so the next request
+    verifies the gateway's identity again; this one is not resent, because the refusal is
     unauthenticated and a relay could claim it for a request the gateway did run."""
     error = gateway_failure(status, content)
-    if is_unknown_key(error):
+    if is_stale_key(error):
         keys.invalidate()
     return error
 

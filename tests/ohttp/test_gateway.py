@@ -16,13 +16,16 @@ from proxy.client import AsyncSealedTransport, SealedExchange, SealedTransportEr
 from proxy.gateway import GATEWAY_PATH, KeyManager, sealed_channel
 from proxy.gateway._channel import SealedChannel
 from proxy.ohttp import (
+    DEFAULT_SUITES,
     BHTTPRequest,
     ChunkedRequestSealer,
+    GatewayKey,
     KeyConfig,
     MediaType,
     decode_key_configs,
     decode_response,
     encapsulate_request,
+    encode_key_configs,
     encode_request,
 )
 from tests.ohttp import _apps
@@ -292,6 +295,28 @@ def test_rotation_grace_and_reverification() -> None:
     assert source.fetches == 1
     assert response.status_code == 200 and response.json()["sealed"] is True
     assert source.fetches == 1
+
+
+def test_a_restart_that_repeats_the_key_id_is_recovered_from() -> None:
+    """A restarted gateway has new keys under a random one-byte key_id, which repeats the old one
+    once in 256 restarts: a client still holding the old key is then refused with
+    ``ohttp_decrypt_failed``, not ``ohttp_unknown_key``, and must drop that key all the same
+    (else every request fails until its key cache expires)."""
+    state = AppState(keys=KeyManager())
+    same_id = state.keys.current_key_id
+    before_restart = encode_key_configs([GatewayKey.generate(same_id, DEFAULT_SUITES).config])
+    source = CountingKeySource(state.keys, before_restart)
+
+    async def run() -> tuple[SealedTransportError, httpx2.Response]:
+        async with _sealed_client(state, source) as client:
+            with pytest.raises(SealedTransportError) as refused:
+                await client.post("/echo", json={"after": "restart"})
+            return refused.value, await client.post("/echo", json={"after": "restart"})
+
+    refused, response = asyncio.run(run())
+    assert refused.code == "gateway_rejected" and "ohttp_decrypt_failed" in refused.detail
+    assert source.fetches == 1  # the stale key was dropped; not resent
+    assert response.status_code == 200 and response.json()["sealed"] is True
 
 
 def test_front_answers_an_unexpected_failure_with_a_plain_500(
