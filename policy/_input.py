@@ -144,7 +144,8 @@ class RequestParams:
 
         ``lenient`` (bodies of endpoints that are never forwarded, which no schema checked):
         a token limit, ``n`` or ``best_of`` that is not an integer within ±(2**53 - 1) counts as absent
-        instead of being an error, so such a request still gets a decision and a record."""
+        instead of being an error, and a NUL in ``purpose`` becomes U+FFFD, so such a request
+        still gets a decision and a record."""
         store = body.get("store")
         # A non-boolean ``store`` is treated as a request to store: the conservative reading.
         store_flag = store if isinstance(store, bool) or store is None else True
@@ -153,6 +154,8 @@ class RequestParams:
         choices = [v for v in (_opt_int(body, k, lenient) for k in ("n", "best_of")) if v is not None]
         keys = _metadata_keys(body, lenient)
         purpose = body.get("purpose")
+        if lenient and isinstance(purpose, str):
+            purpose = purpose.replace("\x00", "\ufffd")  # still decided and recorded
         return cls(
             stream=body.get("stream") is True,
             store=store_flag,

@@ -75,7 +75,10 @@ class PolicyAuditGate:
         route = ctx.route
         return PolicyInput(
             channel=ctx.channel, tenant_id=ctx.tenant.pseudonym, tenant_name=ctx.tenant.name,
-            method=ctx.method, path=ctx.path, model=route.name if route else None,
+            # A NUL (%00) can reach only refused paths: it becomes U+FFFD, so the request still
+            # gets a decision, and a denial its record.
+            method=ctx.method, path=ctx.path.replace("\x00", "\ufffd"),
+            model=route.name if route else None,
             request=RequestParams.from_body(params, lenient=lenient),
             backend_name=route.backend if route else "",
             retention_tier=route.retention_tier.value if route else "none",

@@ -21,7 +21,7 @@ _TAGS = ["audit"]
 
 # ``log``: the log id (8 hex) of a receipt. Replicas sharing one database each keep their own
 # log; any replica serves checkpoints and proofs of all of them. Default: this replica's log.
-_LOG = Parameter(query="log", default=None, pattern=r"^[0-9a-f]{8}$")
+_LOG = Parameter(query="log", default=None, pattern=r"^[0-9a-f]{8}\Z")
 
 
 @get("/v1/audit/logs", summary="Every log in the store (id, origin, verifier key)", tags=_TAGS)

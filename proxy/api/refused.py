@@ -20,4 +20,30 @@ async def refused(request: Request[Any, Any, Any], openai_service: OpenAIService
     return await openai_service.refuse(request)
 
 
-refused_handlers = [refused]
+# The methods the served paths do not serve (``GET /v1/chat/completions`` lists stored
+# completions, SG-TRAIN-005) are decided and recorded too, not answered 405 by the router.
+_SERVED_POST = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+
+
+@route(_SERVED_POST, http_method=["GET", "PUT", "PATCH", "DELETE"], status_code=200,
+       include_in_schema=False)
+async def refused_method(request: Request[Any, Any, Any],
+                         openai_service: OpenAIService) -> Response[Any]:
+    return await openai_service.refuse(request)
+
+
+@route("/v1/models", http_method=["POST", "PUT", "PATCH", "DELETE"], status_code=200,
+       include_in_schema=False)
+async def refused_models_method(request: Request[Any, Any, Any],
+                                openai_service: OpenAIService) -> Response[Any]:
+    return await openai_service.refuse(request)
+
+
+@route("/v1/models/{model_id:path}", http_method=["POST", "PUT", "PATCH", "DELETE"], status_code=200,
+       include_in_schema=False)
+async def refused_model_method(request: Request[Any, Any, Any], openai_service: OpenAIService,
+                               model_id: str) -> Response[Any]:
+    return await openai_service.refuse(request)
+
+
+refused_handlers = [refused, refused_method, refused_models_method, refused_model_method]

@@ -65,6 +65,7 @@ def test_denials_name_rules_and_never_echo(gateway: Gateway, api_key: str, path:
     ("/v1/fine_tuning/jobs%20x", {}, ":invalid-path"),
     ("/v1/fine_tuning/jobs/" + "a" * 120, {}, ":invalid-path"),
     ("/v1/fine_tuning/%C3%A9%22CANARY", {}, ":invalid-path"),
+    ("/v1/fine_tuning/jobs%00CANARY", {}, ":invalid-path"),  # a NUL fits no policy input
 ])
 def test_every_denial_has_a_record(gateway: Gateway, api_key: str, path: str,
                                    body: dict[str, object], endpoint: str) -> None:
@@ -170,6 +171,33 @@ def test_form_uploads_for_fine_tuning_cite_their_rule(gateway: Gateway, api_key:
     other = httpx.post(f"{gateway.url}/v1/files", headers=auth, data={"purpose": "assistants"},
                        files={"file": ("a.txt", b"CANARY")})
     assert other.status_code == 403 and "SG-STORE-005" in other.json()["error"]["message"]
+    # A NUL in the purpose fits no policy input: it is decided (and recorded) all the same.
+    nul = httpx.post(f"{gateway.url}/v1/files", headers=auth, data={"purpose": "fine-tune\x00"},
+                     files={"file": ("a.txt", b"CANARY")})
+    assert nul.status_code == 403 and nul.json()["error"]["code"] == "policy_denied"
+    assert request_records(gateway, api_key, nul.headers["x-request-id"], "denial")["denial"]
+
+
+@pytest.mark.parametrize(("method", "path", "rule"), [
+    ("GET", "/v1/chat/completions", "SG-TRAIN-005"),  # listing stored completions
+    ("DELETE", "/v1/chat/completions", "SG-ENDPOINT-001"),
+    ("GET", "/v1/embeddings", "SG-ENDPOINT-001"),
+    ("PUT", "/v1/completions", "SG-ENDPOINT-001"),
+    ("POST", "/v1/models", "SG-ENDPOINT-001"),
+    ("DELETE", "/v1/models/fast-echo", "SG-ENDPOINT-001"),
+])
+def test_other_methods_on_served_paths_are_decided_and_recorded(
+        gateway: Gateway, api_key: str, method: str, path: str, rule: str) -> None:
+    """Not a 405 from the router, which would skip the channel, the key, the decision and the
+    record: the policy names these requests (SG-TRAIN-005)."""
+    response = httpx.request(method, f"{gateway.url}{path}", timeout=30,
+                             headers={"Authorization": f"Bearer {api_key}"})
+    assert response.status_code == 403, response.text
+    assert rule in response.json()["error"]["message"]
+    denial = request_records(gateway, api_key, response.headers["x-request-id"], "denial")["denial"]
+    # The client's model name is not named in the record (a served model's GET is).
+    assert denial["rule_ids"] == [rule] and denial["endpoint"] == path.replace("fast-echo", ":id")
+    assert httpx.get(f"{gateway.url}{path}").status_code in (401, 403)  # no key: refused
 
 
 @pytest.mark.parametrize(("metadata", "param"), [
@@ -177,6 +205,7 @@ def test_form_uploads_for_fine_tuning_cite_their_rule(gateway: Gateway, api_key:
     ({"x\u0000eval": "x"}, "metadata"),
     ({f"k{i}": "v" for i in range(17)}, "metadata"),  # one engine evaluation per key and term
     ({"k" * 65: "v"}, "metadata"),
+    ({"train_set\n": "x"}, "metadata"),  # "$" would match before the newline
 ])
 def test_metadata_beyond_the_api_limits_is_refused(gateway: Gateway, api_key: str,
                                                    metadata: dict[str, str], param: str) -> None:

@@ -27,7 +27,8 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 # logit_bias: token ids (as decimal strings) to a bias in [-100, 100].
-TokenId = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,10}$")]
+# Patterns end in \Z, not $: a pattern is searched, and $ also matches before a final newline.
+TokenId = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,10}\Z")]
 LogitBias = dict[TokenId, Annotated[int, msgspec.Meta(ge=-100, le=100)]]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 # Prompt token ids: backends hold them as 32-bit integers, and llama.cpp wraps a larger one
@@ -38,7 +39,7 @@ ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 # The OpenAI API's metadata limits: 16 pairs, keys of 64 characters, values of 512. Keys reach
 # the policy (SG-STORE-004), so they are printable text too.
 Metadata = Annotated[
-    dict[Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")],
+    dict[Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*\Z")],
          Annotated[str, msgspec.Meta(max_length=512)]],
     msgspec.Meta(max_length=16),
 ]
