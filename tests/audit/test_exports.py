@@ -8,6 +8,7 @@ import audit
 def test_all_is_exact() -> None:
     assert sorted(audit.__all__) == sorted([
         "IDENTIFIER", "PREDICATE_TYPE", "AuditError", "AuditLog", "AuditUnavailable", "ConsistencyProof",
+        "CorruptStore",
         "InclusionProof", "InvalidRecord", "LogStore", "ProofError", "Receipt", "Record",
         "RecordBuilder", "RecordNotFound", "SignedCheckpoint", "TreeReader", "VerificationError",
         "VerifyReport",
@@ -19,7 +20,7 @@ def test_all_is_exact() -> None:
 
 
 def test_errors_share_one_root_with_string_codes() -> None:
-    errors = [audit.AuditUnavailable, audit.InvalidRecord, audit.ProofError,
+    errors = [audit.AuditUnavailable, audit.CorruptStore, audit.InvalidRecord, audit.ProofError,
               audit.RecordNotFound, audit.VerificationError]  # fmt: skip
     assert all(issubclass(e, audit.AuditError) for e in errors)
     assert len({e.code for e in errors}) == len(errors)
