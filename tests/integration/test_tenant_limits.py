@@ -137,7 +137,7 @@ def test_past_its_tokens_per_minute_a_tenant_waits(limited: Gateway) -> None:
     assert refused.status_code == 429, refused.text
     error = refused.json()["error"]
     assert error["code"] == "token_rate_limit_exceeded" and error["type"] == "rate_limit_error"
-    assert 10 <= int(refused.headers["retry-after"]) <= 21  # the debt, refilled at 100/s
+    assert 1 <= int(refused.headers["retry-after"]) <= 21  # the debt (at most 2010), at 100/s
     assert request_records(limited, key, refused.headers["x-request-id"], final="intent",
                            timeout=1.0) == {}
     assert _post(limited, other, big).status_code == 200  # another tenant's own budget
