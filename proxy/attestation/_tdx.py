@@ -28,6 +28,13 @@ from ._x509 import load_certificates, pinned_root, resolve_time, verify_chain
 __all__ = ["PckInfo", "verify_tdx"]
 
 _SGX_EXT = "1.2.840.113741.1.13.1"
+# Intel's TD quoting enclave, as its QE identity (Intel PCS, tdx/certification/v4/qe/identity)
+# names it. Checked with or without collateral: the PCK signs the report of any enclave the
+# host may launch with the provisioning key, so only these values say the quote's attestation
+# key belongs to Intel's quoting enclave and not to one of the host's making.
+_TD_QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
+_TD_QE_PRODID = 2
+_SGX_DEBUG = 0x02  # SGX ATTRIBUTES.FLAGS bit 1
 
 
 class PckInfo:
@@ -96,6 +103,11 @@ def verify_tdx(
     _ecdsa_p256(_point(chain[0]), parsed.qe_report_signature, qe.raw,
                 "qe_report_invalid", "QE report signature")
     trace.append("QE report signature by the PCK certificate")
+    if (qe.mr_signer != _TD_QE_MRSIGNER or qe.isv_prod_id != _TD_QE_PRODID
+            or qe.attributes[0] & _SGX_DEBUG):
+        raise VerificationError("qe_identity_mismatch",
+                                "QE report is not from Intel's TD quoting enclave")
+    trace.append("QE report from Intel's TD quoting enclave (MRSIGNER, ISVPRODID, not debug)")
     pck = PckInfo(chain[0])
     status, qe_status = None, None
     if collateral is not None:

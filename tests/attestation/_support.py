@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -228,14 +228,18 @@ class TdxForge:
         chain = chain or [self.pck, self.pca, self.root]
         return with_pck_chain(self.original, to_pem(list(chain)), qe_signer or self.keys["pck"])
 
-    def resigned(self, signed: bytes) -> bytes:
+    def resigned(self, signed: bytes,
+                 qe_edit: Callable[[bytearray], None] | None = None) -> bytes:
         """The real v4 quote with other signed bytes (header and TD report), signed by a new
-        attestation key that a QE report, signed by this forge's PCK, certifies."""
+        attestation key that a QE report, signed by this forge's PCK, certifies; ``qe_edit``
+        changes that QE report (an SGX REPORTBODY) first."""
         quote = parse_tdx_quote(self.original)
         attestation = ec.generate_private_key(ec.SECP256R1())
         point = attestation.public_key().public_numbers()
         key = point.x.to_bytes(32) + point.y.to_bytes(32)
         qe = bytearray(quote.qe_report.raw)
+        if qe_edit is not None:
+            qe_edit(qe)
         qe[320:384] = hashlib.sha256(key + quote.qe_auth_data).digest() + bytes(32)
         chain = to_pem([self.pck, self.pca, self.root])
         qe_data = (bytes(qe) + raw_p256(self.keys["pck"], bytes(qe))

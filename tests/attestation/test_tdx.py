@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -191,6 +192,30 @@ def _forged_code(forge: TdxForge, quote: bytes | None = None, **collateral: Any)
 def test_forged_baseline_verifies(forge: TdxForge) -> None:
     verdict = verify_tdx(forge.quote(), forge.collateral(), at=TDX_V4_AT)
     assert verdict.tcb_status == "TcbNotSupported"
+
+
+def _not_intels_qe(part: str) -> Callable[[bytearray], None]:
+    """An edit of the QE report (SGX REPORTBODY): another signer, product or a debug enclave."""
+    def edit(qe: bytearray) -> None:
+        if part == "mrsigner":
+            qe[128:160] = bytes(range(32))
+        elif part == "isvprodid":
+            qe[256:258] = (0x4242).to_bytes(2, "little")
+        else:
+            qe[48] |= 0x02  # ATTRIBUTES.FLAGS.DEBUG
+    return edit
+
+
+@pytest.mark.parametrize("part", ["mrsigner", "isvprodid", "debug"])
+def test_a_quote_from_another_quoting_enclave_is_refused(forge: TdxForge, part: str) -> None:
+    """The PCK certifies the report of any enclave the host launches with the provisioning key;
+    only Intel's TD QE identity makes the attestation key Intel's, and the report of such an
+    enclave could vouch for any TD. So it is checked with collateral or without."""
+    signed = parse_tdx_quote(forge.original).signed
+    assert verify_tdx(forge.resigned(signed), None, at=TDX_V4_AT).platform == "tdx"
+    quote = forge.resigned(signed, _not_intels_qe(part))
+    assert _code(quote, None, TDX_V4_AT) == "qe_identity_mismatch"
+    assert _forged_code(forge, quote) == "qe_identity_mismatch"
 
 
 def test_revoked_pck_not_hidden_by_root_crl(forge: TdxForge) -> None:
