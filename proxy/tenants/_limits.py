@@ -7,7 +7,8 @@ behind it. A request past its tenant's limits is refused at once (429 with ``Ret
 before any policy decision, record or backend call, so it costs the others nothing.
 
 Tokens are known only once a request has ended, so they are counted then (prompt and
-completion tokens, from the backend's usage): a request is admitted while its tenant's token
+completion tokens, from the backend's usage, or an estimate when its client left before the
+backend counted): a request is admitted while its tenant's token
 budget for the minute is not used up, and the tokens it used are taken from the budget when it
 ends, which may leave the budget in debt; the tenant then waits until the debt is refilled.
 A request the tenant's budget admits may thus use more than is left of it: the budget bounds

@@ -143,6 +143,23 @@ def test_past_its_tokens_per_minute_a_tenant_waits(limited: Gateway) -> None:
     assert _post(limited, other, big).status_code == 200  # another tenant's own budget
 
 
+def test_leaving_before_the_answer_does_not_escape_the_token_budget(limited: Gateway) -> None:
+    """The backend reports no tokens for an answer its client left: the budget is charged the
+    prompt's estimate and the output limit asked for, or leaving early would get around it."""
+    key = limited.new_key("leaver")
+    slow = {**QUICK, "max_tokens": 4000, "temperature": 2}  # 80 s to answer in full
+    for _ in range(2):  # 2 x (4000 + the prompt) of its 6000
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{limited.url}{CHAT}", json=slow, timeout=0.5,
+                       headers={"Authorization": f"Bearer {key}"})
+    deadline = time.monotonic() + 15  # until the gateway has seen both clients leave
+    while (refused := _post(limited, key, QUICK)).status_code == 200:
+        assert time.monotonic() < deadline, "the abandoned answers were not charged"
+        time.sleep(0.2)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "token_rate_limit_exceeded"
+
+
 def _contract(name: str, limits: str) -> str:
     """A contract like ``default`` (policy/data/contracts.yaml) with ``limits`` added."""
     return (f"  {name}:\n    models: [\"*\"]\n    regions: [\"local\"]\n    max_tokens: 4096\n"

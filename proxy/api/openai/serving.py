@@ -109,12 +109,12 @@ class OpenAIService:
         return hmac.new(self._scope_key, ctx.tenant.id.encode(), hashlib.sha256).hexdigest()
 
     async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome,
-                      lease: Lease | None = None, tokens: int | None = None) -> None:
-        """Log and record how the request ended; charge its tokens (``tokens``, else the
-        outcome's) to its tenant."""
+                      lease: Lease | None = None, unreported: int = 0) -> None:
+        """Log and record how the request ended; charge its tokens to its tenant: the backend's
+        count, else ``unreported`` (an estimate, for a request whose client left first)."""
         if lease is not None:
-            lease.charge(outcome.prompt_tokens + outcome.completion_tokens
-                         if tokens is None else tokens)
+            reported = outcome.prompt_tokens + outcome.completion_tokens
+            lease.charge(reported or unreported)
         outcome.log(ctx, self.metrics)
         if self.gate is not None:
             await self.gate.finish(ctx, admission, outcome)
@@ -157,19 +157,20 @@ class OpenAIService:
             admission = await self._admit(request, ctx, params)
             body = _forward_body(params, ctx.route, admission)
             scope = self._cache_scope(ctx)
+            prompt, limit = _estimate(raw, params)
             if parsed.stream:
                 include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-                chunks = await self._first_chunk(request, ctx, admission,
+                chunks = await self._first_chunk(request, ctx, admission, lease, prompt,
                                                  backend.stream(kind, body, cache_scope=scope))
                 # The stream holds the lease from here: released when it ends, or when it is
                 # collected without ever having started.
-                stream = self._stream(kind, ctx, admission, chunks, include_usage, lease)
+                stream = self._stream(kind, ctx, admission, chunks, include_usage, lease, prompt)
                 lease.until_collected(stream)
                 streaming = True
                 return Stream(stream, media_type="text/event-stream",
                               headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
             route = ctx.route
-            return await self._whole(request, ctx, admission, lease,
+            return await self._whole(request, ctx, admission, lease, prompt + limit,
                                      backend.generate(kind, body, cache_scope=scope),
                                      lambda doc: _shape(doc, kind, route))
         finally:
@@ -177,10 +178,12 @@ class OpenAIService:
                 lease.release()
 
     async def _whole(self, request: Request[Any, Any, Any], ctx: CallContext,
-                     admission: Admission, lease: Lease, answer: Awaitable[dict[str, Any]],
+                     admission: Admission, lease: Lease, unreported: int,
+                     answer: Awaitable[dict[str, Any]],
                      shape: Callable[[dict[str, Any]], None]) -> Response[Any]:
         """A whole (non-streamed) answer. The completion record is written however it ends;
-        a client that leaves first cancels the backend call."""
+        a client that leaves first cancels the backend call, and is charged ``unreported``
+        tokens (the backend counted none)."""
         outcome = Outcome(500, aborted="internal_error")
         try:
             async with _CancelOnDisconnect(request.receive):
@@ -196,11 +199,13 @@ class OpenAIService:
             outcome = _failed(exc)
             raise
         finally:
-            await self._finish(ctx, admission, outcome, lease)
+            left = outcome.aborted == "client_disconnected"
+            await self._finish(ctx, admission, outcome, lease, unreported if left else 0)
         return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
 
     async def _first_chunk(self, request: Request[Any, Any, Any], ctx: CallContext,
-                           admission: Admission, chunks: AsyncIterator[dict[str, Any]]
+                           admission: Admission, lease: Lease, prompt: int,
+                           chunks: AsyncIterator[dict[str, Any]]
                            ) -> AsyncIterator[dict[str, Any]]:
         """Wait for the first chunk before answering, so a backend that is down gets a proper
         503 instead of a 200 stream that fails. A client that leaves meanwhile (queueing and
@@ -211,23 +216,25 @@ class OpenAIService:
         except StopAsyncIteration:
             return _prepend(None, chunks)
         except Exception as exc:
+            outcome = _failed(exc)
             try:
                 await _aclose(chunks)
-            finally:
-                await self._finish(ctx, admission, _failed(exc))
+            finally:  # a client that left during the prefill is charged its prompt
+                left = outcome.aborted == "client_disconnected"
+                await self._finish(ctx, admission, outcome, lease, prompt if left else 0)
             raise
         return _prepend(first, chunks)
 
     async def _stream(self, kind: GenerationKind, ctx: CallContext, admission: Admission,
-                      chunks: AsyncIterator[dict[str, Any]], include_usage: bool, lease: Lease
-                      ) -> AsyncIterator[bytes]:
+                      chunks: AsyncIterator[dict[str, Any]], include_usage: bool, lease: Lease,
+                      prompt: int) -> AsyncIterator[bytes]:
         assert ctx.route is not None
         commitment = ResponseCommitment(ctx.commitment_key)
         outcome = Outcome(200, response_commitment=None, aborted="client_disconnected")
         same: tuple[Any, Any] | None = None  # every chunk of a stream: one id, one created
-        # Tokens to charge when the backend's usage never came (the client left first): at
-        # least one per chunk sent.
-        sent: int | None = 0
+        # Tokens to charge when the backend's usage never came (the client left first): the
+        # prompt's estimate, and one per chunk sent.
+        sent = 0
         try:
             async for chunk in chunks:
                 if outcome.ttft_ms is None:
@@ -236,9 +243,7 @@ class OpenAIService:
                 if usage:
                     outcome.prompt_tokens = usage.get("prompt_tokens", 0)
                     outcome.completion_tokens = usage.get("completion_tokens", 0)
-                    sent = None
-                elif sent is not None:
-                    sent += 1
+                sent += 1
                 for part in _with_usage(chunk, usage if include_usage else None):
                     _shape(part, kind, ctx.route, chunk=True)
                     if same is None:
@@ -260,7 +265,7 @@ class OpenAIService:
             finally:
                 lease.release()
                 outcome.response_commitment = commitment.value()
-                await self._finish(ctx, admission, outcome, lease, sent)
+                await self._finish(ctx, admission, outcome, lease, prompt + sent)
 
     # -- endpoints this gateway does not serve ---------------------------------------------------
     async def refuse(self, request: Request[Any, Any, Any]) -> Response[Any]:
@@ -292,10 +297,19 @@ class OpenAIService:
                 result["model"] = model
                 result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
 
-            return await self._whole(request, ctx, admission, lease,
+            return await self._whole(request, ctx, admission, lease, _estimate(raw, params)[0],
                                      backend.embed(body, cache_scope=self._cache_scope(ctx)), shape)
         finally:
             lease.release()
+
+
+def _estimate(raw: bytes, params: dict[str, Any]) -> tuple[int, int]:
+    """Tokens a request may use, for a token budget its backend never reported on (its client
+    left first): the prompt (about four bytes of request body a token) and the output limit it
+    asked for (0 without one)."""
+    limits = [v for k in ("max_tokens", "max_completion_tokens")
+              if isinstance(v := params.get(k), int) and v > 0]
+    return len(raw) // 4, max(limits, default=0)
 
 
 def _body_fields(raw: bytes, content_type: str) -> dict[str, Any]:
