@@ -409,11 +409,15 @@ def _mask_url(url: str) -> str:
     """The URL with its user information and any secret-named query parameter masked
     (``?password=``, ``?sslpassword=``, ``?api_key=``, ``?key=``, ``?token=``)."""
     scheme, rest = url.split("://", 1)
+    user = ""
+    if "@" in rest and not rest.startswith("/"):  # "sqlite:///path" has no authority
+        # The user information runs to the last "@", as SQLAlchemy reads it: a password may
+        # hold "/", "?" or "#". An "@" in a path or query masks more than needed, never less.
+        user, rest = "********@", rest.rsplit("@", 1)[1]
     rest, hash_, fragment = rest.partition("#")
     head, question, query = rest.partition("?")
     authority, slash, path = head.partition("/")
-    if "@" in authority:
-        authority = "********@" + authority.rsplit("@", 1)[1]
+    authority = user + authority
     params = []
     for param in query.split("&") if query else ():
         name, equals, _ = param.partition("=")

@@ -163,6 +163,23 @@ def test_config_show_masks_credentials_in_url_queries(
         "https://up.example/v1?api_key=********&key=********")
 
 
+def test_config_show_masks_passwords_holding_url_delimiters(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLAlchemy reads a password up to the last "@": it may hold "/", "?" or "#"."""
+    path = tmp_path / "c.toml"
+    path.write_text('audit_url = "postgresql+psycopg://audit:hun/ter?2#x@db:5432/audit"\n'
+                    'database_url = "postgresql+psycopg://sg:a#b@db/sealgate?sslmode=require"\n')
+    assert main(["config", "show", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert "hun/ter" not in out and "a#b" not in out
+    assert shown["audit_url"] == "postgresql+psycopg://********@db:5432/audit"
+    assert shown["database_url"] == "postgresql+psycopg://********@db/sealgate?sslmode=require"
+    sqlite = "sqlite:////srv/at@sign/sealgate.db"  # a path is no user information
+    assert Settings.load(None, env={"SEALGATE_DATABASE_URL": sqlite}).redacted()[
+        "database_url"] == sqlite
+
+
 def test_a_data_dir_holding_url_characters_stays_one_path(tmp_path: Path) -> None:
     from sqlalchemy.engine import make_url
 
