@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,26 @@ def test_digest_is_sha256_over_sorted_sha256sum_listing(bundle: PolicyBundle) ->
     assert bundle.digest == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
     assert any(name.endswith("_test.rego") for name in bundle.tests)
     assert "default" in bundle.data["contracts"]
+
+
+def test_the_documented_digest_recipe_agrees_on_a_configmap_mount(tmp_path: Path) -> None:
+    """docs/policy.md's coreutils command, run as written, on the shipped bundle laid out as a
+    Kubernetes ConfigMap volume (files are links into a hidden, timestamped directory)."""
+    doc = (Path(__file__).parents[2] / "docs" / "policy.md").read_text()
+    recipe = doc.split("```sh\n", 1)[1].split("```", 1)[0]
+    recipe = recipe.replace("cd BUNDLE && ", "").split("#", 1)[0]
+    mount = tmp_path / "mount"
+    for part in ("rego", "data"):
+        stamped = mount / part / "..2026_11_23_00_00_00.1"
+        shutil.copytree(SHIPPED / part, stamped, ignore=shutil.ignore_patterns("__pycache__"))
+        (mount / part / "..data").symlink_to(stamped.name)
+        for file in stamped.iterdir():
+            (mount / part / file.name).symlink_to(Path("..data") / file.name)
+    bundle = load_bundle(mount)
+    assert bundle.digest == load_bundle().digest
+    out = subprocess.run(["bash", "-c", recipe], cwd=mount, capture_output=True, text=True,
+                         check=True).stdout
+    assert "sha256:" + out.split()[0] == bundle.digest
 
 
 def test_override_directory_and_digest_changes(bundle_dir: Path, bundle: PolicyBundle) -> None:
