@@ -79,14 +79,24 @@ def default_bundle_dir() -> Path:
 
 
 def _bundle_files(root: Path) -> list[Path]:
-    rego = sorted((root / "rego").rglob("*.rego")) if (root / "rego").is_dir() else []
-    data_dir = root / "data"
-    data = sorted(data_dir.rglob("*")) if data_dir.is_dir() else []
-    data = [p for p in data if p.suffix in _DATA_SUFFIXES]
-    # Hidden names are not part of a bundle, as for `opa run --ignore=.*`: what is digested
-    # (and attested) is exactly what either engine evaluates.
-    return [p for p in rego + data if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    def visible(paths: list[Path]) -> list[Path]:
+        # Hidden names are not part of a bundle, as for `opa run --ignore=.*`: what is
+        # digested (and attested) is exactly what either engine evaluates.
+        return [p for p in paths if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+    rego_all = visible(sorted((root / "rego").rglob("*"))) if (root / "rego").is_dir() else []
+    data_all = visible(sorted((root / "data").rglob("*"))) if (root / "data").is_dir() else []
+    # OPA loads policy and data files from both folders alike; this gateway loads (and digests)
+    # modules from rego/ and data from data/ only. A file where the other kind belongs would be
+    # evaluated by OPA alone, undigested (a JSON file in rego/ could even replace contracts).
+    stray = [p for p in rego_all if p.suffix in _DATA_SUFFIXES]
+    stray += [p for p in data_all if p.suffix == ".rego"]
+    if stray:
+        raise PolicyBundleError(f"bundle file {stray[0].relative_to(root).as_posix()!a} is in the "
+                                "wrong folder: modules go in rego/, data in data/")
+    return ([p for p in rego_all if p.suffix == ".rego"]
+            + [p for p in data_all if p.suffix in _DATA_SUFFIXES])
 
 
 def bundle_digest(contents: Mapping[str, bytes]) -> str:

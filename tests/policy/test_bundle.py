@@ -78,9 +78,12 @@ def test_override_directory_and_digest_changes(bundle_dir: Path, bundle: PolicyB
         ("rego/two\nlines.rego", "package sealgate.authz\n"),
         ("rego/tab\t.rego", "package sealgate.authz\n"),
         ("data/site\\notes.yaml", "notes: {}\n"),
+        ("rego/contracts.json", '{"contracts": {}}'),
+        ("data/extra.rego", "package sealgate.authz\n"),
     ],
     ids=["no_default", "incomplete_contract", "bad_yaml", "data_conflict", "syntax", "with",
-         "yaml_date", "yaml_nan", "newline_in_name", "tab_in_name", "backslash_in_name"],
+         "yaml_date", "yaml_nan", "newline_in_name", "tab_in_name", "backslash_in_name",
+         "data_in_rego_folder", "module_in_data_folder"],
 )
 def test_invalid_bundles_rejected(bundle_dir: Path, name: str, text: str) -> None:
     (bundle_dir / name).write_text(text)
