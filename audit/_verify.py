@@ -16,7 +16,7 @@ from ._note import NoteVerifier
 from ._proofs import InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import PREDICATE_TYPE, STATEMENT_TYPE
-from ._store import LogStore
+from ._store import LogStore, _bytes
 from ._writer import _time_us
 
 __all__ = ["VerifyReport", "verify_log", "verify_receipt"]
@@ -44,9 +44,7 @@ def _check_row(row: Any, expect_index: int, verifier: NoteVerifier, log_id: str)
     database writer can put any type in them."""
     if type(row.leaf_index) is not int or row.leaf_index != expect_index:
         raise VerificationError(f"record indices have a gap at leaf {expect_index}")
-    if not isinstance(row.envelope, (bytes, memoryview)):
-        raise VerificationError(f"leaf {expect_index}: the stored envelope is not binary")
-    envelope = bytes(row.envelope)
+    envelope = _bytes(row.envelope, f"audit_records.envelope of leaf {expect_index}")
     try:
         statement, _ = open_envelope(envelope, verifier.public_key, log_id)
     except VerificationError as exc:

@@ -32,18 +32,11 @@ async def refused_method(request: Request[Any, Any, Any],
     return await openai_service.refuse(request)
 
 
-@route("/v1/models", http_method=["POST", "PUT", "PATCH", "DELETE"], status_code=200,
-       include_in_schema=False)
-async def refused_models_method(request: Request[Any, Any, Any],
-                                openai_service: OpenAIService) -> Response[Any]:
+@route(["/v1/models", "/v1/models/{model_id:path}"], http_method=["POST", "PUT", "PATCH", "DELETE"],
+       status_code=200, include_in_schema=False)
+async def refused_models_method(request: Request[Any, Any, Any], openai_service: OpenAIService,
+                                model_id: str | None = None) -> Response[Any]:
     return await openai_service.refuse(request)
 
 
-@route("/v1/models/{model_id:path}", http_method=["POST", "PUT", "PATCH", "DELETE"], status_code=200,
-       include_in_schema=False)
-async def refused_model_method(request: Request[Any, Any, Any], openai_service: OpenAIService,
-                               model_id: str) -> Response[Any]:
-    return await openai_service.refuse(request)
-
-
-refused_handlers = [refused, refused_method, refused_models_method, refused_model_method]
+refused_handlers = [refused, refused_method, refused_models_method]

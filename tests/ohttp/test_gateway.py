@@ -269,6 +269,18 @@ class CountingKeySource:
         self.current = self.keys.key_configs()
 
 
+def _refused_then_sealed(state: AppState, source: CountingKeySource
+                         ) -> tuple[SealedTransportError, httpx2.Response]:
+    """Two requests from one client: the refusal of the first, and the answer to the second."""
+    async def run() -> tuple[SealedTransportError, httpx2.Response]:
+        async with _sealed_client(state, source) as client:
+            with pytest.raises(SealedTransportError) as refused:
+                await client.post("/echo", json={"after": "new keys"})
+            return refused.value, await client.post("/echo", json={"after": "new keys"})
+
+    return asyncio.run(run())
+
+
 def test_rotation_grace_and_reverification() -> None:
     now = [0.0]
     state = AppState(keys=KeyManager(grace_period=10, clock=lambda: now[0]))
@@ -281,16 +293,9 @@ def test_rotation_grace_and_reverification() -> None:
     now[0] = 11.0
     assert state.keys.lookup(old_id) is None
     source = CountingKeySource(state.keys, old)
-
-    async def run() -> tuple[SealedTransportError, httpx2.Response]:
-        async with _sealed_client(state, source) as client:
-            with pytest.raises(SealedTransportError) as refused:
-                await client.post("/echo", json={"after": "rotation"})
-            return refused.value, await client.post("/echo", json={"after": "rotation"})
-
     # The refusal is unauthenticated, so the request is not resent; the key is dropped and
     # the next request seals to the verified current one.
-    refused, response = asyncio.run(run())
+    refused, response = _refused_then_sealed(state, source)
     assert refused.code == "gateway_rejected" and "ohttp_unknown_key" in refused.detail
     assert source.fetches == 1
     assert response.status_code == 200 and response.json()["sealed"] is True
@@ -306,14 +311,7 @@ def test_a_restart_that_repeats_the_key_id_is_recovered_from() -> None:
     same_id = state.keys.current_key_id
     before_restart = encode_key_configs([GatewayKey.generate(same_id, DEFAULT_SUITES).config])
     source = CountingKeySource(state.keys, before_restart)
-
-    async def run() -> tuple[SealedTransportError, httpx2.Response]:
-        async with _sealed_client(state, source) as client:
-            with pytest.raises(SealedTransportError) as refused:
-                await client.post("/echo", json={"after": "restart"})
-            return refused.value, await client.post("/echo", json={"after": "restart"})
-
-    refused, response = asyncio.run(run())
+    refused, response = _refused_then_sealed(state, source)
     assert refused.code == "gateway_rejected" and "ohttp_decrypt_failed" in refused.detail
     assert source.fetches == 1  # the stale key was dropped; not resent
     assert response.status_code == 200 and response.json()["sealed"] is True
