@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -110,7 +110,10 @@ class _InnerExchange:
 
     async def send(self, message: Message) -> None:
         if self.disconnected.is_set():
-            raise OSError("the sealed client went away")
+            # Dropped, as an ASGI server drops what is sent to a client that left: the app
+            # learns of it from ``receive`` and ends its response normally, so what it runs
+            # after the response (a stream's cleanup, its completion record) still runs.
+            return
         await self.messages.put(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             # As an ASGI server does, report a disconnect once the response is complete.
@@ -175,7 +178,7 @@ def _no_content(scope: dict[str, Any]) -> bool:
 
 async def stream_response(
     app: ASGIApp, scope: dict[str, Any], body: bytes, sealer: ChunkedResponseSealer
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield the chunked encapsulated response: the nonce, then one sealed chunk per ASGI
     message as the inner app produces it (an indeterminate-length BHTTP response)."""
     yield sealer.response_nonce

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncGenerator
 from email.utils import formatdate
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 
@@ -112,7 +114,15 @@ async def _chunked(
             sealer.response_nonce + sealed, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE
         )
     stream = stream_response(request.app, scope, inner.content, sealer)
-    return Stream(stream, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE)
+    # Closed after the response, however it ended: Litestar stops iterating a stream whose
+    # client left but does not close it, and the inner request ends only in its ``finally``.
+    return Stream(stream, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE,
+                  background=BackgroundTask(_close, stream))
+
+
+async def _close(stream: AsyncGenerator[bytes, None]) -> None:
+    # A coroutine function: Litestar runs any other callable (a bound ``aclose``) on a thread.
+    await stream.aclose()
 
 
 def build_gateway_handlers(*, max_body_size: int = DEFAULT_MAX_BODY) -> list[HTTPRouteHandler]:
