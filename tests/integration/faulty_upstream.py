@@ -42,6 +42,7 @@ def _whole(echo: str) -> dict[str, Any]:
     return {
         "ok": _chat(),
         "ok-cached": _chat(usage={**_USAGE, "prompt_tokens_details": CACHED_DETAILS}),
+        "ok-uncounted": {k: v for k, v in _chat().items() if k != "usage"},
         "ok-logprobs": _chat(choices=[{"index": 0, "finish_reason": "stop",
                                        "message": {"role": "assistant", "content": "ok"},
                                        "logprobs": {"content": []}}]),
@@ -86,8 +87,8 @@ def _events(echo: str) -> dict[str, list[Any]]:
 
 WHOLE_FAULTS = tuple(sorted(m for m in _whole("") if not m.startswith("ok")))
 STREAM_FAULTS = (*sorted(m for m in _events("") if not m.startswith("ok")), "stream-as-json")
-MODELS = ("ok", "ok-cached", "ok-annotated", "ok-logprobs", "ok-unprefixed", "ok-separators", *WHOLE_FAULTS,
-          *STREAM_FAULTS)
+MODELS = ("ok", "ok-cached", "ok-uncounted", "ok-annotated", "ok-logprobs", "ok-unprefixed",
+          "ok-separators", *WHOLE_FAULTS, *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 

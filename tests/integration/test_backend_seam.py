@@ -273,3 +273,30 @@ def test_each_tenant_has_its_own_vllm_cache_salt(workdir: Path,
     for salt in a | b:
         assert 16 <= len(salt) <= 128 and not {"@", "/", "\\", "\x00"} & set(salt)
         assert not any(name in salt for name in ("salt-a", "salt-b", *names))
+
+
+def test_an_answer_without_usage_is_charged_its_estimate(workdir: Path,
+                                                         upstream: FaultInjectingUpstream) -> None:
+    """A backend that answers without ``usage`` counted nothing: the tenant's token budget is
+    charged the prompt's estimate and the output limit asked for, or such a backend would get
+    around the budget. The record keeps the backend's count (none)."""
+    config = ("allow_plaintext = true\ntenant_tokens_per_minute = 100\n[backends.faulty]\n"
+              f'type = "openai"\nurl = "{upstream.url}/v1"\n' + "".join(
+                  f'[models."{m}"]\nbackend = "faulty"\nretention_tier = "attested-zero"\n'
+                  for m in ("ok", "ok-uncounted")))
+    gw = start_gateway(workdir, config)
+    try:
+        counted, uncounted = gw.new_key("counted"), gw.new_key("uncounted")
+        for _ in range(3):  # 6 tokens each, as the backend counts them
+            response = _post(gw, counted, {"model": "ok", "messages": MESSAGES, "max_tokens": 150})
+            assert response.status_code == 200, response.text
+        first = _post(gw, uncounted, {"model": "ok-uncounted", "messages": MESSAGES,
+                                      "max_tokens": 150})
+        assert first.status_code == 200 and "usage" not in first.json()
+        completion = request_records(gw, uncounted, first.headers["x-request-id"])["completion"]
+        assert completion["prompt_tokens"] == 0 and completion["completion_tokens"] == 0
+        refused = _post(gw, uncounted, {"model": "ok-uncounted", "messages": MESSAGES})
+    finally:
+        gw.stop()
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "token_rate_limit_exceeded"

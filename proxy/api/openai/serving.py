@@ -113,7 +113,8 @@ class OpenAIService:
     async def _finish(self, ctx: CallContext, admission: Admission, outcome: Outcome,
                       lease: Lease | None = None, unreported: int = 0) -> None:
         """Log and record how the request ended; charge its tokens to its tenant: the backend's
-        count, else ``unreported`` (an estimate, for a request whose client left first)."""
+        count, else ``unreported`` (an estimate, for a request whose client left first or whose
+        backend answered without counting)."""
         if lease is not None:
             reported = outcome.prompt_tokens + outcome.completion_tokens
             lease.charge(reported or unreported)
@@ -187,8 +188,9 @@ class OpenAIService:
                      answer: Awaitable[dict[str, Any]],
                      shape: Callable[[dict[str, Any]], None]) -> Response[Any]:
         """A whole (non-streamed) answer. The completion record is written however it ends;
-        a client that leaves first cancels the backend call, and is charged ``unreported``
-        tokens (the backend counted none)."""
+        a client that leaves first cancels the backend call. An answer the backend did not
+        count (it left first, or the backend sent no ``usage``) is charged ``unreported``
+        tokens, or such a backend would get around the tenant's token budget."""
         outcome = Outcome(500, aborted="internal_error")
         try:
             async with _CancelOnDisconnect(request.receive):
@@ -204,8 +206,8 @@ class OpenAIService:
             outcome = _failed(exc)
             raise
         finally:
-            left = outcome.aborted == "client_disconnected"
-            await self._finish(ctx, admission, outcome, lease, unreported if left else 0)
+            answered = outcome.aborted in (None, "client_disconnected")
+            await self._finish(ctx, admission, outcome, lease, unreported if answered else 0)
         return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
 
     async def _first_chunk(self, request: Request[Any, Any, Any], ctx: CallContext,
