@@ -34,6 +34,9 @@ _SGX_EXT = "1.2.840.113741.1.13.1"
 # key belongs to Intel's quoting enclave and not to one of the host's making.
 _TD_QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
 _TD_QE_PRODID = 2
+# The quote header's QE vendor id for Intel's quoting enclaves (Intel TDX DCAP Quote Generation
+# Library, "QE Vendor ID"); QVL refuses any other.
+_INTEL_QE_VENDOR = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 _SGX_DEBUG = 0x02  # SGX ATTRIBUTES.FLAGS bit 1
 
 
@@ -107,7 +110,11 @@ def verify_tdx(
             or qe.attributes[0] & _SGX_DEBUG):
         raise VerificationError("qe_identity_mismatch",
                                 "QE report is not from Intel's TD quoting enclave")
-    trace.append("QE report from Intel's TD quoting enclave (MRSIGNER, ISVPRODID, not debug)")
+    if parsed.qe_vendor_id != _INTEL_QE_VENDOR:
+        raise VerificationError("qe_identity_mismatch",
+                                "the quote header names another quoting enclave vendor")
+    trace.append("QE report from Intel's TD quoting enclave (MRSIGNER, ISVPRODID, not debug; "
+                 "Intel's QE vendor id)")
     pck = PckInfo(chain[0])
     status, qe_status = None, None
     if collateral is not None:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from ._collateral import Collateral
 from ._errors import VerificationError, translate
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from ._tdx import PckInfo
 
 __all__ = ["evaluate_collateral"]
+
+_TCB_SIGNER = "Intel SGX TCB Signing"
 
 
 def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
@@ -58,6 +61,16 @@ def _check_crls(chain: Sequence[x509.Certificate], signing: Sequence[x509.Certif
     check_crl(_load_crl(pck_crl, "PCK CRL"), issuer, chain[:1], when, "PCK")
     trace.append("PCK certificate, its CA and the TCB Signing certificate are not revoked "
                  "(PCK CRL, root CRL)")
+
+
+def _check_signer(cert: x509.Certificate) -> None:
+    """The TCB info and QE identity signer is Intel's TCB Signing certificate, as QVL requires:
+    another end-entity certificate under the root (the root CRL check already holds it to
+    certificates the root issued itself) is not Intel's word on TCB levels."""
+    names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if names != [_TCB_SIGNER]:
+        raise VerificationError("collateral_invalid",
+                                f"TCB signing chain: the signer is not the {_TCB_SIGNER} certificate")
 
 
 def _select(infos: Sequence[bytes], fmspc: bytes) -> bytes:
@@ -95,6 +108,7 @@ def evaluate_collateral(
     qe_doc, signing_pem, pck_crl, root_crl = _require(collateral)
     signing = load_certificates(signing_pem, "TCB signing chain")
     verify_chain(signing, [pinned_root("intel_sgx_root_ca")], when, "TCB signing chain")
+    _check_signer(signing[0])
     _check_crls(chain, signing, pck_crl, root_crl, when, trace)
     platform = _tcb_info(quote, pck, collateral.tcb_infos, signing[0], when)
     trace.append(f"TCB info signed by Intel, FMSPC matches, TCB level status {platform}")

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from proxy.attestation import Collateral, VerificationError, VerificationPolicy, _tdx_collateral, verify_tdx
+from proxy.attestation import (
+    Collateral,
+    VerificationError,
+    VerificationPolicy,
+    _tdx,
+    _tdx_collateral,
+    verify_tdx,
+)
 from proxy.attestation._tdx import PckInfo
 from proxy.attestation._tdx_quote import parse_tdx_quote
 from proxy.attestation._tdx_tcb import level_status, module_status
@@ -216,6 +223,29 @@ def test_a_quote_from_another_quoting_enclave_is_refused(forge: TdxForge, part: 
     quote = forge.resigned(signed, _not_intels_qe(part))
     assert _code(quote, None, TDX_V4_AT) == "qe_identity_mismatch"
     assert _forged_code(forge, quote) == "qe_identity_mismatch"
+
+
+def test_a_quote_naming_another_qe_vendor_is_refused(forge: TdxForge) -> None:
+    """The header's QE vendor id (signed by the attestation key) must be Intel's."""
+    signed = bytearray(parse_tdx_quote(forge.original).signed)
+    assert bytes(signed[12:28]) == _tdx._INTEL_QE_VENDOR  # the real quote's
+    signed[12:28] = bytes(range(16))
+    quote = forge.resigned(bytes(signed))
+    assert _code(quote, None, TDX_V4_AT) == "qe_identity_mismatch"
+    assert _forged_code(forge, quote) == "qe_identity_mismatch"
+
+
+def test_collateral_signer_must_be_intels_tcb_signing_certificate(forge: TdxForge) -> None:
+    """An end-entity certificate the root issued under another name, whose key signed the TCB
+    info and QE identity, is not Intel's word on TCB levels; the same key under the TCB
+    Signing name is."""
+    key = (TdxForge.ROOT, forge.keys["root"])
+    other = issue("Intel SGX PCK Processor CA", forge.keys["tcb"], key, ca=False)
+    assert _forged_code(forge, tcb_signing_chain=to_pem([other, forge.root])) == "collateral_invalid"
+    same = issue("Intel SGX TCB Signing", forge.keys["tcb"], key, ca=False)
+    verdict = verify_tdx(forge.quote(), forge.collateral(tcb_signing_chain=to_pem([same, forge.root]),
+                                                         root_crl=forge.crl("root")), at=TDX_V4_AT)
+    assert verdict.tcb_status == "TcbNotSupported"
 
 
 def test_revoked_pck_not_hidden_by_root_crl(forge: TdxForge) -> None:
