@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator
 from email.utils import formatdate
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.background_tasks import BackgroundTask
 from litestar.handlers import HTTPRouteHandler
-from litestar.response import Stream
 
 from proxy.ohttp import (
     BHTTPRequest,
@@ -24,6 +21,7 @@ from proxy.ohttp import (
     decode_request,
     encode_response,
 )
+from proxy.streams import closing_stream
 
 from ._channel import SealedChannel, sealed_channel
 from ._dispatch import ASGIApp, Receive, build_scope, collect_response, error_response, stream_response
@@ -114,15 +112,8 @@ async def _chunked(
             sealer.response_nonce + sealed, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE
         )
     stream = stream_response(request.app, scope, inner.content, sealer)
-    # Closed after the response, however it ended: Litestar stops iterating a stream whose
-    # client left but does not close it, and the inner request ends only in its ``finally``.
-    return Stream(stream, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE,
-                  background=BackgroundTask(_close, stream))
-
-
-async def _close(stream: AsyncGenerator[bytes, None]) -> None:
-    # A coroutine function: Litestar runs any other callable (a bound ``aclose``) on a thread.
-    await stream.aclose()
+    # Closed with the response: the inner request ends only in the stream's ``finally``.
+    return closing_stream(stream, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE)
 
 
 def build_gateway_handlers(*, max_body_size: int = DEFAULT_MAX_BODY) -> list[HTTPRouteHandler]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,19 @@ def upstream() -> Iterator[FaultInjectingUpstream]:
         yield up
 
 
+def _config(upstream: FaultInjectingUpstream, models: Iterable[str], *, kind: str = "openai",
+            settings: str = "") -> str:
+    """A gateway (plaintext allowed) routing each of ``models`` to the upstream, a backend of
+    type ``kind``; ``settings``: more top-level lines."""
+    return (f'allow_plaintext = true\n{settings}[backends.faulty]\ntype = "{kind}"\n'
+            f'url = "{upstream.url}/v1"\n' + "".join(
+                f'[models."{m}"]\nbackend = "faulty"\nretention_tier = "attested-zero"\n'
+                for m in models))
+
+
 @pytest.fixture(scope="module")
 def seam_gateway(workdir: Path, upstream: FaultInjectingUpstream) -> Iterator[Gateway]:
-    config = ("allow_plaintext = true\n[backends.faulty]\ntype = \"openai\"\n"
-              f"url = \"{upstream.url}/v1\"\n" + "".join(
-                  f'[models."{m}"]\nbackend = "faulty"\nretention_tier = "attested-zero"\n'
-                  for m in MODELS))
-    gw = start_gateway(workdir, config)
+    gw = start_gateway(workdir, _config(upstream, MODELS))
     yield gw
     gw.stop()
 
@@ -244,11 +250,7 @@ def test_each_tenant_has_its_own_vllm_cache_salt(workdir: Path,
     request of that tenant and different from any other's, so no tenant can read from the
     answer's timing or ``cached_tokens`` what another's prompts begin with. The salt names no
     tenant (not its id, nor the pseudonym that records carry)."""
-    config = ("allow_plaintext = true\n[backends.shared]\ntype = \"vllm\"\n"
-              f'url = "{upstream.url}/v1"\n' + "".join(
-                  f'[models."{m}"]\nbackend = "shared"\nretention_tier = "attested-zero"\n'
-                  for m in ("ok", "ok-cached")))
-    gw = start_gateway(workdir, config)
+    gw = start_gateway(workdir, _config(upstream, ("ok", "ok-cached"), kind="vllm"))
     try:
         salts: dict[str, list[str]] = {}
         for tenant in ("salt-a", "salt-b"):
@@ -280,11 +282,8 @@ def test_an_answer_without_usage_is_charged_its_estimate(workdir: Path,
     """A backend that answers without ``usage`` counted nothing: the tenant's token budget is
     charged the prompt's estimate and the output limit asked for, or such a backend would get
     around the budget. The record keeps the backend's count (none)."""
-    config = ("allow_plaintext = true\ntenant_tokens_per_minute = 100\n[backends.faulty]\n"
-              f'type = "openai"\nurl = "{upstream.url}/v1"\n' + "".join(
-                  f'[models."{m}"]\nbackend = "faulty"\nretention_tier = "attested-zero"\n'
-                  for m in ("ok", "ok-uncounted")))
-    gw = start_gateway(workdir, config)
+    gw = start_gateway(workdir, _config(upstream, ("ok", "ok-uncounted"),
+                                        settings="tenant_tokens_per_minute = 100\n"))
     try:
         counted, uncounted = gw.new_key("counted"), gw.new_key("uncounted")
         for _ in range(3):  # 6 tokens each, as the backend counts them

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import secrets
@@ -16,8 +15,6 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Request, Response
-from litestar.background_tasks import BackgroundTask
-from litestar.response import Stream
 from litestar.types import Receive
 
 from inference import BackendRouter, GenerationKind, ModelRoute
@@ -29,6 +26,7 @@ from proxy.api.openai.protocol import (
 )
 from proxy.errors import ClientDisconnected, NotFound, RequestTooLarge, set_error_headers
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment, model_endpoint
+from proxy.streams import closing_stream
 from proxy.telemetry import Metrics
 from proxy.tenants import Lease, TenantLimiter, TenantLimitExceeded, TenantLimits, TenantStore
 
@@ -165,16 +163,13 @@ class OpenAIService:
                 include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
                 chunks = await self._first_chunk(request, ctx, admission, lease, prompt,
                                                  backend.stream(kind, body, cache_scope=scope))
-                # The stream holds the lease from here: released when it ends, by the
-                # response's background task at the latest, or when it is collected (a
-                # response that failed before its body) without ever having started.
-                end = _StreamEnd(chunks, lease, functools.partial(self._finish, ctx, admission))
-                stream = self._stream(kind, ctx, chunks, include_usage, prompt, end)
+                # The stream holds the lease from here: released when it ends (the response's
+                # end at the latest), or when it is collected without ever having started.
+                stream = self._stream(kind, ctx, admission, chunks, include_usage, lease, prompt)
                 lease.until_collected(stream)
                 streaming = True
-                return Stream(stream, media_type="text/event-stream",
-                              headers={**_headers(ctx, admission), "Cache-Control": "no-store"},
-                              background=BackgroundTask(end.close, stream, prompt))
+                return closing_stream(stream, media_type="text/event-stream",
+                                      headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
             route = ctx.route
             return await self._whole(request, ctx, admission, lease, prompt + limit,
                                      backend.generate(kind, body, cache_scope=scope),
@@ -232,9 +227,9 @@ class OpenAIService:
             raise
         return _prepend(first, chunks)
 
-    async def _stream(self, kind: GenerationKind, ctx: CallContext,
-                      chunks: AsyncIterator[dict[str, Any]], include_usage: bool, prompt: int,
-                      end: _StreamEnd) -> AsyncGenerator[bytes, None]:
+    async def _stream(self, kind: GenerationKind, ctx: CallContext, admission: Admission,
+                      chunks: AsyncIterator[dict[str, Any]], include_usage: bool, lease: Lease,
+                      prompt: int) -> AsyncGenerator[bytes, None]:
         assert ctx.route is not None
         commitment = ResponseCommitment(ctx.commitment_key)
         outcome = Outcome(200, response_commitment=None, aborted="client_disconnected")
@@ -267,8 +262,12 @@ class OpenAIService:
                                "code": code if isinstance(code, str) else "internal_error"}}
             yield commitment.update(b"data: " + _encode(error) + b"\n\n")
         finally:
-            outcome.response_commitment = commitment.value()
-            await end.settle(outcome, prompt + sent)
+            try:
+                await _aclose(chunks)
+            finally:
+                lease.release()
+                outcome.response_commitment = commitment.value()
+                await self._finish(ctx, admission, outcome, lease, prompt + sent)
 
     # -- endpoints this gateway does not serve ---------------------------------------------------
     async def refuse(self, request: Request[Any, Any, Any]) -> Response[Any]:
@@ -423,45 +422,6 @@ def _failed(exc: BaseException) -> Outcome:
         return Outcome(500, aborted="internal_error")
     reason = code if code in _ABORT_REASONS else "backend_error"
     return Outcome(status, aborted=reason)
-
-
-class _StreamEnd:
-    """How a streamed answer ends, settled once: its backend call closed, its tenant's place
-    released, its completion record written (``finish``).
-
-    The answer's generator settles it in its ``finally``; the response's background task
-    (:meth:`close`) closes the generator and settles it too, a no-op by then. Litestar stops
-    iterating a stream whose client left while a chunk was being sent, but does not close it,
-    and a generator that never started runs no ``finally``: without the background task the
-    garbage collector would decide when the backend stops and when the record is written.
-    """
-
-    __slots__ = ("_chunks", "_finish", "_lease", "_settled")
-
-    def __init__(self, chunks: AsyncIterator[Any], lease: Lease,
-                 finish: Callable[[Outcome, Lease, int], Awaitable[None]]) -> None:
-        self._chunks = chunks
-        self._lease = lease
-        self._finish = finish
-        self._settled = False
-
-    async def settle(self, outcome: Outcome, unreported: int) -> None:
-        """Close the backend call, release the lease, record ``outcome`` (the first call only);
-        ``unreported``: the tokens to charge if the backend reported none."""
-        if self._settled:
-            return
-        self._settled = True
-        try:
-            await _aclose(self._chunks)
-        finally:
-            self._lease.release()
-            await self._finish(outcome, self._lease, unreported)
-
-    async def close(self, stream: AsyncGenerator[bytes, None], prompt: int) -> None:
-        """After the response: end the answer's generator, or, if it never started (its client
-        left first), settle as a stream that sent nothing."""
-        await stream.aclose()
-        await self.settle(Outcome(200, aborted="client_disconnected"), prompt)
 
 
 class _CancelOnDisconnect:
