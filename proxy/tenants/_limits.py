@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -96,11 +95,6 @@ class Lease:
         if per_minute > 0 and tokens > 0:
             self._limiter._charge(self._tenant, tokens, per_minute)
 
-    def until_collected(self, owner: object) -> None:
-        """Also release when ``owner`` is garbage collected: a streamed answer's generator that
-        never started (its client left first) runs no ``finally`` that would release it."""
-        weakref.finalize(owner, self.release)
-
 
 class TenantLimiter:
     """Per tenant: at most ``limit`` requests in flight, at most ``per_minute`` started in any
@@ -108,8 +102,8 @@ class TenantLimiter:
     size, refilled evenly; 0: no limit), unless the tenant has limits of its own (its
     contract's).
 
-    Called from the event loop; a lease may also be released by the garbage collector on
-    another thread, hence the lock.
+    Thread-safe (a lock guards the counts and buckets), though the gateway calls it from its
+    event loop only.
     """
 
     def __init__(self, limit: int, per_minute: int = 0, tokens_per_minute: int = 0,

@@ -6,7 +6,9 @@ buffer, makes Litestar stop iterating the answer without closing it: the answer'
 stays suspended and its ``finally`` (backend call closed, tenant's place released, completion
 record written) would run only when the garbage collector finds it. The collector is held off
 here, so only the gateway's own cleanup can pass. The gateway runs in process on the real
-fast upstream, driven over raw ASGI so that the disconnect lands exactly in that window.
+fast upstream, driven over raw ASGI so that the disconnect lands exactly in that window. The
+same holds for an answer whose head cannot be sent at all (a fault injected in the server's
+send), before the body ever started.
 """
 
 from __future__ import annotations
@@ -126,6 +128,37 @@ async def _plain(app: Any, client: httpx.AsyncClient, key: str) -> str:
     return dict(sent[0]["headers"])[b"x-request-id"].decode()
 
 
+class ServerSendFailed(OSError):
+    """The fault injected: the server cannot send the response head."""
+
+
+async def _head_fails(app: Any, client: httpx.AsyncClient, key: str) -> str:
+    """Plaintext, as a server whose send fails on the response head (its transport broke):
+    the answer's first byte is never sent. Returns the request id."""
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    started: list[dict[str, Any]] = []
+    bodies = [{"type": "http.request", "body": BODY, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if bodies:
+            return bodies.pop()
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        started.append(message)
+        raise ServerSendFailed("send failed")
+
+    with pytest.raises(Exception) as failed:  # Litestar wraps the fault
+        await app(_scope(CHAT, headers, BODY), receive, send)
+    chain = [failed.value]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(cause)
+    assert any(isinstance(e, ServerSendFailed) for e in chain), failed.value
+    assert started[0]["status"] == 200
+    return dict(started[0]["headers"])[b"x-request-id"].decode()
+
+
 async def _sealed(app: Any, client: httpx.AsyncClient, key: str) -> str:
     """Chunked OHTTP: the client leaves once the sealed inner head is in (the outer head, the
     response nonce, the inner head). Returns the request id, read from the inner head."""
@@ -155,7 +188,7 @@ def _no_collector() -> Iterator[None]:
         gc.enable()
 
 
-@pytest.mark.parametrize("leave", [_plain, _sealed], ids=["plain", "sealed"])
+@pytest.mark.parametrize("leave", [_plain, _sealed, _head_fails], ids=["plain", "sealed", "head_fails"])
 def test_client_leaving_a_stream_while_it_is_sent_ends_it(tmp_path: Path, fast_upstream: Proc,
                                                            leave: Any) -> None:
     config = tmp_path / "gateway.toml"

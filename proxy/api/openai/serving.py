@@ -163,12 +163,12 @@ class OpenAIService:
                 include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
                 chunks = await self._first_chunk(request, ctx, admission, lease, prompt,
                                                  backend.stream(kind, body, cache_scope=scope))
-                # The stream holds the lease from here: released when it ends (the response's
-                # end at the latest), or when it is collected without ever having started.
+                # The stream holds the lease from here, and its ``finally`` settles the request
+                # (lease, tokens, completion record). Started here, so that ``finally`` runs
+                # even if the response fails before its first byte: closed with the response.
                 stream = self._stream(kind, ctx, admission, chunks, include_usage, lease, prompt)
-                lease.until_collected(stream)
                 streaming = True
-                return closing_stream(stream, media_type="text/event-stream",
+                return closing_stream(stream, first=await anext(stream), media_type="text/event-stream",
                                       headers={**_headers(ctx, admission), "Cache-Control": "no-store"})
             route = ctx.route
             return await self._whole(request, ctx, admission, lease, prompt + limit,
