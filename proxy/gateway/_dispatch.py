@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -39,6 +40,7 @@ _DISCONNECT_GRACE_S = 1.0
 # the gateway buffering the whole completion.
 _STREAM_AHEAD = 16
 _DONE = "sealgate.inner.done"
+_NOT_IN_TARGET = re.compile(rb"[^\x21-\x7e]")
 
 
 def _bad(detail: str) -> GatewayError:
@@ -47,6 +49,8 @@ def _bad(detail: str) -> GatewayError:
 
 def build_scope(request: BHTTPRequest, channel: SealedChannel) -> dict[str, Any]:
     """A fresh HTTP scope for the inner request, marked with its :class:`SealedChannel`."""
+    if _NOT_IN_TARGET.search(request.path):  # the query too: ASGI carries it percent-encoded
+        raise _bad("request target is not printable ASCII")
     try:
         method, scheme = request.method.decode("ascii"), request.scheme.decode("ascii").lower()
         raw_path, _, query = request.path.partition(b"?")

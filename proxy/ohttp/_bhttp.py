@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ Fields = tuple[tuple[bytes, bytes], ...]
 
 # RFC 9292 §3.3: framing indicators.
 _KNOWN_REQUEST, _KNOWN_RESPONSE, _INDET_REQUEST, _INDET_RESPONSE = 0, 1, 2, 3
+# RFC 9292 §3.6: field lines are validated as HTTP/2 fields (RFC 9113 §8.2.1), and a message
+# carrying a pseudo-field is invalid (control data has its own place). A name is lowercase
+# and has no control character, space, non-ASCII byte or colon; a value has no NUL, CR or LF
+# and no leading or trailing space or tab.
+_BAD_NAME = re.compile(rb"[\x00-\x20A-Z:\x7f-\xff]")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +223,12 @@ def _read_lines(reader: Reader, *, until_zero: bool) -> Fields:
                 break
             raise bhttp_malformed("empty field name")
         name = reader.take(name_len)
-        fields.append((name, reader.take(reader.varint())))
+        value = reader.take(reader.varint())
+        if _BAD_NAME.search(name):
+            raise bhttp_malformed("invalid field name")
+        if _BAD_VALUE.search(value):
+            raise bhttp_malformed("invalid field value")
+        fields.append((name, value))
     return tuple(fields)
 
 

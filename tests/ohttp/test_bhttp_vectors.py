@@ -149,3 +149,34 @@ def test_malformed_response(data: bytes) -> None:
     with pytest.raises(OHTTPError) as err:
         decode_response(data)
     assert err.value.code == "bhttp_malformed"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param(b":method", b"GET", id="pseudo-field"),
+        pytest.param(b":status", b"200", id="status-pseudo-field"),
+        pytest.param(b"Content-Type", b"text/plain", id="uppercase-name"),
+        pytest.param(b"x y", b"1", id="space-in-name"),
+        pytest.param(b"x\xc3\xa9", b"1", id="non-ascii-name"),
+        pytest.param(b"x-a", b"1\r\nx-b: 2", id="crlf-in-value"),
+        pytest.param(b"x-a", b"1\x00", id="nul-in-value"),
+        pytest.param(b"x-a", b" 1", id="leading-space"),
+        pytest.param(b"x-a", b"1\t", id="trailing-tab"),
+    ],
+)
+@pytest.mark.parametrize("indeterminate", [False, True], ids=["known", "indeterminate"])
+@pytest.mark.parametrize("where", ["headers", "trailers"])
+def test_field_line_that_http2_refuses_makes_the_message_invalid(
+        name: bytes, value: bytes, indeterminate: bool, where: str) -> None:
+    # RFC 9292 §3.6: field lines are validated as in HTTP/2 (RFC 9113 §8.2.1), and pseudo-fields
+    # make a message invalid; requests and responses alike.
+    fields = ((b"x-ok", b"a b"), (name, value))
+    request = BHTTPRequest(b"GET", b"https", b"a.example", b"/", **{where: fields})
+    response = BHTTPResponse(200, **{where: fields})
+    for decode, data in ((decode_request, encode_request(request, indeterminate=indeterminate)),
+                         (decode_response, encode_response(response, indeterminate=indeterminate))):
+        with pytest.raises(OHTTPError) as err:
+            decode(data)  # type: ignore[operator]
+        assert err.value.code == "bhttp_malformed"
+        assert value not in str(err.value).encode()  # the refusal does not echo the field

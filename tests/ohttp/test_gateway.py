@@ -173,6 +173,32 @@ def test_bad_inner_bhttp_is_a_sealed_400() -> None:
     assert state.requests == []
 
 
+@pytest.mark.parametrize("path", [b"/echo?q=\xff", b"/echo?q=a b", b"/echo?q=\x00", b"/ec\xe9ho",
+                                  b"/echo\t"])
+def test_inner_target_that_is_not_printable_ascii_is_a_sealed_400(path: bytes) -> None:
+    # ASGI carries the query percent-encoded, as a server would have received it: raw bytes
+    # there (the query too, not only the path) are refused before any route sees them.
+    state = AppState()
+    (answer,) = _sealed_error(state, _inner_request(path, formatdate(usegmt=True)), b"\x0a" * 32)
+    assert answer.status == 400
+    assert json.loads(answer.content)["error"]["code"] == "bad_inner_request"
+    assert state.requests == []
+
+
+@pytest.mark.parametrize("field", [(b":path", b"/admin"), (b":method", b"DELETE"), (b"X-Upper", b"1"),
+                                   (b"bad name", b"1"), (b"x-ok", b"a\r\ninjected: 1"), (b"x-ok", b"a\x00")])
+def test_inner_field_line_http_would_refuse_is_a_sealed_400(field: tuple[bytes, bytes]) -> None:
+    # RFC 9292 §3.6: such a message is invalid, and an invalid message is not processed.
+    state = AppState()
+    inner = encode_request(BHTTPRequest(b"POST", b"https", b"sealgate.test", b"/echo", (
+        (b"content-type", b"application/json"), (b"date", formatdate(usegmt=True).encode()), field),
+        b"{}"))
+    (answer,) = _sealed_error(state, inner, b"\x0b" * 32)
+    assert answer.status == 400
+    assert json.loads(answer.content)["error"]["code"] == "bad_inner_request"
+    assert state.requests == []
+
+
 def test_body_size_limit() -> None:
     response = _post(AppState(), b"\x00" * 2048, MediaType.REQUEST, max_body_size=1024)
     assert response.status_code == 413
