@@ -99,7 +99,8 @@ def _split_note(note: str) -> tuple[str, list[str]]:
     text += "\n"
     lines = sigs[:-1].split("\n")
     # A lone surrogate (e.g. from a JSON "\ud800" escape) is not text: it has no UTF-8 bytes.
-    if (any((ord(c) < 0x20 and c != "\n") or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+    # The whole note, signature lines too, must be UTF-8 with no control character but newline.
+    if (any((ord(c) < 0x20 and c != "\n") or 0xD800 <= ord(c) <= 0xDFFF for c in note)
             or len(lines) > _MAX_SIGNATURES):
         raise VerificationError("malformed note")
     return text, lines
@@ -113,7 +114,7 @@ def _parse_sig_line(line: str) -> tuple[str, bytes, bytes]:
         raw = base64.b64decode(b64, validate=True)
     except (ValueError, binascii.Error) as exc:
         raise VerificationError("malformed note signature") from exc
-    if not name or len(raw) < 5:
+    if not _NAME.fullmatch(name) or len(raw) < 5:
         raise VerificationError("malformed note signature")
     return name, raw[:4], raw[4:]
 

@@ -349,6 +349,23 @@ class LogStore:
             query = select(func.count()).select_from(RECORDS).where(RECORDS.c.log_id == log_id)
             return int(conn.execute(query).scalar_one())
 
+    def repeated_record(self, log_id: str) -> tuple[str, str] | None:
+        """(request_id, kind) of a request with two records of one kind in the log, if any."""
+        cols = (RECORDS.c.tenant, RECORDS.c.request_id, RECORDS.c.kind)
+        query = (select(*cols).where(RECORDS.c.log_id == log_id).group_by(*cols)
+                 .having(func.count() > 1).limit(1))
+        with _translated("look for repeated records"), self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (str(row.request_id), str(row.kind))
+
+    def unregistered_rows(self) -> int:
+        """Records, nodes and checkpoints whose log is not in ``audit_logs``."""
+        known = select(LOGS.c.log_id)
+        with _translated("look for rows of no log"), self.engine.connect() as conn:
+            return sum(int(conn.execute(select(func.count()).select_from(table)
+                                        .where(table.c.log_id.not_in(known))).scalar_one())
+                       for table in (RECORDS, NODES, CHECKPOINTS))
+
     # -- Merkle nodes and checkpoints --------------------------------------------------------
     def integrate(
         self,

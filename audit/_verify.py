@@ -16,15 +16,13 @@ from ._note import NoteVerifier
 from ._proofs import InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import PREDICATE_TYPE, STATEMENT_TYPE
-from ._store import LogStore, _bytes
-from ._writer import _time_us
+from ._rows import check_row
+from ._store import LogStore
 
 __all__ = ["VerifyReport", "verify_log", "verify_receipt"]
 
 Progress = Callable[[int, int], None]
 _CHUNK = 2000
-# Metadata columns that must restate the signed predicate exactly.
-_COLUMNS = ("kind", "tenant", "request_id", "decision", "channel", "endpoint", "model", "status")
 
 
 @dataclass(frozen=True)
@@ -37,30 +35,6 @@ class VerifyReport:
     integrated: int
     checkpoints: int
     latest: SignedCheckpoint | None
-
-
-def _check_row(row: Any, expect_index: int, verifier: NoteVerifier, log_id: str) -> bytes:
-    """A stored row against its signed record; columns are compared type-strictly, since a
-    database writer can put any type in them."""
-    if type(row.leaf_index) is not int or row.leaf_index != expect_index:
-        raise VerificationError(f"record indices have a gap at leaf {expect_index}")
-    envelope = _bytes(row.envelope, f"audit_records.envelope of leaf {expect_index}")
-    try:
-        statement, _ = open_envelope(envelope, verifier.public_key, log_id)
-    except VerificationError as exc:
-        raise VerificationError(f"leaf {expect_index}: {exc.detail}") from None
-    pred = statement.get("predicate", {})
-    if statement.get("predicateType") != PREDICATE_TYPE or not isinstance(pred, dict):
-        raise VerificationError(f"leaf {expect_index}: not a proof-of-secrecy statement")
-    stored = {c: getattr(row, c) for c in _COLUMNS}
-    signed = {c: pred.get(c) for c in _COLUMNS}
-    try:
-        signed_time = _time_us(str(pred.get("time")))
-    except ValueError:
-        raise VerificationError(f"leaf {expect_index}: the record's time is invalid") from None
-    if stored != signed or type(row.time_us) is not int or row.time_us != signed_time:
-        raise VerificationError(f"leaf {expect_index}: metadata columns differ from the record")
-    return leaf_hash(envelope)
 
 
 class _LogCheck:
@@ -131,7 +105,7 @@ class _LogCheck:
             rows = self.store.record_rows(self.log_id, done, _CHUNK)
             nodes: list[tuple[int, bytes]] = []
             for row in rows:
-                new = rng.append(_check_row(row, done, self.verifier, self.log_id))
+                new = rng.append(check_row(row, done, self.verifier, self.log_id))
                 done += 1
                 if done <= self.integrated:
                     nodes.extend(new)
@@ -143,6 +117,11 @@ class _LogCheck:
                 break
         if self.integrated > done:
             raise VerificationError("integrated size exceeds the stored records")
+        if done != total:  # rows at a negative index, or past a gap, are not in the tree
+            raise VerificationError(f"{total - done} stored records are outside the log's leaves")
+        if (repeated := self.store.repeated_record(self.log_id)) is not None:
+            raise VerificationError(f"request {repeated[0]} has two {repeated[1]} records "
+                                    "(a signed record stored twice)")
         if self._next is not None:  # a checkpoint over more records than there are
             raise VerificationError(f"checkpoint {self._next.size} does not match the records")
         if self.trusted is not None:
@@ -211,6 +190,8 @@ def _verify_logs(store: LogStore, from_checkpoint: str | None, progress: Progres
     trusted_id, trusted = None, None
     if from_checkpoint is not None:
         trusted_id, trusted = _trusted_log(logs, from_checkpoint)
+    if orphans := store.unregistered_rows():
+        raise VerificationError(f"{orphans} stored rows belong to no log in the store")
     reports = []
     for log in logs:
         check = _LogCheck(store, log, progress, trusted if log[0] == trusted_id else None)

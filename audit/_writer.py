@@ -22,8 +22,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,10 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ._checkpoint import SignedCheckpoint
 from ._dsse import seal_envelope
 from ._errors import AuditError, AuditUnavailable, InvalidRecord, VerificationError
-from ._merkle import CompactRange, leaf_hash, node_id, perfect_subtrees, verify_consistency
-from ._proofs import TreeReader
+from ._merkle import NODE_ID_SHIFT, CompactRange, leaf_hash, node_id, perfect_subtrees
+from ._note import NoteVerifier
 from ._receipt import Receipt
 from ._record import Record
+from ._rows import check_row, time_us
 from ._store import LogStore
 
 __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
@@ -42,7 +42,6 @@ __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
 MAX_BATCH = 2048
 INLINE_GAP_S = 0.00025  # an append this soon after the last one is batched, not committed inline
 RECOVERY_CHUNK = 10_000  # records per transaction when catching up
-_EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 _log = structlog.get_logger("sealgate.audit")
 
 
@@ -79,7 +78,7 @@ def seal(record: Record, ident: LogIdentity) -> Sealed:
     row = {
         "log_id": ident.log_id, "record_id": record_id, "envelope": envelope,
         "kind": f["kind"], "tenant": f["tenant"], "request_id": f["request_id"],
-        "time_us": _time_us(f["time"]), "decision": f["decision"], "channel": f["channel"],
+        "time_us": time_us(f["time"]), "decision": f["decision"], "channel": f["channel"],
         "endpoint": f["endpoint"], "model": f.get("model"), "status": f.get("status"),
     }  # fmt: skip
     signature = base64.b64encode(sig).decode()
@@ -97,11 +96,10 @@ class Pending:
     control: str | None = None
 
 
-def _time_us(value: str) -> int:
-    return (datetime.fromisoformat(value.replace("Z", "+00:00")) - _EPOCH) // _ONE_US
-
-
-_ONE_US = datetime.fromisoformat("1970-01-01T00:00:00.000001+00:00") - _EPOCH
+def _node_end(n: int) -> int:
+    """One past the last leaf under node ``n``: it is stored once the tree reaches that size."""
+    level, index = divmod(n, NODE_ID_SHIFT)
+    return (index + 1) << level
 
 
 def _settle(items: list[tuple[Pending, Any]]) -> None:
@@ -174,31 +172,52 @@ class LogWriter:
     def _catch_up(self) -> SignedCheckpoint | None:
         """Reload the tree and the next index from the database, which is the truth after a
         failure or a crash, and integrate every committed record the tree does not hold yet;
-        each chunk is one transaction. Returns the last checkpoint signed, which the tree was
-        checked to extend."""
+        each chunk is one transaction. Returns the last checkpoint signed.
+
+        Only what that checkpoint's signed root covers is taken from the stored tree nodes.
+        The tree past it is recomputed from the records, each checked against its signature
+        (its columns restating it, no request with two records of one kind), and the nodes
+        already stored there must match: a checkpoint signed next covers only records this key
+        signed, however the tables were edited (docs/threat-model.md)."""
         if self.refused is not None:
             raise AuditUnavailable(self.refused)
         self.reload = True
         ident = self.ident
-        size = self.store.register_log(ident.log_id, ident.origin, ident.vkey)
-        ids = [node_id(lv, i) for lv, i in perfect_subtrees(0, size)]
+        integrated = self.store.register_log(ident.log_id, ident.origin, ident.vkey)
+        last = self._last_signed()
+        base = 0 if last is None else last.size
+        if integrated < base:
+            self._refuse(integrated, "tree_smaller_than_checkpoint")
+        ids = [node_id(lv, i) for lv, i in perfect_subtrees(0, base)]
         stored = self.store.get_nodes(ident.log_id, ids)
         if len(stored) != len(ids):
             raise AuditUnavailable("stored tree is missing nodes")
-        self.range = CompactRange(size, [stored[n] for n in ids])
+        rng = CompactRange(base, [stored[n] for n in ids])
+        if last is not None and base and rng.root() != last.root_hash:
+            self._refuse(integrated, "tree_not_an_extension")
         self.next_index = self.store.next_index(ident.log_id)
+        verifier = NoteVerifier.parse(ident.vkey)
         while True:
-            rows = self.store.records_from(self.ident.log_id, self.range.size, RECOVERY_CHUNK)
-            for offset, (index, _) in enumerate(rows):
-                if index != self.range.size + offset:
-                    raise AuditUnavailable("stored record indices have a gap")
-            if rows:
-                rng, nodes = self._extend([leaf_hash(envelope) for _, envelope in rows])
-                self.store.integrate(self.ident.log_id, nodes, rng.size, None)
-                self.range = rng
+            rows = self.store.record_rows(ident.log_id, rng.size, RECOVERY_CHUNK)
+            try:
+                leaves = [check_row(row, rng.size + i, verifier, ident.log_id)
+                          for i, row in enumerate(rows)]
+            except VerificationError:
+                self._refuse(integrated, "record_unverifiable")
+            if any(self._repeated(row) for row in rows):
+                self._refuse(integrated, "record_repeated")
+            grown = CompactRange(rng.size, rng.hashes)
+            nodes = [node for leaf in leaves for node in grown.append(leaf)]
+            self._check_stored(nodes, integrated)
+            if grown.size > integrated:
+                fresh = [(n, h) for n, h in nodes if _node_end(n) > integrated]
+                self.store.integrate(ident.log_id, fresh, grown.size, None)
+            rng = grown
             if len(rows) < RECOVERY_CHUNK:
                 break
-        last = self._check_extends()
+        if rng.size < integrated:
+            self._refuse(integrated, "tree_not_the_records")
+        self.range = rng
         if last is not None and (self.latest is None or last.size > self.latest.size):
             # Signed by this key and extended by the tree: published, even if the commit that
             # stored it was reported failed (lost acknowledgement). Signing that size again
@@ -208,29 +227,36 @@ class LogWriter:
         self.next_index = max(self.next_index, self.range.size)
         return last
 
-    def _check_extends(self) -> SignedCheckpoint | None:
-        """Fail closed unless the tree extends the last checkpoint this key signed (the stored
-        latest, or this process's own if newer): a smaller tree, another root at the same size,
-        or no RFC 9162 §2.1.4 consistency means stored rows were removed or rewritten, and a
-        checkpoint signed now would be a rollback or a fork."""
-        ident, rng, last = self.ident, self.range, self.latest
-        reason = "checkpoint_unverifiable"
+    def _last_signed(self) -> SignedCheckpoint | None:
+        """The last checkpoint this key signed: the stored latest, or this process's own if
+        newer (a smaller stored one means checkpoint rows were removed)."""
+        ident, last = self.ident, self.latest
         try:
             stored = self.store.latest_checkpoint(ident.log_id)
             if stored is not None and (last is None or stored[0] > last.size):
                 last = SignedCheckpoint.parse(stored[2], ident.vkey, ident.origin)
-            if last is None or last.size == 0:
-                return last
-            reason = "tree_smaller_than_checkpoint"
-            if rng.size >= last.size:
-                reason = "tree_not_an_extension"
-                proof = TreeReader(self.store, ident.log_id).consistency(last.size, rng.size, rng.size)
-                verify_consistency(last.size, rng.size, last.root_hash, rng.root(), proof.hashes)
-                return last
         except VerificationError:
-            pass
-        _log.error("audit_log_refused", log_id=ident.log_id, size=rng.size, reason=reason)
-        self.refused = (f"the stored log (size {rng.size}) does not extend the last signed "
+            self._refuse(self.range.size, "checkpoint_unverifiable")
+        return last
+
+    def _repeated(self, row: Any) -> bool:
+        """Another record of this log for the same request and of the same kind: a copy of a
+        signed record, since each request has one intent and one completion, or one denial."""
+        same = [r for r in self.store.records_for_request(row.tenant, row.request_id)
+                if r.log_id == row.log_id and r.kind == row.kind]
+        return len(same) > 1
+
+    def _check_stored(self, nodes: list[tuple[int, bytes]], integrated: int) -> None:
+        """Nodes recomputed from the records against those stored for the integrated tree."""
+        kept = [(n, h) for n, h in nodes if _node_end(n) <= integrated]
+        stored = self.store.get_nodes(self.ident.log_id, [n for n, _ in kept])
+        if any(stored.get(n) != h for n, h in kept):
+            self._refuse(integrated, "tree_not_the_records")
+
+    def _refuse(self, size: int, reason: str) -> NoReturn:
+        """Sign nothing more over this stored log (fail closed)."""
+        _log.error("audit_log_refused", log_id=self.ident.log_id, size=size, reason=reason)
+        self.refused = (f"the stored log (size {size}) does not extend the last signed "
                         f"checkpoint ({reason}); refusing to continue it")
         raise AuditUnavailable(self.refused)
 

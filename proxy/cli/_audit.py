@@ -117,12 +117,19 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
+    from audit import SignedCheckpoint, VerificationError
+
     def action(store: Any) -> int:
         notes = []
         for log_id, _origin, vkey, _size in store.logs():
             latest = store.latest_checkpoint(log_id)
-            if latest is not None:
-                notes.append({"log_id": log_id, "vkey": vkey, "size": latest[0], "note": latest[2]})
+            if latest is None:
+                continue
+            try:  # a stored note is printed only once it verifies under its log's key
+                SignedCheckpoint.parse(latest[2], vkey)
+            except VerificationError as exc:
+                return _fail(f"the latest checkpoint of log {log_id} does not verify: {exc.detail}")
+            notes.append({"log_id": log_id, "vkey": vkey, "size": latest[0], "note": latest[2]})
         if not notes:
             return _fail("no checkpoint published yet")
         if args.json:

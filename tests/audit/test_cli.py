@@ -56,6 +56,21 @@ def test_verify_fails_on_tampering(data_dir: tuple[Path, str],
     assert "verification_failed" in capsys.readouterr().err
 
 
+def test_checkpoint_prints_only_a_note_that_verifies(data_dir: tuple[Path, str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    # A stored note with a line appended (terminal escapes here) is not echoed to the terminal.
+    folder, _ = data_dir
+    store = LogStore.open(f"sqlite:///{folder / 'audit.db'}")
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_checkpoints SET note = note || :extra"),
+                     {"extra": "\u2014 x\x1b[2J AAAAAAAA\n"})
+    store.close()
+    assert main(["audit", "checkpoint"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "does not verify: malformed note" in captured.err
+    assert "\x1b" not in captured.err
+
+
 def test_missing_database_and_record(tmp_path: Path, data_dir: tuple[Path, str],
                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     assert main(["audit", "verify", "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 1

@@ -116,3 +116,19 @@ def test_key_names_are_one_printable_word(name: str) -> None:
     """A name that would break the note's lines is refused before anything is signed with it."""
     with pytest.raises(ValueError):
         vkey_for(name, Ed25519PrivateKey.generate().public_key())
+
+
+@pytest.mark.parametrize("extra", [
+    "\u2014 other\x1b[2J AAAAAAAA\n",  # a control character in a signature line
+    "\u2014 forged\r AAAAAAAA\n",
+    "\u2014 a+b AAAAAAAAAA==\n",  # key names carry no plus sign (c2sp.org/signed-note)
+    "\u2014 a\u00a0b AAAAAAAAAA==\n",  # nor a Unicode space
+])
+def test_a_malformed_signature_line_of_another_signer_makes_the_note_malformed(
+    signed: tuple[Ed25519PrivateKey, str, SignedCheckpoint], extra: str
+) -> None:
+    # c2sp.org/signed-note: the whole note, signature lines included, has no control character
+    # but newline, and every key name is valid, even one of a key the verifier does not know.
+    _, vkey, cp = signed
+    with pytest.raises(VerificationError, match="malformed"):
+        SignedCheckpoint.parse(cp.note + extra, vkey)

@@ -1,7 +1,8 @@
 """The writer never continues a stored log that does not extend the last checkpoint it signed.
 
-Someone with database access can truncate or rewrite the tables; the writer must then refuse
-(fail closed) rather than sign a smaller checkpoint (a rollback) or another root (a fork).
+Someone with database access can truncate, rewrite or add to the tables; the writer must then
+refuse (fail closed) rather than sign a smaller checkpoint (a rollback), another root (a fork)
+or a tree over rows its key never signed.
 """
 
 from __future__ import annotations
@@ -44,6 +45,21 @@ def _rewrite_node(url: str) -> None:
     _sql(url, "UPDATE audit_nodes SET hash = :h WHERE node_id = :n", h=bytes(32), n=node_id(3, 0))
 
 
+def _copy_row(url: str, leaf: int, envelope: bytes | None = None) -> None:
+    """Append a copy of leaf ``leaf``'s row as the next leaf, its envelope replaced when given
+    (as an insider adding a record the log key never signed, or replaying one it did)."""
+    cols = ("kind, tenant, request_id, time_us, decision, channel, endpoint, model, status")
+    _sql(url, "INSERT INTO audit_records (log_id, leaf_index, record_id, envelope, " + cols + ") "
+         "SELECT log_id, (SELECT MAX(leaf_index) + 1 FROM audit_records), 'g' || SUBSTR(record_id, 2), "
+         "COALESCE(:envelope, envelope), " + cols + " FROM audit_records WHERE leaf_index = :leaf",
+         leaf=leaf, envelope=envelope)
+
+
+def _rewrite_unpublished_node(url: str) -> None:
+    """Replace the stored hash of the subtree over leaves [8, 10), past the last checkpoint."""
+    _sql(url, "UPDATE audit_nodes SET hash = :h WHERE node_id = :n", h=bytes(32), n=node_id(1, 4))
+
+
 async def _log_of(url: str, key: Ed25519PrivateKey, records: int, unpublished: int = 0) -> int:
     """A closed log of ``records`` records whose last published checkpoint is of
     ``records - unpublished`` leaves; returns that size."""
@@ -63,6 +79,10 @@ TAMPERS: dict[str, tuple[int, Callable[[str], None], str]] = {
     "tail truncated": (0, lambda url: _truncate(url, 4), "tree_smaller_than_checkpoint"),
     "same size, another root": (0, _rewrite_node, "tree_not_an_extension"),
     "larger, not an extension": (2, _rewrite_node, "tree_not_an_extension"),
+    "a node past the checkpoint rewritten": (2, _rewrite_unpublished_node, "tree_not_the_records"),
+    "an unsigned record added": (0, lambda url: _copy_row(url, 3, b"PLAINTEXT PROMPT"),
+                                 "record_unverifiable"),
+    "a signed record replayed": (0, lambda url: _copy_row(url, 3), "record_repeated"),
 }
 
 
@@ -82,6 +102,29 @@ async def test_restart_refuses_a_log_that_does_not_extend_its_checkpoint(
         assert [size for size, _root, _note in store.checkpoints(store.logs()[0][0])][-1] == published
     finally:
         store.close()
+
+
+async def test_reload_refuses_a_record_added_under_the_running_writer(
+    store_url: str, log_key: Ed25519PrivateKey
+) -> None:
+    # The writer reads the database again after a failed commit (here: the row an insider
+    # added took the next leaf index); it must not sign a checkpoint over that row.
+    log = await AuditLog.open(store_url, log_key, ORIGIN)
+    try:
+        for i in range(6):
+            await log.append(make_record(i))
+        published = (await log.publish()).size
+        _copy_row(store_url, 2, b"PLAINTEXT PROMPT")
+        with pytest.raises(AuditUnavailable):
+            await log.append(make_record(6))
+        with pytest.raises(AuditUnavailable, match="record_unverifiable"):
+            await log.publish()
+        with pytest.raises(AuditUnavailable, match="does not extend"):
+            await log.append(make_record(7))
+        assert (await log.checkpoint()).size == published
+    finally:
+        with pytest.raises(AuditUnavailable):
+            await log.close()
 
 
 async def test_reload_after_truncation_refuses_to_publish_or_append(

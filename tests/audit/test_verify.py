@@ -95,7 +95,18 @@ TAMPERS: dict[str, Callable[[str], None]] = {
     "integrated size stored as text": lambda u: _retype(
         u, "UPDATE audit_logs SET integrated_size = 'abc'",
         lambda: _tamper(u, "UPDATE audit_logs SET integrated_size = 41")),
+    "record at a negative index": lambda u: _copy_row(u, 3, "-1", "log_id"),
+    "record of no log": lambda u: _copy_row(u, 3, "leaf_index", "'00000000'"),
+    "signed record stored twice": lambda u: _copy_row(u, 3, "40", "log_id"),
 }  # fmt: skip
+
+
+def _copy_row(url: str, leaf: int, index: str, log_id: str) -> None:
+    """Store a copy of leaf ``leaf``'s row (its signed envelope too) at another index or log."""
+    cols = "envelope, kind, tenant, request_id, time_us, decision, channel, endpoint, model, status"
+    _tamper(url, f"INSERT INTO audit_records (log_id, leaf_index, record_id, {cols}) "
+                 f"SELECT {log_id}, {index}, 'g' || SUBSTR(record_id, 2), {cols} "
+                 f"FROM audit_records WHERE leaf_index = {leaf}")
 
 
 def _retype(url: str, sqlite_sql: str, otherwise: Callable[[], None]) -> None:
