@@ -310,18 +310,6 @@ class LogStore:
         return isinstance(exc, self._driver_errors) and self.engine.dialect.is_disconnect(
             exc, conn.dbapi_connection, None)  # type: ignore[arg-type]
 
-    def records_from(self, log_id: str, start: int, limit: int) -> list[tuple[int, bytes]]:
-        """(leaf_index, envelope) for indices >= start, in order."""
-        query = (
-            select(RECORDS.c.leaf_index, RECORDS.c.envelope)
-            .where(RECORDS.c.log_id == log_id, RECORDS.c.leaf_index >= start)
-            .order_by(RECORDS.c.leaf_index)
-            .limit(limit)
-        )
-        with _translated("read records"), self.engine.connect() as conn:
-            return [(_int(i, "audit_records.leaf_index"), _bytes(e, "audit_records.envelope"))
-                    for i, e in conn.execute(query)]
-
     def record_rows(self, log_id: str, start: int, limit: int) -> list[Any]:
         """Full record rows (envelope and metadata) for indices >= start, in order."""
         query = (

@@ -96,6 +96,15 @@ class Pending:
     control: str | None = None
 
 
+def _extended(rng: CompactRange, leaves: list[bytes]) -> tuple[CompactRange, list[tuple[int, bytes]]]:
+    """``rng`` with ``leaves`` appended, and the nodes they complete (nothing is stored)."""
+    grown = CompactRange(rng.size, rng.hashes)
+    nodes: list[tuple[int, bytes]] = []
+    for leaf in leaves:
+        nodes.extend(grown.append(leaf))
+    return grown, nodes
+
+
 def _node_end(n: int) -> int:
     """One past the last leaf under node ``n``: it is stored once the tree reaches that size."""
     level, index = divmod(n, NODE_ID_SHIFT)
@@ -206,8 +215,7 @@ class LogWriter:
                 self._refuse(integrated, "record_unverifiable")
             if any(self._repeated(row) for row in rows):
                 self._refuse(integrated, "record_repeated")
-            grown = CompactRange(rng.size, rng.hashes)
-            nodes = [node for leaf in leaves for node in grown.append(leaf)]
+            grown, nodes = _extended(rng, leaves)
             self._check_stored(nodes, integrated)
             if grown.size > integrated:
                 fresh = [(n, h) for n, h in nodes if _node_end(n) > integrated]
@@ -261,14 +269,6 @@ class LogWriter:
         raise AuditUnavailable(self.refused)
 
     # -- commits ---------------------------------------------------------------------------------
-    def _extend(self, leaves: list[bytes]) -> tuple[CompactRange, list[tuple[int, bytes]]]:
-        """The tree with ``leaves`` appended, and the nodes they complete (nothing is stored)."""
-        rng = CompactRange(self.range.size, self.range.hashes)
-        nodes: list[tuple[int, bytes]] = []
-        for leaf in leaves:
-            nodes.extend(rng.append(leaf))
-        return rng, nodes
-
     def _commit(self, sealed: list[Sealed]) -> int:
         """Store ``sealed`` at the next indices, with their tree nodes unless the tree must first
         catch up from the database; returns the first index (caller holds the lock)."""
@@ -283,7 +283,7 @@ class LogWriter:
                     raise AuditUnavailable(self.refused)
                 self.store.insert_records(rows)
             else:
-                rng, nodes = self._extend([item.leaf for item in sealed])
+                rng, nodes = _extended(self.range, [item.leaf for item in sealed])
                 self.store.insert_records(rows, nodes=nodes, size=rng.size)
                 self.range = rng
         except AuditUnavailable:

@@ -24,7 +24,7 @@ def closing_stream(body: AsyncGenerator[bytes, None], *, first: bytes | None = N
     that never started runs no ``finally`` at all, so a body whose settling matters is started
     by its caller (its first item taken and passed as ``first``) before it is returned.
     """
-    return _ClosingStream(_resume(first, body), body, **kwargs)
+    return _ClosingStream(body if first is None else _resume(first, body), body, **kwargs)
 
 
 class _ClosingStream(Stream):
@@ -56,9 +56,7 @@ class _Closing:
                 await self._body.aclose()
 
 
-async def _resume(first: bytes | None, body: AsyncGenerator[bytes, None]
-                  ) -> AsyncGenerator[bytes, None]:
-    if first is not None:
-        yield first
+async def _resume(first: bytes, body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    yield first
     async for chunk in body:
         yield chunk
