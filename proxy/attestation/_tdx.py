@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from . import _der
 from ._collateral import Collateral
 from ._errors import VerificationError, translate
-from ._tdx_collateral import evaluate_collateral
+from ._tdx_collateral import TcbEvaluation, evaluate_collateral
 from ._tdx_quote import TdxQuote, parse_tdx_quote
 from ._verdict import EvidenceVerdict, Trace
 from ._x509 import load_certificates, pinned_root, resolve_time, verify_chain
@@ -116,13 +116,12 @@ def verify_tdx(
     trace.append("QE report from Intel's TD quoting enclave (MRSIGNER, ISVPRODID, not debug; "
                  "Intel's QE vendor id)")
     pck = PckInfo(chain[0])
-    status, qe_status = None, None
-    if collateral is not None:
-        status, qe_status = evaluate_collateral(parsed, pck, chain, collateral, when, trace)
-    return _verdict(parsed, pck, status, qe_status, trace)
+    tcb = None if collateral is None else evaluate_collateral(parsed, pck, chain, collateral,
+                                                               when, trace)
+    return _verdict(parsed, pck, tcb, trace)
 
 
-def _verdict(quote: TdxQuote, pck: PckInfo, status: str | None, qe_status: str | None,
+def _verdict(quote: TdxQuote, pck: PckInfo, evaluation: TcbEvaluation | None,
              trace: Trace) -> EvidenceVerdict:
     body = quote.body
     tcb = {f"tee_tcb_svn_{i:02d}": v for i, v in enumerate(body.tee_tcb_svn)}
@@ -131,10 +130,18 @@ def _verdict(quote: TdxQuote, pck: PckInfo, status: str | None, qe_status: str |
         "version": quote.version, "fmspc": pck.fmspc.hex(), "mr_seam": body.mr_seam.hex(),
         "td_attributes": body.td_attributes.hex(), "xfam": body.xfam.hex(),
         "mr_config_id": body.mr_config_id.hex(), "mr_owner": body.mr_owner.hex(),
-        "rtmrs": [r.hex() for r in body.rtmrs], "qe_tcb_status": qe_status,
+        "rtmrs": [r.hex() for r in body.rtmrs],
+        "qe_tcb_status": evaluation.qe_status if evaluation else None,
     }
+    if body.tee_tcb_svn_2 is not None:  # TD 1.5: the TDX module running now, and its status
+        claims["tee_tcb_svn_2"] = body.tee_tcb_svn_2.hex()
+        claims["mr_service_td"] = body.mr_service_td.hex() if body.mr_service_td else None
+        if evaluation is not None:
+            claims["launch_tcb_status"] = evaluation.launch_status
+            claims["current_tcb_status"] = evaluation.current_status
     return EvidenceVerdict(
         platform="tdx", report_data=body.report_data, measurement=body.mr_td.hex(),
-        debug=body.debug, migration_agent=body.migratable, tcb=tcb, tcb_status=status,
+        debug=body.debug, migration_agent=body.migratable, tcb=tcb,
+        tcb_status=evaluation.status if evaluation else None,
         claims=claims, checks=tuple(trace),
     )

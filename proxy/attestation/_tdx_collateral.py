@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -19,6 +20,7 @@ from ._tdx_tcb import (
     loads_strict,
     module_status,
     qe_status,
+    relaunch_status,
 )
 from ._verdict import Trace
 from ._x509 import check_crl, load_certificates, pinned_root, verify_chain
@@ -26,7 +28,7 @@ from ._x509 import check_crl, load_certificates, pinned_root, verify_chain
 if TYPE_CHECKING:
     from ._tdx import PckInfo
 
-__all__ = ["evaluate_collateral"]
+__all__ = ["TcbEvaluation", "evaluate_collateral"]
 
 _TCB_SIGNER = "Intel SGX TCB Signing"
 
@@ -81,8 +83,27 @@ def _select(infos: Sequence[bytes], fmspc: bytes) -> bytes:
     raise VerificationError("fmspc_mismatch", f"no TCB info for FMSPC {fmspc.hex()}")
 
 
+@dataclass(frozen=True)
+class TcbEvaluation:
+    """The TCB statuses of a quote: ``status`` is the one policies judge."""
+
+    status: str
+    qe_status: str
+    launch_status: str
+    """Platform, module and QE under TEE_TCB_SVN: the TDX module the TD was launched under."""
+    current_status: str | None
+    """The same under TEE_TCB_SVN_2, the module running now (TD 1.5 quotes only)."""
+
+
+def _platform_status(doc: Mapping[str, Any], pck: PckInfo, quote: TdxQuote, svn: bytes) -> str:
+    body = quote.body
+    module = module_status(doc, body.mr_signer_seam, body.seam_attributes, svn)
+    return combine_status(level_status(doc["tcbLevels"], pck.sgx_svns, pck.pce_svn, svn), module)
+
+
 def _tcb_info(quote: TdxQuote, pck: PckInfo, infos: Sequence[bytes],
-              signer: x509.Certificate, when: datetime) -> str:
+              signer: x509.Certificate, when: datetime) -> tuple[str, str | None]:
+    """The platform status (TCB level and TDX module) at launch, and now for a TD 1.5 quote."""
     doc = load_signed(_select(infos, pck.fmspc), "tcbInfo", signer, when).body
     body = quote.body
     with translate("collateral_invalid", "tcbInfo"):
@@ -91,9 +112,10 @@ def _tcb_info(quote: TdxQuote, pck: PckInfo, infos: Sequence[bytes],
             raise VerificationError("fmspc_mismatch", "signed TCB info is for another FMSPC")
         if doc["id"] != "TDX" or bytes.fromhex(doc["pceId"]) != pck.pce_id:
             raise VerificationError("collateral_invalid", "TCB info is not for this TDX PCE")
-        module = module_status(doc, body.mr_signer_seam, body.seam_attributes, body.tee_tcb_svn)
-        status = level_status(doc["tcbLevels"], pck.sgx_svns, pck.pce_svn, body.tee_tcb_svn)
-    return combine_status(status, module)
+        launch = _platform_status(doc, pck, quote, body.tee_tcb_svn)
+        current = (None if body.tee_tcb_svn_2 is None
+                   else _platform_status(doc, pck, quote, body.tee_tcb_svn_2))
+    return launch, current
 
 
 def evaluate_collateral(
@@ -103,21 +125,27 @@ def evaluate_collateral(
     collateral: Collateral,
     when: datetime,
     trace: Trace,
-) -> tuple[str, str]:
-    """Return ``(overall TCB status, QE TCB status)``; raise on revocation or mismatch."""
+) -> TcbEvaluation:
+    """The quote's TCB statuses; raise on revocation or mismatch."""
     qe_doc, signing_pem, pck_crl, root_crl = _require(collateral)
     signing = load_certificates(signing_pem, "TCB signing chain")
     verify_chain(signing, [pinned_root("intel_sgx_root_ca")], when, "TCB signing chain")
     _check_signer(signing[0])
     _check_crls(chain, signing, pck_crl, root_crl, when, trace)
-    platform = _tcb_info(quote, pck, collateral.tcb_infos, signing[0], when)
+    platform, now = _tcb_info(quote, pck, collateral.tcb_infos, signing[0], when)
     trace.append(f"TCB info signed by Intel, FMSPC matches, TCB level status {platform}")
     identity = load_signed(qe_doc, "enclaveIdentity", signing[0], when).body
     qe = quote.qe_report
     qe_level = qe_status(identity, qe.misc_select, qe.attributes, qe.mr_signer,
                          qe.isv_prod_id, qe.isv_svn)
     trace.append(f"QE identity signed by Intel, MRSIGNER/ISVPRODID match, QE status {qe_level}")
-    overall = combine_status(platform, qe_level)
+    launch = overall = combine_status(platform, qe_level)
+    current = None if now is None else combine_status(now, qe_level)
+    if current is not None:
+        overall = relaunch_status(launch, current)
+        advised = ", so a relaunch is advised" if overall != combine_status(launch, current) else ""
+        trace.append(f"TD 1.5: status {launch} under the TDX module the TD was launched under "
+                     f"(TEE_TCB_SVN), {current} under the one running now (TEE_TCB_SVN_2){advised}")
     if overall == "Revoked":
         raise VerificationError("tcb_revoked", "the platform or QE TCB is revoked")
-    return overall, qe_level
+    return TcbEvaluation(overall, qe_level, launch, current)

@@ -24,18 +24,25 @@ from ._x509 import check_window
 
 __all__ = [
     "NOT_SUPPORTED", "SignedJson", "combine_status", "level_status", "load_signed",
-    "loads_strict", "module_status", "qe_status",
+    "loads_strict", "module_status", "qe_status", "relaunch_status",
 ]
 
 NOT_SUPPORTED = "TcbNotSupported"
 """No TCB level matches (Intel QVL ``STATUS_TCB_NOT_SUPPORTED``); no default policy accepts it."""
 
+RELAUNCH_ADVISED = "TDRelaunchAdvised"
+RELAUNCH_ADVISED_CONFIGURATION = "TDRelaunchAdvisedConfigurationNeeded"
+
 # Worse statuses rank higher; the overall status is the worst of platform, module and QE.
 _RANK = {
     "UpToDate": 0, "SWHardeningNeeded": 1, "ConfigurationNeeded": 2,
-    "ConfigurationAndSWHardeningNeeded": 3, "OutOfDate": 4,
-    "OutOfDateConfigurationNeeded": 5, NOT_SUPPORTED: 8, "Revoked": 9,
+    "ConfigurationAndSWHardeningNeeded": 3, RELAUNCH_ADVISED: 4,
+    RELAUNCH_ADVISED_CONFIGURATION: 5, "OutOfDate": 6, "OutOfDateConfigurationNeeded": 7,
+    NOT_SUPPORTED: 8, "Revoked": 9,
 }
+_OUT_OF_DATE = frozenset({"OutOfDate", "OutOfDateConfigurationNeeded"})
+_CURRENT = frozenset({"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
+                      "ConfigurationAndSWHardeningNeeded"})
 
 
 @dataclass(frozen=True)
@@ -177,3 +184,18 @@ def combine_status(*statuses: str | None) -> str:
     """The worst of the given statuses (unknown statuses rank just below ``Revoked``)."""
     present = [s for s in statuses if s is not None]
     return max(present, key=lambda s: _RANK.get(s, 8))
+
+
+def relaunch_status(launch: str, current: str) -> str:
+    """The status of a TD 1.5 quote (Intel QVL ``checkForRelaunch``) from ``launch``, the
+    status under TEE_TCB_SVN (the TDX module the TD was launched under), and ``current``, under
+    TEE_TCB_SVN_2 (the module running now, after TD-preserving updates).
+
+    A TD launched under an out-of-date module that now runs a current one is
+    ``TDRelaunchAdvised`` (``…ConfigurationNeeded`` when either status asks for configuration):
+    relaunched, it would be current. Otherwise the worse of the two, so a module running now
+    that rates worse than the one the TD was launched under is never hidden."""
+    if launch in _OUT_OF_DATE and current in _CURRENT:
+        configuration = "Configuration" in launch or "Configuration" in current
+        return RELAUNCH_ADVISED_CONFIGURATION if configuration else RELAUNCH_ADVISED
+    return combine_status(launch, current)

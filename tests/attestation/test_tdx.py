@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from proxy.attestation import (
 )
 from proxy.attestation._tdx import PckInfo
 from proxy.attestation._tdx_quote import parse_tdx_quote
-from proxy.attestation._tdx_tcb import level_status, module_status
+from proxy.attestation._tdx_tcb import level_status, module_status, relaunch_status
 from proxy.attestation._x509 import load_certificates
 from tests.attestation._support import (
     TCB_INFO_V4,
@@ -328,3 +329,86 @@ def test_td_attributes_debug_and_migratable(forge: TdxForge, bit: int | None,
         policy.check(verdict)
     assert info.value.code == refused
 
+
+
+# -- TD 1.5: the TDX module the TD was launched under, and the one running now -------------------
+
+@pytest.mark.parametrize(("launch", "current", "expected"), [
+    ("OutOfDate", "UpToDate", "TDRelaunchAdvised"),
+    ("OutOfDate", "SWHardeningNeeded", "TDRelaunchAdvised"),
+    ("OutOfDate", "ConfigurationNeeded", "TDRelaunchAdvisedConfigurationNeeded"),
+    ("OutOfDateConfigurationNeeded", "UpToDate", "TDRelaunchAdvisedConfigurationNeeded"),
+    ("UpToDate", "UpToDate", "UpToDate"),
+    ("OutOfDate", "OutOfDate", "OutOfDate"),
+    ("UpToDate", "OutOfDate", "OutOfDate"),
+    ("OutOfDate", "TcbNotSupported", "TcbNotSupported"),
+    ("OutOfDate", "Revoked", "Revoked"),
+    ("Revoked", "UpToDate", "Revoked"),
+])
+def test_relaunch_status(launch: str, current: str, expected: str) -> None:
+    """Intel QVL checkForRelaunch: only an out-of-date launch under a current module now
+    advises a relaunch; otherwise the worse status stands (a worse module now is not hidden)."""
+    assert relaunch_status(launch, current) == expected
+
+
+_MODULE_LEVELS = [{"tcb": {"isvsvn": 6}, "tcbDate": "2023-02-15T00:00:00Z", "tcbStatus": "UpToDate"},
+                  {"tcb": {"isvsvn": 2}, "tcbDate": "2018-01-04T00:00:00Z", "tcbStatus": "OutOfDate"}]
+
+
+def _module_tcb_info(forge: TdxForge) -> bytes:
+    """The real TCB info with a TDX 1.5 module identity (TDX_01: SVN 6 current, 2 out of date),
+    its platform levels lowered to the sample PCK's SVNs (UpToDate first)."""
+    info = json.loads(forge.raw_body("tcbInfo", TCB_INFO_V4))
+    for level in info["tcbLevels"]:
+        tcb = level["tcb"]
+        tcb["sgxtcbcomponents"] = [dict(c, svn=0) for c in tcb["sgxtcbcomponents"]]
+        tcb["pcesvn"] = 0
+    info["tdxModuleIdentities"] = [{"id": "TDX_01", "mrsigner": "00" * 48, "attributes": "00" * 8,
+                                    "attributesMask": "FF" * 8, "tcbLevels": _MODULE_LEVELS}]
+    return json.dumps(info, separators=(",", ":")).encode()
+
+
+def _td15(forge: TdxForge, launch_svn: int, current_svn: int, current_major: int = 1) -> bytes:
+    """The sample quote as a TD 1.5 quote (v5, body type 3), re-signed under the forge: module
+    1.``launch_svn`` in TEE_TCB_SVN and ``current_major``.``current_svn`` in TEE_TCB_SVN_2
+    (both with the level's late microcode SVN 5)."""
+    signed = parse_tdx_quote(forge.original).signed
+    launch = bytes([launch_svn, 1, 5]) + bytes(13)
+    current = bytes([current_svn, current_major, 5]) + bytes(13)
+    body = launch + signed[48 + 16:] + current + bytes(48)  # MRSERVICETD: none bound
+    return forge.resigned(struct.pack("<H", 5) + signed[2:48] + struct.pack("<HI", 3, len(body)) + body)
+
+
+@pytest.mark.parametrize(("launch_svn", "current_svn", "status", "launch", "current"), [
+    (4, 6, "TDRelaunchAdvised", "OutOfDate", "UpToDate"),
+    (6, 6, "UpToDate", "UpToDate", "UpToDate"),
+    (4, 4, "OutOfDate", "OutOfDate", "OutOfDate"),
+    (6, 4, "OutOfDate", "UpToDate", "OutOfDate"),
+], ids=["relaunch_advised", "current", "out_of_date", "worse_now"])
+def test_td15_status_judges_both_modules(forge: TdxForge, launch_svn: int, current_svn: int,
+                                         status: str, launch: str, current: str) -> None:
+    quote = _td15(forge, launch_svn, current_svn)
+    collateral = forge.collateral(tcb_infos=(forge.signed_doc("tcbInfo", _module_tcb_info(forge)),))
+    verdict = verify_tdx(quote, collateral, at=TDX_V4_AT)
+    assert verdict.claims["version"] == 5
+    assert verdict.claims["tee_tcb_svn_2"] == bytes([current_svn, 1, 5]).hex() + "00" * 13
+    assert (verdict.tcb_status, verdict.claims["launch_tcb_status"],
+            verdict.claims["current_tcb_status"]) == (status, launch, current)
+    assert any("TEE_TCB_SVN_2" in check for check in verdict.checks)
+    policy = VerificationPolicy(allowed_measurements=frozenset({verdict.measurement}))
+    if status == "UpToDate":
+        policy.check(verdict)
+        return
+    # Not accepted by default: the TD ran under an out-of-date module (relaunch it), or runs one.
+    with pytest.raises(VerificationError) as info:
+        policy.check(verdict)
+    assert info.value.code == "tcb_status_not_allowed"
+    if status == "TDRelaunchAdvised":
+        VerificationPolicy(allowed_measurements=frozenset({verdict.measurement}),
+                           allowed_tcb_statuses=frozenset({status})).check(verdict)
+
+
+def test_td15_unknown_module_now_is_refused(forge: TdxForge) -> None:
+    """TEE_TCB_SVN_2 naming a TDX module major version the TCB info has no identity for."""
+    collateral = forge.collateral(tcb_infos=(forge.signed_doc("tcbInfo", _module_tcb_info(forge)),))
+    assert _code(_td15(forge, 6, 6, current_major=2), collateral, TDX_V4_AT) == "tcb_mismatch"
