@@ -3,24 +3,30 @@ the query-value checks."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from audit import AuditLog
+from proxy.dashboard._pages import record_page
 from proxy.dashboard._query import EARLIEST, LATEST, MAX_PAGE, BadQuery, page_number, time_us, when
 from proxy.dashboard._session import LoginLimiter, SessionCodec, load_secret
 from proxy.users import InvalidCredentials, UserError, UserStore, hash_password, verify_password
+from tests.audit.conftest import ORIGIN, make_record
 
 
 def test_scrypt_hash_round_trip_and_rejections() -> None:
@@ -243,3 +249,27 @@ def test_end_dates_are_inclusive_and_times_exact() -> None:
         with pytest.raises(BadQuery):
             when("to", bad, end=True)
     assert when("to", "") is None and date(1970, 1, 1) == EARLIEST
+
+
+def test_record_page_of_a_row_edited_outside_the_tree_fails_its_proof(tmp_path: Path) -> None:
+    """A record whose stored leaf index was edited to a negative one (an insider with database
+    access) shows a failed inclusion proof, not a server error."""
+    async def scenario() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        log = await AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}", Ed25519PrivateKey.generate(),
+                                  ORIGIN)
+        try:
+            first, second = [await log.append(make_record(i)) for i in range(2)]
+            await log.publish()
+            with log.store.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE audit_records SET leaf_index = -1 WHERE record_id = :r"),
+                             {"r": second.record_id})
+            svc, viewer = SimpleNamespace(audit=log), SimpleNamespace(scope=None)
+            return (await record_page(svc, viewer, first.record_id),  # type: ignore[arg-type]
+                    await record_page(svc, viewer, second.record_id))  # type: ignore[arg-type]
+        finally:
+            await log.close()
+
+    intact, edited = asyncio.run(scenario())
+    assert intact is not None and intact["proof"]["verified"] is True
+    assert edited is not None and edited["proof"]["verified"] is False
+    assert edited["proof"]["error"] == "invalid_proof_request: leaf index is outside the tree"
