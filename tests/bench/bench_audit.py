@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit import AuditLog, LogStore, Record, RecordBuilder, commit
+from audit import AuditLog, LogStore, Record, RecordBuilder, SignedCheckpoint, commit
 from audit._merkle import CompactRange
 from audit._note import key_id, vkey_for
 
@@ -78,6 +78,9 @@ async def _proofs(folder: Path, leaves: int, samples: int) -> tuple[list[float],
     store.register_log(log_id, ORIGIN, vkey_for(ORIGIN, key.public_key()))
     for start in range(0, len(nodes), 200_000):
         store.bulk_nodes(log_id, nodes[start : start + 200_000], leaves)
+    # The writer continues a stored tree only under a checkpoint its key signed over it.
+    signed = SignedCheckpoint.sign(ORIGIN, leaves, rng.root(), key)
+    store.bulk_nodes(log_id, [], leaves, (signed.root_hash, signed.note, time.time_ns() // 1000))
     store.close()
     del nodes
     build_s = time.perf_counter() - build
