@@ -387,11 +387,10 @@ class LogStore:
             rows = conn.exec_driver_sql(sql, (log_id, *node_ids)).all()
         return {_int(n, "audit_nodes.node_id"): _bytes(h, "audit_nodes.hash") for n, h in rows}
 
-    def bulk_nodes(self, log_id: str, nodes: Sequence[tuple[int, bytes]], size: int,
-                   checkpoint: tuple[bytes, str, int] | None = None) -> None:
-        """Load precomputed nodes for a fresh log (benchmarks). A log writer continues such a
-        tree only under a ``checkpoint`` (root, note, time) that its key signed over it."""
-        self.integrate(log_id, nodes, size, checkpoint)
+    def bulk_nodes(self, log_id: str, nodes: Sequence[tuple[int, bytes]], size: int) -> None:
+        """Load precomputed nodes for a fresh log (benchmarks, tests). A log writer continues
+        such a tree only under a checkpoint its key signed over it (see ``integrate``)."""
+        self.integrate(log_id, nodes, size, None)
 
     def latest_checkpoint(self, log_id: str) -> tuple[int, bytes, str] | None:
         found = self.checkpoints(log_id, limit=1, newest_first=True)

@@ -14,6 +14,8 @@ from ._collateral import Collateral
 from ._errors import VerificationError, translate
 from ._tdx_quote import TdxQuote
 from ._tdx_tcb import (
+    RELAUNCH_ADVISED,
+    RELAUNCH_ADVISED_CONFIGURATION,
     combine_status,
     level_status,
     load_signed,
@@ -140,10 +142,12 @@ def evaluate_collateral(
                          qe.isv_prod_id, qe.isv_svn)
     trace.append(f"QE identity signed by Intel, MRSIGNER/ISVPRODID match, QE status {qe_level}")
     launch = overall = combine_status(platform, qe_level)
-    current = None if now is None else combine_status(now, qe_level)
-    if current is not None:
+    current = None
+    if now is not None:
+        current = combine_status(now, qe_level)
         overall = relaunch_status(launch, current)
-        advised = ", so a relaunch is advised" if overall != combine_status(launch, current) else ""
+        advised = (", so a relaunch is advised"
+                   if overall in (RELAUNCH_ADVISED, RELAUNCH_ADVISED_CONFIGURATION) else "")
         trace.append(f"TD 1.5: status {launch} under the TDX module the TD was launched under "
                      f"(TEE_TCB_SVN), {current} under the one running now (TEE_TCB_SVN_2){advised}")
     if overall == "Revoked":

@@ -80,7 +80,7 @@ async def _proofs(folder: Path, leaves: int, samples: int) -> tuple[list[float],
         store.bulk_nodes(log_id, nodes[start : start + 200_000], leaves)
     # The writer continues a stored tree only under a checkpoint its key signed over it.
     signed = SignedCheckpoint.sign(ORIGIN, leaves, rng.root(), key)
-    store.bulk_nodes(log_id, [], leaves, (signed.root_hash, signed.note, time.time_ns() // 1000))
+    store.integrate(log_id, [], leaves, (signed.root_hash, signed.note, time.time_ns() // 1000))
     store.close()
     del nodes
     build_s = time.perf_counter() - build
