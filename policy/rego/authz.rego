@@ -6,7 +6,8 @@
 # (SG-AREA-NNN) that proof-of-secrecy records cite; ids are never reused for a new meaning.
 #
 # The rules live in several files of this one package:
-#   authz.rego      decision document, contract lookup, input shape (SG-INPUT, SG-CONTRACT)
+#   authz.rego      decision document, contract lookup, input shape (SG-INPUT, SG-CONTRACT),
+#                   the input fields by name
 #   channel.rego    sealed channel (SG-CHANNEL)
 #   retention.rego  backend retention tier and stored state (SG-RETENTION, SG-STORE-001..004)
 #   endpoints.rego  training-shaped and storage endpoints, endpoint allowlist (SG-TRAIN,
@@ -16,6 +17,11 @@
 #   enclave.rego    enclave evidence in production (SG-ENCLAVE)
 #
 # Builtins are limited to those both OPA and the embedded rego-cpp engine provide.
+#
+# Rules read input fields through the names bound at the end of this file, never `input.a.b`
+# directly: each dotted lookup costs the embedded engine a scan of that object's keys, while a
+# rule's value is computed once per decision. A name is undefined exactly when its input field
+# is missing, so each rule means what it would with the field written out.
 package sealgate.authz
 
 default allow := false
@@ -34,20 +40,20 @@ obligations := object.union(store_obligation, plaintext_obligation)
 
 # The tenant's contract (policy/data/contracts.yaml), looked up by tenant name. A tenant
 # without a contract of its own is held to the `default` contract.
-contract := object.get(data.contracts, input.tenant.name, data.contracts["default"])
+contract := object.get(data.contracts, tenant_name, data.contracts["default"])
 
 # SG-INPUT-001: the input fields that no other rule checks positively must have the shape
 # the gateway builds (docs/policy.md, "Input document"): a known deployment mode (the enclave
 # rules depend on it) and a list of metadata keys. Every other rule already denies when its
 # field is missing or has an unexpected value.
 input_well_formed if {
-	is_array(input.request.metadata_keys)
+	is_array(metadata_keys)
 	production_or_development
 }
 
-production_or_development if input.deployment.mode == "production"
+production_or_development if mode == "production"
 
-production_or_development if input.deployment.mode == "development"
+production_or_development if mode == "development"
 
 deny contains {
 	"rule": "SG-INPUT-001",
@@ -63,14 +69,63 @@ contract_current if {
 	not contract.expires
 }
 
-contract_current if input.time < contract.expires
+contract_current if request_time < contract.expires
 
 deny contains {
 	"rule": "SG-CONTRACT-001",
 	"message": "the tenant's contract is missing or has expired",
 } if not contract_current
 
-# `path` is under `prefix`: the prefix itself or anything below it.
-under(path, prefix) if path == prefix
+# The input fields, read once per decision (docs/policy.md, "Input document"). The request,
+# endpoint, enclave and deployment objects are read once too, and their fields from them.
+channel := input.channel
 
-under(path, prefix) if startswith(path, concat("", [prefix, "/"]))
+tenant_name := input.tenant.name
+
+endpoint := input.endpoint
+
+method := endpoint.method
+
+path := endpoint.path
+
+model := input.model
+
+request := input.request
+
+stream := request.stream
+
+store := request.store
+
+max_tokens := request.max_tokens
+
+choices := request.n
+
+previous_response_id := request.previous_response_id
+
+conversation := request.conversation
+
+metadata_keys := request.metadata_keys
+
+purpose := request.purpose
+
+stored_references := request.stored_references
+
+retention_tier := input.backend.retention_tier
+
+enclave := input.enclave
+
+enclave_platform := enclave.platform
+
+enclave_simulated := enclave.simulated
+
+enclave_debug := enclave.debug
+
+request_time := input.time
+
+deployment := input.deployment
+
+mode := deployment.mode
+
+region := deployment.region
+
+allow_plaintext := input.dev.allow_plaintext

@@ -6,14 +6,14 @@ package sealgate.authz
 # admits plaintext requests; the decision then carries the obligation
 # `plaintext_dev_mode: true`, which the gateway writes into the audit record. In production the
 # flag is ignored.
-channel_ok if input.channel == "sealed"
+channel_ok if channel == "sealed"
 
 channel_ok if plaintext_dev_mode
 
 plaintext_dev_mode if {
-	input.channel == "plaintext"
-	input.dev.allow_plaintext == true
-	input.deployment.mode == "development"
+	channel == "plaintext"
+	allow_plaintext == true
+	mode == "development"
 }
 
 deny contains {

@@ -4,15 +4,15 @@ package sealgate.authz
 # SG-ENCLAVE-001: in production the enclave evidence must come from real hardware
 # (AMD SEV-SNP or Intel TDX), not the development `simulated` provider.
 enclave_real if {
-	input.enclave.simulated == false
-	input.enclave.platform != "simulated"
+	enclave_simulated == false
+	enclave_platform != "simulated"
 }
 
 deny contains {
 	"rule": "SG-ENCLAVE-001",
 	"message": "a simulated enclave is not allowed in production",
 } if {
-	input.deployment.mode == "production"
+	mode == "production"
 	not enclave_real
 }
 
@@ -23,8 +23,8 @@ deny contains {
 	"rule": "SG-ENCLAVE-002",
 	"message": "a debug enclave is not allowed in production",
 } if {
-	input.deployment.mode == "production"
+	mode == "production"
 	not enclave_nondebug
 }
 
-enclave_nondebug if input.enclave.debug == false
+enclave_nondebug if enclave_debug == false

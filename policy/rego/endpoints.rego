@@ -7,75 +7,79 @@ package sealgate.authz
 endpoint_allowed if forwards_content
 
 endpoint_allowed if {
-	input.endpoint.method == "GET"
-	input.endpoint.path == "/v1/models"
+	method == "GET"
+	path == "/v1/models"
 }
 
 # Endpoints that send request content to a model backend; retention and tenant rules apply.
-content_endpoints := {
-	"/v1/chat/completions": true,
-	"/v1/completions": true,
-	"/v1/embeddings": true,
-	"/v1/responses": true,
+forwards_content if {
+	method == "POST"
+	content_endpoint
 }
 
-forwards_content if {
-	input.endpoint.method == "POST"
-	content_endpoints[input.endpoint.path]
-}
+content_endpoint if path == "/v1/chat/completions"
+
+content_endpoint if path == "/v1/completions"
+
+content_endpoint if path == "/v1/embeddings"
+
+content_endpoint if path == "/v1/responses"
 
 # GET /v1/models/{model}: a model's name may hold "/" itself (e.g. meta-llama/Llama-3.1-8B).
 endpoint_allowed if {
-	input.endpoint.method == "GET"
-	startswith(input.endpoint.path, "/v1/models/")
+	method == "GET"
+	startswith(path, "/v1/models/")
 }
 
-endpoint_path := input.endpoint.path
+# The collection a path belongs to: its first two segments (`/v1/fine_tuning` for
+# `/v1/fine_tuning/jobs/ftjob-1`). A path is under `/v1/NAME` (that path itself or anything
+# below it) exactly when its collection is `/v1/NAME`.
+collection := concat("/", array.slice(split(path, "/"), 0, 3))
 
 # SG-TRAIN-001: fine-tuning jobs.
-endpoint_denials contains "SG-TRAIN-001" if under(endpoint_path, "/v1/fine_tuning")
+endpoint_denials contains "SG-TRAIN-001" if collection == "/v1/fine_tuning"
 
 # SG-TRAIN-002: files (or uploads) with purpose `fine-tune`.
 endpoint_denials contains "SG-TRAIN-002" if {
 	file_endpoint
-	input.request.purpose == "fine-tune"
+	purpose == "fine-tune"
 }
 
 # SG-TRAIN-003: batches keep inputs and outputs as files.
-endpoint_denials contains "SG-TRAIN-003" if under(endpoint_path, "/v1/batches")
+endpoint_denials contains "SG-TRAIN-003" if collection == "/v1/batches"
 
 # SG-TRAIN-004: evals run over stored completions.
-endpoint_denials contains "SG-TRAIN-004" if under(endpoint_path, "/v1/evals")
+endpoint_denials contains "SG-TRAIN-004" if collection == "/v1/evals"
 
 # SG-TRAIN-005: listing or reading stored completions and stored responses
 # (GET /v1/chat/completions and anything below it; anything below /v1/responses).
 endpoint_denials contains "SG-TRAIN-005" if {
-	input.endpoint.method == "GET"
-	endpoint_path == "/v1/chat/completions"
+	method == "GET"
+	path == "/v1/chat/completions"
 }
 
-endpoint_denials contains "SG-TRAIN-005" if startswith(endpoint_path, "/v1/chat/completions/")
+endpoint_denials contains "SG-TRAIN-005" if startswith(path, "/v1/chat/completions/")
 
-endpoint_denials contains "SG-TRAIN-005" if startswith(endpoint_path, "/v1/responses/")
+endpoint_denials contains "SG-TRAIN-005" if startswith(path, "/v1/responses/")
 
 # SG-TRAIN-006: assistants and threads keep messages on the server.
-endpoint_denials contains "SG-TRAIN-006" if under(endpoint_path, "/v1/assistants")
+endpoint_denials contains "SG-TRAIN-006" if collection == "/v1/assistants"
 
-endpoint_denials contains "SG-TRAIN-006" if under(endpoint_path, "/v1/threads")
+endpoint_denials contains "SG-TRAIN-006" if collection == "/v1/threads"
 
 # SG-STORE-005: any other file, upload, vector store or conversation storage.
 endpoint_denials contains "SG-STORE-005" if {
 	file_endpoint
-	input.request.purpose != "fine-tune"
+	purpose != "fine-tune"
 }
 
-endpoint_denials contains "SG-STORE-005" if under(endpoint_path, "/v1/vector_stores")
+endpoint_denials contains "SG-STORE-005" if collection == "/v1/vector_stores"
 
-endpoint_denials contains "SG-STORE-005" if under(endpoint_path, "/v1/conversations")
+endpoint_denials contains "SG-STORE-005" if collection == "/v1/conversations"
 
-file_endpoint if under(endpoint_path, "/v1/files")
+file_endpoint if collection == "/v1/files"
 
-file_endpoint if under(endpoint_path, "/v1/uploads")
+file_endpoint if collection == "/v1/uploads"
 
 endpoint_messages := {
 	"SG-TRAIN-001": "fine-tuning is not allowed",

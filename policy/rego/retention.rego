@@ -8,17 +8,17 @@ package sealgate.authz
 # backend (e.g. GET /v1/models) have no retention to check.
 retention_ok if {
 	forwards_content
-	input.backend.retention_tier == "attested-zero"
+	retention_tier == "attested-zero"
 }
 
 retention_ok if {
 	forwards_content
-	input.backend.retention_tier == "contractual-zero"
+	retention_tier == "contractual-zero"
 	contract.allow_contractual_zero == true
 }
 
 retention_ok if {
-	is_string(input.endpoint.path)
+	is_string(path)
 	not forwards_content
 }
 
@@ -33,18 +33,18 @@ deny contains {
 # The Responses API stores by default, so a `/v1/responses` request that does not say
 # `store: false` always gets that obligation.
 store_rewritten if {
-	input.request.store == true
+	store == true
 	contract.rewrite_store == true
 }
 
 store_defaults_on if {
-	input.endpoint.path == "/v1/responses"
-	input.request.store == null
+	path == "/v1/responses"
+	store == null
 }
 
-store_ok if input.request.store == false
+store_ok if store == false
 
-store_ok if input.request.store == null
+store_ok if store == null
 
 store_ok if store_rewritten
 
@@ -63,13 +63,13 @@ store_obligation := {"set_params": {"store": false}} if store_defaults_on
 deny contains {
 	"rule": "SG-STORE-002",
 	"message": "previous_response_id needs server-side state and is not allowed",
-} if not input.request.previous_response_id == false
+} if not previous_response_id == false
 
 # SG-STORE-003: conversation objects are state kept on the server.
 deny contains {
 	"rule": "SG-STORE-003",
 	"message": "conversation objects are server-side state and are not allowed",
-} if not input.request.conversation == false
+} if not conversation == false
 
 # SG-STORE-006: a message that refers to something kept by the provider (a chat `file` part
 # with `file_id`, or an assistant message's earlier audio answer `audio.id`) makes the answer
@@ -77,18 +77,17 @@ deny contains {
 deny contains {
 	"rule": "SG-STORE-006",
 	"message": "references to files or answers kept by the provider are not allowed",
-} if not input.request.stored_references == false
+} if not stored_references == false
 
 # SG-STORE-004: request metadata whose keys mark it for distillation, evals or training. Keys
 # are matched case-insensitively on substrings, so `distill_set` or `EvalRun` are caught;
 # only metadata keys reach the policy, never values or message text.
-training_terms := {"distill", "eval", "train", "finetun", "fine_tun", "fine-tun", "dataset"}
+training_terms := `distill|eval|train|finetun|fine_tun|fine-tun|dataset`
 
 deny contains {
 	"rule": "SG-STORE-004",
 	"message": "metadata marked for distillation, evals or training is not allowed",
 } if {
-	some key in input.request.metadata_keys
-	some term in training_terms
-	contains(lower(key), term)
+	some key in metadata_keys
+	regex.match(training_terms, lower(key))
 }

@@ -7,7 +7,7 @@ model_ok if not forwards_content
 
 model_ok if "*" in contract.models
 
-model_ok if input.model in contract.models
+model_ok if model in contract.models
 
 deny contains {
 	"rule": "SG-MODEL-001",
@@ -16,7 +16,7 @@ deny contains {
 
 # SG-REGION-001: data residency. The gateway's deployment region must be one of the
 # contract's `regions`; there is no wildcard.
-region_ok if input.deployment.region in contract.regions
+region_ok if region in contract.regions
 
 deny contains {
 	"rule": "SG-REGION-001",
@@ -25,9 +25,9 @@ deny contains {
 
 # SG-TOKENS-001: a requested output-token limit may not exceed the contract's `max_tokens`.
 # A request without a limit is bounded by the backend.
-tokens_ok if input.request.max_tokens == null
+tokens_ok if max_tokens == null
 
-tokens_ok if input.request.max_tokens <= contract.max_tokens
+tokens_ok if max_tokens <= contract.max_tokens
 
 deny contains {
 	"rule": "SG-TOKENS-001",
@@ -35,9 +35,9 @@ deny contains {
 } if not tokens_ok
 
 # SG-TOKENS-002: the number of choices `n` may not exceed the contract's `max_n`.
-choices_ok if input.request.n == null
+choices_ok if choices == null
 
-choices_ok if input.request.n <= contract.max_n
+choices_ok if choices <= contract.max_n
 
 deny contains {
 	"rule": "SG-TOKENS-002",
@@ -45,10 +45,10 @@ deny contains {
 } if not choices_ok
 
 # SG-STREAM-001: streaming responses only when the contract sets `allow_streaming: true`.
-stream_ok if input.request.stream == false
+stream_ok if stream == false
 
 stream_ok if {
-	input.request.stream == true
+	stream == true
 	contract.allow_streaming == true
 }
 
