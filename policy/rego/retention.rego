@@ -81,7 +81,8 @@ deny contains {
 
 # SG-STORE-004: request metadata whose keys mark it for distillation, evals or training. Keys
 # are matched case-insensitively on substrings, so `distill_set` or `EvalRun` are caught;
-# only metadata keys reach the policy, never values or message text.
+# only metadata keys reach the policy, never values or message text. The terms are literal
+# alternatives of one regular expression, each matching anywhere in the lowercased key.
 training_terms := `distill|eval|train|finetun|fine_tun|fine-tun|dataset`
 
 deny contains {
