@@ -337,11 +337,19 @@ class LogStore:
             query = select(func.count()).select_from(RECORDS).where(RECORDS.c.log_id == log_id)
             return int(conn.execute(query).scalar_one())
 
-    def repeated_record(self, log_id: str) -> tuple[str, str] | None:
-        """(request_id, kind) of a request with two records of one kind in the log, if any."""
-        cols = (RECORDS.c.tenant, RECORDS.c.request_id, RECORDS.c.kind)
-        query = (select(*cols).where(RECORDS.c.log_id == log_id).group_by(*cols)
-                 .having(func.count() > 1).limit(1))
+    def repeated_record(self, log_id: str, start: int = 0,
+                        stop: int | None = None) -> tuple[str, str] | None:
+        """(request_id, kind) of a request with two records of one kind in the log, one of them
+        at a leaf index in ``[start, stop)``, if any."""
+        a, b = RECORDS.alias("a"), RECORDS.alias("b")
+        query = (select(a.c.request_id, a.c.kind)
+                 .where(a.c.log_id == log_id, a.c.leaf_index >= start,
+                        b.c.log_id == log_id, b.c.tenant == a.c.tenant,
+                        b.c.request_id == a.c.request_id, b.c.kind == a.c.kind,
+                        b.c.leaf_index != a.c.leaf_index)
+                 .limit(1))
+        if stop is not None:
+            query = query.where(a.c.leaf_index < stop)
         with _translated("look for repeated records"), self.engine.connect() as conn:
             row = conn.execute(query).first()
         return None if row is None else (str(row.request_id), str(row.kind))

@@ -213,7 +213,8 @@ class LogWriter:
                           for i, row in enumerate(rows)]
             except VerificationError:
                 self._refuse(integrated, "record_unverifiable")
-            if any(self._repeated(row) for row in rows):
+            # A request has one record of each kind: another is a copy of a signed record.
+            if rows and self.store.repeated_record(ident.log_id, rng.size, rng.size + len(rows)):
                 self._refuse(integrated, "record_repeated")
             grown, nodes = _extended(rng, leaves)
             self._check_stored(nodes, integrated)
@@ -246,13 +247,6 @@ class LogWriter:
         except VerificationError:
             self._refuse(self.range.size, "checkpoint_unverifiable")
         return last
-
-    def _repeated(self, row: Any) -> bool:
-        """Another record of this log for the same request and of the same kind: a copy of a
-        signed record, since each request has one intent and one completion, or one denial."""
-        same = [r for r in self.store.records_for_request(row.tenant, row.request_id)
-                if r.log_id == row.log_id and r.kind == row.kind]
-        return len(same) > 1
 
     def _check_stored(self, nodes: list[tuple[int, bytes]], integrated: int) -> None:
         """Nodes recomputed from the records against those stored for the integrated tree."""

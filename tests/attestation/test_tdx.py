@@ -330,7 +330,6 @@ def test_td_attributes_debug_and_migratable(forge: TdxForge, bit: int | None,
     assert info.value.code == refused
 
 
-
 # -- TD 1.5: the TDX module the TD was launched under, and the one running now -------------------
 
 @pytest.mark.parametrize(("launch", "current", "expected"), [

@@ -1,5 +1,4 @@
-"""TenantLimiter: a cap per tenant, leases given back once, and by the garbage collector for a
-streamed answer that never started; requests and tokens per minute."""
+"""TenantLimiter: a cap per tenant, leases given back once; requests and tokens per minute."""
 
 from __future__ import annotations
 
