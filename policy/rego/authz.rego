@@ -38,6 +38,11 @@ decision := {
 
 obligations := object.union(store_obligation, plaintext_obligation)
 
+# One entry of `deny`: the rule id and why. Rules add `denial(id, message)`, so the entry is
+# built only when the rule fires (an object written in a rule's head is built whether or not
+# its body holds).
+denial(rule, message) := {"rule": rule, "message": message}
+
 # The tenant's contract (policy/data/contracts.yaml), looked up by tenant name. A tenant
 # without a contract of its own is held to the `default` contract.
 contract := object.get(data.contracts, tenant_name, data.contracts["default"])
@@ -55,10 +60,10 @@ production_or_development if mode == "production"
 
 production_or_development if mode == "development"
 
-deny contains {
-	"rule": "SG-INPUT-001",
-	"message": "the policy input document is incomplete or malformed",
-} if not input_well_formed
+deny contains denial(
+	"SG-INPUT-001",
+	"the policy input document is incomplete or malformed",
+) if not input_well_formed
 
 # SG-CONTRACT-001: a contract with an `expires` instant stops covering requests from that
 # instant on. Both `expires` and the input's `time` are UTC in the fixed RFC 3339 form
@@ -66,15 +71,17 @@ deny contains {
 # without `expires` do not lapse.
 contract_current if {
 	is_object(contract)
-	not contract.expires
+	not contract_expires
 }
 
-contract_current if request_time < contract.expires
+contract_current if request_time < contract_expires
 
-deny contains {
-	"rule": "SG-CONTRACT-001",
-	"message": "the tenant's contract is missing or has expired",
-} if not contract_current
+contract_expires := contract.expires
+
+deny contains denial(
+	"SG-CONTRACT-001",
+	"the tenant's contract is missing or has expired",
+) if not contract_current
 
 # The input fields, read once per decision (docs/policy.md, "Input document"). The request,
 # endpoint, enclave and deployment objects are read once too, and their fields from them.

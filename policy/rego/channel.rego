@@ -16,10 +16,10 @@ plaintext_dev_mode if {
 	mode == "development"
 }
 
-deny contains {
-	"rule": "SG-CHANNEL-001",
-	"message": "requests must use the sealed channel",
-} if not channel_ok
+deny contains denial(
+	"SG-CHANNEL-001",
+	"requests must use the sealed channel",
+) if not channel_ok
 
 default plaintext_obligation := {}
 

@@ -8,10 +8,10 @@ enclave_real if {
 	enclave_platform != "simulated"
 }
 
-deny contains {
-	"rule": "SG-ENCLAVE-001",
-	"message": "a simulated enclave is not allowed in production",
-} if {
+deny contains denial(
+	"SG-ENCLAVE-001",
+	"a simulated enclave is not allowed in production",
+) if {
 	mode == "production"
 	not enclave_real
 }
@@ -19,10 +19,10 @@ deny contains {
 # SG-ENCLAVE-002: in production the guest must not run with debugging enabled (SEV-SNP
 # policy DEBUG bit, TDX TD_ATTRIBUTES.DEBUG), since a debug guest's memory can be read by the
 # host.
-deny contains {
-	"rule": "SG-ENCLAVE-002",
-	"message": "a debug enclave is not allowed in production",
-} if {
+deny contains denial(
+	"SG-ENCLAVE-002",
+	"a debug enclave is not allowed in production",
+) if {
 	mode == "production"
 	not enclave_nondebug
 }

@@ -91,14 +91,18 @@ endpoint_messages := {
 	"SG-STORE-005": "files, uploads, vector stores and conversations are not allowed",
 }
 
-deny contains {"rule": id, "message": endpoint_messages[id]} if some id in endpoint_denials
+# The endpoints named above are none of the allowed ones, so an allowed endpoint skips them.
+deny contains denial(id, endpoint_messages[id]) if {
+	not endpoint_allowed
+	some id in endpoint_denials
+}
 
 # SG-ENDPOINT-001: anything that is neither a stateless inference endpoint nor one of the
 # named training or storage endpoints above.
-deny contains {
-	"rule": "SG-ENDPOINT-001",
-	"message": "this endpoint is not served through the gateway",
-} if {
+deny contains denial(
+	"SG-ENDPOINT-001",
+	"this endpoint is not served through the gateway",
+) if {
 	not endpoint_allowed
 	count(endpoint_denials) == 0
 }

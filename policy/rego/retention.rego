@@ -22,10 +22,10 @@ retention_ok if {
 	not forwards_content
 }
 
-deny contains {
-	"rule": "SG-RETENTION-001",
-	"message": "the backend's retention tier is not allowed for this tenant",
-} if not retention_ok
+deny contains denial(
+	"SG-RETENTION-001",
+	"the backend's retention tier is not allowed for this tenant",
+) if not retention_ok
 
 # SG-STORE-001: `store: true` asks the backend to keep the completion (chat completions,
 # responses). It is denied, or, when the contract sets `rewrite_store: true`, the decision
@@ -48,10 +48,10 @@ store_ok if store == null
 
 store_ok if store_rewritten
 
-deny contains {
-	"rule": "SG-STORE-001",
-	"message": "store=true is not allowed: completions are never kept",
-} if not store_ok
+deny contains denial(
+	"SG-STORE-001",
+	"store=true is not allowed: completions are never kept",
+) if not store_ok
 
 default store_obligation := {}
 
@@ -60,24 +60,24 @@ store_obligation := {"set_params": {"store": false}} if store_rewritten
 store_obligation := {"set_params": {"store": false}} if store_defaults_on
 
 # SG-STORE-002: `previous_response_id` continues a response kept on the server.
-deny contains {
-	"rule": "SG-STORE-002",
-	"message": "previous_response_id needs server-side state and is not allowed",
-} if not previous_response_id == false
+deny contains denial(
+	"SG-STORE-002",
+	"previous_response_id needs server-side state and is not allowed",
+) if not previous_response_id == false
 
 # SG-STORE-003: conversation objects are state kept on the server.
-deny contains {
-	"rule": "SG-STORE-003",
-	"message": "conversation objects are server-side state and are not allowed",
-} if not conversation == false
+deny contains denial(
+	"SG-STORE-003",
+	"conversation objects are server-side state and are not allowed",
+) if not conversation == false
 
 # SG-STORE-006: a message that refers to something kept by the provider (a chat `file` part
 # with `file_id`, or an assistant message's earlier audio answer `audio.id`) makes the answer
 # depend on stored content. Inline `file_data` is allowed.
-deny contains {
-	"rule": "SG-STORE-006",
-	"message": "references to files or answers kept by the provider are not allowed",
-} if not stored_references == false
+deny contains denial(
+	"SG-STORE-006",
+	"references to files or answers kept by the provider are not allowed",
+) if not stored_references == false
 
 # SG-STORE-004: request metadata whose keys mark it for distillation, evals or training. Keys
 # are matched case-insensitively on substrings, so `distill_set` or `EvalRun` are caught;
@@ -85,10 +85,10 @@ deny contains {
 # alternatives of one regular expression, each matching anywhere in the lowercased key.
 training_terms := `distill|eval|train|finetun|fine_tun|fine-tun|dataset`
 
-deny contains {
-	"rule": "SG-STORE-004",
-	"message": "metadata marked for distillation, evals or training is not allowed",
-} if {
+deny contains denial(
+	"SG-STORE-004",
+	"metadata marked for distillation, evals or training is not allowed",
+) if {
 	some key in metadata_keys
 	regex.match(training_terms, lower(key))
 }

@@ -9,19 +9,19 @@ model_ok if "*" in contract.models
 
 model_ok if model in contract.models
 
-deny contains {
-	"rule": "SG-MODEL-001",
-	"message": "this model is not allowed for the tenant",
-} if not model_ok
+deny contains denial(
+	"SG-MODEL-001",
+	"this model is not allowed for the tenant",
+) if not model_ok
 
 # SG-REGION-001: data residency. The gateway's deployment region must be one of the
 # contract's `regions`; there is no wildcard.
 region_ok if region in contract.regions
 
-deny contains {
-	"rule": "SG-REGION-001",
-	"message": "the deployment region is outside the tenant's data residency regions",
-} if not region_ok
+deny contains denial(
+	"SG-REGION-001",
+	"the deployment region is outside the tenant's data residency regions",
+) if not region_ok
 
 # SG-TOKENS-001: a requested output-token limit may not exceed the contract's `max_tokens`.
 # A request without a limit is bounded by the backend.
@@ -29,20 +29,20 @@ tokens_ok if max_tokens == null
 
 tokens_ok if max_tokens <= contract.max_tokens
 
-deny contains {
-	"rule": "SG-TOKENS-001",
-	"message": "max_tokens exceeds the tenant's limit",
-} if not tokens_ok
+deny contains denial(
+	"SG-TOKENS-001",
+	"max_tokens exceeds the tenant's limit",
+) if not tokens_ok
 
 # SG-TOKENS-002: the number of choices `n` may not exceed the contract's `max_n`.
 choices_ok if choices == null
 
 choices_ok if choices <= contract.max_n
 
-deny contains {
-	"rule": "SG-TOKENS-002",
-	"message": "n exceeds the tenant's limit on choices",
-} if not choices_ok
+deny contains denial(
+	"SG-TOKENS-002",
+	"n exceeds the tenant's limit on choices",
+) if not choices_ok
 
 # SG-STREAM-001: streaming responses only when the contract sets `allow_streaming: true`.
 stream_ok if stream == false
@@ -52,7 +52,7 @@ stream_ok if {
 	contract.allow_streaming == true
 }
 
-deny contains {
-	"rule": "SG-STREAM-001",
-	"message": "streaming is not allowed for the tenant",
-} if not stream_ok
+deny contains denial(
+	"SG-STREAM-001",
+	"streaming is not allowed for the tenant",
+) if not stream_ok
