@@ -156,22 +156,20 @@ class PolicyAuditGate:
             fields["response_commitment"] = outcome.response_commitment
         if outcome.aborted is not None:
             fields["abort_reason"] = outcome.aborted
-        try:
-            record = self._base("completion", ctx, decision).set(**fields).build()
-        except InvalidRecord:  # never raised into a response already under way
-            _log.error("completion_not_recorded", request_id=ctx.request_id)
-            return
         # Off the response path: the intent record was durable before forwarding; this one is
-        # appended in the background and drained at shutdown, whatever the client does.
-        task = asyncio.create_task(self._append_completion(record, ctx.request_id))
+        # built, signed and appended in the background and drained at shutdown, whatever the
+        # client does. Its time is the request's end, taken now.
+        fields["time"] = datetime.now(UTC)
+        task = asyncio.create_task(self._append_completion(ctx, decision, fields))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _append_completion(self, record: Any, request_id: str) -> None:
+    async def _append_completion(self, ctx: CallContext, decision: Decision,
+                                 fields: dict[str, Any]) -> None:
         try:
-            await self._audit.append(record)
-        except AuditUnavailable:
-            _log.error("completion_not_recorded", request_id=request_id)
+            await self._audit.append(self._base("completion", ctx, decision).set(**fields).build())
+        except (InvalidRecord, AuditUnavailable):
+            _log.error("completion_not_recorded", request_id=ctx.request_id)
 
     async def drain(self) -> None:
         """Wait for every completion record still being written."""

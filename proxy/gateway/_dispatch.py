@@ -133,6 +133,12 @@ class _InnerExchange:
             await self.messages.put({"type": _DONE, "failed": False})
 
 
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Done callback: take the task's exception (if any) so that none goes unretrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def _relay_disconnect(outer: Receive, exchange: _InnerExchange) -> None:
     while (await outer())["type"] != "http.disconnect":
         pass
@@ -151,8 +157,10 @@ async def collect_response(
         await exchange.run(app, scope)
     finally:
         if relay is not None:
+            # Cancelled, not awaited: waiting for it would let every other ready task (the
+            # completion record being signed and stored) run before this answer is sealed.
             relay.cancel()
-            await asyncio.gather(relay, return_exceptions=True)
+            relay.add_done_callback(_retrieved)
     status, content, failed = 0, bytearray(), True
     headers: tuple[tuple[bytes, bytes], ...] = ()
     while not exchange.messages.empty():

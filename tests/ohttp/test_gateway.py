@@ -385,3 +385,34 @@ def test_the_served_app_routes_sealed_requests_through_the_front(tmp_path: Any) 
                             headers={"content-type": MediaType.REQUEST})
         assert outer.status_code == 200 and outer.headers["cache-control"] == "no-store"
         assert decode_response(context.open_response(outer.content)).status == 200
+
+
+def test_a_sealed_answer_is_collected_before_work_its_inner_request_left_behind() -> None:
+    """What an inner request leaves to run after its response (the gateway's completion record)
+    runs after the sealed answer is collected, not before: collecting it never waits on other
+    tasks, so their work never sits on the sealed request's path."""
+    from proxy.gateway._dispatch import collect_response
+
+    ran: list[str] = []
+    left: list[asyncio.Task[None]] = []
+
+    async def after() -> None:
+        ran.append("after")
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        left.append(asyncio.create_task(after()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def outer() -> dict[str, Any]:  # the outer request's receive: its client stays
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def run() -> None:
+        response = await collect_response(inner, {"type": "http", "method": "POST"}, b"", outer)
+        assert (response.status, response.content, ran) == (200, b"ok", [])
+        await asyncio.gather(*left)
+        assert ran == ["after"]
+
+    asyncio.run(run())
