@@ -235,7 +235,11 @@ def _sealed_error(sealer: ChunkedResponseSealer, encoder: ResponseStreamEncoder)
 
 
 async def _finish(task: asyncio.Task[None]) -> None:
-    """Give the inner app a moment to notice ``http.disconnect``, then cancel it."""
+    """Give the inner app a moment to notice ``http.disconnect``, then cancel it. An inner app
+    that is done already is not waited for: waiting, even on a done task, would let every
+    other ready task (its completion record) run before the stream's end is sent."""
+    if task.done():
+        return
     with anyio.CancelScope(shield=True):
         with anyio.move_on_after(_DISCONNECT_GRACE_S):
             await asyncio.wait({task})

@@ -416,3 +416,39 @@ def test_a_sealed_answer_is_collected_before_work_its_inner_request_left_behind(
         assert ran == ["after"]
 
     asyncio.run(run())
+
+
+def test_a_sealed_stream_ends_before_work_its_inner_request_left_behind() -> None:
+    """The same for a chunked answer: its last chunk and its end go out before what the inner
+    request left to run afterwards."""
+    from proxy.gateway._dispatch import stream_response
+    from proxy.ohttp import ChunkedRequestOpener, ChunkedResponseSealer
+
+    key = GatewayKey.generate(7)
+    request_sealer = ChunkedRequestSealer(key.config)
+    opener = ChunkedRequestOpener({7: key}.get)
+    opener.feed(request_sealer.seal(b"", final=True))
+    opener.close()
+    assert opener.context is not None
+    ran: list[str] = []
+    left: list[asyncio.Task[None]] = []
+
+    async def after() -> None:
+        ran.append("after")
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        left.append(asyncio.create_task(after()))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def run() -> None:
+        stream = stream_response(inner, {"type": "http", "method": "POST"}, b"",
+                                 ChunkedResponseSealer(opener.context))
+        chunks = [chunk async for chunk in stream]
+        assert len(chunks) >= 3 and ran == []
+        await asyncio.gather(*left)
+        assert ran == ["after"]
+
+    asyncio.run(run())
