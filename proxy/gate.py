@@ -103,14 +103,18 @@ class PolicyAuditGate:
         except TimeoutError as exc:
             raise PolicyUnavailable("the policy engine did not decide in time") from exc
 
-    def _base(self, kind: str, ctx: CallContext, decision: Decision) -> RecordBuilder:
+    def _base(self, kind: str, ctx: CallContext, decision: Decision,
+              enclave: EnclaveFacts | None = None) -> RecordBuilder:
+        """The fields every record of ``ctx`` carries; ``enclave``: the facts it ran under
+        (default: the current ones)."""
         assert ctx.tenant is not None
+        enclave = enclave or self.enclave
         builder = RecordBuilder(kind).set(
             tenant=ctx.tenant.pseudonym, request_id=ctx.request_id, endpoint=ctx.endpoint,
             decision="allow" if decision.allow else "deny", channel=ctx.channel,
             rule_ids=list(decision.rule_ids), obligations=sorted(decision.obligations),
             policy_bundle_digest=decision.bundle_digest,
-            evidence_digest=self.enclave.evidence_digest, platform=self.enclave.platform,
+            evidence_digest=enclave.evidence_digest, platform=enclave.platform,
             request_commitment=ctx.request_commitment)
         if ctx.route is not None:
             builder = builder.set(model=ctx.route.name, backend=ctx.route.backend,
@@ -158,16 +162,17 @@ class PolicyAuditGate:
             fields["abort_reason"] = outcome.aborted
         # Off the response path: the intent record was durable before forwarding; this one is
         # built, signed and appended in the background and drained at shutdown, whatever the
-        # client does. Its time is the request's end, taken now.
+        # client does. Its time and the enclave facts are the request's end's, taken now.
         fields["time"] = datetime.now(UTC)
-        task = asyncio.create_task(self._append_completion(ctx, decision, fields))
+        task = asyncio.create_task(self._append_completion(ctx, decision, self.enclave, fields))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _append_completion(self, ctx: CallContext, decision: Decision,
-                                 fields: dict[str, Any]) -> None:
+                                 enclave: EnclaveFacts, fields: dict[str, Any]) -> None:
         try:
-            await self._audit.append(self._base("completion", ctx, decision).set(**fields).build())
+            record = self._base("completion", ctx, decision, enclave).set(**fields).build()
+            await self._audit.append(record)
         except (InvalidRecord, AuditUnavailable):
             _log.error("completion_not_recorded", request_id=ctx.request_id)
 
