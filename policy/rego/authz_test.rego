@@ -165,3 +165,24 @@ test_expired_contract_denied if {
 	d := decide(set1(base, "time", "2030-01-01T00:00:00Z"))
 	denied_by("SG-CONTRACT-001", d)
 }
+
+# A field a rule reads that is missing from the input denies with that rule's id: a denial
+# negates its check, so an undefined field cannot make the check pass.
+without(inp, top, key) := set1(inp, top, object.remove(inp[top], [key]))
+
+test_missing_fields_deny_with_their_rule if {
+	denied_by("SG-STORE-001", decide(without(base, "request", "store")))
+	denied_by("SG-TOKENS-001", decide(without(base, "request", "max_tokens")))
+	denied_by("SG-TOKENS-002", decide(without(base, "request", "n")))
+	denied_by("SG-STREAM-001", decide(without(base, "request", "stream")))
+	denied_by("SG-RETENTION-001", decide(without(base, "backend", "retention_tier")))
+	denied_by("SG-ENCLAVE-002", decide(without(base, "enclave", "debug")))
+	denied_by("SG-REGION-001", decide(without(base, "deployment", "region")))
+	denied_by("SG-INPUT-001", decide(without(base, "deployment", "mode")))
+	denied_by("SG-CONTRACT-001", decide(without(base, "tenant", "name")))
+}
+
+test_missing_model_on_content_endpoint_denied if {
+	d := decide(set1(base, "model", null))
+	denied_by("SG-MODEL-001", d)
+}

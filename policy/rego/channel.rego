@@ -6,10 +6,6 @@ package sealgate.authz
 # admits plaintext requests; the decision then carries the obligation
 # `plaintext_dev_mode: true`, which the gateway writes into the audit record. In production the
 # flag is ignored.
-channel_ok if channel == "sealed"
-
-channel_ok if plaintext_dev_mode
-
 plaintext_dev_mode if {
 	channel == "plaintext"
 	allow_plaintext == true
@@ -19,8 +15,9 @@ plaintext_dev_mode if {
 deny contains denial(
 	"SG-CHANNEL-001",
 	"requests must use the sealed channel",
-) if not channel_ok
+) if {
+	not channel == "sealed"
+	not plaintext_dev_mode
+}
 
-default plaintext_obligation := {}
-
-plaintext_obligation := {"plaintext_dev_mode": true} if plaintext_dev_mode
+obligations["plaintext_dev_mode"] := true if plaintext_dev_mode

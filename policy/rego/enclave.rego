@@ -24,7 +24,5 @@ deny contains denial(
 	"a debug enclave is not allowed in production",
 ) if {
 	mode == "production"
-	not enclave_nondebug
+	not enclave_debug == false
 }
-
-enclave_nondebug if enclave_debug == false

@@ -6,18 +6,12 @@ package sealgate.authz
 # zero-retention contract) when the tenant's contract sets `allow_contractual_zero: true`.
 # Tier `none` is never allowed, whatever a contract says. Requests that send no content to a
 # backend (e.g. GET /v1/models) have no retention to check.
-retention_ok if {
-	forwards_content
-	retention_tier == "attested-zero"
-}
-
-retention_ok if {
-	forwards_content
+contractual_zero_allowed if {
 	retention_tier == "contractual-zero"
 	contract.allow_contractual_zero == true
 }
 
-retention_ok if {
+sends_no_content if {
 	is_string(path)
 	not forwards_content
 }
@@ -25,7 +19,11 @@ retention_ok if {
 deny contains denial(
 	"SG-RETENTION-001",
 	"the backend's retention tier is not allowed for this tenant",
-) if not retention_ok
+) if {
+	not retention_tier == "attested-zero"
+	not contractual_zero_allowed
+	not sends_no_content
+}
 
 # SG-STORE-001: `store: true` asks the backend to keep the completion (chat completions,
 # responses). It is denied, or, when the contract sets `rewrite_store: true`, the decision
@@ -42,22 +40,18 @@ store_defaults_on if {
 	store == null
 }
 
-store_ok if store == false
-
-store_ok if store == null
-
-store_ok if store_rewritten
-
 deny contains denial(
 	"SG-STORE-001",
 	"store=true is not allowed: completions are never kept",
-) if not store_ok
+) if {
+	not store == null
+	not store == false
+	not store_rewritten
+}
 
-default store_obligation := {}
+obligations["set_params"] := {"store": false} if store_rewritten
 
-store_obligation := {"set_params": {"store": false}} if store_rewritten
-
-store_obligation := {"set_params": {"store": false}} if store_defaults_on
+obligations["set_params"] := {"store": false} if store_defaults_on
 
 # SG-STORE-002: `previous_response_id` continues a response kept on the server.
 deny contains denial(

@@ -3,51 +3,43 @@ package sealgate.authz
 
 # SG-MODEL-001: the model must be on the contract's `models` list ("*" allows any model).
 # Only requests that send content to a backend name a model.
-model_ok if not forwards_content
-
-model_ok if "*" in contract.models
-
-model_ok if model in contract.models
-
 deny contains denial(
 	"SG-MODEL-001",
 	"this model is not allowed for the tenant",
-) if not model_ok
+) if {
+	not model in contract.models
+	not "*" in contract.models
+	forwards_content
+}
 
 # SG-REGION-001: data residency. The gateway's deployment region must be one of the
 # contract's `regions`; there is no wildcard.
-region_ok if region in contract.regions
-
 deny contains denial(
 	"SG-REGION-001",
 	"the deployment region is outside the tenant's data residency regions",
-) if not region_ok
+) if not region in contract.regions
 
 # SG-TOKENS-001: a requested output-token limit may not exceed the contract's `max_tokens`.
 # A request without a limit is bounded by the backend.
-tokens_ok if max_tokens == null
-
-tokens_ok if max_tokens <= contract.max_tokens
-
 deny contains denial(
 	"SG-TOKENS-001",
 	"max_tokens exceeds the tenant's limit",
-) if not tokens_ok
+) if {
+	not max_tokens == null
+	not max_tokens <= contract.max_tokens
+}
 
 # SG-TOKENS-002: the number of choices `n` may not exceed the contract's `max_n`.
-choices_ok if choices == null
-
-choices_ok if choices <= contract.max_n
-
 deny contains denial(
 	"SG-TOKENS-002",
 	"n exceeds the tenant's limit on choices",
-) if not choices_ok
+) if {
+	not choices == null
+	not choices <= contract.max_n
+}
 
 # SG-STREAM-001: streaming responses only when the contract sets `allow_streaming: true`.
-stream_ok if stream == false
-
-stream_ok if {
+streaming_allowed if {
 	stream == true
 	contract.allow_streaming == true
 }
@@ -55,4 +47,7 @@ stream_ok if {
 deny contains denial(
 	"SG-STREAM-001",
 	"streaming is not allowed for the tenant",
-) if not stream_ok
+) if {
+	not stream == false
+	not streaming_allowed
+}
