@@ -40,9 +40,11 @@ def _truncate(url: str, keep: int) -> None:
          f"UPDATE audit_logs SET integrated_size = {keep}")
 
 
-def _rewrite_node(url: str) -> None:
-    """Replace the stored hash of the subtree over leaves [0, 8)."""
-    _sql(url, "UPDATE audit_nodes SET hash = :h WHERE node_id = :n", h=bytes(32), n=node_id(3, 0))
+def _rewrite_node(url: str, level: int = 3, index: int = 0) -> None:
+    """Replace the stored hash of subtree ``index`` at ``level`` (by default the one over
+    leaves [0, 8))."""
+    _sql(url, "UPDATE audit_nodes SET hash = :h WHERE node_id = :n", h=bytes(32),
+         n=node_id(level, index))
 
 
 def _copy_row(url: str, leaf: int, envelope: bytes | None = None) -> None:
@@ -53,11 +55,6 @@ def _copy_row(url: str, leaf: int, envelope: bytes | None = None) -> None:
          "SELECT log_id, (SELECT MAX(leaf_index) + 1 FROM audit_records), 'g' || SUBSTR(record_id, 2), "
          "COALESCE(:envelope, envelope), " + cols + " FROM audit_records WHERE leaf_index = :leaf",
          leaf=leaf, envelope=envelope)
-
-
-def _rewrite_unpublished_node(url: str) -> None:
-    """Replace the stored hash of the subtree over leaves [8, 10), past the last checkpoint."""
-    _sql(url, "UPDATE audit_nodes SET hash = :h WHERE node_id = :n", h=bytes(32), n=node_id(1, 4))
 
 
 async def _log_of(url: str, key: Ed25519PrivateKey, records: int, unpublished: int = 0) -> int:
@@ -79,7 +76,9 @@ TAMPERS: dict[str, tuple[int, Callable[[str], None], str]] = {
     "tail truncated": (0, lambda url: _truncate(url, 4), "tree_smaller_than_checkpoint"),
     "same size, another root": (0, _rewrite_node, "tree_not_an_extension"),
     "larger, not an extension": (2, _rewrite_node, "tree_not_an_extension"),
-    "a node past the checkpoint rewritten": (2, _rewrite_unpublished_node, "tree_not_the_records"),
+    # the subtree over leaves [8, 10), past the last checkpoint
+    "a node past the checkpoint rewritten": (2, lambda url: _rewrite_node(url, 1, 4),
+                                             "tree_not_the_records"),
     "an unsigned record added": (0, lambda url: _copy_row(url, 3, b"PLAINTEXT PROMPT"),
                                  "record_unverifiable"),
     "a signed record replayed": (0, lambda url: _copy_row(url, 3), "record_repeated"),
