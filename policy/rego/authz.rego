@@ -25,7 +25,7 @@
 #
 # A denial states its check in its own body, negated (`not store == null`), rather than
 # through a helper rule that holds when the request passes (`store_ok`): a missing field still
-# denies, as `store == null` is then undefined and `not` holds, and the embedded engine does
+# denies, as `store == null` is then undefined and `not` holds, and the embedded engine takes
 # about a fifth less time per decision, since each helper rule it evaluates costs it more
 # than the comparison inside.
 package sealgate.authz
