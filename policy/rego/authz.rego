@@ -58,15 +58,11 @@ contract := object.get(data.contracts, tenant_name, data.contracts["default"])
 # the gateway builds (docs/policy.md, "Input document"): a known deployment mode (the enclave
 # rules depend on it) and a list of metadata keys. Every other rule already denies when its
 # field is missing or has an unexpected value.
-deny contains denial(
-	"SG-INPUT-001",
-	"the policy input document is incomplete or malformed",
-) if not is_array(metadata_keys)
+malformed_input := denial("SG-INPUT-001", "the policy input document is incomplete or malformed")
 
-deny contains denial(
-	"SG-INPUT-001",
-	"the policy input document is incomplete or malformed",
-) if {
+deny contains malformed_input if not is_array(metadata_keys)
+
+deny contains malformed_input if {
 	not mode == "production"
 	not mode == "development"
 }
@@ -75,15 +71,11 @@ deny contains denial(
 # instant on. Both `expires` and the input's `time` are UTC in the fixed RFC 3339 form
 # YYYY-MM-DDTHH:MM:SSZ, so comparing them as strings compares them as instants. Contracts
 # without `expires` do not lapse.
-deny contains denial(
-	"SG-CONTRACT-001",
-	"the tenant's contract is missing or has expired",
-) if not is_object(contract)
+no_contract := denial("SG-CONTRACT-001", "the tenant's contract is missing or has expired")
 
-deny contains denial(
-	"SG-CONTRACT-001",
-	"the tenant's contract is missing or has expired",
-) if {
+deny contains no_contract if not is_object(contract)
+
+deny contains no_contract if {
 	expires := contract.expires
 	not request_time < expires
 }

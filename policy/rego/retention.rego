@@ -16,14 +16,19 @@ sends_no_content if {
 	not forwards_content
 }
 
-deny contains denial(
+retention_denied := denial(
 	"SG-RETENTION-001",
 	"the backend's retention tier is not allowed for this tenant",
-) if {
+)
+
+deny contains retention_denied if {
 	not retention_tier == "attested-zero"
 	not contractual_zero_allowed
 	not sends_no_content
 }
+
+# Without an endpoint path it cannot be told whether content is sent: no tier passes.
+deny contains retention_denied if not is_string(path)
 
 # SG-STORE-001: `store: true` asks the backend to keep the completion (chat completions,
 # responses). It is denied, or, when the contract sets `rewrite_store: true`, the decision

@@ -385,4 +385,3 @@ def test_the_served_app_routes_sealed_requests_through_the_front(tmp_path: Any) 
                             headers={"content-type": MediaType.REQUEST})
         assert outer.status_code == 200 and outer.headers["cache-control"] == "no-store"
         assert decode_response(context.open_response(outer.content)).status == 200
-
