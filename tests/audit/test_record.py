@@ -129,6 +129,20 @@ def test_canonical_json_is_rfc8785(extra: dict, tenant: str) -> None:
     assert record.canonical() == rfc8785.dumps(record.statement())
 
 
+@pytest.mark.parametrize("exponent", range(-3, 10))
+def test_latencies_of_every_magnitude_are_canonical(exponent: int) -> None:
+    # Numbers are where JSON encoders differ (exponents, digits): one value per decade of the
+    # admitted range, with the most digits a latency keeps.
+    for latency in (10.0**exponent * 1.234, 10.0**exponent * 9.876543, 10.0**exponent + 0.001):
+        record = (
+            RecordBuilder("completion")
+            .set(tenant="t", request_id="r", endpoint="/e", decision="allow", channel="sealed",
+                 request_commitment=C, latency_ms=min(latency, 1e9))
+            .build()
+        )  # fmt: skip
+        assert record.canonical() == rfc8785.dumps(record.statement())
+
+
 def test_pae_matches_dsse_spec_example() -> None:
     # DSSE protocol.md: PAE("http://example.com/HelloWorld", "hello world")
     want = b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
