@@ -3,6 +3,9 @@
 transport = SealedTransport(gateway_url=".../.well-known/ohttp-gateway",
                             key_source=AttestedKeySource(base_url, policy))
 client = OpenAI(base_url=".../v1", api_key=..., http_client=httpx2.Client(transport=transport))
+
+An outbound proxy belongs to the inner transport (``SealedTransport(httpx2.HTTPTransport(proxy=
+URL), ...)``): ``proxy=`` or ``mounts=`` on the ``httpx2.Client`` routes around the sealing.
 """
 
 from __future__ import annotations

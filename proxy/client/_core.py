@@ -80,7 +80,7 @@ def wants_stream(request: httpx2.Request, body: bytes) -> bool:
         return False
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(payload, dict) and payload.get("stream") is True
 
@@ -151,7 +151,7 @@ def gateway_failure(status: int, content: bytes) -> SealedTransportError:
     code = "unknown"
     try:
         code = str(json.loads(content)["error"]["code"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # any relay can answer anything
         pass
     return GatewayRejected(status, code)
 

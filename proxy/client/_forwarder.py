@@ -31,6 +31,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 # The forwarder sets its own Host for the sealed inner request.
 _HOP_BY_HOP = HOP_BY_HOP_FIELDS | {b"host"}
+# How long the sealed request may wait on the gateway: to connect, and between any two pieces of
+# its answer (a whole answer waits for the generation; the OpenAI SDK's own default is 600 s).
+GATEWAY_TIMEOUT = httpx2.Timeout(600.0, connect=10.0)
 
 
 def gateway_urls(gateway: str) -> tuple[str, str]:
@@ -59,9 +62,11 @@ async def _read_body(receive: Receive) -> bytes:
 class ClientProxy:
     """The forwarder as a raw ASGI app around an :class:`AsyncSealedTransport`."""
 
-    def __init__(self, transport: AsyncSealedTransport, origin: str) -> None:
+    def __init__(self, transport: AsyncSealedTransport, origin: str, *,
+                 timeout: httpx2.Timeout = GATEWAY_TIMEOUT) -> None:
         self._transport = transport
         self._origin = origin.rstrip("/")
+        self._timeout = timeout.as_dict()
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -88,7 +93,8 @@ class ClientProxy:
         headers = [(n, v) for n, v in scope["headers"] if n.lower() not in _HOP_BY_HOP]
         headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
         url = self._origin + target.decode("latin-1")
-        return httpx2.Request(scope["method"], url, headers=headers, content=body)
+        return httpx2.Request(scope["method"], url, headers=headers, content=body,
+                              extensions={"timeout": self._timeout})
 
     async def _forward(self, scope: Message, receive: Receive, send: Send) -> None:
         try:

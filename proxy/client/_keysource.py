@@ -6,10 +6,13 @@ There is no fallback: if no verified key can be had, :class:`SealedTransportErro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -120,6 +123,11 @@ class AttestedKeySource:
         self._clock = clock
         self._collateral = collateral
         self._cached: tuple[KeyConfig, float] | None = None
+        # One identity fetch at a time: concurrent callers wait for it and share its key (the
+        # gateway rate-limits identity requests, so a stampede would be refused).
+        self._lock = threading.Lock()
+        self._fetches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[KeyConfig]]
+        self._fetches = weakref.WeakKeyDictionary()
         self.verified: Any = None
         """The last verified identity (``proxy.attestation.VerifiedIdentity``): its
         ``audit_public_key`` is the key receipts must be signed with."""
@@ -161,24 +169,43 @@ class AttestedKeySource:
     def key_config(self) -> KeyConfig:
         if (config := self._fresh()) is not None:
             return config
-        nonce, body = self._request_body()
-        try:
-            with httpx2.Client(transport=self._transport, timeout=self._timeout) as client:
-                response = client.post(self.identity_url, content=body, headers=_JSON)
-        except httpx2.HTTPError as exc:
-            raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc
-        return self._accept(response.status_code, response.content, nonce)
+        with self._lock:
+            if (config := self._fresh()) is not None:  # another thread fetched it meanwhile
+                return config
+            nonce, body = self._request_body()
+            try:
+                with httpx2.Client(transport=self._transport, timeout=self._timeout) as client:
+                    response = client.post(self.identity_url, content=body, headers=_JSON)
+            except httpx2.HTTPError as exc:
+                raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc
+            return self._accept(response.status_code, response.content, nonce)
 
     async def akey_config(self) -> KeyConfig:
         if (config := self._fresh()) is not None:
             return config
+        loop = asyncio.get_running_loop()
+        fetch = self._fetches.get(loop)
+        if fetch is None or fetch.done():
+            fetch = self._fetches[loop] = loop.create_task(self._afetch())
+            fetch.add_done_callback(_retrieved)
+        # Shielded: a caller that gives up does not cancel the fetch the others wait for.
+        return await asyncio.shield(fetch)
+
+    async def _afetch(self) -> KeyConfig:
         nonce, body = self._request_body()
         try:
             async with httpx2.AsyncClient(transport=self._async_transport, timeout=self._timeout) as client:
                 response = await client.post(self.identity_url, content=body, headers=_JSON)
         except httpx2.HTTPError as exc:
             raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc
-        return self._accept(response.status_code, response.content, nonce)
+        # Verification checks certificate chains: off the event loop, which serves other streams.
+        return await asyncio.to_thread(self._accept, response.status_code, response.content, nonce)
+
+
+def _retrieved(task: asyncio.Task[KeyConfig]) -> None:
+    """Mark a failed fetch's error as seen: every caller may have given up on it."""
+    if not task.cancelled():
+        task.exception()
 
 
 _JSON = {"content-type": "application/json", "accept": "application/json"}

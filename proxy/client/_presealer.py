@@ -8,7 +8,9 @@ caller waits on the network. Each setup serves one request and is then gone; a d
 configuration discards whatever was ready. When nothing is ready the caller sets up as before.
 
 A forked child starts empty: a setup made before the fork must never serve a request in both
-processes (the same ephemeral key and AEAD nonces twice).
+processes (the same ephemeral key and AEAD nonces twice). The background thread holds its
+presealer only weakly: a transport dropped without ``close()`` takes its ready setups with it,
+and the thread ends.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from proxy.ohttp import KeyConfig, OHTTPError, SenderSetup, prepare_sender
 __all__ = ["Presealer"]
 
 _LIVE: weakref.WeakSet[Presealer] = weakref.WeakSet()
+_IDLE_CHECK_S = 1.0  # how often an idle thread looks whether its presealer is still in use
 
 
 def _forget_in_child() -> None:
@@ -67,7 +70,8 @@ class Presealer:
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sealgate-presealer", daemon=True)
+            self._thread = threading.Thread(target=_serve, args=(weakref.ref(self), self._wake),
+                                            name="sealgate-presealer", daemon=True)
             self._thread.start()
 
     def _forget(self) -> None:
@@ -84,18 +88,31 @@ class Presealer:
                     return self._config, chunked
         return None
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._closed:
+    def _fill(self) -> bool:
+        """Make every missing setup; False once closed."""
+        if self._closed:
+            return False
+        while (missing := self._missing()) is not None:
+            config, chunked = missing
+            try:
+                setup = prepare_sender(config, chunked=chunked)
+            except OHTTPError:
+                break  # the caller's own setup reports it
+            with self._lock:
+                if config == self._config and not self._closed:
+                    self._ready[chunked] = setup
+        return True
+
+
+def _serve(ref: weakref.ref[Presealer], wake: threading.Event) -> None:
+    """The background thread: fills its presealer when woken, until it is closed or gone."""
+    while True:
+        woken = wake.wait(_IDLE_CHECK_S)
+        presealer = ref()
+        if presealer is None:
+            return
+        if woken:
+            wake.clear()
+            if not presealer._fill():
                 return
-            while (missing := self._missing()) is not None:
-                config, chunked = missing
-                try:
-                    setup = prepare_sender(config, chunked=chunked)
-                except OHTTPError:
-                    break  # the caller's own setup reports it
-                with self._lock:
-                    if config == self._config and not self._closed:
-                        self._ready[chunked] = setup
+        del presealer  # only a weak reference while waiting

@@ -7,6 +7,8 @@ import base64
 import datetime as dt
 import functools
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -28,6 +30,7 @@ from proxy.attestation import (
 from proxy.attestation._binding import binding_object
 from proxy.attestation._tdx_quote import parse_tdx_quote
 from proxy.client import AttestedKeySource, SealedTransportError
+from proxy.ohttp import GatewayKey, encode_key_configs
 from tests.attestation._support import (
     SNP_AT,
     TDX_V4_AT,
@@ -370,3 +373,62 @@ def test_client_refuses_an_identity_answer_nested_too_deeply() -> None:
     with pytest.raises(SealedTransportError) as info:
         source.key_config()
     assert info.value.code == "enclave_unverified"
+
+
+def _slow_identity() -> tuple[Any, Any, list[int]]:
+    """Identity endpoint handlers (async, sync) answering a real simulated document for each
+    nonce after 50 ms (long enough for every concurrent caller to arrive), and their calls."""
+    inputs = Inputs()
+    inputs.key_configs = encode_key_configs([GatewayKey.generate(3).config])
+    service, calls = inputs.service(), []
+
+    async def answer(request: httpx2.Request) -> httpx2.Response:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        nonce = base64.b64decode(json.loads(await request.aread())["nonce"])
+        return httpx2.Response(200, json=await service.document(nonce))
+
+    def answer_sync(request: httpx2.Request) -> httpx2.Response:
+        calls.append(1)
+        time.sleep(0.05)
+        nonce = base64.b64decode(json.loads(request.read())["nonce"])
+        return httpx2.Response(200, json=asyncio.run(service.document(nonce)))
+
+    return answer, answer_sync, calls
+
+
+def test_concurrent_first_requests_share_one_identity_fetch() -> None:
+    """The gateway rate-limits identity requests: callers that find no fresh key at once wait
+    for one fetch and verification, from threads and from coroutines alike."""
+    answer, answer_sync, calls = _slow_identity()
+    source = AttestedKeySource("https://gw.example", PINNED,
+                               async_transport=httpx2.MockTransport(answer))
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(source.akey_config() for _ in range(24)))
+
+    configs = asyncio.run(burst())
+    assert len(calls) == 1 and all(c == configs[0] for c in configs)
+
+    calls.clear()
+    threaded = AttestedKeySource("https://gw.example", PINNED,
+                                 transport=httpx2.MockTransport(answer_sync))
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda _: threaded.key_config(), range(16)))
+    assert len(calls) == 1 and all(c == found[0] for c in found)
+
+
+def test_a_caller_that_gives_up_leaves_the_shared_fetch_running() -> None:
+    """Cancelling one waiter neither cancels the fetch nor fails the others."""
+    answer, _, calls = _slow_identity()
+    source = AttestedKeySource("https://gw.example", PINNED,
+                               async_transport=httpx2.MockTransport(answer))
+
+    async def scenario() -> Any:
+        quitter = asyncio.ensure_future(source.akey_config())
+        stayer = asyncio.ensure_future(source.akey_config())
+        await asyncio.sleep(0.01)
+        quitter.cancel()
+        return await stayer
+
+    assert asyncio.run(scenario()) is not None and len(calls) == 1

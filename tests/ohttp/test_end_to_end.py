@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -261,3 +262,21 @@ def test_client_proxy_answers_an_unreachable_gateway_with_an_error(
     assert response.json()["error"] == {
         "message": "the gateway could not be reached (ConnectError)",
         "type": "sealed_transport_error", "param": None, "code": "gateway_unreachable"}
+
+
+def test_client_proxy_gives_up_on_a_gateway_that_never_answers(
+        gateway: tuple[AppState, int]) -> None:
+    """A gateway host that accepts the connection and then stays silent: the local client gets
+    502 ``gateway_unreachable`` once the forwarder's timeout passes, not an endless wait."""
+    state, _ = gateway
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        origin = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH,
+                                         key_source=StaticKeySource(state.keys.key_configs()))
+        proxy = ClientProxy(transport, origin, timeout=httpx2.Timeout(0.5))
+        with serve(proxy) as proxy_port:
+            response = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"prompt": CANARY},
+                                   timeout=30)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "gateway_unreachable"
+    assert "ReadTimeout" in response.json()["error"]["message"]

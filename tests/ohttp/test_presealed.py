@@ -3,14 +3,16 @@ framing it was made for, and the gateway opens what they seal like any other req
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import warnings
+import weakref
 
 import httpx2
 import pytest
 
-from proxy.client._core import wants_stream
+from proxy.client._core import gateway_failure, wants_stream
 from proxy.client._presealer import Presealer
 from proxy.gateway import KeyManager
 from proxy.ohttp import (
@@ -142,6 +144,22 @@ def test_forked_child_starts_without_the_parents_setups() -> None:
         presealer.close()
 
 
+def test_a_presealer_dropped_without_closing_ends_its_thread() -> None:
+    """A transport dropped without ``close()`` leaves no thread, and no ready setup (an
+    ephemeral private key) alive."""
+    config = _config(KeyManager())
+    presealer = Presealer()
+    _ready(presealer, config, chunked=False)
+    presealer.take(config, chunked=False)  # the thread makes the next one
+    thread, gone = presealer._thread, weakref.ref(presealer)
+    assert thread is not None and thread.is_alive()
+    del presealer
+    gc.collect()
+    assert gone() is None
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
 @pytest.mark.parametrize(("body", "content_type", "expected"), [
     (b'{"model": "m", "stream": true}', "application/json", True),
     (b'{"model": "m", "\\u0073tream": true}', "application/json", True),  # an escaped key
@@ -150,8 +168,19 @@ def test_forked_child_starts_without_the_parents_setups() -> None:
     (b'{"model": "m", "stream": true}', "text/plain", False),
     (b'{"stream": tru', "application/json", False),
     (b"", "application/json", False),
+    (b'{"stream": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", False),
 ])
 def test_streaming_requests_are_recognised(body: bytes, content_type: str, expected: bool) -> None:
     request = httpx2.Request("POST", "http://x/v1/chat/completions", content=body,
                              headers={"content-type": content_type})
     assert wants_stream(request, body) is expected
+
+
+@pytest.mark.parametrize(("content", "code"), [
+    (b'{"error": {"code": "ohttp_unknown_key"}}', "ohttp_unknown_key"),
+    (b"<html>bad gateway</html>", "unknown"),
+    (b'{"error": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "unknown"),  # from any relay
+])
+def test_a_refusal_is_a_gateway_rejection_whatever_its_body(content: bytes, code: str) -> None:
+    error = gateway_failure(502, content)
+    assert error.code == "gateway_rejected" and error.gateway_code == code
