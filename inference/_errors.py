@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "BackendRejected", "BackendUnavailable", "ModelNotFound"]
+__all__ = ["BackendBusy", "BackendError", "BackendRejected", "BackendUnavailable", "ModelNotFound"]
 
 
 class BackendError(Exception):
@@ -26,6 +26,19 @@ class BackendUnavailable(BackendError):
 
     code = "backend_unavailable"
     status = 503
+
+
+class BackendBusy(BackendError):
+    """The upstream is rate-limiting (429): the client is told to wait as long as it said."""
+
+    code = "backend_rate_limited"
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        """Whole seconds to wait, from the upstream's ``Retry-After``."""
 
 
 class BackendRejected(BackendError):

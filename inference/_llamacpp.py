@@ -198,6 +198,11 @@ class LlamaCppBackend:
         sampled_only = kind == "completions" and body.get("logprobs") == 0
         if sampled_only:
             request["logprobs"] = 1
+        # Chat takes top_logprobs=0 as "per-token logprobs, no alternatives"; the core sends
+        # none at 0, so it is asked for one and the alternatives are dropped (``_no_alternatives``).
+        no_alternatives = kind == "chat" and body.get("logprobs") is True and body.get("top_logprobs") == 0
+        if no_alternatives:
+            request["top_logprobs"] = 1
         offsets: dict[Any, int] = {}
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -232,12 +237,14 @@ class LlamaCppBackend:
                 _add_counts(usage, last.pop("usage", None) or {})
                 if kind == "completions":
                     _legacy_logprobs(last, offsets, sampled_only=sampled_only)
+                elif no_alternatives:
+                    _no_alternatives(last)
                 if echo is not None:
                     _echoed(last, echo)
                 if last.get("choices"):
                     yield last
             if usage:  # one usage chunk for the whole batch, as OpenAI sends it
-                yield {**last, "choices": [], "usage": usage}
+                yield {**last, "choices": [], "usage": _prompts_once(usage, n)}
         finally:
             cancelled.set()
             # A job still waiting for a thread never starts; a running one stops at its next
@@ -454,6 +461,28 @@ def _merge(choice: Json, part: Json) -> None:
         function = call.get("function") or {}
         target["function"]["name"] += function.get("name") or ""
         target["function"]["arguments"] += function.get("arguments") or ""
+
+
+def _no_alternatives(chunk: Json) -> None:
+    """Chat logprobs asked with ``top_logprobs: 0``: each token's own, no alternatives."""
+    for choice in chunk.get("choices") or ():
+        logprobs = choice.get("logprobs")
+        for item in (logprobs.get("content") or ()) if isinstance(logprobs, dict) else ():
+            if isinstance(item, dict):
+                item["top_logprobs"] = []
+
+
+def _prompts_once(usage: Json, n: int) -> Json:
+    """Summed usage of a batch with ``n`` choices a prompt: each choice reported its prompt,
+    which the OpenAI API counts once (``prompt_tokens`` and its details divided by ``n``)."""
+    if n > 1:
+        usage["prompt_tokens"] = usage.get("prompt_tokens", 0) // n
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            usage["prompt_tokens_details"] = {k: v // n if isinstance(v, int) else v
+                                              for k, v in details.items()}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage.get("completion_tokens", 0)
+    return usage
 
 
 def _add_counts(total: Json, counts: Mapping[str, Any]) -> None:

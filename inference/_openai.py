@@ -29,16 +29,21 @@ import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from inference._base import GenerationKind, Json
-from inference._errors import BackendError, BackendRejected, BackendUnavailable
+from inference._errors import BackendBusy, BackendError, BackendRejected, BackendUnavailable
 
 __all__ = ["OpenAIBackend", "OpenAIConfig", "api_key"]
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 _MALFORMED = "the upstream sent a malformed response"
+# The usage counters the OpenAI API defines: all that is relayed from an upstream whose prompt
+# cache is shared between tenants (see OpenAIBackend._relayable).
+_USAGE_COUNTERS = frozenset({"prompt_tokens", "completion_tokens", "total_tokens",
+                             "prompt_tokens_details", "completion_tokens_details"})
 _EOL = re.compile(rb"\r\n|\r|\n")  # the only line ends of an event stream (WHATWG HTML §9.2.5)
 _MAX_LINE = 16 << 20  # one event's line; a longer one is not an OpenAI chunk
 _MAX_BODY = 256 << 20  # one whole answer (the largest is a batch of float embeddings)
 _DRAIN_S = 1.0  # how long the end of a body is awaited after data: [DONE]
+_MAX_RETRY_AFTER = 3600  # the longest wait relayed from an upstream's Retry-After
 
 
 class UpstreamTruncated(BackendError):
@@ -70,6 +75,7 @@ class _Message(msgspec.Struct):
 
 class _ChatChoice(msgspec.Struct):
     message: _Message
+    finish_reason: str  # required in a whole answer: only the upstream can say why it ended
 
 
 class _ChunkChoice(msgspec.Struct):
@@ -89,8 +95,12 @@ class _ChatChunk(_Document):
     choices: list[_ChunkChoice] = []  # empty or absent in the final usage chunk
 
 
+class _WholeTextChoice(_TextChoice):
+    finish_reason: str
+
+
 class _Text(_Document, kw_only=True):
-    choices: list[_TextChoice]
+    choices: list[_WholeTextChoice]
 
 
 class _TextChunk(_Document):
@@ -218,7 +228,17 @@ def _check_status(response: httpx.Response) -> None:
         return
     if response.status_code in (400, 404, 413, 422):
         raise BackendRejected(f"the upstream rejected the request (HTTP {response.status_code})")
+    if response.status_code == 429:
+        raise BackendBusy("the upstream is rate-limiting requests (HTTP 429)",
+                          _retry_after(response.headers.get("retry-after", "")))
     raise BackendUnavailable(f"the upstream failed (HTTP {response.status_code})")
+
+
+def _retry_after(value: str) -> int:
+    """Whole seconds from a ``Retry-After`` given in seconds, within [1, 3600]; 1 for a date
+    or anything else."""
+    value = value.strip()
+    return min(max(int(value), 1), _MAX_RETRY_AFTER) if value.isascii() and value.isdigit() else 1
 
 
 class OpenAIBackend:
@@ -290,13 +310,18 @@ class OpenAIBackend:
             return self._relayable(_checked(msgspec.json.decode(content), schema))
 
     def _relayable(self, doc: Json) -> Json:
-        """``doc`` without its cached-token count unless this upstream's cache is salted per
-        tenant (``cache_salt``)."""
-        if not self._config.cache_salt:
-            usage = doc.get("usage")
-            details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+        """``doc`` with no prefix-cache count unless this upstream's cache is salted per tenant
+        (``cache_salt``): a shared cache's hits would tell one tenant what another's prompts
+        begin with. Usage keeps only the OpenAI counters, without ``cached_tokens``; any other
+        (``prompt_cache_hit_tokens`` and the like, which providers add) is dropped."""
+        usage = doc.get("usage")
+        if not self._config.cache_salt and isinstance(usage, dict):
+            kept = {k: v for k, v in usage.items() if k in _USAGE_COUNTERS}
+            details = kept.get("prompt_tokens_details")
             if isinstance(details, dict):
-                details.pop("cached_tokens", None)
+                kept["prompt_tokens_details"] = {k: v for k, v in details.items()
+                                                 if k != "cached_tokens"}
+            doc["usage"] = kept
         return doc
 
     def _salted(self, body: Mapping[str, Any], cache_scope: str | None) -> Mapping[str, Any]:

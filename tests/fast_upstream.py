@@ -1,8 +1,9 @@
 """FastUpstream: a measurement tool, not a model. An OpenAI-compatible upstream that answers
 instantly with fixed text, so benchmarks measure the gateway's own cost and tests can observe
 whether a stream (or, with a ``temperature``, a whole answer) was cancelled; a stream's
-``presence_penalty`` holds its first chunk that many seconds, as queueing and prefill do. Raw ASGI, no
-framework, to keep its own overhead near zero.
+``presence_penalty`` holds its first chunk that many seconds, as queueing and prefill do, and a
+positive ``frequency_penalty`` sends a chunk without choices before that wait (prompt-filter
+results, as Azure OpenAI sends). Raw ASGI, no framework, to keep its own overhead near zero.
 
 Run standalone: ``python -m tests.fast_upstream PORT``.
 """
@@ -60,10 +61,15 @@ async def _send_json(send: Any, doc: Any, status: int = 200) -> None:
 
 
 async def _stream(send: Any, receive: Any, model: str, n: int, delay: float,
-                  text: bool = False, prefill: float = 0.0) -> None:
+                  text: bool = False, prefill: float = 0.0, filtered: bool = False) -> None:
     STATS["streams_started"] += 1
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/event-stream")]})
+    if filtered:
+        results = {"id": "chatcmpl-fast", "object": "chat.completion.chunk", "created": 0,
+                   "model": "", "choices": [], "prompt_filter_results": [{"prompt_index": 0}]}
+        await send({"type": "http.response.body", "body": b"data: " + json.dumps(results).encode()
+                    + b"\n\n", "more_body": True})
     if prefill and not await _generating(receive, prefill):  # before the first chunk
         STATS["streams_cancelled_in_prefill"] += 1
         return
@@ -131,7 +137,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         # presence_penalty, in seconds: time before the first chunk (queueing and prefill).
         prefill = float(body.get("presence_penalty") or 0)
         return await _stream(send, receive, model, n, delay, text=path == "/v1/completions",
-                             prefill=prefill)
+                             prefill=prefill, filtered=float(body.get("frequency_penalty") or 0) > 0)
     if delay:
         finished = await _generating(receive, n * delay)
         STATS["whole_finished" if finished else "whole_cancelled"] += 1

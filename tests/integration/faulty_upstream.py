@@ -20,6 +20,8 @@ from tests.loopback import LoopbackHTTPServer
 _USAGE = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
 CACHED_DETAILS = {"cached_tokens": 4, "audio_tokens": 0}
 """An upstream's report that part of the prompt came from its prefix cache."""
+CACHE_COUNTERS = {"prompt_cache_hit_tokens": 4, "prompt_cache_miss_tokens": 1}
+"""The same, in counters some providers (DeepSeek) add to usage beside OpenAI's."""
 SEPARATORS = "one\u2028two\u2029three\x85four"
 """Content that JSON may carry unescaped, and which ``str.splitlines`` would split at."""
 
@@ -41,11 +43,18 @@ def _whole(echo: str) -> dict[str, Any]:
     """Non-streamed faults: the JSON answer each model name gets."""
     return {
         "ok": _chat(),
-        "ok-cached": _chat(usage={**_USAGE, "prompt_tokens_details": CACHED_DETAILS}),
+        "ok-cached": _chat(usage={**_USAGE, "prompt_tokens_details": CACHED_DETAILS,
+                                  **CACHE_COUNTERS}),
         "ok-uncounted": {k: v for k, v in _chat().items() if k != "usage"},
         "ok-logprobs": _chat(choices=[{"index": 0, "finish_reason": "stop",
                                        "message": {"role": "assistant", "content": "ok"},
                                        "logprobs": {"content": []}}]),
+        # Well formed though bare: what the OpenAI shape requires and only position and role
+        # can supply (choice index, message role; an embedding's index and object).
+        "ok-bare": _chat(choices=[{"finish_reason": "stop", "message": {"content": "ok"}}]),
+        "ok-bare-embeddings": {"data": [{"embedding": [0.5, 0.25]}, {"embedding": [0.125]}]},
+        "no-finish-reason": _chat(choices=[{"index": 0, "message": {"role": "assistant",
+                                                                    "content": "ok"}}]),
         "choices-not-objects": _chat(choices=[echo]),
         "usage-not-object": _chat(usage=[1, 2, echo]),
         "message-not-object": _chat(choices=[{"index": 0, "message": echo}]),
@@ -61,12 +70,15 @@ def _events(echo: str) -> dict[str, list[Any]]:
     usage = _chunk(choices=[], usage={"prompt_tokens": 5, "completion_tokens": 3})
     return {
         "ok": [_chunk(), usage, "[DONE]"],
-        "ok-cached": [_chunk(), {**usage, "usage": {**usage["usage"],
+        "ok-cached": [_chunk(), {**usage, "usage": {**usage["usage"], **CACHE_COUNTERS,
                                                    "prompt_tokens_details": CACHED_DETAILS}},
                       "[DONE]"],
         # Well formed though unusual: choices without a delta (as content-filter annotations).
         "ok-annotated": [_chunk(), _chunk(choices=[{"index": 0, "content_filter_results": {}}]),
                          _chunk(choices=[{"index": 0, "delta": None}]), usage, "[DONE]"],
+        # A field no chunk has, holding a string (passed on as sent).
+        "ok-stray-message": [_chunk(choices=[{"index": 0, "delta": {"content": "ok"},
+                                              "message": "x"}]), usage, "[DONE]"],
         # Well formed though unlike OpenAI: ids without its prefix, changing per chunk, no
         # created, and the usage on the last content chunk.
         "ok-unprefixed": [{k: v for k, v in _chunk(id=f"gen-{i}").items() if k != "created"}
@@ -85,10 +97,13 @@ def _events(echo: str) -> dict[str, list[Any]]:
     }
 
 
+BUSY = "rate-limited"
+"""The upstream answers 429 with ``Retry-After: 7`` (and the request quoted in its message)."""
 WHOLE_FAULTS = tuple(sorted(m for m in _whole("") if not m.startswith("ok")))
 STREAM_FAULTS = (*sorted(m for m in _events("") if not m.startswith("ok")), "stream-as-json")
 MODELS = ("ok", "ok-cached", "ok-uncounted", "ok-annotated", "ok-logprobs", "ok-unprefixed",
-          "ok-separators", *WHOLE_FAULTS, *STREAM_FAULTS)
+          "ok-separators", "ok-bare", "ok-bare-embeddings", "ok-stray-message", BUSY,
+          *WHOLE_FAULTS, *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 
@@ -121,7 +136,7 @@ def _limit_fault(handler: BaseHTTPRequestHandler, fault: str) -> None:
 
     try:
         if fault in ("huge-answer", "gzip-bomb"):
-            answer = json.dumps(_chat(choices=[{"index": 0, "message": {
+            answer = json.dumps(_chat(choices=[{"index": 0, "finish_reason": "length", "message": {
                 "role": "assistant", "content": "0" * HUGE}}])).encode()
             if fault == "gzip-bomb":
                 head("application/json", ("Content-Encoding", "gzip"))
@@ -162,9 +177,12 @@ class FaultInjectingUpstream(LoopbackHTTPServer):
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send(self, media_type: str, payload: bytes) -> None:
-                self.send_response(200)
+            def _send(self, media_type: str, payload: bytes, status: int = 200,
+                      *extra: tuple[str, str]) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", media_type)
+                for name, value in extra:
+                    self.send_header(name, value)
                 self.end_headers()  # HTTP/1.0: the body ends when the connection closes
                 self.wfile.write(payload)
 
@@ -181,6 +199,9 @@ class FaultInjectingUpstream(LoopbackHTTPServer):
                 fault, echo = body.get("model", "ok"), raw.decode()
                 if fault in LIMIT_FAULTS:
                     _limit_fault(self, fault)
+                elif fault == BUSY:
+                    self._send("application/json", json.dumps({"error": {"message": echo}}).encode(),
+                               429, ("Retry-After", "7"))
                 elif not body.get("stream"):
                     answer = json.dumps(_whole(echo)[fault]).encode()
                     if fault == "invalid-utf8":

@@ -65,6 +65,34 @@ def test_echo_puts_its_prompt_before_every_choice(gateway: Gateway, several_choi
     assert streamed == expected
 
 
+# -- usage with several choices --------------------------------------------------------------------
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Say hi"}]}),
+    ("/v1/completions", {"prompt": PROMPTS}),
+])
+def test_a_prompt_is_counted_once_whatever_its_choices(gateway: Gateway, several_choices_key: str,
+                                                       path: str, body: dict[str, Any]) -> None:
+    """As the OpenAI API counts it: ``n`` choices generate ``n`` times, but read the prompt
+    once (the count goes into records and tenant token budgets)."""
+    body = body | {"max_tokens": 2, "temperature": 0}
+    one, two = (_post(gateway, several_choices_key, path, body | {"n": n}) for n in (1, 2))
+    assert one.status_code == two.status_code == 200, (one.text, two.text)
+    assert two.json()["usage"]["prompt_tokens"] == one.json()["usage"]["prompt_tokens"]
+    assert two.json()["usage"]["total_tokens"] == (two.json()["usage"]["prompt_tokens"]
+                                                   + two.json()["usage"]["completion_tokens"])
+
+
+def test_chat_logprobs_without_alternatives(gateway: Gateway, api_key: str) -> None:
+    """``top_logprobs: 0``: every token's own logprob, and empty lists of alternatives."""
+    body = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 3,
+            "temperature": 0, "logprobs": True, "top_logprobs": 0}
+    response = _post(gateway, api_key, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    content = response.json()["choices"][0]["logprobs"]["content"]
+    assert content and all(isinstance(t["logprob"], float) and t["top_logprobs"] == []
+                           for t in content)
+
+
 # -- legacy completions logprobs -----------------------------------------------------------------
 def _check_legacy(logprobs: dict[str, Any], text: str, top: int) -> None:
     """The legacy shape: parallel lists, top_logprobs as token → logprob maps, offsets into

@@ -15,6 +15,8 @@ import pytest
 
 from tests.integration.conftest import request_records
 from tests.integration.faulty_upstream import (
+    BUSY,
+    CACHE_COUNTERS,
     CACHED_DETAILS,
     MODELS,
     SEPARATORS,
@@ -139,6 +141,19 @@ def test_malformed_answer_is_502_with_a_record(seam_gateway: Gateway, key: str, 
     assert records["completion"]["abort_reason"] == "backend_error"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_429_is_passed_on_with_its_wait(seam_gateway: Gateway, key: str,
+                                                     stream: bool) -> None:
+    """Not a 503 that clients retry after a second: the upstream's own wait, and nothing of its
+    message (which may quote the request)."""
+    response = _post(seam_gateway, key, {"model": BUSY, "messages": MESSAGES, "stream": stream})
+    assert response.status_code == 429 and response.headers["retry-after"] == "7"
+    assert response.json()["error"]["code"] == "backend_rate_limited"
+    _clean(seam_gateway, response)
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == 429
+
+
 @pytest.mark.parametrize("fault", MALFORMED_STREAMS)
 def test_malformed_stream_ends_with_error_event_and_record(seam_gateway: Gateway, key: str,
                                                            fault: str) -> None:
@@ -170,7 +185,21 @@ def test_json_instead_of_a_stream_is_502(seam_gateway: Gateway, key: str) -> Non
     assert records["completion"]["status"] == 502
 
 
-@pytest.mark.parametrize("model", ["ok", "ok-annotated"])
+def test_bare_answers_get_what_the_openai_shape_requires(seam_gateway: Gateway, key: str) -> None:
+    """Fields an upstream left out that only position and role can supply are filled in."""
+    chat = _post(seam_gateway, key, {"model": "ok-bare", "messages": MESSAGES})
+    assert chat.status_code == 200, chat.text
+    choice = chat.json()["choices"][0]
+    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    embeddings = httpx.post(f"{seam_gateway.url}/v1/embeddings", timeout=30,
+                            json={"model": "ok-bare-embeddings", "input": "x"},
+                            headers={"Authorization": f"Bearer {key}"})
+    assert embeddings.status_code == 200, embeddings.text
+    assert [(d["object"], d["index"]) for d in embeddings.json()["data"]] == [
+        ("embedding", 0), ("embedding", 1)]
+
+
+@pytest.mark.parametrize("model", ["ok", "ok-annotated", "ok-stray-message"])
 def test_complete_stream_ends_with_done(seam_gateway: Gateway, key: str, model: str) -> None:
     response = _post(seam_gateway, key, {"model": model, "messages": MESSAGES, "stream": True})
     assert response.text.endswith("data: [DONE]\n\n")
@@ -183,7 +212,8 @@ def test_stream_chunks_share_one_id_and_usage_comes_alone(seam_gateway: Gateway,
                                                           include_usage: bool) -> None:
     """A backend whose chunk ids lack the OpenAI prefix (and change), with no ``created`` and
     the usage on its last content chunk, still streams as OpenAI does: one id and one
-    ``created`` for every chunk, and the usage (when asked for) on a chunk of its own."""
+    ``created`` for every chunk, and the usage (when asked for) on a chunk of its own, every
+    other chunk then saying ``"usage": null``."""
     response = _post(seam_gateway, key, {"model": "ok-unprefixed", "messages": MESSAGES,
                                          "stream": True,
                                          "stream_options": {"include_usage": include_usage}})
@@ -192,7 +222,8 @@ def test_stream_chunks_share_one_id_and_usage_comes_alone(seam_gateway: Gateway,
     chunks = [json.loads(e) for e in events[:-1]]
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
     assert len({c["created"] for c in chunks}) == 1
-    assert all(c["choices"] for c in chunks[:3]) and not any("usage" in c for c in chunks[:3])
+    assert all(c["choices"] for c in chunks[:3])
+    assert all(("usage" in c) is include_usage and c.get("usage") is None for c in chunks[:3])
     if include_usage:
         assert len(chunks) == 4 and chunks[3]["choices"] == []
         assert chunks[3]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2}
@@ -242,6 +273,7 @@ def test_an_unsalted_upstreams_cached_token_count_is_not_relayed(seam_gateway: G
     usage = _usage(_post(seam_gateway, key, body), stream)
     assert usage["prompt_tokens_details"] == {"audio_tokens": 0}
     assert usage["prompt_tokens"] == 5
+    assert not set(CACHE_COUNTERS) & set(usage)  # nor in a provider's own counters
 
 
 def test_each_tenant_has_its_own_vllm_cache_salt(workdir: Path,

@@ -223,13 +223,17 @@ def test_client_disconnect_cancels_backend(gateway: Gateway, api_key: str, fast_
     assert after["streams_finished"] == before["streams_finished"]
 
 
+@pytest.mark.parametrize("filtered", [False, True])
 def test_client_leaving_before_the_first_chunk_cancels_backend(gateway: Gateway, api_key: str,
-                                                                fast_upstream: Proc) -> None:
+                                                                fast_upstream: Proc,
+                                                                filtered: bool) -> None:
     """Queueing and prefill come before the first chunk: a client that leaves then cancels
-    the backend call too, and the completion record says it left."""
+    the backend call too, and the completion record says it left. Also when the upstream
+    first sends a chunk that carries nothing to send on (``filtered``: prompt-filter results)."""
     before = httpx.get(f"{fast_upstream.url}/stats").json()
     body = {"model": "fast-echo", "messages": [{"role": "user", "content": "go"}],
-            "stream": True, "presence_penalty": 2.0}  # upstream: 2 s before the first chunk
+            "stream": True, "presence_penalty": 2.0,  # upstream: 2 s before the first chunk
+            "frequency_penalty": 1.0 if filtered else 0.0}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=0.5,
                    headers={"Authorization": f"Bearer {api_key}"})

@@ -8,12 +8,11 @@ import hmac
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import msgspec
+import multipart
 from litestar import Request, Response
 from litestar.types import Receive
 
@@ -211,12 +210,17 @@ class OpenAIService:
                            ) -> AsyncIterator[dict[str, Any]]:
         """Wait for the first chunk before answering, so a backend that is down gets a proper
         503 instead of a 200 stream that fails. A client that leaves meanwhile (queueing and
-        prefill can take long) cancels the backend call, and the record says so."""
+        prefill can take long) cancels the backend call, and the record says so. Chunks with
+        neither choices nor usage (an upstream's prompt-filter results) send nothing, so the
+        wait goes on past them, under the same watch."""
+        ahead: list[dict[str, Any]] = []
         try:
             async with _CancelOnDisconnect(request.receive):
-                first = await anext(chunks)
+                ahead.append(await anext(chunks))
+                while not (ahead[-1].get("choices") or ahead[-1].get("usage")):
+                    ahead.append(await anext(chunks))
         except StopAsyncIteration:
-            return _prepend(None, chunks)
+            return _prepend(ahead, chunks)
         except Exception as exc:
             outcome = _failed(exc)
             try:
@@ -225,7 +229,7 @@ class OpenAIService:
                 left = outcome.aborted == "client_disconnected"
                 await self._finish(ctx, admission, outcome, lease, prompt if left else 0)
             raise
-        return _prepend(first, chunks)
+        return _prepend(ahead, chunks)
 
     async def _stream(self, kind: GenerationKind, ctx: CallContext, admission: Admission,
                       chunks: AsyncIterator[dict[str, Any]], include_usage: bool, lease: Lease,
@@ -245,6 +249,8 @@ class OpenAIService:
                 if usage:
                     outcome.prompt_tokens = usage.get("prompt_tokens", 0)
                     outcome.completion_tokens = usage.get("completion_tokens", 0)
+                if include_usage:  # every chunk but the usage chunk says null, as OpenAI's do
+                    chunk["usage"] = None
                 sent += 1
                 for part in _with_usage(chunk, usage if include_usage else None):
                     _shape(part, kind, ctx.route, chunk=True)
@@ -298,6 +304,9 @@ class OpenAIService:
                 result["object"] = "list"
                 result["model"] = model
                 result.setdefault("usage", {"prompt_tokens": 0, "total_tokens": 0})
+                for position, item in enumerate(result["data"]):  # checked: a list of objects
+                    item.setdefault("object", "embedding")
+                    item.setdefault("index", position)
 
             return await self._whole(request, ctx, admission, lease, _estimate(raw, params)[0],
                                      backend.embed(body, cache_scope=self._cache_scope(ctx)), shape)
@@ -328,22 +337,38 @@ def _body_fields(raw: bytes, content_type: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+# Parts of a form read for the policy: an upload names its purpose before its file, and a form
+# of more parts is read no further (the request is refused either way; only the rule id differs).
+_FORM_PARTS = 64
+
+
 def _form_field(raw: bytes, content_type: str, media: str, name: str) -> str | None:
-    """The first text field ``name`` of a form body (file parts are skipped), or ``None``."""
-    try:
-        if media == "application/x-www-form-urlencoded":
-            found = [v for k, v in parse_qsl(raw.decode("utf-8", "replace"), max_num_fields=1000)
-                     if k == name]
-            return found[0] if found else None
-        message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw)
-        for part in message.iter_parts():
-            if (part.get_param("name", header="content-disposition") == name
-                    and part.get_filename() is None):
-                value = part.get_payload(decode=True)
-                return value.decode("utf-8", "replace") if isinstance(value, bytes) else None
-    except (ValueError, TypeError, LookupError, UnicodeError):
+    """The first text field ``name`` of a form body (file parts are skipped), or ``None``.
+    Multipart bodies go through a streaming parser with bounded parts and headers: linear in
+    the body's size, whatever a client nests or repeats in it."""
+    if media == "application/x-www-form-urlencoded":
+        found = [v for k, v in parse_qsl(raw.decode("utf-8", "replace"), max_num_fields=1000)
+                 if k == name]
+        return found[0] if found else None
+    boundary = multipart.parse_options_header(content_type)[1].get("boundary")
+    if not boundary:
         return None
+    parser = multipart.PushMultipartParser(boundary, max_segment_count=_FORM_PARTS)
+    wanted, value = False, bytearray()
+    try:
+        for chunk in (raw, b""):  # the empty chunk ends the body
+            for event in parser.parse(chunk):
+                if isinstance(event, multipart.MultipartSegment):
+                    wanted = event.name == name and event.filename is None
+                elif event is None:  # the end of a part
+                    if wanted:
+                        return value.decode("utf-8", "replace")
+                elif wanted:
+                    value += event
+    except (multipart.ParserError, multipart.ParserLimitReached, ValueError, UnicodeError):
+        return None
+    finally:
+        parser.close(check_complete=False)
     return None
 
 
@@ -373,14 +398,16 @@ def _shape(doc: dict[str, Any], kind: GenerationKind, route: ModelRoute, *, chun
     doc.setdefault("created", int(time.time()))
     for field in ("timings", "system_fingerprint"):
         doc.pop(field, None)
-    for choice in doc.get("choices") or ():
-        if not chunk:  # required (nullable) in whole responses, absent in chunks
+    for position, choice in enumerate(doc.get("choices") or ()):
+        if not chunk:  # required in whole responses (logprobs nullable), optional in chunks
+            choice.setdefault("index", position)
             choice.setdefault("logprobs", None)
         logprobs = choice.get("logprobs")
         if kind == "chat" and isinstance(logprobs, dict):
             logprobs.setdefault("refusal", None)  # required beside content
         message = choice.get("message")
-        if message is not None:
+        if kind == "chat" and not chunk and isinstance(message, dict):  # checked as such
+            message.setdefault("role", "assistant")
             message.setdefault("refusal", None)
             message.setdefault("content", None)
 
@@ -396,11 +423,11 @@ def _with_usage(chunk: dict[str, Any], usage: Any) -> list[dict[str, Any]]:
     return parts
 
 
-async def _prepend(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]
+async def _prepend(ahead: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]]
                    ) -> AsyncIterator[dict[str, Any]]:
     try:
-        if first is not None:
-            yield first
+        for chunk in ahead:
+            yield chunk
         async for chunk in rest:
             yield chunk
     finally:
