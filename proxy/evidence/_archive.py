@@ -1,9 +1,12 @@
 """Reading a bundle's zip archive in bounded memory.
 
 Every entry name is checked and every size capped from the central directory, before anything
-is inflated (``zipfile`` never inflates past a member's declared size, so the declared sizes
-bound what is read). Members are read whole, except ``records/records.jsonl``, which grows with
-the window: it is hashed once as a stream and later read line by line, each line capped.
+is inflated. Members are inflated a MiB at a time (``ZipFile.read`` inflates a member's whole
+compressed stream in one step, however small its declared size, before cutting it down to that
+size), so the declared sizes bound what is held. Members are read whole, except
+``records/records.jsonl``, which grows with the window: it is hashed once as a stream and later
+read line by line, each line capped. Entries carry no extra fields: a Unicode Path field (0x7075)
+is covered by no hash, and unzip tools extract under its name rather than the verified one.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ _MAX_RATIO = 100
 """Inflated / compressed size: exports reach about 6; a zip bomb about 1,000."""
 _RATIO_FLOOR = 1 << 20
 """Members up to this size may compress as well as they like: they cannot exhaust memory."""
+_LOCAL_HEADER = 30  # bytes of a local file header before its name and extra field
+_PIECE = 1 << 20  # bytes inflated at a time
 
 
 def _check_name(info: zipfile.ZipInfo, seen: set[str]) -> None:
@@ -50,7 +55,20 @@ def _check_name(info: zipfile.ZipInfo, seen: set[str]) -> None:
         raise BundleInvalid(f"zip entry name with a non-printable character {name[:80]!r}")
     if info.is_dir() and info.file_size:
         raise BundleInvalid(f"directory entry {name[:80]!r} carries data")
+    if info.extra:
+        raise BundleInvalid(f"zip entry {name[:80]!r} has extra fields (exports write none)")
     seen.add(name)
+
+
+def _check_local_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """The entry's local header carries no extra field either (unzip tools read some there)."""
+    assert zf.fp is not None
+    zf.fp.seek(info.header_offset)
+    header = zf.fp.read(_LOCAL_HEADER)
+    if len(header) != _LOCAL_HEADER or header[:4] != b"PK\x03\x04":
+        raise BundleInvalid(f"zip entry {info.filename[:80]!r} has no local header")
+    if int.from_bytes(header[28:30], "little"):
+        raise BundleInvalid(f"zip entry {info.filename[:80]!r} has extra fields (exports write none)")
 
 
 def _check_sizes(infos: list[zipfile.ZipInfo]) -> None:
@@ -85,6 +103,7 @@ class Archive:
         seen: set[str] = set()
         for info in infos:
             _check_name(info, seen)
+            _check_local_header(zf, info)
         _check_sizes(infos)
         files, digests = {}, {}
         for info in infos:
@@ -93,7 +112,7 @@ class Archive:
             if info.filename == STREAMED:
                 digests[STREAMED] = _stream_digest(zf, info)
             else:
-                files[info.filename] = zf.read(info)
+                files[info.filename] = _read_member(zf, info)
                 digests[info.filename] = hashlib.sha256(files[info.filename]).hexdigest()
         return cls(zf, files, digests)
 
@@ -109,10 +128,20 @@ class Archive:
             yield from _lines(stream)
 
 
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, inflated a piece at a time: never more than its declared size (and its
+    CRC checked at the end, as ``ZipFile.read`` does)."""
+    data = bytearray()
+    with zf.open(info) as stream:
+        while chunk := stream.read(_PIECE):
+            data += chunk
+    return bytes(data)
+
+
 def _stream_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
     digest = hashlib.sha256()
     with zf.open(info) as stream:  # inflating it all also checks its CRC, up front
-        while chunk := stream.read(1 << 20):
+        while chunk := stream.read(_PIECE):
             digest.update(chunk)
     return digest.hexdigest()
 

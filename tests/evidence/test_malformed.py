@@ -9,6 +9,7 @@ import random
 import tracemalloc
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,62 @@ def _with_entries(files: Files, *extra: tuple[str, bytes], first: bool = False) 
     return buffer.getvalue()
 
 
+def _unicode_path(files: Files, name: str, shown: str) -> bytes:
+    """``name`` carrying an Info-ZIP Unicode Path field (0x7075) that makes unzip tools
+    extract it as ``shown``: covered by no hash, so the verified file lands elsewhere."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for entry, data in files.items():
+            info = zipfile.ZipInfo(entry)
+            if entry == name:
+                payload = b"\x01" + zlib.crc32(entry.encode()).to_bytes(4, "little") + shown.encode()
+                info.extra = b"\x75\x70" + len(payload).to_bytes(2, "little") + payload
+            zf.writestr(info, data)
+    return buffer.getvalue()
+
+
+def _local_extra(raw: bytes) -> bytes:
+    """An extra field in the last entry's local header only (the central directory stays
+    clean): the extra bytes go after its name, and the central directory moves along."""
+    info = max(zipfile.ZipFile(io.BytesIO(raw)).infolist(), key=lambda i: i.header_offset)
+    at, field = info.header_offset, b"\x75\x70\x00\x00"
+    end = at + 30 + int.from_bytes(raw[at + 26:at + 28], "little")
+    out = bytearray(raw[:end] + field + raw[end:])
+    out[at + 28:at + 30] = (4).to_bytes(2, "little")
+    eocd = len(out) - 22
+    central = int.from_bytes(out[eocd + 16:eocd + 20], "little")
+    out[eocd + 16:eocd + 20] = (central + len(field)).to_bytes(4, "little")
+    return bytes(out)
+
+
+def _lying_bomb(files: Files) -> bytes:
+    """``report.html`` declared as 1,000 zero bytes (under every cap, its CRC right) over a
+    deflate stream that inflates to 256 MiB."""
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = squeeze.compress(bytes(256 << 20)) + squeeze.flush()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            if name != "report.html":
+                zf.writestr(name, data)
+    raw = bytearray(buffer.getvalue())
+    eocd = len(raw) - 22  # the member goes in last: its header, then the central directory
+    central_at = int.from_bytes(raw[eocd + 16:eocd + 20], "little")
+    central, entries = raw[central_at:eocd], int.from_bytes(raw[eocd + 10:eocd + 12], "little")
+    name, crc = b"report.html", zlib.crc32(bytes(1000))
+    sizes = crc.to_bytes(4, "little") + len(stream).to_bytes(4, "little") + (1000).to_bytes(4, "little")
+    local = (b"PK\x03\x04" + (20).to_bytes(2, "little") + bytes(2) + (8).to_bytes(2, "little")
+             + bytes(4) + sizes + len(name).to_bytes(2, "little") + bytes(2) + name)
+    header = (b"PK\x01\x02" + (20).to_bytes(2, "little") * 2 + bytes(2) + (8).to_bytes(2, "little")
+              + bytes(4) + sizes + len(name).to_bytes(2, "little") + bytes(8) + bytes(4)
+              + central_at.to_bytes(4, "little") + name)
+    body = raw[:central_at] + local + stream
+    directory = central + header
+    tail = (b"PK\x05\x06" + bytes(4) + (entries + 1).to_bytes(2, "little") * 2
+            + len(directory).to_bytes(4, "little") + len(body).to_bytes(4, "little") + bytes(2))
+    return bytes(body + directory + tail)
+
+
 # name → (the zip bytes from the bundle's files and bytes, a phrase of the BundleInvalid detail)
 ZIP_CASES: dict[str, tuple[Callable[[Files, bytes], bytes], str]] = {
     "corrupt deflate stream": (lambda f, raw: _corrupt_deflate(raw), "zlib.error"),
@@ -207,6 +264,9 @@ ZIP_CASES: dict[str, tuple[Callable[[Files, bytes], bytes], str]] = {
     "bidi override in a name": (
         lambda f, raw: _with_entries(f, ("report\u202e.html", b"")), "non-printable character"),
     "member inflates 1000-fold": (lambda f, raw: _deflate_bomb(f), "inflates more than 100-fold"),
+    "unicode path field renames an entry": (
+        lambda f, raw: _unicode_path(f, "report.html", "../../escaped.html"), "extra fields"),
+    "extra field in a local header only": (lambda f, raw: _local_extra(raw), "extra fields"),
     "member declares over 64 MiB": (
         lambda f, raw: _declare(raw, {"manifest.json": (65 << 20, 1 << 20)}),
         "'manifest.json' is larger than 64 MiB"),
@@ -326,6 +386,20 @@ def test_records_are_read_in_bounded_memory(bundle: bytes) -> None:
         tracemalloc.stop()
     assert not verdict.ok and "record signature" in {c.name for c in verdict.failures}
     assert peak < len(junk) // 3, peak
+
+
+def test_a_member_is_never_inflated_past_its_declared_size(bundle: bytes) -> None:
+    """``ZipFile.read`` inflates a member's whole stream before cutting it to the declared
+    size: 256 MiB here, for a member declared as 1,000 bytes. Read by pieces, it stays small."""
+    data = _lying_bomb(unzip(bundle))
+    tracemalloc.start()
+    try:
+        verdict = verify_bundle(data, allow_simulated=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not verdict.ok  # report.html is not the one the manifest lists
+    assert peak < 32 << 20, peak
 
 
 def test_cli_prints_no_traceback(traffic: Traffic, bundle: bytes, tmp_path: Path) -> None:
