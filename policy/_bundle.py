@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,13 +28,14 @@ from typing import Any
 import yaml
 
 from ._errors import PolicyBundleError
+from ._input import is_instant
 
 __all__ = ["PolicyBundle", "bundle_digest", "load_bundle"]
 
 _DATA_SUFFIXES = (".yaml", ".yml", ".json")
 # Contract expiry: a whole minute. The gateway gives the policy its time at minute resolution
 # (truncated), which then decides "before the expiry instant" exactly.
-_EXPIRY_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:00Z")
+_EXPIRY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:00Z")
 # Contract fields and their types (policy/data/contracts.yaml documents each one).
 _CONTRACT_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "models": list,
@@ -78,15 +80,30 @@ def default_bundle_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
-def _bundle_files(root: Path) -> list[Path]:
-    def visible(paths: list[Path]) -> list[Path]:
-        # Hidden names are not part of a bundle, as for `opa run --ignore=.*`: what is
-        # digested (and attested) is exactly what either engine evaluates.
-        return [p for p in paths if p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+def _walk(directory: Path, ancestors: frozenset[tuple[int, int]] = frozenset()) -> list[Path]:
+    """Every file below ``directory``, following symbolic links as ``find -L`` does (a bundle
+    mounted from a Kubernetes ConfigMap is a tree of links, directories included). Hidden names
+    are not part of a bundle, as for `opa run --ignore=.*`: what is digested (and attested) is
+    exactly what either engine evaluates. A link back into its own ancestry is refused."""
+    info = directory.stat()
+    here = (info.st_dev, info.st_ino)
+    if here in ancestors:
+        raise PolicyBundleError(f"bundle folder {directory.name!a} links back into itself")
+    found: list[Path] = []
+    with os.scandir(directory) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                found += _walk(Path(entry.path), ancestors | {here})
+            elif entry.is_file():
+                found.append(Path(entry.path))
+    return found
 
-    rego_all = visible(sorted((root / "rego").rglob("*"))) if (root / "rego").is_dir() else []
-    data_all = visible(sorted((root / "data").rglob("*"))) if (root / "data").is_dir() else []
+
+def _bundle_files(root: Path) -> list[Path]:
+    rego_all = sorted(_walk(root / "rego")) if (root / "rego").is_dir() else []
+    data_all = sorted(_walk(root / "data")) if (root / "data").is_dir() else []
     # OPA loads policy and data files from both folders alike; this gateway loads (and digests)
     # modules from rego/ and data from data/ only. A file where the other kind belongs would be
     # evaluated by OPA alone, undigested (a JSON file in rego/ could even replace contracts).
@@ -181,7 +198,8 @@ def _check_contracts(data: Mapping[str, Any]) -> None:
                 raise PolicyBundleError(f"contract {name}: {key} must be a whole number from 0 "
                                         f"to {_LIMIT_MAX}")
         expires = contract.get("expires")
-        if expires is not None and not (isinstance(expires, str) and _EXPIRY_RE.fullmatch(expires)):
+        if expires is not None and not (isinstance(expires, str) and _EXPIRY_RE.fullmatch(expires)
+                                        and is_instant(expires)):
             raise PolicyBundleError(f"contract {name}: expires must be a whole minute, "
                                     "YYYY-MM-DDTHH:MM:00Z")
 

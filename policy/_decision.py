@@ -12,8 +12,8 @@ from ._errors import PolicyError, PolicyUnavailable
 
 __all__ = ["Decision", "Denial"]
 
-_RULE_RE = re.compile(r"^SG-[A-Z]+-\d{3}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_RULE_RE = re.compile(r"SG-[A-Z]+-[0-9]{3}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _SCALARS = (str, int, float, bool, type(None))
 
 # The obligations this gateway knows how to honour (docs/policy.md, "Obligations"). A policy
@@ -59,7 +59,7 @@ class Decision:
     def __post_init__(self) -> None:
         if self.allow and self.deny:
             raise PolicyError("a decision cannot both allow and deny")
-        if not _DIGEST_RE.match(self.bundle_digest):
+        if not _DIGEST_RE.fullmatch(self.bundle_digest):
             raise PolicyError("bundle digest must be sha256:<64 hex>")
 
     @property
@@ -114,6 +114,6 @@ def _denial(item: object) -> Denial:
     if not isinstance(item, Mapping) or set(item) != {"rule", "message"}:
         raise PolicyUnavailable("a denial is not {rule, message}")
     rule, message = item["rule"], item["message"]
-    if not isinstance(rule, str) or not _RULE_RE.match(rule) or not isinstance(message, str):
+    if not isinstance(rule, str) or not _RULE_RE.fullmatch(rule) or not isinstance(message, str):
         raise PolicyUnavailable("a denial has a malformed rule id or message")
     return Denial(rule, message)

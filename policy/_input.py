@@ -21,7 +21,7 @@ Channel = Literal["sealed", "plaintext"]
 Mode = Literal["production", "development"]
 
 # RFC 3339 §5.6 restricted to UTC and whole seconds, so that instants compare as strings.
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _TOKEN_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Integers every engine represents exactly (I-JSON, RFC 7493 §2.2). rego-cpp keeps 64 bits and
 # silently wraps wider values, so an unbounded limit could compare as a small one.
@@ -32,6 +32,16 @@ MAX_METADATA_PAIRS, MAX_METADATA_KEY = 16, 64
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
 METADATA_LIMITS = (f"metadata has at most {MAX_METADATA_PAIRS} keys of at most "
                    f"{MAX_METADATA_KEY} printable characters")
+
+
+def is_instant(text: str) -> bool:
+    """``YYYY-MM-DDTHH:MM:SSZ`` (ASCII digits) names a real instant: such strings compare in
+    time order, which the policy relies on."""
+    try:
+        dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
 
 
 def utc_now() -> str:
@@ -248,7 +258,7 @@ class PolicyInput:
         for name in ("enclave_simulated", "enclave_debug", "allow_plaintext"):
             _check(isinstance(getattr(self, name), bool), f"{name} must be a boolean")
         _check(
-            isinstance(self.time, str) and bool(_TIME_RE.match(self.time)),
+            isinstance(self.time, str) and bool(_TIME_RE.fullmatch(self.time)) and is_instant(self.time),
             "time must be UTC RFC 3339 YYYY-MM-DDTHH:MM:SSZ",
         )
 

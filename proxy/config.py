@@ -17,17 +17,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from audit import IDENTIFIER, check_note_name
 from inference import LlamaCppConfig, ModelRoute, OpenAIConfig, RetentionTier, VLLMConfig
+from policy import OPAEngine, PolicyError
 from proxy.errors import ConfigError
 
 __all__ = ["BackendSettings", "Settings"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_SECRET_WORDS = ("password", "secret", "token", "api_key")
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
+# URL query parameters shown as they are: settings known to hold no credential. Any other
+# value is masked (providers name their keys freely: ?key=, ?sig=, ?subscription-key=, ...).
+_PLAIN_QUERY = frozenset({"sslmode", "synchronous", "connect_timeout", "application_name",
+                          "target_session_attrs", "api-version", "mode", "cache"})
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII only: int() also reads other scripts' digits
 
@@ -210,9 +216,13 @@ class Settings:
             if not low <= value <= high:
                 raise ConfigError(f"{name} must be between {low} and {high}")
         for name in ("database_url", "audit_url"):
-            url = getattr(self, name)
-            if url and url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql"):
-                raise ConfigError(f"{name} must be a sqlite:// or postgresql+psycopg:// URL")
+            if url := getattr(self, name):
+                _check_database_url(name, url)
+        if self.policy_engine == "opa":
+            try:
+                OPAEngine.check_url(self.opa_url)
+            except PolicyError as exc:
+                raise ConfigError(f"opa_url: {exc.detail}") from None
         for entry in self.trusted_proxy_list:
             try:
                 ipaddress.ip_network(entry)  # strict, as uvicorn parses it: no host bits
@@ -259,6 +269,20 @@ _RANGES = (
     ("checkpoint_every_n", 1, 1 << 20),
     ("checkpoint_every_ms", 1, 3_600_000),
 )
+
+
+_DATABASE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"})
+
+
+def _check_database_url(name: str, url: str) -> None:
+    """A URL of a database this gateway has drivers for (the URL is never echoed: it may hold
+    a password)."""
+    try:
+        drivername = make_url(url).drivername
+    except (ArgumentError, ValueError):  # a port that is not a number, no scheme, ...
+        raise ConfigError(f"{name} is not a valid database URL") from None
+    if drivername not in _DATABASE_DRIVERS:
+        raise ConfigError(f"{name} must be a sqlite:// or postgresql+psycopg:// URL")
 
 
 def _sqlite_url(path: Path, **query: str) -> str:
@@ -406,8 +430,8 @@ def _mask(value: Any, key: str = "") -> Any:
 
 
 def _mask_url(url: str) -> str:
-    """The URL with its user information and any secret-named query parameter masked
-    (``?password=``, ``?sslpassword=``, ``?api_key=``, ``?key=``, ``?token=``)."""
+    """The URL with its user information and every query value masked but those of
+    ``_PLAIN_QUERY``."""
     scheme, rest = url.split("://", 1)
     user = ""
     if "@" in rest and not rest.startswith("/"):  # "sqlite:///path" has no authority
@@ -421,7 +445,7 @@ def _mask_url(url: str) -> str:
     params = []
     for param in query.split("&") if query else ():
         name, equals, _ = param.partition("=")
-        params.append(f"{name}=********" if equals and (_secret(name) or name.lower() == "key")
+        params.append(f"{name}=********" if equals and name.lower() not in _PLAIN_QUERY
                       else param)
     return f"{scheme}://{authority}{slash}{path}{question}{'&'.join(params)}{hash_}{fragment}"
 

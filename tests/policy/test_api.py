@@ -170,6 +170,9 @@ def test_input_normalizes_and_round_trips() -> None:
         {"channel": "clear"},
         {"mode": "prod"},
         {"time": "2026-01-01T00:00:00+01:00"},
+        {"time": "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"},  # compares after every instant
+        {"time": "2026-02-30T00:00:00Z"},
+        {"time": "2026-01-01T00:00:00Z\n"},
         {"enclave_debug": "no"},
         {"path": "v1/chat"},
         {"model": 3},

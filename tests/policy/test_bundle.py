@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from policy import (
     BundleWatcher,
+    OPAEngine,
     PolicyBundle,
     PolicyBundleError,
     RegopyEngine,
@@ -57,6 +59,27 @@ def test_the_documented_digest_recipe_agrees_on_a_configmap_mount(tmp_path: Path
     assert "sha256:" + out.split()[0] == bundle.digest
 
 
+def test_a_linked_folder_is_part_of_the_bundle(tmp_path: Path) -> None:
+    """A folder below data/ (or rego/) that is a symbolic link, as a ConfigMap item with a
+    nested path mounts it: its files are loaded and digested (as ``find -L`` lists them), not
+    skipped, which would leave a tenant on the looser ``default`` contract."""
+    bundle_dir, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
+    shutil.copytree(SHIPPED, bundle_dir, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    contracts = yaml.safe_load((bundle_dir / "data" / "contracts.yaml").read_text())["contracts"]
+    (bundle_dir / "data" / "contracts.yaml").write_text(
+        yaml.safe_dump({"contracts": {"default": contracts["default"]}}))
+    elsewhere.mkdir()
+    tenant = {"linked-tenant": {**contracts["default"], "max_tokens": 7}}
+    (elsewhere / "linked.yaml").write_text(yaml.safe_dump(tenant))
+    (bundle_dir / "data" / "contracts").symlink_to(elsewhere)
+    bundle = load_bundle(bundle_dir)
+    assert bundle.contract("linked-tenant")["max_tokens"] == 7
+    assert "data/contracts/linked.yaml" in bundle.files
+    (elsewhere / "loop").symlink_to(bundle_dir / "data")  # back into its own ancestry
+    with pytest.raises(PolicyBundleError, match="links back into itself"):
+        load_bundle(bundle_dir)
+
+
 def test_override_directory_and_digest_changes(bundle_dir: Path, bundle: PolicyBundle) -> None:
     assert load_bundle(bundle_dir).digest == bundle.digest
     with (bundle_dir / "data" / "contracts.yaml").open("a") as fh:
@@ -91,14 +114,36 @@ def test_invalid_bundles_rejected(bundle_dir: Path, name: str, text: str) -> Non
         RegopyEngine(load_bundle(bundle_dir)).reload(load_bundle(bundle_dir))
 
 
-def test_contract_expiry_is_a_whole_minute(bundle_dir: Path) -> None:
-    # Decisions see the time truncated to the minute; only a whole-minute expiry stays exact.
+@pytest.mark.parametrize("expires", [
+    "2030-01-01T00:00:30Z",  # decisions see the time truncated to the minute
+    "\uff12\uff10\uff13\uff10-01-01T00:00:00Z",  # fullwidth digits sort after every instant
+    "2030-13-01T00:00:00Z",  # no such month
+    "2030-01-01T00:00:00Z\\n",
+])
+def test_contract_expiry_is_a_whole_minute(bundle_dir: Path, expires: str) -> None:
+    """Compared with the decision time as strings: only ASCII digits of a real instant, to the
+    minute, keep that comparison exact (a fullwidth year never expired)."""
     contracts = bundle_dir / "data" / "contracts.yaml"
     text = contracts.read_text()
     assert 'expires: "2030-01-01T00:00:00Z"' in text
-    contracts.write_text(text.replace('"2030-01-01T00:00:00Z"', '"2030-01-01T00:00:30Z"'))
+    contracts.write_text(text.replace('"2030-01-01T00:00:00Z"', f'"{expires}"'))
     with pytest.raises(PolicyBundleError, match="whole minute"):
         load_bundle(bundle_dir)
+
+
+def test_an_opa_engine_keeps_its_bundle_when_a_new_one_does_not_compile(bundle_dir: Path) -> None:
+    """The OPA server would go on with the old policy: the broken bundle's digest must not
+    reach decisions, records or the identity document."""
+    engine = OPAEngine("http://127.0.0.1:8181", load_bundle(bundle_dir))  # never contacted
+    digest = engine.bundle_digest
+    (bundle_dir / "rego" / "broken.rego").write_text("package sealgate.authz\nallow if {\n")
+    watcher = BundleWatcher(engine, bundle_dir)
+    with pytest.raises(PolicyBundleError):
+        watcher.check()
+    assert watcher.poll() is False and watcher.poll() is False
+    assert isinstance(watcher.last_error, PolicyBundleError) and engine.bundle_digest == digest
+    with pytest.raises(PolicyBundleError):
+        OPAEngine("http://127.0.0.1:8181", load_bundle(bundle_dir))
 
 
 @pytest.mark.parametrize("value", ["-1", "true", '"8"', "1.5", "1000000001"])

@@ -61,7 +61,8 @@ def test_unreachable_server_fails_closed(bundle: PolicyBundle) -> None:
         asyncio.run(_decide_all(OPAEngine(url, bundle, timeout_s=0.5), [BASE]))
 
 
-@pytest.mark.parametrize("url", ["ftp://opa:8181", "http://opa:8181/v1/data", "opa:8181"])
+@pytest.mark.parametrize("url", ["ftp://opa:8181", "http://opa:8181/v1/data", "opa:8181",
+                                 "http://opa:port", "http://[::1"])
 def test_bad_urls_rejected(url: str, bundle: PolicyBundle) -> None:
     with pytest.raises(PolicyError):
         OPAEngine(url, bundle)

@@ -154,13 +154,16 @@ def test_config_show_masks_credentials_in_url_queries(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "c.toml"
     path.write_text('audit_url = "postgresql://db/audit?sslmode=require&password=hunter2"\n'
-                    '[backends.up]\ntype = "openai"\nurl = "https://up.example/v1?api_key=sk-1&key=k2"\n'
+                    '[backends.up]\ntype = "openai"\nurl = "https://up.example/v1?api_key=sk-1&key=k2'
+                    '&apikey=k3&sig=k4&subscription-key=k5&api-version=2024-10-21"\n'
                     '[models.m]\nbackend = "up"\nretention_tier = "contractual-zero"\n')
     assert main(["config", "show", "--config", str(path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["audit_url"] == "postgresql://db/audit?sslmode=require&password=********"
+    # Every value but known settings: providers name their credentials freely.
     assert shown["backends"]["up"]["options"]["url"] == (
-        "https://up.example/v1?api_key=********&key=********")
+        "https://up.example/v1?api_key=********&key=********&apikey=********&sig=********"
+        "&subscription-key=********&api-version=2024-10-21")
 
 
 def test_config_show_masks_passwords_holding_url_delimiters(
@@ -178,6 +181,26 @@ def test_config_show_masks_passwords_holding_url_delimiters(
     sqlite = "sqlite:////srv/at@sign/sealgate.db"  # a path is no user information
     assert Settings.load(None, env={"SEALGATE_DATABASE_URL": sqlite}).redacted()[
         "database_url"] == sqlite
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SEALGATE_DATABASE_URL": "postgresql+psycopg://sg:hunter2@db:badport/x"},
+     "database_url is not a valid database URL"),
+    ({"SEALGATE_AUDIT_URL": "sqlite+pysqlcipher:///audit.db"},
+     "audit_url must be a sqlite:// or postgresql+psycopg:// URL"),
+    ({"SEALGATE_AUDIT_URL": "mysql://db/audit"},
+     "audit_url must be a sqlite:// or postgresql+psycopg:// URL"),
+    ({"SEALGATE_POLICY_ENGINE": "opa", "SEALGATE_OPA_URL": "http://opa:port"},
+     "opa_url: OPA url must be http(s)://host[:port]"),
+    ({"SEALGATE_POLICY_ENGINE": "opa", "SEALGATE_OPA_URL": "http://[::1"},
+     "opa_url: OPA url must be http(s)://host[:port]"),
+])
+def test_unusable_urls_are_config_errors(env: dict[str, str], message: str) -> None:
+    """Refused when the settings load, never echoed (a URL may hold a password), and never
+    a traceback later from the driver or the OPA client."""
+    with pytest.raises(ConfigError) as info:
+        Settings.load(None, env=env)
+    assert info.value.detail == message and "hunter2" not in str(info.value)
 
 
 def test_a_data_dir_holding_url_characters_stays_one_path(tmp_path: Path) -> None:

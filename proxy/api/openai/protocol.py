@@ -300,7 +300,7 @@ _KEY_AT = re.compile(r" - at `key` in `\$\.?([^`]*)`$")
 _UNKNOWN = "Object contains unknown field `"
 # An unrecognized parameter is named in the error only when its name is an identifier: a name
 # is request text like any other, and could carry content.
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def _unrecognized(body: bytes, schema: type[Any]) -> InvalidRequest:
@@ -313,7 +313,7 @@ def _unrecognized(body: bytes, schema: type[Any]) -> InvalidRequest:
         doc = None
     declared = set(schema.__struct_fields__)
     names = sorted(k for k in doc if k not in declared) if isinstance(doc, dict) else []
-    if names and _IDENTIFIER.match(names[0]):
+    if names and _IDENTIFIER.fullmatch(names[0]):
         return InvalidRequest(f"unrecognized request argument '{names[0]}'", param=names[0])
     return InvalidRequest("the request has an unrecognized argument")
 
