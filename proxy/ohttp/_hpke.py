@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import hmac
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -181,7 +182,9 @@ def derive_response_aead(
 ) -> tuple[AEADCipher, bytes]:
     """RFC 9458 §4.4: derive the response AEAD key and nonce from the request's HPKE context.
     The exported secret, the HKDF intermediates and every copy of the key are wiped before
-    this returns; the cipher keeps the key only in its own (OpenSSL) state."""
+    this returns; the cipher keeps the key only in its own (OpenSSL) state. Where this build
+    of ``cryptography`` keeps the key object itself instead (``_WIPE_SAFE``), that one object
+    is left to the cipher."""
     nk, nn = _AEAD_SIZES[aead_id]
     secret = context.export(label, max(nn, nk))
     prk = hmac.digest(enc + response_nonce, secret, hashlib.sha256)  # HKDF-Extract(salt, IKM)
@@ -194,5 +197,27 @@ def derive_response_aead(
     cipher: AEADCipher = (
         ChaCha20Poly1305(key_bytes) if aead_id == AEAD_CHACHA20_POLY1305 else AESGCM(key_bytes)
     )
-    wipe(key_bytes)
+    if _WIPE_SAFE.get(aead_id, False):
+        wipe(key_bytes)
     return cipher, nonce
+
+
+def _copies_key(make: type[AEADCipher], size: int) -> bool:
+    """Whether a ``make`` cipher keeps its own copy of its key, so that wiping the key object
+    afterwards is safe. Builds of ``cryptography`` on OpenSSL before 3.2 keep the object and
+    read it at every operation: wiping it would leave the cipher an all-zero key."""
+    key = bytes(bytearray(os.urandom(size)))  # objects of its own, never shared
+    original = bytes(bytearray(key))
+    cipher = make(key)
+    wipe(key)
+    nonce = bytes(12)
+    return cipher.encrypt(nonce, b"probe", None) == make(original).encrypt(nonce, b"probe", None)
+
+
+def _wipe_safety() -> dict[int, bool]:
+    """Per AEAD: may the key object given to its cipher be wiped (``_copies_key``)?"""
+    return {aead: _copies_key(ChaCha20Poly1305 if aead == AEAD_CHACHA20_POLY1305 else AESGCM, nk)
+            for aead, (nk, _) in _AEAD_SIZES.items()}
+
+
+_WIPE_SAFE = _wipe_safety()

@@ -16,7 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.ohttp import KeyConfig, encapsulate_request
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from proxy.ohttp import GatewayKey, KeyConfig, _hpke, decapsulate_request, encapsulate_request
 from proxy.ohttp._hpke import _hkdf_expand, generate_private_key, public_key, wipe
 from tests.conftest import need
 
@@ -89,3 +92,36 @@ def test_no_response_key_material_survives_the_exchange() -> None:
     assert found["control"] >= 1  # the scan sees values the child holds
     assert {k: found[k] - found["control"] for k in ("aead_key", "prk", "exported_secret")} == {
         "aead_key": 0, "prk": 0, "exported_secret": 0}
+
+
+class KeyKeepingAESGCM:
+    """Fault injection: an AES-GCM that keeps its key object and reads it at every operation,
+    as ``cryptography`` built on OpenSSL before 3.2 does."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes | None) -> bytes:
+        return AESGCM(self._key).encrypt(nonce, data, aad)
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes | None) -> bytes:
+        return AESGCM(self._key).decrypt(nonce, data, aad)
+
+
+def test_a_cipher_that_keeps_its_key_object_gets_it_unwiped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wiping the key given to such a cipher would seal every response under an all-zero key
+    (both ends alike, so nothing would fail): the safety probe finds out, and the response is
+    sealed under the key RFC 9458 derives."""
+    monkeypatch.setattr(_hpke, "AESGCM", KeyKeepingAESGCM)
+    monkeypatch.setattr(_hpke, "_WIPE_SAFE", _hpke._wipe_safety())
+    assert _hpke._WIPE_SAFE[_hpke.AEAD_AES_128_GCM] is False
+    assert _hpke._WIPE_SAFE[_hpke.AEAD_CHACHA20_POLY1305] is True  # the real one copies it
+    key = GatewayKey.generate(1)
+    request, client = encapsulate_request(key.config, b"\x00\x03GET\x05https\x00\x01/")
+    _, server = decapsulate_request(request, {1: key}.get)
+    sealed = server.seal_response(b"answer")
+    secret = client.hpke_context().export(b"message/bhttp response", 16)
+    prk = hmac.digest(client.enc + sealed[:16], secret, hashlib.sha256)
+    aead_key, nonce = (bytes(_hkdf_expand(prk, label, 12 if label == b"nonce" else 16))
+                       for label in (b"key", b"nonce"))
+    assert AESGCM(aead_key).decrypt(nonce, sealed[16:], None) == b"answer"
