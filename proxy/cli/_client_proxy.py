@@ -64,6 +64,13 @@ def register(subparsers: Any) -> None:
 
 def _key_source(args: argparse.Namespace) -> KeySource:
     if args.key_config is not None:
+        ignored = [flag for flag, given in (("--policy", args.policy), ("--collateral", args.collateral),
+                                            ("--allow-simulated", args.allow_simulated),
+                                            ("--allow-any-measurement", args.allow_any_measurement))
+                   if given]
+        print("sealgate client-proxy: WARNING: the key is pinned from --key-config; the enclave's "
+              "identity is not verified" + (f" ({', '.join(ignored)} ignored)" if ignored else ""),
+              file=sys.stderr)
         return StaticKeySource(args.key_config.read_bytes())
     origin, _ = gateway_urls(args.gateway)
     policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy.from_env()

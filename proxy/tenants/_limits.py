@@ -170,10 +170,10 @@ class _Buckets:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._levels: dict[str, tuple[float, float]] = {}  # tenant → (level, when)
+        self._levels: dict[str, tuple[float, float, int]] = {}  # tenant → (level, when, size)
 
     def _level(self, tenant: str, size: int, now: float) -> float:
-        level, when = self._levels.get(tenant, (float(size), now))
+        level, when, _ = self._levels.get(tenant, (float(size), now, size))
         return min(float(size), level + (now - when) * size / 60.0)
 
     def wait(self, tenant: str, size: int) -> int:
@@ -185,8 +185,8 @@ class _Buckets:
         now = self._clock()
         level = self._level(tenant, size, now)
         if len(self._levels) >= self._MAX and tenant not in self._levels:
-            # Buckets that have refilled (at this tenant's rate: an estimate for others) hold
-            # nothing a fresh one would not.
-            self._levels = {t: (k, w) for t, (k, w) in self._levels.items()
-                            if k + (now - w) * size / 60.0 < size}
-        self._levels[tenant] = (level - amount, now)
+            # Buckets that have refilled, each at its own rate, hold nothing a fresh one would
+            # not; one still in debt keeps it.
+            self._levels = {t: (k, w, z) for t, (k, w, z) in self._levels.items()
+                            if k + (now - w) * z / 60.0 < z}
+        self._levels[tenant] = (level - amount, now, size)

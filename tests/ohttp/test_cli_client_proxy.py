@@ -74,3 +74,18 @@ def test_collateral_folder_reaches_the_verifier(tmp_path: Path,
     assert missing.func(missing) == 2
     err = capsys.readouterr().err
     assert "cannot read the collateral folder" in err and "Traceback" not in err
+
+
+def test_a_pinned_key_says_that_nothing_is_verified(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--key-config`` skips attestation: said on stderr, with the verification flags it
+    makes moot."""
+    from proxy.gateway import KeyManager
+
+    pinned = tmp_path / "keys.bin"
+    pinned.write_bytes(KeyManager().key_configs())
+    args = _parse("--gateway", "http://x", "--key-config", str(pinned), "--allow-simulated")
+    _client_proxy._key_source(args)
+    err = capsys.readouterr().err
+    assert err.startswith("sealgate client-proxy: WARNING: the key is pinned from --key-config")
+    assert "identity is not verified (--allow-simulated ignored)" in err

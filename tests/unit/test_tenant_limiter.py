@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.tenants import TenantBusy, TenantLimiter, TenantLimits, TenantRateLimited, TenantTokensExhausted
+from proxy.tenants._limits import _Buckets
 
 
 def test_each_tenant_has_its_own_cap() -> None:
@@ -139,3 +140,17 @@ def test_a_tenants_own_limits_replace_the_limiters() -> None:
     limiter.acquire("small").charge(11)
     with pytest.raises(TenantTokensExhausted):
         limiter.acquire("small")
+
+
+def test_dropping_refilled_buckets_keeps_every_debt() -> None:
+    """Past 10,000 tenants the refilled buckets are dropped, each judged at its own rate: a
+    tenant in debt at a slow rate keeps its debt whatever rate the newcomer has."""
+    clock = Clock()
+    buckets = _Buckets(clock)
+    buckets.take("slow", 600, 60)  # 60 a minute, 540 owed: about nine minutes to wait
+    for i in range(_Buckets._MAX - 1):
+        buckets.take(f"t{i}", 1, 60)
+    clock.now += 61
+    buckets.take("newcomer", 1, 10**9)  # the map is full: refilled buckets go
+    assert buckets.wait("slow", 60) == 480
+    assert "t0" not in buckets._levels  # refilled after a minute at its own rate
