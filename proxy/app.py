@@ -19,7 +19,7 @@ from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from audit import AuditLog, load_or_create_signing_key
 from inference import (
@@ -254,7 +254,9 @@ def create_app(settings: Settings | None = None, *,
         lifespan=[lifespan],
         request_max_body_size=outer_max,
         openapi_config=OpenAPIConfig(title="Sealgate", version="0.1.0", path="/schema",
-                                     render_plugins=[SwaggerRenderPlugin()]),
+                                     # The document only: interactive viewers load their
+                                     # scripts from a CDN, and nothing is fetched at run time.
+                                     render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()]),
         state=State({"services": services}),
         debug=False,
         logging_config=None,

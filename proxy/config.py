@@ -204,6 +204,9 @@ class Settings:
             raise ConfigError("audit_sync must be 'normal' or 'full'")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+        if self.session_secret and len(self.session_secret) < 32:  # guessable from one cookie
+            raise ConfigError("session_secret must be at least 32 characters (or empty: one is "
+                              "generated)")
         if not self.host.strip():  # uvicorn would listen on every interface
             raise ConfigError("host must not be empty")
         try:

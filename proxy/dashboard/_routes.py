@@ -255,7 +255,8 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
                                        dashboard.log_key, options)
     except (ValueError, PermissionError, EvidenceError) as exc:
         return _page("error.html", viewer, "export", 400, message=_export_problem(exc))
-    name = f"sealgate-evidence-{start.date()}-{(end - timedelta(days=1)).date()}.zip"
+    # Named by the first and last day it covers (the window ends just before ``end``).
+    name = f"sealgate-evidence-{start.date()}-{(end - timedelta(microseconds=1)).date()}.zip"
     return Response(data, media_type="application/zip", headers={
         **HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})
 

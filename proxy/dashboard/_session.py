@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -24,24 +25,44 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from proxy.errors import ConfigError
+
 __all__ = ["LoginLimiter", "SessionClaims", "SessionCodec", "load_secret"]
 
 SESSION_TTL_S = 8 * 3600
 
 
 def load_secret(configured: str, data_dir: Path) -> bytes:
-    """The configured secret, else one generated once and kept (mode 0600) in the data dir."""
+    """The configured secret, else one generated once and kept (mode 0600) in the data dir.
+
+    The file appears whole or not at all: written and flushed under a temporary name, then
+    linked into place (a link never replaces a file, so of two processes starting at once one
+    makes it and the other reads it). A file that does not hold 32 hex-encoded bytes is refused:
+    sessions signed under a short or empty key could be forged."""
     if configured:
         return hashlib.sha256(configured.encode()).digest()
     path = data_dir / "keys" / "session-secret"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        secret = secrets.token_bytes(32)
+        staged = path.with_name(f".session-secret.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secret.hex())
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):  # another process's is as good
+                os.link(staged, path)
+        finally:
+            staged.unlink()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
-    secret = secrets.token_bytes(32)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret.hex())
+        secret = bytes.fromhex(path.read_text().strip())
+    except (ValueError, UnicodeDecodeError):
+        secret = b""
+    if len(secret) != 32:
+        raise ConfigError(f"{path.name} in {path.parent} is damaged: remove it to make a new one "
+                          "(every dashboard session ends)")
     return secret
 
 

@@ -73,6 +73,22 @@ def test_export_window_out_of_range_gets_a_400_page(traffic: Traffic, accounts: 
         assert f"<h1>{message}</h1>" in response.text
 
 
+@pytest.mark.parametrize(("window", "name"), [
+    (("2020-01-01", "2020-01-31"), "sealgate-evidence-2020-01-01-2020-01-31.zip"),  # inclusive
+    (("2020-01-01T00:00:00Z", "2020-01-01T12:00:00Z"), "sealgate-evidence-2020-01-01-2020-01-01.zip"),
+    (("2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z"), "sealgate-evidence-2020-01-01-2020-01-01.zip"),
+])
+def test_an_export_is_named_by_the_days_it_covers(traffic: Traffic, accounts: Any,
+                                                  window: tuple[str, str], name: str) -> None:
+    auditor = _client(traffic, "auditor1")
+    token = CSRF.search(auditor.get("/dashboard/export").text)
+    assert token is not None
+    response = auditor.post("/dashboard/export", data={
+        "csrf": token.group(1), "from": window[0], "to": window[1]})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == f'attachment; filename="{name}"'
+
+
 def test_malformed_record_ids_are_not_found(admin: httpx.Client) -> None:
     for record_id in ("x", "a%00b", "0" * 31, "0" * 32, "G" * 32, "%E2%80%AE" * 12):
         response = admin.get(f"/dashboard/records/{record_id}")

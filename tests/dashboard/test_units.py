@@ -25,6 +25,7 @@ from audit import AuditLog
 from proxy.dashboard._pages import record_page
 from proxy.dashboard._query import EARLIEST, LATEST, MAX_PAGE, BadQuery, page_number, time_us, when
 from proxy.dashboard._session import LoginLimiter, SessionCodec, load_secret
+from proxy.errors import ConfigError
 from proxy.users import InvalidCredentials, UserError, UserStore, hash_password, verify_password
 from tests.audit.conftest import ORIGIN, make_record
 
@@ -104,6 +105,24 @@ def test_session_cookie_and_csrf(tmp_path: Path) -> None:
     assert other.read(cookie) is None
     now[0] += 9 * 3600
     assert codec.read(cookie) is None  # expired
+
+
+@pytest.mark.parametrize("content", ["", "00", "zz" * 32, "ab" * 31, "\xff"])
+def test_a_damaged_secret_file_is_refused(tmp_path: Path, content: str) -> None:
+    """Left empty or cut short (a start-up killed mid-write, a full disk), it would sign
+    sessions under a key anyone can guess: the gateway refuses to start instead."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "session-secret").write_text(content, encoding="latin-1")
+    with pytest.raises(ConfigError, match=r"session-secret .* is damaged"):
+        load_secret("", tmp_path)
+
+
+def test_a_new_secret_file_is_whole_and_owner_only(tmp_path: Path) -> None:
+    secret = load_secret("", tmp_path)
+    path = tmp_path / "keys" / "session-secret"
+    assert len(secret) == 32 and path.read_text() == secret.hex()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["session-secret"]  # nothing staged left
 
 
 def test_cookies_without_a_generation_are_refused(tmp_path: Path) -> None:

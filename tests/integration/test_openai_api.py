@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from proxy.gateway import GATEWAY_PATH
 from proxy.ohttp import BHTTPRequest, decode_key_configs, encapsulate_request, encode_request
@@ -252,6 +253,10 @@ def test_health_and_openapi(gateway: Gateway) -> None:
     assert ready.json()["backends"]["down"] is False and ready.status_code == 503
     schema = httpx.get(f"{gateway.url}/schema/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"] and "/v1/embeddings" in schema["paths"]
+    # The document itself at /schema too, never a viewer page loading scripts from a CDN.
+    root = httpx.get(f"{gateway.url}/schema")
+    assert root.headers["content-type"].startswith("application/") and root.json() == schema
+    assert "openapi" in yaml.safe_load(httpx.get(f"{gateway.url}/schema/openapi.yaml").text)
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'sealgate_requests_total{endpoint="/v1/chat/completions"' in metrics
     assert "sealgate_tokens_total" in metrics
