@@ -9,12 +9,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._checkpoint import SignedCheckpoint
-from ._errors import AuditUnavailable, RecordNotFound
+from ._errors import AuditUnavailable, CorruptStore, RecordNotFound
 from ._note import check_name, key_id, vkey_for
 from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import IDENTIFIER, Record
-from ._store import LogStore
+from ._store import LogStore, _bytes, _int
 from ._writer import LogIdentity, LogWriter, Pending, Sealed, seal
 
 __all__ = ["AuditLog"]
@@ -145,7 +145,7 @@ class AuditLog:
         row = await asyncio.to_thread(self._store.get_record, record_id)
         if row is None or (tenant is not None and row.tenant != tenant):
             raise RecordNotFound("no such record")
-        return bytes(row.envelope)
+        return _bytes(row.envelope, "audit_records.envelope")
 
     async def request_records(self, tenant: str, request_id: str) -> list[dict[str, Any]]:
         """The receipts and envelopes of one request's records (tenant-scoped)."""
@@ -153,7 +153,8 @@ class AuditLog:
             return []
         rows = await asyncio.to_thread(self._store.records_for_request, tenant, request_id)
         return [{"record_id": r.record_id, "kind": r.kind, "log": r.log_id,
-                 "leaf": int(r.leaf_index), "envelope": bytes(r.envelope).decode()} for r in rows]
+                 "leaf": _int(r.leaf_index, "audit_records.leaf_index"),
+                 "envelope": _text(r.envelope)} for r in rows]
 
     async def inclusion_proof(self, index: int, size: int | None = None,
                               log_id: str | None = None) -> InclusionProof:
@@ -180,3 +181,11 @@ class AuditLog:
         finally:
             await asyncio.to_thread(self._writer.join)
             await asyncio.to_thread(self._store.close)
+
+
+def _text(envelope: Any) -> str:
+    """A stored envelope as text: binary holding UTF-8, or the store is corrupt."""
+    try:
+        return _bytes(envelope, "audit_records.envelope").decode()
+    except UnicodeDecodeError:
+        raise CorruptStore("audit_records.envelope holds bytes that are not UTF-8") from None

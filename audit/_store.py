@@ -332,9 +332,12 @@ class LogStore:
         with _translated("read a request's records"), self.engine.connect() as conn:
             return list(conn.execute(query).all())
 
-    def count_records(self, log_id: str) -> int:
+    def count_records(self, log_id: str, below: int | None = None) -> int:
+        """The log's stored records (those at a leaf index below ``below`` when given)."""
         with _translated("count records"), self.engine.connect() as conn:
             query = select(func.count()).select_from(RECORDS).where(RECORDS.c.log_id == log_id)
+            if below is not None:
+                query = query.where(RECORDS.c.leaf_index < below)
             return int(conn.execute(query).scalar_one())
 
     def repeated_record(self, log_id: str, start: int = 0,

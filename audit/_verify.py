@@ -43,6 +43,12 @@ class _LogCheck:
     Records and checkpoints are read in pages, in order, and each checkpoint is checked when
     the recomputed tree reaches its size: memory stays bounded however long the log (a log
     that publishes a checkpoint a second holds 86,400 of them a day).
+
+    A running gateway goes on appending while this reads (each page its own read), so the log
+    is verified as it stood when the check began: the integrated size read then bounds the
+    records and checkpoints checked first. What lies beyond it is checked next (no stray
+    records, no checkpoint past the records); a fault found there counts only if nothing was
+    appended meanwhile, as on a stopped gateway.
     """
 
     def __init__(self, store: LogStore, log: tuple[str, str, str, int], progress: Progress | None,
@@ -62,8 +68,16 @@ class _LogCheck:
         self._next = next(self._pending, None)
 
     def _stored_checkpoints(self) -> Iterator[SignedCheckpoint]:
-        after = -1
-        while page := self.store.checkpoints(self.log_id, after=after, limit=_CHUNK):
+        """The checkpoints up to the integrated size read at the start, in order."""
+        return self._checkpoints(-1, self.integrated)
+
+    def _beyond(self, bound: int) -> Iterator[SignedCheckpoint]:
+        """The checkpoints over more than ``bound`` records, in order."""
+        return self._checkpoints(bound, None)
+
+    def _checkpoints(self, after: int, through: int | None) -> Iterator[SignedCheckpoint]:
+        while page := self.store.checkpoints(self.log_id, after=after, through=through,
+                                             limit=_CHUNK):
             for size, root, note in page:
                 yield self._checkpoint(size, root, note)
             after = page[-1][0]
@@ -97,12 +111,12 @@ class _LogCheck:
             if stored.get(n) != h:
                 raise VerificationError(f"stored tree node {n} does not match the records")
 
-    def run(self) -> int:
-        total, done = self.store.count_records(self.log_id), 0
-        rng = CompactRange()
-        self._reached(0, empty_root())
-        while True:
-            rows = self.store.record_rows(self.log_id, done, _CHUNK)
+    def _records(self, rng: CompactRange, done: int, stop: int | None) -> int:
+        """Check the records from ``done`` on (up to ``stop``), extending ``rng``; the stored
+        tree nodes are compared up to the integrated size. Returns how many there are."""
+        while stop is None or done < stop:
+            limit = _CHUNK if stop is None else min(_CHUNK, stop - done)
+            rows = self.store.record_rows(self.log_id, done, limit)
             nodes: list[tuple[int, bytes]] = []
             for row in rows:
                 new = rng.append(check_row(row, done, self.verifier, self.log_id))
@@ -112,21 +126,53 @@ class _LogCheck:
                 self._reached(done, rng.root())
             self._compare_nodes(nodes)
             if self.progress is not None:
-                self.progress(done, total)
-            if len(rows) < _CHUNK:
+                self.progress(done, max(done, self.integrated))
+            if len(rows) < limit:
                 break
-        if self.integrated > done:
+        return done
+
+    def run(self) -> int:
+        bound, rng = self.integrated, CompactRange()
+        self._reached(0, empty_root())
+        done = self._records(rng, 0, bound)
+        if done < bound:
             raise VerificationError("integrated size exceeds the stored records")
-        if done != total:  # rows at a negative index, or past a gap, are not in the tree
+        # Rows at a negative index are in no tree.
+        if (below := self.store.count_records(self.log_id, below=bound)) != bound:
+            raise VerificationError(f"{below - bound} stored records are outside the log's leaves")
+        if self._next is not None:  # a checkpoint that the records do not reach
+            raise VerificationError(f"checkpoint {self._next.size} does not match the records")
+        if (repeated := self.store.repeated_record(self.log_id, 0, bound)) is not None:
+            raise VerificationError(f"request {repeated[0]} has two {repeated[1]} records "
+                                    "(a signed record stored twice)")
+        try:
+            done = self._rest(rng, bound)
+        except VerificationError:
+            if self._integrated_now() == bound:
+                raise
+            # Appended meanwhile (a running gateway): the log as it stood is what was verified.
+        if self.trusted is not None:
+            self.check_extends(self.trusted)
+        return done
+
+    def _rest(self, rng: CompactRange, bound: int) -> int:
+        """What lies past the integrated size read at the start, checked as it stands: records
+        not integrated yet (the writer integrates them when it starts), no row past a gap, no
+        checkpoint past the records. Returns the count of records checked in all."""
+        self._next = next(self._beyond(bound), None)
+        done = self._records(rng, bound, None)
+        if (total := self.store.count_records(self.log_id)) != done:
             raise VerificationError(f"{total - done} stored records are outside the log's leaves")
-        if (repeated := self.store.repeated_record(self.log_id)) is not None:
+        if done > bound and (repeated := self.store.repeated_record(self.log_id, bound, done)):
             raise VerificationError(f"request {repeated[0]} has two {repeated[1]} records "
                                     "(a signed record stored twice)")
         if self._next is not None:  # a checkpoint over more records than there are
             raise VerificationError(f"checkpoint {self._next.size} does not match the records")
-        if self.trusted is not None:
-            self.check_extends(self.trusted)
         return done
+
+    def _integrated_now(self) -> int | None:
+        return next((size for log_id, _, _, size in self.store.logs() if log_id == self.log_id),
+                    None)
 
     def check_extends(self, trusted: SignedCheckpoint) -> None:
         """The kept checkpoint is a prefix of the records and of the latest stored checkpoint

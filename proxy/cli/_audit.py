@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import json
 import sys
 from pathlib import Path
@@ -106,8 +107,11 @@ def _show(args: argparse.Namespace) -> int:
         row = store.get_record(args.id)
         if row is None:
             return _fail("no such record")
-        envelope = json.loads(bytes(row.envelope))
-        statement = json.loads(base64.b64decode(envelope["payload"]))
+        try:  # shown as stored; `sealgate audit verify` checks its signature
+            envelope = json.loads(bytes(row.envelope))
+            statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
+        except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
+            return _fail(f"record {args.id} is malformed in the store")
         out = {"record_id": row.record_id, "log_id": row.log_id, "leaf_index": row.leaf_index,
                "envelope": envelope, "statement": statement}  # fmt: skip
         print(json.dumps(out, indent=None if args.json else 2, sort_keys=True))
@@ -126,10 +130,10 @@ def _checkpoint(args: argparse.Namespace) -> int:
             if latest is None:
                 continue
             try:  # a stored note is printed only once it verifies under its log's key
-                SignedCheckpoint.parse(latest[2], vkey)
+                signed = SignedCheckpoint.parse(latest[2], vkey)
             except VerificationError as exc:
                 return _fail(f"the latest checkpoint of log {log_id} does not verify: {exc.detail}")
-            notes.append({"log_id": log_id, "vkey": vkey, "size": latest[0], "note": latest[2]})
+            notes.append({"log_id": log_id, "vkey": vkey, "size": signed.size, "note": latest[2]})
         if not notes:
             return _fail("no checkpoint published yet")
         if args.json:

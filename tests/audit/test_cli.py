@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from audit import AuditLog, LogStore, SignedCheckpoint
+from audit import AuditLog, CorruptStore, LogStore, SignedCheckpoint
 from proxy.cli import main
 from tests.audit.conftest import ORIGIN, make_record
 
@@ -125,3 +125,44 @@ def test_audit_commands_read_the_config_file(data_dir: tuple[Path, str], tmp_pat
     assert capsys.readouterr().out.startswith(f"{ORIGIN}\n12\n")
     monkeypatch.setenv("SEALGATE_CONFIG", str(config))
     assert main(["audit", "verify"]) == 0
+
+
+def test_show_and_checkpoint_on_an_edited_store(data_dir: tuple[Path, str],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed stored envelope is a clear error, not a traceback; the checkpoint's size is
+    the signed one, not its table column."""
+    folder, record_id = data_dir
+    store = LogStore.open(f"sqlite:///{folder / 'audit.db'}")
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_records SET envelope = x'7b6e6f74206a736f6e' "
+                          "WHERE record_id = :r"), {"r": record_id})
+        conn.execute(text("UPDATE audit_checkpoints SET size = 1000000 WHERE size = 12"))
+    store.close()
+    assert main(["audit", "show", record_id]) == 1
+    assert f"record {record_id} is malformed in the store" in capsys.readouterr().err
+    assert main(["audit", "checkpoint", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["size"] == 12
+
+
+@pytest.mark.parametrize("stored", ["'a text envelope'", "7"])
+def test_a_mistyped_envelope_is_a_corrupt_store_not_made_up_bytes(
+        data_dir: tuple[Path, str], stored: str) -> None:
+    folder, record_id = data_dir
+    url = f"sqlite:///{folder / 'audit.db'}"
+    store = LogStore.open(url)
+    with store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE audit_records SET envelope = {stored} WHERE record_id = :r"),
+                     {"r": record_id})
+    store.close()
+
+    async def read() -> None:
+        log = await AuditLog.open(url, Ed25519PrivateKey.generate(), "other.test/log")
+        try:
+            with pytest.raises(CorruptStore):
+                await log.get_record(record_id)
+            with pytest.raises(CorruptStore):
+                await log.request_records(make_record(5).fields["tenant"], "req-5")
+        finally:
+            await log.close()
+
+    asyncio.run(read())

@@ -41,6 +41,42 @@ def test_clean_log_verifies_with_progress(populated: tuple[str, str, list[str]])
     assert reports[0].checkpoints >= 5 and seen[-1] == (40, 40)
 
 
+def test_a_log_verifies_while_it_keeps_growing(store_url: str) -> None:
+    """``sealgate audit verify`` against a running gateway's store: records and checkpoints
+    written during the check are no tampering; the log as it stood when the check began is
+    what is verified."""
+
+    async def run() -> list[int]:
+        log = await AuditLog.open(store_url, Ed25519PrivateKey.generate(), ORIGIN,
+                                  checkpoint_every_n=5, checkpoint_every_ms=10)
+        for i in range(200):
+            await log.append(make_record(i))
+        await log.publish()
+        appending = True
+
+        async def append() -> None:
+            i = 200
+            while appending:
+                await log.append(make_record(i))
+                i += 1
+                await asyncio.sleep(0.0005)
+
+        task = asyncio.create_task(append())
+        try:
+            sizes = []
+            for _ in range(3):
+                reports = await asyncio.to_thread(verify_log, LogStore.open(store_url))
+                sizes.append(reports[0].integrated)
+        finally:
+            appending = False
+            await task
+            await log.close()
+        return sizes
+
+    sizes = asyncio.run(run())
+    assert sizes[0] >= 200 and sizes == sorted(sizes) and sizes[-1] > 200
+
+
 def _tamper(url: str, sql: str) -> None:
     store = LogStore.open(url)
     with store.engine.begin() as conn:
