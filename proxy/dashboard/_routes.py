@@ -45,7 +45,9 @@ def _secure(request: Req) -> bool:
     """Served over https, here or at the proxy in front: a chain of proxies lists each hop's
     scheme in X-Forwarded-Proto, the client's first."""
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return request.url.scheme == "https" or forwarded == "https"
+    # The scope's scheme, not request.url's: building the URL parses the Host header, and a
+    # port that is not a number would raise.
+    return request.scope.get("scheme") == "https" or forwarded == "https"
 
 
 def _cookie(request: Req, key: str, value: str, max_age: int | None = None) -> Cookie:

@@ -86,6 +86,14 @@ def test_cookies_are_secure_when_the_client_used_https(traffic: Traffic, proto: 
     assert ("secure" in form.headers["set-cookie"].lower()) is secure
 
 
+@pytest.mark.parametrize("host", ["x:abc", "x:99999999", "[::1"])
+def test_a_host_header_that_is_no_address_is_not_a_500(traffic: Traffic, host: str) -> None:
+    """Setting the sign-in cookies reads the scheme from the connection, never by parsing the
+    Host header (a port that is not a number made that raise)."""
+    form = _client(traffic).get("/dashboard/login", headers={"Host": host})
+    assert form.status_code < 500, form.text
+
+
 def test_html_pages_name_their_charset_once(traffic: Traffic, accounts: Any) -> None:
     client = _sign_in(traffic, "admin1")
     for path in ("/dashboard/login", "/dashboard/", "/dashboard/records?page=0"):
