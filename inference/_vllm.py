@@ -87,15 +87,27 @@ class VLLMConfig:
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
             raise ValueError("timeout_s must be positive")
+        if not 1 <= self.port <= 65535:
+            raise ValueError("port must be from 1 to 65535")
+        for name in ("startup_timeout_s", "health_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_restarts < 0:
+            raise ValueError("max_restarts must be 0 or more")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be 1 or more")
         for arg in self.extra_args:
             if _reserved(arg):
                 raise ValueError(f"extra_args may not set {arg.split('=')[0]}: the gateway fixes "
                                  "the child's address, model and request logging, and what "
                                  "sees its requests")
-        for name in self.env:
+        for name, value in self.env.items():
             if _logs_content(name):
                 raise ValueError(f"env may not set {name}: it turns on request or response "
                                  "logging in vllm, and prompts must never reach its logs")
+            if name.upper() == _LEVEL and str(value).upper() not in _QUIET_LEVELS:
+                raise ValueError(f"env may set {_LEVEL} to INFO or quieter only: at DEBUG, "
+                                 "vllm logs generated text")
 
 
 # Options the gateway sets itself, and options that would let an extra argument see or log
@@ -127,9 +139,18 @@ _ENV_PREFIXES = ("LC_", "VLLM_", "CUDA_", "NVIDIA_", "NCCL_", "HF_", "HUGGINGFAC
                  "TRANSFORMERS_", "TORCH", "PYTORCH_", "TRITON_", "OMP_", "MKL_", "KMP_",
                  "TOKENIZERS_", "XDG_")
 # Name parts of switches that log request or response content, such as vLLM 0.32's
-# VLLM_DEBUG_LOG_API_SERVER_RESPONSE (every response body, i.e. completions, into its output).
+# VLLM_DEBUG_LOG_API_SERVER_RESPONSE (every response body, i.e. completions, into its output),
+# or that change what vLLM logs at all (a logging configuration file can route any logger
+# anywhere, at any level).
 _CONTENT_LOGGING = ("DEBUG_LOG", "LOG_REQUEST", "LOG_RESPONSE", "LOG_API", "LOG_OUTPUT",
-                    "LOG_PROMPT")
+                    "LOG_PROMPT", "LOGGING_CONFIG")
+# At DEBUG, vLLM's tool and reasoning parsers log generated text: the child logs at INFO unless
+# the configured env asks for a quieter level.
+_LEVEL = "VLLM_LOGGING_LEVEL"
+_QUIET_LEVELS = frozenset({"INFO", "WARNING", "ERROR", "CRITICAL"})
+# Name parts of variables that hold credentials: another backend's key, a hub token. The
+# child's own key is the one the gateway sets (VLLM_API_KEY).
+_CREDENTIALS = ("TOKEN", "API_KEY", "APIKEY", "SECRET", "PASSWORD", "CREDENTIAL")
 # No telemetry, no downloads: the child runs offline inside the attested boundary.
 _CHILD_FIXED = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1"}
@@ -140,14 +161,19 @@ def _logs_content(name: str) -> bool:
     return any(part in upper for part in _CONTENT_LOGGING)
 
 
+def _credential(name: str) -> bool:
+    upper = name.upper()
+    return any(part in upper for part in _CREDENTIALS)
+
+
 def _child_env(extra: Mapping[str, str], key: str | None) -> dict[str, str]:
-    """The child's environment: the allow-listed part of the gateway's, less any content
-    logging switch and any inherited ``VLLM_API_KEY`` (the child's key is the one the gateway
-    sends, or none), then ``extra`` (the configured ``env``), the fixed settings and the key."""
+    """The child's environment: the allow-listed part of the gateway's, less any logging switch
+    and any credential (``VLLM_API_KEY`` included: the child's key is the one the gateway sends,
+    or none), then ``extra`` (the configured ``env``), the fixed settings and the key."""
     inherited = {name: value for name, value in os.environ.items()
                  if (name in _ENV_NAMES or name.startswith(_ENV_PREFIXES))
-                 and not _logs_content(name) and name != "VLLM_API_KEY"}
-    env = {**inherited, **extra, **_CHILD_FIXED}
+                 and not _logs_content(name) and not _credential(name) and name != _LEVEL}
+    env = {**inherited, _LEVEL: "INFO", **extra, **_CHILD_FIXED}
     if key is not None:  # the child answers only requests that carry the key
         env["VLLM_API_KEY"] = key
     return env
@@ -260,7 +286,8 @@ class VLLMBackend:
         if not self._config.debug_log:
             yield asyncio.subprocess.DEVNULL
             return
-        with open(self._config.debug_log, "ab") as handle:
+        fd = os.open(self._config.debug_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "ab") as handle:  # owner-only, as every other file the gateway writes
             yield handle
 
     async def _problem(self, process: asyncio.subprocess.Process) -> str | None:

@@ -166,10 +166,26 @@ def test_options_the_gateway_fixes_are_refused(arg: str) -> None:
 
 @pytest.mark.parametrize("name", ["VLLM_DEBUG_LOG_API_SERVER_RESPONSE", "VLLM_LOG_REQUESTS",
                                   "VLLM_LOG_RESPONSES", "VLLM_LOG_API_BODIES", "VLLM_LOG_OUTPUTS",
-                                  "SOME_LOG_PROMPTS", "vllm_debug_log_anything"])
+                                  "SOME_LOG_PROMPTS", "vllm_debug_log_anything",
+                                  "VLLM_LOGGING_CONFIG_PATH"])
 def test_environment_that_turns_on_content_logging_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match=f"env may not set {name}"):
         VLLMConfig(model="m", env={name: "true"})
+
+
+def test_the_child_logs_at_info_or_quieter() -> None:
+    """At DEBUG, vLLM's tool and reasoning parsers log generated text."""
+    with pytest.raises(ValueError, match="VLLM_LOGGING_LEVEL to INFO or quieter only"):
+        VLLMConfig(model="m", env={"VLLM_LOGGING_LEVEL": "debug"})
+    assert VLLMConfig(model="m", env={"VLLM_LOGGING_LEVEL": "WARNING"}).env["VLLM_LOGGING_LEVEL"]
+
+
+@pytest.mark.parametrize("field", [{"port": 0}, {"port": 70000}, {"health_interval_s": 0},
+                                   {"startup_timeout_s": -1}, {"max_restarts": -1},
+                                   {"tensor_parallel_size": 0}])
+def test_out_of_range_settings_are_refused(field: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=f"{next(iter(field))} must be"):
+        VLLMConfig(model="m", **field)  # type: ignore[arg-type]
 
 
 def test_settings_that_log_nothing_are_accepted() -> None:
@@ -332,10 +348,12 @@ def test_the_child_gets_an_allow_listed_environment(stand_in: dict[str, str], tm
     secrets = {"SEALGATE_SESSION_SECRET": "dash-secret", "UPSTREAM_API_KEY_OPENAI": "sk-other",
                "SEALGATE_DATABASE_URL": "postgresql+psycopg://sg:db-pass@db/sg",
                "SG_TEST_VLLM_KEY": "sk-vllm-2b9e", "VLLM_API_KEY": "sk-inherited",
-               "VLLM_DEBUG_LOG_API_SERVER_RESPONSE": "true"}
+               "VLLM_DEBUG_LOG_API_SERVER_RESPONSE": "true", "VLLM_LOGGING_CONFIG_PATH": "/x.json",
+               # credentials under allowed prefixes
+               "NVIDIA_API_KEY": "nvapi-other", "HF_TOKEN": "hf_x"}
     kept = {"CUDA_VISIBLE_DEVICES": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "LC_PAPER": "C",
             "HF_HOME": str(tmp_path)}
-    for name, value in {**secrets, **kept}.items():
+    for name, value in {**secrets, **kept, "VLLM_LOGGING_LEVEL": "DEBUG"}.items():
         monkeypatch.setenv(name, value)
 
     async def run() -> None:
@@ -352,6 +370,7 @@ def test_the_child_gets_an_allow_listed_environment(stand_in: dict[str, str], tm
     assert {name: env.get(name) for name in kept} == kept
     assert env["TORCH_EXTENSIONS_DIR"] == "/x" and env["PATH"] == os.environ["PATH"]
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["VLLM_LOGGING_LEVEL"] == "INFO"  # at DEBUG, vLLM's parsers log generated text
 
 
 class _Squatter(http.server.BaseHTTPRequestHandler):
