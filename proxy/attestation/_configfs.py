@@ -137,7 +137,10 @@ class ConfigfsTsmProvider(EvidenceProvider):
         except OSError as exc:
             raise VerificationError("evidence_unavailable", "cannot write inblob") from exc
         report = self._read(entry / "outblob")
-        aux = self._io.read(entry / "auxblob") or b""
+        try:  # optional: absent on platforms without certificates to add
+            aux = self._io.read(entry / "auxblob") or b""
+        except OSError as exc:
+            raise VerificationError("evidence_unavailable", "cannot read auxblob") from exc
         # Our write bumps generation by exactly one; anything else means another writer.
         if self._generation(entry) != before + 1:
             return None

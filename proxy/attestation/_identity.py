@@ -27,12 +27,17 @@ class TokenBucket:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def allow(self, key: str) -> bool:
-        """Take one token for ``key``; False when none is left."""
+        """Take one token for ``key``; False when none is left. Memory stays bounded: past
+        ``max_keys`` keys the refilled buckets are dropped (they hold nothing a fresh one would
+        not), and while every bucket still owes, a new key waits too (none is forgiven)."""
         now = self._clock()
         tokens, last = self._buckets.get(key, (float(self._burst), now))
         tokens = min(float(self._burst), tokens + (now - last) * self._rate)
         if len(self._buckets) >= self._max_keys and key not in self._buckets:
-            self._buckets.clear()  # bounded memory: forget everyone rather than grow
+            self._buckets = {k: (t, w) for k, (t, w) in self._buckets.items()
+                             if t + (now - w) * self._rate < self._burst}
+            if len(self._buckets) >= self._max_keys:
+                return False
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
             return False

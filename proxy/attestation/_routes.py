@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -49,12 +50,24 @@ def _nonce(payload: Any) -> bytes | None:
     return nonce if NONCE_MIN <= len(nonce) <= NONCE_MAX else None
 
 
+def _client_key(host: str) -> str:
+    """Whose budget a request spends: its IPv4 address, or its IPv6 /64 (one host is given a
+    whole /64, and could otherwise spend a fresh budget from each address)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6 and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address.ipv4_mapped or address)
+
+
 @post(PATH, status_code=200)
 async def post_identity(
     request: Request[Any, Any, Any], identity_service: IdentityService
 ) -> Response[dict[str, Any]]:
     """A fresh identity document whose REPORT_DATA binds the client's nonce."""
-    client = request.client.host if request.client else "unknown"
+    client = _client_key(request.client.host if request.client else "unknown")
     if not identity_service.nonce_limiter.allow(client):
         return _error(429, "too many identity requests; retry later", "rate_limit_error",
                       "rate_limited")

@@ -7,6 +7,7 @@ import functools
 import struct
 import uuid
 from pathlib import Path
+from typing import Any
 from types import SimpleNamespace
 
 import pytest
@@ -46,9 +47,10 @@ class FakeConfigfsTsm(ConfigfsIO):
     """Plays the kernel side of configfs-tsm in a temp dir; can inject races and faults."""
 
     def __init__(self, provider: str, outblob: bytes, auxblob: bytes = b"",
-                 race: int = 0, fail_outblob: bool = False) -> None:
+                 race: int = 0, fail_outblob: bool = False, fail_read: str = "") -> None:
         self.provider, self.outblob, self.auxblob = provider, outblob, auxblob
         self.race, self.fail_outblob = race, fail_outblob
+        self.fail_read = "outblob" if fail_outblob else fail_read  # a blob whose read fails
         self.inblobs: list[bytes] = []
 
     def mkdir(self, path: Path) -> None:
@@ -72,7 +74,7 @@ class FakeConfigfsTsm(ConfigfsIO):
             (entry / "auxblob").write_bytes(self.auxblob)
 
     def read(self, path: Path) -> bytes | None:
-        if self.fail_outblob and path.name == "outblob":
+        if path.name == self.fail_read:
             raise OSError(5, "Input/output error")
         return super().read(path)
 
@@ -125,10 +127,12 @@ def test_generation_race_retries_then_fails(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_outblob_failure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", [{"fail_outblob": True}, {"fail_read": "auxblob"}])
+def test_blob_read_failures_are_evidence_unavailable(tmp_path: Path, fault: dict[str, Any]) -> None:
+    """An I/O error reading either blob is the provider's own error (a 503), never a raw
+    OSError (a 500, and a start-up failing as an internal error)."""
     with pytest.raises(VerificationError) as info:
-        asyncio.run(ConfigfsTsmProvider(tmp_path, io=_snp_fake(fail_outblob=True))
-                    .evidence(bytes(64)))
+        asyncio.run(ConfigfsTsmProvider(tmp_path, io=_snp_fake(**fault)).evidence(bytes(64)))
     assert info.value.code == "evidence_unavailable"
 
 

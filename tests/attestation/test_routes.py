@@ -20,6 +20,8 @@ from proxy.attestation import (
     identity_handlers,
     verify_identity,
 )
+from proxy.attestation._identity import TokenBucket
+from proxy.attestation._routes import _client_key
 
 M = "c3" * 48
 PATH = "/.well-known/sealgate/identity"
@@ -86,6 +88,21 @@ def test_rate_limited(client: TestClient[Litestar]) -> None:
     error = client.post(PATH, json=_nonce(b"r" * 16)).json()["error"]
     assert error["code"] == "rate_limited" and error["type"] == "rate_limit_error"
     assert client.get(PATH).status_code == 200  # the cached document is not limited
+
+
+def test_one_ipv6_host_has_one_budget_and_no_debt_is_forgiven() -> None:
+    """A /64 is one host's: its addresses share a budget. Past the table's size, only buckets
+    that have refilled are dropped; while every one still owes, a newcomer waits too."""
+    now = [0.0]
+    limiter = TokenBucket(rate=1.0, burst=2, max_keys=3, clock=lambda: now[0])
+    hosts = [_client_key(f"2001:db8::{i:x}") for i in range(1, 4)]
+    assert len(set(hosts)) == 1 and _client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert [limiter.allow(h) for h in hosts] == [True, True, False]
+    for key in ("a", "b"):
+        assert limiter.allow(key) and limiter.allow(key)  # three keys, all in debt now
+    assert limiter.allow("c") is False and limiter.allow(hosts[0]) is False
+    now[0] += 10  # every bucket refilled: they go, and room is made
+    assert limiter.allow("c") is True
 
 
 def test_provider_failure_is_503() -> None:
