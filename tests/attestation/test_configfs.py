@@ -7,8 +7,8 @@ import functools
 import struct
 import uuid
 from pathlib import Path
-from typing import Any
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
