@@ -97,6 +97,7 @@ def test_one_ipv6_host_has_one_budget_and_no_debt_is_forgiven() -> None:
     limiter = TokenBucket(rate=1.0, burst=2, max_keys=3, clock=lambda: now[0])
     hosts = [_client_key(f"2001:db8::{i:x}") for i in range(1, 4)]
     assert len(set(hosts)) == 1 and _client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert _client_key("192.0.2.7") == "192.0.2.7" and _client_key("unknown") == "unknown"
     assert [limiter.allow(h) for h in hosts] == [True, True, False]
     for key in ("a", "b"):
         assert limiter.allow(key) and limiter.allow(key)  # three keys, all in debt now

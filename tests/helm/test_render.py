@@ -93,6 +93,10 @@ def test_expected_objects_production(production_render: Rendered) -> None:
     assert hpa["spec"]["minReplicas"] == 3
     # With an HPA the Deployment leaves replicas to it.
     assert "replicas" not in production_render.get("Deployment", "sealgate")["spec"]
+    # Behind the ingress, clients are told apart by its X-Forwarded-For: otherwise one client
+    # could spend every client's identity budget.
+    proxy = production_render.get("Deployment", "sealgate")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in proxy["env"]}["SEALGATE_TRUSTED_PROXIES"]
 
 
 def test_service_monitor_targets_the_proxy_service(production_render: Rendered) -> None:
