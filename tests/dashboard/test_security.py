@@ -99,7 +99,7 @@ def test_a_scoped_reviewer_sees_only_its_policy_versions_and_rules(traffic: Traf
     assert page.status_code == 200
     assert other not in page.text.replace(f"compare={other}", "")  # not offered, not diffed
     assert "other-tenant-secret-terms" not in page.text and 'id="diff"' not in page.text
-    assert data not in page.text and "administrators and auditors only" in page.text
+    assert data not in page.text and "only to accounts not limited to one tenant" in page.text
 
 
 def test_an_unknown_tenant_filter_is_an_error_not_an_empty_answer(traffic: Traffic,
