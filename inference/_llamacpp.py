@@ -330,6 +330,15 @@ def _refuse_unsupported(kind: GenerationKind, body: Mapping[str, Any], caps: _Ca
                                        _PARTS.get(str(kind_), "this content part type"))
         if body.get("tools") and body.get("tool_choice") != "none" and not caps.tools:
             raise _unsupported("tools", "'tools'")
+        response_format = body.get("response_format")
+        if isinstance(response_format, Mapping):
+            json_schema = response_format.get("json_schema")
+            if isinstance(json_schema, Mapping):
+                _check_grammar_schema(json_schema.get("schema"), "response_format")
+        for i, tool in enumerate(body.get("tools") or ()):
+            function = tool.get("function") if isinstance(tool, Mapping) else None
+            if isinstance(function, Mapping):
+                _check_grammar_schema(function.get("parameters"), f"tools[{i}]")
         return
     if body.get("suffix"):
         raise _unsupported("suffix", "'suffix'")
@@ -337,6 +346,49 @@ def _refuse_unsupported(kind: GenerationKind, body: Mapping[str, Any], caps: _Ca
         raise _unsupported("best_of", "'best_of'")
     if body.get("echo") and _echo_prompts(body) is None:
         raise _unsupported("echo", "'echo' with token-id prompts or with logprobs")
+
+
+# The core turns a JSON schema into a grammar. Its converter writes an unanchored ``pattern``
+# to stderr, verbatim (request text in the logs), and then ignores it; and it expands every
+# repetition bound into grammar rules, so a large bound, or a minimum above its maximum (an
+# unsigned underflow there), takes gigabytes. Such schemas are refused before they reach it.
+_REPEAT_BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"))
+_MAX_REPEAT = 4096
+_QUANTIFIER = re.compile(r"\{([0-9]*)(?:(,)([0-9]*))?\}")
+
+
+def _check_grammar_schema(schema: Any, param: str) -> None:
+    """Refuse a schema the core's grammar converter would log or blow up on (above)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, Mapping):
+            continue
+        for low, high in _REPEAT_BOUNDS:
+            bounds = [node.get(k) for k in (low, high)]
+            numbers = [b for b in bounds if isinstance(b, int | float) and not isinstance(b, bool)]
+            if any(not isinstance(b, int) or not 0 <= b <= _MAX_REPEAT for b in numbers) or (
+                    len(numbers) == 2 and numbers[0] > numbers[1]):
+                raise _unsupported(param, f"{low}/{high} outside 0 to {_MAX_REPEAT}, or a "
+                                          "minimum above its maximum, in a JSON schema")
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and not _pattern_ok(pattern):
+            raise _unsupported(param, "a JSON schema pattern that is not anchored (^...$) or "
+                                      f"repeats more than {_MAX_REPEAT} times")
+        stack.extend(node.values())
+
+
+def _pattern_ok(pattern: str) -> bool:
+    if len(pattern) < 2 or not pattern.startswith("^") or not pattern.endswith("$"):
+        return False
+    for low, comma, high in _QUANTIFIER.findall(pattern):
+        bounds = [int(b) for b in (low, high) if b]
+        if any(b > _MAX_REPEAT for b in bounds) or (comma and low and high and int(low) > int(high)):
+            return False
+    return True
 
 
 def _echo_prompts(body: Mapping[str, Any]) -> list[str] | None:

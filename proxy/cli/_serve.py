@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(_announcing(app, banner), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False, server_header=False, date_header=True,
+                    ws="none",  # no WebSocket routes; the ws library echoes bad handshake keys
                     timeout_graceful_shutdown=10, proxy_headers=True,
                     forwarded_allow_ips=settings.trusted_proxy_list)
     except SystemExit:

@@ -184,6 +184,7 @@ def serve_client_proxy(
     origin, gateway_url = gateway_urls(gateway)
     transport = AsyncSealedTransport(gateway_url=gateway_url, key_source=key_source)
     config = uvicorn.Config(
-        ClientProxy(transport, origin), host=host, port=port, access_log=False, log_level="warning"
+        ClientProxy(transport, origin), host=host, port=port, access_log=False, log_level="warning",
+        ws="none",
     )
     uvicorn.Server(config).run()

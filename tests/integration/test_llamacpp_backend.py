@@ -299,6 +299,28 @@ def test_uncompilable_json_schema_is_refused(llama_gateway: Gateway, key: str,
     _refused(llama_gateway, response, "response_format")
 
 
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "pattern": f"{CANARY}-[0-9]{{4}}"},  # not anchored: written to stderr
+    {"type": "string", "minLength": 3, "maxLength": 1},  # took over 20 GB of memory
+    {"type": "string", "maxLength": 200_000},
+    {"type": "array", "items": {"type": "integer"}, "minItems": 100_000},
+    {"type": "object", "properties": {"a": {"type": "string", "pattern": "^a{1,100000}$"}}},
+], ids=["unanchored-pattern", "min-above-max", "long-string", "long-array", "long-pattern"])
+def test_json_schemas_the_grammar_converter_mishandles_are_refused(
+        llama_gateway: Gateway, key: str, schema: dict[str, Any]) -> None:
+    """The core's schema-to-grammar converter prints an unanchored pattern verbatim to stderr
+    (request text in the logs) and then ignores it, and expands repetition bounds into
+    grammar rules (a minimum above the maximum underflowed into gigabytes): refused first."""
+    body = {"messages": HI,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}
+    _refused(llama_gateway, _post(llama_gateway, key, "/v1/chat/completions", body), "response_format")
+    assert "JSON schema conversion" not in llama_gateway.output()
+    anchored = {"type": "string", "pattern": "^[a-z]{1,8}$", "maxLength": 8}
+    body["response_format"]["json_schema"]["schema"] = anchored
+    served = _post(llama_gateway, key, "/v1/chat/completions", body)
+    assert served.status_code == 200, served.text
+
+
 def test_embedding_input_longer_than_a_batch_is_refused(llama_gateway: Gateway, key: str) -> None:
     response = _post(llama_gateway, key, "/v1/embeddings", {"input": f"{CANARY} " * 600})
     _refused(llama_gateway, response, "input")

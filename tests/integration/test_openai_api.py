@@ -324,9 +324,11 @@ def test_content_parts_and_tools_are_checked(gateway: Gateway, api_key: str,
     ("/v1/chat/completions", {"top_k": -2}, "top_k", None),
     ("/v1/chat/completions", {"min_p": 1.5}, "min_p", None),
     ("/v1/embeddings", {"task": "x"}, "task", "unrecognized request argument 'task'"),
-    # A parameter name is request text: named back only when it is an identifier, and never
-    # read back from the decoder's message (which quotes it unescaped).
+    # A parameter name is request text: named back only when it is a known parameter name,
+    # and never read back from the decoder's message (which quotes it unescaped).
     ("/v1/chat/completions", {CANARY: 1}, None, "the request has an unrecognized argument"),
+    ("/v1/chat/completions", {"patient_CANARY_positive": 1}, None,
+     "the request has an unrecognized argument"),
     ("/v1/chat/completions", {"x` - at `$.CANARY": 1}, None,
      "the request has an unrecognized argument"),
     ("/v1/chat/completions", {"x` - at `key` in `$.CANARY": 1}, None,
@@ -423,6 +425,17 @@ def test_client_leaving_whole_answer_cancels_backend(gateway: Gateway, api_key: 
     completion = request_records(gateway, api_key, line["request_id"])["completion"]
     assert completion["status"] == 499 and completion["abort_reason"] == "client_disconnected"
     assert "Traceback" not in gateway.output()
+
+
+def test_a_websocket_upgrade_is_plain_http_and_echoes_nothing(gateway: Gateway) -> None:
+    """No route serves WebSockets: an upgrade is an ordinary request (here refused for its
+    missing key), and a handshake library never answers it by quoting a header."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: CANARY-ws-key\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n")
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 401 ") and b"CANARY" not in head
 
 
 def test_errors_after_admission_name_the_request(gateway: Gateway, api_key: str) -> None:

@@ -298,9 +298,29 @@ _LENGTH = re.compile(r"Expected `[^`]*` of length [<>]=? \d")
 _DATA_URL = re.compile(r"Expected `str` matching regex '\^\[dD\]\[aA\]")
 _KEY_AT = re.compile(r" - at `key` in `\$\.?([^`]*)`$")
 _UNKNOWN = "Object contains unknown field `"
-# An unrecognized parameter is named in the error only when its name is an identifier: a name
-# is request text like any other, and could carry content.
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# An unrecognized parameter is named in the error only when it is a parameter name known from
+# the OpenAI API or the common serving engines: any other name is request text like the rest,
+# and could carry content ("patient_x_hiv_positive" is an identifier too).
+_KNOWN_PARAMETERS = frozenset({
+    # OpenAI: chat completions, completions and embeddings
+    "audio", "best_of", "dimensions", "echo", "encoding_format", "frequency_penalty",
+    "function_call", "functions", "input", "logit_bias", "logprobs", "max_completion_tokens",
+    "max_tokens", "messages", "metadata", "modalities", "model", "moderation", "n",
+    "parallel_tool_calls", "prediction", "presence_penalty", "prompt", "prompt_cache_key",
+    "prompt_cache_options", "prompt_cache_retention", "reasoning_effort", "response_format",
+    "safety_identifier", "seed", "service_tier", "stop", "store", "stream", "stream_options",
+    "suffix", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
+    "web_search_options", "previous_response_id", "conversation", "reasoning", "include",
+    # vLLM, llama.cpp, TGI and other engines' extensions
+    "repetition_penalty", "top_k", "min_p", "typical_p", "length_penalty", "use_beam_search",
+    "ignore_eos", "min_tokens", "skip_special_tokens", "spaces_between_special_tokens",
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+    "structured_outputs", "grammar", "json_schema", "cache_prompt", "id_slot", "mirostat",
+    "mirostat_tau", "mirostat_eta", "truncate_prompt_tokens", "add_special_tokens",
+    "add_generation_prompt", "continue_final_message", "chat_template", "chat_template_kwargs",
+    "documents", "priority", "request_id", "return_tokens_as_token_ids", "kv_transfer_params",
+    "include_reasoning", "thinking", "task", "instruction", "normalize", "truncate",
+})
 
 
 def _unrecognized(body: bytes, schema: type[Any]) -> InvalidRequest:
@@ -313,7 +333,7 @@ def _unrecognized(body: bytes, schema: type[Any]) -> InvalidRequest:
         doc = None
     declared = set(schema.__struct_fields__)
     names = sorted(k for k in doc if k not in declared) if isinstance(doc, dict) else []
-    if names and _IDENTIFIER.fullmatch(names[0]):
+    if names and names[0] in _KNOWN_PARAMETERS:
         return InvalidRequest(f"unrecognized request argument '{names[0]}'", param=names[0])
     return InvalidRequest("the request has an unrecognized argument")
 
