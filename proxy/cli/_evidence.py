@@ -99,7 +99,7 @@ def _export(args: argparse.Namespace) -> int:
         return fail(f"no log signing key in {settings.data_dir}")
     try:
         tenant = None
-        if args.tenant:
+        if args.tenant is not None:  # an empty name (an unset variable) names no tenant
             store = TenantStore(settings.tenants_url)
             try:
                 tenant = store.tenant(args.tenant).pseudonym

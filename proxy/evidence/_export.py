@@ -17,7 +17,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +41,35 @@ from ._state import (
 )
 from ._tree import ProofSource
 
-__all__ = ["FORMAT", "ExportOptions", "build_bundle", "iso", "to_us"]
+__all__ = ["FORMAT", "ExportOptions", "build_bundle", "instant_us", "iso", "to_us"]
 
 FORMAT = "sealgate-evidence/v1"
 MAX_CHECKPOINTS = 64
 Progress = Callable[[str, int, int], None]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_us(when: datetime) -> int:
-    return int(when.astimezone(UTC).timestamp() * 1_000_000)
+    """Microseconds since the epoch, exactly (no float on the way)."""
+    return (when.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 def iso(time_us: int) -> str:
-    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (_EPOCH + timedelta(microseconds=time_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def instant_us(text: str) -> int | None:
+    """An RFC 3339 UTC time (``Z``, any number of fractional digits) as microseconds since the
+    epoch; ``None`` when it is not one. Times compare as numbers, never as strings: ``12:00:00Z``
+    sorts after ``12:00:00.1Z`` as text."""
+    if not isinstance(text, str) or not text.endswith("Z") or not text.isascii():
+        return None
+    try:
+        return to_us(datetime.fromisoformat(text[:-1] + "+00:00"))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from audit import InclusionProof, Receipt, SignedCheckpoint, verify_receipt
 
 from ._archive import MAX_LINE, STREAMED
 from ._errors import BundleInvalid
+from ._export import instant_us
 from ._fields import array, integer, load, obj, string
 from ._verdict import unexpected
 
@@ -93,9 +94,10 @@ class RecordChecks:
         if not isinstance(pred, dict):
             self.fail("record signature", f"leaf {leaf}: not a proof-of-secrecy statement")
             return
-        start, end = self.v.manifest.window
+        start, end = (instant_us(t) for t in self.v.manifest.window)
         tenant = self.v.manifest.tenant
-        if not start <= str(pred.get("time")) < end:
+        when = instant_us(pred.get("time"))  # compared as instants, never as strings
+        if start is None or end is None or when is None or not start <= when < end:
             self.fail("record window", f"leaf {leaf}: time outside the window")
         if tenant is not None and pred.get("tenant") != tenant:
             self.fail("record window", f"leaf {leaf}: record of another tenant")

@@ -22,6 +22,7 @@ from proxy.evidence import (
     persist_identity,
     verify_bundle,
 )
+from proxy.evidence._export import instant_us
 from proxy.evidence._manifest import sign_manifest
 from tests.evidence.conftest import Traffic, export, rezip, unzip, window
 from tests.server import run_cli
@@ -275,6 +276,28 @@ def test_truncated_or_foreign_file_is_not_a_bundle(bundle: bytes) -> None:
         verify_bundle(bundle[: len(bundle) // 2])
     assert str(info.value).startswith("bundle_invalid: ")
     assert not verify_bundle(rezip({"hello.txt": b"x"})).ok
+
+
+def test_an_empty_tenant_name_is_no_tenant_not_every_tenant(traffic: Traffic, tmp_path: Path) -> None:
+    """``--tenant "$T"`` with ``T`` unset: refused, never a bundle of every tenant's records."""
+    start, end = window()
+    run = traffic.gateway.cli("evidence", "export", "--from", start, "--to", end, "--tenant", "",
+                              "-o", str(tmp_path / "b.zip"))
+    assert run.returncode != 0 and "no tenant named ''" in run.stderr
+    assert not (tmp_path / "b.zip").exists()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2020-03-01T12:00:00Z", 1583064000_000000),
+    ("2020-03-01T12:00:00.1Z", 1583064000_100000),
+    ("2020-03-01T12:00:00.100000Z", 1583064000_100000),
+    ("0001-01-01T00:00:00Z", -62135596800_000000),
+    ("2020-03-01T12:00:00", None), ("2020-03-01T12:00:00+01:00", None), ("\uff12020-01-01Z", None),
+])
+def test_record_times_compare_as_instants(text: str, expected: int | None) -> None:
+    """As text, ``12:00:00Z`` sorts after ``12:00:00.1Z`` ('Z' > '.'): an honest record of a
+    writer that omits the fraction was outside its window, and one before it inside."""
+    assert instant_us(text) == expected
 
 
 def test_sampled_and_tenant_bundles(traffic: Traffic, evidence_workdir: Path) -> None:

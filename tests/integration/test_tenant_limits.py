@@ -116,8 +116,15 @@ def test_past_its_requests_per_minute_a_tenant_waits(limited: Gateway) -> None:
     assert error["code"] == "rate_limit_exceeded" and error["type"] == "rate_limit_error"
     # One more every second: the wait is what is left of the one being refilled.
     assert 1 <= int(refused.headers["retry-after"]) <= 60 // PER_MINUTE
-    assert request_records(limited, key, refused.headers["x-request-id"], final="intent",
-                           timeout=1.0) == {}
+    # Refused endpoints too (each would cost a decision and a signed denial record), asked at
+    # once, before the next request refills.
+    also = [httpx.request(method, f"{limited.url}{path}", json={"model": "fast-echo"},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=60)
+            for path, method in (("/v1/fine_tuning/jobs", "POST"), ("/v1/models", "GET"))]
+    assert [r.status_code for r in also] == [429, 429], [r.text for r in also]
+    for response, final in ((refused, "intent"), *((r, "denial") for r in also)):
+        assert request_records(limited, key, response.headers["x-request-id"], final=final,
+                               timeout=1.0) == {}
     assert _post(limited, other, QUICK).status_code == 200
     time.sleep(int(refused.headers["retry-after"]) + 0.2)
     assert _post(limited, key, QUICK).status_code == 200

@@ -134,12 +134,16 @@ class OpenAIService:
         """Authenticate, look the model up (404 if unknown), then let the policy decide (a
         denial is raised and recorded). Nothing is forwarded."""
         ctx, _ = await self._begin(request)
-        route = None if model_id is None else self._router.route(model_id)[0]
-        if route is not None:
-            ctx.endpoint = model_endpoint(route.name)
-        if self.gate is not None:
-            await self.gate.deny_or_pass(ctx, {})
-        return route
+        lease = self._lease(ctx)  # within its tenant's limits, as every other request
+        try:
+            route = None if model_id is None else self._router.route(model_id)[0]
+            if route is not None:
+                ctx.endpoint = model_endpoint(route.name)
+            if self.gate is not None:
+                await self.gate.deny_or_pass(ctx, {})
+            return route
+        finally:
+            lease.release()
 
     def _model(self, route: ModelRoute) -> dict[str, Any]:
         return {"id": route.name, "object": "model", "created": self._created,
@@ -280,12 +284,16 @@ class OpenAIService:
         """Any other ``/v1`` endpoint: the policy decides (training-shaped endpoints are
         denied with their rule id and recorded); anything it allows is still not served here."""
         ctx, raw = await self._begin(request)
-        params: dict[str, Any] = {}
-        if request.method in ("POST", "PUT", "PATCH"):
-            params = _body_fields(raw, request.headers.get("content-type", ""))
-        params.update({k: v for k, v in request.query_params.items() if k == "purpose"})
-        if self.gate is not None:
-            await self.gate.deny_or_pass(ctx, params)
+        lease = self._lease(ctx)  # each decision is a signed record: within the tenant's limits
+        try:
+            params: dict[str, Any] = {}
+            if request.method in ("POST", "PUT", "PATCH"):
+                params = _body_fields(raw, request.headers.get("content-type", ""))
+            params.update({k: v for k, v in request.query_params.items() if k == "purpose"})
+            if self.gate is not None:
+                await self.gate.deny_or_pass(ctx, params)
+        finally:
+            lease.release()
         raise NotFound("this endpoint is not served by this gateway", code="unsupported_endpoint")
 
     # -- embeddings ---------------------------------------------------------------------------
