@@ -60,7 +60,7 @@ def iso(time_us: int) -> str:
     return (_EPOCH + timedelta(microseconds=time_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def instant_us(text: str) -> int | None:
+def instant_us(text: object) -> int | None:
     """An RFC 3339 UTC time (``Z``, any number of fractional digits) as microseconds since the
     epoch; ``None`` when it is not one. Times compare as numbers, never as strings: ``12:00:00Z``
     sorts after ``12:00:00.1Z`` as text."""
