@@ -49,6 +49,10 @@ _KNOWN_REQUEST, _KNOWN_RESPONSE, _INDET_REQUEST, _INDET_RESPONSE = 0, 1, 2, 3
 # and no leading or trailing space or tab.
 _BAD_NAME = re.compile(rb"[\x00-\x20A-Z:\x7f-\xff]")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+# Field lines in one section. RFC 9292 sets no limit; HTTP servers do (a few hundred headers).
+# Each line costs a decode step before any authentication, so a megabyte of one-byte lines would
+# hold the event loop for most of a second.
+MAX_FIELD_LINES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +226,8 @@ def _read_lines(reader: Reader, *, until_zero: bool) -> Fields:
             if until_zero:
                 break
             raise bhttp_malformed("empty field name")
+        if len(fields) == MAX_FIELD_LINES:
+            raise bhttp_malformed(f"more than {MAX_FIELD_LINES} field lines in a section")
         name = reader.take(name_len)
         value = reader.take(reader.varint())
         if _BAD_NAME.search(name):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.ohttp import (
+    BHTTPRequest,
     ChunkedRequestOpener,
     ChunkedRequestSealer,
     ChunkedResponseOpener,
@@ -14,8 +15,11 @@ from proxy.ohttp import (
     OHTTPError,
     decapsulate_request,
     decode_key_configs,
+    decode_request,
     encapsulate_request,
+    encode_request,
 )
+from proxy.ohttp._bhttp import MAX_FIELD_LINES
 
 DECRYPT = "ohttp_decrypt_failed: message could not be decrypted"
 REQUEST = b"\x00\x04POST\x05https\x09localhost\x01/" + b"x" * 64
@@ -154,3 +158,17 @@ def test_chunk_of_the_largest_size_opens_however_it_arrives(key: GatewayKey, spl
 )
 def test_malformed_key_configs(data: bytes) -> None:
     assert _error(decode_key_configs, data).code == "ohttp_key_config_malformed"
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_a_section_of_too_many_field_lines_is_malformed(known: bool) -> None:
+    """A megabyte of one-byte field lines decodes before any authentication: past the cap the
+    decoder stops, with the codec's own error."""
+    many = tuple((b"x", b"") for _ in range(MAX_FIELD_LINES + 1))
+    request = BHTTPRequest(b"POST", b"https", b"x", b"/v1/chat/completions", many, b"{}")
+    data = encode_request(request, indeterminate=not known)
+    with pytest.raises(OHTTPError) as info:
+        decode_request(data)
+    assert info.value.code == "bhttp_malformed"
+    fits = BHTTPRequest(b"POST", b"https", b"x", b"/", many[:MAX_FIELD_LINES], b"{}")
+    assert decode_request(encode_request(fits, indeterminate=not known)).headers == fits.headers
