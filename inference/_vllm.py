@@ -102,7 +102,7 @@ class VLLMConfig:
                                  "the child's address, model and request logging, and what "
                                  "sees its requests")
         for name, value in self.env.items():
-            if _logs_content(name):
+            if _named(name, _CONTENT_LOGGING):
                 raise ValueError(f"env may not set {name}: it turns on request or response "
                                  "logging in vllm, and prompts must never reach its logs")
             if name.upper() == _LEVEL and str(value).upper() not in _QUIET_LEVELS:
@@ -156,14 +156,10 @@ _CHILD_FIXED = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE
                 "TRANSFORMERS_OFFLINE": "1"}
 
 
-def _logs_content(name: str) -> bool:
+def _named(name: str, parts: tuple[str, ...]) -> bool:
+    """Whether the variable ``name`` contains one of ``parts`` (any case)."""
     upper = name.upper()
-    return any(part in upper for part in _CONTENT_LOGGING)
-
-
-def _credential(name: str) -> bool:
-    upper = name.upper()
-    return any(part in upper for part in _CREDENTIALS)
+    return any(part in upper for part in parts)
 
 
 def _child_env(extra: Mapping[str, str], key: str | None) -> dict[str, str]:
@@ -172,7 +168,7 @@ def _child_env(extra: Mapping[str, str], key: str | None) -> dict[str, str]:
     or none), then ``extra`` (the configured ``env``), the fixed settings and the key."""
     inherited = {name: value for name, value in os.environ.items()
                  if (name in _ENV_NAMES or name.startswith(_ENV_PREFIXES))
-                 and not _logs_content(name) and not _credential(name) and name != _LEVEL}
+                 and not _named(name, _CONTENT_LOGGING + _CREDENTIALS) and name != _LEVEL}
     env = {**inherited, _LEVEL: "INFO", **extra, **_CHILD_FIXED}
     if key is not None:  # the child answers only requests that carry the key
         env["VLLM_API_KEY"] = key

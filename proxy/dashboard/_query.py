@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, time, timedelta
 
+from proxy.evidence._export import to_us as time_us  # exact microseconds since the epoch
+
 __all__ = ["DECISIONS", "KINDS", "MAX_PAGE", "RECORD_ID", "BadQuery", "page_number", "text_value",
            "time_us", "when"]
 
@@ -69,6 +71,3 @@ def when(name: str, text: str | None, *, end: bool = False) -> datetime | None:
     return value + timedelta(days=1) if day is not None and end else value
 
 
-def time_us(value: datetime) -> int:
-    """Microseconds since the epoch, exactly (no float rounding), of a checked time."""
-    return (value - _EPOCH) // timedelta(microseconds=1)

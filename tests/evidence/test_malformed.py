@@ -373,17 +373,21 @@ def test_cli_escapes_names_the_manifest_lists(bundle: bytes, tmp_path: Path,
     assert any(c["file"] == _FORGED for c in json.loads(out)["checks"])
 
 
+def _verified_with_peak(data: bytes) -> tuple[BundleVerdict, int]:
+    """The verdict on ``data`` and the most memory Python held while reaching it."""
+    tracemalloc.start()
+    try:
+        verdict = verify_bundle(data, allow_simulated=True)
+        return verdict, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_records_are_read_in_bounded_memory(bundle: bytes) -> None:
     """records.jsonl is streamed line by line: 9 MiB of it never sits in memory at once."""
     rng = random.Random(0)
     junk = b"".join(rng.randbytes(3000).hex().encode() + b"\n" for _ in range(1500))
-    data = rezip({**unzip(bundle), "records/records.jsonl": junk})
-    tracemalloc.start()
-    try:
-        verdict = verify_bundle(data, allow_simulated=True)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    verdict, peak = _verified_with_peak(rezip({**unzip(bundle), "records/records.jsonl": junk}))
     assert not verdict.ok and "record signature" in {c.name for c in verdict.failures}
     assert peak < len(junk) // 3, peak
 
@@ -391,13 +395,7 @@ def test_records_are_read_in_bounded_memory(bundle: bytes) -> None:
 def test_a_member_is_never_inflated_past_its_declared_size(bundle: bytes) -> None:
     """``ZipFile.read`` inflates a member's whole stream before cutting it to the declared
     size: 256 MiB here, for a member declared as 1,000 bytes. Read by pieces, it stays small."""
-    data = _lying_bomb(unzip(bundle))
-    tracemalloc.start()
-    try:
-        verdict = verify_bundle(data, allow_simulated=True)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    verdict, peak = _verified_with_peak(_lying_bomb(unzip(bundle)))
     assert not verdict.ok  # report.html is not the one the manifest lists
     assert peak < 32 << 20, peak
 
