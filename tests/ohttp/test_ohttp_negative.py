@@ -20,6 +20,7 @@ from proxy.ohttp import (
     encode_request,
 )
 from proxy.ohttp._bhttp import MAX_FIELD_LINES
+from proxy.ohttp._chunked import MAX_REQUEST_CHUNKS
 
 DECRYPT = "ohttp_decrypt_failed: message could not be decrypted"
 REQUEST = b"\x00\x04POST\x05https\x09localhost\x01/" + b"x" * 64
@@ -172,3 +173,21 @@ def test_a_section_of_too_many_field_lines_is_malformed(known: bool) -> None:
     assert info.value.code == "bhttp_malformed"
     fits = BHTTPRequest(b"POST", b"https", b"x", b"/", many[:MAX_FIELD_LINES], b"{}")
     assert decode_request(encode_request(fits, indeterminate=not known)).headers == fits.headers
+
+
+def _chunked(key: GatewayKey, pieces: int) -> bytes:
+    sealer = ChunkedRequestSealer(key.config)
+    body = b"".join(sealer.seal(b"x") for _ in range(pieces - 1))
+    return body + sealer.seal(b"y", final=True)
+
+
+def test_a_request_of_too_many_chunks_is_malformed(key: GatewayKey) -> None:
+    """Every chunk costs an HPKE open before anything is authenticated: past the cap the opener
+    stops at the framing, before opening any chunk of the body."""
+    opener = ChunkedRequestOpener({7: key}.get)
+    with pytest.raises(OHTTPError) as info:
+        opener.feed(_chunked(key, MAX_REQUEST_CHUNKS + 1))
+    assert info.value.code == "ohttp_malformed" and info.value.status == 400
+    fits = ChunkedRequestOpener({7: key}.get)
+    opened = fits.feed(_chunked(key, MAX_REQUEST_CHUNKS))
+    assert b"".join(opened) + fits.close() == b"x" * (MAX_REQUEST_CHUNKS - 1) + b"y"
