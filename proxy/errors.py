@@ -7,7 +7,7 @@ attributes and are mapped here too; anything else is an internal error with no d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -29,6 +29,7 @@ __all__ = [
     "SealgateError",
     "error_envelope",
     "exception_handler",
+    "observe_errors",
     "set_error_headers",
 ]
 
@@ -112,6 +113,7 @@ class ClientDisconnected(SealgateError):
 
 
 _HEADERS_KEY = "sealgate.error_headers"
+_OBSERVER_KEY = "sealgate.error_observer"
 
 
 def set_error_headers(scope: Mapping[str, Any], headers: Mapping[str, str]) -> None:
@@ -121,6 +123,14 @@ def set_error_headers(scope: Mapping[str, Any], headers: Mapping[str, str]) -> N
     state = scope.get("state")
     if isinstance(state, dict):
         state[_HEADERS_KEY] = headers
+
+
+def observe_errors(scope: Mapping[str, Any], observer: Callable[[int, str], None]) -> None:
+    """``observer(status, code)`` learns the error answer this request gets, if it gets one,
+    so that the request log and metrics count failures too. Kept in the scope's ``state``."""
+    state = scope.get("state")
+    if isinstance(state, dict):
+        state[_OBSERVER_KEY] = observer
 
 
 def error_envelope(message: str, type_: str, code: str, param: str | None = None) -> dict[str, Any]:
@@ -146,14 +156,19 @@ _HTTP_CODES = {
 
 def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Map any exception to the OpenAI envelope. Messages never include request content."""
-    response = _mapped(exc)
-    extra = (request.scope.get("state") or {}).get(_HEADERS_KEY)
+    response, code = _mapped(exc)
+    state = request.scope.get("state") or {}
+    extra = state.get(_HEADERS_KEY)
     if extra:
         response.headers.update(extra)
+    observer = state.get(_OBSERVER_KEY)
+    if observer is not None:
+        observer(response.status_code, code)
     return response
 
 
-def _mapped(exc: Exception) -> Response[bytes]:
+def _mapped(exc: Exception) -> tuple[Response[bytes], str]:
+    """The answer to ``exc`` and its error code."""
     code = getattr(exc, "code", None)
     status = getattr(exc, "status", None)
     if isinstance(code, str) and isinstance(status, int):
@@ -162,16 +177,16 @@ def _mapped(exc: Exception) -> Response[bytes]:
         body = error_envelope(str(detail), str(type_), code, getattr(exc, "param", None))
         retry_after = getattr(exc, "retry_after", 1)
         headers = {"Retry-After": str(retry_after)} if status in (429, 503) else None
-        return _json(status, body, headers)
+        return _json(status, body, headers), code
     if isinstance(exc, ValidationException):
         return _json(400, error_envelope("the request is invalid", "invalid_request_error",
-                                         "invalid_request_error"))
+                                         "invalid_request_error")), "invalid_request_error"
     if isinstance(exc, HTTPException):
         type_, http_code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", "bad_request"))
         if exc.status_code >= 500:
             type_, http_code = "api_error", "internal_error"
         message = exc.detail if exc.status_code < 500 else "internal error"
         return _json(exc.status_code, error_envelope(str(message), type_, http_code),
-                     dict(exc.headers or {}))
+                     dict(exc.headers or {})), http_code
     _log.error("unhandled_error", error_type=type(exc).__name__)
-    return _json(500, error_envelope("internal error", "api_error", "internal_error"))
+    return _json(500, error_envelope("internal error", "api_error", "internal_error")), "internal_error"

@@ -83,14 +83,12 @@ class CallContext:
     tenant: Tenant | None = None
     route: ModelRoute | None = None
     request_commitment: str | None = None
+    logged: bool = False
+    """Whether the request's log line was written (``Outcome.log``)."""
 
     @classmethod
-    def begin(cls, request: Request[Any, Any, Any], *, allow_plaintext: bool) -> CallContext:
+    def begin(cls, request: Request[Any, Any, Any]) -> CallContext:
         marker = sealed_channel(request.scope)
-        if marker is None and not allow_plaintext:
-            raise SealedChannelRequired(
-                "this endpoint carries content and is served only through the sealed "
-                "channel (Oblivious HTTP at /.well-known/ohttp-gateway)")
         path = request.scope.get("root_path", "") + request.scope["path"]
         return cls(
             request_id="req_" + secrets.token_hex(12),
@@ -102,6 +100,12 @@ class CallContext:
             # every record still binds the exact bytes without revealing anything.
             commitment_key=marker.commitment_key if marker else secrets.token_bytes(32),
         )
+
+    def check_channel(self, allow_plaintext: bool) -> None:
+        if self.channel == "plaintext" and not allow_plaintext:
+            raise SealedChannelRequired(
+                "this endpoint carries content and is served only through the sealed "
+                "channel (Oblivious HTTP at /.well-known/ohttp-gateway)")
 
     def commit_request(self, body: bytes) -> None:
         if self.commitment_key is not None:
@@ -153,6 +157,7 @@ class Outcome:
     ttft_ms: float | None = None
 
     def log(self, ctx: CallContext, metrics: Metrics | None = None) -> None:
+        ctx.logged = True
         if metrics is not None:
             metrics.observe(ctx.endpoint, ctx.route.name if ctx.route else None, ctx.channel,
                             self.status, ctx.elapsed_ms(), self.prompt_tokens,

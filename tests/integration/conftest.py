@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +127,19 @@ def request_records(gw: Gateway, key: str, request_id: str, final: str = "comple
         if final in found or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
+
+
+_COUNTER = re.compile(r'sealgate_requests_total\{endpoint="([^"]*)",model="([^"]*)",'
+                      r'channel="([^"]*)",status="([^"]*)"\} (\d+)')
+
+
+def request_counts(gw: Gateway) -> dict[tuple[str, str, str, int], int]:
+    """``sealgate_requests_total`` by (endpoint, model, channel, status), from ``/metrics``."""
+    text = httpx.get(f"{gw.url}/metrics").text
+    return {(e, m, c, int(s)): int(n) for e, m, c, s, n in _COUNTER.findall(text)}
+
+
+def request_log(gw: Gateway, request_id: str) -> list[dict[str, Any]]:
+    """The gateway's ``request`` log lines for one request id."""
+    lines = (json.loads(line) for line in gw.output().splitlines() if request_id in line)
+    return [line for line in lines if line.get("event") == "request"]

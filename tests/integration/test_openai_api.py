@@ -15,7 +15,7 @@ import yaml
 
 from proxy.gateway import GATEWAY_PATH
 from proxy.ohttp import BHTTPRequest, decode_key_configs, encapsulate_request, encode_request
-from tests.integration.conftest import MODEL, request_records
+from tests.integration.conftest import MODEL, request_counts, request_log, request_records
 from tests.server import Gateway, Proc
 
 pytestmark = pytest.mark.timeout(300)
@@ -260,6 +260,34 @@ def test_health_and_openapi(gateway: Gateway) -> None:
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'sealgate_requests_total{endpoint="/v1/chat/completions"' in metrics
     assert "sealgate_tokens_total" in metrics
+
+
+def test_failed_requests_are_logged_and_counted(gateway: Gateway, api_key: str) -> None:
+    """Every answer of a content endpoint is one request log line and one count, failures
+    included, labelled by its error code and never by its content."""
+    chat = b'{"model": "%s", "messages": [{"role": "user", "content": "CANARY-fail"}]}' % MODEL.encode()
+    cases = [  # path, body, key, status, code, the counter's endpoint and model labels
+        ("/v1/chat/completions", chat, "sk-wrong", 401, "invalid_api_key",
+         "/v1/chat/completions", "none"),
+        ("/v1/chat/completions", b'{"model": ', api_key, 400, "invalid_json",
+         "/v1/chat/completions", "none"),
+        ("/v1/chat/completions", chat.replace(MODEL.encode(), b"CANARY-model"), api_key, 404,
+         "model_not_found", "/v1/chat/completions", "none"),
+        ("/v1/fine_tuning/jobs", b'{"model": "CANARY-ft"}', api_key, 403, "policy_denied",
+         "other", "none"),
+    ]
+    before = request_counts(gateway)
+    for path, body, key, status, code, endpoint, model in cases:
+        response = _post(gateway, path, body, key)
+        assert response.status_code == status and _error(response)["code"] == code
+        lines = request_log(gateway, response.headers["x-request-id"])
+        assert len(lines) == 1 and lines[0]["status"] == status and lines[0]["reason"] == code
+        labels = (endpoint, model, "plaintext", status)
+        assert request_counts(gateway).get(labels, 0) == before.get(labels, 0) + 1, labels
+    listed = httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {api_key}"})
+    assert listed.status_code == 200
+    assert request_log(gateway, listed.headers["x-request-id"])[0]["status"] == 200
+    assert "CANARY" not in gateway.output() + httpx.get(f"{gateway.url}/metrics").text
 
 
 # -- values never echoed, whatever they contain ---------------------------------------------

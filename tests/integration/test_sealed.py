@@ -24,7 +24,7 @@ from proxy.client import (
     verify_request_records,
     verify_response_receipt,
 )
-from tests.integration.conftest import MODEL, gateway_config
+from tests.integration.conftest import MODEL, gateway_config, request_counts, request_log
 from tests.ohttp._apps import RecordingTCPRelay
 from tests.server import ROOT, Gateway, Proc, free_port, start_gateway, wait_http
 
@@ -65,10 +65,15 @@ def test_plaintext_is_refused_for_content(sealed_gateway: Gateway, sealed_key: s
     auth = {"Authorization": f"Bearer {sealed_key}"}
     for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
                          ("POST", "/v1/completions"), ("POST", "/v1/embeddings")):
+        before = request_counts(sealed_gateway).get((path, "none", "plaintext", 403), 0)
         response = httpx.request(method, f"{sealed_gateway.url}{path}", headers=auth,
                                  json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
         assert response.status_code == 403, path
         assert response.json()["error"]["code"] == "sealed_channel_required"
+        # Refused before authentication, and still one log line and one count.
+        line, = request_log(sealed_gateway, response.headers["x-request-id"])
+        assert line["reason"] == "sealed_channel_required" and line["tenant"] is None
+        assert request_counts(sealed_gateway)[(path, "none", "plaintext", 403)] == before + 1
 
 
 def test_content_free_endpoints_stay_plain(sealed_gateway: Gateway) -> None:

@@ -15,14 +15,15 @@ _DOC = "Content endpoint: sealed channel (OHTTP) and a tenant API key required."
 
 
 @get("/v1/models", summary="List models", description=_DOC, tags=["openai"])
-async def list_models(request: Request[Any, Any, Any], openai_service: OpenAIService) -> dict[str, Any]:
+async def list_models(request: Request[Any, Any, Any],
+                      openai_service: OpenAIService) -> Response[dict[str, Any]]:
     return await openai_service.models(request)
 
 
 # A path parameter: model names may hold "/" (organisation/model), as served ones do.
 @get("/v1/models/{model_id:path}", summary="Retrieve model", description=_DOC, tags=["openai"])
 async def retrieve_model(request: Request[Any, Any, Any], openai_service: OpenAIService,
-                         model_id: Path) -> dict[str, Any]:
+                         model_id: Path) -> Response[dict[str, Any]]:
     return await openai_service.model(request, str(model_id).lstrip("/"))
 
 

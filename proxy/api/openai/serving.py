@@ -8,6 +8,7 @@ import hmac
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -23,7 +24,13 @@ from proxy.api.openai.protocol import (
     EmbeddingRequest,
     decode_request,
 )
-from proxy.errors import ClientDisconnected, NotFound, RequestTooLarge, set_error_headers
+from proxy.errors import (
+    ClientDisconnected,
+    NotFound,
+    RequestTooLarge,
+    observe_errors,
+    set_error_headers,
+)
 from proxy.pipeline import Admission, CallContext, Outcome, ResponseCommitment, model_endpoint
 from proxy.streams import closing_stream
 from proxy.telemetry import Metrics
@@ -76,8 +83,10 @@ class OpenAIService:
         self._scope_key = secrets.token_bytes(32)
 
     async def _begin(self, request: Request[Any, Any, Any]) -> tuple[CallContext, bytes]:
-        ctx = CallContext.begin(request, allow_plaintext=self._allow_plaintext)
+        ctx = CallContext.begin(request)
+        observe_errors(request.scope, partial(self._failed, ctx))
         set_error_headers(request.scope, _headers(ctx, None))
+        ctx.check_channel(self._allow_plaintext)
         ctx.tenant = self._tenants.authenticate(request.headers.get("authorization"))
         body = await request.body()
         if len(body) > self._max_body:
@@ -90,6 +99,11 @@ class OpenAIService:
         admission = Admission() if self.gate is None else await self.gate.admit(ctx, params)
         set_error_headers(request.scope, _headers(ctx, admission))
         return admission
+
+    def _failed(self, ctx: CallContext, status: int, code: str) -> None:
+        """The request's error answer, logged and counted unless its end already was."""
+        if not ctx.logged:
+            Outcome(status, aborted=code).log(ctx, self.metrics)
 
     def _lease(self, ctx: CallContext) -> Lease:
         """The request's place among its tenant's requests in flight (429 past the limits)."""
@@ -120,17 +134,18 @@ class OpenAIService:
             await self.gate.finish(ctx, admission, outcome)
 
     # -- models -------------------------------------------------------------------------------
-    async def models(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        await self._decided(request)
-        return {"object": "list", "data": [self._model(r) for r in self._router.routes]}
+    async def models(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        ctx, _ = await self._decided(request)
+        listing = {"object": "list", "data": [self._model(r) for r in self._router.routes]}
+        return Response(listing, headers=_headers(ctx, None))
 
-    async def model(self, request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
-        route = await self._decided(request, model_id)
+    async def model(self, request: Request[Any, Any, Any], model_id: str) -> Response[dict[str, Any]]:
+        ctx, route = await self._decided(request, model_id)
         assert route is not None
-        return self._model(route)
+        return Response(self._model(route), headers=_headers(ctx, None))
 
     async def _decided(self, request: Request[Any, Any, Any],
-                       model_id: str | None = None) -> ModelRoute | None:
+                       model_id: str | None = None) -> tuple[CallContext, ModelRoute | None]:
         """Authenticate, look the model up (404 if unknown), then let the policy decide (a
         denial is raised and recorded). Nothing is forwarded."""
         ctx, _ = await self._begin(request)
@@ -141,7 +156,8 @@ class OpenAIService:
                 ctx.endpoint = model_endpoint(route.name)
             if self.gate is not None:
                 await self.gate.deny_or_pass(ctx, {})
-            return route
+            Outcome(200).log(ctx, self.metrics)
+            return ctx, route
         finally:
             lease.release()
 
