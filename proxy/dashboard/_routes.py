@@ -55,8 +55,8 @@ def _cookie(request: Req, key: str, value: str, max_age: int | None = None) -> C
                   secure=_secure(request), max_age=max_age)
 
 
-def _viewer(request: Req, dashboard: DashboardService) -> Viewer:
-    viewer = dashboard.viewer(request.cookies.get(SESSION))
+async def _viewer(request: Req, dashboard: DashboardService) -> Viewer:
+    viewer = await dashboard.viewer(request.cookies.get(SESSION))
     if viewer is None:
         raise LoginRequired
     return viewer
@@ -114,7 +114,7 @@ async def login(request: Req, dashboard: DashboardService) -> Response[str]:
 
 @post("/logout", include_in_schema=False, status_code=200)
 async def logout(request: Req, dashboard: DashboardService) -> Response[str]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     form = await _form(request)
     if not dashboard.sessions.check_csrf(viewer.nonce, form.get("csrf")):
         return _page("error.html", viewer, "", 403, message="Invalid form token.")
@@ -126,17 +126,18 @@ async def logout(request: Req, dashboard: DashboardService) -> Response[str]:
 
 @get("/", include_in_schema=False)
 async def overview_page(request: Req, dashboard: DashboardService) -> Response[str]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     index = await dashboard.index()
-    data = overview(index, viewer.scope, dashboard.tenant_names())
+    data = overview(index, viewer.scope, await dashboard.tenant_names())
     return _page("overview.html", viewer, "overview", index_behind=await dashboard.index_behind(index),
                  **data)
 
 
-def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None) -> str | None:
+async def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str | None) -> str | None:
     if not name:
         return viewer.scope
-    tenants: dict[str, Tenant] = {t.name: t for t in dashboard.tenants.tenants()}
+    listed = await asyncio.to_thread(dashboard.tenants.tenants)
+    tenants: dict[str, Tenant] = {t.name: t for t in listed}
     found = tenants.get(name)
     # A scoped viewer learns nothing from a name: unknown or another tenant's, the same 403.
     if viewer.scope is not None and (found is None or found.pseudonym != viewer.scope):
@@ -165,11 +166,11 @@ async def records_page(
     start: str | None = Parameter(query="from", default=None),
     end: str | None = Parameter(query="to", default=None), page: str | None = None,
 ) -> Response[str]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     params = {"tenant": tenant_name or "", "decision": decision or "", "kind": kind or "",
               "model": model or "", "from": start or "", "to": end or ""}
     try:
-        pseudonym = _scoped_tenant(dashboard, viewer, text_value("tenant", tenant_name))
+        pseudonym = await _scoped_tenant(dashboard, viewer, text_value("tenant", tenant_name))
         f = _record_filter(pseudonym, params, page)
     except BadQuery as exc:
         return _page("error.html", viewer, "records", 400, message=str(exc))
@@ -177,7 +178,7 @@ async def records_page(
         return _page("error.html", viewer, "records", 403, message="Not your tenant.")
     log = dashboard.audit
     rows, total = await asyncio.to_thread(query_records, log.store, log.log_id, f)
-    names = dashboard.tenant_names()
+    names = await dashboard.tenant_names()
     return _page("records.html", viewer, "records", rows=rows, total=total, page=f.page,
                  pages=max(1, -(-total // PAGE_SIZE)), params=params, names=names, fmt=fmt_us,
                  tenants=sorted(names.values()) if viewer.scope is None else [])
@@ -185,41 +186,41 @@ async def records_page(
 
 @get("/records/{record_id:str}", include_in_schema=False)
 async def record_detail(request: Req, dashboard: DashboardService, record_id: str) -> Response[str]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     data = await record_page(dashboard, viewer, record_id) if RECORD_ID.fullmatch(record_id) else None
     if data is None:
         return _page("error.html", viewer, "records", 404, message="No such record.")
-    return _page("record.html", viewer, "records", names=dashboard.tenant_names(), **data)
+    return _page("record.html", viewer, "records", names=await dashboard.tenant_names(), **data)
 
 
 @get("/policies", include_in_schema=False)
 async def policies(request: Req, dashboard: DashboardService,
                    compare: str | None = None) -> Response[str]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     return _page("policies.html", viewer, "policies",
                  **await policies_page(dashboard, viewer, compare))
 
 
 @get("/enclave", include_in_schema=False)
 async def enclave(request: Req, dashboard: DashboardService) -> Response[str]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     return _page("enclave.html", viewer, "enclave", **await enclave_page(dashboard, viewer))
 
 
 @get("/health", include_in_schema=False)
 async def health(request: Req, dashboard: DashboardService) -> Response[str]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     return _page("health.html", viewer, "health", **await health_page(dashboard))
 
 
 @get("/export", include_in_schema=False)
 async def export_form(request: Req, dashboard: DashboardService) -> Response[str]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     if not viewer.can_export:
         return _page("error.html", viewer, "export", 403, message="Auditors and admins only.")
     today = datetime.now(UTC).date()
     return _page("export.html", viewer, "export", start=(today - timedelta(days=30)).isoformat(),
-                 end=today.isoformat(), tenants=sorted(dashboard.tenant_names().values()),
+                 end=today.isoformat(), tenants=sorted((await dashboard.tenant_names()).values()),
                  error=None)
 
 
@@ -241,7 +242,7 @@ def _export_problem(exc: Exception) -> str:
 
 @post("/export", include_in_schema=False, status_code=200)
 async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
-    viewer = _viewer(request, dashboard)
+    viewer = await _viewer(request, dashboard)
     form = await _form(request)
     if not viewer.can_export:
         return _page("error.html", viewer, "export", 403, message="Auditors and admins only.")
@@ -249,7 +250,7 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
         return _page("error.html", viewer, "export", 403, message="Invalid form token.")
     try:
         start, end = _window(form)
-        tenant = _scoped_tenant(dashboard, viewer, text_value("tenant", str(form.get("tenant") or "")))
+        tenant = await _scoped_tenant(dashboard, viewer, text_value("tenant", str(form.get("tenant") or "")))
         options = ExportOptions(start, end, tenant, None, await dashboard.identity.document(),
                                 dashboard.bundle())
         log = dashboard.audit

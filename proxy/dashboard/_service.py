@@ -101,11 +101,15 @@ class DashboardService:
         return max(await asyncio.to_thread(self.audit.store.next_index, index.log_id)
                    - index.next_leaf, 0)
 
-    def tenant_names(self) -> dict[str, str]:
-        """Pseudonym → tenant name."""
-        return {t.pseudonym: t.name for t in self.tenants.tenants()}
+    async def tenant_names(self) -> dict[str, str]:
+        """Pseudonym → tenant name (read off the event loop: the database may be remote)."""
+        return {t.pseudonym: t.name for t in await asyncio.to_thread(self.tenants.tenants)}
 
-    def viewer(self, cookie: str | None) -> Viewer | None:
+    async def viewer(self, cookie: str | None) -> Viewer | None:
+        """The signed-in user of a session cookie (read off the event loop)."""
+        return await asyncio.to_thread(self._viewer, cookie)
+
+    def _viewer(self, cookie: str | None) -> Viewer | None:
         """The signed-in user of a session cookie: signed, unexpired and not signed out."""
         claims = self.sessions.read(cookie)
         if claims is None:
