@@ -10,6 +10,8 @@ from email.utils import formatdate
 import httpx2
 
 from proxy.ohttp import (
+    BAD_FIELD_NAME,
+    BAD_FIELD_VALUE,
     BHTTPRequest,
     ChunkedRequestSealer,
     ChunkedResponseOpener,
@@ -85,10 +87,20 @@ def wants_stream(request: httpx2.Request, body: bytes) -> bool:
     return isinstance(payload, dict) and payload.get("stream") is True
 
 
+def _field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """A header as Binary HTTP carries it (RFC 9292 §3.6): the name lowercased and the value
+    without the spaces and tabs around it, which HTTP/1.1 drops too (RFC 9110 §5.5);
+    ``request_invalid`` for a field the gateway would refuse anyway."""
+    field = (name.lower(), value.strip(b" \t"))
+    if BAD_FIELD_NAME.search(field[0]) or BAD_FIELD_VALUE.search(field[1]) or not field[0]:
+        raise SealedTransportError("request_invalid", "a header field is not valid in HTTP")
+    return field
+
+
 def _inner(request: httpx2.Request, body: bytes) -> BHTTPRequest:
     url = request.url
     headers = [
-        (name.lower(), value)
+        _field(name, value)
         for name, value in request.headers.raw
         if name.decode("latin-1").lower() not in _HOP_BY_HOP
     ]

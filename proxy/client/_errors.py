@@ -9,8 +9,9 @@ class SealedTransportError(Exception):
     """A sealed request could not be sent or its answer could not be opened.
 
     ``code`` is ``enclave_unverified`` (no verified key: nothing was sent),
-    ``gateway_rejected`` (the gateway refused the encapsulated request) or
-    ``response_invalid`` (the sealed answer failed to open or decode).
+    ``gateway_rejected`` (the gateway refused the encapsulated request),
+    ``response_invalid`` (the sealed answer failed to open or decode) or ``request_invalid``
+    (a header field Binary HTTP cannot carry: nothing was sent).
     ``str(err)`` is ``"CODE: detail"``.
     """
 

@@ -134,11 +134,14 @@ class ClientProxy:
 
 
 def _failure_status(err: SealedTransportError) -> int:
-    """503 when the enclave is unverified; the gateway's own 413 when the body was too large
-    for it, so the local client sees the same answer as a direct one (and does not retry);
-    otherwise 502, for a fault between this forwarder and the gateway."""
+    """503 when the enclave is unverified; 400 for a request it cannot seal; the gateway's
+    own 413 when the body was too large for it, so the local client sees the same answer as a
+    direct one (and does not retry); otherwise 502, for a fault between this forwarder and the
+    gateway."""
     if err.code == "enclave_unverified":
         return 503
+    if err.code == "request_invalid":
+        return 400
     if isinstance(err, GatewayRejected) and err.status == 413:
         return 413
     return 502

@@ -13,6 +13,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 from ._bhttp import (
+    BAD_FIELD_NAME,
+    BAD_FIELD_VALUE,
     HOP_BY_HOP_FIELDS,
     BHTTPRequest,
     BHTTPResponse,
@@ -53,6 +55,8 @@ class MediaType(StrEnum):
 
 
 __all__ = [
+    "BAD_FIELD_NAME",
+    "BAD_FIELD_VALUE",
     "DEFAULT_SUITES",
     "HOP_BY_HOP_FIELDS",
     "BHTTPRequest",

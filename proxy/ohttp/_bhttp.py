@@ -25,6 +25,8 @@ HOP_BY_HOP_FIELDS = frozenset(
 )
 
 __all__ = [
+    "BAD_FIELD_NAME",
+    "BAD_FIELD_VALUE",
     "HOP_BY_HOP_FIELDS",
     "BHTTPRequest",
     "BHTTPResponse",
@@ -47,12 +49,16 @@ _KNOWN_REQUEST, _KNOWN_RESPONSE, _INDET_REQUEST, _INDET_RESPONSE = 0, 1, 2, 3
 # carrying a pseudo-field is invalid (control data has its own place). A name is lowercase
 # and has no control character, space, non-ASCII byte or colon; a value has no NUL, CR or LF
 # and no leading or trailing space or tab.
-_BAD_NAME = re.compile(rb"[\x00-\x20A-Z:\x7f-\xff]")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+BAD_FIELD_NAME = re.compile(rb"[\x00-\x20A-Z:\x7f-\xff]")
+BAD_FIELD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 # Field lines in one section. RFC 9292 sets no limit; HTTP servers do (a few hundred headers).
 # Each line costs a decode step before any authentication, so a megabyte of one-byte lines would
 # hold the event loop for most of a second.
 MAX_FIELD_LINES = 1024
+# Content chunks of an indeterminate-length request, for the same reason: a megabyte of
+# one-byte chunks took a third of a second to join. A request's content is sealed whole by
+# the gateway's own client (known length); streamed requests send pieces of 256 bytes or more.
+MAX_CONTENT_CHUNKS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +236,9 @@ def _read_lines(reader: Reader, *, until_zero: bool) -> Fields:
             raise bhttp_malformed(f"more than {MAX_FIELD_LINES} field lines in a section")
         name = reader.take(name_len)
         value = reader.take(reader.varint())
-        if _BAD_NAME.search(name):
+        if BAD_FIELD_NAME.search(name):
             raise bhttp_malformed("invalid field name")
-        if _BAD_VALUE.search(value):
+        if BAD_FIELD_VALUE.search(value):
             raise bhttp_malformed("invalid field value")
         fields.append((name, value))
     return tuple(fields)
@@ -249,8 +255,10 @@ def _truncation_is_malformed() -> Iterator[None]:
 def _read_content(reader: Reader, known: bool) -> bytes:
     if known:
         return reader.take(reader.varint())
-    chunks = []
+    chunks: list[bytes] = []
     while length := reader.varint():
+        if len(chunks) == MAX_CONTENT_CHUNKS:
+            raise bhttp_malformed(f"more than {MAX_CONTENT_CHUNKS} content chunks")
         chunks.append(reader.take(length))
     return b"".join(chunks)
 

@@ -10,6 +10,8 @@ import proxy.ohttp
 def test_ohttp_exports() -> None:
     assert sorted(proxy.ohttp.__all__) == sorted(
         [
+            "BAD_FIELD_NAME",
+            "BAD_FIELD_VALUE",
             "DEFAULT_SUITES",
             "BHTTPRequest",
             "BHTTPResponse",

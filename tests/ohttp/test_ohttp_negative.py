@@ -19,7 +19,7 @@ from proxy.ohttp import (
     encapsulate_request,
     encode_request,
 )
-from proxy.ohttp._bhttp import MAX_FIELD_LINES
+from proxy.ohttp._bhttp import MAX_CONTENT_CHUNKS, MAX_FIELD_LINES
 from proxy.ohttp._chunked import MAX_REQUEST_CHUNKS
 
 DECRYPT = "ohttp_decrypt_failed: message could not be decrypted"
@@ -191,3 +191,17 @@ def test_a_request_of_too_many_chunks_is_malformed(key: GatewayKey) -> None:
     fits = ChunkedRequestOpener({7: key}.get)
     opened = fits.feed(_chunked(key, MAX_REQUEST_CHUNKS))
     assert b"".join(opened) + fits.close() == b"x" * (MAX_REQUEST_CHUNKS - 1) + b"y"
+
+
+def test_a_request_of_too_many_content_chunks_is_malformed() -> None:
+    """Indeterminate-length content is a series of chunks, each a decode step before any
+    authentication: past the cap the decoder stops, with the codec's own error."""
+    head = b"\x02\x04POST\x05https\x01x\x01/\x00"  # framing 2, no header fields
+
+    def content(chunks: int) -> bytes:
+        return head + b"\x01z" * chunks + b"\x00\x00"  # then the end of content, no trailers
+
+    with pytest.raises(OHTTPError) as info:
+        decode_request(content(MAX_CONTENT_CHUNKS + 1))
+    assert info.value.code == "bhttp_malformed"
+    assert decode_request(content(MAX_CONTENT_CHUNKS)).content == b"z" * MAX_CONTENT_CHUNKS

@@ -15,7 +15,13 @@ import httpx2
 import pytest
 from litestar import Response, post
 
-from proxy.client import AsyncSealedTransport, ClientProxy, SealedTransport, StaticKeySource
+from proxy.client import (
+    AsyncSealedTransport,
+    ClientProxy,
+    SealedTransport,
+    SealedTransportError,
+    StaticKeySource,
+)
 from proxy.gateway import GATEWAY_PATH
 from proxy.ohttp import (
     BHTTPRequest,
@@ -153,3 +159,19 @@ def test_client_proxy_passes_on_the_gateways_413(monkeypatch: pytest.MonkeyPatch
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "gateway_rejected"
     assert state.requests == []
+
+
+def test_sealed_header_values_lose_surrounding_whitespace(gateway: tuple[AppState, int]) -> None:
+    """A server reading HTTP/1.1 drops the spaces and tabs around a field value; Binary HTTP
+    forbids them, so the client drops them rather than send what the gateway refuses. A field
+    that stays invalid (a NUL) is refused before anything is sent."""
+    state, port = gateway
+    url = f"http://127.0.0.1:{port}/echo"
+    with _sealed(state, port) as sealed:
+        for value in (" v", "v\t", " \tv "):
+            through = sealed.post(url, content=b"1", headers={"x-trace": value})
+            assert through.status_code == 200 and through.json()["data"] == 1, value
+        sent = len(state.requests)
+        with pytest.raises(SealedTransportError) as info:
+            sealed.post(url, content=b"1", headers={"x-trace": "a\x00b"})
+    assert info.value.code == "request_invalid" and len(state.requests) == sent
