@@ -50,6 +50,10 @@ class PolicyEngine(abc.ABC):
     def reload(self, bundle: PolicyBundle) -> None:
         """Switch to ``bundle`` atomically; in-flight decisions finish on the old one."""
 
+    async def settle(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Bring a policy server up to date with the bundle (the ``opa`` engine installs it);
+        ``PolicyUnavailable`` when it cannot. Decisions do the same when they need to."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections or threads."""
 

@@ -1,9 +1,15 @@
-"""The OPA engine: an OPA server (e.g. the Helm chart's sidecar) over its Data API.
+"""The OPA engine: an OPA server (e.g. the Helm chart's sidecar) that holds what this engine
+installs on it.
 
-OPA Data API: ``POST /v1/data/sealgate/authz/decision`` with ``{"input": ...}`` answers
-``{"result": <decision document>}``; a missing ``result`` means the rule is undefined. The
-server must run the same bundle directory as ``bundle`` (the Helm chart mounts it); the
-decision reports that bundle's digest.
+The server loads no policy files of its own. The engine installs its bundle through OPA's REST
+API: the data document's top-level keys (``PUT /v1/data/KEY``), each policy module
+(``PUT /v1/policies/sealgate/PATH``), and last the revision document
+``data.sealgate_revision`` = ``{"digest": "sha256:...", "data_keys": [...]}``. A decision is one
+ad-hoc query that reads the decision and the revision in the same evaluation
+(``POST /v1/query``), so it is reported under the digest of exactly the bundle that made it;
+an answer under any other revision fails closed. Before a bundle is replaced the revision is
+cleared, so nothing decided on a half-installed bundle is ever accepted. A server that lost
+what was installed (a restart) is installed again on the next decision.
 """
 
 from __future__ import annotations
@@ -14,15 +20,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opa_client import AsyncOpaClient
+from opa_client.errors import PolicyNotFoundError as DocumentUndefined
 
 from ._bundle import PolicyBundle, load_bundle
 from ._decision import Decision
 from ._engine import PACKAGE, RULE, PolicyEngine, as_document, fail_closed
-from ._errors import PolicyError, PolicyUnavailable
+from ._errors import PolicyBundleError, PolicyError, PolicyUnavailable
 from ._input import PolicyInput
 from ._regopy import compile_bundle
 
 __all__ = ["OPAEngine"]
+
+REVISION = "sealgate_revision"
+"""The data document that names the bundle the server holds."""
+POLICY_PREFIX = "sealgate/"
+"""Policy ids this engine installs (``sealgate/<path in the bundle>``); it removes only these."""
+QUERY = f"decision = data.{PACKAGE}.{RULE}; revision = data.{REVISION}.digest"
 
 
 def _parse_url(url: str) -> tuple[str, int, bool]:
@@ -35,7 +48,7 @@ def _parse_url(url: str) -> tuple[str, int, bool]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PolicyError("OPA url must be http(s)://host[:port]")
     if parts.path not in ("", "/"):
-        raise PolicyError("OPA url must not have a path; the Data API lives at /v1/data")
+        raise PolicyError("OPA url must not have a path; the REST API lives at /v1")
     https = parts.scheme == "https"
     return parts.hostname, port or (443 if https else 8181), https
 
@@ -52,13 +65,23 @@ def _client(url: str, timeout_s: float, token: str | None) -> AsyncOpaClient:
     )
 
 
-def _compiles(bundle: PolicyBundle) -> PolicyBundle:
-    """``bundle``, once it compiles (``PolicyBundleError`` otherwise). The OPA server loads
-    the same files on its own; a bundle it cannot run must not lend its digest to decisions
-    and the identity document while the server goes on with the old policy. Policies keep to
-    what both engines evaluate, so the embedded compiler is the check."""
+def _installable(bundle: PolicyBundle) -> PolicyBundle:
+    """``bundle``, once it compiles and its data can be installed key by key
+    (``PolicyBundleError`` otherwise). Policies keep to what both engines evaluate, so the
+    embedded compiler is the check."""
+    if REVISION in bundle.data:
+        raise PolicyBundleError(f"the data key {REVISION!r} is reserved for the opa engine")
+    for key, value in bundle.data.items():
+        if not isinstance(value, Mapping):
+            raise PolicyBundleError(f"with the opa engine, top-level data {key!r} must be an object")
     compile_bundle(bundle)
     return bundle
+
+
+def _revision(bundle: PolicyBundle | None) -> dict[str, Any]:
+    if bundle is None:
+        return {"digest": "", "data_keys": []}
+    return {"digest": bundle.digest, "data_keys": sorted(bundle.data)}
 
 
 class OPAEngine(PolicyEngine):
@@ -72,7 +95,13 @@ class OPAEngine(PolicyEngine):
         timeout_s: float = 0.25,
         token: str | None = None,
     ) -> None:
-        self._bundle = _compiles(bundle if bundle is not None else load_bundle())
+        self._wanted = _installable(bundle if bundle is not None else load_bundle())
+        self._bundle = self._wanted
+        """The bundle decisions report: the one installed last (or, before that, the wanted one,
+        which every decision waits to install)."""
+        self._installed: str | None = None
+        """The digest the server holds, as far as this engine knows."""
+        self._installing: asyncio.Task[None] | None = None
         self._timeout_s = timeout_s
         self._client = _client(url, timeout_s, token)
         self._opened = False
@@ -88,29 +117,108 @@ class OPAEngine(PolicyEngine):
         return self._bundle
 
     def reload(self, bundle: PolicyBundle) -> None:
-        self._bundle = _compiles(bundle)
+        """Check ``bundle`` now; it is installed on the server by ``settle`` or the next
+        decision, and reported from then on."""
+        self._wanted = _installable(bundle)
+
+    async def settle(self) -> None:
+        """Install the wanted bundle on the server unless it holds it already."""
+        if self._closed:
+            raise PolicyUnavailable("the policy engine is closed")
+        await self._install()
 
     async def decide(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
         if self._closed:  # reopening would also leave a session that nothing closes
             raise PolicyUnavailable("the policy engine is closed")
-        doc, bundle = as_document(input), self._bundle
+        doc = as_document(input)
         try:
-            answer = await asyncio.wait_for(self._query(doc), self._timeout_s)
+            return await asyncio.wait_for(self._decide(doc), self._timeout_s)
         except TimeoutError as exc:
             raise PolicyUnavailable("the OPA server did not answer in time") from exc
-        if not isinstance(answer, Mapping) or "result" not in answer:
-            raise PolicyUnavailable("the OPA server returned no decision")
-        return Decision.from_document(answer["result"], bundle.digest)
 
-    async def _query(self, doc: dict[str, Any]) -> object:
+    async def _decide(self, doc: dict[str, Any]) -> Decision:
+        for _ in range(2):  # once more after installing what the server lost
+            if self._installed != self._wanted.digest:
+                await self._install()
+            bundle = self._bundle
+            answer = await self._query(doc)
+            revision = answer.get("revision") if answer is not None else await self._held()
+            if revision == bundle.digest:
+                if answer is None:  # the bundle leaves the decision undefined for this input
+                    raise PolicyUnavailable("the OPA server returned no decision")
+                return Decision.from_document(answer.get("decision"), bundle.digest)
+            if self._installed == bundle.digest:  # not a bundle change under way: lost state
+                self._installed = None
+        raise PolicyUnavailable("the OPA server does not hold the installed policy bundle")
+
+    async def _query(self, doc: dict[str, Any]) -> Mapping[str, Any] | None:
+        """The query's one result (``decision`` and ``revision``), or None when it has none
+        (either is undefined)."""
         with fail_closed("OPA query"):
-            if not self._opened:
-                await self._client.__aenter__()
-                self._opened = True
-            return await self._client.query_rule(doc, PACKAGE, RULE)
+            await self._open()
+            answer = await self._client.ad_hoc_query(QUERY, doc)
+        results = answer.get("result") if isinstance(answer, Mapping) else None
+        if results == []:
+            return None
+        if not isinstance(results, list) or len(results) != 1 or not isinstance(results[0], Mapping):
+            raise PolicyUnavailable("the OPA server returned no decision")
+        return results[0]
+
+    async def _held(self) -> object:
+        """The digest in the server's revision document; None when it has none."""
+        with fail_closed("OPA query"):
+            try:
+                held = (await self._client.get_data(REVISION)).get("result")
+            except DocumentUndefined:  # the document is undefined
+                return None
+        return held.get("digest") if isinstance(held, Mapping) else None
+
+    async def _install(self) -> None:
+        """Wait for the installation under way, or start one. It runs on its own task, so a
+        decision that gives up waiting does not leave the server half installed."""
+        task = self._installing
+        if task is None or task.done():
+            task = self._installing = asyncio.get_running_loop().create_task(self._install_all())
+        await asyncio.shield(task)
+
+    async def _install_all(self) -> None:
+        while (bundle := self._wanted).digest != self._installed:
+            with fail_closed("installing the policy bundle on the OPA server"):
+                await self._open()
+                await self._put(bundle)
+            self._installed, self._bundle = bundle.digest, bundle
+
+    async def _put(self, bundle: PolicyBundle) -> None:
+        client = self._client
+        try:
+            held = (await client.get_data(REVISION)).get("result")
+        except DocumentUndefined:  # the document is undefined: nothing installed by an engine
+            held = None
+        stale_data = set(held.get("data_keys", [])) if isinstance(held, Mapping) else set()
+        # Cleared first: from here until the end, the server answers under no revision.
+        self._installed = None
+        await client.update_or_create_data(_revision(None), REVISION)
+        for key in stale_data - set(bundle.data) - {REVISION}:
+            await client.delete_data(key)
+        for policy_id in await client.get_policies_list():
+            if policy_id.startswith(POLICY_PREFIX) and policy_id[len(POLICY_PREFIX):] not in bundle.modules:
+                await client.delete_policy(policy_id)
+        for key, value in bundle.data.items():
+            await client.update_or_create_data(dict(value), key)
+        for name, source in bundle.modules.items():
+            # Exactly these bytes: never the client's rewrite of older Rego syntax.
+            await client.update_policy_from_string(source, POLICY_PREFIX + name, rego_compat=False)
+        await client.update_or_create_data(_revision(bundle), REVISION)
+
+    async def _open(self) -> None:
+        if not self._opened:
+            await self._client.__aenter__()
+            self._opened = True
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._installing is not None and not self._installing.done():
+            self._installing.cancel()
         if self._opened:
             self._opened = False
             await self._client.close_connection()

@@ -32,7 +32,7 @@ from inference import (
     VLLMBackend,
     VLLMConfig,
 )
-from policy import BundleWatcher, OPAEngine, PolicyEngine, RegopyEngine, load_bundle
+from policy import BundleWatcher, OPAEngine, PolicyEngine, PolicyUnavailable, RegopyEngine, load_bundle
 from proxy.api.audit import audit_handlers
 from proxy.api.health import health_handlers
 from proxy.api.openai import OpenAIService, openai_handlers
@@ -138,11 +138,20 @@ class Services:
             allow_plaintext=settings.allow_plaintext, timeout_s=settings.policy_timeout_ms / 1000)
         self.openai.gate = self.gate
         await self.router.start()
+        await self._settle_policy()
         self.tasks.append(asyncio.create_task(self._maintain(), name="identity-maintenance"))
         # What exists now (app, routes, schemas, backends) lives as long as the process: keep
         # it out of the collector's scans, so full collections stay short on the request path.
         gc.collect()
         gc.freeze()
+
+    async def _settle_policy(self) -> None:
+        """Install the bundle on a policy server now (engine ``opa``); if that fails, each
+        decision tries again, and fails closed until it works."""
+        try:
+            await self.policy.settle()
+        except PolicyUnavailable as exc:
+            _log.warning("policy_engine_unavailable", code=exc.code)
 
     async def _maintain(self) -> None:
         """Policy hot reload and OHTTP key rotation; after either, and when a retired key's
@@ -163,6 +172,7 @@ class Services:
             try:
                 if watcher is not None and await asyncio.to_thread(watcher.poll):
                     stale = True
+                    await self._settle_policy()
                     _log.info("policy_reloaded", policy_digest=self.policy.bundle_digest)
                 error = watcher.last_error if watcher is not None else None
                 if error is not None and str(error) != refused:

@@ -10,9 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from policy import load_bundle
 from tests.integration.conftest import gateway_config, predicate, request_records
-from tests.policy.opa_servers import FaultInjectingOPAServer, OPADataAPITestServer
+from tests.policy.opa_servers import FaultInjectingOPAServer, OPATestServer
 from tests.server import Gateway, Proc, start_gateway
 
 
@@ -102,7 +101,7 @@ def _engine_gateway(workdir: Path, fast: Proc, engine_url: str) -> Gateway:
 
 
 def test_opa_engine_path(workdir: Path, fast_upstream: Proc) -> None:
-    with OPADataAPITestServer(load_bundle()) as opa:
+    with OPATestServer() as opa:
         gw = _engine_gateway(workdir, fast_upstream, opa.url)
         try:
             key = gw.new_key("acme")

@@ -1,8 +1,12 @@
-"""Loopback HTTP servers that speak OPA's Data API, for exercising ``OPAEngine``.
+"""Loopback HTTP servers that speak OPA's REST API, for exercising ``OPAEngine``.
 
-``OPADataAPITestServer`` answers ``POST /v1/data/sealgate/authz/decision`` by evaluating the
-bundle with regopy (no OPA binary is available here). ``FaultInjectingOPAServer`` hangs or
-answers 500 / garbage, to check that the engine fails closed.
+``OPATestServer`` keeps what it is given, as an OPA server started with no files does:
+policies (``GET /v1/policies``, ``PUT``/``DELETE /v1/policies/ID``), data (``GET``/``PUT``/
+``DELETE /v1/data/KEY``) and ad-hoc queries with input (``POST /v1/query``), evaluated with
+regopy over the modules and data it holds (no OPA binary is available here). Tests may write to
+it behind the engine's back, as anything else reaching the server could.
+``FaultInjectingOPAServer`` hangs or answers 500 / garbage / undefined to every query, to check
+that the engine fails closed.
 """
 
 from __future__ import annotations
@@ -15,26 +19,23 @@ from typing import Any, Literal
 
 import regopy
 
-from policy import PolicyBundle
-from policy._regopy import compile_bundle
 from tests.loopback import LoopbackHTTPServer
 
-DATA_PATH = "/v1/data/sealgate/authz/decision"
 Fault = Literal["hang", "500", "garbage", "undefined"]
+_NOT_FOUND = (404, b'{"code": "resource_not_found", "message": "not found"}')
 
 
 class _Server(LoopbackHTTPServer):
-    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         raise NotImplementedError
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+            def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                status, payload = server.answer(self.path, body)
+                status, payload = server.answer(self.command, self.path, self.rfile.read(length))
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -44,42 +45,96 @@ class _Server(LoopbackHTTPServer):
                 except (BrokenPipeError, ConnectionResetError):
                     return  # the client gave up (the hanging fault)
 
+            do_GET = do_PUT = do_POST = do_DELETE = _serve
+
             def log_message(self, *args: object) -> None:
                 return
 
         return Handler
 
 
-class OPADataAPITestServer(_Server):
-    """OPA Data API over regopy: ``{"input": ...}`` in, ``{"result": ...}`` out."""
+class OPATestServer(_Server):
+    """The parts of OPA's REST API that ``OPAEngine`` uses, over regopy."""
 
-    def __init__(self, bundle: PolicyBundle) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._program = compile_bundle(bundle)
         self._lock = threading.Lock()
-        self._interpreter = regopy.Interpreter()
-        self.requests: list[dict[str, Any]] = []
+        self.policies: dict[str, str] = {}
+        self.data: dict[str, Any] = {}
+        self.queries: list[dict[str, Any]] = []
+        """Every ad-hoc query's body, in order."""
+        self.writes = 0
+        """Policy and data writes so far."""
 
-    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
-        if path != DATA_PATH:
-            return 404, b'{"code": "resource_not_found"}'
-        self.requests.append(body)
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         with self._lock:
-            self._interpreter.set_input(regopy.Input(body.get("input")))
-            out = self._interpreter.query_bundle_entrypoint(self._program, "sealgate/authz/decision")
-            result = out[0].expressions[0] if out.ok() and len(out) == 1 else None
-        return 200, json.dumps({} if result is None else {"result": result}).encode()
+            if path.startswith("/v1/policies"):
+                return self._policies(method, path.removeprefix("/v1/policies").strip("/"), body)
+            if path.startswith("/v1/data/"):
+                return self._data(method, path.removeprefix("/v1/data/"), body)
+            if (method, path) == ("POST", "/v1/query"):
+                return self._query(json.loads(body))
+        return _NOT_FOUND
+
+    def _policies(self, method: str, policy_id: str, body: bytes) -> tuple[int, bytes]:
+        if method == "GET" and not policy_id:
+            listed = [{"id": i, "raw": s} for i, s in sorted(self.policies.items())]
+            return 200, json.dumps({"result": listed}).encode()
+        if method == "PUT" and policy_id:
+            self.policies[policy_id], self.writes = body.decode(), self.writes + 1
+            return 200, b"{}"
+        if method == "DELETE" and self.policies.pop(policy_id, None) is not None:
+            self.writes += 1
+            return 200, b"{}"
+        return _NOT_FOUND
+
+    def _data(self, method: str, key: str, body: bytes) -> tuple[int, bytes]:
+        if "/" in key or not key:
+            return 400, b'{"code": "invalid_parameter", "message": "top-level keys only here"}'
+        if method == "GET":
+            return (200, json.dumps({"result": self.data[key]}).encode()) if key in self.data else (
+                200, b"{}")
+        if method == "PUT":
+            self.data[key], self.writes = json.loads(body), self.writes + 1
+            return 204, b""
+        if method == "DELETE" and self.data.pop(key, None) is not None:
+            self.writes += 1
+            return 204, b""
+        return _NOT_FOUND
+
+    def _query(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        self.queries.append(body)
+        interpreter = regopy.Interpreter()
+        try:
+            for name, source in self.policies.items():
+                interpreter.add_module(name, source)
+            interpreter.add_data_json(json.dumps(self.data))
+            interpreter.set_input(regopy.Input(body.get("input")))
+            out = interpreter.query(body["query"])
+        except (regopy.RegoError, ValueError) as exc:
+            return 400, json.dumps({"code": "invalid_parameter", "message": str(exc)}).encode()
+        if not out.ok():
+            return 500, b'{"code": "internal_error", "message": "evaluation failed"}'
+        results = [dict(result.bindings) for result in out] if len(out) else []
+        # An undefined reference leaves no binding: OPA answers no result at all then.
+        results = [r for r in results if {"decision", "revision"} <= set(r)]
+        return 200, json.dumps({"result": results}).encode()
 
 
 class FaultInjectingOPAServer(_Server):
-    """Answers every query badly: hangs, 500, a non-JSON body, or an undefined result."""
+    """Accepts every write and answers every query badly: hangs, 500, a non-JSON body, or an
+    undefined result."""
 
     def __init__(self, fault: Fault, hang_s: float = 3.0) -> None:
         super().__init__()
         self.fault = fault
         self.hang_s = hang_s
 
-    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if path.startswith("/v1/policies") and method == "GET":
+            return 200, b'{"result": []}'
+        if path.startswith(("/v1/policies", "/v1/data")):
+            return (200, b"{}") if method != "PUT" or "policies" in path else (204, b"")
         if self.fault == "hang":
             time.sleep(self.hang_s)
             return 200, b"{}"
@@ -87,4 +142,4 @@ class FaultInjectingOPAServer(_Server):
             return 500, b'{"code": "internal_error"}'
         if self.fault == "garbage":
             return 200, b"<html>not json"
-        return 200, b"{}"
+        return 200, b'{"result": []}'

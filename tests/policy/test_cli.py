@@ -12,7 +12,7 @@ from policy import PolicyBundle
 from proxy.cli import main
 
 from .conftest import load_cases, patched
-from .opa_servers import OPADataAPITestServer
+from .opa_servers import OPATestServer
 
 BASE, _ = load_cases()
 
@@ -49,7 +49,7 @@ def test_eval_allows_and_prints_digest(
 
 
 def test_eval_through_opa(tmp_path: Path, capsys: pytest.CaptureFixture[str], bundle: PolicyBundle) -> None:
-    with OPADataAPITestServer(bundle) as server:
+    with OPATestServer() as server:
         status, decision = _eval(
             tmp_path,
             capsys,

@@ -23,7 +23,7 @@ from policy import (
 )
 from tests.policy.conftest import patched
 
-from .opa_servers import OPADataAPITestServer
+from .opa_servers import OPATestServer
 
 # A rule that denies every `store: true`, in a module of its own.
 STORE_RULE = ('deny contains {"rule": "SG-STORE-901", "message": "store"} '
@@ -151,9 +151,9 @@ def test_a_closed_opa_engine_decides_nothing(bundle: PolicyBundle, base_input: d
             await engine.decide(base_input)
         await engine.aclose()
 
-    with OPADataAPITestServer(bundle) as server:
+    with OPATestServer() as server:
         asyncio.run(scenario(server.url))
-        assert len(server.requests) == 1
+        assert len(server.queries) == 1
 
 
 @pytest.mark.parametrize("rule", [

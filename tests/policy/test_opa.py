@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from policy import OPAEngine, PolicyBundle, PolicyError, PolicyUnavailable, RegopyEngine
+from policy import OPAEngine, PolicyBundle, PolicyError, PolicyUnavailable, RegopyEngine, load_bundle
+from policy._opa import POLICY_PREFIX, QUERY, REVISION
 
 from .conftest import load_cases, patched
-from .opa_servers import FaultInjectingOPAServer, OPADataAPITestServer
+from .opa_servers import FaultInjectingOPAServer, OPATestServer
 
 BASE, CASES = load_cases()
 SAMPLE = [c for c in CASES if not c.get("input_error")][::4]
@@ -26,11 +28,15 @@ async def _decide_all(engine: OPAEngine, docs: list[dict[str, Any]]) -> list[dic
 
 def test_opa_engine_matches_regopy(bundle: PolicyBundle, engine: RegopyEngine) -> None:
     docs = [patched(BASE, c["patch"]) for c in SAMPLE]
-    with OPADataAPITestServer(bundle) as server:
+    with OPATestServer() as server:
         opa = OPAEngine(server.url, bundle, timeout_s=2.0)
         got = asyncio.run(_decide_all(opa, docs))
-        assert len(server.requests) == len(docs)
-        assert server.requests[0] == {"input": docs[0]}
+        assert len(server.queries) == len(docs)
+        assert server.queries[0] == {"query": QUERY, "input": docs[0]}
+        # What the server holds is what the engine installed: these modules, this data.
+        assert server.policies == {POLICY_PREFIX + name: src for name, src in bundle.modules.items()}
+        assert server.data == {**bundle.data, REVISION: {"digest": bundle.digest,
+                                                         "data_keys": sorted(bundle.data)}}
     want = [asyncio.run(engine.decide(doc)).to_dict() for doc in docs]
     assert got == want
     assert {d["allow"] for d in got} == {True, False}
@@ -66,3 +72,67 @@ def test_unreachable_server_fails_closed(bundle: PolicyBundle) -> None:
 def test_bad_urls_rejected(url: str, bundle: PolicyBundle) -> None:
     with pytest.raises(PolicyError):
         OPAEngine(url, bundle)
+
+
+def _weakened(bundle_dir: Path) -> PolicyBundle:
+    """The bundle with SG-RETENTION-001 gone and one module fewer: what an edit of the policy
+    volume would leave."""
+    (bundle_dir / "rego" / "enclave.rego").unlink()
+    retention = bundle_dir / "rego" / "retention.rego"
+    retention.write_text(retention.read_text().replace("SG-RETENTION-001", "SG-RETENTION-999"))
+    return load_bundle(bundle_dir)
+
+
+def test_decisions_report_only_the_bundle_the_server_holds(bundle: PolicyBundle,
+                                                           bundle_dir: Path) -> None:
+    """Whatever else writes to the server (another engine installing another bundle, a
+    restart that empties it), a decision is made on this engine's bundle and reports its
+    digest; a reload installs the new bundle whole, stale modules removed, before any
+    decision reports it."""
+    weak = _weakened(bundle_dir)
+    doc = patched(BASE, {"backend.retention_tier": "none"})
+
+    async def scenario(url: str, server: OPATestServer) -> None:
+        opa, other = OPAEngine(url, bundle, timeout_s=2.0), OPAEngine(url, weak, timeout_s=2.0)
+        try:
+            await opa.settle()
+            assert server.data[REVISION]["digest"] == bundle.digest
+            await other.settle()  # the server now holds the weakened bundle
+            decision = await opa.decide(doc)
+            assert decision.bundle_digest == bundle.digest
+            assert [d.rule for d in decision.deny] == ["SG-RETENTION-001"]
+            assert server.data[REVISION]["digest"] == bundle.digest  # installed again
+            server.policies.clear()
+            server.data.clear()  # a restart
+            assert (await opa.decide(doc)).bundle_digest == bundle.digest
+            opa.reload(weak)
+            assert opa.bundle_digest == bundle.digest  # until the server holds the new one
+            decision = await opa.decide(doc)
+            assert (decision.bundle_digest, opa.bundle_digest) == (weak.digest, weak.digest)
+            assert [d.rule for d in decision.deny] == ["SG-RETENTION-999"]
+            assert POLICY_PREFIX + "rego/enclave.rego" not in server.policies
+        finally:
+            await opa.aclose()
+            await other.aclose()
+
+    with OPATestServer() as server:
+        asyncio.run(scenario(server.url, server))
+
+
+class _ForgetfulOPAServer(OPATestServer):
+    """Takes every write, but its revision document never changes: a server that does not
+    hold what it is given."""
+
+    def _data(self, method: str, key: str, body: bytes) -> tuple[int, bytes]:
+        if key == REVISION and method == "PUT":
+            self.data[key] = {"digest": "sha256:" + "0" * 64, "data_keys": []}
+            return 204, b""
+        return super()._data(method, key, body)
+
+
+def test_a_server_that_does_not_hold_the_bundle_fails_closed(bundle: PolicyBundle) -> None:
+    with _ForgetfulOPAServer() as server:
+        opa = OPAEngine(server.url, bundle, timeout_s=2.0)
+        with pytest.raises(PolicyUnavailable, match="does not hold"):
+            asyncio.run(_decide_all(opa, [BASE]))
+        assert len(server.queries) == 2  # once, then once more after installing it again
