@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import math
 import os
 import re
 import secrets
@@ -351,10 +352,32 @@ def _refuse_unsupported(kind: GenerationKind, body: Mapping[str, Any], caps: _Ca
 # The core turns a JSON schema into a grammar. Its converter writes an unanchored ``pattern``
 # to stderr, verbatim (request text in the logs), and then ignores it; and it expands every
 # repetition bound into grammar rules, so a large bound, or a minimum above its maximum (an
-# unsigned underflow there), takes gigabytes. Such schemas are refused before they reach it.
+# unsigned underflow there), takes gigabytes. It spells an integer bound out digit by digit
+# too: one of 16 digits or more took gigabytes, and a range holding no integer left it no
+# grammar at all (a 500 from the model, or an unconstrained answer). Such schemas are refused
+# before they reach it.
 _REPEAT_BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"))
 _MAX_REPEAT = 4096
 _QUANTIFIER = re.compile(r"\{([0-9]*)(?:(,)([0-9]*))?\}")
+_NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_MAX_BOUND = 10**15
+
+
+def _integer_range_ok(node: Mapping[str, Any]) -> bool:
+    """Numeric bounds are below 10**15 in size; on an integer, they leave an integer. (Other
+    values under these names are not bounds: a property may be called ``minimum``.)"""
+    bounds = {k: v for k in _NUMBER_BOUNDS
+              if isinstance(v := node.get(k), int | float) and not isinstance(v, bool)}
+    if any(not abs(v) < _MAX_BOUND for v in bounds.values()):
+        return False
+    types = node.get("type")
+    if "integer" not in (types if isinstance(types, list) else [types]):
+        return True
+    lows = [math.ceil(bounds["minimum"])] if "minimum" in bounds else []
+    lows += [math.floor(bounds["exclusiveMinimum"]) + 1] if "exclusiveMinimum" in bounds else []
+    highs = [math.floor(bounds["maximum"])] if "maximum" in bounds else []
+    highs += [math.ceil(bounds["exclusiveMaximum"]) - 1] if "exclusiveMaximum" in bounds else []
+    return not lows or not highs or max(lows) <= min(highs)
 
 
 def _check_grammar_schema(schema: Any, param: str) -> None:
@@ -374,6 +397,9 @@ def _check_grammar_schema(schema: Any, param: str) -> None:
                     len(numbers) == 2 and numbers[0] > numbers[1]):
                 raise _unsupported(param, f"{low}/{high} outside 0 to {_MAX_REPEAT}, or a "
                                           "minimum above its maximum, in a JSON schema")
+        if not _integer_range_ok(node):
+            raise _unsupported(param, "a JSON schema numeric bound that is not a number below "
+                                      "10**15 in size, or an integer range without an integer")
         pattern = node.get("pattern")
         if isinstance(pattern, str) and not _pattern_ok(pattern):
             raise _unsupported(param, "a JSON schema pattern that is not anchored (^...$) or "

@@ -305,7 +305,15 @@ def test_uncompilable_json_schema_is_refused(llama_gateway: Gateway, key: str,
     {"type": "string", "maxLength": 200_000},
     {"type": "array", "items": {"type": "integer"}, "minItems": 100_000},
     {"type": "object", "properties": {"a": {"type": "string", "pattern": "^a{1,100000}$"}}},
-], ids=["unanchored-pattern", "min-above-max", "long-string", "long-array", "long-pattern"])
+    {"type": "integer", "minimum": 9223372036854775807},  # took over 14 GB of memory
+    {"type": "integer", "maximum": -1e17},
+    {"type": "integer", "exclusiveMinimum": 10**16},
+    {"type": "integer", "minimum": 5, "maximum": 3},  # no grammar: a 500 from the model
+    {"type": ["integer", "null"], "minimum": 1.5, "maximum": 1.7},
+    {"type": "integer", "exclusiveMinimum": 3, "exclusiveMaximum": 4},
+], ids=["unanchored-pattern", "min-above-max", "long-string", "long-array", "long-pattern",
+        "huge-minimum", "huge-negative-maximum", "huge-exclusive-minimum", "empty-range",
+        "empty-fractional-range", "empty-exclusive-range"])
 def test_json_schemas_the_grammar_converter_mishandles_are_refused(
         llama_gateway: Gateway, key: str, schema: dict[str, Any]) -> None:
     """The core's schema-to-grammar converter prints an unanchored pattern verbatim to stderr
@@ -316,9 +324,13 @@ def test_json_schemas_the_grammar_converter_mishandles_are_refused(
     _refused(llama_gateway, _post(llama_gateway, key, "/v1/chat/completions", body), "response_format")
     assert "JSON schema conversion" not in llama_gateway.output()
     anchored = {"type": "string", "pattern": "^[a-z]{1,8}$", "maxLength": 8}
-    body["response_format"]["json_schema"]["schema"] = anchored
-    served = _post(llama_gateway, key, "/v1/chat/completions", body)
-    assert served.status_code == 200, served.text
+    # Bounds that leave an integer, and a property that is only called "minimum".
+    bounded = {"type": "object", "required": ["minimum"], "properties": {
+        "minimum": {"type": "integer", "exclusiveMinimum": 0.5, "maximum": 9}}}
+    for fine in (anchored, bounded):
+        body["response_format"]["json_schema"]["schema"] = fine
+        served = _post(llama_gateway, key, "/v1/chat/completions", body)
+        assert served.status_code == 200, served.text
 
 
 def test_embedding_input_longer_than_a_batch_is_refused(llama_gateway: Gateway, key: str) -> None:
