@@ -28,6 +28,11 @@ DEFAULT_TCB_STATUSES = frozenset(
 _TRUE = {"1", "true", "yes", "on"}
 _FLAGS = ("allow_simulated", "allow_debug", "allow_migration_agent", "allow_any_measurement",
           "require_tcb_status")
+# A misspelt key must not quietly drop a check ("max_age" for "max_age_s" would accept evidence
+# of any age): keys and platform names outside these are policy_invalid.
+_KEYS = frozenset({"allowed_measurements", "release_manifest", "allowed_platforms",
+                   "allowed_tcb_statuses", "max_age_s", "min_tcb", *_FLAGS})
+_PLATFORMS = frozenset({"sev-snp", "tdx"})
 
 
 def _frozen(mapping: Mapping[str, Mapping[str, int]]) -> Mapping[str, Mapping[str, int]]:
@@ -73,8 +78,12 @@ class VerificationPolicy:
         try:
             text = path.read_text()
             doc = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (OSError, ValueError) as exc:
-            raise VerificationError("policy_invalid", f"cannot read policy {path.name}") from exc
+        except OSError as exc:
+            raise VerificationError("policy_invalid",
+                                    f"cannot read policy {path} ({exc.strerror})") from exc
+        except ValueError as exc:  # the parsers name a line and column, never the text
+            kind = "TOML" if path.suffix == ".toml" else "JSON"
+            raise VerificationError("policy_invalid", f"policy {path} is not {kind}: {exc}") from exc
         if not isinstance(doc, dict):
             raise VerificationError("policy_invalid", "policy must be an object")
         return cls.from_mapping(doc, base=path.parent)
@@ -82,6 +91,9 @@ class VerificationPolicy:
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], base: Path = Path()) -> VerificationPolicy:
         """Build from parsed JSON/TOML; a ``release_manifest`` adds its signed measurements."""
+        unknown = sorted(str(k) for k in doc if k not in _KEYS)
+        if unknown:
+            raise VerificationError("policy_invalid", f"unknown policy key {unknown[0]!r}")
         try:
             measurements = {str(m).lower() for m in doc.get("allowed_measurements", [])}
             if "release_manifest" in doc:
@@ -102,6 +114,10 @@ class VerificationPolicy:
                                          for p, c in tcb.items()})
         except (TypeError, ValueError, AttributeError) as exc:
             raise VerificationError("policy_invalid", "a policy field has the wrong type") from exc
+        named = {*kwargs.get("allowed_platforms", ()), *kwargs["min_tcb"]}
+        if not named <= _PLATFORMS:
+            raise VerificationError("policy_invalid", f"unknown platform {min(named - _PLATFORMS)!r} "
+                                                      "(sev-snp or tdx)")
         return cls(**kwargs)
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -82,6 +83,32 @@ def test_invalid_policy(tmp_path: Path, text: str) -> None:
     with pytest.raises(VerificationError) as info:
         VerificationPolicy.from_file(path)
     assert info.value.code == "policy_invalid"
+
+
+@pytest.mark.parametrize(("doc", "named"), [
+    ({"max_age": 1}, "'max_age'"),  # max_age_s misspelt: evidence of any age would pass
+    ({"allowed_platform": ["tdx"]}, "'allowed_platform'"),
+    ({"min_tcb": {"sev_snp": {"snp": 99}}}, "'sev_snp'"),  # the minimum would apply to nothing
+    ({"allowed_platforms": ["tdx", "SEV-SNP"]}, "'SEV-SNP'"),
+])
+def test_a_misspelt_key_or_platform_is_refused_not_ignored(tmp_path: Path, doc: dict[str, Any],
+                                                           named: str) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"allow_simulated": True, **doc}))
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy.from_file(path)
+    assert info.value.code == "policy_invalid" and named in info.value.detail
+
+
+def test_an_unreadable_policy_names_the_file_and_why(tmp_path: Path) -> None:
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy.from_file(tmp_path / "absent.toml")
+    assert str(tmp_path / "absent.toml") in info.value.detail and "No such file" in info.value.detail
+    broken = tmp_path / "p.toml"
+    broken.write_text("max_age_s = \n")
+    with pytest.raises(VerificationError) as info:
+        VerificationPolicy.from_file(broken)
+    assert "is not TOML" in info.value.detail and "line 1" in info.value.detail
 
 
 def test_from_env(tmp_path: Path) -> None:
