@@ -30,6 +30,11 @@ class BackendRouter:
     def backends(self) -> Mapping[str, Backend]:
         return self._backends
 
+    @property
+    def names(self) -> Mapping[str, ModelRoute]:
+        """The configured model names and their routes."""
+        return self._routes
+
     def route(self, model: str) -> tuple[ModelRoute, Backend]:
         """The route and backend for ``model``; :class:`ModelNotFound` when none is configured."""
         route = self._routes.get(model)

@@ -32,7 +32,7 @@ async def get_logs(audit_log: AuditLog) -> dict[str, Any]:
 @get("/v1/audit/checkpoint", summary="Latest signed checkpoint (C2SP tlog-checkpoint)", tags=_TAGS)
 async def get_checkpoint(audit_log: AuditLog, log: str | None = _LOG) -> Response[str]:
     checkpoint = await audit_log.checkpoint(log)
-    return Response(checkpoint.note, media_type="text/plain; charset=utf-8")
+    return Response(checkpoint.note, media_type="text/plain")
 
 
 @get("/v1/audit/proof/inclusion", summary="RFC 9162 inclusion proof", tags=_TAGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 
 __all__ = ["register"]
 
@@ -102,18 +103,29 @@ def _key_create(args: argparse.Namespace) -> int:
     return int(_run(args, act))
 
 
+def _iso(when: datetime | None) -> str | None:
+    """An instant as RFC 3339 UTC (``2026-11-24T08:01:44.164044Z``); a naive one is UTC, as
+    the store writes it."""
+    if when is None:
+        return None
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    return when.isoformat(timespec="microseconds") + "Z"
+
+
 def _key_list(args: argparse.Namespace) -> int:
     from proxy.cli._common import print_json
 
     def act(store) -> int:  # type: ignore[no-untyped-def]
         keys = store.keys(args.tenant)
-        rows = [{"id": k.id, "tenant": k.tenant, "prefix": k.prefix, "created_at": k.created_at,
-                 "revoked_at": k.revoked_at} for k in keys]
+        rows = [{"id": k.id, "tenant": k.tenant, "prefix": k.prefix,
+                 "created_at": _iso(k.created_at), "revoked_at": _iso(k.revoked_at)} for k in keys]
         if args.json:
             print_json(rows)
         for r in [] if args.json else rows:
-            state = "revoked" if r["revoked_at"] else "active"
-            print(f"{r['id']:<22} {r['tenant']:<20} sg-{r['prefix']}-…  {state}")
+            state = f"revoked {r['revoked_at'][:19]}Z" if r["revoked_at"] else "active"
+            print(f"{r['id']:<22} {r['tenant']:<20} sg-{r['prefix']}-…  "
+                  f"created {r['created_at'][:19]}Z  {state}")
         return 0
 
     return int(_run(args, act))

@@ -144,7 +144,8 @@ class TenantStore:
     # -- administration -----------------------------------------------------------------------
     def create_tenant(self, name: str, *, exist_ok: bool = False) -> Tenant:
         if not _NAME.fullmatch(name):
-            raise InvalidRequest("tenant names are 1-63 characters: a-z 0-9 _ . -", param="name")
+            raise InvalidRequest("tenant names are 1-63 characters: a-z 0-9 _ . -, starting "
+                                 "with a letter or digit", param="name")
         with self._session("create a tenant") as session:
             row = _named(session, name)
             if row is None:

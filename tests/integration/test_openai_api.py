@@ -262,6 +262,32 @@ def test_health_and_openapi(gateway: Gateway) -> None:
     assert "sealgate_tokens_total" in metrics
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_nullable_stream_and_n_take_their_defaults(gateway: Gateway, api_key: str,
+                                                   path: str) -> None:
+    """The OpenAI API marks ``stream`` and ``n`` nullable: a client that writes out every
+    field gets one whole answer with one choice."""
+    body: dict[str, Any] = {"model": "fast-echo", "stream": None, "n": None}
+    body |= {"messages": _HI} if "chat" in path else {"prompt": "hi"}
+    response = _post(gateway, path, json.dumps(body).encode(), api_key)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 1
+
+
+def test_an_allowed_endpoint_not_served_here_is_a_404_not_a_tier_denial(gateway: Gateway,
+                                                                       api_key: str) -> None:
+    """``/v1/responses`` with a configured model passes the policy (its tier is the route's),
+    and is then answered as an endpoint this gateway does not serve; stored state still is
+    denied, and an unknown model has no tier to pass."""
+    answered = _post(gateway, "/v1/responses", b'{"model": "fast-echo", "input": "hi"}', api_key)
+    assert answered.status_code == 404 and _error(answered)["code"] == "unsupported_endpoint"
+    stored = _post(gateway, "/v1/responses",
+                   b'{"model": "fast-echo", "input": "hi", "previous_response_id": "r"}', api_key)
+    assert stored.status_code == 403 and "SG-STORE-002" in _error(stored)["message"]
+    unknown = _post(gateway, "/v1/responses", b'{"model": "nope", "input": "hi"}', api_key)
+    assert unknown.status_code == 403 and "SG-RETENTION-001" in _error(unknown)["message"]
+
+
 def test_failed_requests_are_logged_and_counted(gateway: Gateway, api_key: str) -> None:
     """Every answer of a content endpoint is one request log line and one count, failures
     included, labelled by its error code and never by its content."""

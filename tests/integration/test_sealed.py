@@ -80,6 +80,8 @@ def test_content_free_endpoints_stay_plain(sealed_gateway: Gateway) -> None:
     for path in ("/healthz", "/.well-known/ohttp-gateway", "/.well-known/sealgate/identity",
                  "/v1/audit/checkpoint"):
         assert httpx.get(f"{sealed_gateway.url}{path}").status_code == 200, path
+    note = httpx.get(f"{sealed_gateway.url}/v1/audit/checkpoint")
+    assert note.headers["content-type"] == "text/plain; charset=utf-8"  # as docs/protocol.md
 
 
 def test_sdk_through_sealed_transport(sealed_gateway: Gateway, sealed_key: str) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,19 @@ def test_cli_revoke_by_the_form_keys_list_prints(store: TenantStore,
     assert capsys.readouterr().out.startswith("revoked key_")
     with pytest.raises(AuthenticationError):
         store.authenticate("Bearer " + key)
+
+
+def test_keys_list_shows_when_each_key_was_made_and_revoked(
+        store: TenantStore, capsys: pytest.CaptureFixture[str]) -> None:
+    """Times are RFC 3339 UTC, in the JSON and in the human listing."""
+    store.create_tenant("acme")
+    info, _ = store.create_key("acme")
+    store.revoke_key(info.id)
+    assert main(["keys", "list", "--json"]) == 0
+    row, = json.loads(capsys.readouterr().out)
+    for field in ("created_at", "revoked_at"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", row[field]), row
+        assert datetime.fromisoformat(row[field]) <= datetime.now(UTC)
+    assert main(["keys", "list"]) == 0
+    line = capsys.readouterr().out
+    assert f"created {row['created_at'][:19]}Z" in line and f"revoked {row['revoked_at'][:19]}Z" in line

@@ -219,12 +219,12 @@ class JSONSchemaFormat(msgspec.Struct, frozen=True, tag_field="type", tag="json_
 
 class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     model: ModelName
-    stream: bool = False
+    stream: bool | None = None  # nullable in the OpenAI API, as n is
     stream_options: StreamOptions | None = None
     max_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    n: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
+    n: Annotated[int, msgspec.Meta(ge=1, le=8)] | None = None
     stop: str | list[str] | None = None
     seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     presence_penalty: Penalty | None = None
@@ -274,7 +274,7 @@ class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.best_of is not None and self.best_of < self.n:
+        if self.best_of is not None and self.best_of < (self.n or 1):
             raise ValueError(_BEST_OF)
 
 

@@ -306,6 +306,10 @@ class OpenAIService:
             if request.method in ("POST", "PUT", "PATCH"):
                 params = _body_fields(raw, request.headers.get("content-type", ""))
             params.update({k: v for k, v in request.query_params.items() if k == "purpose"})
+            # A configured model it names is decided with its route (tier, backend), so an
+            # endpoint the policy allows is answered as not served here, not as a tier denial.
+            model = params.get("model")
+            ctx.route = self._router.names.get(model) if isinstance(model, str) else None
             if self.gate is not None:
                 await self.gate.deny_or_pass(ctx, params)
         finally:
