@@ -48,7 +48,8 @@ class ChainCheck:
     """The check's progress through one log (started over when the log changes)."""
 
     log_id: str | None = None
-    last: tuple[int, bytes] | None = None  # (size, root) of the last checkpoint checked
+    last: tuple[int, bytes] | None = None  # signed (size, root) of the last sound checkpoint
+    reached: int = 0  # the size of the last checkpoint checked, sound or not: resume after it
     checked: int = 0
     problems: list[str] = field(default_factory=list)
     found: int = 0
@@ -79,38 +80,47 @@ class ChainCheck:
         store = log.store
         if self.log_id != log.log_id:
             with self.guard:
-                self.log_id, self.last, self.checked, self.problems, self.found = (
-                    log.log_id, None, 0, [], 0)
-        after = self.last[0] if self.last else 0  # a tree of size 0 has nothing to check
+                self.log_id, self.last, self.reached, self.checked, self.problems, self.found = (
+                    log.log_id, None, 0, 0, [], 0)
+        after = self.reached  # a tree of size 0 has nothing to check
         reader = TreeReader(store, log.log_id)
         for done, (size, root, note) in enumerate(
                 store.checkpoints(log.log_id, after=after, limit=budget)):
             if done and time.monotonic() > deadline:
                 break
             found: list[str] = []
-            if self.last is not None:
+            # The signed note, not the row's columns, says what the log committed to: a row
+            # whose columns were rewritten with the tree (and its old note kept) must not pass.
+            try:
+                signed = SignedCheckpoint.parse(note, log.vkey)
+            except AuditError:
+                signed = None
+                found.append(f"checkpoint {size}: signature does not verify")
+            if signed is not None and (signed.size, signed.root_hash) != (size, bytes(root)):
+                found.append(f"checkpoint {size}: its columns differ from its signed note")
+                signed = None
+            if self.last is not None and signed is not None:
                 old, old_root = self.last
                 try:
                     proof = reader.consistency(old, size, size)
-                    verify_consistency(old, size, old_root, root, proof.hashes)
+                    verify_consistency(old, size, old_root, signed.root_hash, proof.hashes)
                 except AuditUnavailable:  # the store, not the chain: checked again next time
                     raise
                 except AuditError as exc:
                     found.append(f"{old} → {size}: {exc}")
-            try:
-                SignedCheckpoint.parse(note, log.vkey)
-            except AuditError:
-                found.append(f"checkpoint {size}: signature does not verify")
             with self.guard:
                 self.found += len(found)
                 self.problems += found[:MAX_PROBLEMS - len(self.problems)]
-                self.last, self.checked = (size, root), self.checked + 1
+                if signed is not None:  # the next one is checked against a signed root only
+                    self.last = (signed.size, signed.root_hash)
+                self.reached, self.checked = size, self.checked + 1
         return self._status(log)
 
     def _status(self, log: Any) -> ChainStatus:
         with self.guard:
             if self.log_id != log.log_id:
                 return ChainStatus(0, 0, [], 0)
-            last, checked, problems, found = self.last, self.checked, list(self.problems), self.found
-        remaining = log.store.count_checkpoints(log.log_id, after=last[0] if last else 0)
+            reached, checked, problems, found = (self.reached, self.checked, list(self.problems),
+                                                 self.found)
+        remaining = log.store.count_checkpoints(log.log_id, after=reached)
         return ChainStatus(checked + remaining, checked, problems, found - len(problems))

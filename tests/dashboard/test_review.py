@@ -167,6 +167,27 @@ def test_health_page_does_not_claim_unchecked_proofs_verify(tmp_path: Path,
     assert '<span class="bad">✗' in pages[-1] and "All " not in pages[-1]
 
 
+def test_checkpoint_columns_that_differ_from_their_signed_notes_are_problems(tmp_path: Path) -> None:
+    """The signed note says what the log committed to. A store whose ``root_hash`` columns
+    were rewritten (with its tree, the old notes kept) must not read as a healthy chain:
+    consistency is checked between signed roots, and a column that differs is a problem."""
+
+    async def check() -> ChainStatus:
+        log, _key = await _log_with_checkpoints(tmp_path, 6)
+        try:
+            sizes = [size for size, _root, _note in log.store.checkpoints(log.log_id)]
+            with log.store.engine.begin() as conn:
+                conn.execute(text("UPDATE audit_checkpoints SET root_hash = :r WHERE size = :s"),
+                             {"r": b"\x02" * 32, "s": sizes[2]})
+            return await asyncio.to_thread(ChainCheck()._advance, log, 100, 10.0)
+        finally:
+            await log.close()
+
+    status = asyncio.run(check())
+    assert status.checked == 6
+    assert any("differ from its signed note" in p for p in status.problems), status.problems
+
+
 def test_checkpoint_signatures_are_checked_off_the_event_loop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first view checks every checkpoint's signature: on the event loop, that stalls
