@@ -24,6 +24,7 @@ from ._note import vkey_for
 from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import IDENTIFIER, PREDICATE_TYPE, Record, RecordBuilder, commit
+from ._rowcheck import RowChecker
 from ._store import LogStore
 from ._verify import VerifyReport, verify_log, verify_receipt
 
@@ -43,6 +44,7 @@ __all__ = [
     "Record",
     "RecordBuilder",
     "RecordNotFound",
+    "RowChecker",
     "SignedCheckpoint",
     "TreeReader",
     "VerificationError",

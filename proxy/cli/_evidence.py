@@ -109,7 +109,7 @@ def _export(args: argparse.Namespace) -> int:
         log = LogStore.open(settings.audit_db_url, read_only=True)  # an export changes nothing
         try:
             options = ExportOptions(start, end, tenant, args.sample, document,
-                                    settings.policy_bundle)
+                                    settings.policy_bundle, settings.log_origin)
             data = build_bundle(log, settings.data_dir, load_or_create_signing_key(key_path),
                                 options, _progress)
         finally:

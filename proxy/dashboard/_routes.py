@@ -252,7 +252,7 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
         start, end = _window(form)
         tenant = await _scoped_tenant(dashboard, viewer, text_value("tenant", str(form.get("tenant") or "")))
         options = ExportOptions(start, end, tenant, None, await dashboard.identity.document(),
-                                dashboard.bundle())
+                                dashboard.bundle(), dashboard.settings.log_origin)
         log = dashboard.audit
         data = await asyncio.to_thread(build_bundle, log.store, dashboard.data_dir,
                                        dashboard.log_key, options)

@@ -23,14 +23,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit import LogStore
+from audit import AuditError, LogStore, RowChecker, SignedCheckpoint, VerificationError
 from policy import PolicyBundle
 from proxy.attestation import Evidence
 from proxy.attestation import VerificationError as AttestationError
 
 from ._errors import ExportFailed
 from ._manifest import parse_vkey, raw_public, sign_manifest
-from ._records import checkpoint_times, statement, window_rows
+from ._records import checkpoint_times, rows_from, statement, window_bounds
 from ._report import render_report
 from ._state import (
     document_bytes,
@@ -57,7 +57,10 @@ def to_us(when: datetime) -> int:
 
 
 def iso(time_us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=time_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds; the year always has four digits (``%Y`` leaves years
+    before 1000 short, which no parser reads back)."""
+    when = _EPOCH + timedelta(microseconds=time_us)
+    return f"{when.year:04d}-" + when.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def instant_us(text: object) -> int | None:
@@ -89,14 +92,32 @@ class ExportOptions:
     policy_bundle: str | PolicyBundle = ""
     """The server's policy bundle: the one its engine enforces, or its directory (empty: the
     shipped one)."""
+    origin: str | None = None
+    """The gateway's ``log_origin``: which log to export when the key signs several."""
 
 
-def _select_log(store: LogStore, key: Ed25519PrivateKey) -> tuple[str, str, str]:
+def _select_log(store: LogStore, key: Ed25519PrivateKey,
+                origin: str | None) -> tuple[str, str, str]:
+    """The log this key signs (of ``origin``, when given). A key that signs several logs (the
+    log origin was changed, the data directory kept) needs the origin: exporting whichever came
+    first would leave out the other log's records while calling the bundle complete."""
     mine = raw_public(key.public_key())
-    for log_id, origin, vkey, _size in store.logs():
-        if raw_public(parse_vkey(vkey)) == mine:
-            return log_id, origin, vkey
-    raise ExportFailed("the audit store has no log signed by this data directory's key")
+    found = []
+    for log_id, log_origin, vkey, _size in store.logs():
+        try:
+            signs = raw_public(parse_vkey(vkey)) == mine
+        except (ValueError, TypeError, AttributeError):
+            continue  # a malformed key row names no log of this key
+        if signs:
+            found.append((log_id, log_origin, vkey))
+    if not found:
+        raise ExportFailed("the audit store has no log signed by this data directory's key")
+    named = [log for log in found if log[1] == origin] if len(found) > 1 else found
+    if len(named) != 1:
+        origins = ", ".join(sorted(o for _, o, _ in found))
+        raise ExportFailed(f"this data directory's key signs several logs ({origins}); set "
+                           "log_origin to the one to export")
+    return named[0]
 
 
 @dataclass
@@ -109,24 +130,86 @@ class _Window:
     evidence: set[str]
 
 
-def _scan(store: LogStore, log_id: str, opts: ExportOptions, latest: int,
+# Records are appended in the order of their times, give or take the moments between taking a
+# record's time and appending it. Past a window's edges the scan reads on until the records are
+# this far outside it, so that a record whose columns were moved out of the window is read, and
+# fails its check, instead of being left out unseen.
+_EDGE_US = 60_000_000
+
+
+def _scan(store: LogStore, log_id: str, opts: ExportOptions, checker: RowChecker,
           progress: Progress | None) -> _Window:
-    win = _Window([], 0, 0, Counter(), {}, set())
-    for row in window_rows(store, log_id, to_us(opts.start), to_us(opts.end), opts.tenant):
-        win.total += 1
-        if int(row.leaf_index) >= latest:
-            win.pending += 1
-            continue
+    """The window's records, chosen by columns each row is checked to restate: every row read
+    is checked against its signature, and every one not exported against the signed tree
+    (those exported are proved when they are written). The rows read run from the window's
+    first leaf to its last by their columns, and on past both edges (``_EDGE_US``)."""
+    start_us, end_us, covered = to_us(opts.start), to_us(opts.end), checker.checkpoint.size
+    first, last = window_bounds(store, log_id, start_us, end_us)
+    chosen: list[Any] = []
+    counts = {"total": 0, "pending": 0, "read": 0}
+    deferred = opts.sample is None  # a sample proves only what it exports: check the rest now
+
+    def take(row: Any, index: int) -> None:
+        if row.leaf_index != index:  # a missing leaf, or a row out of place
+            raise ExportFailed(_unsound(f"leaf {index} is missing"))
+        inside = (type(row.time_us) is int and start_us <= row.time_us < end_us
+                  and (opts.tenant is None or row.tenant == opts.tenant))
+        try:
+            if not (inside and deferred and index < covered):
+                (checker.placed if index < covered else checker.signed)(row, index)
+        except VerificationError as exc:
+            raise ExportFailed(_unsound(exc.detail)) from None
+        counts["read"] += 1
+        if inside:
+            counts["total"] += 1
+            if index >= covered:
+                counts["pending"] += 1
+            else:
+                chosen.append(row)
+        if progress is not None and counts["read"] % 1000 == 0:
+            progress("checking records", counts["read"], 0)
+
+    index = first  # the window by its columns
+    for row in rows_from(store, log_id, first):
+        if index > last:
+            break
+        take(row, index)
+        index += 1
+    if index <= last:
+        raise ExportFailed(_unsound(f"leaf {index} is missing"))
+    index = first - 1  # down from its first leaf, to leaf 0 or well before the window
+    for row in rows_from(store, log_id, index, down=True):
+        take(row, index)
+        index -= 1
+        if row.time_us < start_us - _EDGE_US:
+            break
+    else:
+        if index >= 0:
+            raise ExportFailed(_unsound(f"leaf {index} is missing"))
+    index = last + 1  # up from its last leaf, to the log's end or well after the window
+    for row in rows_from(store, log_id, index):
+        take(row, index)
+        index += 1
+        if row.time_us >= end_us + _EDGE_US:
+            break
+    else:
+        if index < covered:  # the signed tree has leaves the store no longer holds
+            raise ExportFailed(_unsound(f"leaf {index} is missing"))
+    chosen.sort(key=lambda r: int(r.leaf_index))
+    win = _Window(chosen, counts["total"], counts["pending"], Counter(), {}, set())
+    for row in chosen:
         pred = statement(bytes(row.envelope)).get("predicate", {})
         win.decisions[str(row.decision)] += 1
         seen = win.policies.setdefault(str(pred.get("policy_bundle_digest")),
                                        [row.time_us, row.time_us, 0])
         seen[1], seen[2] = row.time_us, seen[2] + 1
         win.evidence.add(str(pred.get("evidence_digest")))
-        win.rows.append(row)
-        if progress is not None and win.total % 1000 == 0:
-            progress("scanning records", win.total, 0)
     return win
+
+
+def _unsound(detail: str) -> str:
+    return (f"the audit store does not match what the log signed ({detail}); "
+            "run `sealgate audit verify` for the whole log")
 
 
 class _Zip:
@@ -142,16 +225,15 @@ class _Zip:
         self.hashes[name] = hashlib.sha256(data).hexdigest()
 
 
-def _checkpoints(store: LogStore, log_id: str, first_leaf: int) -> list[tuple[int, str]]:
-    """An anchor at or before the window, then up to MAX_CHECKPOINTS after it, latest last:
-    all of them, or, when there are more, the first at or above each of evenly spaced tree
-    sizes. Index seeks only, never a read of every checkpoint: a busy log publishes one a
+def _checkpoints(store: LogStore, log_id: str, first_leaf: int,
+                 latest: tuple[int, bytes, str]) -> list[tuple[int, str]]:
+    """An anchor at or before the window, then up to MAX_CHECKPOINTS after it, ``latest``
+    last: all of them, or, when there are more, the first at or above each of evenly spaced
+    tree sizes. Index seeks only, never a read of every checkpoint: a busy log publishes one a
     second."""
-    latest = store.latest_checkpoint(log_id)
-    if latest is None or latest[0] == 0:
-        raise ExportFailed("the log has no published checkpoint yet")
     before = store.checkpoints(log_id, after=0, through=first_leaf, limit=1, newest_first=True)
-    after = store.checkpoints(log_id, after=first_leaf, limit=MAX_CHECKPOINTS + 1)
+    after = store.checkpoints(log_id, after=first_leaf, through=latest[0],
+                              limit=MAX_CHECKPOINTS + 1)
     if len(after) > MAX_CHECKPOINTS:
         low, high, steps = after[0][0], latest[0], MAX_CHECKPOINTS - 1
         spread = {latest[0]: latest}
@@ -171,10 +253,19 @@ def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: 
     """The bundle as zip bytes; see the module docstring for its layout."""
     if opts.end <= opts.start:
         raise ExportFailed("the window must end after it starts")
-    log_id, origin, vkey = _select_log(store, key)
+    log_id, origin, vkey = _select_log(store, key, opts.origin)
     latest = store.latest_checkpoint(log_id)
-    latest_size = latest[0] if latest is not None else 0
-    win = _scan(store, log_id, opts, latest_size, progress)
+    if latest is None or latest[0] == 0:
+        raise ExportFailed("the log has no published checkpoint yet")
+    try:
+        signed = SignedCheckpoint.parse(latest[2], vkey, origin)
+    except AuditError as exc:
+        raise ExportFailed(_unsound(f"latest checkpoint: {exc.detail}")) from None
+    if (signed.size, signed.root_hash) != (latest[0], bytes(latest[1])):
+        raise ExportFailed(_unsound("the latest checkpoint's columns differ from its signed note"))
+    checker = RowChecker(store, log_id, vkey, signed)
+    latest_size = signed.size
+    win = _scan(store, log_id, opts, checker, progress)
     chosen = win.rows
     if opts.sample is not None and opts.sample < len(chosen):
         chosen = sorted(random.SystemRandom().sample(chosen, opts.sample),
@@ -188,8 +279,8 @@ def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: 
                                  raw_public(key.public_key()))
     policies = _add_policies(out, data_dir, win.policies, opts.policy_bundle)
     first_leaf = int(chosen[0].leaf_index) if chosen else latest_size
-    cps = _add_checkpoints(out, store, log_id, first_leaf)
-    _add_records(out, ProofSource(store, log_id), chosen, cps[-1][0], progress)
+    cps = _add_checkpoints(out, store, log_id, first_leaf, latest)
+    _add_records(out, checker, chosen, progress)
     context = {
         "window_from": iso(to_us(opts.start)), "window_to": iso(to_us(opts.end)),
         "tenant": opts.tenant, "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -265,9 +356,9 @@ def _add_policies(out: _Zip, data_dir: Path, seen: dict[str, list[Any]],
     return index
 
 
-def _add_checkpoints(out: _Zip, store: LogStore, log_id: str,
-                     first_leaf: int) -> list[tuple[int, str]]:
-    cps = _checkpoints(store, log_id, first_leaf)
+def _add_checkpoints(out: _Zip, store: LogStore, log_id: str, first_leaf: int,
+                     latest: tuple[int, bytes, str]) -> list[tuple[int, str]]:
+    cps = _checkpoints(store, log_id, first_leaf, latest)
     proofs = ProofSource(store, log_id)
     for size, note in cps:
         out.add(f"checkpoints/{size:012d}.note", note.encode())
@@ -276,11 +367,16 @@ def _add_checkpoints(out: _Zip, store: LogStore, log_id: str,
     return cps
 
 
-def _add_records(out: _Zip, proofs: ProofSource, rows: list[Any], size: int,
+def _add_records(out: _Zip, checker: RowChecker, rows: list[Any],
                  progress: Progress | None) -> None:
+    """Each row with its inclusion proof in the latest checkpoint, once the row has been
+    checked against its signature and the proof against the checkpoint's signed root."""
     lines = []
     for i, row in enumerate(rows, 1):
-        proof = proofs.inclusion(int(row.leaf_index), size)
+        try:
+            proof = checker.placed(row, int(row.leaf_index))
+        except VerificationError as exc:
+            raise ExportFailed(_unsound(exc.detail)) from None
         lines.append(json.dumps({"leaf_index": int(row.leaf_index), "record_id": row.record_id,
                                  "envelope": bytes(row.envelope).decode(),
                                  "inclusion": proof.to_json()}, sort_keys=True))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from audit import LogStore
 
-__all__ = ["CHECKPOINTS", "RECORDS", "checkpoint_times", "statement", "window_rows"]
+__all__ = ["CHECKPOINTS", "RECORDS", "checkpoint_times", "rows_from", "statement", "window_bounds"]
 
 RECORDS = sa.table(
     "audit_records", *(sa.column(c) for c in (
@@ -28,23 +28,40 @@ def statement(envelope: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def window_rows(store: LogStore, log_id: str, start_us: int, end_us: int,
-                tenant: str | None = None) -> Iterator[Any]:
-    """Record rows with ``start_us <= time_us < end_us``, in leaf order, read in chunks."""
-    after = -1
-    while True:
-        query = (sa.select(RECORDS).where(
-            RECORDS.c.log_id == log_id, RECORDS.c.leaf_index > after,
-            RECORDS.c.time_us >= start_us, RECORDS.c.time_us < end_us)
-            .order_by(RECORDS.c.leaf_index).limit(_CHUNK))
-        if tenant is not None:
-            query = query.where(RECORDS.c.tenant == tenant)
-        with store.engine.connect() as conn:
-            rows = conn.execute(query).all()
+def window_bounds(store: LogStore, log_id: str, start_us: int, end_us: int) -> tuple[int, int]:
+    """The first and last leaf whose ``time_us`` column lies in the window; with none, an empty
+    range (``first == last + 1``) where such a leaf would be. Columns are only where to start
+    looking: the rows are checked against their signatures before anything is chosen."""
+    inside = (RECORDS.c.log_id == log_id, RECORDS.c.time_us >= start_us, RECORDS.c.time_us < end_us)
+    with store.engine.connect() as conn:
+        low, high = conn.execute(sa.select(sa.func.min(RECORDS.c.leaf_index),
+                                           sa.func.max(RECORDS.c.leaf_index)).where(*inside)).one()
+        if low is not None:
+            return int(low), int(high)
+        after = conn.execute(sa.select(sa.func.min(RECORDS.c.leaf_index)).where(
+            RECORDS.c.log_id == log_id, RECORDS.c.time_us >= start_us)).scalar()
+    first = store.next_index(log_id) if after is None else int(after)
+    return first, first - 1
+
+
+def rows_from(store: LogStore, log_id: str, first: int, *, down: bool = False) -> Iterator[Any]:
+    """Record rows from leaf ``first`` on, up to the last (or down to leaf 0), read in chunks.
+    A missing leaf is not skipped over silently: the caller sees the next row's index."""
+    index = first
+    while index >= 0:
+        low = max(index - _CHUNK + 1, 0) if down else index
+        rows = store.record_rows(log_id, low, index - low + 1 if down else _CHUNK)
+        if down:
+            rows = [r for r in reversed(rows) if r.leaf_index <= index]
         yield from rows
-        if len(rows) < _CHUNK:
-            return
-        after = int(rows[-1].leaf_index)
+        if down:
+            if low == 0:
+                return
+            index = low - 1
+        else:
+            if len(rows) < _CHUNK:
+                return
+            index = int(rows[-1].leaf_index) + 1
 
 
 def checkpoint_times(store: LogStore, log_id: str) -> dict[int, int]:

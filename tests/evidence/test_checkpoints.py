@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import AuditLog, LogStore, TreeReader, verify_consistency
-from proxy.evidence import _export
+from proxy.evidence import ExportOptions, _export
 from tests.audit.conftest import ORIGIN, make_record
 
 
@@ -49,7 +50,7 @@ def test_export_checkpoints_are_bounded_spread_and_consistent(
 
     monkeypatch.setattr(store, "checkpoints", bounded)
     try:
-        picked = _export._checkpoints(store, log_id, first_leaf)
+        picked = _export._checkpoints(store, log_id, first_leaf, everything(log_id)[-1])
         sizes = [size for size, _ in picked]
         all_sizes = [size for size, _, _ in everything(log_id) if size > 0]
         assert None not in limits  # no read of every checkpoint
@@ -68,10 +69,16 @@ def test_export_checkpoints_are_bounded_spread_and_consistent(
 
 
 def test_an_export_of_a_log_without_checkpoints_fails(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = LogStore.open(url)
+    url, key = f"sqlite:///{tmp_path / 'audit.db'}", Ed25519PrivateKey.generate()
+
+    async def empty() -> None:  # a log, nothing published
+        await (await AuditLog.open(url, key, ORIGIN)).close()
+
+    asyncio.run(empty())
+    store = LogStore.open(url, read_only=True)
+    window = ExportOptions(datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
     try:
         with pytest.raises(_export.ExportFailed, match="no published checkpoint"):
-            _export._checkpoints(store, "ab" * 4, 0)
+            _export.build_bundle(store, tmp_path, key, window)
     finally:
         store.close()
