@@ -9,7 +9,7 @@ from typing import Any
 
 from proxy.config import Settings
 
-__all__ = ["add_config_arg", "fail", "load_settings", "print_json"]
+__all__ = ["add_config_arg", "fail", "load_settings", "missing_state", "print_json"]
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -29,3 +29,20 @@ def print_json(value: Any) -> None:
 def fail(message: str, status: int = 1) -> int:
     print(f"sealgate: {message}", file=sys.stderr)
     return status
+
+
+def missing_state(settings: Settings) -> str | None:
+    """Why a command that only reads tenants, keys or accounts has nothing to read: the
+    SQLite state database does not exist (a mistyped data directory), which such a command
+    must say rather than create an empty one and list nothing. ``None`` when it exists or is
+    not a SQLite file."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(settings.tenants_url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or \
+            database.startswith("file:") or Path(database).is_file():
+        return None
+    return f"no state database at {database} (check SEALGATE_DATA_DIR or the config's data_dir)"

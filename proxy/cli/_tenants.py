@@ -44,13 +44,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     krevoke.set_defaults(func=_key_revoke)
 
 
-def _run(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
-    """``action(store)``; an error opening the store or in the action is one line on stderr."""
-    from proxy.cli._common import fail, load_settings
+def _run(args: argparse.Namespace, action, *, existing: bool = True):  # type: ignore[no-untyped-def]
+    """``action(store)``; an error opening the store or in the action is one line on stderr.
+    ``existing``: the action needs tenants already made, so a state database that is not
+    there is an error (a mistyped data directory), not an empty one to create."""
+    from proxy.cli._common import fail, load_settings, missing_state
     from proxy.errors import SealgateError
     from proxy.tenants import TenantStore
 
     settings = load_settings(args)
+    if existing and (problem := missing_state(settings)):
+        return fail(problem)
     try:
         store = TenantStore(settings.tenants_url)
     except SealgateError as exc:
@@ -74,7 +78,7 @@ def _tenant_create(args: argparse.Namespace) -> int:
             print(f"tenant {tenant.name} ({tenant.id}, records as {tenant.pseudonym})")
         return 0
 
-    return int(_run(args, act))
+    return int(_run(args, act, existing=False))
 
 
 def _tenant_list(args: argparse.Namespace) -> int:

@@ -110,11 +110,13 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from proxy.cli._common import fail, load_settings, print_json
+    from proxy.cli._common import fail, load_settings, missing_state, print_json
     from proxy.errors import SealgateError
     from proxy.users import UserStore
 
     settings = load_settings(args)
+    if problem := missing_state(settings):
+        return fail(problem)
     try:
         store = UserStore(settings.tenants_url)
         try:

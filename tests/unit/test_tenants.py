@@ -119,7 +119,7 @@ def test_cli_revoke_refuses_a_shared_prefix(store: TenantStore, data_dir: Path,
     assert store.authenticate("Bearer " + bob_key).name == "bob"
 
 
-def test_cli_revoke_unknown_key_fails(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_revoke_unknown_key_fails(store: TenantStore, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "revoke", "0badf00d"]) == 1
     assert capsys.readouterr().err == "sealgate: key_not_found: no such API key\n"
 
@@ -202,3 +202,19 @@ def test_keys_list_shows_when_each_key_was_made_and_revoked(
     assert main(["keys", "list"]) == 0
     line = capsys.readouterr().out
     assert f"created {row['created_at'][:19]}Z" in line and f"revoked {row['revoked_at'][:19]}Z" in line
+
+
+@pytest.mark.parametrize("command", [["tenants", "list"], ["keys", "list"], ["users", "list"],
+                                     ["keys", "create", "--tenant", "acme"],
+                                     ["keys", "revoke", "key_x"]])
+def test_commands_that_need_state_refuse_a_data_directory_without_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        command: list[str]) -> None:
+    """A mistyped data directory is said so, and nothing is created there; only `tenants
+    create` starts a new state database."""
+    missing = tmp_path / "no" / "such"
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(missing))
+    assert main(command) == 1
+    assert f"no state database at {missing / 'sealgate.db'}" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    assert main(["tenants", "create", "acme"]) == 0 and (missing / "sealgate.db").is_file()
