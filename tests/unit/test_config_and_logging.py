@@ -316,7 +316,8 @@ def test_a_failed_start_up_prints_its_cause_once_and_no_banner(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
-    (["tenants", "list"], "Not a directory"),  # the data directory is under a file
+    (["tenants", "create", "acme"], "Not a directory"),  # the data directory is under a file
+    (["tenants", "list"], "no state database at"),
     (["config", "show", "--config", "{latin1}"], "invalid_config: cannot read config"),
     (["policy", "eval", "--input", "{deep}"], "input_too_deep"),
 ])
