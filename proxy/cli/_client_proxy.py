@@ -16,7 +16,7 @@ from proxy.client import (
     StaticKeySource,
     serve_client_proxy,
 )
-from proxy.client._forwarder import gateway_urls
+from proxy.client._forwarder import check_loopback, gateway_urls
 
 __all__ = ["register"]
 
@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
               f"not {args.listen!r}", file=sys.stderr)
         return 2
     try:
+        check_loopback(host.strip("[]"))
+        gateway_urls(args.gateway)
         key_source = _key_source(args)
         print(f"sealgate client-proxy: listening on http://{args.listen}/v1, sealing to "
               f"{args.gateway}", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -22,7 +23,7 @@ from ._errors import SealedTransportError
 from ._keysource import KeySource
 from ._transport import AsyncSealedTransport
 
-__all__ = ["GATEWAY_PATH", "ClientProxy", "gateway_urls", "serve_client_proxy"]
+__all__ = ["GATEWAY_PATH", "ClientProxy", "check_loopback", "gateway_urls", "serve_client_proxy"]
 
 GATEWAY_PATH = "/.well-known/ohttp-gateway"
 Message = MutableMapping[str, Any]
@@ -37,7 +38,16 @@ GATEWAY_TIMEOUT = httpx2.Timeout(600.0, connect=10.0)
 
 
 def gateway_urls(gateway: str) -> tuple[str, str]:
-    """``(origin, gateway_url)`` for a Sealgate base URL (or its gateway URL)."""
+    """``(origin, gateway_url)`` for a Sealgate base URL (or its gateway URL); ``ValueError``
+    for anything that is not an ``http(s)://host[:port][/path]`` URL."""
+    try:
+        parts = urlsplit(gateway)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
+            parts.query or parts.fragment or parts.username is not None:
+        raise ValueError(f"the gateway must be an http(s)://host[:port] URL, not {gateway!r}")
     base = gateway.rstrip("/")
     base = base.removesuffix(GATEWAY_PATH)
     return base, base + GATEWAY_PATH
@@ -168,7 +178,8 @@ async def _send_whole(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _check_loopback(host: str) -> None:
+def check_loopback(host: str) -> None:
+    """``ValueError`` unless ``host`` is a loopback address (or ``localhost``)."""
     if host == "localhost":
         return
     try:
@@ -183,7 +194,7 @@ def serve_client_proxy(
     gateway: str, key_source: KeySource, *, host: str = "127.0.0.1", port: int = 8787
 ) -> None:
     """Run the forwarder on ``host:port`` (loopback only) until interrupted."""
-    _check_loopback(host)
+    check_loopback(host)
     origin, gateway_url = gateway_urls(gateway)
     transport = AsyncSealedTransport(gateway_url=gateway_url, key_source=key_source)
     config = uvicorn.Config(

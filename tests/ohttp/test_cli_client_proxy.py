@@ -30,7 +30,19 @@ def test_refuses_non_loopback_listen(tmp_path: Path, capsys: pytest.CaptureFixtu
     pinned.write_bytes(KeyManager().key_configs())
     args = _parse("--gateway", "http://x", "--listen", "0.0.0.0:8787", "--key-config", str(pinned))
     assert args.func(args) == 2
-    assert "loopback" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "loopback" in err and "listening" not in err  # refused before it says it listens
+
+
+@pytest.mark.parametrize("gateway", ["notaurl", "ftp://x", "http://h:port", "https://h/?q=1",
+                                     "http://user@h", "http:///path"])
+def test_refuses_a_gateway_that_is_no_http_url(gateway: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused at the start, not answered 503 enclave_unverified on every request after."""
+    args = _parse("--gateway", gateway)
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "must be an http(s)://host[:port] URL" in err and "listening" not in err
 
 
 def test_rejects_a_bad_pinned_key_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
