@@ -286,6 +286,8 @@ class PolicyInput:
     def from_dict(cls, doc: Mapping[str, Any]) -> PolicyInput:
         """Parse and validate an input document (the inverse of ``to_dict``). Every field of
         the schema is required: a missing one is an error, never a permissive default."""
+        if not isinstance(doc, Mapping):
+            raise PolicyInputError("the input document must be a JSON object")
         try:
             req = {name: doc["request"][name] for name in _REQUEST_FIELDS}
             _check(set(doc["request"]) == set(_REQUEST_FIELDS), "request has an unknown field")
@@ -311,5 +313,8 @@ class PolicyInput:
                 allow_plaintext=doc["dev"]["allow_plaintext"],
                 time=doc["time"],
             )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise PolicyInputError(f"input document is missing or mistypes a field: {exc}") from exc
+        except KeyError as exc:
+            raise PolicyInputError(f"input document is missing the field {exc.args[0]!r}") from exc
+        except (TypeError, AttributeError) as exc:
+            raise PolicyInputError("input document has a field of the wrong type (an object "
+                                   "where docs/policy.md has one, or the reverse)") from exc

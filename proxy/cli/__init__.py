@@ -11,6 +11,7 @@ import policy  # noqa: F401  first: rego-cpp before any other C++ library (polic
 # isort: split
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,8 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that left is seen below
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (``sealgate audit show ID | head``): that is where the output ends,
+        # not a failure. Nothing more can reach stdout, so it is closed without a flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         message = _message(exc)
         if message is None:

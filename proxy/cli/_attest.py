@@ -132,7 +132,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except VerificationError as err:
         return _report_failure(args, trace, err)
     except OSError as exc:
-        return _report_failure(args, trace, VerificationError("io_error", str(exc.strerror)))
+        where = f": {exc.filename}" if exc.filename else ""
+        return _report_failure(args, trace, VerificationError("io_error", f"{exc.strerror}{where}"))
 
 
 def _identity_url(url: str) -> str:

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--input", required=True, type=Path, help="input document (JSON file, - for stdin)")
     ev.add_argument("--engine", choices=("regopy", "opa"), default="regopy")
     ev.add_argument("--opa-url", default="http://127.0.0.1:8181", help="OPA server for --engine opa")
-    ev.add_argument("--timeout", type=float, default=2.0, help="decision timeout in seconds")
+    ev.add_argument("--timeout", type=_seconds, default=2.0, help="decision timeout in seconds")
     _bundle_arg(ev)
     ev.set_defaults(func=_eval)
 
@@ -44,6 +44,18 @@ def register(subparsers: Any) -> None:
     digest.set_defaults(func=_digest)
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 3600:  # NaN fails this too
+        raise argparse.ArgumentTypeError("must be a number of seconds above 0 and below 3600")
+    return value
+
+
+def _fail(message: object, status: int) -> int:
+    print(f"sealgate: {message}", file=sys.stderr)
+    return status
+
+
 def _bundle_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: built-in)")
 
@@ -52,7 +64,7 @@ def _load(args: argparse.Namespace) -> PolicyBundle | None:
     try:
         return load_bundle(args.bundle)
     except PolicyError as exc:
-        print(str(exc), file=sys.stderr)
+        _fail(exc, 2)
         return None
 
 
@@ -75,8 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         doc = _read_input(args.input)
     except (OSError, ValueError) as exc:
-        print(f"cannot read input document: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"cannot read input document: {exc}", 2)
     engine: PolicyEngine
     try:
         if args.engine == "opa":
@@ -85,8 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
             engine = RegopyEngine(bundle, timeout_s=args.timeout)
         decision = asyncio.run(_decide(engine, doc))
     except PolicyError as exc:
-        print(str(exc), file=sys.stderr)
-        return 3
+        return _fail(exc, 3)
     print(json.dumps(decision, indent=2, sort_keys=True))
     return 0 if decision["allow"] else 1
 
@@ -98,8 +108,7 @@ def _test(args: argparse.Namespace) -> int:
     try:
         results = run_rego_tests(bundle)
     except PolicyError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+        return _fail(exc, 2)
     for result in results:
         print(f"{result.detail.upper():5} {result.name}")
     failed = sum(not r.passed for r in results)

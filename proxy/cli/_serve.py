@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -33,6 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     banner = (f"sealgate: serving on http://{settings.host}:{settings.port} "
               f"(models: {', '.join(settings.models)}; data: {settings.data_dir})")
+    # A failed start-up is said once, below, with its cause and code.
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda record: record.getMessage() != "Application startup failed. Exiting.")
     try:
         uvicorn.run(_announcing(app, banner), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False, server_header=False, date_header=True,

@@ -65,7 +65,29 @@ def test_eval_through_opa(tmp_path: Path, capsys: pytest.CaptureFixture[str], bu
 def test_eval_bad_input_exits_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, err = _eval(tmp_path, capsys, {"channel": "sealed"})
     assert status == 3
-    assert err.startswith("invalid_policy_input: ")
+    assert err.startswith("sealgate: invalid_policy_input: input document is missing the field ")
+
+
+@pytest.mark.parametrize(("given", "said"), [
+    ("[]", "the input document must be a JSON object"),
+    ('{"channel": "sealed", "request": []}', "of the wrong type"),
+])
+def test_eval_names_what_is_wrong_with_the_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 given: str, said: str) -> None:
+    path = tmp_path / "in.json"
+    path.write_text(given)
+    assert main(["policy", "eval", "--input", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("sealgate: invalid_policy_input: ") and said in err
+    assert "list indices" not in err  # no Python wording
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf"])
+def test_eval_refuses_a_timeout_that_is_no_time(tmp_path: Path, timeout: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["policy", "eval", "--input", str(tmp_path / "in.json"), "--timeout", timeout])
+    assert info.value.code == 2 and "above 0 and below 3600" in capsys.readouterr().err
 
 
 def test_policy_test_and_digest(capsys: pytest.CaptureFixture[str], bundle: PolicyBundle) -> None:

@@ -312,6 +312,7 @@ def test_a_failed_start_up_prints_its_cause_once_and_no_banner(tmp_path: Path) -
     assert done.returncode == 2
     assert "serving on" not in done.stdout
     assert "sealgate: start-up failed: backend_unavailable: model file not found" in done.stderr
+    assert "Application startup failed" not in done.stderr  # the cause, said once
     assert "Traceback" not in done.stderr
 
 
@@ -351,3 +352,18 @@ def test_client_proxy_refuses_a_port_out_of_range(capsys: pytest.CaptureFixture[
     assert main(["client-proxy", "--gateway", "https://gw.example", "--listen",
                  "127.0.0.1:99999"]) == 2
     assert "port from 1 to 65535" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path: Path) -> None:
+    """``sealgate … | head``: output ends where the reader left, exit 0, no error printed."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-m", "proxy.cli", "config", "show"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "SEALGATE_DATA_DIR": str(tmp_path)})
+    assert done.stdout is not None and done.stderr is not None
+    done.stdout.close()  # before anything is read
+    err = done.stderr.read()
+    assert done.wait(timeout=60) == 0 and err == b""
