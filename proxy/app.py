@@ -41,10 +41,10 @@ from proxy.attestation import IdentityService, detect_provider, identity_handler
 from proxy.config import BackendSettings, Settings
 from proxy.dashboard import DashboardService, dashboard_router
 from proxy.enclave import enclave_facts
-from proxy.errors import exception_handler
+from proxy.errors import SealedChannelRequired, exception_handler
 from proxy.evidence import record_startup_state
 from proxy.gate import PolicyAuditGate
-from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers, gateway_front
+from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers, gateway_front, sealed_channel
 from proxy.telemetry import Metrics, configure_logging
 from proxy.tenants import Tenant, TenantLimits, TenantStore
 
@@ -109,6 +109,13 @@ class Services:
             return self.audit
 
         def tenant(request: Request[Any, Any, Any]) -> Tenant:
+            # A tenant's API key travels only inside the sealed channel, as on the content
+            # endpoints: one read off a plaintext hop (a TLS-terminating ingress) would let
+            # anyone seal requests as that tenant.
+            if sealed_channel(request.scope) is None and not self.settings.allow_plaintext:
+                raise SealedChannelRequired(
+                    "requests with a tenant API key are served only through the sealed channel "
+                    "(Oblivious HTTP at /.well-known/ohttp-gateway)")
             return self.tenants.authenticate(request.headers.get("authorization"))
 
         return {

@@ -61,6 +61,12 @@ def sealed_client(gw: Gateway, key: str, policy: VerificationPolicy,
     return client, source
 
 
+def _sealed_http(gw: Gateway, source: AttestedKeySource) -> httpx2.Client:
+    """An HTTP client that seals every request to the verified key (no API key of its own)."""
+    transport = SealedTransport(gateway_url=f"{gw.url}/.well-known/ohttp-gateway", key_source=source)
+    return httpx2.Client(transport=transport, timeout=10)
+
+
 def test_plaintext_is_refused_for_content(sealed_gateway: Gateway, sealed_key: str) -> None:
     auth = {"Authorization": f"Bearer {sealed_key}"}
     for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
@@ -106,11 +112,15 @@ def test_receipt_verifies_against_checkpoint(sealed_gateway: Gateway, sealed_key
     header = raw.headers["sealgate-receipt"]
     exchange = raw.http_response.extensions["sealgate"]
     deadline = time.monotonic() + 10
-    with httpx2.Client(timeout=10) as plain:
+    # The record is fetched with the tenant's key: through the sealed channel too.
+    plain = httpx2.get(f"{sealed_gateway.url}/v1/audit/records/x",
+                       headers={"Authorization": f"Bearer {sealed_key}"})
+    assert plain.status_code == 403 and plain.json()["error"]["code"] == "sealed_channel_required"
+    with _sealed_http(sealed_gateway, source) as sealed:
         while True:
             try:
                 verified = verify_response_receipt(
-                    plain, sealed_gateway.url, header, source.verified.audit_public_key,
+                    sealed, sealed_gateway.url, header, source.verified.audit_public_key,
                     api_key=sealed_key, commitment_key=exchange.commitment_key,
                     request_body=exchange.request_body)
                 break
@@ -203,11 +213,11 @@ def test_client_verifies_both_records_of_a_streamed_request(sealed_gateway: Gate
             request_id = response.headers["x-request-id"]
     assert received.endswith(b"data: [DONE]\n\n")
     deadline = time.monotonic() + 15
-    with httpx2.Client(timeout=10) as plain:
+    with _sealed_http(sealed_gateway, source) as sealed:
         while True:
             try:
                 records = verify_request_records(
-                    plain, base, request_id, source.verified.audit_public_key, api_key=sealed_key,
+                    sealed, base, request_id, source.verified.audit_public_key, api_key=sealed_key,
                     commitment_key=exchange.commitment_key, request_body=exchange.request_body,
                     response_body=received)
                 if len(records) == 2:
@@ -220,9 +230,9 @@ def test_client_verifies_both_records_of_a_streamed_request(sealed_gateway: Gate
     kinds = [r.statement["predicate"]["kind"] for r in records]
     assert kinds == ["intent", "completion"]
     assert records[1].statement["predicate"]["status"] == 200
-    with pytest.raises(SealedTransportError, match="response"):
-        verify_request_records(plain_client := httpx2.Client(timeout=10), base, request_id,
+    with pytest.raises(SealedTransportError, match="response"), \
+            _sealed_http(sealed_gateway, source) as sealed:
+        verify_request_records(sealed, base, request_id,
                                source.verified.audit_public_key, api_key=sealed_key,
                                commitment_key=exchange.commitment_key,
                                request_body=exchange.request_body, response_body=received + b" ")
-    plain_client.close()
