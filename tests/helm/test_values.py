@@ -38,6 +38,8 @@ BAD_VALUES = [
     ("policy-file-dot-data", "policy:\n  files:\n    data/.hidden.yaml: x\n", "data/.hidden.yaml"),
     ("policy-file-dot-folder", "policy:\n  files:\n    data/.d/x.yaml: x\n", "data/.d/x.yaml"),
     ("log-flag-unknown", "vllm:\n  requestLogFlag: --log-requests\n", "requestLogFlag"),
+    # OPA at debug logs request bodies: decision inputs hold client paths and metadata keys.
+    ("opa-debug-log", "opa:\n  logLevel: debug\n", "logLevel"),
     ("tp-zero", "vllm:\n  tensorParallelSize: 0\n", "tensorParallelSize"),
     ("metrics-path", "metrics:\n  path: /prom\n", "path"),  # the proxy serves /metrics only
     ("model-name-too-long", "models:\n  " + "m" * 129 + ":\n    backend: vllm\n", "m" * 129),
