@@ -187,6 +187,9 @@ class LlamaCppBackend:
                      cache_scope: str | None = None) -> AsyncGenerator[Json, None]:
         server = self._require()
         _refuse_unsupported(kind, body, self._caps)
+        slots = max(1, self._config.n_parallel)
+        if (body.get("n") or 1) > slots:  # the core runs a prompt's choices side by side
+            raise _unsupported("n", f"more than {slots} choices (its n_parallel)")
         prompts = _echo_prompts(body) if kind == "completions" and body.get("echo") else None
         # The core numbers the choices of prompt i as i * n + j, as the OpenAI API does.
         n = body.get("n") or 1

@@ -333,6 +333,15 @@ def test_json_schemas_the_grammar_converter_mishandles_are_refused(
         assert served.status_code == 200, served.text
 
 
+def test_more_choices_than_slots_are_refused_by_name(llama_gateway: Gateway) -> None:
+    """The core runs a prompt's choices side by side, one per slot (n_parallel = 1 here); a
+    tenant whose contract allows n = 2 is told which parameter the backend cannot honour."""
+    key = llama_gateway.new_key("globex-research")
+    body = {"messages": HI, "n": 2, "max_tokens": 2}
+    message = _refused(llama_gateway, _post(llama_gateway, key, "/v1/chat/completions", body), "n")
+    assert "more than 1 choices" in message
+
+
 def test_embedding_input_longer_than_a_batch_is_refused(llama_gateway: Gateway, key: str) -> None:
     response = _post(llama_gateway, key, "/v1/embeddings", {"input": f"{CANARY} " * 600})
     _refused(llama_gateway, response, "input")
