@@ -108,7 +108,7 @@ class Services:
             assert self.audit is not None, "the audit log opens at start-up"
             return self.audit
 
-        def tenant(request: Request[Any, Any, Any]) -> Tenant:
+        async def tenant(request: Request[Any, Any, Any]) -> Tenant:
             # A tenant's API key travels only inside the sealed channel, as on the content
             # endpoints: one read off a plaintext hop (a TLS-terminating ingress) would let
             # anyone seal requests as that tenant.
@@ -116,7 +116,11 @@ class Services:
                 raise SealedChannelRequired(
                     "requests with a tenant API key are served only through the sealed channel "
                     "(Oblivious HTTP at /.well-known/ohttp-gateway)")
-            return self.tenants.authenticate(request.headers.get("authorization"))
+            authorization = request.headers.get("authorization")
+            found = self.tenants.cached(authorization)
+            if found is None:
+                found = await asyncio.to_thread(self.tenants.looked_up, authorization)
+            return found
 
         return {
             "settings": const(self.settings),

@@ -221,19 +221,20 @@ class TenantStore:
     # -- request path -------------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> Tenant:
         """The tenant of a ``Bearer`` key; :class:`AuthenticationError` otherwise."""
-        # RFC 9110 §11.1: the auth scheme is case-insensitive; §11.4: one or more spaces follow it.
-        scheme, _, key = (authorization or "").strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        if not _KEY.fullmatch(key):
-            raise AuthenticationError("invalid API key")
-        digest = _hash(key)
-        now = time.monotonic()
+        found = self.cached(authorization)
+        return found if found is not None else self.looked_up(authorization)
+
+    def cached(self, authorization: str | None) -> Tenant | None:
+        """The tenant of a ``Bearer`` key if the cache holds it (no database read), else None;
+        :class:`AuthenticationError` for what is no key at all."""
+        digest = _digest(authorization)
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def looked_up(self, authorization: str | None) -> Tenant:
+        """The tenant of a ``Bearer`` key, read from the database (and cached)."""
+        digest, now = _digest(authorization), time.monotonic()
         tenant = self._lookup(digest)
         with self._lock:
             if len(self._cache) > 10_000:
@@ -251,6 +252,18 @@ class TenantStore:
         if not hmac.compare_digest(key.key_hash, digest):
             raise AuthenticationError("invalid API key")
         return Tenant(tenant.id, tenant.name, tenant.pseudonym)
+
+
+def _digest(authorization: str | None) -> str:
+    """The stored digest of a ``Bearer`` key; :class:`AuthenticationError` for no key."""
+    # RFC 9110 §11.1: the auth scheme is case-insensitive; §11.4: one or more spaces follow it.
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+    if not _KEY.fullmatch(key):
+        raise AuthenticationError("invalid API key")
+    return _hash(key)
 
 
 def _named(session: Session, name: str) -> TenantRow | None:

@@ -218,3 +218,21 @@ def test_commands_that_need_state_refuse_a_data_directory_without_it(
     assert f"no state database at {missing / 'sealgate.db'}" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
     assert main(["tenants", "create", "acme"]) == 0 and (missing / "sealgate.db").is_file()
+
+
+def test_the_cache_answers_only_keys_it_looked_up(store: TenantStore) -> None:
+    """The request path asks the cache first (no database read) and reads the database off
+    its event loop only on a miss; a key that does not exist is never cached."""
+    store.create_tenant("acme")
+    _, key = store.create_key("acme")
+    authorization = f"Bearer {key}"
+    assert store.cached(authorization) is None
+    assert store.looked_up(authorization).name == "acme"
+    hit = store.cached(authorization)
+    assert hit is not None and hit.name == "acme"
+    wrong = "Bearer " + key[:-4] + "AAAA"
+    with pytest.raises(AuthenticationError):
+        store.looked_up(wrong)
+    assert store.cached(wrong) is None
+    with pytest.raises(AuthenticationError, match="missing API key"):
+        store.cached("Basic x")
