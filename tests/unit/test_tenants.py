@@ -220,9 +220,10 @@ def test_commands_that_need_state_refuse_a_data_directory_without_it(
     assert main(["tenants", "create", "acme"]) == 0 and (missing / "sealgate.db").is_file()
 
 
-def test_the_cache_answers_only_keys_it_looked_up(store: TenantStore) -> None:
+def test_the_cache_answers_only_keys_it_looked_up(data_dir: Path) -> None:
     """The request path asks the cache first (no database read) and reads the database off
     its event loop only on a miss; a key that does not exist is never cached."""
+    store = TenantStore(f"sqlite:///{data_dir / 'sealgate.db'}", cache_ttl_s=60)
     store.create_tenant("acme")
     _, key = store.create_key("acme")
     authorization = f"Bearer {key}"
@@ -236,3 +237,4 @@ def test_the_cache_answers_only_keys_it_looked_up(store: TenantStore) -> None:
     assert store.cached(wrong) is None
     with pytest.raises(AuthenticationError, match="missing API key"):
         store.cached("Basic x")
+    store.close()
