@@ -132,7 +132,7 @@ class Services:
             "identity_service": const(self.identity),
             "policy_engine": const(self.policy),
             "audit_log": Provide(audit_log, sync_to_thread=False),
-            "tenant": Provide(tenant, sync_to_thread=False),
+            "tenant": Provide(tenant),
             "dashboard": const(self.dashboard),
         }
 
