@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["BackendBusy", "BackendError", "BackendRejected", "BackendUnavailable", "ModelNotFound"]
+__all__ = [
+    "BackendBusy", "BackendError", "BackendRejected", "BackendTimedOut", "BackendUnavailable",
+    "ModelNotFound",
+]
 
 
 class BackendError(Exception):
@@ -12,6 +15,10 @@ class BackendError(Exception):
     status = 502
     type = "api_error"
     param: str | None = None
+    spent = True
+    """Whether the backend may have generated before this ended the request: an answer that
+    could not be read, a timeout. The tenant's token budget is charged the request's estimate
+    then, as for a client that left; a backend that refused it or was never reached is not."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -26,6 +33,13 @@ class BackendUnavailable(BackendError):
 
     code = "backend_unavailable"
     status = 503
+    spent = False
+
+
+class BackendTimedOut(BackendUnavailable):
+    """The upstream took longer than its timeout: it may have generated all along."""
+
+    spent = True
 
 
 class BackendBusy(BackendError):
@@ -34,6 +48,7 @@ class BackendBusy(BackendError):
     code = "backend_rate_limited"
     status = 429
     type = "rate_limit_error"
+    spent = False
 
     def __init__(self, detail: str, retry_after: int = 1) -> None:
         super().__init__(detail)
@@ -47,6 +62,7 @@ class BackendRejected(BackendError):
     code = "upstream_rejected"
     status = 400
     type = "invalid_request_error"
+    spent = False
 
 
 class ModelNotFound(BackendError):
@@ -56,3 +72,4 @@ class ModelNotFound(BackendError):
     status = 404
     type = "invalid_request_error"
     param = "model"
+    spent = False

@@ -29,7 +29,13 @@ import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from inference._base import GenerationKind, Json
-from inference._errors import BackendBusy, BackendError, BackendRejected, BackendUnavailable
+from inference._errors import (
+    BackendBusy,
+    BackendError,
+    BackendRejected,
+    BackendTimedOut,
+    BackendUnavailable,
+)
 
 __all__ = ["OpenAIBackend", "OpenAIConfig", "api_key"]
 
@@ -167,7 +173,7 @@ def _mapped_errors() -> Iterator[None]:
     try:
         yield
     except (TimeoutError, httpx.TimeoutException) as exc:
-        raise BackendUnavailable("the upstream timed out") from exc
+        raise BackendTimedOut("the upstream timed out") from exc
     except (httpx.HTTPError, aiohttp.ClientError) as exc:
         raise BackendUnavailable(f"the upstream is unreachable ({type(exc).__name__})") from exc
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8 is the second

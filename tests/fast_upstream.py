@@ -1,7 +1,8 @@
 """FastUpstream: a measurement tool, not a model. An OpenAI-compatible upstream that answers
 instantly with fixed text, so benchmarks measure the gateway's own cost and tests can observe
 whether a stream (or, with a ``temperature``, a whole answer) was cancelled; a stream's
-``presence_penalty`` holds its first chunk that many seconds, as queueing and prefill do, and a
+``presence_penalty`` holds its first chunk that many seconds, as queueing and prefill do (a whole
+answer's, the answer: the time a model takes without ``max_tokens``), and a
 positive ``frequency_penalty`` sends a chunk without choices before that wait (prompt-filter
 results, as Azure OpenAI sends). Raw ASGI, no framework, to keep its own overhead near zero.
 
@@ -138,8 +139,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         prefill = float(body.get("presence_penalty") or 0)
         return await _stream(send, receive, model, n, delay, text=path == "/v1/completions",
                              prefill=prefill, filtered=float(body.get("frequency_penalty") or 0) > 0)
-    if delay:
-        finished = await _generating(receive, n * delay)
+    held = n * delay + float(body.get("presence_penalty") or 0)
+    if held:
+        finished = await _generating(receive, held)
         STATS["whole_finished" if finished else "whole_cancelled"] += 1
         if not finished:
             return

@@ -39,6 +39,9 @@ class TenantLimits(NamedTuple):
     """Requests started in any minute (a burst of that many, then refilled evenly)."""
     tokens_per_minute: int = 0
     """Prompt and completion tokens used in any minute (likewise)."""
+    max_tokens: int = 0
+    """The output limit a request may ask for (the contract's ``max_tokens``): what a request
+    that asked for none is charged when its backend never counted."""
 
 
 class TenantLimitExceeded(SealgateError):
@@ -118,7 +121,7 @@ class TenantLimiter:
         """A lease for one more of ``tenant``'s requests, or :class:`TenantBusy`,
         :class:`TenantRateLimited` or :class:`TenantTokensExhausted` (a refused request uses up
         nothing). ``limits`` are this tenant's own, when they differ from the limiter's."""
-        limit, per_minute, tokens_per_minute = limits if limits is not None else self.limits
+        limit, per_minute, tokens_per_minute, _ = limits if limits is not None else self.limits
         if limit <= 0 and per_minute <= 0 and tokens_per_minute <= 0:
             return Lease(self, tenant, held=False, tokens_per_minute=0)
         with self._lock:

@@ -36,7 +36,10 @@ QUICK = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}], 
 def limited(workdir: Path, fast_upstream: Proc) -> Iterator[Gateway]:
     config = (f"tenant_max_concurrent = {CAP}\ntenant_requests_per_minute = {PER_MINUTE}\n"
               f"tenant_tokens_per_minute = {TOKENS_PER_MINUTE}\n" + gateway_config(
-        fast_upstream.port, allow_plaintext=True, local=False))
+        fast_upstream.port, allow_plaintext=True, local=False)
+              + f'\n[backends.impatient]\ntype = "openai"\n'
+                f'url = "http://127.0.0.1:{fast_upstream.port}/v1"\ntimeout_s = 1.0\n'
+                '\n[models."slow-echo"]\nbackend = "impatient"\nretention_tier = "attested-zero"\n')
     gw = start_gateway(workdir, config)
     yield gw
     gw.stop()
@@ -165,6 +168,31 @@ def test_leaving_before_the_answer_does_not_escape_the_token_budget(limited: Gat
         time.sleep(0.2)
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "token_rate_limit_exceeded"
+
+
+@pytest.mark.parametrize("case", ["left", "timed out"])
+def test_an_answer_without_a_limit_or_a_count_is_charged_the_contracts_limit(
+        limited: Gateway, case: str) -> None:
+    """A whole answer that set no ``max_tokens`` may generate up to what the contract allows
+    (``default``: 4096). If the backend never counts it (the client left, or the backend ran
+    past its timeout), that is what is charged: 2 x (4096 + the prompt) of 6000."""
+    key = limited.new_key("unbounded-" + case.replace(" ", "-"))
+    # the upstream holds the answer 2 s; the client waits 0.5 s, slow-echo's backend 1 s
+    unbounded = {**QUICK, "presence_penalty": 2.0}
+    unbounded.pop("max_tokens")
+    for _ in range(2):
+        if case == "left":
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{limited.url}{CHAT}", json=unbounded, timeout=0.5,
+                           headers={"Authorization": f"Bearer {key}"})
+        else:
+            timed_out = _post(limited, key, {**unbounded, "model": "slow-echo"})
+            assert timed_out.status_code == 503, timed_out.text
+    deadline = time.monotonic() + 15  # until the gateway has seen both end
+    while (refused := _post(limited, key, QUICK)).status_code == 200:
+        assert time.monotonic() < deadline, "the unbounded answers were not charged"
+        time.sleep(0.2)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "token_rate_limit_exceeded"
 
 
 def _contract(name: str, limits: str) -> str:

@@ -120,6 +120,13 @@ class OpenAIService:
             Outcome(exc.status, aborted=exc.code).log(ctx, self.metrics)
             raise
 
+    def _output_limit(self, ctx: CallContext) -> int:
+        """The output tokens charged to a request that set no limit and whose backend never
+        counted them: its tenant's contract's ``max_tokens``, else ``DEFAULT_OUTPUT_ESTIMATE``."""
+        assert ctx.tenant is not None
+        limits = self._tenant_limits(ctx.tenant.name) if self._tenant_limits else None
+        return (limits.max_tokens if limits else 0) or DEFAULT_OUTPUT_ESTIMATE
+
     def _cache_scope(self, ctx: CallContext) -> str | None:
         """Who may share cached prompt state with this request (``Backend``): its tenant."""
         if ctx.tenant is None:
@@ -183,6 +190,8 @@ class OpenAIService:
             body = _forward_body(params, ctx.route, admission)
             scope = self._cache_scope(ctx)
             prompt, limit = _estimate(raw, params)
+            if not limit:  # the backend may generate up to what the tenant's contract allows
+                limit = self._output_limit(ctx)
             if parsed.stream:
                 include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
                 chunks = await self._first_chunk(request, ctx, admission, lease, prompt,
@@ -210,7 +219,7 @@ class OpenAIService:
         a client that leaves first cancels the backend call. An answer the backend did not
         count (it left first, or the backend sent no ``usage``) is charged ``unreported``
         tokens, or such a backend would get around the tenant's token budget."""
-        outcome = Outcome(500, aborted="internal_error")
+        outcome, spent = Outcome(500, aborted="internal_error"), True
         try:
             async with _CancelOnDisconnect(request.receive):
                 result = await answer
@@ -223,10 +232,12 @@ class OpenAIService:
                               usage.get("completion_tokens", 0), commitment.value())
         except Exception as exc:
             outcome = _failed(exc)
+            # A backend that may have generated (it timed out, or its answer was unreadable)
+            # is charged like one whose client left; one that refused or was never reached not.
+            spent = outcome.aborted == "client_disconnected" or getattr(exc, "spent", False)
             raise
         finally:
-            answered = outcome.aborted in (None, "client_disconnected")
-            await self._finish(ctx, admission, outcome, lease, unreported if answered else 0)
+            await self._finish(ctx, admission, outcome, lease, unreported if spent else 0)
         return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
 
     async def _first_chunk(self, request: Request[Any, Any, Any], ctx: CallContext,
@@ -345,6 +356,11 @@ class OpenAIService:
                                      backend.embed(body, cache_scope=self._cache_scope(ctx)), shape)
         finally:
             lease.release()
+
+
+# Output tokens charged to a request without a limit of its own, when its tenant's contract sets
+# none either and its backend never counted: the context of a small model.
+DEFAULT_OUTPUT_ESTIMATE = 4096
 
 
 def _estimate(raw: bytes, params: dict[str, Any]) -> tuple[int, int]:
