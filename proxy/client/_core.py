@@ -75,10 +75,10 @@ class Prepared:
 
 
 def wants_stream(request: httpx2.Request, body: bytes) -> bool:
-    """OpenAI-style streaming requests (JSON ``"stream": true``) use chunked OHTTP."""
+    """OpenAI-style streaming requests (JSON ``"stream": true``) use chunked OHTTP. Decided by
+    the body alone, as the gateway reads it whatever its content type (``curl -d`` sends
+    form-urlencoded): a stream sealed whole would arrive all at once."""
     if b'"stream"' not in body and b"\\u" not in body:  # the key, literal or escaped
-        return False
-    if "json" not in request.headers.get("content-type", ""):
         return False
     try:
         payload = json.loads(body)

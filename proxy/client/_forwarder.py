@@ -58,25 +58,40 @@ def _error(status: int, err: SealedTransportError) -> tuple[int, bytes]:
     return status, msgspec.json.encode({"error": error})
 
 
-async def _read_body(receive: Receive) -> bytes:
+# A request body the forwarder holds at most (the gateway's own default limit is 1 MiB), and the
+# time its client may take to send it: a local process must not make the forwarder hold
+# unbounded memory, or a connection forever, before the gateway could refuse anything.
+MAX_BODY = 16 << 20
+BODY_TIMEOUT_S = 60.0
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionAbortedError
-        body += message.get("body", b"")
-        if not message.get("more_body", False):
-            return bytes(body)
+    with anyio.fail_after(BODY_TIMEOUT_S):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectionAbortedError
+            body += message.get("body", b"")
+            if len(body) > limit:
+                raise _TooLarge
+            if not message.get("more_body", False):
+                return bytes(body)
 
 
 class ClientProxy:
     """The forwarder as a raw ASGI app around an :class:`AsyncSealedTransport`."""
 
     def __init__(self, transport: AsyncSealedTransport, origin: str, *,
-                 timeout: httpx2.Timeout = GATEWAY_TIMEOUT) -> None:
+                 timeout: httpx2.Timeout = GATEWAY_TIMEOUT, max_body: int = MAX_BODY) -> None:
         self._transport = transport
         self._origin = origin.rstrip("/")
         self._timeout = timeout.as_dict()
+        self._max_body = max_body
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -107,9 +122,21 @@ class ClientProxy:
                               extensions={"timeout": self._timeout})
 
     async def _forward(self, scope: Message, receive: Receive, send: Send) -> None:
+        declared = dict(scope["headers"]).get(b"content-length", b"")
         try:
-            body = await _read_body(receive)
+            if declared.isdigit() and int(declared) > self._max_body:
+                raise _TooLarge
+            body = await _read_body(receive, self._max_body)
         except ConnectionAbortedError:
+            return
+        except _TooLarge:
+            too_large = SealedTransportError(
+                "request_too_large", f"the request body is larger than {self._max_body} bytes")
+            await _send_whole(send, *_error(413, too_large))
+            return
+        except TimeoutError:
+            slow = SealedTransportError("request_timeout", "the request body took too long to arrive")
+            await _send_whole(send, *_error(408, slow))
             return
         # The local client may leave while the gateway is still working on a whole (non-streamed)
         # answer: closing the sealed request then lets the gateway stop the backend, as it would
@@ -199,6 +226,6 @@ def serve_client_proxy(
     transport = AsyncSealedTransport(gateway_url=gateway_url, key_source=key_source)
     config = uvicorn.Config(
         ClientProxy(transport, origin), host=host, port=port, access_log=False, log_level="warning",
-        ws="none",
+        ws="none", limit_concurrency=256,  # a local process cannot hold every descriptor
     )
     uvicorn.Server(config).run()

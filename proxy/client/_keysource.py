@@ -188,8 +188,15 @@ class AttestedKeySource:
         if fetch is None or fetch.done():
             fetch = self._fetches[loop] = loop.create_task(self._afetch())
             fetch.add_done_callback(_retrieved)
+            # The task holds its loop: the entry goes with it, or every loop that ever fetched
+            # (an asyncio.run per call) would be kept.
+            fetch.add_done_callback(lambda done: self._forget(loop, done))
         # Shielded: a caller that gives up does not cancel the fetch the others wait for.
         return await asyncio.shield(fetch)
+
+    def _forget(self, loop: asyncio.AbstractEventLoop, done: asyncio.Task[KeyConfig]) -> None:
+        if self._fetches.get(loop) is done:
+            del self._fetches[loop]
 
     async def _afetch(self) -> KeyConfig:
         nonce, body = self._request_body()

@@ -432,3 +432,15 @@ def test_a_caller_that_gives_up_leaves_the_shared_fetch_running() -> None:
         return await stayer
 
     assert asyncio.run(scenario()) is not None and len(calls) == 1
+
+
+def test_a_source_keeps_no_event_loop_it_fetched_on() -> None:
+    """A shared source used from ``asyncio.run`` per call: each loop's fetch is forgotten once
+    done, so closed loops (with their tasks) are not kept one per call."""
+    answer, _, calls = _slow_identity()
+    source = AttestedKeySource("https://gw.example", PINNED,
+                               async_transport=httpx2.MockTransport(answer))
+    for _ in range(5):
+        assert asyncio.run(source.akey_config()) is not None
+        source.invalidate()
+    assert len(calls) == 5 and len(source._fetches) == 0

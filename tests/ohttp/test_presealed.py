@@ -165,7 +165,9 @@ def test_a_presealer_dropped_without_closing_ends_its_thread() -> None:
     (b'{"model": "m", "\\u0073tream": true}', "application/json", True),  # an escaped key
     (b'{"model": "m", "stream": false}', "application/json", False),
     (b'{"model": "m"}', "application/json", False),
-    (b'{"model": "m", "stream": true}', "text/plain", False),
+    # the gateway reads the body whatever its type (curl -d sends form-urlencoded)
+    (b'{"model": "m", "stream": true}', "text/plain", True),
+    (b'{"model": "m", "stream": true}', "application/x-www-form-urlencoded", True),
     (b'{"stream": tru', "application/json", False),
     (b"", "application/json", False),
     (b'{"stream": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", False),

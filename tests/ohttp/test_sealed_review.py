@@ -175,3 +175,22 @@ def test_sealed_header_values_lose_surrounding_whitespace(gateway: tuple[AppStat
         with pytest.raises(SealedTransportError) as info:
             sealed.post(url, content=b"1", headers={"x-trace": "a\x00b"})
     assert info.value.code == "request_invalid" and len(state.requests) == sent
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_client_proxy_refuses_a_body_past_its_limit_before_holding_it(framing: str) -> None:
+    """The forwarder holds a request body before it can seal it: past its limit it answers
+    413 itself, without reading the rest or sending anything to the gateway."""
+    state = AppState()
+    with serve(build_app(state)) as port:
+        origin = f"http://127.0.0.1:{port}"
+        source = StaticKeySource(state.keys.key_configs())
+        transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
+        with serve(ClientProxy(transport, origin, max_body=1024)) as proxy_port:
+            url = f"http://127.0.0.1:{proxy_port}/echo"
+            body = b'{"x": "' + b"a" * 4096 + b'"}'
+            content = body if framing == "content-length" else iter([body[:100], body[100:]])
+            response = httpx2.post(url, content=content)
+            fits = httpx2.post(url, content=b'{"x": 1}')
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert fits.status_code == 200 and state.requests == [True]
