@@ -218,8 +218,8 @@ async def _lines(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[
 
 
 async def _body(response: httpx.Response) -> bytes:
-    """The whole body, refused past ``_MAX_BODY`` (counted decoded: a compressed answer may
-    grow a thousandfold) before it can exhaust the gateway's memory."""
+    """The whole body, refused past ``_MAX_BODY`` before it can exhaust the gateway's memory
+    (answers are never compressed: ``_check_status``)."""
     parts, size = [], 0
     async for part in response.aiter_bytes():
         size += len(part)
@@ -231,6 +231,8 @@ async def _body(response: httpx.Response) -> bytes:
 
 def _check_status(response: httpx.Response) -> None:
     if response.status_code < 400:
+        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            raise BackendError(_MALFORMED)  # it was asked for none (``Accept-Encoding``)
         return
     if response.status_code in (400, 404, 413, 422):
         raise BackendRejected(f"the upstream rejected the request (HTTP {response.status_code})")
@@ -244,7 +246,10 @@ def _retry_after(value: str) -> int:
     """Whole seconds from a ``Retry-After`` given in seconds, within [1, 3600]; 1 for a date
     or anything else."""
     value = value.strip()
-    return min(max(int(value), 1), _MAX_RETRY_AFTER) if value.isascii() and value.isdigit() else 1
+    if not (value.isascii() and value.isdigit()):
+        return 1
+    # Past four digits it is past the cap anyway (and int() refuses 4,300 digits or more).
+    return _MAX_RETRY_AFTER if len(value) > 4 else min(max(int(value), 1), _MAX_RETRY_AFTER)
 
 
 class OpenAIBackend:
@@ -265,7 +270,11 @@ class OpenAIBackend:
         self._timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s).as_dict()
 
     async def start(self) -> None:
-        self._headers = {"Content-Type": "application/json", "User-Agent": "sealgate"}
+        # Uncompressed answers only (``_check_status``): a decoder inflates a whole network read
+        # at once, and stacked codings ("gzip, gzip") make kilobytes into gigabytes before any
+        # size limit can count them.
+        self._headers = {"Content-Type": "application/json", "User-Agent": "sealgate",
+                         "Accept-Encoding": "identity"}
         if self._config.api_key_env:
             self._headers["Authorization"] = f"Bearer {api_key(self._config.api_key_env)}"
         base = self._config.url.rstrip("/")

@@ -111,13 +111,15 @@ class VLLMConfig:
 
 
 # Options the gateway sets itself, and options that would let an extra argument see or log
-# request bodies: ``--middleware`` (any ASGI code in the request path) and ``--config`` (a file
-# that can set every other option, these included). argparse also takes any unambiguous
-# abbreviation of an option, so an extra argument that is a prefix of one of these is refused too.
+# request bodies: ``--middleware`` (any ASGI code in the request path), ``--config`` (a file
+# that can set every other option, these included) and ``--log-config-file`` (a logging
+# configuration that can set any logger to DEBUG, at which vLLM logs generated text). argparse
+# also takes any unambiguous abbreviation of an option, so an extra argument that is a prefix of
+# one of these is refused too.
 _RESERVED = ("--host", "--port", "--uds", "--model", "--served-model-name",
              "--tensor-parallel-size", "--enable-log-requests", "--no-enable-log-requests",
              "--enable-log-outputs", "--disable-log-requests", "--disable-uvicorn-access-log",
-             "--middleware", "--config")
+             "--middleware", "--config", "--log-config-file")
 
 
 def _reserved(arg: str) -> bool:
@@ -125,7 +127,7 @@ def _reserved(arg: str) -> bool:
     name = arg.split("=", 1)[0].replace("_", "-")
     if not name.startswith("--") or len(name) < 3:
         return False
-    return "log-requests" in name or "log-outputs" in name or any(
+    return "log-requests" in name or "log-outputs" in name or "log-config" in name or any(
         flag.startswith(name) for flag in _RESERVED)
 
 

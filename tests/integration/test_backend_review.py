@@ -51,11 +51,20 @@ async def _chunks(backend: OpenAIBackend, model: str) -> list[Any]:
     return [c async for c in backend.stream("chat", {"model": model, "messages": MESSAGES})]
 
 
-@pytest.mark.parametrize("fault", ["huge-answer", "gzip-bomb"])
+def test_a_compressed_answer_is_refused_unread(upstream: FaultInjectingUpstream) -> None:
+    """The backend asks for uncompressed answers: a decoder inflates a whole network read at
+    once (stacked codings, "gzip, gzip", made kilobytes into gigabytes before any limit could
+    count them), so a compressed answer, however small, is refused before it is read."""
+    result, _ = _run(f"{upstream.url}/v1", 10, lambda b: b.generate(
+        "chat", {"model": "gzip-bomb", "messages": MESSAGES}))
+    assert type(result) is BackendError
+    assert str(result) == "backend_error: the upstream sent a malformed response"
+
+
+@pytest.mark.parametrize("fault", ["huge-answer"])
 def test_a_huge_whole_answer_is_refused_not_buffered(upstream: FaultInjectingUpstream,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      fault: str) -> None:
-    # Counted as decoded: the gzip-bomb answer is a few KiB on the wire.
     monkeypatch.setattr(openai_backend, "_MAX_BODY", HUGE // 2)
     result, _ = _run(f"{upstream.url}/v1", 10, lambda b: b.generate(
         "chat", {"model": fault, "messages": MESSAGES}))
@@ -116,3 +125,10 @@ def test_a_long_event_line_is_split_in_linear_time() -> None:
 
     short, long = asyncio.run(run())
     assert long < 4 * short + 0.1, f"one long line {long:.2f} s, short lines {short:.2f} s"
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("7", 7), ("0", 1), ("3600", 3600), ("99999", 3600), ("9" * 5000, 3600),  # int() refuses these
+    ("Wed, 21 Oct 2026 07:28:00 GMT", 1), ("-5", 1), ("", 1)])
+def test_an_upstreams_retry_after_is_read_within_bounds(header: str, seconds: int) -> None:
+    assert openai_backend._retry_after(header) == seconds

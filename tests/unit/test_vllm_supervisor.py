@@ -158,7 +158,8 @@ def fast_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
                                  "--no-enable-log-requests", "--served-model-name",
                                  "--enable_log_requests", "--enable_log_r", "--middleware",
                                  "--middleware=logging_bodies.Middleware", "--midd", "--config",
-                                 "--config=serve.yaml"])
+                                 "--config=serve.yaml", "--log-config-file=/tmp/debug.json",
+                                 "--log-config", "--log_config_file"])
 def test_options_the_gateway_fixes_are_refused(arg: str) -> None:
     with pytest.raises(ValueError, match="extra_args may not set"):
         VLLMConfig(model="m", extra_args=(arg, "x"))

@@ -247,14 +247,16 @@ class OpenAIService:
         """Wait for the first chunk before answering, so a backend that is down gets a proper
         503 instead of a 200 stream that fails. A client that leaves meanwhile (queueing and
         prefill can take long) cancels the backend call, and the record says so. Chunks with
-        neither choices nor usage (an upstream's prompt-filter results) send nothing, so the
-        wait goes on past them, under the same watch."""
+        neither choices nor usage (an upstream's prompt-filter results) send nothing: the wait
+        goes on past them, under the same watch, and they are dropped, not kept (an upstream
+        sending them without end would grow the gateway's memory without end)."""
         ahead: list[dict[str, Any]] = []
         try:
             async with _CancelOnDisconnect(request.receive):
-                ahead.append(await anext(chunks))
-                while not (ahead[-1].get("choices") or ahead[-1].get("usage")):
-                    ahead.append(await anext(chunks))
+                while not ahead:
+                    chunk = await anext(chunks)
+                    if chunk.get("choices") or chunk.get("usage"):
+                        ahead.append(chunk)
         except StopAsyncIteration:
             return _prepend(ahead, chunks)
         except Exception as exc:
