@@ -185,9 +185,10 @@ class RequestParams:
 
 
 def _normalize_path(path: str) -> str:
-    """Drop the query string and trailing slashes: routing ignores both."""
-    bare = path.split("?", 1)[0].split("#", 1)[0]
-    return bare.rstrip("/") or "/"
+    """Drop trailing slashes, which routing ignores. The path is the decoded request path,
+    without its query: a ``?`` or ``#`` in it is the client's own (``%3F``), part of the path,
+    and cutting there would decide ``/v1/models%3F/../fine_tuning/jobs`` as ``/v1/models``."""
+    return path.rstrip("/") or "/"
 
 
 _REQUEST_FIELDS = tuple(f.name for f in fields(RequestParams))

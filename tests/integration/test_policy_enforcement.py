@@ -177,6 +177,32 @@ def test_form_uploads_for_fine_tuning_cite_their_rule(gateway: Gateway, api_key:
     assert request_records(gateway, api_key, nul.headers["x-request-id"], "denial")["denial"]
 
 
+def test_a_query_purpose_cannot_relabel_a_fine_tuning_upload(gateway: Gateway, api_key: str) -> None:
+    """The OpenAI API reads ``purpose`` from the body: a query's counts only without one."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    relabelled = httpx.post(f"{gateway.url}/v1/files?purpose=assistants", headers=auth,
+                            data={"purpose": "fine-tune"}, files={"file": ("a.jsonl", b"{}")})
+    assert relabelled.status_code == 403 and "SG-TRAIN-002" in relabelled.json()["error"]["message"]
+    bodyless = httpx.post(f"{gateway.url}/v1/uploads?purpose=fine-tune", headers=auth, json={})
+    assert bodyless.status_code == 403 and "SG-TRAIN-002" in bodyless.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "rule"), [
+    ("GET", "/v1/models%3F/chat/completions", "SG-ENDPOINT-001"),
+    ("POST", "/v1/chat/completions%23x", "SG-ENDPOINT-001"),
+])
+def test_an_encoded_query_mark_is_part_of_the_path_the_policy_decides(
+        gateway: Gateway, api_key: str, method: str, path: str, rule: str) -> None:
+    """A ``%3F`` or ``%23`` decodes into the path, not into a query: the policy decides on the
+    whole path (cut there, these were decided as GET /v1/models and POST /v1/chat/completions,
+    allowed, and answered 404 with no record)."""
+    response = httpx.request(method, f"{gateway.url}{path}", json={"model": "fast-echo"},
+                             headers={"Authorization": f"Bearer {api_key}"})
+    assert response.status_code == 403 and rule in response.json()["error"]["message"], response.text
+    denial = request_records(gateway, api_key, response.headers["x-request-id"], "denial")["denial"]
+    assert denial["rule_ids"] == [rule]
+
+
 @pytest.mark.parametrize(("method", "path", "rule"), [
     ("GET", "/v1/chat/completions", "SG-TRAIN-005"),  # listing stored completions
     ("DELETE", "/v1/chat/completions", "SG-ENDPOINT-001"),

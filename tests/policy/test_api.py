@@ -141,7 +141,7 @@ def _input(**overrides: object) -> PolicyInput:
         tenant_id="t",
         tenant_name="acme",
         method="post",
-        path="/v1/chat/completions/?x=1",
+        path="/v1/chat/completions//",
         model="m",
         request=RequestParams(),
         backend_name="vllm",
@@ -162,6 +162,9 @@ def test_input_normalizes_and_round_trips() -> None:
     doc = inp.to_dict()
     assert doc["endpoint"] == {"method": "POST", "path": "/v1/chat/completions"}
     assert PolicyInput.from_dict(doc) == inp
+    # The path is the decoded request path, without its query: a "?" in it is the client's
+    # own (%3F) and stays, or /v1/models%3F/… would be decided as /v1/models.
+    assert _input(path="/v1/models?/x#y").to_dict()["endpoint"]["path"] == "/v1/models?/x#y"
 
 
 @pytest.mark.parametrize(

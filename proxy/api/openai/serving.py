@@ -323,7 +323,10 @@ class OpenAIService:
             params: dict[str, Any] = {}
             if request.method in ("POST", "PUT", "PATCH"):
                 params = _body_fields(raw, request.headers.get("content-type", ""))
-            params.update({k: v for k, v in request.query_params.items() if k == "purpose"})
+            # The OpenAI API reads a file's ``purpose`` from its form or JSON body; the query's
+            # counts only where the body has none (a query could not relabel a fine-tune upload).
+            if "purpose" in request.query_params and "purpose" not in params:
+                params["purpose"] = request.query_params["purpose"]
             # A configured model it names is decided with its route (tier, backend), so an
             # endpoint the policy allows is answered as not served here, not as a tier denial.
             model = params.get("model")
