@@ -181,11 +181,19 @@ def _mount(data: dict[str, Any], rel_dir: tuple[str, ...], doc: dict[str, Any]) 
     _merge(node, doc, "data" + "".join(f".{p}" for p in rel_dir))
 
 
+_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")  # as proxy/tenants names tenants
+
+
 def _check_contracts(data: Mapping[str, Any]) -> None:
     contracts = data.get("contracts")
     if not isinstance(contracts, Mapping) or "default" not in contracts:
         raise PolicyBundleError("bundle data must hold contracts with a default contract")
     for name, contract in contracts.items():
+        # A contract under a name no tenant can have (``Acme-Health``) would never apply: its
+        # tenant would fall back to ``default``, which may allow more.
+        if not (isinstance(name, str) and _TENANT_NAME.fullmatch(name)):
+            raise PolicyBundleError(f"contract {name!r} is not named as a tenant can be "
+                                    "(1-63 characters: a-z 0-9 _ . -, starting with a letter or digit)")
         if not isinstance(contract, Mapping):
             raise PolicyBundleError(f"contract {name} must be an object")
         for key, kind in _CONTRACT_FIELDS.items():

@@ -131,6 +131,17 @@ def test_contract_expiry_is_a_whole_minute(bundle_dir: Path, expires: str) -> No
         load_bundle(bundle_dir)
 
 
+@pytest.mark.parametrize("name", ["Acme-Health", "-acme", "acme health", "a" * 64, "ACME"])
+def test_a_contract_named_as_no_tenant_can_be_is_refused(bundle_dir: Path, name: str) -> None:
+    """It would never apply: its tenant would be held to ``default``, which may allow more."""
+    contracts = bundle_dir / "data" / "contracts.yaml"
+    text = contracts.read_text()
+    assert "\n  acme-health:\n" in text
+    contracts.write_text(text.replace("\n  acme-health:\n", f"\n  {name}:\n", 1))
+    with pytest.raises(PolicyBundleError, match="is not named as a tenant can be"):
+        load_bundle(bundle_dir)
+
+
 def test_an_opa_engine_keeps_its_bundle_when_a_new_one_does_not_compile(bundle_dir: Path) -> None:
     """The OPA server would go on with the old policy: the broken bundle's digest must not
     reach decisions, records or the identity document."""
