@@ -7,7 +7,7 @@ default) and ``OPAEngine`` (an OPA server). See docs/policy.md.
 from . import _native  # noqa: F401  first: rego-cpp before any other C++ library (_native.py)
 
 # isort: split
-from ._bundle import PolicyBundle, bundle_digest, load_bundle
+from ._bundle import TENANT_NAME, PolicyBundle, bundle_digest, load_bundle
 from ._decision import Decision, Denial
 from ._engine import PolicyEngine
 from ._errors import PolicyBundleError, PolicyError, PolicyInputError, PolicyUnavailable
@@ -18,6 +18,7 @@ from ._regopy import RegopyEngine
 from ._watch import BundleWatcher
 
 __all__ = [
+    "TENANT_NAME",
     "BundleWatcher",
     "Decision",
     "Denial",

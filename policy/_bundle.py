@@ -30,7 +30,7 @@ import yaml
 from ._errors import PolicyBundleError
 from ._input import is_instant
 
-__all__ = ["PolicyBundle", "bundle_digest", "load_bundle"]
+__all__ = ["TENANT_NAME", "PolicyBundle", "bundle_digest", "load_bundle"]
 
 _DATA_SUFFIXES = (".yaml", ".yml", ".json")
 # Contract expiry: a whole minute. The gateway gives the policy its time at minute resolution
@@ -181,7 +181,9 @@ def _mount(data: dict[str, Any], rel_dir: tuple[str, ...], doc: dict[str, Any]) 
     _merge(node, doc, "data" + "".join(f".{p}" for p in rel_dir))
 
 
-_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")  # as proxy/tenants names tenants
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+"""What a tenant may be named (``fullmatch``): the tenant store's rule, and the rule for the
+contracts looked up by those names."""
 
 
 def _check_contracts(data: Mapping[str, Any]) -> None:
@@ -191,7 +193,7 @@ def _check_contracts(data: Mapping[str, Any]) -> None:
     for name, contract in contracts.items():
         # A contract under a name no tenant can have (``Acme-Health``) would never apply: its
         # tenant would fall back to ``default``, which may allow more.
-        if not (isinstance(name, str) and _TENANT_NAME.fullmatch(name)):
+        if not (isinstance(name, str) and TENANT_NAME.fullmatch(name)):
             raise PolicyBundleError(f"contract {name!r} is not named as a tenant can be "
                                     "(1-63 characters: a-z 0-9 _ . -, starting with a letter or digit)")
         if not isinstance(contract, Mapping):

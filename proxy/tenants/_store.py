@@ -23,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from policy import TENANT_NAME
 from proxy.errors import AuthenticationError, InvalidRequest, NotFound
 from proxy.tenants._errors import state_errors
 from proxy.tenants._models import VERSION_TABLE, ApiKeyRow, TenantRow
@@ -30,7 +31,7 @@ from proxy.tenants._models import VERSION_TABLE, ApiKeyRow, TenantRow
 __all__ = ["ApiKeyInfo", "Tenant", "TenantStore", "open_engine"]
 
 # Matched whole (``fullmatch``): with ``re.match``, ``$`` also matches before a final newline.
-_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_NAME = TENANT_NAME  # contracts are looked up by these names: one rule for both
 _KEY = re.compile(r"sg-([a-z0-9]{8})-[A-Za-z0-9_-]{32,64}")
 _SHOWN = re.compile(r"sg-([a-z0-9]{8})(?:-…)?")  # a key as ``keys list`` shows it
 _MIGRATIONS = Path(__file__).with_name("migrations")

@@ -26,6 +26,7 @@ DIGEST = "sha256:" + "ab" * 32
 
 def test_exported_names_are_exact() -> None:
     assert policy.__all__ == [
+        "TENANT_NAME",
         "BundleWatcher",
         "Decision",
         "Denial",
