@@ -2,8 +2,9 @@
 installs on it.
 
 The server loads no policy files of its own. The engine installs its bundle through OPA's REST
-API: the data document's top-level keys (``PUT /v1/data/KEY``), each policy module
-(``PUT /v1/policies/sealgate/PATH``), and last the revision document
+API: the data document's top-level keys (``PUT /v1/data/KEY``), the modules of each package as
+one policy (``PUT /v1/policies/sealgate/PACKAGE``: OPA compiles what it holds at every write),
+and last the revision document
 ``data.sealgate_revision`` = ``{"digest": "sha256:...", "data_keys": [...]}``. A decision is one
 ad-hoc query that reads the decision and the revision in the same evaluation
 (``POST /v1/query``), so it is reported under the digest of exactly the bundle that made it;
@@ -15,7 +16,9 @@ what was installed (a restart) is installed again on the next decision.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,12 +32,12 @@ from ._errors import PolicyBundleError, PolicyError, PolicyUnavailable
 from ._input import PolicyInput
 from ._regopy import compile_bundle
 
-__all__ = ["OPAEngine"]
+__all__ = ["OPAEngine", "opa_policies"]
 
 REVISION = "sealgate_revision"
 """The data document that names the bundle the server holds."""
 POLICY_PREFIX = "sealgate/"
-"""Policy ids this engine installs (``sealgate/<path in the bundle>``); it removes only these."""
+"""Policy ids this engine installs (``sealgate/<package>``); it removes only these."""
 QUERY = f"decision = data.{PACKAGE}.{RULE}; revision = data.{REVISION}.digest"
 
 
@@ -65,6 +68,41 @@ def _client(url: str, timeout_s: float, token: str | None) -> AsyncOpaClient:
     )
 
 
+_PACKAGE = re.compile(r"\s*package\s+([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*(?:#.*)?")
+_IMPORT = re.compile(r"\s*import\s+\S.*")
+
+
+def _skippable(line: str) -> bool:
+    return not line.strip() or line.lstrip().startswith("#")
+
+
+def opa_policies(bundle: PolicyBundle) -> dict[str, str]:
+    """The bundle's modules as OPA policies, one per package: the package line, the imports of
+    all its modules (each module's head: the lines before its first rule), then each module's
+    rules in path order. OPA compiles what it holds at every write, so modules uploaded one by
+    one would each be refused for the rules they use from the others.
+    ``PolicyBundleError`` for a module that does not start with a plain package line."""
+    packages: dict[str, tuple[list[str], list[str]]] = {}
+    for name, source in sorted(bundle.modules.items()):
+        lines = source.splitlines()
+        i = 0
+        while i < len(lines) and _skippable(lines[i]):
+            i += 1
+        found = _PACKAGE.fullmatch(lines[i]) if i < len(lines) else None
+        if found is None:
+            raise PolicyBundleError(f"policy module {name} does not start with a package line "
+                                    "the opa engine can read (package a.b.c)")
+        imports, rules = packages.setdefault(found.group(1), ([], []))
+        i += 1
+        while i < len(lines) and (_skippable(lines[i]) or _IMPORT.fullmatch(lines[i])):
+            if _IMPORT.fullmatch(lines[i]) and lines[i].strip() not in imports:
+                imports.append(lines[i].strip())
+            i += 1
+        rules.append(f"# {name}\n" + "\n".join(lines[i:]))
+    return {package: "\n".join([f"package {package}", *imports, "", *rules]) + "\n"
+            for package, (imports, rules) in packages.items()}
+
+
 def _installable(bundle: PolicyBundle) -> PolicyBundle:
     """``bundle``, once it compiles and its data can be installed key by key
     (``PolicyBundleError`` otherwise). Policies keep to what both engines evaluate, so the
@@ -75,6 +113,8 @@ def _installable(bundle: PolicyBundle) -> PolicyBundle:
         if not isinstance(value, Mapping):
             raise PolicyBundleError(f"with the opa engine, top-level data {key!r} must be an object")
     compile_bundle(bundle)
+    # What the server will hold must compile too (joined per package, as it is installed).
+    compile_bundle(replace(bundle, modules=opa_policies(bundle)))
     return bundle
 
 
@@ -195,19 +235,25 @@ class OPAEngine(PolicyEngine):
         except DocumentUndefined:  # the document is undefined: nothing installed by an engine
             held = None
         stale_data = set(held.get("data_keys", [])) if isinstance(held, Mapping) else set()
-        # Cleared first: from here until the end, the server answers under no revision.
+        # Cleared first: from here until the end, the server answers under no revision. The
+        # cleared document still lists every key written so far or about to be, so an install
+        # that stops half way leaves none behind that the next one would not remove.
         self._installed = None
-        await client.update_or_create_data(_revision(None), REVISION)
+        await client.update_or_create_data(
+            {"digest": "", "data_keys": sorted(stale_data | set(bundle.data))}, REVISION)
         for key in stale_data - set(bundle.data) - {REVISION}:
             await client.delete_data(key)
-        for policy_id in await client.get_policies_list():
-            if policy_id.startswith(POLICY_PREFIX) and policy_id[len(POLICY_PREFIX):] not in bundle.modules:
-                await client.delete_policy(policy_id)
         for key, value in bundle.data.items():
             await client.update_or_create_data(dict(value), key)
-        for name, source in bundle.modules.items():
-            # Exactly these bytes: never the client's rewrite of older Rego syntax.
-            await client.update_policy_from_string(source, POLICY_PREFIX + name, rego_compat=False)
+        policies = opa_policies(bundle)
+        for package, source in policies.items():
+            # One policy per package, replaced whole: OPA compiles what it holds at every
+            # write, and a package's files use each other's rules. Exactly this text: never
+            # the client's rewrite of older Rego syntax.
+            await client.update_policy_from_string(source, POLICY_PREFIX + package, rego_compat=False)
+        for policy_id in await client.get_policies_list():
+            if policy_id.startswith(POLICY_PREFIX) and policy_id[len(POLICY_PREFIX):] not in policies:
+                await client.delete_policy(policy_id)
         await client.update_or_create_data(_revision(bundle), REVISION)
 
     async def _open(self) -> None:

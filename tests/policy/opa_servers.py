@@ -1,7 +1,8 @@
 """Loopback HTTP servers that speak OPA's REST API, for exercising ``OPAEngine``.
 
 ``OPATestServer`` keeps what it is given, as an OPA server started with no files does:
-policies (``GET /v1/policies``, ``PUT``/``DELETE /v1/policies/ID``), data (``GET``/``PUT``/
+policies (``GET /v1/policies``, ``PUT``/``DELETE /v1/policies/ID``; a write that leaves the
+modules it holds not compiling is refused, as OPA refuses it), data (``GET``/``PUT``/
 ``DELETE /v1/data/KEY``) and ad-hoc queries with input (``POST /v1/query``), evaluated with
 regopy over the modules and data it holds (no OPA binary is available here). Tests may write to
 it behind the engine's back, as anything else reaching the server could.
@@ -53,6 +54,23 @@ class _Server(LoopbackHTTPServer):
         return Handler
 
 
+def _compiles(modules: dict[str, str], written: str) -> bool:
+    """Whether ``modules`` compile together, as far as evaluating the package ``written``
+    declares tells (rego-cpp reports a rule that uses an undefined name only then)."""
+    package = next((line.split()[1] for line in written.splitlines()
+                    if line.startswith("package ")), None)
+    if package is None:
+        return False
+    interpreter = regopy.Interpreter()
+    try:
+        for name, source in modules.items():
+            interpreter.add_module(name, source)
+        interpreter.set_input(regopy.Input({}))
+        return bool(interpreter.query(f"x = data.{package}").ok())
+    except Exception:  # regopy fails to read its own error output
+        return False
+
+
 class OPATestServer(_Server):
     """The parts of OPA's REST API that ``OPAEngine`` uses, over regopy."""
 
@@ -81,7 +99,10 @@ class OPATestServer(_Server):
             listed = [{"id": i, "raw": s} for i, s in sorted(self.policies.items())]
             return 200, json.dumps({"result": listed}).encode()
         if method == "PUT" and policy_id:
-            self.policies[policy_id], self.writes = body.decode(), self.writes + 1
+            held = {**self.policies, policy_id: body.decode()}
+            if not _compiles(held, body.decode()):  # as OPA compiles what it holds at a write
+                return 400, b'{"code": "invalid_parameter", "message": "compile error"}'
+            self.policies, self.writes = held, self.writes + 1
             return 200, b"{}"
         if method == "DELETE" and self.policies.pop(policy_id, None) is not None:
             self.writes += 1

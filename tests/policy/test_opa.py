@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from policy import OPAEngine, PolicyBundle, PolicyError, PolicyUnavailable, RegopyEngine, load_bundle
-from policy._opa import POLICY_PREFIX, QUERY, REVISION
+from policy._opa import POLICY_PREFIX, QUERY, REVISION, opa_policies
 
 from .conftest import load_cases, patched
 from .opa_servers import FaultInjectingOPAServer, OPATestServer
@@ -34,7 +35,8 @@ def test_opa_engine_matches_regopy(bundle: PolicyBundle, engine: RegopyEngine) -
         assert len(server.queries) == len(docs)
         assert server.queries[0] == {"query": QUERY, "input": docs[0]}
         # What the server holds is what the engine installed: these modules, this data.
-        assert server.policies == {POLICY_PREFIX + name: src for name, src in bundle.modules.items()}
+        assert server.policies == {POLICY_PREFIX + package: source
+                                   for package, source in opa_policies(bundle).items()}
         assert server.data == {**bundle.data, REVISION: {"digest": bundle.digest,
                                                          "data_keys": sorted(bundle.data)}}
     want = [asyncio.run(engine.decide(doc)).to_dict() for doc in docs]
@@ -110,7 +112,7 @@ def test_decisions_report_only_the_bundle_the_server_holds(bundle: PolicyBundle,
             decision = await opa.decide(doc)
             assert (decision.bundle_digest, opa.bundle_digest) == (weak.digest, weak.digest)
             assert [d.rule for d in decision.deny] == ["SG-RETENTION-999"]
-            assert POLICY_PREFIX + "rego/enclave.rego" not in server.policies
+            assert "# rego/enclave.rego" not in server.policies[POLICY_PREFIX + "sealgate.authz"]
         finally:
             await opa.aclose()
             await other.aclose()
@@ -136,3 +138,61 @@ def test_a_server_that_does_not_hold_the_bundle_fails_closed(bundle: PolicyBundl
         with pytest.raises(PolicyUnavailable, match="does not hold"):
             asyncio.run(_decide_all(opa, [BASE]))
         assert len(server.queries) == 2  # once, then once more after installing it again
+
+
+class _FailingOnceOPAServer(OPATestServer):
+    """Refuses the revision write of one bundle (``refused``), once: an install that stops half
+    way."""
+
+    refused = ""
+
+    def _data(self, method: str, key: str, body: bytes) -> tuple[int, bytes]:
+        if self.refused and key == REVISION and method == "PUT" and \
+                json.loads(body)["digest"] == self.refused:
+            self.refused = ""
+            return 500, b'{"code": "internal_error", "message": "write failed"}'
+        return super()._data(method, key, body)
+
+
+def test_an_install_that_stops_half_way_leaves_no_data_behind(bundle: PolicyBundle,
+                                                               bundle_dir: Path) -> None:
+    """The cleared revision still names every key written: the next install removes a key the
+    failed one wrote, so no decision reads data outside the bundle it reports."""
+    (bundle_dir / "data" / "overrides.yaml").write_text("overrides:\n  allow_everything: true\n")
+    extra = load_bundle(bundle_dir)
+
+    async def scenario(url: str, server: _FailingOnceOPAServer) -> None:
+        opa = OPAEngine(url, bundle, timeout_s=2.0)
+        try:
+            await opa.settle()
+            server.refused = extra.digest
+            opa.reload(extra)
+            with pytest.raises(PolicyUnavailable):
+                await opa.settle()  # the data went in, the revision did not
+            assert "overrides" in server.data
+            opa.reload(bundle)
+            await opa.settle()
+            assert set(server.data) == {*bundle.data, REVISION}
+            assert (await opa.decide(BASE)).bundle_digest == bundle.digest
+        finally:
+            await opa.aclose()
+
+    with _FailingOnceOPAServer() as server:
+        asyncio.run(scenario(server.url, server))
+
+
+def test_a_packages_modules_are_installed_as_one_policy_with_their_imports(bundle_dir: Path) -> None:
+    """OPA compiles what it holds at every write: a package's files, which use each other's
+    rules, go in as one policy, with every file's imports at its head."""
+    (bundle_dir / "rego" / "zz_extra.rego").write_text(
+        "# an operator's addition\npackage sealgate.authz\n\nimport rego.v1\n\n"
+        "extra_note := count(deny)\n")
+    policies = opa_policies(load_bundle(bundle_dir))
+    assert list(policies) == ["sealgate.authz"]
+    head = policies["sealgate.authz"].splitlines()[:2]
+    assert head == ["package sealgate.authz", "import rego.v1"]
+    assert "# rego/zz_extra.rego\nextra_note := count(deny)" in policies["sealgate.authz"]
+    with OPATestServer() as server:  # refuses what would not compile, as OPA does
+        opa = OPAEngine(server.url, load_bundle(bundle_dir), timeout_s=2.0)
+        asyncio.run(_decide_all(opa, [BASE]))
+        assert list(server.policies) == [POLICY_PREFIX + "sealgate.authz"]
