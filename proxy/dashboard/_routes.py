@@ -12,6 +12,7 @@ from litestar.datastructures import Cookie, FormMultiDict
 from litestar.exceptions import ClientException
 from litestar.params import Parameter
 
+from audit import AuditError
 from proxy.evidence import EvidenceError, ExportOptions, build_bundle
 from proxy.tenants import Tenant
 from proxy.users import InvalidCredentials
@@ -258,6 +259,10 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
                                        dashboard.log_key, options)
     except (ValueError, PermissionError, EvidenceError) as exc:
         return _page("error.html", viewer, "export", 400, message=_export_problem(exc))
+    except AuditError as exc:  # the store failed or holds a broken tree: the export cannot be made
+        return _page("error.html", viewer, "export", exc.status if exc.status >= 500 else 400,
+                     message=f"The audit store could not be read for this export ({exc.code}); "
+                             "run `sealgate audit verify`.")
     # Named by the first and last day it covers (the window ends just before ``end``).
     name = f"sealgate-evidence-{start.date()}-{(end - timedelta(microseconds=1)).date()}.zip"
     return Response(data, media_type="application/zip", headers={

@@ -4,6 +4,7 @@ names no account can have, and what the log health page claims and where it does
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -347,3 +348,30 @@ def test_the_record_index_catches_up_in_slices_and_the_pages_say_so(
     # one chunk folded by the view; the background goes on while the page is rendered
     assert first[0] == 10 and 0 < first[1] <= 35
     assert last == [45, 0] and next_leaf == 45
+
+
+def test_an_export_from_a_store_with_a_broken_tree_is_a_page_not_a_500(tmp_path: Path) -> None:
+    """The export proves each record it reads from the stored tree: a tree node gone is the
+    store's fault, said on the export page (503), never an internal error."""
+    from tests.evidence.conftest import CONFIG, drive
+    from tests.server import start_fast_upstream, start_gateway
+
+    upstream = start_fast_upstream(tmp_path)
+    gw = start_gateway(tmp_path, CONFIG.format(fast=upstream.port))
+    try:
+        drive(gw)
+        store = UserStore(f"sqlite:///{gw.data_dir / 'sealgate.db'}")
+        store.create("exporter", "auditor", PASSWORD, None)
+        store.close()
+        with sqlite3.connect(gw.data_dir / "audit.db") as db:  # the stored tree loses a node
+            db.execute("DELETE FROM audit_nodes WHERE rowid = (SELECT min(rowid) FROM audit_nodes)")
+        auditor = sign_in(gw.url, "exporter", "127.0.0.7")
+        token = CSRF.search(auditor.get("/dashboard/export").text)
+        assert token is not None
+        response = auditor.post("/dashboard/export", data={
+            "csrf": token.group(1), "from": "2020-01-01", "to": "2099-01-01"})
+        assert response.status_code == 503, response.text[:300]
+        assert "could not be read for this export" in response.text
+    finally:
+        gw.stop()
+        upstream.stop()
