@@ -58,6 +58,16 @@ class SignedCheckpoint:
         return cls._parse_body(text, note, want)
 
     @classmethod
+    def stored(cls, size: int, root_hash: bytes, note: str, vkey: str,
+               origin: str | None = None) -> SignedCheckpoint:
+        """A stored checkpoint (its row's size, root and note): the note verified with
+        ``vkey``, and restating the row's size and root, which nobody signed."""
+        checkpoint = cls.parse(note, vkey, origin)
+        if (checkpoint.size, checkpoint.root_hash) != (size, bytes(root_hash)):
+            raise VerificationError(f"checkpoint {size}: columns differ from its signed note")
+        return checkpoint
+
+    @classmethod
     def _parse_body(cls, text: str, note: str, origin: str) -> SignedCheckpoint:
         lines = text[:-1].split("\n")
         if len(lines) < 3 or any(not line for line in lines):

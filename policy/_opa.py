@@ -112,16 +112,9 @@ def _installable(bundle: PolicyBundle) -> PolicyBundle:
     for key, value in bundle.data.items():
         if not isinstance(value, Mapping):
             raise PolicyBundleError(f"with the opa engine, top-level data {key!r} must be an object")
-    compile_bundle(bundle)
-    # What the server will hold must compile too (joined per package, as it is installed).
+    # What the server will hold: the modules joined per package, as they are installed.
     compile_bundle(replace(bundle, modules=opa_policies(bundle)))
     return bundle
-
-
-def _revision(bundle: PolicyBundle | None) -> dict[str, Any]:
-    if bundle is None:
-        return {"digest": "", "data_keys": []}
-    return {"digest": bundle.digest, "data_keys": sorted(bundle.data)}
 
 
 class OPAEngine(PolicyEngine):
@@ -182,7 +175,11 @@ class OPAEngine(PolicyEngine):
                 await self._install()
             bundle = self._bundle
             answer = await self._query(doc)
-            revision = answer.get("revision") if answer is not None else await self._held()
+            if answer is not None:
+                revision = answer.get("revision")
+            else:  # no result: the revision tells a lost server from an undefined decision
+                with fail_closed("OPA query"):
+                    revision = (await self._held()).get("digest")
             if revision == bundle.digest:
                 if answer is None:  # the bundle leaves the decision undefined for this input
                     raise PolicyUnavailable("the OPA server returned no decision")
@@ -204,14 +201,13 @@ class OPAEngine(PolicyEngine):
             raise PolicyUnavailable("the OPA server returned no decision")
         return results[0]
 
-    async def _held(self) -> object:
-        """The digest in the server's revision document; None when it has none."""
-        with fail_closed("OPA query"):
-            try:
-                held = (await self._client.get_data(REVISION)).get("result")
-            except DocumentUndefined:  # the document is undefined
-                return None
-        return held.get("digest") if isinstance(held, Mapping) else None
+    async def _held(self) -> Mapping[str, Any]:
+        """The server's revision document; empty when it has none (nothing installed)."""
+        try:
+            held = (await self._client.get_data(REVISION)).get("result")
+        except DocumentUndefined:
+            return {}
+        return held if isinstance(held, Mapping) else {}
 
     async def _install(self) -> None:
         """Wait for the installation under way, or start one. It runs on its own task, so a
@@ -230,11 +226,8 @@ class OPAEngine(PolicyEngine):
 
     async def _put(self, bundle: PolicyBundle) -> None:
         client = self._client
-        try:
-            held = (await client.get_data(REVISION)).get("result")
-        except DocumentUndefined:  # the document is undefined: nothing installed by an engine
-            held = None
-        stale_data = set(held.get("data_keys", [])) if isinstance(held, Mapping) else set()
+        listed = (await self._held()).get("data_keys")
+        stale_data = set(listed) if isinstance(listed, list) else set()
         # Cleared first: from here until the end, the server answers under no revision. The
         # cleared document still lists every key written so far or about to be, so an install
         # that stops half way leaves none behind that the next one would not remove.
@@ -254,7 +247,8 @@ class OPAEngine(PolicyEngine):
         for policy_id in await client.get_policies_list():
             if policy_id.startswith(POLICY_PREFIX) and policy_id[len(POLICY_PREFIX):] not in policies:
                 await client.delete_policy(policy_id)
-        await client.update_or_create_data(_revision(bundle), REVISION)
+        await client.update_or_create_data(
+            {"digest": bundle.digest, "data_keys": sorted(bundle.data)}, REVISION)
 
     async def _open(self) -> None:
         if not self._opened:

@@ -116,11 +116,7 @@ class Services:
                 raise SealedChannelRequired(
                     "requests with a tenant API key are served only through the sealed channel "
                     "(Oblivious HTTP at /.well-known/ohttp-gateway)")
-            authorization = request.headers.get("authorization")
-            found = self.tenants.cached(authorization)
-            if found is None:
-                found = await asyncio.to_thread(self.tenants.looked_up, authorization)
-            return found
+            return await self.tenants.resolve(request.headers.get("authorization"))
 
         return {
             "settings": const(self.settings),

@@ -18,6 +18,7 @@ from policy import (
     load_bundle,
     run_rego_tests,
 )
+from proxy.cli._common import fail
 
 __all__ = ["register"]
 
@@ -51,11 +52,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _fail(message: object, status: int) -> int:
-    print(f"sealgate: {message}", file=sys.stderr)
-    return status
-
-
 def _bundle_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: built-in)")
 
@@ -64,7 +60,7 @@ def _load(args: argparse.Namespace) -> PolicyBundle | None:
     try:
         return load_bundle(args.bundle)
     except PolicyError as exc:
-        _fail(exc, 2)
+        fail(str(exc), 2)
         return None
 
 
@@ -87,7 +83,7 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         doc = _read_input(args.input)
     except (OSError, ValueError) as exc:
-        return _fail(f"cannot read input document: {exc}", 2)
+        return fail(f"cannot read input document: {exc}", 2)
     engine: PolicyEngine
     try:
         if args.engine == "opa":
@@ -96,7 +92,7 @@ def _eval(args: argparse.Namespace) -> int:
             engine = RegopyEngine(bundle, timeout_s=args.timeout)
         decision = asyncio.run(_decide(engine, doc))
     except PolicyError as exc:
-        return _fail(exc, 3)
+        return fail(str(exc), 3)
     print(json.dumps(decision, indent=2, sort_keys=True))
     return 0 if decision["allow"] else 1
 
@@ -108,7 +104,7 @@ def _test(args: argparse.Namespace) -> int:
     try:
         results = run_rego_tests(bundle)
     except PolicyError as exc:
-        return _fail(exc, 2)
+        return fail(str(exc), 2)
     for result in results:
         print(f"{result.detail.upper():5} {result.name}")
     failed = sum(not r.passed for r in results)

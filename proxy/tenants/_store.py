@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -224,6 +225,12 @@ class TenantStore:
         """The tenant of a ``Bearer`` key; :class:`AuthenticationError` otherwise."""
         found = self.cached(authorization)
         return found if found is not None else self.looked_up(authorization)
+
+    async def resolve(self, authorization: str | None) -> Tenant:
+        """``authenticate`` for the event loop: a key the cache does not hold is read off the
+        loop (the database may be remote, and keys that do not exist are never cached)."""
+        found = self.cached(authorization)
+        return found if found is not None else await asyncio.to_thread(self.looked_up, authorization)
 
     def cached(self, authorization: str | None) -> Tenant | None:
         """The tenant of a ``Bearer`` key if the cache holds it (no database read), else None;

@@ -87,12 +87,7 @@ class OpenAIService:
         observe_errors(request.scope, partial(self._failed, ctx))
         set_error_headers(request.scope, _headers(ctx, None))
         ctx.check_channel(self._allow_plaintext)
-        authorization = request.headers.get("authorization")
-        # A key the cache does not hold is read off the event loop: the database may be remote,
-        # and keys that do not exist are never cached.
-        ctx.tenant = self._tenants.cached(authorization)
-        if ctx.tenant is None:
-            ctx.tenant = await asyncio.to_thread(self._tenants.looked_up, authorization)
+        ctx.tenant = await self._tenants.resolve(request.headers.get("authorization"))
         body = await request.body()
         if len(body) > self._max_body:
             raise RequestTooLarge(f"the request body is larger than {self._max_body} bytes")
