@@ -31,6 +31,7 @@ IDENTIFIER = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
 """Record identifier fields (request id, endpoint, model, …): this grammar, whole."""
 _DIGEST = re.compile(r"sha(256|384|512):[0-9a-f]{64,128}")
 _COMMIT = re.compile(r"hmac-sha256:[0-9a-f]{64}")
+_LOG_ID = re.compile(r"[0-9a-f]{8}")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 _MAX_LIST = 32
 _MAX_INT = 2**53 - 1
@@ -136,6 +137,7 @@ FIELDS: Mapping[str, Callable[[object], object]] = MappingProxyType(
         "abort_reason": _identifier,
         "request_commitment": _commitment,
         "response_commitment": _commitment,
+        "log_id": _pattern(_LOG_ID, "log id (8 lowercase hex digits)"),
     }
 )
 REQUIRED = ("kind", "time", "tenant", "request_id", "endpoint", "decision", "channel",
@@ -169,6 +171,14 @@ class Record:
             "predicateType": PREDICATE_TYPE,
             "predicate": predicate,
         }
+
+    def in_log(self, log_id: str) -> Record:
+        """This record as signed into the log ``log_id``: the statement names its log, so a
+        record copied into another log that shares the signing key does not verify there."""
+        value = FIELDS["log_id"](log_id)
+        if self.fields.get("log_id", value) != value:
+            raise InvalidRecord("the record names another log")
+        return Record(MappingProxyType({**self.fields, "log_id": value}))
 
     def canonical(self) -> bytes:
         """RFC 8785 canonical JSON of the statement: the bytes that get signed.

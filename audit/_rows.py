@@ -38,6 +38,8 @@ def check_row(row: Any, expect_index: int, verifier: NoteVerifier, log_id: str) 
     pred = statement.get("predicate", {})
     if statement.get("predicateType") != PREDICATE_TYPE or not isinstance(pred, dict):
         raise VerificationError(f"leaf {expect_index}: not a proof-of-secrecy statement")
+    if pred.get("log_id") != log_id:  # the keyid beside the signature is not signed
+        raise VerificationError(f"leaf {expect_index}: the record was signed for another log")
     stored = {c: getattr(row, c) for c in _COLUMNS}
     signed = {c: pred.get(c) for c in _COLUMNS}
     try:

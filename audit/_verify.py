@@ -275,6 +275,9 @@ def verify_receipt(
         raise VerificationError("receipt signature does not match the envelope")
     if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
         raise VerificationError("envelope is not a proof-of-secrecy statement")
+    predicate = statement.get("predicate")
+    if not isinstance(predicate, dict) or predicate.get("log_id") != receipt.log_id:
+        raise VerificationError("the record was signed for another log")
     if (inclusion_proof.index, inclusion_proof.size) != (receipt.leaf_index, checkpoint.size):
         raise VerificationError("inclusion proof is for another leaf or tree size")
     verify_inclusion(

@@ -70,7 +70,7 @@ class Sealed:
 def seal(record: Record, ident: LogIdentity) -> Sealed:
     """Sign a record into its DSSE envelope and its table row (CPU only, no I/O)."""
     try:
-        envelope, sig = seal_envelope(record.canonical(), ident.key, ident.log_id)
+        envelope, sig = seal_envelope(record.in_log(ident.log_id).canonical(), ident.key, ident.log_id)
     except (ValueError, TypeError) as exc:
         raise InvalidRecord("record cannot be encoded") from exc
     record_id = os.urandom(16).hex()
