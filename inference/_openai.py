@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import secrets
@@ -146,6 +147,10 @@ class OpenAIConfig:
     """Read timeout for one request."""
     connect_timeout_s: float = 5.0
     """Connect timeout."""
+    stream_timeout_s: float = 1800.0
+    """The most one streamed answer may last, from the request to its last event: each event
+    arriving within ``timeout_s`` of the last would otherwise hold the stream (its connection
+    and its tenant's place) without end."""
     max_connections: int = 64
     """Connection pool size."""
     cache_salt: bool = False
@@ -155,6 +160,13 @@ class OpenAIConfig:
     upstream with a prefix cache may share it across tenants, so the count of cached prompt
     tokens it reports (``usage.prompt_tokens_details.cached_tokens``) is not relayed: it would
     tell a tenant whether another's prompt began with a guessed text."""
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "connect_timeout_s", "stream_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be 1 or more")
 
 
 def api_key(variable: str) -> str:
@@ -180,7 +192,8 @@ def _mapped_errors() -> Iterator[None]:
         raise BackendError(_MALFORMED) from None
 
 
-async def _lines(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[bytes]:
+async def _lines(chunks: AsyncIterator[bytes], timeout: float,
+                 until: float = math.inf) -> AsyncIterator[bytes]:
     """The lines of an event stream, as bytes. Split at CR, LF and CRLF only: JSON may carry
     U+2028, U+2029 and U+0085 unescaped (vLLM and llama.cpp send them raw), where
     ``str.splitlines`` would cut an event in two. Kept as bytes, so UTF-8 is checked strictly
@@ -190,6 +203,7 @@ async def _lines(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[
     A line that has not ended ``timeout`` after the last one did is a timeout: the socket's own
     timeout restarts at every byte, so an upstream dripping them would hold the request
     forever (checked at each read, which that timeout bounds, so no timer runs per event).
+    Past ``until`` (the loop's clock) no read is taken: the whole stream is bounded too.
     The start of a line is kept as a list of reads and joined once it ends: linear time.
     """
     clock = asyncio.get_running_loop().time
@@ -197,6 +211,9 @@ async def _lines(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[
     held = 0
     deadline = clock() + timeout
     async for chunk in chunks:
+        now = clock()
+        if now > until:
+            raise TimeoutError
         lines = _EOL.split(chunk)
         last = lines.pop()
         if lines:
@@ -206,7 +223,7 @@ async def _lines(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[
             for line in lines:
                 yield line
             deadline = clock() + timeout
-        elif clock() > deadline:
+        elif now > deadline:
             raise TimeoutError
         if last:
             pending.append(last)
@@ -360,6 +377,7 @@ class OpenAIBackend:
         after ``data: [DONE]`` the end of the body is awaited briefly, so the connection can
         go back to the pool, and anything else there is not waited for."""
         content = msgspec.json.encode({**self._salted(body, cache_scope), "stream": True})
+        until = asyncio.get_running_loop().time() + self._config.stream_timeout_s
         with _mapped_errors():
             async with asyncio.timeout(self._config.timeout_s):
                 response = await self._send("POST", _PATHS[kind], content)
@@ -368,7 +386,7 @@ class OpenAIBackend:
                 media_type = response.headers.get("content-type", "").split(";")[0].strip()
                 if media_type.lower() != "text/event-stream":
                     raise BackendError(_MALFORMED)
-                lines = _lines(response.aiter_bytes(), self._config.timeout_s)
+                lines = _lines(response.aiter_bytes(), self._config.timeout_s, until)
                 async for line in lines:
                     if not line.startswith(b"data:"):
                         continue

@@ -59,6 +59,8 @@ class VLLMConfig:
     with every request, and required by a supervised child too (its ``VLLM_API_KEY``)."""
     timeout_s: float = 600.0
     """Read timeout for one request."""
+    stream_timeout_s: float = 1800.0
+    """The most one streamed answer may last, from the request to its last event."""
     port: int = 8011
     """Loopback port of the supervised child."""
     python: str = ""
@@ -85,8 +87,9 @@ class VLLMConfig:
     default) discards them. Request logging stays off either way."""
 
     def __post_init__(self) -> None:
-        if not self.timeout_s > 0:
-            raise ValueError("timeout_s must be positive")
+        for name in ("timeout_s", "stream_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
         if not 1 <= self.port <= 65535:
             raise ValueError("port must be from 1 to 65535")
         for name in ("startup_timeout_s", "health_interval_s"):
@@ -211,7 +214,8 @@ class VLLMBackend:
         url = config.url or f"http://127.0.0.1:{config.port}/v1"
         # vLLM keys its prefix cache by ``cache_salt`` too: one per tenant keeps them apart.
         self._upstream = OpenAIBackend(name, OpenAIConfig(
-            url=url, timeout_s=config.timeout_s, api_key_env=config.api_key_env, cache_salt=True))
+            url=url, timeout_s=config.timeout_s, stream_timeout_s=config.stream_timeout_s,
+            api_key_env=config.api_key_env, cache_salt=True))
         self._process: asyncio.subprocess.Process | None = None
         """The child, kept until its process group has been killed and the child reaped."""
         self._watchdog: asyncio.Task[None] | None = None

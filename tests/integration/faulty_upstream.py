@@ -108,9 +108,10 @@ MODELS = ("ok", "ok-cached", "ok-uncounted", "ok-annotated", "ok-logprobs", "ok-
 
 
 LIMIT_FAULTS = ("huge-answer", "gzip-bomb", "drip-answer", "stream-drip-event",
-                "stream-idle-after-done", "stream-more-after-done")
+                "stream-endless", "stream-idle-after-done", "stream-more-after-done")
 """Faults only a limit (of size or time) stops, for tests of the backend itself: well formed
-but huge, sent a byte at a time, or held open after ``data: [DONE]``. Not in ``MODELS``."""
+but huge, sent a byte at a time, streamed without end (an event each 50 ms), or held open
+after ``data: [DONE]``. Not in ``MODELS``."""
 STALLED = "/stalled"
 """Base path under which the upstream never reads a request (its body fills the socket)."""
 HUGE = 4 << 20
@@ -150,6 +151,12 @@ def _limit_fault(handler: BaseHTTPRequestHandler, fault: str) -> None:
         elif fault == "stream-drip-event":
             head("text/event-stream")
             drip(sse + b"data: [DONE]\n\n")
+        elif fault == "stream-endless":
+            head("text/event-stream")
+            for _ in range(2400):  # two minutes: longer than any test waits
+                handler.wfile.write(sse)
+                handler.wfile.flush()
+                time.sleep(0.05)
         else:
             head("text/event-stream")
             handler.wfile.write(sse + b"data: [DONE]\n\n")

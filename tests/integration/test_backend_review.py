@@ -26,12 +26,13 @@ def upstream() -> Iterator[FaultInjectingUpstream]:
         yield up
 
 
-def _run(url: str, timeout_s: float,
-         call: Callable[[OpenAIBackend], Awaitable[Any]]) -> tuple[Any, float]:
+def _run(url: str, timeout_s: float, call: Callable[[OpenAIBackend], Awaitable[Any]],
+         stream_timeout_s: float = 1800.0) -> tuple[Any, float]:
     """``call``'s result (or the exception it raised) and how long it took, on a fresh backend."""
 
     async def run() -> tuple[Any, float]:
-        backend = OpenAIBackend("review", OpenAIConfig(url=url, timeout_s=timeout_s))
+        backend = OpenAIBackend("review", OpenAIConfig(url=url, timeout_s=timeout_s,
+                                                       stream_timeout_s=stream_timeout_s))
         await backend.start()
         started = time.monotonic()
         try:
@@ -91,6 +92,29 @@ def test_a_slow_upstream_times_out_within_timeout_s(upstream: FaultInjectingUpst
     assert isinstance(result, BackendUnavailable), result
     assert str(result) == "backend_unavailable: the upstream timed out"
     assert took < 5, f"took {took:.1f} s with timeout_s=0.5"
+
+
+def test_a_stream_that_never_ends_is_cut_at_stream_timeout_s(upstream: FaultInjectingUpstream) -> None:
+    """Each event arrives well within ``timeout_s``, but the stream never ends: it is cut
+    about ``stream_timeout_s`` after the request, having relayed what came before."""
+    got: list[Any] = []
+
+    async def relay(backend: OpenAIBackend) -> None:
+        async for chunk in backend.stream("chat", {"model": "stream-endless", "messages": MESSAGES}):
+            got.append(chunk)
+
+    result, took = _run(f"{upstream.url}/v1", 5, relay, stream_timeout_s=1.0)
+    assert isinstance(result, BackendUnavailable), result
+    assert str(result) == "backend_unavailable: the upstream timed out"
+    assert 1.0 <= took < 3, f"took {took:.1f} s with stream_timeout_s=1"
+    assert 5 <= len(got) <= 25, len(got)  # an event each 50 ms, relayed until the cut
+
+
+@pytest.mark.parametrize("option", ["timeout_s", "connect_timeout_s", "stream_timeout_s",
+                                    "max_connections"])
+def test_bounds_must_be_positive(option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        OpenAIConfig(**{option: 0})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("fault", ["stream-idle-after-done", "stream-more-after-done"])

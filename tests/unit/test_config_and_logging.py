@@ -62,6 +62,9 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('[backends.v]\ntype = "vllm"\nextra_args = ["--enable-log-requests"]', {}),
     ('[backends.v]\ntype = "vllm"\nnope = 1', {}),
     ('[backends.v]\ntype = "vllm"\ntimeout_s = 0', {}),
+    ('[backends.v]\ntype = "vllm"\nstream_timeout_s = -1', {}),
+    ('[backends.b]\ntype = "openai"\nstream_timeout_s = 0', {}),
+    ('[backends.b]\ntype = "openai"\nmax_connections = 0', {}),
     ('audit_url = "mysql://db/audit"', {}),
     ('[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n[models."my model"]\nbackend = "b"', {}),
     ("", {"SEALGATE_DATABASE_URL": "bogus://x"}),
@@ -216,11 +219,11 @@ def test_a_data_dir_holding_url_characters_stays_one_path(tmp_path: Path) -> Non
 def test_a_vllm_service_takes_an_api_key_variable_and_a_timeout(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[backends.v]\ntype = "vllm"\nurl = "http://vllm:8000/v1"\n'
-                    'api_key_env = "VLLM_KEY"\ntimeout_s = 90\n[models.m]\nbackend = "v"\n'
-                    'retention_tier = "attested-zero"\n')
+                    'api_key_env = "VLLM_KEY"\ntimeout_s = 90\nstream_timeout_s = 600\n'
+                    '[models.m]\nbackend = "v"\nretention_tier = "attested-zero"\n')
     options = Settings.load(path, env={}).backends["v"].options
     assert isinstance(options, VLLMConfig)
-    assert (options.api_key_env, options.timeout_s) == ("VLLM_KEY", 90.0)
+    assert (options.api_key_env, options.timeout_s, options.stream_timeout_s) == ("VLLM_KEY", 90.0, 600.0)
 
 
 def test_config_show_masks_child_arguments_and_environment(
