@@ -6,15 +6,18 @@ leaves the machine sealed to the verified enclave key, and answers stream back c
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import h11
 import httpx2
 import msgspec
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from proxy.ohttp import HOP_BY_HOP_FIELDS
 
@@ -23,7 +26,14 @@ from ._errors import SealedTransportError
 from ._keysource import KeySource
 from ._transport import AsyncSealedTransport
 
-__all__ = ["GATEWAY_PATH", "ClientProxy", "check_loopback", "gateway_urls", "serve_client_proxy"]
+__all__ = [
+    "GATEWAY_PATH",
+    "ClientProxy",
+    "check_loopback",
+    "gateway_urls",
+    "serve_client_proxy",
+    "server_config",
+]
 
 GATEWAY_PATH = "/.well-known/ohttp-gateway"
 Message = MutableMapping[str, Any]
@@ -217,6 +227,95 @@ def check_loopback(host: str) -> None:
         raise ValueError("the client proxy speaks plain HTTP and listens on loopback only")
 
 
+# How long a client may take to send a request's line and header fields, counted from the
+# connection's opening or from the end of the previous answer on a kept-alive one. uvicorn bounds
+# neither (its keep-alive timer stops at the first byte of the next request), so a local process
+# trickling header bytes would hold connections, and the slots of the connection cap, forever.
+HEADER_TIMEOUT_S = 10.0
+# From this many open connections (or requests in flight) on, a new request is answered 503: one
+# local process cannot have the forwarder take on work without bound.
+MAX_CONNECTIONS = 256
+
+
+class _HeaderDeadline(H11Protocol):
+    """uvicorn's h11 connection with a deadline on each request's header section.
+
+    Armed when the connection opens and whenever an answer is complete; disarmed once the next
+    request's headers are, which is when uvicorn starts a new request cycle. At the deadline the
+    connection is closed, after a 408 if part of a request came and nothing answered it yet
+    (RFC 9110 §15.5.9); a connection that sent nothing is closed quietly, so that an HTTP client
+    may retry on a fresh one as it would after an idle keep-alive close.
+
+    It hooks into uvicorn's internals (``on_response_complete``, ``cycle``, ``conn``), hence the
+    upper bound on uvicorn in ``pyproject.toml``; the client-proxy tests exercise every hook."""
+
+    header_timeout = HEADER_TIMEOUT_S
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _watch(self) -> None:
+        waiting = self.cycle is None or self.cycle.response_complete
+        if not waiting or self.transport.is_closing():
+            self._disarm()
+        elif self._deadline is None:
+            self._deadline = self.loop.call_later(self.header_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        conn = self.conn
+        if conn.our_state is h11.IDLE and conn.their_state is h11.IDLE and conn.trailing_data[0]:
+            slow = SealedTransportError("request_timeout", "the request headers took too long to arrive")
+            status, body = _error(408, slow)
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+            events = (h11.Response(status_code=status, headers=headers, reason=b"Request Timeout"),
+                      h11.Data(data=body), h11.EndOfMessage())
+            try:
+                self.transport.write(b"".join(conn.send(event) or b"" for event in events))
+            except h11.LocalProtocolError:
+                pass
+        self.transport.close()
+
+
+def server_config(app: ClientProxy, *, host: str = "127.0.0.1", port: int = 8787,
+                  header_timeout: float = HEADER_TIMEOUT_S) -> uvicorn.Config:
+    """The uvicorn configuration the forwarder runs under (loopback only). HTTP/1.1 is parsed by
+    h11 whichever parsers are installed: it bounds a request's header section to 16 KiB (answered
+    400 past that), and the header deadline is built on it."""
+    check_loopback(host)
+
+    class ClientProxyHTTP(_HeaderDeadline):
+        pass
+
+    ClientProxyHTTP.header_timeout = header_timeout
+    return uvicorn.Config(
+        app, host=host, port=port, access_log=False, log_level="warning", ws="none",
+        http=ClientProxyHTTP, limit_concurrency=MAX_CONNECTIONS,
+    )
+
+
 def serve_client_proxy(
     gateway: str, key_source: KeySource, *, host: str = "127.0.0.1", port: int = 8787
 ) -> None:
@@ -224,8 +323,4 @@ def serve_client_proxy(
     check_loopback(host)
     origin, gateway_url = gateway_urls(gateway)
     transport = AsyncSealedTransport(gateway_url=gateway_url, key_source=key_source)
-    config = uvicorn.Config(
-        ClientProxy(transport, origin), host=host, port=port, access_log=False, log_level="warning",
-        ws="none", limit_concurrency=256,  # a local process cannot hold every descriptor
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(server_config(ClientProxy(transport, origin), host=host, port=port)).run()

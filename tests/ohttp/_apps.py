@@ -139,11 +139,14 @@ def build_app(state: AppState, *, max_body_size: int | None = None) -> Litestar:
 
 @contextmanager
 def serve(app: Any) -> Iterator[int]:
-    """Run ``app`` on uvicorn on a loopback port in a thread; yield the port."""
+    """Run ``app`` (or a whole ``uvicorn.Config``) on uvicorn on a loopback port in a thread;
+    yield the port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", access_log=False, lifespan="off"))
+    if not isinstance(app, uvicorn.Config):
+        app = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off")
+    server = uvicorn.Server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -22,6 +22,7 @@ from proxy.client import (
     SealedTransportError,
     StaticKeySource,
 )
+from proxy.client._forwarder import server_config
 from proxy.gateway import GATEWAY_PATH
 from tests.ohttp._apps import AppState, RecordingTCPRelay, build_app, serve, wait_for
 from tests.server import free_port
@@ -197,7 +198,7 @@ def client_proxy(gateway: tuple[AppState, int]) -> Iterator[tuple[AppState, int,
             gateway_url=origin + GATEWAY_PATH,
             key_source=StaticKeySource(state.keys.key_configs()),
         )
-        with serve(ClientProxy(transport, origin)) as proxy_port:
+        with serve(server_config(ClientProxy(transport, origin))) as proxy_port:
             yield state, proxy_port, relay
 
 
@@ -240,7 +241,7 @@ def test_client_proxy_refuses_unverified_enclave(gateway: tuple[AppState, int]) 
 
     source = AttestedKeySource(origin, None, refuse)
     transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
-    with serve(ClientProxy(transport, origin)) as proxy_port:
+    with serve(server_config(ClientProxy(transport, origin))) as proxy_port:
         response = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"prompt": CANARY})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "enclave_unverified"
@@ -256,7 +257,7 @@ def test_client_proxy_answers_an_unreachable_gateway_with_an_error(
     source = StaticKeySource(state.keys.key_configs())
     transport = AsyncSealedTransport(gateway_url=f"http://127.0.0.1:{dead}{GATEWAY_PATH}",
                                      key_source=source)
-    with serve(ClientProxy(transport, f"http://127.0.0.1:{dead}")) as proxy_port:
+    with serve(server_config(ClientProxy(transport, f"http://127.0.0.1:{dead}"))) as proxy_port:
         response = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"prompt": CANARY})
     assert response.status_code == 502
     assert response.json()["error"] == {
@@ -274,7 +275,7 @@ def test_client_proxy_gives_up_on_a_gateway_that_never_answers(
         transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH,
                                          key_source=StaticKeySource(state.keys.key_configs()))
         proxy = ClientProxy(transport, origin, timeout=httpx2.Timeout(0.5))
-        with serve(proxy) as proxy_port:
+        with serve(server_config(proxy)) as proxy_port:
             response = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"prompt": CANARY},
                                    timeout=30)
     assert response.status_code == 502

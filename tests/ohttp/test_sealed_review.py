@@ -1,10 +1,11 @@
 """The sealed channel answers as a plain request would, and the client proxy answers its local
 client as the gateway would have: HEAD without content, local disconnects reaching the
-gateway, odd request targets and oversized bodies answered with a 4xx (real servers on
-loopback)."""
+gateway, odd request targets, oversized bodies and headers that never finish answered with a
+4xx (real servers on loopback)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -22,6 +23,7 @@ from proxy.client import (
     SealedTransportError,
     StaticKeySource,
 )
+from proxy.client._forwarder import MAX_CONNECTIONS, server_config
 from proxy.gateway import GATEWAY_PATH
 from proxy.ohttp import (
     BHTTPRequest,
@@ -106,7 +108,7 @@ def client_proxy(gateway: tuple[AppState, int]) -> Iterator[tuple[AppState, int]
     origin = f"http://127.0.0.1:{port}"
     source = StaticKeySource(state.keys.key_configs())
     transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
-    with serve(ClientProxy(transport, origin)) as proxy_port:
+    with serve(server_config(ClientProxy(transport, origin))) as proxy_port:
         yield state, proxy_port
 
 
@@ -154,7 +156,7 @@ def test_client_proxy_passes_on_the_gateways_413(monkeypatch: pytest.MonkeyPatch
         origin = f"http://127.0.0.1:{port}"
         source = StaticKeySource(state.keys.key_configs())
         transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
-        with serve(ClientProxy(transport, origin)) as proxy_port:
+        with serve(server_config(ClientProxy(transport, origin))) as proxy_port:
             response = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"x": "a" * 10_000})
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "gateway_rejected"
@@ -186,7 +188,7 @@ def test_client_proxy_refuses_a_body_past_its_limit_before_holding_it(framing: s
         origin = f"http://127.0.0.1:{port}"
         source = StaticKeySource(state.keys.key_configs())
         transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
-        with serve(ClientProxy(transport, origin, max_body=1024)) as proxy_port:
+        with serve(server_config(ClientProxy(transport, origin, max_body=1024))) as proxy_port:
             url = f"http://127.0.0.1:{proxy_port}/echo"
             body = b'{"x": "' + b"a" * 4096 + b'"}'
             content = body if framing == "content-length" else iter([body[:100], body[100:]])
@@ -194,3 +196,150 @@ def test_client_proxy_refuses_a_body_past_its_limit_before_holding_it(framing: s
             fits = httpx2.post(url, content=b'{"x": 1}')
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
     assert fits.status_code == 200 and state.requests == [True]
+
+
+HEADER_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def impatient_proxy() -> Iterator[tuple[AppState, int]]:
+    """The client proxy, with a header deadline of ``HEADER_TIMEOUT`` seconds, before a gateway."""
+    state = AppState()
+    with serve(build_app(state)) as port:
+        origin = f"http://127.0.0.1:{port}"
+        source = StaticKeySource(state.keys.key_configs())
+        transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
+        config = server_config(ClientProxy(transport, origin), header_timeout=HEADER_TIMEOUT)
+        with serve(config) as proxy_port:
+            yield state, proxy_port
+
+
+def _trickle(sock: socket.socket, data: bytes, pause: float = 0.05) -> bytes:
+    """Send ``data`` a byte every ``pause`` seconds until the server answers or closes; then
+    return all it sent before closing."""
+    answer, rest = b"", data
+    while True:
+        sock.settimeout(pause if rest else 10)
+        try:
+            received = sock.recv(65536)
+        except TimeoutError:
+            if not rest:
+                raise
+            sock.sendall(rest[:1])
+            rest = rest[1:]
+            continue
+        except ConnectionResetError:
+            return answer
+        if not received:
+            return answer
+        answer += received
+
+
+def _assert_408(answer: bytes) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 408 Request Timeout"
+    assert b"connection: close" in lines and b"content-type: application/json" in lines
+    assert json.loads(body) == {"error": {
+        "message": "the request headers took too long to arrive", "type": "sealed_transport_error",
+        "param": None, "code": "request_timeout"}}
+
+
+@pytest.mark.parametrize(("at_once", "trickled"), [
+    (b"", b"POST /echo HTTP/1.1\r\n"),  # the request line
+    (b"POST /echo HTTP/1.1\r\n", b"Host: x\r\nContent-Type: application/json\r\n"),  # the headers
+])
+def test_client_proxy_answers_headers_that_trickle_past_the_deadline_with_408(
+        impatient_proxy: tuple[AppState, int], at_once: bytes, trickled: bytes) -> None:
+    """Every byte comes soon after the last, yet the header section is not done at the deadline,
+    counted from the connection's opening: 408, then the connection is closed."""
+    state, proxy_port = impatient_proxy
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:
+        opened = time.monotonic()
+        sock.sendall(at_once)
+        answer = _trickle(sock, trickled)
+        waited = time.monotonic() - opened
+    _assert_408(answer)
+    assert HEADER_TIMEOUT * 0.9 <= waited < HEADER_TIMEOUT + 2
+    assert state.requests == []
+
+
+def test_client_proxy_closes_a_connection_that_sends_nothing(
+        impatient_proxy: tuple[AppState, int]) -> None:
+    """Nothing of a request came, so nothing is answered: the connection is just closed, as
+    an idle kept-alive one is, and a client may retry on a fresh connection."""
+    _, proxy_port = impatient_proxy
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:
+        opened = time.monotonic()
+        assert sock.recv(65536) == b""
+        waited = time.monotonic() - opened
+    assert HEADER_TIMEOUT * 0.9 <= waited < HEADER_TIMEOUT + 2
+
+
+def test_client_proxy_serves_headers_that_arrive_slowly_within_the_deadline(
+        impatient_proxy: tuple[AppState, int]) -> None:
+    """Headers that arrive in pieces but are complete in time are served; the deadline ends with
+    them, so a body that comes after it has passed is still read (it has its own limit)."""
+    state, proxy_port = impatient_proxy
+    body = b'{"x": 1}'
+    pieces = [b"POST /echo HT", b"TP/1.1\r\nHost: x\r\nContent-", b"Type: application/json\r\n",
+              b"Content-Length: %d\r\nConnection: close\r\n" % len(body), b"\r\n"]
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:
+        opened = time.monotonic()
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(HEADER_TIMEOUT / 10)
+        time.sleep(max(0.0, opened + HEADER_TIMEOUT * 1.5 - time.monotonic()))
+        sock.sendall(body)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    head, _, content = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(content)["data"] == {"x": 1}
+    assert state.requests == [True]
+
+
+def test_client_proxy_cuts_a_kept_alive_connection_whose_next_request_trickles(
+        impatient_proxy: tuple[AppState, int]) -> None:
+    """On a kept-alive connection the deadline counts from the end of the previous answer: a
+    trickling second request gets 408 as a first one would."""
+    state, proxy_port = impatient_proxy
+    conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=10)
+    try:
+        conn.request("POST", "/echo", body=b'{"x": 1}', headers={"Content-Type": "application/json"})
+        first = conn.getresponse()
+        assert (first.status, json.loads(first.read())["data"]) == (200, {"x": 1})
+        answered = time.monotonic()
+        assert conn.sock is not None and not first.will_close
+        answer = _trickle(conn.sock, b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+        waited = time.monotonic() - answered
+    finally:
+        conn.close()
+    _assert_408(answer)
+    assert HEADER_TIMEOUT * 0.9 <= waited < HEADER_TIMEOUT + 2
+    assert state.requests == [True]
+
+
+def test_client_proxy_takes_back_the_slots_of_trickling_connections(
+        impatient_proxy: tuple[AppState, int]) -> None:
+    """A local process holding every connection slot with unfinished headers shuts others out
+    (503) only until the deadline; then each of its connections gets 408 and service resumes."""
+    state, proxy_port = impatient_proxy
+    url = f"http://127.0.0.1:{proxy_port}/echo"
+    held = [socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+            for _ in range(MAX_CONNECTIONS)]
+    try:
+        for sock in held:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+        shut_out = httpx2.post(url, json={"x": 1})
+        answers = [_trickle(sock, b"") for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+    served = httpx2.post(url, json={"x": 1})
+    assert shut_out.status_code == 503
+    for answer in answers:
+        _assert_408(answer)
+    assert served.status_code == 200 and served.json()["data"] == {"x": 1}
+    assert state.requests == [True]
