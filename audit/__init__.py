@@ -24,7 +24,7 @@ from ._note import vkey_for
 from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import IDENTIFIER, PREDICATE_TYPE, Record, RecordBuilder, commit
-from ._rowcheck import RowChecker
+from ._rowcheck import RowChecker, Run
 from ._store import LogStore
 from ._verify import VerifyReport, verify_log, verify_receipt
 
@@ -45,6 +45,7 @@ __all__ = [
     "RecordBuilder",
     "RecordNotFound",
     "RowChecker",
+    "Run",
     "SignedCheckpoint",
     "TreeReader",
     "VerificationError",

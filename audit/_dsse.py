@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ._errors import VerificationError
 
-__all__ = ["PAYLOAD_TYPE", "open_envelope", "pae", "seal_envelope"]
+__all__ = ["PAYLOAD_TYPE", "open_envelope", "pae", "read_envelope", "seal_envelope"]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 _KEYID = re.compile(r"^[0-9a-f]{1,64}$")
@@ -53,6 +53,23 @@ def _decode(envelope: bytes) -> tuple[bytes, list[Any]]:
     return payload, sigs
 
 
+def read_envelope(envelope: bytes) -> dict[str, Any]:
+    """The statement of an envelope, its signatures not checked: for a caller that proves the
+    envelope is a leaf of a tree the log key signed (the log integrates only records it signed,
+    or whose signatures it checked)."""
+    return _statement(_decode(envelope)[0])
+
+
+def _statement(payload: bytes) -> dict[str, Any]:
+    try:
+        statement = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise VerificationError("malformed statement") from exc
+    if not isinstance(statement, dict):
+        raise VerificationError("malformed statement")
+    return statement
+
+
 def open_envelope(
     envelope: bytes, public_key: Ed25519PublicKey, keyid: str | None = None
 ) -> tuple[dict[str, Any], bytes]:
@@ -70,11 +87,5 @@ def open_envelope(
             public_key.verify(sig, message)
         except (KeyError, TypeError, ValueError, binascii.Error, InvalidSignature):
             continue
-        try:
-            statement = json.loads(payload)
-        except (ValueError, RecursionError) as exc:
-            raise VerificationError("malformed statement") from exc
-        if not isinstance(statement, dict):
-            raise VerificationError("malformed statement")
-        return statement, sig
+        return _statement(payload), sig
     raise VerificationError("no valid envelope signature for the log key")

@@ -212,5 +212,17 @@ class CompactRange:
         self.size += 1
         return new
 
+    def append_subtree(self, level: int, value: bytes) -> None:
+        """Add an aligned perfect subtree of ``2**level`` leaves (``size`` a multiple of it)."""
+        if self.size % (1 << level):
+            raise ValueError("subtree is not aligned with the range's end")
+        index = self.size >> level
+        self.hashes.append(value)
+        while index & 1:
+            right = self.hashes.pop()
+            self.hashes.append(node_hash(self.hashes.pop(), right))
+            index >>= 1
+        self.size += 1 << level
+
     def root(self) -> bytes:
         return fold(self.hashes) if self.hashes else empty_root()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,8 @@ class TreeReader:
 
     def _hash_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         covers = [[node_id(lv, i) for lv, i in perfect_subtrees(lo, hi)] for lo, hi in ranges]
-        nodes = self.store.get_nodes(self.log_id, [n for cover in covers for n in cover])
+        wanted = dict.fromkeys(n for cover in covers for n in cover)  # once each, in order
+        nodes = self.store.get_nodes(self.log_id, list(wanted))
         try:
             return [fold([nodes[n] for n in cover]) for cover in covers]
         except KeyError as exc:
@@ -99,6 +101,18 @@ class TreeReader:
             raise ProofError("leaf index is outside the tree")
         hashes = self._hash_ranges(inclusion_ranges(index, size))
         return InclusionProof(index, size, tuple(hashes))
+
+    def inclusions(self, indices: Sequence[int], size: int, integrated: int) -> list[InclusionProof]:
+        """``inclusion`` of each of ``indices``, with one query for them all: neighbouring
+        leaves share most of their proofs' subtrees."""
+        if not 0 < size <= integrated:
+            raise ProofError("tree size is not published")
+        if not all(0 <= index < size for index in indices):
+            raise ProofError("leaf index is outside the tree")
+        paths = [inclusion_ranges(index, size) for index in indices]
+        hashes = iter(self._hash_ranges([r for path in paths for r in path]))
+        return [InclusionProof(index, size, tuple(itertools.islice(hashes, len(path))))
+                for index, path in zip(indices, paths, strict=True)]
 
     def consistency(self, old: int, new: int, integrated: int) -> ConsistencyProof:
         if not 0 < old <= new <= integrated:

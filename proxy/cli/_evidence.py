@@ -81,7 +81,7 @@ def _server_document(url: str) -> Any:
 def _export(args: argparse.Namespace) -> int:
     from audit import AuditError, LogStore, load_or_create_signing_key
     from proxy.cli._common import fail, load_settings
-    from proxy.evidence import EvidenceError, ExportOptions, build_bundle
+    from proxy.evidence import EvidenceError, ExportOptions, write_bundle
     from proxy.tenants import TenantStore
 
     try:
@@ -110,19 +110,26 @@ def _export(args: argparse.Namespace) -> int:
         try:
             options = ExportOptions(start, end, tenant, args.sample, document,
                                     settings.policy_bundle, settings.log_origin)
-            data = build_bundle(log, settings.data_dir, load_or_create_signing_key(key_path),
-                                options, _progress)
+            key = load_or_create_signing_key(key_path)
+            # Written beside the output and renamed into place once whole: a failed export
+            # leaves no partial bundle, and an existing one is replaced only by a complete one.
+            partial = output.with_name(f".{output.name}.partial")
+            try:
+                with partial.open("wb") as out:
+                    write_bundle(log, settings.data_dir, key, options, out, _progress)
+                partial.replace(output)
+            finally:
+                partial.unlink(missing_ok=True)
         finally:
             log.close()
     except (EvidenceError, AuditError) as exc:
         return fail(str(exc))
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else output
+        return fail(f"export failed: {where}: {exc.strerror or exc}")
     except Exception as exc:
         return fail(f"export failed: {exc}")
-    try:
-        output.write_bytes(data)
-    except OSError as exc:
-        return fail(f"cannot write {output}: {exc.strerror}")
-    print(f"wrote {output} ({len(data)} bytes)", file=sys.stderr)
+    print(f"wrote {output} ({output.stat().st_size} bytes)", file=sys.stderr)
     return 0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import tempfile
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.datastructures import Cookie, FormMultiDict
@@ -13,7 +15,8 @@ from litestar.exceptions import ClientException
 from litestar.params import Parameter
 
 from audit import AuditError
-from proxy.evidence import EvidenceError, ExportOptions, build_bundle
+from proxy.evidence import EvidenceError, ExportOptions, write_bundle
+from proxy.streams import closing_stream
 from proxy.tenants import Tenant
 from proxy.users import InvalidCredentials
 
@@ -255,8 +258,19 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
         options = ExportOptions(start, end, tenant, None, await dashboard.identity.document(),
                                 dashboard.bundle(), dashboard.settings.log_origin)
         log = dashboard.audit
-        data = await asyncio.to_thread(build_bundle, log.store, dashboard.data_dir,
-                                       dashboard.log_key, options)
+        # Memory up to _SPOOL, a temporary file (unlinked at once) past it: a window can hold
+        # more records than memory. Bundles carry no content, only records and proofs.
+        bundle = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
+        try:
+            await asyncio.to_thread(write_bundle, log.store, dashboard.data_dir,
+                                    dashboard.log_key, options, bundle)
+            size = bundle.tell()
+            bundle.seek(0)
+            body = _sent(bundle)
+            first = await anext(body)
+        except BaseException:
+            bundle.close()
+            raise
     except (ValueError, PermissionError, EvidenceError) as exc:
         return _page("error.html", viewer, "export", 400, message=_export_problem(exc))
     except AuditError as exc:  # the store failed or holds a broken tree: the export cannot be made
@@ -265,8 +279,22 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
                              "run `sealgate audit verify`.")
     # Named by the first and last day it covers (the window ends just before ``end``).
     name = f"sealgate-evidence-{start.date()}-{(end - timedelta(microseconds=1)).date()}.zip"
-    return Response(data, media_type="application/zip", headers={
-        **HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})
+    return closing_stream(body, first=first, media_type="application/zip", headers={
+        **HEADERS, "Content-Disposition": f'attachment; filename="{name}"',
+        "Content-Length": str(size)})
+
+
+_SPOOL = 8 << 20
+_PIECE = 1 << 20
+
+
+async def _sent(bundle: IO[bytes]) -> AsyncGenerator[bytes, None]:
+    """The bundle's bytes a piece at a time; the file is closed with the response."""
+    try:
+        while piece := await asyncio.to_thread(bundle.read, _PIECE):
+            yield piece
+    finally:
+        bundle.close()
 
 
 dashboard_router = Router(

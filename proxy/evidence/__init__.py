@@ -8,7 +8,7 @@ controls it evidences, and a manifest of SHA-256 hashes signed by the log key.
 """
 
 from ._errors import BundleInvalid, EvidenceError, ExportFailed
-from ._export import ExportOptions, build_bundle
+from ._export import ExportOptions, build_bundle, write_bundle
 from ._state import (
     identity_documents,
     persist_identity,
@@ -33,4 +33,5 @@ __all__ = [
     "record_startup_state",
     "snapshot_policy",
     "verify_bundle",
+    "write_bundle",
 ]

@@ -8,6 +8,7 @@ Layout: ``manifest.json`` + ``manifest.sig``, ``report.html``, ``log.json``,
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import itertools
@@ -15,11 +16,11 @@ import json
 import random
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -30,7 +31,14 @@ from proxy.attestation import VerificationError as AttestationError
 
 from ._errors import ExportFailed
 from ._manifest import parse_vkey, raw_public, sign_manifest
-from ._records import checkpoint_times, rows_from, statement, window_bounds
+from ._records import (
+    checkpoint_times,
+    rows_at,
+    rows_from,
+    scan_bounds,
+    statement,
+    window_bounds,
+)
 from ._report import render_report
 from ._state import (
     document_bytes,
@@ -41,7 +49,7 @@ from ._state import (
 )
 from ._tree import ProofSource
 
-__all__ = ["FORMAT", "ExportOptions", "build_bundle", "instant_us", "iso", "to_us"]
+__all__ = ["FORMAT", "ExportOptions", "build_bundle", "instant_us", "iso", "to_us", "write_bundle"]
 
 FORMAT = "sealgate-evidence/v1"
 MAX_CHECKPOINTS = 64
@@ -122,12 +130,30 @@ def _select_log(store: LogStore, key: Ed25519PrivateKey,
 
 @dataclass
 class _Window:
-    rows: list[Any]
+    """What the scan learnt of the window: the leaves to export (not their rows: a window can
+    hold more records than memory), and what the report says of them."""
+
+    leaves: list[int]
     total: int
     pending: int
     decisions: Counter[str]
-    policies: dict[str, list[Any]]
+    policies: dict[str, list[int]]
+    """Per policy digest: first leaf, its time, last leaf, its time, and the count."""
     evidence: set[str]
+
+    def note(self, row: Any) -> None:
+        """Count a checked row of the window in the report's figures."""
+        pred = statement(bytes(row.envelope)).get("predicate", {})
+        self.decisions[str(row.decision)] += 1
+        index, when = int(row.leaf_index), int(row.time_us)
+        seen = self.policies.setdefault(str(pred.get("policy_bundle_digest")),
+                                        [index, when, index, when, 0])
+        if index < seen[0]:
+            seen[0:2] = [index, when]
+        if index > seen[2]:
+            seen[2:4] = [index, when]
+        seen[4] += 1
+        self.evidence.add(str(pred.get("evidence_digest")))
 
 
 # Records are appended in the order of their times, give or take the moments between taking a
@@ -139,71 +165,44 @@ _EDGE_US = 60_000_000
 
 def _scan(store: LogStore, log_id: str, opts: ExportOptions, checker: RowChecker,
           progress: Progress | None) -> _Window:
-    """The window's records, chosen by columns each row is checked to restate: every row read
-    is checked against its signature, and every one not exported against the signed tree
-    (those exported are proved when they are written). The rows read run from the window's
-    first leaf to its last by their columns, and on past both edges (``_EDGE_US``)."""
+    """The window's records, chosen by columns each row is checked to restate. The rows read
+    run from the window's first leaf to its last by their columns, and on past both edges
+    (``_EDGE_US``), in one ascending pass: those under the checkpoint as one :class:`audit.Run`
+    (their columns against their records, and all of them against the signed tree), any past
+    it against their signatures."""
     start_us, end_us, covered = to_us(opts.start), to_us(opts.end), checker.checkpoint.size
     first, last = window_bounds(store, log_id, start_us, end_us)
-    chosen: list[Any] = []
-    counts = {"total": 0, "pending": 0, "read": 0}
-    deferred = opts.sample is None  # a sample proves only what it exports: check the rest now
-
-    def take(row: Any, index: int) -> None:
-        if row.leaf_index != index:  # a missing leaf, or a row out of place
-            raise ExportFailed(_unsound(f"leaf {index} is missing"))
-        inside = (type(row.time_us) is int and start_us <= row.time_us < end_us
-                  and (opts.tenant is None or row.tenant == opts.tenant))
-        try:
-            if not (inside and deferred and index < covered):
-                (checker.placed if index < covered else checker.signed)(row, index)
-        except VerificationError as exc:
-            raise ExportFailed(_unsound(exc.detail)) from None
-        counts["read"] += 1
-        if inside:
-            counts["total"] += 1
-            if index >= covered:
-                counts["pending"] += 1
+    lo, hi = scan_bounds(store, log_id, first, last, start_us - _EDGE_US, end_us + _EDGE_US)
+    win = _Window([], 0, 0, Counter(), {}, set())
+    run = checker.run(lo) if lo < covered else None
+    index = lo
+    try:
+        for row in rows_from(store, log_id, lo):
+            if hi is not None and index > hi:
+                break
+            if row.leaf_index != index:  # a missing leaf, or a row out of place
+                raise ExportFailed(_unsound(f"leaf {index} is missing"))
+            if run is not None and index < covered:
+                run.add(row)
             else:
-                chosen.append(row)
-        if progress is not None and counts["read"] % 1000 == 0:
-            progress("checking records", counts["read"], 0)
-
-    index = first  # the window by its columns
-    for row in rows_from(store, log_id, first):
-        if index > last:
-            break
-        take(row, index)
-        index += 1
-    if index <= last:
-        raise ExportFailed(_unsound(f"leaf {index} is missing"))
-    index = first - 1  # down from its first leaf, to leaf 0 or well before the window
-    for row in rows_from(store, log_id, index, down=True):
-        take(row, index)
-        index -= 1
-        if row.time_us < start_us - _EDGE_US:
-            break
-    else:
-        if index >= 0:
+                checker.signed(row, index)
+            if (type(row.time_us) is int and start_us <= row.time_us < end_us
+                    and (opts.tenant is None or row.tenant == opts.tenant)):
+                win.total += 1
+                if index >= covered:
+                    win.pending += 1
+                else:
+                    win.leaves.append(index)
+                    win.note(row)
+            index += 1
+            if progress is not None and (index - lo) % 1000 == 0:
+                progress("checking records", index - lo, 0)
+        if index <= max(last, covered - 1 if hi is None else hi):  # the rows ran out early
             raise ExportFailed(_unsound(f"leaf {index} is missing"))
-    index = last + 1  # up from its last leaf, to the log's end or well after the window
-    for row in rows_from(store, log_id, index):
-        take(row, index)
-        index += 1
-        if row.time_us >= end_us + _EDGE_US:
-            break
-    else:
-        if index < covered:  # the signed tree has leaves the store no longer holds
-            raise ExportFailed(_unsound(f"leaf {index} is missing"))
-    chosen.sort(key=lambda r: int(r.leaf_index))
-    win = _Window(chosen, counts["total"], counts["pending"], Counter(), {}, set())
-    for row in chosen:
-        pred = statement(bytes(row.envelope)).get("predicate", {})
-        win.decisions[str(row.decision)] += 1
-        seen = win.policies.setdefault(str(pred.get("policy_bundle_digest")),
-                                       [row.time_us, row.time_us, 0])
-        seen[1], seen[2] = row.time_us, seen[2] + 1
-        win.evidence.add(str(pred.get("evidence_digest")))
+        if run is not None:
+            run.close()
+    except VerificationError as exc:
+        raise ExportFailed(_unsound(exc.detail)) from None
     return win
 
 
@@ -213,16 +212,31 @@ def _unsound(detail: str) -> str:
 
 
 class _Zip:
-    def __init__(self) -> None:
-        self.buffer = io.BytesIO()
-        self.zf = zipfile.ZipFile(self.buffer, "w", zipfile.ZIP_DEFLATED)
+    def __init__(self, out: IO[bytes]) -> None:
+        self.zf = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED)
         self.hashes: dict[str, str] = {}
 
-    def add(self, name: str, data: bytes) -> None:
+    @staticmethod
+    def _info(name: str) -> zipfile.ZipInfo:
         info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
-        self.zf.writestr(info, data)
+        return info
+
+    def add(self, name: str, data: bytes) -> None:
+        self.zf.writestr(self._info(name), data)
         self.hashes[name] = hashlib.sha256(data).hexdigest()
+
+    @contextlib.contextmanager
+    def stream(self, name: str) -> Iterator[Callable[[bytes], None]]:
+        """A member written piece by piece (``write(piece)``), hashed as it goes."""
+        digest = hashlib.sha256()
+        with self.zf.open(self._info(name), "w") as member:
+            def write(piece: bytes) -> None:
+                member.write(piece)
+                digest.update(piece)
+
+            yield write
+        self.hashes[name] = digest.hexdigest()
 
 
 def _checkpoints(store: LogStore, log_id: str, first_leaf: int,
@@ -250,7 +264,17 @@ def _dumps(value: Any) -> bytes:
 
 def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: ExportOptions,
                  progress: Progress | None = None) -> bytes:
-    """The bundle as zip bytes; see the module docstring for its layout."""
+    """The bundle as zip bytes (``write_bundle`` into memory)."""
+    buffer = io.BytesIO()
+    write_bundle(store, data_dir, key, opts, buffer, progress)
+    return buffer.getvalue()
+
+
+def write_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: ExportOptions,
+                 out: IO[bytes], progress: Progress | None = None) -> None:
+    """Write the bundle, a zip, to ``out`` (seekable); see the module docstring for its layout.
+    Records are read from the store twice, once to choose and once to write them, and held a
+    chunk at a time, so memory does not grow with the window."""
     if opts.end <= opts.start:
         raise ExportFailed("the window must end after it starts")
     log_id, origin, vkey = _select_log(store, key, opts.origin)
@@ -264,37 +288,35 @@ def build_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: 
     checker = RowChecker(store, log_id, vkey, signed)
     latest_size = signed.size
     win = _scan(store, log_id, opts, checker, progress)
-    chosen = win.rows
+    chosen = win.leaves
     if opts.sample is not None and opts.sample < len(chosen):
-        chosen = sorted(random.SystemRandom().sample(chosen, opts.sample),
-                        key=lambda r: int(r.leaf_index))
+        chosen = sorted(random.SystemRandom().sample(chosen, opts.sample))
     if opts.server_document is not None:
         persist_identity(data_dir, opts.server_document)
-    out = _Zip()
+    zipped = _Zip(out)
+    _add_records(zipped, checker, rows_at(store, log_id, chosen), len(chosen), progress)
     log = {"log_id": log_id, "origin": origin, "vkey": vkey}
-    out.add("log.json", _dumps(log))
-    identities = _add_identities(out, data_dir, win.evidence, opts.server_document,
+    zipped.add("log.json", _dumps(log))
+    identities = _add_identities(zipped, data_dir, win.evidence, opts.server_document,
                                  raw_public(key.public_key()))
-    policies = _add_policies(out, data_dir, win.policies, opts.policy_bundle)
-    first_leaf = int(chosen[0].leaf_index) if chosen else latest_size
-    cps = _add_checkpoints(out, store, log_id, first_leaf, latest)
-    _add_records(out, checker, chosen, progress)
+    policies = _add_policies(zipped, data_dir, win.policies, opts.policy_bundle)
+    first_leaf = chosen[0] if chosen else latest_size
+    cps = _add_checkpoints(zipped, store, log_id, first_leaf, latest)
     context = {
         "window_from": iso(to_us(opts.start)), "window_to": iso(to_us(opts.end)),
         "tenant": opts.tenant, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "simulated": any(d["platform"] == "simulated" for d in identities), "log": log,
         "latest_size": cps[-1][0], "decisions": dict(sorted(win.decisions.items())),
         "records": {"in_window": win.total, "exported": len(chosen), "pending": win.pending,
-                    "sampled": len(chosen) < len(win.rows),
+                    "sampled": len(chosen) < len(win.leaves),
                     "complete": opts.tenant is None and len(chosen) == win.total,
-                    "leaves": [int(r.leaf_index) for r in chosen]},
+                    "leaves": chosen},
     }  # fmt: skip
     times = checkpoint_times(store, log_id)
     cp_view = [{"size": s, "time": iso(times.get(s, 0)), "proof": i > 0}
                for i, (s, _n) in enumerate(cps)]
-    out.add("report.html", render_report(context, identities, policies, cp_view))
-    _finish(out, context, key)
-    return out.buffer.getvalue()
+    zipped.add("report.html", render_report(context, identities, policies, cp_view))
+    _finish(zipped, context, key)
 
 
 def _add_identities(out: _Zip, data_dir: Path, wanted: set[str],
@@ -345,7 +367,7 @@ def _add_policies(out: _Zip, data_dir: Path, seen: dict[str, list[Any]],
         hexd = digest.removeprefix("sha256:")
         for rel, raw in files.items():
             out.add(f"policies/{hexd}/{rel}", raw)
-        first, last, count = seen.get(digest, [None, None, 0])
+        _, first, _, last, count = seen.get(digest, [0, None, 0, None, 0])
         index.append({"digest": digest, "files": sorted(files), "records": count,
                       "current": digest == current,
                       "first_seen": iso(first) if first is not None else None,
@@ -365,22 +387,32 @@ def _add_checkpoints(out: _Zip, store: LogStore, log_id: str, first_leaf: int,
     return cps
 
 
-def _add_records(out: _Zip, checker: RowChecker, rows: list[Any],
-                 progress: Progress | None) -> None:
+def _add_records(out: _Zip, checker: RowChecker, rows: Iterator[tuple[int, Any]],
+                 count: int, progress: Progress | None) -> None:
     """Each row with its inclusion proof in the latest checkpoint, once the row has been
-    checked against its signature and the proof against the checkpoint's signed root."""
-    lines = []
-    for i, row in enumerate(rows, 1):
-        try:
-            proof = checker.placed(row, int(row.leaf_index))
-        except VerificationError as exc:
-            raise ExportFailed(_unsound(exc.detail)) from None
-        lines.append(json.dumps({"leaf_index": int(row.leaf_index), "record_id": row.record_id,
-                                 "envelope": bytes(row.envelope).decode(),
-                                 "inclusion": proof.to_json()}, sort_keys=True))
-        if progress is not None and (i % 500 == 0 or i == len(rows)):
-            progress("proving records", i, len(rows))
-    out.add("records/records.jsonl", ("\n".join(lines) + "\n").encode() if lines else b"")
+    checked against its signature and the proof against the checkpoint's signed root (again:
+    the store may have changed since the scan, but not the signed tree's leaves). Proofs are
+    read from the store ``_PROOF_BATCH`` rows at a time."""
+    done = 0
+    with out.stream("records/records.jsonl") as write:
+        while batch := list(itertools.islice(rows, _PROOF_BATCH)):
+            missing = next((index for index, row in batch if row is None), None)
+            if missing is not None:
+                raise ExportFailed(_unsound(f"leaf {missing} is missing"))
+            try:
+                proofs = checker.placed_all(batch)
+            except VerificationError as exc:
+                raise ExportFailed(_unsound(exc.detail)) from None
+            write(b"".join(json.dumps({
+                "leaf_index": index, "record_id": row.record_id,
+                "envelope": bytes(row.envelope).decode(), "inclusion": proof.to_json(),
+            }, sort_keys=True).encode() + b"\n" for (index, row), proof in zip(batch, proofs, strict=True)))
+            done += len(batch)
+            if progress is not None:
+                progress("proving records", done, count)
+
+
+_PROOF_BATCH = 256
 
 
 def _finish(out: _Zip, context: dict[str, Any], key: Ed25519PrivateKey) -> None:

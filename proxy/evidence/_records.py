@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from audit import LogStore
 
-__all__ = ["CHECKPOINTS", "RECORDS", "checkpoint_times", "rows_from", "statement", "window_bounds"]
+__all__ = ["CHECKPOINTS", "RECORDS", "checkpoint_times", "rows_at", "rows_from", "scan_bounds",
+           "statement", "window_bounds"]
 
 RECORDS = sa.table(
     "audit_records", *(sa.column(c) for c in (
@@ -44,24 +45,44 @@ def window_bounds(store: LogStore, log_id: str, start_us: int, end_us: int) -> t
     return first, first - 1
 
 
-def rows_from(store: LogStore, log_id: str, first: int, *, down: bool = False) -> Iterator[Any]:
-    """Record rows from leaf ``first`` on, up to the last (or down to leaf 0), read in chunks.
-    A missing leaf is not skipped over silently: the caller sees the next row's index."""
+def scan_bounds(store: LogStore, log_id: str, first: int, last: int, before_us: int,
+                after_us: int) -> tuple[int, int | None]:
+    """Where a scan of the window [first, last] starts and ends: the last leaf before it whose
+    ``time_us`` is before ``before_us`` (else leaf 0), and the first leaf after it at or after
+    ``after_us`` (else ``None``: the log's end). Those two leaves are read too, so a column
+    moved to stop the scan early is read, and fails its check."""
+    leaf = RECORDS.c.leaf_index
+    with store.engine.connect() as conn:
+        lo = conn.execute(sa.select(sa.func.max(leaf)).where(
+            RECORDS.c.log_id == log_id, leaf < first, RECORDS.c.time_us < before_us)).scalar()
+        hi = conn.execute(sa.select(sa.func.min(leaf)).where(
+            RECORDS.c.log_id == log_id, leaf > last, RECORDS.c.time_us >= after_us)).scalar()
+    return (0 if lo is None else int(lo)), (None if hi is None else int(hi))
+
+
+def rows_from(store: LogStore, log_id: str, first: int) -> Iterator[Any]:
+    """Record rows from leaf ``first`` on, up to the last, read in chunks. A missing leaf is
+    not skipped over silently: the caller sees the next row's index."""
     index = first
-    while index >= 0:
-        low = max(index - _CHUNK + 1, 0) if down else index
-        rows = store.record_rows(log_id, low, index - low + 1 if down else _CHUNK)
-        if down:
-            rows = [r for r in reversed(rows) if r.leaf_index <= index]
+    while True:
+        rows = store.record_rows(log_id, index, _CHUNK)
         yield from rows
-        if down:
-            if low == 0:
-                return
-            index = low - 1
-        else:
-            if len(rows) < _CHUNK:
-                return
-            index = int(rows[-1].leaf_index) + 1
+        if len(rows) < _CHUNK:
+            return
+        index = int(rows[-1].leaf_index) + 1
+
+
+def rows_at(store: LogStore, log_id: str, leaves: list[int]) -> Iterator[tuple[int, Any]]:
+    """``(leaf, row)`` for each of ``leaves`` (ascending), read a chunk of leaves at a time,
+    skipping the stretches between them; a leaf the store does not hold is paired with
+    ``None``."""
+    i = 0
+    while i < len(leaves):
+        start = leaves[i]
+        rows = {r.leaf_index: r for r in store.record_rows(log_id, start, _CHUNK)}
+        while i < len(leaves) and leaves[i] < start + _CHUNK:
+            yield leaves[i], rows.get(leaves[i])
+            i += 1
 
 
 def checkpoint_times(store: LogStore, log_id: str) -> dict[int, int]:

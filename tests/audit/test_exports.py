@@ -10,7 +10,7 @@ def test_all_is_exact() -> None:
         "IDENTIFIER", "PREDICATE_TYPE", "AuditError", "AuditLog", "AuditUnavailable", "ConsistencyProof",
         "CorruptStore",
         "InclusionProof", "InvalidRecord", "LogStore", "ProofError", "Receipt", "Record",
-        "RecordBuilder", "RecordNotFound", "RowChecker", "SignedCheckpoint", "TreeReader",
+        "RecordBuilder", "RecordNotFound", "RowChecker", "Run", "SignedCheckpoint", "TreeReader",
         "VerificationError",
         "VerifyReport",
         "check_note_name", "commit", "load_or_create_signing_key", "verify_consistency", "verify_inclusion",

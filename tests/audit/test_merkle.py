@@ -18,6 +18,7 @@ from audit._merkle import (
     inclusion_ranges,
     leaf_hash,
     node_hash,
+    perfect_subtrees,
 )
 from audit._proofs import TreeReader
 from audit._store import LogStore
@@ -186,6 +187,24 @@ def test_compact_range_root_matches_recursive_definition() -> None:
         rng.append(leaf)
         assert rng.root() == _mth(leaves[:n])
     assert len(rng.hashes) == bin(200).count("1")
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.integers(0, 300), st.integers(0, 300))
+def test_aligned_subtrees_extend_a_compact_range_as_their_leaves_do(lo: int, n: int) -> None:
+    """Subtrees covering [0, lo), then leaves to lo + n: the same range as leaves alone."""
+    leaves = [leaf_hash(i.to_bytes(2, "big")) for i in range(lo + n)]
+    rng = CompactRange()
+    for level, index in perfect_subtrees(0, lo):
+        rng.append_subtree(level, _mth(leaves[index << level:(index + 1) << level]))
+    for leaf in leaves[lo:]:
+        rng.append(leaf)
+    assert rng.size == lo + n
+    if leaves:
+        assert rng.root() == _mth(leaves)
+    if rng.size % 2:  # a pair of leaves cannot start at an odd index
+        with pytest.raises(ValueError, match="aligned"):
+            rng.append_subtree(1, leaves[0])
 
 
 def test_vectors_present() -> None:

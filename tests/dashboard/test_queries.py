@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.evidence import verify_bundle
 from tests.dashboard.conftest import CSRF, sign_in
 from tests.evidence.conftest import Traffic
 
@@ -87,6 +88,9 @@ def test_an_export_is_named_by_the_days_it_covers(traffic: Traffic, accounts: An
         "csrf": token.group(1), "from": window[0], "to": window[1]})
     assert response.status_code == 200, response.text
     assert response.headers["content-disposition"] == f'attachment; filename="{name}"'
+    # Streamed from a spooled file, with its length known up front.
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert verify_bundle(response.content, allow_simulated=True).ok
 
 
 def test_malformed_record_ids_are_not_found(admin: httpx.Client) -> None:

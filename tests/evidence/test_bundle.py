@@ -86,11 +86,8 @@ def test_export_without_records_or_server_still_verifies(traffic: Traffic, tmp_p
 def test_export_changes_nothing_in_the_audit_database(traffic: Traffic, tmp_path: Path) -> None:
     """An export opens the log read-only: a copy of the data folder handed to whoever exports
     keeps its audit database byte for byte (no migration, no switch to WAL)."""
-    source = traffic.gateway.data_dir
-    copy = tmp_path / "data"
-    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("audit.db*"))
-    with sqlite3.connect(source / "audit.db") as live, sqlite3.connect(copy / "audit.db") as kept:
-        live.backup(kept)
+    copy = _data_copy(traffic, tmp_path)
+    with sqlite3.connect(copy / "audit.db") as kept:
         kept.execute("PRAGMA journal_mode=DELETE")
     before = hashlib.sha256((copy / "audit.db").read_bytes()).hexdigest()
     start, end = window()
@@ -99,6 +96,38 @@ def test_export_changes_nothing_in_the_audit_database(traffic: Traffic, tmp_path
     assert run.returncode == 0, run.stderr
     assert hashlib.sha256((copy / "audit.db").read_bytes()).hexdigest() == before
     assert verify_bundle((tmp_path / "b.zip").read_bytes(), allow_simulated=True).ok
+
+
+def _data_copy(traffic: Traffic, tmp_path: Path) -> Path:
+    """A copy of the gateway's data folder, its audit database copied consistently."""
+    source = traffic.gateway.data_dir
+    copy = tmp_path / "data"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("audit.db*"))
+    with sqlite3.connect(source / "audit.db") as live, sqlite3.connect(copy / "audit.db") as kept:
+        live.backup(kept)
+    return copy
+
+
+def test_a_failed_export_leaves_no_partial_bundle_and_keeps_the_old_one(traffic: Traffic,
+                                                                       tmp_path: Path) -> None:
+    """The bundle is written beside its name and renamed once whole: an export that fails
+    (here at a record the log never signed, found once the bundle was started) leaves the file
+    it would have replaced as it was, and nothing else."""
+    copy = _data_copy(traffic, tmp_path)
+    with sqlite3.connect(copy / "audit.db") as db:
+        last = db.execute("SELECT MAX(leaf_index) FROM audit_records").fetchone()[0]
+        db.execute("UPDATE audit_records SET envelope = CAST('not signed' AS BLOB) "
+                   "WHERE leaf_index = ?", (last - 1,))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.zip").write_bytes(b"the previous bundle")
+    start, end = window()
+    run = run_cli({**traffic.gateway.env, "SEALGATE_DATA_DIR": str(copy)}, "evidence", "export",
+                  "--from", start, "--to", end, "-o", str(out / "b.zip"))
+    assert run.returncode == 1
+    assert "does not match what the log signed" in run.stderr
+    assert (out / "b.zip").read_bytes() == b"the previous bundle"
+    assert sorted(p.name for p in out.iterdir()) == ["b.zip"]
 
 
 @pytest.mark.parametrize("kept", ["none", "another key's"])

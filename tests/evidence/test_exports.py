@@ -10,7 +10,7 @@ import proxy.users
 def test_evidence_all_is_exact() -> None:
     assert sorted(proxy.evidence.__all__) == sorted([
         "BundleInvalid", "BundleVerdict", "Check", "EvidenceError", "ExportFailed",
-        "ExportOptions", "build_bundle", "identity_documents", "persist_identity",
+        "ExportOptions", "build_bundle", "identity_documents", "persist_identity", "write_bundle",
         "policy_snapshots", "record_startup_state", "snapshot_policy", "verify_bundle"])
     assert all(hasattr(proxy.evidence, n) for n in proxy.evidence.__all__)
 
