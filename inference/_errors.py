@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendBusy", "BackendError", "BackendRejected", "BackendTimedOut", "BackendUnavailable",
-    "ModelNotFound",
+    "ContextLengthExceeded", "ModelNotFound",
 ]
 
 
@@ -63,6 +63,18 @@ class BackendRejected(BackendError):
     status = 400
     type = "invalid_request_error"
     spent = False
+
+
+class ContextLengthExceeded(BackendRejected):
+    """The prompt, with the output the request asks for, does not fit the model's context, as
+    the OpenAI API answers it: ``param`` names the prompt's field (``messages``, ``prompt`` or
+    ``input``). The detail holds token counts only, never the prompt."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, detail: str, param: str) -> None:
+        super().__init__(detail)
+        self.param = param
 
 
 class ModelNotFound(BackendError):

@@ -19,6 +19,13 @@ content parts other than text, ``suffix``, ``best_of`` above 1, ``dimensions`` o
 model's, ``echo`` with token ids or logprobs, and ``tools`` when the chat template does not
 render them. ``echo`` of text prompts is applied here. Error messages are fixed text: llama.cpp's
 own may quote the request.
+
+A prompt that does not fit a slot's context with the output it asks for (``max_completion_tokens``
+or ``max_tokens``) is refused as the OpenAI API refuses it: ``context_length_exceeded``, naming the
+prompt's field. The core refuses a prompt longer than the context on its own, before evaluating
+it; for one that fits alone, the core's first progress report on it (``return_progress``) gives
+its length, and a call whose output would not fit is stopped there, before it generates (the
+core may have evaluated the prompt's first batch by then).
 """
 
 from __future__ import annotations
@@ -38,7 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from inference._base import GenerationKind, Json
-from inference._errors import BackendError, BackendRejected, BackendUnavailable
+from inference._errors import (
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    ContextLengthExceeded,
+)
 
 __all__ = ["LlamaCppBackend", "LlamaCppConfig", "default_model_path"]
 
@@ -50,8 +62,14 @@ _DONE = object()
 # Content parts the core cannot take (no multimodal projector is ever loaded).
 _PARTS = {"image_url": "image input", "input_audio": "audio input", "file": "file input",
           "refusal": "refusal content parts"}
+# The field each kind of request holds its prompt in: ``param`` of a prompt that does not fit.
+_PROMPT_FIELDS: dict[GenerationKind, str] = {"chat": "messages", "completions": "prompt"}
 # An embedding input must fit one physical batch; llama.cpp reports it as a server error.
-_TOO_LONG = re.compile(r"input \(\d+ tokens\) is too large to process")
+_TOO_LONG = re.compile(r"input \((\d+) tokens\) is too large to process\. "
+                       r"increase the physical batch size \(current batch size: (\d+)\)")
+# A prompt this much longer than n_ctx is longer than any slot's context: the core rounds the
+# context up to a multiple of 256 and shares it among the slots.
+_PAST_CONTEXT = 256
 _PROBE = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 _PROBE_TOOLS = [{"type": "function",
                  "function": {"name": "probe", "parameters": {"type": "object", "properties": {}}}}]
@@ -93,6 +111,8 @@ class _Capabilities:
     """Length of its embedding vectors: the one ``dimensions`` it can honour."""
     tools: bool = False
     """Whether its chat template renders ``tools``; llama.cpp ignores them silently if not."""
+    context: int = 0
+    """Tokens one slot holds, a prompt and its output together; 0 when not known."""
 
 
 class LlamaCppBackend:
@@ -135,7 +155,7 @@ class LlamaCppBackend:
         params.cache_ram_mib = 0
         params.cache_idle_slots = False
         server = xllamacpp.Server(params)
-        self._caps = _probe(server)
+        self._caps = _probe(server, self._config.n_ctx)
         self._server = server
 
     async def close(self) -> None:
@@ -196,7 +216,9 @@ class LlamaCppBackend:
         echo: list[str | None] | None = (None if prompts is None
                                          else [p for p in prompts for _ in range(n)])
         handler = server.handle_chat_completions if kind == "chat" else server.handle_completions
-        request = {k: v for k, v in body.items() if k != "echo"} | {"stream": True}
+        request = {k: v for k, v in body.items() if k != "echo"}
+        request.update(stream=True, return_progress=True)  # progress reports: ``on_chunk``
+        field, output, context = _PROMPT_FIELDS[kind], _output_limit(body), self._caps.context
         # Legacy completions take logprobs=0 as "the sampled tokens' only"; the core would send
         # none, so it is asked for one and the rest is dropped (``_legacy_logprobs``).
         sampled_only = kind == "completions" and body.get("logprobs") == 0
@@ -213,7 +235,14 @@ class LlamaCppBackend:
         cancelled = threading.Event()
 
         def on_chunk(chunk: Json) -> bool:
-            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            # A report on evaluating a prompt, first sent before it is evaluated, gives its
+            # length; it is read here and never passed on.
+            progress = chunk.get("prompt_progress") if isinstance(chunk, dict) else None
+            if progress is None:
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            elif (refused := _overflow(progress, field, output, context)) is not None:
+                loop.call_soon_threadsafe(queue.put_nowait, refused)
+                return True
             return cancelled.is_set()  # True tells llama.cpp to stop generating
 
         def run() -> None:
@@ -237,7 +266,7 @@ class LlamaCppBackend:
                     raise item
                 if item is None:  # llama.cpp sends JSON null between the prompts of a batch
                     continue
-                last = self._clean(_checked(item), body)
+                last = self._clean(_checked(item, field, output or 1), body)
                 _add_counts(usage, last.pop("usage", None) or {})
                 if kind == "completions":
                     _legacy_logprobs(last, offsets, sampled_only=sampled_only)
@@ -305,16 +334,58 @@ class _Slots:
 
 
 # -- what the core cannot serve ------------------------------------------------------------------
-def _probe(server: Any) -> _Capabilities:
+def _probe(server: Any, n_ctx: int) -> _Capabilities:
     """Ask the loaded model what it serves: a template that renders ``tools`` makes the prompt
-    longer when one is given."""
+    longer when one is given; a slot holds ``_context`` tokens."""
     embedding = _checked(server.handle_embeddings({"input": "probe"}))["data"][0]["embedding"]
     plain = _checked(server.handle_chat_completions(dict(_PROBE)))["usage"]["prompt_tokens"]
+    context = _context(server, n_ctx)
     try:
         tooled = _checked(server.handle_chat_completions({**_PROBE, "tools": _PROBE_TOOLS}))
     except (ValueError, BackendError):  # the template cannot take tools at all
-        return _Capabilities(len(embedding), tools=False)
-    return _Capabilities(len(embedding), tools=tooled["usage"]["prompt_tokens"] != plain)
+        return _Capabilities(len(embedding), tools=False, context=context)
+    return _Capabilities(len(embedding), tools=tooled["usage"]["prompt_tokens"] != plain,
+                         context=context)
+
+
+def _context(server: Any, n_ctx: int) -> int:
+    """Tokens one slot holds, as the core says when it refuses a prompt longer than its whole
+    context (before evaluating any of it). Not known (0) for ``n_ctx`` 0, the model's own
+    context, which may be longer than any prompt worth trying."""
+    if n_ctx <= 0:
+        return 0
+    answer = server.handle_completions({"prompt": [0] * (n_ctx + _PAST_CONTEXT), "max_tokens": 1})
+    error = answer.get("error") if isinstance(answer, dict) else None
+    context = error.get("n_ctx") if isinstance(error, dict) else None
+    return context if isinstance(context, int) and context > 0 else 0
+
+
+def _output_limit(body: Mapping[str, Any]) -> int:
+    """The most tokens a request asks the core to generate (it takes ``max_completion_tokens``
+    before ``max_tokens``); 0 without a limit."""
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0
+
+
+def _overflow(progress: Any, field: str, output: int, context: int) -> ContextLengthExceeded | None:
+    """The refusal of a call whose prompt, as long as the core's progress report on it says
+    (``total``, sent before it is evaluated), leaves no room in the slot for ``output``."""
+    prompt = progress.get("total") if isinstance(progress, dict) else None
+    if not (output and context and isinstance(prompt, int)) or prompt + output <= context:
+        return None
+    return _too_long(field, prompt, output, context)
+
+
+def _too_long(field: str, prompt: int, output: int, context: int) -> ContextLengthExceeded:
+    """``context_length_exceeded`` for a prompt of ``prompt`` tokens in ``field`` that, with
+    ``output`` more, does not fit a slot of ``context``: counts only, never the prompt."""
+    detail = f"this request needs {prompt + output} tokens but the model holds at most {context}"
+    if output:
+        detail += f" ({prompt} in the {field}, {output} for the completion)"
+    return ContextLengthExceeded(detail, field)
 
 
 def _unsupported(param: str, what: str) -> BackendRejected:
@@ -475,20 +546,32 @@ def _translated(exc: Exception, body: Mapping[str, Any]) -> BackendError:
     return BackendUnavailable("the model failed to answer")
 
 
-def _checked(result: Any) -> Json:
+def _checked(result: Any, field: str = "input", output: int = 0) -> Json:
+    """``result``, unless the core answered an error. ``field`` and ``output``: where the
+    request holds its prompt and the tokens it asks to generate, to say what a prompt too long
+    for the context needed."""
     if not isinstance(result, dict):
         raise BackendUnavailable("the model returned no result")
     error = result.get("error")
     if error is not None:
-        status = error.get("code") if isinstance(error, dict) else None
-        if isinstance(status, int) and 400 <= status < 500:
-            raise BackendRejected("the model rejected the request parameters")
-        if _TOO_LONG.match(str(error.get("message", "")) if isinstance(error, dict) else ""):
-            rejected = BackendRejected("an input is longer than the model can embed at once")
-            rejected.param = "input"
-            raise rejected
-        raise BackendUnavailable("the model failed to answer")
+        raise _refusal(error if isinstance(error, dict) else {}, field, output)
     return result
+
+
+def _refusal(error: Mapping[str, Any], field: str, output: int) -> BackendError:
+    """The core's error by its type, status and counts; its message may quote the request, so
+    only the core's fixed message for an embedding input longer than a batch is read."""
+    prompt, context = error.get("n_prompt_tokens"), error.get("n_ctx")
+    if (error.get("type") == "exceed_context_size_error" and isinstance(prompt, int)
+            and isinstance(context, int)):
+        return _too_long(field, prompt, output, context)
+    status = error.get("code")
+    if isinstance(status, int) and 400 <= status < 500:
+        return BackendRejected("the model rejected the request parameters")
+    if match := _TOO_LONG.match(str(error.get("message", ""))):
+        return ContextLengthExceeded(f"this request needs {match[1]} tokens in one input but "
+                                     f"the model embeds at most {match[2]} at once", "input")
+    return BackendUnavailable("the model failed to answer")
 
 
 # -- a whole answer from its stream --------------------------------------------------------------

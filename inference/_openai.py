@@ -6,10 +6,11 @@ per-request cost of httpx's default transport, which matters on the gateway's ho
 (``make bench``).
 Streaming is passed through as it arrives: each upstream SSE event becomes one chunk here, with
 no buffering beyond the event itself. Upstream error bodies are never relayed (they may echo
-content); only their status class is. Every document is checked against the skeleton of its
-OpenAI shape (the fields the gateway reads or rewrites); one that does not fit, a stream that is
-not ``text/event-stream``, or one that ends without ``data: [DONE]`` is a backend error (502)
-with a fixed message, never the upstream's text.
+content); only their status class is, and whether a 400 says that the request does not fit the
+model's context (``context_length_exceeded``, as the OpenAI API answers it). Every document is
+checked against the skeleton of its OpenAI shape (the fields the gateway reads or rewrites); one
+that does not fit, a stream that is not ``text/event-stream``, or one that ends without
+``data: [DONE]`` is a backend error (502) with a fixed message, never the upstream's text.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ from inference._errors import (
     BackendRejected,
     BackendTimedOut,
     BackendUnavailable,
+    ContextLengthExceeded,
 )
 
 __all__ = ["OpenAIBackend", "OpenAIConfig", "api_key"]
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+# The field each path's request holds its prompt in: ``param`` of a prompt that does not fit.
+_PROMPT_FIELDS = {"/chat/completions": "messages", "/completions": "prompt", "/embeddings": "input"}
 _MALFORMED = "the upstream sent a malformed response"
 # The usage counters the OpenAI API defines: all that is relayed from an upstream whose prompt
 # cache is shared between tenants (see OpenAIBackend._relayable).
@@ -51,6 +55,19 @@ _MAX_LINE = 16 << 20  # one event's line; a longer one is not an OpenAI chunk
 _MAX_BODY = 256 << 20  # one whole answer (the largest is a batch of float embeddings)
 _DRAIN_S = 1.0  # how long the end of a body is awaited after data: [DONE]
 _MAX_RETRY_AFTER = 3600  # the longest wait relayed from an upstream's Retry-After
+_MAX_ERROR = 64 << 10  # what is read of a 400's error document, to tell a context overflow
+# How upstreams say that a request does not fit the model's context: the OpenAI API's code,
+# llama.cpp's error type, and the openings of vLLM's messages, fixed words and numbers (only
+# openings match: a message quoting the request is not taken for one by what it quotes).
+_CONTEXT_CODE = "context_length_exceeded"
+_CONTEXT_TYPE = "exceed_context_size_error"
+_CONTEXT_MESSAGE = re.compile(
+    r"This model's maximum context length is \d+ tokens"
+    r"|'max_tokens' or 'max_completion_tokens' is too large: \d+\. "
+    r"This model's maximum context length is \d+ tokens"
+    r"|You passed \d+ input (?:tokens|characters) and requested \d+ output tokens\. "
+    r"However, the model's context length is only \d+ tokens"
+    r"|The decoder prompt \(length \d+\) is longer than the maximum model length of \d+")
 
 
 class UpstreamTruncated(BackendError):
@@ -234,29 +251,62 @@ async def _lines(chunks: AsyncIterator[bytes], timeout: float,
         yield b"".join(pending)
 
 
-async def _body(response: httpx.Response) -> bytes:
-    """The whole body, refused past ``_MAX_BODY`` before it can exhaust the gateway's memory
-    (answers are never compressed: ``_check_status``)."""
+async def _body(response: httpx.Response, limit: int | None = None) -> bytes:
+    """The whole body, refused past ``limit`` (``_MAX_BODY``) before it can exhaust the
+    gateway's memory (answers are never compressed: ``_check_status``)."""
+    limit = _MAX_BODY if limit is None else limit
     parts, size = [], 0
     async for part in response.aiter_bytes():
         size += len(part)
-        if size > _MAX_BODY:
+        if size > limit:
             raise BackendError(_MALFORMED)
         parts.append(part)
     return b"".join(parts)
 
 
-def _check_status(response: httpx.Response) -> None:
+def _uncompressed(response: httpx.Response) -> bool:
+    """Whether the body comes without a content coding, as the gateway asks (``start``)."""
+    encoding: str = response.headers.get("content-encoding", "identity")
+    return encoding.strip().lower() == "identity"
+
+
+async def _check_status(response: httpx.Response, path: str, timeout: float) -> None:
+    """Nothing for an answer to read on; else the error its status says, ``path``'s prompt
+    field named when a 400 says the prompt does not fit (read within ``timeout``)."""
     if response.status_code < 400:
-        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        if not _uncompressed(response):
             raise BackendError(_MALFORMED)  # it was asked for none (``Accept-Encoding``)
         return
+    if response.status_code == 400 and await _exceeds_context(response, timeout):
+        raise ContextLengthExceeded("this request needs more tokens than the model holds",
+                                    _PROMPT_FIELDS[path])
     if response.status_code in (400, 404, 413, 422):
         raise BackendRejected(f"the upstream rejected the request (HTTP {response.status_code})")
     if response.status_code == 429:
         raise BackendBusy("the upstream is rate-limiting requests (HTTP 429)",
                           _retry_after(response.headers.get("retry-after", "")))
     raise BackendUnavailable(f"the upstream failed (HTTP {response.status_code})")
+
+
+async def _exceeds_context(response: httpx.Response, timeout: float) -> bool:
+    """Whether a 400's error document says that the request does not fit the model's context,
+    in a form that says only that (``_CONTEXT_CODE``, ``_CONTEXT_TYPE``, ``_CONTEXT_MESSAGE``).
+    At most ``_MAX_ERROR`` bytes of it are read, uncompressed, within ``timeout``; a document
+    that cannot be read so says nothing, and nothing of any is relayed."""
+    if not _uncompressed(response):
+        return False
+    try:
+        async with asyncio.timeout(timeout):
+            doc = msgspec.json.decode(await _body(response, _MAX_ERROR))
+    except (TimeoutError, BackendError, httpx.HTTPError, aiohttp.ClientError,
+            msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
+    error = doc.get("error", doc) if isinstance(doc, dict) else None  # older vLLM: not wrapped
+    if not isinstance(error, dict):
+        return False
+    message = error.get("message")
+    return (error.get("code") == _CONTEXT_CODE or error.get("type") == _CONTEXT_TYPE
+            or (isinstance(message, str) and _CONTEXT_MESSAGE.match(message) is not None))
 
 
 def _retry_after(value: str) -> int:
@@ -335,7 +385,7 @@ class OpenAIBackend:
             async with asyncio.timeout(self._config.timeout_s):
                 response = await self._send("POST", path, msgspec.json.encode(body))
                 try:
-                    _check_status(response)
+                    await _check_status(response, path, self._config.timeout_s)
                     content = await _body(response)
                 finally:
                     await response.aclose()
@@ -382,7 +432,7 @@ class OpenAIBackend:
             async with asyncio.timeout(self._config.timeout_s):
                 response = await self._send("POST", _PATHS[kind], content)
             try:
-                _check_status(response)
+                await _check_status(response, _PATHS[kind], self._config.timeout_s)
                 media_type = response.headers.get("content-type", "").split(";")[0].strip()
                 if media_type.lower() != "text/event-stream":
                     raise BackendError(_MALFORMED)

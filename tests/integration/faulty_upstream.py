@@ -97,13 +97,50 @@ def _events(echo: str) -> dict[str, list[Any]]:
     }
 
 
+def _rejections(echo: str) -> dict[str, dict[str, Any]]:
+    """400 answers: each way upstreams say that a request does not fit the model's context
+    (the OpenAI API, llama.cpp's server, vLLM's messages over its versions, wrapped or not),
+    quoting the request after the words that say so; and a refusal that quotes those words
+    only after the request."""
+    too_long = "This model's maximum context length is 1024 tokens."
+    return {
+        "context-openai": {"error": {
+            "message": f"{too_long} However, your messages resulted in 3000 tokens. {echo}",
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}},
+        "context-llamacpp": {"error": {
+            "code": 400, "message": f"request (3001 tokens) exceeds the available context size "
+                                    f"(1024 tokens), try increasing it {echo}",
+            "type": "exceed_context_size_error", "n_prompt_tokens": 3001, "n_ctx": 1024}},
+        "context-vllm": {"error": {
+            "message": f"{too_long} However, you requested 3010 tokens (3000 in the messages, 10 "
+                       f"in the completion). Please reduce the length of the messages. {echo}",
+            "type": "BadRequestError", "param": None, "code": 400}},
+        "context-vllm-output": {
+            "object": "error", "message": "'max_tokens' or 'max_completion_tokens' is too large: "
+                                          "2000. This model's maximum context length is 1024 "
+                                          f"tokens and your request has 30 input tokens. {echo}",
+            "type": "BadRequestError", "param": None, "code": 400},
+        "context-vllm-renderer": {"error": {
+            "message": "You passed 3000 input tokens and requested 10 output tokens. However, the "
+                       "model's context length is only 1024 tokens, resulting in a maximum input "
+                       f"length of 1014 tokens. {echo} (parameter=input_tokens, value=3000)",
+            "type": "BadRequestError", "param": "input_tokens", "code": 400}},
+        REJECTED: {"error": {"message": f"invalid value {echo}: {too_long}",
+                             "type": "BadRequestError", "param": None, "code": 400}},
+    }
+
+
+REJECTED = "rejected-quoting"
+"""The upstream answers 400 quoting the request, and then words that say it is too long."""
+CONTEXT_EXCEEDED = tuple(sorted(m for m in _rejections("") if m != REJECTED))
+"""Model names the upstream answers with a 400 saying the request does not fit the context."""
 BUSY = "rate-limited"
 """The upstream answers 429 with ``Retry-After: 7`` (and the request quoted in its message)."""
 WHOLE_FAULTS = tuple(sorted(m for m in _whole("") if not m.startswith("ok")))
 STREAM_FAULTS = (*sorted(m for m in _events("") if not m.startswith("ok")), "stream-as-json")
 MODELS = ("ok", "ok-cached", "ok-uncounted", "ok-annotated", "ok-logprobs", "ok-unprefixed",
-          "ok-separators", "ok-bare", "ok-bare-embeddings", "ok-stray-message", BUSY,
-          *WHOLE_FAULTS, *STREAM_FAULTS)
+          "ok-separators", "ok-bare", "ok-bare-embeddings", "ok-stray-message", BUSY, REJECTED,
+          *CONTEXT_EXCEEDED, *WHOLE_FAULTS, *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 
@@ -206,6 +243,8 @@ class FaultInjectingUpstream(LoopbackHTTPServer):
                 fault, echo = body.get("model", "ok"), raw.decode()
                 if fault in LIMIT_FAULTS:
                     _limit_fault(self, fault)
+                elif fault in (rejections := _rejections(echo)):
+                    self._send("application/json", json.dumps(rejections[fault]).encode(), 400)
                 elif fault == BUSY:
                     self._send("application/json", json.dumps({"error": {"message": echo}}).encode(),
                                429, ("Retry-After", "7"))

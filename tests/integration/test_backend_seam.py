@@ -18,7 +18,9 @@ from tests.integration.faulty_upstream import (
     BUSY,
     CACHE_COUNTERS,
     CACHED_DETAILS,
+    CONTEXT_EXCEEDED,
     MODELS,
+    REJECTED,
     SEPARATORS,
     WHOLE_FAULTS,
     FaultInjectingUpstream,
@@ -31,6 +33,14 @@ CANARY = "CANARY" + secrets.token_hex(8)
 MESSAGES = [{"role": "user", "content": f"repeat {CANARY}"}]
 MALFORMED_STREAMS = ["stream-fractional-usage", "stream-bad-chunk", "stream-error-event",
                      "stream-invalid-utf8"]
+# (path, body, param) per endpoint: the field a prompt too long for the context is named by.
+PROMPTS = {
+    "chat": ("/v1/chat/completions", {"messages": MESSAGES}, "messages"),
+    "chat-stream": ("/v1/chat/completions", {"messages": MESSAGES, "stream": True}, "messages"),
+    "completions": ("/v1/completions", {"prompt": f"repeat {CANARY}"}, "prompt"),
+    "completions-stream": ("/v1/completions", {"prompt": CANARY, "stream": True}, "prompt"),
+    "embeddings": ("/v1/embeddings", {"input": CANARY}, "input"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +162,37 @@ def test_an_upstream_429_is_passed_on_with_its_wait(seam_gateway: Gateway, key: 
     _clean(seam_gateway, response)
     records = request_records(seam_gateway, key, response.headers["x-request-id"])
     assert records["completion"]["status"] == 429
+
+
+@pytest.mark.parametrize("endpoint", sorted(PROMPTS))
+@pytest.mark.parametrize("model", CONTEXT_EXCEEDED)
+def test_an_upstream_context_overflow_is_passed_on_by_its_code(
+        seam_gateway: Gateway, key: str, model: str, endpoint: str) -> None:
+    """However the upstream says it, the client gets the OpenAI API's answer with a fixed
+    message: nothing of the upstream's, which may quote the request."""
+    path, body, param = PROMPTS[endpoint]
+    response = httpx.post(f"{seam_gateway.url}{path}", json={"model": model, **body}, timeout=30,
+                          headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {
+        "message": "this request needs more tokens than the model holds",
+        "type": "invalid_request_error", "param": param, "code": "context_length_exceeded"}
+    _clean(seam_gateway, response)
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == 400
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_400_quoting_overflow_words_is_a_plain_rejection(
+        seam_gateway: Gateway, key: str, stream: bool) -> None:
+    """Words the request itself may hold are not taken for the upstream's: only the opening
+    of its message counts."""
+    response = _post(seam_gateway, key, {"model": REJECTED, "messages": MESSAGES, "stream": stream})
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "the upstream rejected the request (HTTP 400)",
+        "type": "invalid_request_error", "param": None, "code": "upstream_rejected"}
+    _clean(seam_gateway, response)
 
 
 @pytest.mark.parametrize("fault", MALFORMED_STREAMS)

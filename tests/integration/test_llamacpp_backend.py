@@ -1,5 +1,6 @@
 """The embedded llama.cpp backend with the real SmolLM2 model: requests the core cannot serve
-are a 400 naming the parameter (never a 500, a 503, or a silently dropped parameter), an engine
+are a 400 naming the parameter (never a 500, a 503, or a silently dropped parameter), a prompt
+that does not fit the context with its output is a 400 ``context_length_exceeded``, an engine
 fault stays a 5xx, error messages never echo request content, and a whole (non-streamed)
 answer stops generating when its caller leaves."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import socket
 import time
@@ -18,6 +20,7 @@ import httpx
 import pytest
 
 from inference import BackendRejected, BackendUnavailable, LlamaCppBackend
+from tests.integration.conftest import request_counts, request_log, request_records
 from tests.server import Gateway, start_gateway
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,6 +52,17 @@ UNSERVABLE_PARTS = {
               "audio input"),
     "file": ({"type": "file", "file": {"file_data": f"data:application/pdf;base64,{CANARY}",
                                        "filename": f"{CANARY}.pdf"}}, "file input"),
+}
+# (path, body, param) for each request whose prompt, with the output it asks for, does not fit
+# the one slot's context (2048 tokens): too long alone, or leaving too little room for its output.
+LONG_PROMPT = f"{CANARY} " * 400  # over 4,000 tokens
+TOO_LONG = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG_PROMPT}]},
+             "messages"),
+    "chat-output": ("/v1/chat/completions", {"messages": [{"role": "user", "content": CANARY}],
+                                             "max_completion_tokens": 2040}, "messages"),
+    "completions": ("/v1/completions", {"prompt": LONG_PROMPT}, "prompt"),
+    "completions-output": ("/v1/completions", {"prompt": CANARY, "max_tokens": 2047}, "prompt"),
 }
 # (path, body, param) for each parameter the core would ignore.
 UNSUPPORTED_PARAMETERS = {
@@ -220,6 +234,35 @@ def test_engine_fault_stays_a_server_error(one_slot: LlamaCppBackend, stream: bo
     assert "RuntimeError" not in str(caught.value)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_and_output_past_the_context_are_refused(one_slot: LlamaCppBackend,
+                                                        stream: bool) -> None:
+    """The core refuses a prompt longer than the context; one that fits alone but leaves too
+    little room for the output asked for would be evaluated and cut short at the context's end
+    (``finish_reason: length``): it is stopped before it generates, and refused the same way."""
+    plain = {"model": MODEL, "messages": [{"role": "user", "content": CANARY}], "max_tokens": 1}
+    prompt = asyncio.run(one_slot.generate("chat", plain))["usage"]["prompt_tokens"]
+
+    async def first_chunk(body: dict[str, Any]) -> dict[str, Any]:
+        chunks = one_slot.stream("chat", body)
+        try:
+            return await anext(chunks)
+        finally:
+            await chunks.aclose()
+
+    # Exactly the context: served (the core stops there at the latest).
+    assert asyncio.run(first_chunk({**plain, "max_tokens": 2048 - prompt}))["choices"]
+    # One token more, as max_tokens or as max_completion_tokens (which the core takes first).
+    for body in ({**plain, "max_tokens": 2049 - prompt},
+                 {**plain, "max_tokens": 5, "max_completion_tokens": 2049 - prompt}):
+        with pytest.raises(BackendRejected) as caught:
+            asyncio.run(_streamed(one_slot, "chat", body) if stream else one_slot.generate("chat", body))
+        assert caught.value.code == "context_length_exceeded" and caught.value.param == "messages"
+        assert str(caught.value) == (
+            "context_length_exceeded: this request needs 2049 tokens but the model holds at most "
+            f"2048 ({prompt} in the messages, {2049 - prompt} for the completion)")
+
+
 def test_dimensions_of_the_model_are_honoured(one_slot: LlamaCppBackend) -> None:
     native = len(asyncio.run(one_slot.embed({"model": MODEL, "input": "x"}))["data"][0]["embedding"])
     result = asyncio.run(one_slot.embed({"model": MODEL, "input": "x", "dimensions": native}))
@@ -342,9 +385,54 @@ def test_more_choices_than_slots_are_refused_by_name(llama_gateway: Gateway) -> 
     assert "more than 1 choices" in message
 
 
+def _too_long(gw: Gateway, response: httpx.Response, param: str) -> str:
+    """The envelope's message, checked: the OpenAI API's code and ``param``, counts only."""
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {"message": response.json()["error"]["message"],
+                                        "type": "invalid_request_error", "param": param,
+                                        "code": "context_length_exceeded"}
+    assert CANARY not in response.text and CANARY not in gw.output()
+    assert "Traceback" not in gw.output() and "unhandled_error" not in gw.output()
+    return str(response.json()["error"]["message"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", sorted(TOO_LONG))
+def test_prompt_past_the_context_is_refused_as_openai_does(llama_gateway: Gateway, key: str,
+                                                           case: str, stream: bool) -> None:
+    path, body, param = TOO_LONG[case]
+    message = _too_long(llama_gateway, _post(llama_gateway, key, path, body | {"stream": stream}),
+                        param)
+    output = body.get("max_completion_tokens", body.get("max_tokens", 4))
+    found = re.fullmatch(rf"this request needs (\d+) tokens but the model holds at most 2048 "
+                         rf"\((\d+) in the {param}, {output} for the completion\)", message)
+    assert found and int(found[1]) == int(found[2]) + output > 2048, message
+
+
 def test_embedding_input_longer_than_a_batch_is_refused(llama_gateway: Gateway, key: str) -> None:
     response = _post(llama_gateway, key, "/v1/embeddings", {"input": f"{CANARY} " * 600})
-    _refused(llama_gateway, response, "input")
+    message = _too_long(llama_gateway, response, "input")
+    found = re.fullmatch(r"this request needs (\d+) tokens in one input but the model embeds at "
+                         r"most (\d+) at once", message)
+    assert found and int(found[1]) > int(found[2]), message
+
+
+def test_prompt_past_the_context_is_logged_counted_and_recorded(llama_gateway: Gateway,
+                                                                key: str) -> None:
+    """A failed request like any other: one log line and one count under its status, and a
+    completion record saying so; none of them with content."""
+    labels = ("/v1/chat/completions", MODEL, "plaintext", 400)
+    before = request_counts(llama_gateway).get(labels, 0)
+    path, body, param = TOO_LONG["chat"]
+    response = _post(llama_gateway, key, path, body)
+    _too_long(llama_gateway, response, param)
+    request_id = response.headers["x-request-id"]
+    lines = request_log(llama_gateway, request_id)
+    assert [(line["status"], line["reason"]) for line in lines] == [(400, "backend_error")]
+    assert request_counts(llama_gateway).get(labels, 0) == before + 1
+    completion = request_records(llama_gateway, key, request_id)["completion"]
+    assert completion["status"] == 400 and completion["abort_reason"] == "backend_error"
+    assert completion["completion_tokens"] == 0
 
 
 @pytest.mark.parametrize("case", sorted(UNSUPPORTED_PARAMETERS))

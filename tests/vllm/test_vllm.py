@@ -106,6 +106,25 @@ def test_completions(client: openai.OpenAI) -> None:
     assert result.usage is not None and result.usage.completion_tokens > 0
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_prompt_past_the_context_is_refused_as_openai_does(client: openai.OpenAI,
+                                                           endpoint: str) -> None:
+    """vLLM's 400 for a prompt longer than its context (1024 tokens here) reaches the client as
+    the OpenAI API's ``context_length_exceeded``, naming the prompt's field, with none of
+    vLLM's message."""
+    canary = "CANARY" + secrets.token_hex(16)
+    prompt = f"{canary} " + "word " * 2000
+    with pytest.raises(openai.BadRequestError) as caught:
+        if endpoint == "chat":
+            client.chat.completions.create(model=MODEL, max_tokens=8,
+                                           messages=[{"role": "user", "content": prompt}])
+        else:
+            client.completions.create(model=MODEL, max_tokens=8, prompt=prompt)
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.param == ("messages" if endpoint == "chat" else "prompt")
+    assert canary not in str(caught.value.body) and "word" not in str(caught.value.body)
+
+
 def test_prompts_never_reach_vllm_output_or_any_file(
         client: openai.OpenAI, vllm_gateway: VLLMGateway) -> None:
     canary = "CANARY" + secrets.token_hex(16)
