@@ -428,10 +428,10 @@ def test_prompt_past_the_context_is_logged_counted_and_recorded(llama_gateway: G
     _too_long(llama_gateway, response, param)
     request_id = response.headers["x-request-id"]
     lines = request_log(llama_gateway, request_id)
-    assert [(line["status"], line["reason"]) for line in lines] == [(400, "backend_error")]
+    assert [(line["status"], line["reason"]) for line in lines] == [(400, "context_length_exceeded")]
     assert request_counts(llama_gateway).get(labels, 0) == before + 1
     completion = request_records(llama_gateway, key, request_id)["completion"]
-    assert completion["status"] == 400 and completion["abort_reason"] == "backend_error"
+    assert completion["status"] == 400 and completion["abort_reason"] == "context_length_exceeded"
     assert completion["completion_tokens"] == 0
 
 

@@ -48,7 +48,7 @@ _OBJECTS = {"chat": ("chatcmpl-", "chat.completion"), "completions": ("cmpl-", "
 _NOT_FORWARDED = ("metadata", "user", "safety_identifier", "prompt_cache_key",
                   "previous_response_id", "conversation")
 # Completion records' abort reasons (docs/protocol.md); a backend error names its own when listed.
-_ABORT_REASONS = frozenset({"client_disconnected", "upstream_truncated"})
+_ABORT_REASONS = frozenset({"client_disconnected", "upstream_truncated", "context_length_exceeded"})
 
 
 class Gate(Protocol):
