@@ -7,7 +7,7 @@ default) and ``OPAEngine`` (an OPA server). See docs/policy.md.
 from . import _native  # noqa: F401  first: rego-cpp before any other C++ library (_native.py)
 
 # isort: split
-from ._bundle import TENANT_NAME, PolicyBundle, bundle_digest, load_bundle
+from ._bundle import TENANT_NAME, PolicyBundle, bundle_digest, contract_owner, listing_digest, load_bundle
 from ._decision import Decision, Denial
 from ._engine import PolicyEngine
 from ._errors import PolicyBundleError, PolicyError, PolicyInputError, PolicyUnavailable
@@ -34,6 +34,8 @@ __all__ = [
     "RegopyEngine",
     "RequestParams",
     "bundle_digest",
+    "contract_owner",
+    "listing_digest",
     "load_bundle",
     "run_rego_tests",
 ]

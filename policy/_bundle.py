@@ -30,7 +30,8 @@ import yaml
 from ._errors import PolicyBundleError
 from ._input import is_instant
 
-__all__ = ["TENANT_NAME", "PolicyBundle", "bundle_digest", "load_bundle"]
+__all__ = ["TENANT_NAME", "PolicyBundle", "bundle_digest", "contract_owner", "listing_digest",
+           "load_bundle"]
 
 _DATA_SUFFIXES = (".yaml", ".yml", ".json")
 # Contract expiry: a whole minute. The gateway gives the policy its time at minute resolution
@@ -118,17 +119,51 @@ def _bundle_files(root: Path) -> list[Path]:
 
 def bundle_digest(contents: Mapping[str, bytes]) -> str:
     """Digest of ``relative path → file bytes`` (module docstring)."""
-    for rel in contents:
+    return listing_digest({rel: hashlib.sha256(raw).hexdigest() for rel, raw in contents.items()})
+
+
+def listing_digest(hashes: Mapping[str, str]) -> str:
+    """Digest of ``relative path → hex SHA-256 of the file``: what ``bundle_digest`` computes,
+    for a reader that holds some files by their hashes only (an evidence bundle that withholds
+    other tenants' contracts)."""
+    for rel, hexdigest in hashes.items():
         # A newline in a path could forge listing lines: two bundles, one digest.
         # A backslash could not be carried to an auditor: archives refuse it as a separator.
         if not rel.isprintable() or "\\" in rel:
             raise PolicyBundleError(f"bundle file name {rel!a} is not printable UTF-8 "
                                     "without backslashes")
-    listing = b"".join(
-        hashlib.sha256(contents[rel]).hexdigest().encode() + b"  " + rel.encode() + b"\n"
-        for rel in sorted(contents, key=str.encode)
-    )
+        if not _HEX_SHA256.fullmatch(hexdigest):
+            raise PolicyBundleError(f"bundle file {rel!a} has no SHA-256 hash")
+    listing = b"".join(hashes[rel].encode() + b"  " + rel.encode() + b"\n"
+                       for rel in sorted(hashes, key=str.encode))
     return "sha256:" + hashlib.sha256(listing).hexdigest()
+
+
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTRACTS_DIR = "data/contracts/"
+
+
+def contract_owner(rel: str, content: bytes | None = None) -> str | None:
+    """The tenant whose contract, and nothing else, bundle file ``rel`` holds: any file below
+    ``data/contracts/acme/`` (it mounts at ``data.contracts.acme``), or ``data/contracts/acme.yaml``
+    when its ``content`` holds the contract ``acme`` only. ``None`` for every other file, the
+    ``default`` contract's included: a tenant without a contract is held to it. Without
+    ``content``, whether the path can be such a file (what a reader of a file's hash only
+    can check)."""
+    if not rel.startswith(_CONTRACTS_DIR):
+        return None
+    first, sep, _ = rel.removeprefix(_CONTRACTS_DIR).partition("/")
+    name = first if sep else next((first.removesuffix(s) for s in _DATA_SUFFIXES
+                                   if first.endswith(s)), "")
+    if not TENANT_NAME.fullmatch(name) or name == "default":
+        return None
+    if sep or content is None:
+        return name
+    try:
+        doc = _parse_data(Path(rel), content)
+    except PolicyBundleError:
+        return None
+    return name if set(doc) == {name} else None
 
 
 def _parse_data(path: Path, raw: bytes) -> dict[str, Any]:

@@ -109,7 +109,8 @@ def _export(args: argparse.Namespace) -> int:
         log = LogStore.open(settings.audit_db_url, read_only=True)  # an export changes nothing
         try:
             options = ExportOptions(start, end, tenant, args.sample, document,
-                                    settings.policy_bundle, settings.log_origin)
+                                    settings.policy_bundle, settings.log_origin,
+                                    args.tenant if tenant is not None else None)
             key = load_or_create_signing_key(key_path)
             # Written beside the output and renamed into place once whole: a failed export
             # leaves no partial bundle, and an existing one is replaced only by a complete one.

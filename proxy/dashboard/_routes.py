@@ -151,6 +151,15 @@ async def _scoped_tenant(dashboard: DashboardService, viewer: Viewer, name: str 
     return found.pseudonym
 
 
+async def _tenant_name(dashboard: DashboardService, pseudonym: str | None) -> str | None:
+    """The name of the tenant with ``pseudonym``; ``None`` for none (a tenant-scoped export
+    then withholds every tenant's contract file)."""
+    if pseudonym is None:
+        return None
+    listed = await asyncio.to_thread(dashboard.tenants.tenants)
+    return next((t.name for t in listed if t.pseudonym == pseudonym), None)
+
+
 def _record_filter(pseudonym: str | None, params: dict[str, str], page: str | None) -> RecordFilter:
     start, end = when("from", params["from"]), when("to", params["to"], end=True)
     if start is not None and end is not None and end <= start:
@@ -256,7 +265,8 @@ async def export(request: Req, dashboard: DashboardService) -> Response[Any]:
         start, end = _window(form)
         tenant = await _scoped_tenant(dashboard, viewer, text_value("tenant", str(form.get("tenant") or "")))
         options = ExportOptions(start, end, tenant, None, await dashboard.identity.document(),
-                                dashboard.bundle(), dashboard.settings.log_origin)
+                                dashboard.bundle(), dashboard.settings.log_origin,
+                                await _tenant_name(dashboard, tenant))
         log = dashboard.audit
         # Memory up to _SPOOL, a temporary file (unlinked at once) past it: a window can hold
         # more records than memory. Bundles carry no content, only records and proofs.

@@ -25,7 +25,7 @@ from typing import IO, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import AuditError, LogStore, RowChecker, SignedCheckpoint, VerificationError
-from policy import PolicyBundle
+from policy import PolicyBundle, contract_owner
 from proxy.attestation import Evidence
 from proxy.attestation import VerificationError as AttestationError
 
@@ -102,6 +102,9 @@ class ExportOptions:
     shipped one)."""
     origin: str | None = None
     """The gateway's ``log_origin``: which log to export when the key signs several."""
+    tenant_name: str | None = None
+    """The name of ``tenant`` (the pseudonym's): its bundle withholds the contract files of
+    every other tenant (``policy.contract_owner``), keeping their hashes."""
 
 
 def _select_log(store: LogStore, key: Ed25519PrivateKey,
@@ -299,7 +302,7 @@ def write_bundle(store: LogStore, data_dir: Path, key: Ed25519PrivateKey, opts: 
     zipped.add("log.json", _dumps(log))
     identities = _add_identities(zipped, data_dir, win.evidence, opts.server_document,
                                  raw_public(key.public_key()))
-    policies = _add_policies(zipped, data_dir, win.policies, opts.policy_bundle)
+    policies = _add_policies(zipped, data_dir, win.policies, opts)
     first_leaf = chosen[0] if chosen else latest_size
     cps = _add_checkpoints(zipped, store, log_id, first_leaf, latest)
     context = {
@@ -356,8 +359,10 @@ def _attests(doc: Mapping[str, Any], audit_key: bytes) -> bool:
 
 
 def _add_policies(out: _Zip, data_dir: Path, seen: dict[str, list[Any]],
-                  bundle: str | PolicyBundle) -> list[dict[str, Any]]:
-    current = snapshot_policy(data_dir, bundle or None)
+                  opts: ExportOptions) -> list[dict[str, Any]]:
+    """The kept bundles the records cite, and the current one. A tenant's export withholds
+    the files of other tenants' contracts, listing their hashes, which the digest needs."""
+    current = snapshot_policy(data_dir, opts.policy_bundle or None)
     snapshots = policy_snapshots(data_dir)
     index = []
     for digest in sorted(set(seen) | {current}):
@@ -365,10 +370,16 @@ def _add_policies(out: _Zip, data_dir: Path, seen: dict[str, list[Any]],
         if files is None:
             continue
         hexd = digest.removeprefix("sha256:")
+        withheld = {}
         for rel, raw in files.items():
-            out.add(f"policies/{hexd}/{rel}", raw)
+            owner = contract_owner(rel, raw) if opts.tenant is not None else None
+            if owner is not None and owner != opts.tenant_name:
+                withheld[rel] = hashlib.sha256(raw).hexdigest()
+            else:
+                out.add(f"policies/{hexd}/{rel}", raw)
         _, first, _, last, count = seen.get(digest, [0, None, 0, None, 0])
-        index.append({"digest": digest, "files": sorted(files), "records": count,
+        index.append({"digest": digest, "files": sorted(set(files) - set(withheld)),
+                      "withheld": dict(sorted(withheld.items())), "records": count,
                       "current": digest == current,
                       "first_seen": iso(first) if first is not None else None,
                       "last_seen": iso(last) if last is not None else None})

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import audit
 from audit import ConsistencyProof, SignedCheckpoint, verify_consistency
-from policy import PolicyBundleError, bundle_digest
+from policy import PolicyBundleError, contract_owner, listing_digest
 from proxy.attestation import Collateral, VerificationPolicy, verify_identity
 from proxy.attestation import VerificationError as AttestationError
 
@@ -151,18 +152,23 @@ class _Verifier:
         try:
             index = array(load(self.files.get(name, b""), "policy index"), "policy index", obj)
             entries = [(string(e.get("digest"), "policy digest"),
-                        array(e.get("files"), "policy files", string)) for e in index]
+                        array(e.get("files"), "policy files", string),
+                        _withheld(e.get("withheld", {}))) for e in index]
         except BundleInvalid as exc:
             self.add("policy digest", False, f"missing or malformed policy index: {exc.detail}", name)
             return set()
         good: set[str] = set()
-        for digest, rels in entries:
+        for digest, rels, withheld in entries:
             folder = f"policies/{digest.removeprefix('sha256:')}/"
             files = {k.removeprefix(folder): v for k, v in self.files.items()
                      if k.startswith(folder)}
-            if sorted(files) == sorted(rels) and _digest(files) == digest:
+            if sorted(files) == sorted(rels) and not set(files) & set(withheld) and _digest(
+                    {**{rel: hashlib.sha256(raw).hexdigest() for rel, raw in files.items()},
+                     **withheld}) == digest:
                 good.add(digest)
-                self.add("policy digest", True, f"{len(files)} files hash to {digest[:19]}…", folder)
+                kept = f", {len(withheld)} other tenants' contract files by hash" if withheld else ""
+                self.add("policy digest", True,
+                         f"{len(files)} files{kept} hash to {digest[:19]}…", folder)
             else:
                 self.add("policy digest", False, "files do not hash to the bundle digest", folder)
         return good
@@ -211,11 +217,22 @@ class _Verifier:
         self.add("consistency", True, f"{len(chain) - 1} consecutive proofs verify", name)
 
 
-def _digest(files: dict[str, bytes]) -> str | None:
+def _digest(hashes: dict[str, str]) -> str | None:
     try:
-        return bundle_digest(files)
+        return listing_digest(hashes)
     except PolicyBundleError:  # a file name that could forge listing lines matches nothing
         return None
+
+
+def _withheld(value: Any) -> dict[str, str]:
+    """A policy index entry's withheld files, path → hex SHA-256: only other tenants' contract
+    files may be (``policy.contract_owner``); policy modules and shared data never are."""
+    withheld = obj(value, "withheld policy files")
+    for rel, hexdigest in withheld.items():
+        string(hexdigest, "withheld file hash")
+        if contract_owner(rel) is None:
+            raise BundleInvalid(f"withheld policy file {rel[:80]!r} is not a tenant's contract")
+    return withheld
 
 
 def verify_bundle(source: str | Path | bytes, *, vkey: str | None = None,

@@ -42,6 +42,8 @@ def test_exported_names_are_exact() -> None:
         "RegopyEngine",
         "RequestParams",
         "bundle_digest",
+        "contract_owner",
+        "listing_digest",
         "load_bundle",
         "run_rego_tests",
     ]
