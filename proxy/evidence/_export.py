@@ -35,7 +35,7 @@ from ._records import (
     checkpoint_times,
     rows_at,
     rows_from,
-    scan_bounds,
+    scan_start,
     statement,
     window_bounds,
 )
@@ -169,28 +169,31 @@ _EDGE_US = 60_000_000
 def _scan(store: LogStore, log_id: str, opts: ExportOptions, checker: RowChecker,
           progress: Progress | None) -> _Window:
     """The window's records, chosen by columns each row is checked to restate. The rows read
-    run from the window's first leaf to its last by their columns, and on past both edges
-    (``_EDGE_US``), in one ascending pass: those under the checkpoint as one :class:`audit.Run`
+    run in one ascending pass from a row whose signed time is well before the window (or leaf
+    0) to one past the window's last leaf by its columns whose signed time is well after it
+    (``_EDGE_US``), or to the log's end: those under the checkpoint as one :class:`audit.Run`
     (their columns against their records, and all of them against the signed tree), any past
-    it against their signatures."""
+    it against their signatures. The database only says where to start: both ends are judged
+    by what was signed."""
     start_us, end_us, covered = to_us(opts.start), to_us(opts.end), checker.checkpoint.size
     first, last = window_bounds(store, log_id, start_us, end_us)
-    lo, hi = scan_bounds(store, log_id, first, last, start_us - _EDGE_US, end_us + _EDGE_US)
+    lo = scan_start(store, log_id, first, start_us - _EDGE_US)
     win = _Window([], 0, 0, Counter(), {}, set())
     run = checker.run(lo) if lo < covered else None
     index = lo
     try:
         for row in rows_from(store, log_id, lo):
-            if hi is not None and index > hi:
-                break
             if row.leaf_index != index:  # a missing leaf, or a row out of place
                 raise ExportFailed(_unsound(f"leaf {index} is missing"))
             if run is not None and index < covered:
                 run.add(row)
             else:
                 checker.signed(row, index)
-            if (type(row.time_us) is int and start_us <= row.time_us < end_us
-                    and (opts.tenant is None or row.tenant == opts.tenant)):
+            # Checked: the columns restate the signed record, time_us an int among them.
+            if index == lo and lo > 0 and not row.time_us < start_us - _EDGE_US:
+                raise ExportFailed(_unsound(f"leaf {lo}, where the scan starts, is not "
+                                            "well before the window"))
+            if start_us <= row.time_us < end_us and (opts.tenant is None or row.tenant == opts.tenant):
                 win.total += 1
                 if index >= covered:
                     win.pending += 1
@@ -200,7 +203,12 @@ def _scan(store: LogStore, log_id: str, opts: ExportOptions, checker: RowChecker
             index += 1
             if progress is not None and (index - lo) % 1000 == 0:
                 progress("checking records", index - lo, 0)
-        if index <= max(last, covered - 1 if hi is None else hi):  # the rows ran out early
+            if index > last and row.time_us >= end_us + _EDGE_US:
+                break
+        else:  # the log's end: every leaf of the signed tree must have been there
+            if index < covered:
+                raise ExportFailed(_unsound(f"leaf {index} is missing"))
+        if index <= last:
             raise ExportFailed(_unsound(f"leaf {index} is missing"))
         if run is not None:
             run.close()

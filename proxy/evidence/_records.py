@@ -11,7 +11,9 @@ import sqlalchemy as sa
 
 from audit import LogStore
 
-__all__ = ["CHECKPOINTS", "RECORDS", "checkpoint_times", "rows_at", "rows_from", "scan_bounds",
+from ._errors import ExportFailed
+
+__all__ = ["CHECKPOINTS", "RECORDS", "checkpoint_times", "rows_at", "rows_from", "scan_start",
            "statement", "window_bounds"]
 
 RECORDS = sa.table(
@@ -32,32 +34,37 @@ def statement(envelope: bytes) -> dict[str, Any]:
 def window_bounds(store: LogStore, log_id: str, start_us: int, end_us: int) -> tuple[int, int]:
     """The first and last leaf whose ``time_us`` column lies in the window; with none, an empty
     range (``first == last + 1``) where such a leaf would be. Columns are only where to start
-    looking: the rows are checked against their signatures before anything is chosen."""
+    looking: the rows are checked against what the log signed before anything is chosen."""
     inside = (RECORDS.c.log_id == log_id, RECORDS.c.time_us >= start_us, RECORDS.c.time_us < end_us)
     with store.engine.connect() as conn:
         low, high = conn.execute(sa.select(sa.func.min(RECORDS.c.leaf_index),
                                            sa.func.max(RECORDS.c.leaf_index)).where(*inside)).one()
         if low is not None:
-            return int(low), int(high)
+            return _leaf(low), _leaf(high)
         after = conn.execute(sa.select(sa.func.min(RECORDS.c.leaf_index)).where(
             RECORDS.c.log_id == log_id, RECORDS.c.time_us >= start_us)).scalar()
-    first = store.next_index(log_id) if after is None else int(after)
+    first = store.next_index(log_id) if after is None else _leaf(after)
     return first, first - 1
 
 
-def scan_bounds(store: LogStore, log_id: str, first: int, last: int, before_us: int,
-                after_us: int) -> tuple[int, int | None]:
-    """Where a scan of the window [first, last] starts and ends: the last leaf before it whose
-    ``time_us`` is before ``before_us`` (else leaf 0), and the first leaf after it at or after
-    ``after_us`` (else ``None``: the log's end). Those two leaves are read too, so a column
-    moved to stop the scan early is read, and fails its check."""
+def scan_start(store: LogStore, log_id: str, first: int, before_us: int) -> int:
+    """Where a scan of the window from leaf ``first`` starts: the last leaf before it whose
+    ``time_us`` column is before ``before_us``, else leaf 0. Only a hint: the scan checks that
+    leaf's signed time."""
     leaf = RECORDS.c.leaf_index
     with store.engine.connect() as conn:
         lo = conn.execute(sa.select(sa.func.max(leaf)).where(
             RECORDS.c.log_id == log_id, leaf < first, RECORDS.c.time_us < before_us)).scalar()
-        hi = conn.execute(sa.select(sa.func.min(leaf)).where(
-            RECORDS.c.log_id == log_id, leaf > last, RECORDS.c.time_us >= after_us)).scalar()
-    return (0 if lo is None else int(lo)), (None if hi is None else int(hi))
+    return 0 if lo is None else _leaf(lo)
+
+
+def _leaf(value: Any) -> int:
+    """A leaf index read from the store: an integer, or the store is not what the log wrote
+    (SQLite keeps ``29.5`` in an integer column, and ``int()`` would make it 29)."""
+    if type(value) is not int or value < 0:
+        raise ExportFailed("the audit store does not match what the log signed (a leaf index "
+                           "is not a whole number); run `sealgate audit verify` for the whole log")
+    return value
 
 
 def rows_from(store: LogStore, log_id: str, first: int) -> Iterator[Any]:

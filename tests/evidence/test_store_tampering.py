@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import proxy.evidence._export as export_module
 from audit import AuditLog, LogStore, load_or_create_signing_key
 from proxy.evidence import ExportFailed, ExportOptions, build_bundle, verify_bundle
 from proxy.evidence._export import instant_us, iso, to_us
@@ -84,6 +85,38 @@ def test_a_store_that_differs_from_what_was_signed_fails_the_export(
                        "UPDATE audit_records SET leaf_index = 3 WHERE leaf_index = -3"]
     _sql(copy, *statements)
     with pytest.raises(ExportFailed, match="does not match what the log signed"):
+        _export(copy)
+
+
+def test_a_fractional_leaf_index_cannot_end_the_scan_early(traffic: Traffic, tmp_path: Path) -> None:
+    """SQLite keeps 29.5 in an integer column: a junk row there, dated long after the window,
+    with the last records' times moved out of it, must not end the scan before those records
+    (they are read, and their columns fail)."""
+    copy = _copy(traffic, tmp_path)
+    (top,) = _sql(copy, "SELECT MAX(leaf_index) FROM audit_records")[0]
+    _sql(copy, f"UPDATE audit_records SET time_us = 0 WHERE leaf_index >= {top - 3}",
+         "INSERT INTO audit_records (log_id, leaf_index, record_id, envelope, kind, tenant, "
+         "request_id, time_us, decision, channel, endpoint) SELECT log_id, "
+         f"{top - 3.5}, 'junk', X'00', 'intent', 't', 'r', 253402300799000000, 'allow', "
+         "'sealed', '/x' FROM audit_logs")
+    with pytest.raises(ExportFailed, match="does not match what the log signed"):
+        _export(copy)
+
+
+@pytest.mark.parametrize("start", ["a record inside the window", "a leaf index as text"])
+def test_where_the_scan_starts_is_checked_against_what_was_signed(
+        traffic: Traffic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: str) -> None:
+    """The database names the leaf the scan starts at; a server that lies about it (or a
+    writer racing the query) cannot skip the window's first records: that leaf's signed time
+    must be well before the window."""
+    copy = _copy(traffic, tmp_path)
+    if start == "a leaf index as text":
+        _sql(copy, "UPDATE audit_records SET leaf_index = 'x' WHERE leaf_index = 0")
+        match = "leaf index is not a whole number|leaf 0 is missing"
+    else:
+        monkeypatch.setattr(export_module, "scan_start", lambda *_: 5)
+        match = "leaf 5, where the scan starts, is not well before the window"
+    with pytest.raises(ExportFailed, match=match):
         _export(copy)
 
 
