@@ -257,11 +257,23 @@ class _HeaderDeadline(H11Protocol):
         self._watch()
 
     def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn.their_state in (h11.IDLE, h11.DONE) and not conn.trailing_data[0]:
+            # Empty lines before a request line are ignored (RFC 9112 §2.2), as some clients
+            # send one after a request's body; h11 would answer them 400.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return
         super().data_received(data)
         self._watch()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        conn = self.conn
+        if conn.our_state is h11.IDLE and conn.their_state is h11.IDLE and conn.trailing_data[0]:
+            # The next request has begun: the header deadline, not the keep-alive timer, is
+            # what bounds it now.
+            self._unset_keepalive_if_required()
         self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -302,8 +314,8 @@ class _HeaderDeadline(H11Protocol):
 def server_config(app: ClientProxy, *, host: str = "127.0.0.1", port: int = 8787,
                   header_timeout: float = HEADER_TIMEOUT_S) -> uvicorn.Config:
     """The uvicorn configuration the forwarder runs under (loopback only). HTTP/1.1 is parsed by
-    h11 whichever parsers are installed: it bounds a request's header section to 16 KiB (answered
-    400 past that), and the header deadline is built on it."""
+    h11 whichever parsers are installed: the header deadline is built on it, and it refuses a
+    header section still incomplete past 16 KiB (a plain 400 from uvicorn)."""
     check_loopback(host)
 
     class ClientProxyHTTP(_HeaderDeadline):

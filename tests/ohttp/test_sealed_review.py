@@ -10,6 +10,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from email.utils import formatdate
 
 import httpx2
@@ -201,17 +202,23 @@ def test_client_proxy_refuses_a_body_past_its_limit_before_holding_it(framing: s
 HEADER_TIMEOUT = 0.5
 
 
-@pytest.fixture
-def impatient_proxy() -> Iterator[tuple[AppState, int]]:
-    """The client proxy, with a header deadline of ``HEADER_TIMEOUT`` seconds, before a gateway."""
+@contextmanager
+def _proxy_with_deadline(timeout: float) -> Iterator[tuple[AppState, int]]:
+    """The client proxy, with a header deadline of ``timeout`` seconds, before a gateway."""
     state = AppState()
     with serve(build_app(state)) as port:
         origin = f"http://127.0.0.1:{port}"
         source = StaticKeySource(state.keys.key_configs())
         transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
-        config = server_config(ClientProxy(transport, origin), header_timeout=HEADER_TIMEOUT)
+        config = server_config(ClientProxy(transport, origin), header_timeout=timeout)
         with serve(config) as proxy_port:
             yield state, proxy_port
+
+
+@pytest.fixture
+def impatient_proxy() -> Iterator[tuple[AppState, int]]:
+    with _proxy_with_deadline(HEADER_TIMEOUT) as proxy:
+        yield proxy
 
 
 def _trickle(sock: socket.socket, data: bytes, pause: float = 0.05) -> bytes:
@@ -321,25 +328,89 @@ def test_client_proxy_cuts_a_kept_alive_connection_whose_next_request_trickles(
     assert state.requests == [True]
 
 
-def test_client_proxy_takes_back_the_slots_of_trickling_connections(
-        impatient_proxy: tuple[AppState, int]) -> None:
+def test_client_proxy_takes_back_the_slots_of_trickling_connections() -> None:
     """A local process holding every connection slot with unfinished headers shuts others out
-    (503) only until the deadline; then each of its connections gets 408 and service resumes."""
-    state, proxy_port = impatient_proxy
-    url = f"http://127.0.0.1:{proxy_port}/echo"
-    held = [socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-            for _ in range(MAX_CONNECTIONS)]
-    try:
-        for sock in held:
-            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\n")
-        shut_out = httpx2.post(url, json={"x": 1})
-        answers = [_trickle(sock, b"") for sock in held]
-    finally:
-        for sock in held:
-            sock.close()
-    served = httpx2.post(url, json={"x": 1})
+    (503) only until the deadline; then each of its connections gets 408 and service resumes.
+    The deadline is longer here: every slot must be taken before the first one expires."""
+    with _proxy_with_deadline(5.0) as (state, proxy_port):
+        url = f"http://127.0.0.1:{proxy_port}/echo"
+        held = [socket.create_connection(("127.0.0.1", proxy_port), timeout=20)
+                for _ in range(MAX_CONNECTIONS)]
+        try:
+            for sock in held:
+                sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+            shut_out = httpx2.post(url, json={"x": 1})
+            answers = [_trickle(sock, b"") for sock in held]
+        finally:
+            for sock in held:
+                sock.close()
+        served = httpx2.post(url, json={"x": 1})
     assert shut_out.status_code == 503
     for answer in answers:
         _assert_408(answer)
     assert served.status_code == 200 and served.json()["data"] == {"x": 1}
     assert state.requests == [True]
+
+
+def test_client_proxy_ignores_empty_lines_before_a_request(impatient_proxy: tuple[AppState, int]) -> None:
+    """RFC 9112 §2.2: a server ignores empty lines before a request line, as some clients send
+    one after a request's body; each request here is answered."""
+    state, proxy_port = impatient_proxy
+    body = b'{"x": 1}'
+    request = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:
+        sock.sendall(b"\r\n" + request)
+        first = _response(sock)
+        sock.sendall(b"\r\n")  # after the body, on its own
+        sock.sendall(request)
+        second = _response(sock)
+    assert first.startswith(b"HTTP/1.1 200 OK") and second.startswith(b"HTTP/1.1 200 OK")
+    assert state.requests == [True, True]
+
+
+def test_client_proxy_gives_a_pipelined_request_the_header_deadline() -> None:
+    """The next request's first bytes came with the previous one: once that is answered, the
+    header deadline bounds the rest (408), not uvicorn's keep-alive timer (a quiet close after
+    5 s, shorter than the deadline here)."""
+    body = b'{"x": 1}'
+    request = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    with _proxy_with_deadline(6.0) as (state, proxy_port), socket.create_connection(
+            ("127.0.0.1", proxy_port), timeout=20) as sock:
+        sock.sendall(request + b"POST /echo HTTP/1.1\r\n")
+        first = _response(sock)
+        rest = b""
+        while data := sock.recv(65536):
+            rest += data
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    _assert_408(rest)
+    assert state.requests == [True]
+
+
+def test_client_proxy_lets_an_answer_outlast_the_header_deadline(
+        impatient_proxy: tuple[AppState, int]) -> None:
+    """The deadline ends with the headers: a streamed answer that lasts several deadlines (the
+    gateway's /sse route takes about 3 s) arrives whole."""
+    state, proxy_port = impatient_proxy
+    state.release.set()
+    started = time.monotonic()
+    with httpx2.stream("POST", f"http://127.0.0.1:{proxy_port}/sse", json={"stream": True},
+                       timeout=30) as response:
+        events = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+    assert time.monotonic() - started > HEADER_TIMEOUT * 4
+    assert [e["n"] for e in events] == [0, 1, 2, 3, 99]
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole answer with a Content-Length, read from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
