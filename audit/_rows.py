@@ -12,7 +12,7 @@ from ._note import NoteVerifier
 from ._record import PREDICATE_TYPE
 from ._store import _bytes
 
-__all__ = ["check_row", "time_us"]
+__all__ = ["check_row", "checked_row", "names_log", "time_us"]
 
 # Metadata columns that must restate the signed predicate exactly.
 _COLUMNS = ("kind", "tenant", "request_id", "decision", "channel", "endpoint", "model", "status")
@@ -25,10 +25,27 @@ def time_us(value: str) -> int:
     return (datetime.fromisoformat(value.replace("Z", "+00:00")) - _EPOCH) // _ONE_US
 
 
-def check_row(row: Any, expect_index: int, verifier: NoteVerifier | None, log_id: str) -> bytes:
-    """A stored row against its signed record; returns its leaf hash. Columns are compared
-    type-strictly, since a database writer can put any type in them. Without ``verifier`` the
-    signature is not checked: the caller proves the leaf hash in a tree the log key signed."""
+def check_row(row: Any, expect_index: int, verifier: NoteVerifier | None, log_id: str, *,
+              legacy: bool = False) -> bytes:
+    """A stored row against its signed record; returns its leaf hash (``checked_row``)."""
+    return checked_row(row, expect_index, verifier, log_id, legacy=legacy)[0]
+
+
+def names_log(envelope: bytes) -> bool:
+    """Whether a record (not verified here) names its log, as records have since they carry
+    ``log_id``."""
+    predicate = read_envelope(envelope).get("predicate")
+    return isinstance(predicate, dict) and "log_id" in predicate
+
+
+def checked_row(row: Any, expect_index: int, verifier: NoteVerifier | None, log_id: str, *,
+                legacy: bool = False) -> tuple[bytes, bool]:
+    """A stored row against its signed record; returns its leaf hash and whether the record
+    names its log. Columns are compared type-strictly, since a database writer can put any
+    type in them. Without ``verifier`` the signature is not checked: the caller proves the
+    leaf hash in a tree the log key signed. ``legacy``: a record that names no log at all is
+    accepted, as records written before they did (the caller allows them only in the part of
+    a log written then, before its first record that names it)."""
     if type(row.leaf_index) is not int or row.leaf_index != expect_index:
         raise VerificationError(f"record indices have a gap at leaf {expect_index}")
     envelope = _bytes(row.envelope, f"audit_records.envelope of leaf {expect_index}")
@@ -42,7 +59,8 @@ def check_row(row: Any, expect_index: int, verifier: NoteVerifier | None, log_id
     pred = statement.get("predicate", {})
     if statement.get("predicateType") != PREDICATE_TYPE or not isinstance(pred, dict):
         raise VerificationError(f"leaf {expect_index}: not a proof-of-secrecy statement")
-    if pred.get("log_id") != log_id:  # the keyid beside the signature is not signed
+    named = "log_id" in pred
+    if pred.get("log_id") != log_id and (named or not legacy):  # the keyid is not signed
         raise VerificationError(f"leaf {expect_index}: the record was signed for another log")
     stored = {c: getattr(row, c) for c in _COLUMNS}
     signed = {c: pred.get(c) for c in _COLUMNS}
@@ -52,4 +70,4 @@ def check_row(row: Any, expect_index: int, verifier: NoteVerifier | None, log_id
         raise VerificationError(f"leaf {expect_index}: the record's time is invalid") from None
     if stored != signed or type(row.time_us) is not int or row.time_us != signed_time:
         raise VerificationError(f"leaf {expect_index}: metadata columns differ from the record")
-    return leaf_hash(envelope)
+    return leaf_hash(envelope), named

@@ -16,7 +16,7 @@ from ._note import NoteVerifier
 from ._proofs import InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import PREDICATE_TYPE, STATEMENT_TYPE
-from ._rows import check_row
+from ._rows import checked_row
 from ._store import LogStore
 
 __all__ = ["VerifyReport", "verify_log", "verify_receipt"]
@@ -64,6 +64,8 @@ class _LogCheck:
         self.trusted_root: bytes | None = None  # the recomputed root at the trusted size
         self.checkpoints = 0
         self.latest: SignedCheckpoint | None = None
+        self.legacy = True
+        """Records that name no log are still accepted: none that names it came yet."""
         self._pending = self._stored_checkpoints()
         self._next = next(self._pending, None)
 
@@ -116,7 +118,10 @@ class _LogCheck:
             rows = self.store.record_rows(self.log_id, done, limit)
             nodes: list[tuple[int, bytes]] = []
             for row in rows:
-                new = rng.append(check_row(row, done, self.verifier, self.log_id))
+                leaf, named = checked_row(row, done, self.verifier, self.log_id,
+                                          legacy=self.legacy)
+                self.legacy = self.legacy and not named  # a log's unnamed records come first
+                new = rng.append(leaf)
                 done += 1
                 if done <= self.integrated:
                     nodes.extend(new)
@@ -276,7 +281,9 @@ def verify_receipt(
     if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
         raise VerificationError("envelope is not a proof-of-secrecy statement")
     predicate = statement.get("predicate")
-    if not isinstance(predicate, dict) or predicate.get("log_id") != receipt.log_id:
+    # A record that names no log was written before records did; the log writer integrates
+    # none after its log's first record that names it.
+    if not isinstance(predicate, dict) or predicate.get("log_id", receipt.log_id) != receipt.log_id:
         raise VerificationError("the record was signed for another log")
     if (inclusion_proof.index, inclusion_proof.size) != (receipt.leaf_index, checkpoint.size):
         raise VerificationError("inclusion proof is for another leaf or tree size")

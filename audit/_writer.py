@@ -34,7 +34,7 @@ from ._merkle import NODE_ID_SHIFT, CompactRange, leaf_hash, node_id, perfect_su
 from ._note import NoteVerifier
 from ._receipt import Receipt
 from ._record import Record
-from ._rows import check_row, time_us
+from ._rows import checked_row, names_log, time_us
 from ._store import LogStore
 
 __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
@@ -206,11 +206,16 @@ class LogWriter:
             self._refuse(integrated, "tree_not_an_extension")
         self.next_index = self.store.next_index(ident.log_id)
         verifier = NoteVerifier.parse(ident.vkey)
+        legacy = self._legacy(base)
         while True:
             rows = self.store.record_rows(ident.log_id, rng.size, RECOVERY_CHUNK)
+            leaves = []
             try:
-                leaves = [check_row(row, rng.size + i, verifier, ident.log_id)
-                          for i, row in enumerate(rows)]
+                for i, row in enumerate(rows):
+                    leaf, named = checked_row(row, rng.size + i, verifier, ident.log_id,
+                                              legacy=legacy)
+                    legacy = legacy and not named
+                    leaves.append(leaf)
             except VerificationError:
                 self._refuse(integrated, "record_unverifiable")
             # A request has one record of each kind: another is a copy of a signed record.
@@ -235,6 +240,19 @@ class LogWriter:
         self.reload = False
         self.next_index = max(self.next_index, self.range.size)
         return last
+
+    def _legacy(self, signed: int) -> bool:
+        """Whether records that name no log may still be integrated: only in a log whose last
+        signed leaf names none, written before records named their log (its records from then
+        on, committed before an upgrade but never signed into a checkpoint, are integrated as
+        any others). A new log, or one past its first record that names it, takes none."""
+        if signed == 0:
+            return False
+        rows = self.store.record_rows(self.ident.log_id, signed - 1, 1)
+        try:
+            return bool(rows) and not names_log(bytes(rows[0].envelope))
+        except (VerificationError, TypeError):
+            return False  # no readable record there: the checks that follow say what it is
 
     def _last_signed(self) -> SignedCheckpoint | None:
         """The last checkpoint this key signed: the stored latest, or this process's own if

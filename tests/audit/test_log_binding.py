@@ -20,6 +20,7 @@ from audit import (
     InvalidRecord,
     LogStore,
     Receipt,
+    Record,
     SignedCheckpoint,
     VerificationError,
     verify_log,
@@ -132,3 +133,59 @@ def test_a_record_names_one_log_only() -> None:
         record.in_log("00000000")
     with pytest.raises(InvalidRecord, match="log id"):
         make_record(0).in_log("0A1B2C3D")
+
+
+def _unnamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records signed as before they named their log (no ``log_id``)."""
+    monkeypatch.setattr(Record, "in_log", lambda self, log_id: self)
+
+
+async def test_a_log_written_before_records_named_it_still_verifies_and_grows(
+        store_url: str, log_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its unnamed records come first; the upgraded writer goes on with named ones, including
+    unnamed records committed before the upgrade but never signed into a checkpoint."""
+    with monkeypatch.context() as old:
+        _unnamed(old)
+        log = await AuditLog.open(store_url, log_key, ORIGIN, checkpoint_every_n=10_000,
+                                  checkpoint_every_ms=600_000)
+        for i in range(3):
+            await log.append(make_record(i))
+        await log.publish()
+        await log.append(make_record(3))  # committed, in no checkpoint: a crash after it
+        await log.close()
+    store = LogStore.open(store_url)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM audit_checkpoints WHERE size > 3"))
+    finally:
+        store.close()
+    log = await AuditLog.open(store_url, log_key, ORIGIN)
+    try:
+        receipt = await log.append(make_record(4))
+        checkpoint = await log.publish()
+        named = await log.get_record((await log.append(make_record(5))).record_id, tenant="tenant-a")
+        assert _statement(named)["predicate"]["log_id"] == log.log_id  # type: ignore[index]
+        envelope = await log.get_record(receipt.record_id, tenant="tenant-a")
+        proof = await log.inclusion_proof(receipt.leaf_index)
+        verify_receipt(receipt, envelope, checkpoint.note, proof.to_json(), log.vkey)
+    finally:
+        await log.close()
+    [report] = verify_log(LogStore.open(store_url))
+    assert (report.records, report.integrated) == (6, 6)
+
+
+async def test_an_unnamed_record_after_a_named_one_is_refused(
+        store_url: str, log_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a log's records name it, one that does not is a copy from a log written before:
+    the writer does not integrate it, and a verifier refuses the store holding it."""
+    ours, _ = await _two_logs(store_url, log_key)
+    with monkeypatch.context() as old:
+        _unnamed(old)
+        legacy = await AuditLog.open(store_url, log_key, "sealgate.test/legacy")
+        await legacy.append(make_record(70))
+        await legacy.close()
+    _copy_across(store_url, legacy.log_id, ours)
+    with pytest.raises(AuditUnavailable, match="record_unverifiable"):
+        await AuditLog.open(store_url, log_key, ORIGIN)
+    with pytest.raises(VerificationError, match="leaf 4: the record was signed for another log"):
+        verify_log(LogStore.open(store_url))
