@@ -13,7 +13,7 @@ from ._errors import ProofError, VerificationError
 from ._merkle import CompactRange, node_id, perfect_subtrees, verify_inclusion
 from ._note import NoteVerifier
 from ._proofs import InclusionProof, TreeReader
-from ._rows import check_row
+from ._rows import check_row, checked_row
 from ._store import LogStore
 
 __all__ = ["RowChecker", "Run"]
@@ -44,8 +44,10 @@ class RowChecker:
 
     def signed(self, row: Any, index: int) -> bytes:
         """``VerificationError`` unless ``row`` is leaf ``index`` holding a record the key
-        signed, with columns that restate it; returns its leaf hash."""
-        return check_row(row, index, self.verifier, self.log_id)
+        signed, with columns that restate it; returns its leaf hash. A record that names no log
+        (written before records did) passes: the log writer integrates none after its log's
+        first record that names it."""
+        return check_row(row, index, self.verifier, self.log_id, legacy=True)
 
     def placed(self, row: Any, index: int) -> InclusionProof:
         """``signed``, and an inclusion proof from the stored tree, returned once it verifies
@@ -81,6 +83,7 @@ class Run:
         if not 0 <= start <= checker.checkpoint.size:
             raise ValueError("a run starts inside the checkpoint's tree")
         self._checker = checker
+        self._legacy = True  # records that name no log come first, if any (``checked_row``)
         self._range = CompactRange()
         for level, value in checker.subtrees(0, start):
             self._range.append_subtree(level, value)
@@ -96,7 +99,9 @@ class Run:
         index = self._range.size
         if index >= self._checker.checkpoint.size:
             raise VerificationError(f"leaf {index} is past the signed tree")
-        self._range.append(check_row(row, index, None, self._checker.log_id))
+        leaf, named = checked_row(row, index, None, self._checker.log_id, legacy=self._legacy)
+        self._legacy = self._legacy and not named
+        self._range.append(leaf)
 
     def close(self) -> None:
         """``VerificationError`` unless the rows added are the signed tree's leaves."""

@@ -21,6 +21,7 @@ from audit import (
     LogStore,
     Receipt,
     Record,
+    RowChecker,
     SignedCheckpoint,
     VerificationError,
     verify_log,
@@ -172,6 +173,19 @@ async def test_a_log_written_before_records_named_it_still_verifies_and_grows(
         await log.close()
     [report] = verify_log(LogStore.open(store_url))
     assert (report.records, report.integrated) == (6, 6)
+    store = LogStore.open(store_url)
+    try:  # as an evidence export reads it: one run over the leaves, then each with its proof
+        latest = store.latest_checkpoint(log.log_id)
+        assert latest is not None and latest[0] == 6
+        checker = RowChecker(store, log.log_id, log.vkey, SignedCheckpoint.stored(*latest, log.vkey))
+        rows = store.record_rows(log.log_id, 0, 6)
+        run = checker.run(0)
+        for row in rows:
+            run.add(row)
+        run.close()
+        assert len(checker.placed_all(list(enumerate(rows)))) == 6
+    finally:
+        store.close()
 
 
 async def test_an_unnamed_record_after_a_named_one_is_refused(
