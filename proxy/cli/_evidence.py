@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import stat
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = ["register"]
 
@@ -112,15 +117,8 @@ def _export(args: argparse.Namespace) -> int:
                                     settings.policy_bundle, settings.log_origin,
                                     args.tenant if tenant is not None else None)
             key = load_or_create_signing_key(key_path)
-            # Written beside the output and renamed into place once whole: a failed export
-            # leaves no partial bundle, and an existing one is replaced only by a complete one.
-            partial = output.with_name(f".{output.name}.partial")
-            try:
-                with partial.open("wb") as out:
-                    write_bundle(log, settings.data_dir, key, options, out, _progress)
-                partial.replace(output)
-            finally:
-                partial.unlink(missing_ok=True)
+            _write_whole(output, lambda out: write_bundle(log, settings.data_dir, key, options,
+                                                          out, _progress))
         finally:
             log.close()
     except (EvidenceError, AuditError) as exc:
@@ -132,6 +130,37 @@ def _export(args: argparse.Namespace) -> int:
         return fail(f"export failed: {exc}")
     print(f"wrote {output} ({output.stat().st_size} bytes)", file=sys.stderr)
     return 0
+
+
+def _write_whole(output: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """``write`` into a new file beside ``output`` (created exclusively: no link followed, no
+    other export's file shared), renamed into place once whole; an existing output's mode is
+    kept. A failed or interrupted export (SIGTERM included) leaves no partial file, and an
+    existing bundle is replaced only by a complete one."""
+    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+    partial = Path(name)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+        try:
+            os.chmod(partial, stat.S_IMODE(output.stat().st_mode))
+        except FileNotFoundError:
+            os.chmod(partial, 0o644 & ~_umask())
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _verify(args: argparse.Namespace) -> int:

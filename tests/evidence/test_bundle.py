@@ -130,6 +130,18 @@ def test_a_failed_export_leaves_no_partial_bundle_and_keeps_the_old_one(traffic:
     assert sorted(p.name for p in out.iterdir()) == ["b.zip"]
 
 
+def test_an_export_replaces_a_bundle_keeping_its_mode(traffic: Traffic, tmp_path: Path) -> None:
+    out = tmp_path / "b.zip"
+    out.write_bytes(b"the previous bundle")
+    out.chmod(0o600)
+    start, end = window()
+    run = traffic.gateway.cli("evidence", "export", "--from", start, "--to", end, "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert verify_bundle(out.read_bytes(), allow_simulated=True).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.zip"]
+
+
 @pytest.mark.parametrize("kept", ["none", "another key's"])
 def test_export_with_no_document_for_the_log_key_fails(traffic: Traffic, tmp_path: Path,
                                                        kept: str) -> None:
