@@ -262,11 +262,17 @@ class LlamaCppBackend:
         last: Json = {}
         try:
             while (item := await queue.get()) is not _DONE:
-                if isinstance(item, BackendError):
-                    raise item
-                if item is None:  # llama.cpp sends JSON null between the prompts of a batch
-                    continue
-                last = self._clean(_checked(item, field, output or 1), body)
+                try:
+                    if isinstance(item, BackendError):
+                        raise item
+                    if item is None:  # llama.cpp sends JSON null between the prompts of a batch
+                        continue
+                    last = self._clean(_checked(item, field, output or 1), body)
+                except BackendError as exc:
+                    # A batch's later prompt refused after earlier ones were generated: the
+                    # call has spent tokens, and is charged for them.
+                    exc.spent = exc.spent or bool(last or usage)
+                    raise
                 _add_counts(usage, last.pop("usage", None) or {})
                 if kind == "completions":
                     _legacy_logprobs(last, offsets, sampled_only=sampled_only)

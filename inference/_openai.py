@@ -67,7 +67,9 @@ _CONTEXT_MESSAGE = re.compile(
     r"This model's maximum context length is \d+ tokens"
     r"|You passed \d+ input (?:tokens|characters) and requested \d+ output tokens\. "
     r"However, the model's context length is only \d+ tokens"
-    r"|The decoder prompt \(length \d+\) is longer than the maximum model length of \d+")
+    r"|The decoder prompt \(length \d+\) is longer than the maximum model length of \d+"
+    r"|max_(?:completion_)?tokens=\d+ cannot be greater than max_model_len=\d+\. ")
+_ERROR_READ_S = 2.0  # the most a 400's error document is waited for
 
 
 class UpstreamTruncated(BackendError):
@@ -182,6 +184,9 @@ class OpenAIConfig:
         for name in ("timeout_s", "connect_timeout_s", "stream_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("timeout_s", "connect_timeout_s"):  # the transport cannot take infinity
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number of seconds")
         if self.max_connections < 1:
             raise ValueError("max_connections must be 1 or more")
 
@@ -277,7 +282,7 @@ async def _check_status(response: httpx.Response, path: str, timeout: float) -> 
         if not _uncompressed(response):
             raise BackendError(_MALFORMED)  # it was asked for none (``Accept-Encoding``)
         return
-    if response.status_code == 400 and await _exceeds_context(response, timeout):
+    if response.status_code == 400 and await _exceeds_context(response, min(timeout, _ERROR_READ_S)):
         raise ContextLengthExceeded("this request needs more tokens than the model holds",
                                     _PROMPT_FIELDS[path])
     if response.status_code in (400, 404, 413, 422):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -90,6 +91,8 @@ class VLLMConfig:
         for name in ("timeout_s", "stream_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if not math.isfinite(self.timeout_s):
+            raise ValueError("timeout_s must be a finite number of seconds")
         if not 1 <= self.port <= 65535:
             raise ValueError("port must be from 1 to 65535")
         for name in ("startup_timeout_s", "health_interval_s"):

@@ -125,6 +125,10 @@ def _rejections(echo: str) -> dict[str, dict[str, Any]]:
                        "model's context length is only 1024 tokens, resulting in a maximum input "
                        f"length of 1014 tokens. {echo} (parameter=input_tokens, value=3000)",
             "type": "BadRequestError", "param": "input_tokens", "code": 400}},
+        "context-vllm-params": {"error": {
+            "message": f"max_tokens=2000 cannot be greater than max_model_len=1024. Please request "
+                       f"fewer output tokens. {echo}",
+            "type": "BadRequestError", "param": "max_tokens", "code": 400}},
         REJECTED: {"error": {"message": f"invalid value {echo}: {too_long}",
                              "type": "BadRequestError", "param": None, "code": 400}},
     }

@@ -465,3 +465,20 @@ def test_whole_answer_stops_when_the_client_leaves(llama_gateway: Gateway, key: 
     response = _post(llama_gateway, key, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
     # With one slot, a generation left running would hold this request for its 1500 tokens.
     assert response.status_code == 200 and time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_prompt_progress_reports_never_reach_the_client(llama_gateway: Gateway, key: str,
+                                                        path: str) -> None:
+    """The core's reports on evaluating a prompt (asked for to size it against the context)
+    carry prompt-cache counts and timings; none is relayed, streamed or not."""
+    prompt = {"messages": [{"role": "user", "content": "Hi " * 600}]} if "chat" in path else {
+        "prompt": "Hi " * 600}
+    body = {"model": MODEL, "max_tokens": 3, "stream": True, **prompt}
+    with httpx.stream("POST", f"{llama_gateway.url}{path}", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {key}"}) as response:
+        streamed = response.read()
+    whole = _post(llama_gateway, key, path, {k: v for k, v in body.items() if k != "stream"})
+    assert response.status_code == 200 and whole.status_code == 200
+    assert b"data: [DONE]" in streamed
+    assert b"prompt_progress" not in streamed and b"prompt_progress" not in whole.content

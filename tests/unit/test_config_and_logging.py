@@ -65,6 +65,8 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('[backends.v]\ntype = "vllm"\nstream_timeout_s = -1', {}),
     ('[backends.b]\ntype = "openai"\nstream_timeout_s = 0', {}),
     ('[backends.b]\ntype = "openai"\nmax_connections = 0', {}),
+    ('[backends.b]\ntype = "openai"\ntimeout_s = inf', {}),
+    ('[backends.v]\ntype = "vllm"\ntimeout_s = inf', {}),
     ('audit_url = "mysql://db/audit"', {}),
     ('[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n[models."my model"]\nbackend = "b"', {}),
     ("", {"SEALGATE_DATABASE_URL": "bogus://x"}),
