@@ -102,6 +102,22 @@ class LlamaCppConfig:
     model_name: str = "SmolLM2-135M-Instruct"
     """Model name written into responses."""
 
+    def __post_init__(self) -> None:
+        # Shapes the core's attention cannot take abort the whole process at model load
+        # (GGML_ASSERT), before any error could be answered: slots that are not a power of two
+        # (3 or 5 slots fail at most sizes), a context the slots do not share evenly, or a
+        # context too small to hold a template.
+        if self.n_parallel < 1 or self.n_parallel & (self.n_parallel - 1):
+            raise ValueError("n_parallel must be a power of two (1, 2, 4, 8, ...)")
+        if self.n_ctx < 0 or 0 < self.n_ctx < _MIN_CONTEXT or self.n_ctx % self.n_parallel:
+            raise ValueError(f"n_ctx must be 0 (the model's own) or at least {_MIN_CONTEXT}, "
+                             "a multiple of n_parallel")
+        if self.threads < 0:
+            raise ValueError("threads must be 0 (every core) or more")
+
+
+_MIN_CONTEXT = 64
+
 
 @dataclass(frozen=True, slots=True)
 class _Capabilities:

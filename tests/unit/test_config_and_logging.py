@@ -66,6 +66,11 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('[backends.b]\ntype = "openai"\nstream_timeout_s = 0', {}),
     ('[backends.b]\ntype = "openai"\nmax_connections = 0', {}),
     ('[backends.b]\ntype = "openai"\ntimeout_s = inf', {}),
+    # shapes llama.cpp aborts the process on at model load
+    ('[backends.l]\ntype = "llamacpp"\nn_parallel = 3', {}),
+    ('[backends.l]\ntype = "llamacpp"\nn_ctx = 1', {}),
+    ('[backends.l]\ntype = "llamacpp"\nn_ctx = 511\nn_parallel = 2', {}),
+    ('[backends.l]\ntype = "llamacpp"\nn_parallel = 0', {}),
     ('[backends.v]\ntype = "vllm"\ntimeout_s = inf', {}),
     ('audit_url = "mysql://db/audit"', {}),
     ('[backends.b]\ntype = "openai"\nurl = "http://x/v1"\n[models."my model"]\nbackend = "b"', {}),
