@@ -247,7 +247,10 @@ def create_app(settings: Settings | None = None, *,
                             metrics=Metrics(frozenset(settings.models)),
                             tenant_limits=tenant_limits)
     services = Services(settings, router, tenants, policy, keys,
-                        ReplayGuard(window=settings.replay_window_s), identity, service, log_key)
+                        ReplayGuard(window=settings.replay_window_s,
+                                    max_entries=settings.replay_max_entries,
+                                    identify=tenants.owner),
+                        identity, service, log_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -94,6 +94,9 @@ class Settings:
     """Minimum log level (``SEALGATE_LOG_LEVEL``)."""
     replay_window_s: int = 60
     """Accepted clock skew of a sealed request's ``Date`` (``SEALGATE_REPLAY_WINDOW_S``)."""
+    replay_max_entries: int = 1_000_000
+    """Sealed requests remembered for replay protection at once; a tenant may hold a quarter of
+    them, requests without a valid API key a sixteenth together (``SEALGATE_REPLAY_MAX_ENTRIES``)."""
     policy_engine: str = "regopy"
     """``regopy`` (embedded) or ``opa`` (server) (``SEALGATE_POLICY_ENGINE``)."""
     policy_bundle: str = ""
@@ -266,6 +269,7 @@ _RANGES = (
     ("tenant_requests_per_minute", 0, 10_000_000),
     ("tenant_tokens_per_minute", 0, 1_000_000_000),
     ("replay_window_s", 1, 3600),
+    ("replay_max_entries", 16, 100_000_000),
     ("policy_timeout_ms", 1, 60_000),
     ("policy_reload_s", 0, 86_400),
     ("ohttp_key_rotation_s", 0, 365 * 86_400),

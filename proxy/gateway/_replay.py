@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from ._errors import GatewayError
 
-__all__ = ["ReplayGuard"]
+__all__ = ["Identify", "ReplayGuard"]
+
+Identify = Callable[[str | None], Awaitable[str | None]]
+"""Who answers for a sealed request: the tenant id its ``Authorization`` value authenticates,
+or ``None`` (no key, or one that is not valid)."""
+
+
+async def _anonymous(authorization: str | None) -> None:
+    return None
 
 
 class ReplayGuard:
@@ -25,6 +33,13 @@ class ReplayGuard:
     again and its replay unnoticed. So a Date is also stale when its window ended before the
     latest time the guard has seen; after a step back the guard refuses requests (fails closed)
     until the clock has caught up or the client's Date is recent enough.
+
+    Anyone holding the public key configuration can seal requests, so the entries are
+    accounted to who answers for them (``identify``): the tenant whose API key the inner
+    request carries, or no one. Each tenant may hold at most ``max_per_owner`` entries and
+    requests without a valid key ``max_anonymous`` together, so no party without a key, and no
+    single tenant, can fill the set and lock everyone else out (503 ``replay_guard_full``).
+    Every request is still checked against the one set, whoever answers for it.
     """
 
     def __init__(
@@ -32,37 +47,64 @@ class ReplayGuard:
         *,
         window: float = 60.0,
         max_entries: int = 1_000_000,
+        max_per_owner: int | None = None,
+        max_anonymous: int | None = None,
         clock: Callable[[], float] = time.time,
+        identify: Identify = _anonymous,
     ) -> None:
         self.window = window
+        self.identify = identify
         self._max = max_entries
+        self._owner_max = max_per_owner if max_per_owner is not None else max(1, max_entries // 4)
+        self._anonymous_max = (max_anonymous if max_anonymous is not None
+                               else max(1, max_entries // 16))
         self._clock = clock
         self._seen: set[bytes] = set()
-        self._expiry: list[tuple[float, bytes]] = []
+        self._held: dict[str | None, int] = {}  # entries each owner holds (None: no key)
+        self._expiry: list[tuple[float, bytes, str | None]] = []
         self._latest = float("-inf")  # entries whose window ended before this are forgotten
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def check(self, enc: bytes, date: str | None) -> None:
-        """Accept and remember this request, or raise :class:`GatewayError`."""
-        now = self._clock()
+    def fresh(self, date: str | None) -> None:
+        """Refuse a ``Date`` outside the window (stateless; ``check`` repeats it)."""
+        self._sent(date, self._clock())
+
+    def _sent(self, date: str | None, now: float) -> float:
         sent = _parse_date(date)
         if abs(now - sent) > self.window or sent + self.window < self._latest:
             raise GatewayError("stale_request", "request Date is outside the accepted window")
+        return sent
+
+    def check(self, enc: bytes, date: str | None, owner: str | None = None) -> None:
+        """Accept and remember this request for ``owner`` (``identify``), or raise
+        :class:`GatewayError`."""
+        now = self._clock()
+        sent = self._sent(date, now)
         self._evict(now)
         if enc in self._seen:
             raise GatewayError("replayed_request", "this request was already received")
+        held = self._held.get(owner, 0)
         if len(self._seen) >= self._max:
             raise GatewayError("replay_guard_full", "too many recent requests", status=503)
+        if held >= (self._anonymous_max if owner is None else self._owner_max):
+            detail = ("too many recent requests without a valid API key" if owner is None
+                      else "too many recent requests with this API key's tenant")
+            raise GatewayError("replay_guard_full", detail, status=503)
         self._seen.add(enc)
-        heapq.heappush(self._expiry, (sent + self.window, enc))
+        self._held[owner] = held + 1
+        heapq.heappush(self._expiry, (sent + self.window, enc, owner))
 
     def _evict(self, now: float) -> None:
         self._latest = max(self._latest, now)
         while self._expiry and self._expiry[0][0] < now:
-            _, enc = heapq.heappop(self._expiry)
+            _, enc, owner = heapq.heappop(self._expiry)
             self._seen.discard(enc)
+            if (left := self._held[owner] - 1) > 0:
+                self._held[owner] = left
+            else:
+                del self._held[owner]
 
 
 def _parse_date(value: str | None) -> float:

@@ -51,7 +51,7 @@ def _header(request: BHTTPRequest, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def _admit(
+async def _admit(
     raw: bytes, context: ServerRequestContext, guard: ReplayGuard
 ) -> tuple[BHTTPRequest, dict[str, Any]]:
     """Decode the inner request, check freshness and replay, and build its scope.
@@ -63,7 +63,9 @@ def _admit(
     except OHTTPError as err:
         detail = f"inner request is not valid Binary HTTP ({err.code})"
         raise GatewayError("bad_inner_request", detail) from None
-    guard.check(context.enc, _header(inner, b"date"))
+    date = _header(inner, b"date")
+    guard.fresh(date)  # before any key is looked up for a stale request
+    guard.check(context.enc, date, await guard.identify(_header(inner, b"authorization")))
     channel = SealedChannel(
         commitment_key=context.commitment_key,
         enc_digest=hashlib.sha256(context.enc).hexdigest(),
@@ -88,7 +90,7 @@ async def seal_exchange(app: ASGIApp, body: bytes, keys: KeyManager, guard: Repl
     encapsulation (RFC 9458 §5.2)."""
     raw, context = decapsulate_request(body, keys.lookup)
     try:
-        inner, scope = _admit(raw, context, guard)
+        inner, scope = await _admit(raw, context, guard)
         response = await collect_response(app, scope, inner.content, receive)
     except GatewayError as err:
         response = _dated_error(err)
@@ -105,7 +107,7 @@ async def _chunked(
         raise OHTTPError("ohttp_malformed", "encapsulated request too short")
     sealer = ChunkedResponseSealer(opener.context)
     try:
-        inner, scope = _admit(b"".join(chunks), opener.context, guard)
+        inner, scope = await _admit(b"".join(chunks), opener.context, guard)
     except GatewayError as err:
         sealed = sealer.seal(encode_response(_dated_error(err), indeterminate=True), final=True)
         return Response(

@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 
 from policy import TENANT_NAME
 from proxy.errors import AuthenticationError, InvalidRequest, NotFound
-from proxy.tenants._errors import state_errors
+from proxy.tenants._errors import StateUnavailable, state_errors
 from proxy.tenants._models import VERSION_TABLE, ApiKeyRow, TenantRow
 
 __all__ = ["ApiKeyInfo", "Tenant", "TenantStore", "open_engine"]
@@ -231,6 +231,17 @@ class TenantStore:
         loop (the database may be remote, and keys that do not exist are never cached)."""
         found = self.cached(authorization)
         return found if found is not None else await asyncio.to_thread(self.looked_up, authorization)
+
+    async def owner(self, authorization: str | None) -> str | None:
+        """The id of the tenant a ``Bearer`` key authenticates, or ``None`` for no valid key
+        (or none that can be checked now): whom a sealed request's replay entry is counted
+        against (``ReplayGuard``)."""
+        if not authorization:
+            return None
+        try:
+            return (await self.resolve(authorization)).id
+        except (AuthenticationError, StateUnavailable):
+            return None
 
     def cached(self, authorization: str | None) -> Tenant | None:
         """The tenant of a ``Bearer`` key if the cache holds it (no database read), else None;

@@ -105,9 +105,48 @@ def test_a_date_in_negative_zero_is_utc_whatever_the_local_zone(monkeypatch: pyt
 
 def test_capacity_is_bounded_and_fails_closed() -> None:
     now = 3_000_000.0
-    guard = ReplayGuard(max_entries=3, clock=lambda: now)
+    guard = ReplayGuard(max_entries=3, max_per_owner=3, clock=lambda: now)
     for i in range(3):
-        guard.check(bytes([i]) * 32, _date(now))
+        guard.check(bytes([i]) * 32, _date(now), "t1")
     with pytest.raises(GatewayError) as err:
-        guard.check(b"z" * 32, _date(now))
+        guard.check(b"z" * 32, _date(now), "t2")
     assert err.value.code == "replay_guard_full" and err.value.status == 503
+
+
+def test_no_one_without_a_key_and_no_single_tenant_fills_the_guard() -> None:
+    """Anyone with the key configuration can seal requests: those without a valid API key
+    share a sixteenth of the entries, each tenant a quarter, so neither locks others out."""
+    now = [5_000_000.0]
+    guard = ReplayGuard(max_entries=64, clock=lambda: now[0])
+    for i in range(4):
+        guard.check(b"anon%d" % i, _date(now[0]))
+    with pytest.raises(GatewayError) as err:
+        guard.check(b"anon-more", _date(now[0]))
+    assert err.value.code == "replay_guard_full" and err.value.status == 503
+    assert "without a valid API key" in err.value.detail
+    for i in range(16):
+        guard.check(b"a%d" % i, _date(now[0]), "tenant-a")
+    with pytest.raises(GatewayError) as err:
+        guard.check(b"a-more", _date(now[0]), "tenant-a")
+    assert err.value.code == "replay_guard_full" and "tenant" in err.value.detail
+    guard.check(b"b0", _date(now[0]), "tenant-b")  # another tenant is not held back
+    assert len(guard) == 21
+    # Shares are given back as entries leave the window.
+    now[0] += 61
+    guard.check(b"anon-later", _date(now[0]))
+    for i in range(16):
+        guard.check(b"a-later%d" % i, _date(now[0]), "tenant-a")
+    assert len(guard) == 17
+
+
+def test_a_replay_is_caught_whoever_answers_for_it() -> None:
+    """One set for everyone: a request first seen without a valid key (say, before the key
+    was created) is still a replay when it comes back with a key that now authenticates."""
+    now = 6_000_000.0
+    guard = ReplayGuard(clock=lambda: now)
+    date = _date(now)
+    guard.check(b"e" * 32, date)
+    for owner in ("tenant-a", None):
+        with pytest.raises(GatewayError) as err:
+            guard.check(b"e" * 32, date, owner)
+        assert err.value.code == "replayed_request"

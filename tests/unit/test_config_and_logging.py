@@ -55,6 +55,7 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('models = "x"', {}),
     ('backends = 3', {}),
     ("replay_window_s = 1000000", {}),
+    ("replay_max_entries = 15", {}),
     ("", {"SEALGATE_POLICY_TIMEOUT_MS": "0"}),
     ('[backends.v]\ntype = "vllm"\nextra_args = "--max-model-len 2048"', {}),
     ('[backends.v]\ntype = "vllm"\nport = "abc"', {}),
