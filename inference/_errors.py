@@ -42,6 +42,13 @@ class BackendTimedOut(BackendUnavailable):
     spent = True
 
 
+class BackendDisconnected(BackendUnavailable):
+    """The upstream dropped the connection after the request was sent to it, before its answer
+    ended: it may have generated."""
+
+    spent = True
+
+
 class BackendBusy(BackendError):
     """The upstream is rate-limiting (429): the client is told to wait as long as it said."""
 

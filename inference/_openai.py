@@ -33,6 +33,7 @@ from httpx_aiohttp import AiohttpTransport
 from inference._base import GenerationKind, Json
 from inference._errors import (
     BackendBusy,
+    BackendDisconnected,
     BackendError,
     BackendRejected,
     BackendTimedOut,
@@ -201,15 +202,34 @@ def api_key(variable: str) -> str:
     return key
 
 
+# Failures that leave the request unsent: the upstream cannot have generated anything.
+_UNSENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, httpx.ConnectError,
+           httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.ProxyError)
+_TIMEOUTS = (TimeoutError, httpx.TimeoutException)
+
+
+def _transport_failure(exc: BaseException) -> BackendUnavailable:
+    """What an httpx or aiohttp failure means for the request. The aiohttp transport maps
+    every aiohttp connection error to ``httpx.ConnectTimeout`` (a refused connection, a
+    pooled one the upstream had closed, one reset mid-answer alike), so the aiohttp error it
+    raised from decides, where there is one: whether the request never left (nothing
+    generated, nothing charged), the upstream took too long, or it dropped the connection
+    after the request was sent (it may have generated)."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    if isinstance(cause, _UNSENT):
+        return BackendUnavailable(f"the upstream is unreachable ({type(cause).__name__})")
+    if isinstance(cause, _TIMEOUTS):
+        return BackendTimedOut("the upstream timed out")
+    return BackendDisconnected(f"the upstream dropped the connection ({type(cause).__name__})")
+
+
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
     """Translate httpx failures at the seam (STYLE: foreign exceptions never escape)."""
     try:
         yield
-    except (TimeoutError, httpx.TimeoutException) as exc:
-        raise BackendTimedOut("the upstream timed out") from exc
-    except (httpx.HTTPError, aiohttp.ClientError) as exc:
-        raise BackendUnavailable(f"the upstream is unreachable ({type(exc).__name__})") from exc
+    except (TimeoutError, httpx.HTTPError, aiohttp.ClientError) as exc:
+        raise _transport_failure(exc) from exc
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8 is the second
         raise BackendError(_MALFORMED) from None
 

@@ -148,11 +148,14 @@ MODELS = ("ok", "ok-cached", "ok-uncounted", "ok-annotated", "ok-logprobs", "ok-
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 
+HANG_UP = "hang-up"
+"""The upstream reads the whole request, then closes the connection without a byte of answer
+(as one that crashed while generating)."""
 LIMIT_FAULTS = ("huge-answer", "gzip-bomb", "drip-answer", "stream-drip-event",
-                "stream-endless", "stream-idle-after-done", "stream-more-after-done")
-"""Faults only a limit (of size or time) stops, for tests of the backend itself: well formed
-but huge, sent a byte at a time, streamed without end (an event each 50 ms), or held open
-after ``data: [DONE]``. Not in ``MODELS``."""
+                "stream-endless", "stream-idle-after-done", "stream-more-after-done", HANG_UP)
+"""Faults only a limit (of size or time) stops, or none, for tests of the backend itself: well
+formed but huge, sent a byte at a time, streamed without end (an event each 50 ms), held open
+after ``data: [DONE]``, or never answered (``HANG_UP``). Not in ``MODELS``."""
 STALLED = "/stalled"
 """Base path under which the upstream never reads a request (its body fills the socket)."""
 HUGE = 4 << 20
@@ -177,7 +180,9 @@ def _limit_fault(handler: BaseHTTPRequestHandler, fault: str) -> None:
             time.sleep(0.05)
 
     try:
-        if fault in ("huge-answer", "gzip-bomb"):
+        if fault == HANG_UP:
+            handler.close_connection = True
+        elif fault in ("huge-answer", "gzip-bomb"):
             answer = json.dumps(_chat(choices=[{"index": 0, "finish_reason": "length", "message": {
                 "role": "assistant", "content": "0" * HUGE}}])).encode()
             if fault == "gzip-bomb":

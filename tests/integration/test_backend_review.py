@@ -13,7 +13,8 @@ import pytest
 
 import inference._openai as openai_backend
 from inference import BackendError, BackendUnavailable, OpenAIBackend, OpenAIConfig
-from tests.integration.faulty_upstream import HUGE, STALLED, FaultInjectingUpstream
+from tests.integration.faulty_upstream import HANG_UP, HUGE, STALLED, FaultInjectingUpstream
+from tests.server import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,3 +157,30 @@ def test_a_long_event_line_is_split_in_linear_time() -> None:
     ("Wed, 21 Oct 2026 07:28:00 GMT", 1), ("-5", 1), ("", 1)])
 def test_an_upstreams_retry_after_is_read_within_bounds(header: str, seconds: int) -> None:
     assert openai_backend._retry_after(header) == seconds
+
+
+def test_an_unreachable_upstream_generated_nothing(upstream: FaultInjectingUpstream) -> None:
+    """A refused connection never carried the request: 503, and nothing may have been
+    generated (no tokens are charged for it). The aiohttp transport maps it to
+    ``httpx.ConnectTimeout``, which read as a timeout that may have generated."""
+    result, took = _run(f"http://127.0.0.1:{free_port()}/v1", 10, lambda b: b.generate(
+        "chat", {"model": "ok", "messages": MESSAGES}))
+    assert type(result) is BackendUnavailable and result.spent is False
+    assert str(result) == "backend_unavailable: the upstream is unreachable (ClientConnectorError)"
+    assert took < 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_that_hangs_up_may_have_generated(upstream: FaultInjectingUpstream,
+                                                      stream: bool) -> None:
+    """An upstream that read the request and dropped the connection before answering may have
+    generated: 503, charged as such, and not called a timeout."""
+    def call(backend: OpenAIBackend) -> Awaitable[Any]:
+        if stream:
+            return _chunks(backend, HANG_UP)
+        return backend.generate("chat", {"model": HANG_UP, "messages": MESSAGES})
+
+    result, took = _run(f"{upstream.url}/v1", 10, call)
+    assert isinstance(result, BackendUnavailable) and result.spent is True
+    assert str(result) == "backend_unavailable: the upstream dropped the connection (ServerDisconnectedError)"
+    assert took < 5

@@ -19,13 +19,14 @@ from tests.integration.faulty_upstream import (
     CACHE_COUNTERS,
     CACHED_DETAILS,
     CONTEXT_EXCEEDED,
+    HANG_UP,
     MODELS,
     REJECTED,
     SEPARATORS,
     WHOLE_FAULTS,
     FaultInjectingUpstream,
 )
-from tests.server import Gateway, start_gateway
+from tests.server import Gateway, free_port, start_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -372,3 +373,28 @@ def test_an_answer_without_usage_is_charged_its_estimate(workdir: Path,
         gw.stop()
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "token_rate_limit_exceeded"
+
+
+def test_a_request_that_never_reached_its_backend_is_not_charged(
+        workdir: Path, upstream: FaultInjectingUpstream) -> None:
+    """A backend whose port refuses connections never saw the request: 503, and the tenant's
+    token budget is charged nothing (it was charged the output limit, as if it had timed out
+    while generating). One that took the request and hung up may have generated: charged."""
+    dead = f'[backends.dead]\ntype = "openai"\nurl = "http://127.0.0.1:{free_port()}/v1"\n'
+    config = _config(upstream, ("ok", HANG_UP), settings="tenant_tokens_per_minute = 100\n")
+    gw = start_gateway(workdir, config + dead + '[models.dead]\nbackend = "dead"\n'
+                       'retention_tier = "attested-zero"\n')
+    try:
+        unreached, hung_up = gw.new_key("unreached"), gw.new_key("hung-up")
+        for _ in range(3):
+            response = _post(gw, unreached, {"model": "dead", "messages": MESSAGES, "max_tokens": 150})
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "backend_unavailable"
+        after_unreached = _post(gw, unreached, {"model": "ok", "messages": MESSAGES})
+        response = _post(gw, hung_up, {"model": HANG_UP, "messages": MESSAGES, "max_tokens": 150})
+        assert response.status_code == 503, response.text
+        after_hang_up = _post(gw, hung_up, {"model": "ok", "messages": MESSAGES})
+    finally:
+        gw.stop()
+    assert after_unreached.status_code == 200, after_unreached.text
+    assert after_hang_up.status_code == 429, after_hang_up.text
