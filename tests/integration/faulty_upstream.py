@@ -152,10 +152,12 @@ HANG_UP = "hang-up"
 """The upstream reads the whole request, then closes the connection without a byte of answer
 (as one that crashed while generating)."""
 LIMIT_FAULTS = ("huge-answer", "gzip-bomb", "drip-answer", "stream-drip-event",
-                "stream-endless", "stream-idle-after-done", "stream-more-after-done", HANG_UP)
+                "stream-endless", "stream-idle-after-done", "stream-more-after-done", HANG_UP,
+                "context-huge", "context-drip")
 """Faults only a limit (of size or time) stops, or none, for tests of the backend itself: well
 formed but huge, sent a byte at a time, streamed without end (an event each 50 ms), held open
-after ``data: [DONE]``, or never answered (``HANG_UP``). Not in ``MODELS``."""
+after ``data: [DONE]``, or never answered (``HANG_UP``); a 400 saying the request does not
+fit the context in a document past 64 KiB, or sent a byte at a time. Not in ``MODELS``."""
 STALLED = "/stalled"
 """Base path under which the upstream never reads a request (its body fills the socket)."""
 HUGE = 4 << 20
@@ -179,9 +181,23 @@ def _limit_fault(handler: BaseHTTPRequestHandler, fault: str) -> None:
             handler.wfile.flush()
             time.sleep(0.05)
 
+    overflow = json.dumps({"error": {"code": "context_length_exceeded", "type": "invalid_request_error",
+                                     "message": "This model's maximum context length is 1024 tokens"}})
     try:
         if fault == HANG_UP:
             handler.close_connection = True
+        elif fault == "context-huge":
+            answer = (overflow[:-2] + " " * (96 << 10) + overflow[-2:]).encode()
+            handler.send_response(400)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(answer)))
+            handler.end_headers()
+            handler.wfile.write(answer)
+        elif fault == "context-drip":
+            handler.send_response(400)
+            handler.send_header("Content-Type", "application/json")
+            handler.end_headers()
+            drip(overflow.encode())
         elif fault in ("huge-answer", "gzip-bomb"):
             answer = json.dumps(_chat(choices=[{"index": 0, "finish_reason": "length", "message": {
                 "role": "assistant", "content": "0" * HUGE}}])).encode()

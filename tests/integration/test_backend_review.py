@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import inference._openai as openai_backend
-from inference import BackendError, BackendUnavailable, OpenAIBackend, OpenAIConfig
+from inference import BackendError, BackendRejected, BackendUnavailable, OpenAIBackend, OpenAIConfig
 from tests.integration.faulty_upstream import HANG_UP, HUGE, STALLED, FaultInjectingUpstream
 from tests.server import free_port
 
@@ -184,3 +184,16 @@ def test_an_upstream_that_hangs_up_may_have_generated(upstream: FaultInjectingUp
     assert isinstance(result, BackendUnavailable) and result.spent is True
     assert str(result) == "backend_unavailable: the upstream dropped the connection (ServerDisconnectedError)"
     assert took < 5
+
+
+@pytest.mark.parametrize("fault", ["context-huge", "context-drip"])
+def test_a_400s_document_is_read_within_its_bounds(upstream: FaultInjectingUpstream,
+                                                   fault: str) -> None:
+    """A 400 is read for whether it says the request does not fit the context, but no more than
+    64 KiB of it and for no more than 2 s: one past either bound says nothing (a plain
+    rejection), however it goes on, and the request does not wait out ``timeout_s``."""
+    result, took = _run(f"{upstream.url}/v1", 30, lambda b: b.generate(
+        "chat", {"model": fault, "messages": MESSAGES}))
+    assert type(result) is BackendRejected, result
+    assert str(result) == "upstream_rejected: the upstream rejected the request (HTTP 400)"
+    assert took < 5, f"took {took:.1f} s"
