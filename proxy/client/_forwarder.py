@@ -17,6 +17,7 @@ import h11
 import httpx2
 import msgspec
 import uvicorn
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from proxy.ohttp import HOP_BY_HOP_FIELDS
@@ -268,13 +269,33 @@ class _HeaderDeadline(H11Protocol):
         self._watch()
 
     def on_response_complete(self) -> None:
+        restarted = self._restart_past_empty_lines()
         super().on_response_complete()
+        if restarted and not self.transport.is_closing():
+            self.handle_events()  # what came after the empty lines (uvicorn's own restart does)
         conn = self.conn
         if conn.our_state is h11.IDLE and conn.their_state is h11.IDLE and conn.trailing_data[0]:
             # The next request has begun: the header deadline, not the keep-alive timer, is
             # what bounds it now.
             self._unset_keepalive_if_required()
         self._watch()
+
+    def _restart_past_empty_lines(self) -> bool:
+        """Empty lines that came in the same read as the end of a request's body stay in h11's
+        buffer, and h11 would answer them 400 in the next cycle. With both sides done, the next
+        cycle starts on a fresh h11 connection (the same state h11's own restart gives) fed what
+        follows them. Whether it did."""
+        conn = self.conn
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        data = conn.trailing_data[0]
+        if data[:1] not in (b"\r", b"\n"):
+            return False
+        limit = self.config.h11_max_incomplete_event_size
+        self.conn = h11.Connection(h11.SERVER, DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if limit is None else limit)
+        if rest := data.lstrip(b"\r\n"):  # (an empty one would tell h11 the input ended)
+            self.conn.receive_data(rest)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

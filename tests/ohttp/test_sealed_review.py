@@ -369,6 +369,36 @@ def test_client_proxy_ignores_empty_lines_before_a_request(impatient_proxy: tupl
     assert state.requests == [True, True]
 
 
+def test_client_proxy_ignores_empty_lines_that_come_with_a_body(
+        impatient_proxy: tuple[AppState, int]) -> None:
+    """The empty line a client sends after a body may arrive in the same read as the body's
+    end, even with the next request behind it (pipelined): h11 kept it for the next request
+    and answered that 400."""
+    state, proxy_port = impatient_proxy
+    body = b'{"x": 1}'
+    request = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock, \
+            sock.makefile("rb") as answers:
+        def status() -> bytes:  # one answer's status line; the rest of it read past
+            line = answers.readline()
+            length = 0
+            while (header := answers.readline()) != b"\r\n":
+                if header.lower().startswith(b"content-length:"):
+                    length = int(header.split(b":")[1])
+            answers.read(length)
+            return line
+
+        sock.sendall(request + b"\r\n")
+        first = status()
+        sock.sendall(request + b"\r\n\r\n" + request)
+        second, third = status(), status()
+        sock.sendall(request)
+        fourth = status()
+    assert [first, second, third, fourth] == [b"HTTP/1.1 200 OK\r\n"] * 4
+    assert state.requests == [True] * 4
+
+
 def test_client_proxy_gives_a_pipelined_request_the_header_deadline() -> None:
     """The next request's first bytes came with the previous one: once that is answered, the
     header deadline bounds the rest (408), not uvicorn's keep-alive timer (a quiet close after
