@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
-    "BackendBusy", "BackendError", "BackendRejected", "BackendTimedOut", "BackendUnavailable",
+    "BackendBusy", "BackendDisconnected", "BackendError", "BackendRejected", "BackendTimedOut",
+    "BackendUnavailable",
     "ContextLengthExceeded", "ModelNotFound",
 ]
 

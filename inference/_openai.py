@@ -203,23 +203,27 @@ def api_key(variable: str) -> str:
 
 
 # Failures that leave the request unsent: the upstream cannot have generated anything.
-_UNSENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, httpx.ConnectError,
+_UNSENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL,
+           aiohttp.NonHttpUrlClientError, aiohttp.ClientHttpProxyError, httpx.ConnectError,
            httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.ProxyError)
 _TIMEOUTS = (TimeoutError, httpx.TimeoutException)
 
 
-def _transport_failure(exc: BaseException) -> BackendUnavailable:
+def _transport_failure(exc: BaseException) -> BackendError:
     """What an httpx or aiohttp failure means for the request. The aiohttp transport maps
     every aiohttp connection error to ``httpx.ConnectTimeout`` (a refused connection, a
     pooled one the upstream had closed, one reset mid-answer alike), so the aiohttp error it
     raised from decides, where there is one: whether the request never left (nothing
-    generated, nothing charged), the upstream took too long, or it dropped the connection
-    after the request was sent (it may have generated)."""
+    generated, nothing charged), the upstream took too long, answered what is not HTTP (an
+    unreadable status line or header: a malformed answer), or dropped the connection after
+    the request was sent (it may have generated)."""
     cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
     if isinstance(cause, _UNSENT):
         return BackendUnavailable(f"the upstream is unreachable ({type(cause).__name__})")
     if isinstance(cause, _TIMEOUTS):
         return BackendTimedOut("the upstream timed out")
+    if isinstance(cause, aiohttp.ClientResponseError):
+        return BackendError(_MALFORMED)
     return BackendDisconnected(f"the upstream dropped the connection ({type(cause).__name__})")
 
 

@@ -51,9 +51,13 @@ def _commitment(key: bytes, data: bytes) -> str:
 
 
 def _included(client: httpx2.Client, base: str, receipt: Receipt, envelope: bytes,
-              audit_public_key: bytes) -> VerifiedReceipt:
-    """Checkpoint and inclusion proof of the receipt's log (any replica serves every log)."""
-    note = client.get(f"{base}/v1/audit/checkpoint", params={"log": receipt.log_id})
+              audit_public_key: bytes, api_key: str) -> VerifiedReceipt:
+    """Checkpoint and inclusion proof of the receipt's log (any replica serves every log).
+    They are public, but fetched with the tenant's key: through the sealed channel, a request
+    without a valid key counts against the share of the gateway's replay set that everyone
+    without one shares (docs/protocol.md), which anyone can use up."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    note = client.get(f"{base}/v1/audit/checkpoint", params={"log": receipt.log_id}, headers=auth)
     if note.status_code != 200:
         raise _fail("the checkpoint could not be fetched")
     with _checked():
@@ -62,7 +66,7 @@ def _included(client: httpx2.Client, base: str, receipt: Receipt, envelope: byte
         size = int(size_line)
     if receipt.leaf_index >= size:
         raise _fail("the record is not yet in a published checkpoint")
-    proof = client.get(f"{base}/v1/audit/proof/inclusion",
+    proof = client.get(f"{base}/v1/audit/proof/inclusion", headers=auth,
                        params={"index": receipt.leaf_index, "size": size, "log": receipt.log_id})
     if proof.status_code != 200:
         raise _fail("the inclusion proof could not be fetched")
@@ -87,7 +91,7 @@ def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
                           headers={"Authorization": f"Bearer {api_key}"})
     if envelope.status_code != 200:
         raise _fail("the record could not be fetched")
-    verified = _included(client, base, receipt, envelope.content, audit_public_key)
+    verified = _included(client, base, receipt, envelope.content, audit_public_key, api_key)
     if commitment_key is not None and request_body is not None:
         with _checked():
             committed = verified.statement["predicate"]["commitments"].get("request")
@@ -118,7 +122,7 @@ def verify_request_records(client: httpx2.Client, base_url: str, request_id: str
             envelope = item["envelope"].encode()
             sig = json.loads(envelope)["signatures"][0]["sig"]
             receipt = Receipt(item["record_id"], int(item["leaf"]), sig, item["log"])
-        checked = _included(client, base, receipt, envelope, audit_public_key)
+        checked = _included(client, base, receipt, envelope, audit_public_key, api_key)
         with _checked():
             kind = checked.statement["predicate"]["kind"]
             commitments = dict(checked.statement["predicate"]["commitments"])

@@ -153,11 +153,12 @@ HANG_UP = "hang-up"
 (as one that crashed while generating)."""
 LIMIT_FAULTS = ("huge-answer", "gzip-bomb", "drip-answer", "stream-drip-event",
                 "stream-endless", "stream-idle-after-done", "stream-more-after-done", HANG_UP,
-                "context-huge", "context-drip")
+                "context-huge", "context-drip", "not-http")
 """Faults only a limit (of size or time) stops, or none, for tests of the backend itself: well
 formed but huge, sent a byte at a time, streamed without end (an event each 50 ms), held open
 after ``data: [DONE]``, or never answered (``HANG_UP``); a 400 saying the request does not
-fit the context in a document past 64 KiB, or sent a byte at a time. Not in ``MODELS``."""
+fit the context in a document past 64 KiB, or sent a byte at a time; an answer whose status
+line is not HTTP (``not-http``). Not in ``MODELS``."""
 STALLED = "/stalled"
 """Base path under which the upstream never reads a request (its body fills the socket)."""
 HUGE = 4 << 20
@@ -185,6 +186,9 @@ def _limit_fault(handler: BaseHTTPRequestHandler, fault: str) -> None:
                                      "message": "This model's maximum context length is 1024 tokens"}})
     try:
         if fault == HANG_UP:
+            handler.close_connection = True
+        elif fault == "not-http":
+            handler.wfile.write(b"HTTP/1.1 abc\r\n\r\n")
             handler.close_connection = True
         elif fault == "context-huge":
             answer = (overflow[:-2] + " " * (96 << 10) + overflow[-2:]).encode()

@@ -197,3 +197,11 @@ def test_a_400s_document_is_read_within_its_bounds(upstream: FaultInjectingUpstr
     assert type(result) is BackendRejected, result
     assert str(result) == "upstream_rejected: the upstream rejected the request (HTTP 400)"
     assert took < 5, f"took {took:.1f} s"
+
+
+def test_an_answer_that_is_not_http_is_malformed(upstream: FaultInjectingUpstream) -> None:
+    """An unreadable status line is a malformed answer (502), not a dropped connection."""
+    result, _ = _run(f"{upstream.url}/v1", 10, lambda b: b.generate(
+        "chat", {"model": "not-http", "messages": MESSAGES}))
+    assert type(result) is BackendError
+    assert str(result) == "backend_error: the upstream sent a malformed response"

@@ -3,14 +3,16 @@ everyone else out: a real gateway on loopback with a small replay set."""
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from email.utils import formatdate
 from pathlib import Path
 
 import httpx
 import httpx2
 
-from proxy.client import SealedTransport, StaticKeySource
+from proxy.client import SealedTransport, StaticKeySource, verify_response_receipt
 from proxy.ohttp import BHTTPRequest, decode_key_configs, decode_response, encapsulate_request, encode_request
 from tests.server import Proc, fast_config, start_gateway
 
@@ -68,5 +70,31 @@ def test_a_replayed_keyed_request_is_refused(workdir: Path, fast_upstream: Proc)
             statuses.append((answer.status, json.loads(answer.content).get("error", {}).get("code")))
         assert len(sent) == 1
         assert statuses == [(200, None), (400, "replayed_request")]
+    finally:
+        gw.stop()
+
+
+def test_receipts_verify_while_the_keyless_share_is_used_up(workdir: Path,
+                                                            fast_upstream: Proc) -> None:
+    """The receipt helpers fetch the public checkpoint and proof with the tenant's key: sealed
+    without one, they counted against the share anyone can use up."""
+    gw = start_gateway(workdir, fast_config(fast_upstream.port, replay_max_entries=64,
+                                            checkpoint_every_ms=50))
+    try:
+        key = gw.new_key("alpha")
+        configs = httpx.get(f"{gw.url}/.well-known/ohttp-gateway").content
+        identity = httpx.get(f"{gw.url}/.well-known/sealgate/identity").json()
+        transport = SealedTransport(gateway_url=f"{gw.url}/.well-known/ohttp-gateway",
+                                    key_source=StaticKeySource(configs))
+        with httpx2.Client(transport=transport, timeout=10) as sealed:
+            answer = sealed.post(f"{gw.url}/v1/chat/completions", json=CHAT,
+                                 headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200
+            assert [sealed.get(f"{gw.url}/healthz").status_code for _ in range(5)] == [200] * 4 + [503]
+            time.sleep(0.3)  # the record is in a published checkpoint
+            verified = verify_response_receipt(
+                sealed, gw.url, answer.headers["sealgate-receipt"],
+                base64.b64decode(identity["audit_public_key"]), api_key=key)
+        assert verified.receipt.record_id
     finally:
         gw.stop()
