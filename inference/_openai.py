@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, cast
 
 import aiohttp
@@ -209,7 +211,28 @@ _UNSENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp
 _TIMEOUTS = (TimeoutError, httpx.TimeoutException)
 
 
-def _transport_failure(exc: BaseException) -> BackendError:
+# Whether the current request's headers went out to the upstream (``_mapped_errors`` sets a
+# fresh flag per request; aiohttp's trace hook, awaited in the request's own task, raises it).
+_SENT: contextvars.ContextVar[list[bool]] = contextvars.ContextVar("sealgate_upstream_sent")
+
+
+async def _headers_sent(session: aiohttp.ClientSession, context: Any, params: Any) -> None:
+    flag = _SENT.get(None)
+    if flag is not None:
+        flag[0] = True
+
+
+def _session(limits: httpx.Limits, ssl_context: Any) -> aiohttp.ClientSession:
+    """The aiohttp session the transport would build itself, with the hook that tells
+    whether a request was sent (built on first use, inside the event loop)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_headers_sent)
+    connector = aiohttp.TCPConnector(keepalive_timeout=limits.keepalive_expiry, ssl=ssl_context,
+                                     limit=limits.max_connections or 0)
+    return aiohttp.ClientSession(connector=connector, trace_configs=[trace])
+
+
+def _transport_failure(exc: BaseException, sent: bool = True) -> BackendError:
     """What an httpx or aiohttp failure means for the request. The aiohttp transport maps
     every aiohttp connection error to ``httpx.ConnectTimeout`` (a refused connection, a
     pooled one the upstream had closed, one reset mid-answer alike), so the aiohttp error it
@@ -220,6 +243,8 @@ def _transport_failure(exc: BaseException) -> BackendError:
     cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
     if isinstance(cause, _UNSENT):
         return BackendUnavailable(f"the upstream is unreachable ({type(cause).__name__})")
+    if isinstance(cause, _TIMEOUTS) and not sent:  # waiting for a free connection to it
+        return BackendUnavailable("no connection to the upstream came free in time")
     if isinstance(cause, _TIMEOUTS):
         return BackendTimedOut("the upstream timed out")
     if isinstance(cause, aiohttp.ClientResponseError):
@@ -229,11 +254,14 @@ def _transport_failure(exc: BaseException) -> BackendError:
 
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
-    """Translate httpx failures at the seam (STYLE: foreign exceptions never escape)."""
+    """Translate httpx failures at the seam (STYLE: foreign exceptions never escape), each
+    as it bears on whether the upstream may have generated (``_transport_failure``)."""
+    sent = [False]
+    _SENT.set(sent)
     try:
         yield
     except (TimeoutError, httpx.HTTPError, aiohttp.ClientError) as exc:
-        raise _transport_failure(exc) from exc
+        raise _transport_failure(exc, sent[0]) from exc
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8 is the second
         raise BackendError(_MALFORMED) from None
 
@@ -378,7 +406,9 @@ class OpenAIBackend:
                       for path in (*_PATHS.values(), "/embeddings", "/models")}
         if self._transport is None:
             limits = httpx.Limits(max_connections=self._config.max_connections)
-            self._transport = AiohttpTransport(limits=limits, trust_env=False)
+            transport = AiohttpTransport(limits=limits, trust_env=False)
+            transport.client = partial(_session, limits, transport.ssl_context)
+            self._transport = transport
         self._started = True
 
     async def close(self) -> None:

@@ -28,12 +28,13 @@ def upstream() -> Iterator[FaultInjectingUpstream]:
 
 
 def _run(url: str, timeout_s: float, call: Callable[[OpenAIBackend], Awaitable[Any]],
-         stream_timeout_s: float = 1800.0) -> tuple[Any, float]:
+         stream_timeout_s: float = 1800.0, max_connections: int = 100) -> tuple[Any, float]:
     """``call``'s result (or the exception it raised) and how long it took, on a fresh backend."""
 
     async def run() -> tuple[Any, float]:
         backend = OpenAIBackend("review", OpenAIConfig(url=url, timeout_s=timeout_s,
-                                                       stream_timeout_s=stream_timeout_s))
+                                                       stream_timeout_s=stream_timeout_s,
+                                                       max_connections=max_connections))
         await backend.start()
         started = time.monotonic()
         try:
@@ -205,3 +206,22 @@ def test_an_answer_that_is_not_http_is_malformed(upstream: FaultInjectingUpstrea
         "chat", {"model": "not-http", "messages": MESSAGES}))
     assert type(result) is BackendError
     assert str(result) == "backend_error: the upstream sent a malformed response"
+
+
+def test_a_request_that_found_no_free_connection_generated_nothing(
+        upstream: FaultInjectingUpstream) -> None:
+    """``timeout_s`` also bounds the wait for a free connection: a request that never got one
+    (a stream holds the only one) was never sent, so it is unavailable and charges nothing; it
+    was taken for a timeout that may have generated."""
+    async def behind_a_stream(backend: OpenAIBackend) -> Any:
+        stream = backend.stream("chat", {"model": "stream-endless", "messages": MESSAGES})
+        try:
+            await anext(stream)  # the stream holds the only connection from here
+            return await backend.generate("chat", {"model": "ok", "messages": MESSAGES})
+        finally:
+            await stream.aclose()
+
+    result, took = _run(f"{upstream.url}/v1", 1, behind_a_stream, max_connections=1)
+    assert type(result) is BackendUnavailable and result.spent is False
+    assert str(result) == "backend_unavailable: no connection to the upstream came free in time"
+    assert took < 5
