@@ -243,9 +243,9 @@ def _transport_failure(exc: BaseException, sent: bool = True) -> BackendError:
     cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
     if isinstance(cause, _UNSENT):
         return BackendUnavailable(f"the upstream is unreachable ({type(cause).__name__})")
-    if isinstance(cause, _TIMEOUTS) and not sent:  # waiting for a free connection to it
-        return BackendUnavailable("no connection to the upstream came free in time")
     if isinstance(cause, _TIMEOUTS):
+        if not sent:  # it waited for a free connection to the upstream
+            return BackendUnavailable("no connection to the upstream came free in time")
         return BackendTimedOut("the upstream timed out")
     if isinstance(cause, aiohttp.ClientResponseError):
         return BackendError(_MALFORMED)

@@ -17,7 +17,6 @@ import h11
 import httpx2
 import msgspec
 import uvicorn
-from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from proxy.ohttp import HOP_BY_HOP_FIELDS
@@ -291,8 +290,9 @@ class _HeaderDeadline(H11Protocol):
         data = conn.trailing_data[0]
         if data[:1] not in (b"\r", b"\n"):
             return False
-        limit = self.config.h11_max_incomplete_event_size
-        self.conn = h11.Connection(h11.SERVER, DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if limit is None else limit)
+        limit = self.config.h11_max_incomplete_event_size  # None: h11's own default, as uvicorn's
+        self.conn = (h11.Connection(h11.SERVER) if limit is None
+                     else h11.Connection(h11.SERVER, max_incomplete_event_size=limit))
         if rest := data.lstrip(b"\r\n"):  # (an empty one would tell h11 the input ended)
             self.conn.receive_data(rest)
         return True

@@ -67,21 +67,13 @@ class ReplayGuard:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def fresh(self, date: str | None) -> None:
-        """Refuse a ``Date`` outside the window (stateless; ``check`` repeats it)."""
-        self._sent(date, self._clock())
-
-    def _sent(self, date: str | None, now: float) -> float:
-        sent = _parse_date(date)
-        if abs(now - sent) > self.window or sent + self.window < self._latest:
-            raise GatewayError("stale_request", "request Date is outside the accepted window")
-        return sent
-
     def check(self, enc: bytes, date: str | None, owner: str | None = None) -> None:
         """Accept and remember this request for ``owner`` (``identify``), or raise
         :class:`GatewayError`."""
         now = self._clock()
-        sent = self._sent(date, now)
+        sent = _parse_date(date)
+        if abs(now - sent) > self.window or sent + self.window < self._latest:
+            raise GatewayError("stale_request", "request Date is outside the accepted window")
         self._evict(now)
         if enc in self._seen:
             raise GatewayError("replayed_request", "this request was already received")

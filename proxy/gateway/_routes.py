@@ -63,9 +63,8 @@ async def _admit(
     except OHTTPError as err:
         detail = f"inner request is not valid Binary HTTP ({err.code})"
         raise GatewayError("bad_inner_request", detail) from None
-    date = _header(inner, b"date")
-    guard.fresh(date)  # before any key is looked up for a stale request
-    guard.check(context.enc, date, await guard.identify(_header(inner, b"authorization")))
+    owner = await guard.identify(_header(inner, b"authorization"))
+    guard.check(context.enc, _header(inner, b"date"), owner)
     channel = SealedChannel(
         commitment_key=context.commitment_key,
         enc_digest=hashlib.sha256(context.enc).hexdigest(),
