@@ -450,11 +450,14 @@ def _refuse_unsupported(kind: GenerationKind, body: Mapping[str, Any], caps: _Ca
 # repetition bound into grammar rules, so a large bound, or a minimum above its maximum (an
 # unsigned underflow there), takes gigabytes. It spells an integer bound out digit by digit
 # too: one of 16 digits or more took gigabytes, and a range holding no integer left it no
-# grammar at all (a 500 from the model, or an unconstrained answer). Such schemas are refused
-# before they reach it.
+# grammar at all (a 500 from the model, or an unconstrained answer). A pattern that names the
+# NUL character (``\u0000``, ``\x00``) fails generation once the grammar requires it: a 500
+# from the model, mid-stream when streaming. Such schemas are refused before they reach it.
 _REPEAT_BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"))
 _MAX_REPEAT = 4096
 _QUANTIFIER = re.compile(r"\{([0-9]*)(?:(,)([0-9]*))?\}")
+# An escape (not an escaped backslash followed by text) that names NUL.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\(?:u0000|x00|u\{0+\})")
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _MAX_BOUND = 10**15
 
@@ -498,19 +501,28 @@ def _check_grammar_schema(schema: Any, param: str) -> None:
                                       "10**15 in size, or an integer range without an integer")
         pattern = node.get("pattern")
         if isinstance(pattern, str) and not _pattern_ok(pattern):
-            raise _unsupported(param, "a JSON schema pattern that is not anchored (^...$) or "
-                                      f"repeats more than {_MAX_REPEAT} times")
+            raise _unsupported(param, "a JSON schema pattern that is not anchored (^...$), "
+                                      f"repeats more than {_MAX_REPEAT} times or names the "
+                                      "NUL character")
         stack.extend(node.values())
 
 
 def _pattern_ok(pattern: str) -> bool:
-    if len(pattern) < 2 or not pattern.startswith("^") or not pattern.endswith("$"):
+    if (len(pattern) < 2 or not pattern.startswith("^") or not pattern.endswith("$")
+            or _NUL_ESCAPE.search(pattern)):
         return False
     for low, comma, high in _QUANTIFIER.findall(pattern):
-        bounds = [int(b) for b in (low, high) if b]
-        if any(b > _MAX_REPEAT for b in bounds) or (comma and low and high and int(low) > int(high)):
+        bounds = [_repeat(b) for b in (low, high) if b]
+        if any(b > _MAX_REPEAT for b in bounds) or (comma and low and high and bounds[0] > bounds[1]):
             return False
     return True
+
+
+def _repeat(digits: str) -> int:
+    """A quantifier bound, or ``_MAX_REPEAT + 1`` for one above it: ``int`` refuses more than
+    4,300 digits, and any bound of more than five significant digits is too large anyway."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 5 else _MAX_REPEAT + 1
 
 
 def _echo_prompts(body: Mapping[str, Any]) -> list[str] | None:

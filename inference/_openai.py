@@ -432,7 +432,7 @@ class OpenAIBackend:
                 async with asyncio.timeout(2.0):
                     response = await self._send("GET", "/models", timeout=2.0)
                     await response.aclose()
-        except BackendUnavailable:
+        except BackendError:  # unreachable, timed out, or an answer that is not HTTP
             return False
         return response.status_code == 200
 

@@ -64,5 +64,7 @@ class BackendRouter:
         """Every backend's readiness, checked at once: a slow one delays the answer by its own
         check only, not by the sum of all of them (a readiness probe has one timeout)."""
         names = list(self._backends)
-        states = await asyncio.gather(*(self._backends[name].ready() for name in names))
-        return dict(zip(names, states, strict=True))
+        states = await asyncio.gather(*(self._backends[name].ready() for name in names),
+                                      return_exceptions=True)
+        # A check that fails in a way its backend did not foresee says "not ready" too.
+        return {name: state is True for name, state in zip(names, states, strict=True)}

@@ -116,16 +116,23 @@ class VLLMConfig:
                                  "vllm logs generated text")
 
 
-# Options the gateway sets itself, and options that would let an extra argument see or log
-# request bodies: ``--middleware`` (any ASGI code in the request path), ``--config`` (a file
-# that can set every other option, these included) and ``--log-config-file`` (a logging
-# configuration that can set any logger to DEBUG, at which vLLM logs generated text). argparse
-# also takes any unambiguous abbreviation of an option, so an extra argument that is a prefix of
-# one of these is refused too.
+# Options the gateway sets itself, and options that would let an extra argument see, log or
+# send out request content: ``--middleware`` and the plugin and class options (code of the
+# operator's choosing in the request path), ``--config`` (a file that can set every other
+# option, these included), ``--log-config-file`` (a logging configuration that can set any
+# logger to DEBUG, at which vLLM logs generated text), ``--kv-events-config`` (publishes each
+# prompt's token ids on a socket), the KV and encoder cache transfer options (cached prompt
+# state to other hosts or disk), tracing export, and ``--allowed-local-media-path`` (requests
+# reading files of the enclave). argparse also takes any unambiguous abbreviation of an
+# option, so an extra argument that is a prefix of one of these is refused too.
 _RESERVED = ("--host", "--port", "--uds", "--model", "--served-model-name",
              "--tensor-parallel-size", "--enable-log-requests", "--no-enable-log-requests",
              "--enable-log-outputs", "--disable-log-requests", "--disable-uvicorn-access-log",
-             "--middleware", "--config", "--log-config-file")
+             "--middleware", "--config", "--log-config-file", "--kv-events-config",
+             "--kv-transfer-config", "--ec-transfer-config", "--otlp-traces-endpoint",
+             "--collect-detailed-traces", "--tool-parser-plugin", "--reasoning-parser-plugin",
+             "--io-processor-plugin", "--logits-processors", "--worker-cls",
+             "--worker-extension-cls", "--scheduler-cls", "--allowed-local-media-path")
 
 
 def _reserved(arg: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from inference._vllm import _RESERVED
 from tests.conftest import ROOT, need
 from tests.helm.conftest import (
     CHART_DIR,
@@ -178,6 +179,16 @@ def test_guards_reject_unsafe_combinations(chart: Any, values: dict[str, Any], n
     with pytest.raises(helm.HelmRenderError) as caught:
         chart.render(values, name="sealgate", namespace="sealgate")
     assert needle in str(caught.value)
+
+
+@pytest.mark.parametrize("flag", _RESERVED)
+def test_the_chart_refuses_every_vllm_option_the_gateway_refuses(chart: Any, flag: str) -> None:
+    """The chart's list of vLLM options it will not pass is the gateway's (inference/_vllm.py):
+    a chart that let one through would start vLLM with it before the gateway could refuse."""
+    helm = helm_module()
+    with pytest.raises(helm.HelmRenderError) as caught:
+        chart.render({"vllm": {"extraArgs": [f"{flag}=x"]}}, name="sealgate", namespace="sealgate")
+    assert f"may not set {flag}" in str(caught.value)
 
 
 def test_created_secret_holds_the_url_and_nothing_else_does(render: Any) -> None:

@@ -354,9 +354,13 @@ def test_uncompilable_json_schema_is_refused(llama_gateway: Gateway, key: str,
     {"type": "integer", "minimum": 5, "maximum": 3},  # no grammar: a 500 from the model
     {"type": ["integer", "null"], "minimum": 1.5, "maximum": 1.7},
     {"type": "integer", "exclusiveMinimum": 3, "exclusiveMaximum": 4},
+    {"type": "string", "pattern": "^a{" + "9" * 5000 + "}$"},  # past int()'s digit limit: a 500
+    {"type": "string", "pattern": "^\\u0000$"},  # generation fails on NUL: a 503, or mid-stream
+    {"type": "string", "pattern": "^[\\x00]$"},
 ], ids=["unanchored-pattern", "min-above-max", "long-string", "long-array", "long-pattern",
         "huge-minimum", "huge-negative-maximum", "huge-exclusive-minimum", "empty-range",
-        "empty-fractional-range", "empty-exclusive-range"])
+        "empty-fractional-range", "empty-exclusive-range", "huge-quantifier", "nul-escape",
+        "nul-class"])
 def test_json_schemas_the_grammar_converter_mishandles_are_refused(
         llama_gateway: Gateway, key: str, schema: dict[str, Any]) -> None:
     """The core's schema-to-grammar converter prints an unanchored pattern verbatim to stderr

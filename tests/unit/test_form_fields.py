@@ -30,6 +30,8 @@ def test_a_file_part_named_purpose_is_not_the_field() -> None:
 def test_urlencoded_purpose() -> None:
     assert _body_fields(b"purpose=batch&x=1", "application/x-www-form-urlencoded") == {
         "purpose": "batch"}
+    many = b"purpose=fine-tune" + b"&x=1" * 5000  # read although more fields follow
+    assert _body_fields(many, "application/x-www-form-urlencoded") == {"purpose": "fine-tune"}
 
 
 def _hostile(kind: str) -> tuple[bytes, str]:
@@ -48,12 +50,16 @@ def _hostile(kind: str) -> tuple[bytes, str]:
                         for i in range(_FORM_PARTS))
         return (parts + f'--{b}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
                 f"fine-tune\r\n--{b}--\r\n").encode(), head
+    if kind == "many-fields":  # the purpose after more fields than are read (was a 500)
+        fields = "&".join(f"f{i}=x" for i in range(1001))
+        return f"{fields}&purpose=fine-tune".encode(), "application/x-www-form-urlencoded"
     if kind == "no-boundary":
         return b"purpose=fine-tune", "multipart/form-data"
     return b"--B0UNDARY\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-", head
 
 
-@pytest.mark.parametrize("kind", ["nested", "parameters", "many-parts", "no-boundary", "truncated"])
+@pytest.mark.parametrize("kind", ["nested", "parameters", "many-parts", "many-fields", "no-boundary",
+                                  "truncated"])
 def test_a_hostile_form_counts_as_having_no_purpose(kind: str) -> None:
     """Denied all the same (the endpoints that take forms are refused); only the rule id may
     differ. The old email-parser path took seconds of event-loop time on such bodies, or

@@ -159,7 +159,13 @@ def fast_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
                                  "--enable_log_requests", "--enable_log_r", "--middleware",
                                  "--middleware=logging_bodies.Middleware", "--midd", "--config",
                                  "--config=serve.yaml", "--log-config-file=/tmp/debug.json",
-                                 "--log-config", "--log_config_file"])
+                                 "--log-config", "--log_config_file",
+                                 '--kv-events-config={"publisher": "zmq"}', "--kv-transfer-config",
+                                 "--kv_events_config", "--ec-transfer-config", "--otlp-traces-endpoint",
+                                 "--collect-detailed-traces", "--tool-parser-plugin=x.py",
+                                 "--reasoning-parser-plugin", "--io-processor-plugin",
+                                 "--logits-processors", "--worker-cls", "--worker-extension-cls",
+                                 "--scheduler-cls", "--allowed-local-media-path=/"])
 def test_options_the_gateway_fixes_are_refused(arg: str) -> None:
     with pytest.raises(ValueError, match="extra_args may not set"):
         VLLMConfig(model="m", extra_args=(arg, "x"))

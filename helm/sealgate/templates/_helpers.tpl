@@ -190,13 +190,15 @@ seccompProfile:
 {{- $_ := set $keyVars $var $name }}
 {{- end }}
 {{- end }}
-{{- /* What the chart sets itself, and request logging, which stays off (prompts would reach
-vLLM's logs). argparse takes any unambiguous abbreviation, so a prefix of one is refused too. */}}
-{{- $reserved := list "--host" "--port" "--uds" "--model" "--served-model-name" "--tensor-parallel-size" "--enable-log-requests" "--no-enable-log-requests" "--enable-log-outputs" "--disable-log-requests" "--middleware" "--config" }}
+{{- /* What the chart sets itself, request logging, which stays off (prompts would reach
+vLLM's logs), and options that put code of the operator's choosing in the request path or send
+content out (inference/_vllm.py, _RESERVED). argparse takes any unambiguous abbreviation, so a
+prefix of one is refused too. */}}
+{{- $reserved := list "--host" "--port" "--uds" "--model" "--served-model-name" "--tensor-parallel-size" "--enable-log-requests" "--no-enable-log-requests" "--enable-log-outputs" "--disable-log-requests" "--disable-uvicorn-access-log" "--middleware" "--config" "--log-config-file" "--kv-events-config" "--kv-transfer-config" "--ec-transfer-config" "--otlp-traces-endpoint" "--collect-detailed-traces" "--tool-parser-plugin" "--reasoning-parser-plugin" "--io-processor-plugin" "--logits-processors" "--worker-cls" "--worker-extension-cls" "--scheduler-cls" "--allowed-local-media-path" }}
 {{- range $arg := $v.vllm.extraArgs }}
 {{- /* vLLM's parser reads "_" as "-" in option names */}}
 {{- $flag := replace "_" "-" (first (splitList "=" $arg)) }}
-{{- $hit := or (contains "log-requests" $flag) (contains "log-outputs" $flag) }}
+{{- $hit := or (contains "log-requests" $flag) (contains "log-outputs" $flag) (contains "log-config" $flag) }}
 {{- if and (hasPrefix "--" $flag) (gt (len $flag) 2) }}
 {{- range $reserved }}
 {{- if hasPrefix $flag . }}
@@ -205,7 +207,7 @@ vLLM's logs). argparse takes any unambiguous abbreviation, so a prefix of one is
 {{- end }}
 {{- end }}
 {{- if $hit }}
-{{- fail (printf "vllm.extraArgs may not set %s: the chart fixes vLLM's address, model and request logging (off)" $flag) }}
+{{- fail (printf "vllm.extraArgs may not set %s: the chart fixes vLLM's address, model and request logging (off), and keeps content inside vLLM" $flag) }}
 {{- end }}
 {{- end }}
 {{- range $name, $m := $models }}

@@ -185,7 +185,7 @@ class OpenAIService:
             body = _forward_body(params, ctx.route, admission)
             scope = self._cache_scope(ctx)
             prompt, limit = _estimate(raw, params)
-            if not limit:  # the backend may generate up to what the tenant's contract allows
+            if not limit:  # charged the contract's limit if the backend never counts
                 limit = self._output_limit(ctx)
             if parsed.stream:
                 include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
@@ -396,8 +396,9 @@ def _form_field(raw: bytes, content_type: str, media: str, name: str) -> str | N
     Multipart bodies go through a streaming parser with bounded parts and headers: linear in
     the body's size, whatever a client nests or repeats in it."""
     if media == "application/x-www-form-urlencoded":
-        found = [v for k, v in parse_qsl(raw.decode("utf-8", "replace"), max_num_fields=1000)
-                 if k == name]
+        # The first parts only, as for multipart (parse_qsl's own cap raises instead).
+        fields = raw.decode("utf-8", "replace").split("&", _FORM_PARTS)[:_FORM_PARTS]
+        found = [v for k, v in parse_qsl("&".join(fields)) if k == name]
         return found[0] if found else None
     boundary = multipart.parse_options_header(content_type)[1].get("boundary")
     if not boundary:
