@@ -37,6 +37,12 @@ class PolicyEngine(abc.ABC):
         """Digest of the bundle that decides now."""
         return self.bundle.digest
 
+    @property
+    def wanted_digest(self) -> str:
+        """Digest of the bundle the engine was last given: the one that decides now, or one
+        still waiting to be installed on a policy server (the ``opa`` engine)."""
+        return self.bundle_digest
+
     @abc.abstractmethod
     async def decide(self, input: PolicyInput | Mapping[str, Any]) -> Decision:
         """Decide on one input document."""

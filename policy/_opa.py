@@ -149,6 +149,10 @@ class OPAEngine(PolicyEngine):
     def bundle(self) -> PolicyBundle:
         return self._bundle
 
+    @property
+    def wanted_digest(self) -> str:
+        return self._wanted.digest
+
     def reload(self, bundle: PolicyBundle) -> None:
         """Check ``bundle`` now; it is installed on the server by ``settle`` or the next
         decision, and reported from then on."""

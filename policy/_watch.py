@@ -31,7 +31,7 @@ class BundleWatcher:
     def check(self) -> bool:
         """Load the directory; reload the engine if the digest changed. True when reloaded."""
         bundle = load_bundle(self._path)
-        if bundle.digest == self._engine.bundle_digest:
+        if bundle.digest == self._engine.wanted_digest:
             return False
         self._engine.reload(bundle)
         return True
@@ -41,7 +41,10 @@ class BundleWatcher:
         try:
             bundle = load_bundle(self._path)
             settled, self._seen = bundle.digest == self._seen, bundle.digest
-            if bundle.digest == self._engine.bundle_digest or not settled:
+            # Compared with the bundle the engine was last given, not the one installed: a
+            # bundle reverted on disk before its successor reached a policy server is given
+            # back, instead of the successor being installed later.
+            if bundle.digest == self._engine.wanted_digest or not settled:
                 reloaded = False
             else:
                 self._engine.reload(bundle)

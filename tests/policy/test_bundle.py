@@ -17,12 +17,14 @@ from policy import (
     OPAEngine,
     PolicyBundle,
     PolicyBundleError,
+    PolicyUnavailable,
     RegopyEngine,
     load_bundle,
     run_rego_tests,
 )
 from proxy.evidence import policy_snapshots, snapshot_policy
 from tests.policy.conftest import SHIPPED
+from tests.policy.opa_servers import OPATestServer
 
 
 def test_digest_is_sha256_over_sorted_sha256sum_listing(bundle: PolicyBundle) -> None:
@@ -39,12 +41,28 @@ def test_digest_is_sha256_over_sorted_sha256sum_listing(bundle: PolicyBundle) ->
     assert "default" in bundle.data["contracts"]
 
 
+def _digest_recipe() -> str:
+    """docs/policy.md's coreutils command, as written, for the bundle in the working directory."""
+    doc = (Path(__file__).parents[2] / "docs" / "policy.md").read_text()
+    recipe = doc.split("```sh\n", 1)[1].split("```", 1)[0]
+    return recipe.replace("cd BUNDLE && ", "").split("#", 1)[0]
+
+
+def test_the_documented_digest_recipe_takes_any_file_name(bundle_dir: Path) -> None:
+    """File names may hold a space or a quote: plain ``xargs`` split on the one and stopped at
+    the other, printing another bundle's digest."""
+    unit = (bundle_dir / "rego" / "authz_test.rego").read_text()
+    (bundle_dir / "rego" / "extra checks_test.rego").write_text(unit.replace("authz_test", "x1"))
+    (bundle_dir / "rego" / "o'brien_test.rego").write_text(unit.replace("authz_test", "x2"))
+    done = subprocess.run(["bash", "-c", _digest_recipe()], cwd=bundle_dir, capture_output=True,
+                          text=True, check=True)
+    assert done.stderr == ""
+    assert "sha256:" + done.stdout.split()[0] == load_bundle(bundle_dir).digest
+
+
 def test_the_documented_digest_recipe_agrees_on_a_configmap_mount(tmp_path: Path) -> None:
     """docs/policy.md's coreutils command, run as written, on the shipped bundle laid out as a
     Kubernetes ConfigMap volume (files are links into a hidden, timestamped directory)."""
-    doc = (Path(__file__).parents[2] / "docs" / "policy.md").read_text()
-    recipe = doc.split("```sh\n", 1)[1].split("```", 1)[0]
-    recipe = recipe.replace("cd BUNDLE && ", "").split("#", 1)[0]
     mount = tmp_path / "mount"
     for part in ("rego", "data"):
         stamped = mount / part / "..2026_11_23_00_00_00.1"
@@ -54,7 +72,7 @@ def test_the_documented_digest_recipe_agrees_on_a_configmap_mount(tmp_path: Path
             (mount / part / file.name).symlink_to(Path("..data") / file.name)
     bundle = load_bundle(mount)
     assert bundle.digest == load_bundle().digest
-    out = subprocess.run(["bash", "-c", recipe], cwd=mount, capture_output=True, text=True,
+    out = subprocess.run(["bash", "-c", _digest_recipe()], cwd=mount, capture_output=True, text=True,
                          check=True).stdout
     assert "sha256:" + out.split()[0] == bundle.digest
 
@@ -298,3 +316,46 @@ def test_watcher_reloads_changed_bundle_and_keeps_old_on_error(
     asyncio.run(poll())
     assert isinstance(watcher.last_error, PolicyBundleError)
     assert engine.bundle_digest == digest
+
+
+class _FlakyOPAServer(OPATestServer):
+    """Speaks OPA's APIs, or answers every request 503 while ``down`` (fault injection)."""
+
+    down = False
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.down:
+            return 503, b'{"code": "unavailable"}'
+        return super().answer(method, path, body)
+
+
+def test_a_bundle_reverted_before_it_reached_opa_is_not_installed(
+    bundle_dir: Path, base_input: dict[str, Any]
+) -> None:
+    """A changed bundle waits to be installed while the OPA server is down; the operator
+    reverts the directory meanwhile. The revert is handed to the engine, so the bundle no
+    longer on disk never decides (the watcher compared with the installed digest: no change)."""
+    original = load_bundle(bundle_dir)
+
+    async def scenario(server: _FlakyOPAServer) -> tuple[str, tuple[str, ...]]:
+        engine = OPAEngine(server.url, original, timeout_s=2.0)
+        watcher = BundleWatcher(engine, bundle_dir)
+        try:
+            await engine.settle()
+            freeze = bundle_dir / "rego" / "freeze.rego"
+            _deny_everything(bundle_dir)
+            assert (watcher.poll(), watcher.poll()) == (False, True)
+            server.down = True
+            with pytest.raises(PolicyUnavailable):
+                await engine.settle()
+            server.down = False
+            freeze.unlink()
+            assert (watcher.poll(), watcher.poll()) == (False, True)
+            decision = await engine.decide(base_input)
+            return decision.bundle_digest, decision.rule_ids
+        finally:
+            await engine.aclose()
+
+    with _FlakyOPAServer() as server:
+        digest, rules = asyncio.run(scenario(server))
+    assert digest == original.digest and rules == ()
