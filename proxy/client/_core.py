@@ -44,6 +44,7 @@ _HOP_BY_HOP = frozenset(
         "host",
         "content-length",
         "date",
+        "expect",  # RFC 9458 §5.1: a sealed request carries no 100-continue expectation
     }
 )
 Fields = tuple[tuple[bytes, bytes], ...]
@@ -136,10 +137,13 @@ def seal(
         if chunked
         else (MediaType.REQUEST, MediaType.RESPONSE)
     )
+    headers = {"content-type": str(media), "accept": str(accept)}
+    if chunked:  # the chunked draft (§3): relays should pass chunks on as they come
+        headers["incremental"] = "?1"
     outer = httpx2.Request(
         "POST",
         gateway_url,
-        headers={"content-type": str(media), "accept": str(accept)},
+        headers=headers,
         content=sealed,
         extensions=request.extensions,
     )

@@ -60,6 +60,11 @@ def build_scope(request: BHTTPRequest, channel: SealedChannel) -> dict[str, Any]
     if not method.isalpha() or scheme not in ("http", "https") or not path.startswith("/"):
         raise _bad("invalid method, scheme or path")
     headers = [(n.lower(), v) for n, v in request.headers if n.lower() not in _HOP_BY_HOP]
+    if any(n == b"expect" for n, _ in headers):
+        # RFC 9458 §5.1: the gateway MUST generate an error for a 100-continue expectation;
+        # the inner request arrives whole, so no other expectation can be met either.
+        raise GatewayError("expectation_failed", "a sealed request cannot carry an Expect field",
+                           417)
     headers = [(n, v) for n, v in headers if n != b"content-length"]
     if request.authority and not any(n == b"host" for n, _ in headers):
         headers.insert(0, (b"host", request.authority))
@@ -69,7 +74,7 @@ def build_scope(request: BHTTPRequest, channel: SealedChannel) -> dict[str, Any]
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
-        "method": method.upper(),
+        "method": method,  # case-sensitive (RFC 9110 §9.1): "post" is not POST
         "scheme": scheme,
         "path": path,
         "raw_path": raw_path,

@@ -13,7 +13,8 @@ class GatewayError(Exception):
     """A sealed request was rejected after it was opened.
 
     ``code`` is ``stale_request`` (Date outside the window), ``replayed_request`` (its
-    encapsulation was already seen), ``replay_guard_full`` or ``bad_inner_request``;
+    encapsulation was already seen), ``replay_guard_full``, ``expectation_failed`` (an
+    ``Expect`` field) or ``bad_inner_request``;
     ``str(err)`` is ``"CODE: detail"``.
     """
 

@@ -35,6 +35,8 @@ GATEWAY_PATH = "/.well-known/ohttp-gateway"
 # 1 MiB of inner request plus room for the header, enc, BHTTP framing and AEAD tags.
 DEFAULT_MAX_BODY = (1 << 20) + 16 * 1024
 _NO_STORE = {"cache-control": "no-store"}
+# The chunked draft (§3): a relay should forward each chunk as it comes instead of buffering.
+_CHUNKED = {**_NO_STORE, "incremental": "?1"}
 
 
 def _outer_error(err: OHTTPError | GatewayError, status: int | None = None) -> Response[bytes]:
@@ -110,11 +112,11 @@ async def _chunked(
     except GatewayError as err:
         sealed = sealer.seal(encode_response(_dated_error(err), indeterminate=True), final=True)
         return Response(
-            sealer.response_nonce + sealed, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE
+            sealer.response_nonce + sealed, media_type=MediaType.CHUNKED_RESPONSE, headers=_CHUNKED
         )
     stream = stream_response(request.app, scope, inner.content, sealer)
     # Closed with the response: the inner request ends only in the stream's ``finally``.
-    return closing_stream(stream, media_type=MediaType.CHUNKED_RESPONSE, headers=_NO_STORE)
+    return closing_stream(stream, media_type=MediaType.CHUNKED_RESPONSE, headers=_CHUNKED)
 
 
 def build_gateway_handlers(*, max_body_size: int = DEFAULT_MAX_BODY) -> list[HTTPRouteHandler]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pyhpke import ContextInterface
 
-from ._errors import malformed
+from ._errors import decrypt_failed, malformed
 from ._hpke import NT, AEADCipher, crypto_errors, public_key_length
 from ._keys import KeyConfig
 from ._ohttp import (
@@ -125,6 +125,19 @@ class _ResponseAEAD:
             return cipher.decrypt(nonce, ct, _aad(final))
 
 
+def _check_not_empty(chunk: bytes, final: bool) -> None:
+    """The draft (§6): a non-final chunk MUST NOT carry an empty plaintext."""
+    if not chunk and not final:
+        raise ValueError("a non-final chunk must not be empty")
+
+
+def _not_empty(plaintext: bytes) -> bytes:
+    """A non-final chunk's plaintext; an empty one counts as a decryption error (§6)."""
+    if not plaintext:
+        raise decrypt_failed()
+    return plaintext
+
+
 class ChunkedRequestSealer:
     """Client: seal a request chunk by chunk; the first output carries header‖enc."""
 
@@ -138,6 +151,7 @@ class ChunkedRequestSealer:
     def seal(self, chunk: bytes, *, final: bool = False) -> bytes:
         if self._hpke is None:
             raise RuntimeError("the final chunk was already sealed")
+        _check_not_empty(chunk, final)
         with crypto_errors():
             ct = self._hpke.seal(chunk, _aad(final))
         out, self._prefix = self._prefix + _frame(ct, final), b""
@@ -182,7 +196,7 @@ class ChunkedRequestOpener:
             data = self._open_header(data)
             if self.context is None:
                 return []
-        return [self._open(ct, False) for ct in self._framer.feed(data)]
+        return [_not_empty(self._open(ct, False)) for ct in self._framer.feed(data)]
 
     def close(self) -> bytes:
         """End of the request body: open and return the final chunk."""
@@ -205,6 +219,7 @@ class ChunkedResponseSealer:
         self._aead = _ResponseAEAD(*context.response_aead(self.response_nonce))
 
     def seal(self, chunk: bytes, *, final: bool = False) -> bytes:
+        _check_not_empty(chunk, final)
         return _frame(self._aead.seal(chunk, final), final)
 
 
@@ -235,7 +250,7 @@ class ChunkedResponseOpener:
             data = bytes(self._head[nonce_len:])
             self._head.clear()
         aead = self._aead
-        return [aead.open(ct, False) for ct in self._framer.feed(data)]
+        return [_not_empty(aead.open(ct, False)) for ct in self._framer.feed(data)]
 
     def close(self) -> bytes:
         """End of the response body: open and return the final chunk."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from proxy.ohttp import (
@@ -21,6 +23,7 @@ from proxy.ohttp import (
 )
 from proxy.ohttp._bhttp import MAX_CONTENT_CHUNKS, MAX_FIELD_LINES
 from proxy.ohttp._chunked import MAX_REQUEST_CHUNKS
+from proxy.ohttp._varint import encode_varint
 
 DECRYPT = "ohttp_decrypt_failed: message could not be decrypted"
 REQUEST = b"\x00\x04POST\x05https\x09localhost\x01/" + b"x" * 64
@@ -106,6 +109,35 @@ def test_chunked_request_final_chunk_cannot_be_a_middle_one(key: GatewayKey) -> 
     opener = ChunkedRequestOpener({7: key}.get)
     opener.feed(first[:39] + b"\x00" + ct)
     assert str(_error(opener.close)) == DECRYPT
+
+
+def _empty_middle_chunk(seal: Callable[[bytes, bool], bytes]) -> bytes:
+    """A non-final chunk of no plaintext, framed as a sender that ignores the draft would
+    (length prefix, then the sealed empty plaintext with the non-final AAD)."""
+    return encode_varint(16) + seal(b"", False)
+
+
+def test_an_empty_chunk_before_the_last_is_a_decryption_error(key: GatewayKey) -> None:
+    """The chunked draft (§6): a non-final chunk MUST NOT be empty, and a receiver MUST treat
+    one as a decryption error; it was opened as b"" and the request served. Senders refuse
+    to make one."""
+    sealer = ChunkedRequestSealer(key.config)
+    with pytest.raises(ValueError, match="must not be empty"):
+        sealer.seal(b"")
+    head = sealer.seal(b"part one")
+    hpke = sealer._hpke
+    assert hpke is not None
+    opener = ChunkedRequestOpener({7: key}.get)
+    assert opener.feed(head) == [b"part one"]
+    assert str(_error(opener.feed, _empty_middle_chunk(lambda pt, _: hpke.seal(pt, b"")))) == DECRYPT
+
+    response_sealer, response_opener = _chunked_exchange(key)
+    with pytest.raises(ValueError, match="must not be empty"):
+        response_sealer.seal(b"")
+    assert response_opener.feed(response_sealer.response_nonce + response_sealer.seal(b"one")) == [b"one"]
+    aead = response_sealer._aead
+    empty = _empty_middle_chunk(lambda pt, final: aead.seal(pt, final))
+    assert str(_error(response_opener.feed, empty)) == DECRYPT
 
 
 def _chunked_exchange(key: GatewayKey) -> tuple[ChunkedResponseSealer, ChunkedResponseOpener]:

@@ -24,6 +24,7 @@ from proxy.client import (
     SealedTransportError,
     StaticKeySource,
 )
+from proxy.client._core import seal
 from proxy.client._forwarder import MAX_CONNECTIONS, server_config
 from proxy.gateway import GATEWAY_PATH
 from proxy.ohttp import (
@@ -33,6 +34,7 @@ from proxy.ohttp import (
     MediaType,
     decode_key_configs,
     decode_response,
+    encapsulate_request,
     encode_request,
 )
 from tests.ohttp import _apps
@@ -444,3 +446,67 @@ def _response(sock: socket.socket) -> bytes:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
 
+
+
+def _raw_exchange(state: AppState, port: int, inner: BHTTPRequest, *,
+                  chunked: bool) -> tuple[httpx2.Response, int, dict[str, str]]:
+    """Seal ``inner`` as written (no client-side cleanup) and open the answer: the outer
+    response, the inner status and the inner header fields."""
+    config = decode_key_configs(state.keys.key_configs())[0]
+    url = f"http://127.0.0.1:{port}{GATEWAY_PATH}"
+    if chunked:
+        sealer = ChunkedRequestSealer(config)
+        body = sealer.seal(encode_request(inner), final=True)
+        outer = httpx2.post(url, content=body, headers={"content-type": MediaType.CHUNKED_REQUEST})
+        opener = ChunkedResponseOpener(sealer.context)
+        answer = decode_response(b"".join(opener.feed(outer.content)) + opener.close())
+    else:
+        body, context = encapsulate_request(config, encode_request(inner))
+        outer = httpx2.post(url, content=body, headers={"content-type": MediaType.REQUEST})
+        answer = decode_response(context.open_response(outer.content))
+    fields = {n.decode(): v.decode() for n, v in answer.headers}
+    return outer, answer.status, fields
+
+
+def _dated(*fields: tuple[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
+    return ((b"date", formatdate(usegmt=True).encode()), *fields)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_sealed_request_with_an_expectation_is_refused(gateway: tuple[AppState, int],
+                                                        chunked: bool) -> None:
+    """RFC 9458 §5.1: the gateway MUST answer a 100-continue expectation with an error (it was
+    served), and a client MUST NOT send one (curl adds it to large uploads by itself)."""
+    state, port = gateway
+    inner = BHTTPRequest(b"POST", b"http", b"t", b"/echo",
+                         _dated((b"expect", b"100-continue"), (b"content-type", b"application/json")),
+                         b"1")
+    outer, status, _ = _raw_exchange(state, port, inner, chunked=chunked)
+    assert (outer.status_code, status) == (200, 417)
+    assert not state.requests
+    with _sealed(state, port) as sealed:
+        through = sealed.post(f"http://127.0.0.1:{port}/echo", content=b"1",
+                              headers={"expect": "100-continue"})
+    assert through.status_code == 200 and through.json()["data"] == 1
+
+
+def test_a_sealed_method_keeps_its_case(gateway: tuple[AppState, int]) -> None:
+    """RFC 9110 §9.1: methods are case-sensitive; "post" was served as POST (a plain one is
+    refused by the server's parser)."""
+    state, port = gateway
+    inner = BHTTPRequest(b"post", b"http", b"t", b"/echo", _dated(), b"1")
+    _, status, _ = _raw_exchange(state, port, inner, chunked=False)
+    assert status == 405 and not state.requests
+
+
+def test_a_chunked_answer_asks_relays_to_pass_chunks_on(gateway: tuple[AppState, int]) -> None:
+    """The chunked draft (§3): chunked requests and responses carry ``Incremental: ?1``, so a
+    relay that follows it forwards each chunk instead of buffering the whole stream."""
+    state, port = gateway
+    outer, status, _ = _raw_exchange(state, port, BHTTPRequest(b"POST", b"http", b"t", b"/echo",
+                                                               _dated(), b"1"), chunked=True)
+    assert status == 200 and outer.headers["incremental"] == "?1"
+    config = decode_key_configs(state.keys.key_configs())[0]
+    request = httpx2.Request("POST", "http://g/v1/chat/completions", content=b'{"stream": true}')
+    prepared = seal(request, b'{"stream": true}', config, "http://g" + GATEWAY_PATH)
+    assert prepared.outer.headers["incremental"] == "?1"
