@@ -12,6 +12,7 @@ import httpx2
 from proxy.ohttp import (
     BAD_FIELD_NAME,
     BAD_FIELD_VALUE,
+    HOP_BY_HOP_FIELDS,
     BHTTPRequest,
     ChunkedRequestSealer,
     ChunkedResponseOpener,
@@ -23,6 +24,7 @@ from proxy.ohttp import (
     decode_response,
     encapsulate_request,
     encode_request,
+    end_to_end,
 )
 
 from ._errors import SealedTransportError
@@ -32,21 +34,14 @@ __all__ = [
     "GatewayRejected", "Prepared", "SealedExchange", "StreamOpener", "gateway_failure", "open_plain", "seal",
 ]
 
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "date",
-        "expect",  # RFC 9458 §5.1: a sealed request carries no 100-continue expectation
-    }
-)
+# Fields the inner request never carries: connection-specific ones (and those ``Connection``
+# names), fields of the outer hop (host, length), the client's own Date, and expectations.
+_HOP_BY_HOP = HOP_BY_HOP_FIELDS | {
+    b"host",
+    b"content-length",
+    b"date",
+    b"expect",  # RFC 9458 §5.1: a sealed request carries no 100-continue expectation
+}
 Fields = tuple[tuple[bytes, bytes], ...]
 
 
@@ -100,11 +95,7 @@ def _field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
 
 def _inner(request: httpx2.Request, body: bytes) -> BHTTPRequest:
     url = request.url
-    headers = [
-        _field(name, value)
-        for name, value in request.headers.raw
-        if name.decode("latin-1").lower() not in _HOP_BY_HOP
-    ]
+    headers = [_field(name, value) for name, value in end_to_end(request.headers.raw, _HOP_BY_HOP)]
     # RFC 9458 §6.5: the gateway checks freshness against the inner Date.
     headers.append((b"date", formatdate(usegmt=True).encode()))
     return BHTTPRequest(

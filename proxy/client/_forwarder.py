@@ -19,7 +19,7 @@ import msgspec
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from proxy.ohttp import HOP_BY_HOP_FIELDS
+from proxy.ohttp import HOP_BY_HOP_FIELDS, end_to_end
 
 from ._core import GatewayRejected
 from ._errors import SealedTransportError
@@ -125,8 +125,7 @@ class ClientProxy:
             raise httpx2.InvalidURL("the request target is not a path")
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        headers = [(n, v) for n, v in scope["headers"] if n.lower() not in _HOP_BY_HOP]
-        headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+        headers = end_to_end(scope["headers"], _HOP_BY_HOP | {b"content-length"})
         url = self._origin + target.decode("latin-1")
         return httpx2.Request(scope["method"], url, headers=headers, content=body,
                               extensions={"timeout": self._timeout})
@@ -166,7 +165,7 @@ class ClientProxy:
         try:
             response = await self._transport.handle_async_request(request)
         except SealedTransportError as err:
-            await _send_whole(send, *_error(_failure_status(err), err))
+            await _send_error(send, err)
             return
         except httpx2.HTTPError as exc:  # the outer request failed: nothing was answered
             unreachable = SealedTransportError(
@@ -174,7 +173,10 @@ class ClientProxy:
             await _send_whole(send, *_error(502, unreachable))
             return
         try:
-            await _relay(response, send)
+            if scope.get("http_version") == "1.0":
+                await _relay_whole(response, send)
+            else:
+                await _relay(response, send)
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -202,15 +204,43 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
 
 
 async def _relay(response: httpx2.Response, send: Send) -> None:
-    headers = [(n, v) for n, v in response.headers.raw if n.lower() not in _HOP_BY_HOP]
+    headers = end_to_end(response.headers.raw, _HOP_BY_HOP)
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     async for chunk in response.stream:  # type: ignore[union-attr]
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _send_whole(send: Send, status: int, body: bytes) -> None:
+async def _relay_whole(response: httpx2.Response, send: Send) -> None:
+    """The answer for an HTTP/1.0 client, whole: its answers end where the connection closes,
+    so a stream cut short (a sealed stream without its final chunk) would look complete. It is
+    read first, and one that fails to open is an error answer instead."""
+    try:
+        body = await response.aread()
+    except SealedTransportError as err:
+        await _send_error(send, err)
+        return
+    headers = end_to_end(response.headers.raw, _HOP_BY_HOP | {b"content-length"})
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# Failures after which the request may have run at the gateway: a refusal that could be an
+# on-path forgery after the gateway served it, or an answer tampered with. OpenAI SDKs resend
+# 5xx answers by themselves unless told not to; each resend is sealed afresh, so the replay
+# guard would not stop it (docs/protocol.md: the client does not resend these).
+_NOT_RETRIED = frozenset({"gateway_rejected", "response_invalid"})
+
+
+async def _send_error(send: Send, err: SealedTransportError) -> None:
+    await _send_whole(send, *_error(_failure_status(err), err), retry=err.code not in _NOT_RETRIED)
+
+
+async def _send_whole(send: Send, status: int, body: bytes, *, retry: bool = True) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if not retry:
+        headers.append((b"x-should-retry", b"false"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

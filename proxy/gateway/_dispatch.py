@@ -17,11 +17,11 @@ from urllib.parse import unquote
 import anyio
 
 from proxy.ohttp import (
-    HOP_BY_HOP_FIELDS,
     BHTTPRequest,
     BHTTPResponse,
     ChunkedResponseSealer,
     ResponseStreamEncoder,
+    end_to_end,
 )
 
 from ._channel import SCOPE_EXTENSION, SealedChannel
@@ -33,7 +33,6 @@ Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
 Receive = Callable[[], Awaitable[Any]]
 
-_HOP_BY_HOP = HOP_BY_HOP_FIELDS
 _DISCONNECT_GRACE_S = 1.0
 # Messages a streamed inner response may run ahead of the client: beyond this the inner app
 # waits, so a slow reader slows generation down (as a socket's send buffer would) instead of
@@ -59,7 +58,7 @@ def build_scope(request: BHTTPRequest, channel: SealedChannel) -> dict[str, Any]
         raise _bad("request line is not ASCII") from None
     if not method.isalpha() or scheme not in ("http", "https") or not path.startswith("/"):
         raise _bad("invalid method, scheme or path")
-    headers = [(n.lower(), v) for n, v in request.headers if n.lower() not in _HOP_BY_HOP]
+    headers = [(n.lower(), v) for n, v in end_to_end(request.headers)]
     if any(n == b"expect" for n, _ in headers):
         # RFC 9458 §5.1: the gateway MUST generate an error for a 100-continue expectation;
         # the inner request arrives whole, so no other expectation can be met either.
@@ -89,7 +88,7 @@ def build_scope(request: BHTTPRequest, channel: SealedChannel) -> dict[str, Any]
 
 
 def _fields(headers: Any) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple((bytes(n).lower(), bytes(v)) for n, v in headers if bytes(n).lower() not in _HOP_BY_HOP)
+    return tuple((n.lower(), v) for n, v in end_to_end((bytes(n), bytes(v)) for n, v in headers))
 
 
 def error_response(err: GatewayError) -> BHTTPResponse:

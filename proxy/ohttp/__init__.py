@@ -23,6 +23,7 @@ from ._bhttp import (
     decode_request,
     encode_request,
     encode_response,
+    end_to_end,
 )
 from ._bhttp_decoder import ResponseDecoder, ResponseEvent, decode_response
 from ._chunked import (
@@ -85,5 +86,6 @@ __all__ = [
     "encode_key_configs",
     "encode_request",
     "encode_response",
+    "end_to_end",
     "prepare_sender",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,6 +25,18 @@ HOP_BY_HOP_FIELDS = frozenset(
     }
 )
 
+
+def end_to_end(fields: Iterable[tuple[bytes, bytes]],
+               hop_by_hop: AbstractSet[bytes] = HOP_BY_HOP_FIELDS) -> list[tuple[bytes, bytes]]:
+    """``fields`` without the connection-specific ones (RFC 9110 §7.6.1): those in
+    ``hop_by_hop`` and every field the ``Connection`` field names. Names compare lowercased."""
+    fields = list(fields)
+    drop = set(hop_by_hop)
+    for name, value in fields:
+        if name.lower() == b"connection":
+            drop.update(token.strip().lower() for token in value.split(b","))
+    return [(name, value) for name, value in fields if name.lower() not in drop]
+
 __all__ = [
     "BAD_FIELD_NAME",
     "BAD_FIELD_VALUE",
@@ -38,6 +51,7 @@ __all__ = [
     "decode_request",
     "encode_request",
     "encode_response",
+    "end_to_end",
     "read_section",
 ]
 

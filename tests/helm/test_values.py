@@ -279,6 +279,18 @@ def test_simulated_development_drops_the_tsm_mount(render: Any) -> None:
     assert "evidence is simulated" in rendered.manifests["sealgate/templates/NOTES.txt"]
 
 
+def test_each_client_address_stays_on_one_replica(render: Any) -> None:
+    """Each replica has its own OHTTP keys: a client sealed to one replica's keys that the
+    Service sent to another got ohttp_unknown_key (about two requests in three with three
+    replicas). The Service keeps each client address on one replica unless told otherwise."""
+    production = yaml.safe_load((ROOT / "helm" / "sealgate" / "values-production.yaml").read_text())
+    for values, expected in ((None, "ClientIP"), (production, "ClientIP"),
+                             ({"proxy": {"service": {"type": "ClusterIP", "port": 8080,
+                                                     "sessionAffinity": "None"}}}, "None")):
+        service = render(values).get("Service", "sealgate")
+        assert service["spec"]["sessionAffinity"] == expected
+
+
 def test_external_upstream_instead_of_vllm(render: Any) -> None:
     values = {
         "vllm": {"enabled": False},

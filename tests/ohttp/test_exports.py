@@ -40,6 +40,7 @@ def test_ohttp_exports() -> None:
             "encode_key_configs",
             "encode_request",
             "encode_response",
+            "end_to_end",
             "prepare_sender",
         ]
     )
@@ -65,6 +66,7 @@ def test_gateway_exports() -> None:
 def test_client_exports() -> None:
     assert sorted(proxy.client.__all__) == sorted(
         [
+            "NO_WEBSOCKET",
             "AsyncSealedTransport",
             "AttestedKeySource",
             "ClientProxy",
@@ -74,6 +76,8 @@ def test_client_exports() -> None:
             "SealedTransportError",
             "StaticKeySource",
             "VerifiedReceipt",
+            "async_sealed_openai",
+            "sealed_openai",
             "serve_client_proxy",
             "verify_request_records",
             "verify_response_receipt",

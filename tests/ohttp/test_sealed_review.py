@@ -5,17 +5,21 @@ gateway, odd request targets, oversized bodies and headers that never finish ans
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from email.utils import formatdate
+from typing import Any
 
 import httpx2
+import openai
 import pytest
-from litestar import Response, post
+from litestar import Request, Response, post
+from litestar.response import Stream
 
 from proxy.client import (
     AsyncSealedTransport,
@@ -23,6 +27,8 @@ from proxy.client import (
     SealedTransport,
     SealedTransportError,
     StaticKeySource,
+    async_sealed_openai,
+    sealed_openai,
 )
 from proxy.client._core import seal
 from proxy.client._forwarder import MAX_CONNECTIONS, server_config
@@ -31,10 +37,12 @@ from proxy.ohttp import (
     BHTTPRequest,
     ChunkedRequestSealer,
     ChunkedResponseOpener,
+    GatewayKey,
     MediaType,
     decode_key_configs,
     decode_response,
     encapsulate_request,
+    encode_key_configs,
     encode_request,
 )
 from tests.ohttp import _apps
@@ -449,9 +457,9 @@ def _response(sock: socket.socket) -> bytes:
 
 
 def _raw_exchange(state: AppState, port: int, inner: BHTTPRequest, *,
-                  chunked: bool) -> tuple[httpx2.Response, int, dict[str, str]]:
+                  chunked: bool) -> tuple[httpx2.Response, int, dict[str, str], bytes]:
     """Seal ``inner`` as written (no client-side cleanup) and open the answer: the outer
-    response, the inner status and the inner header fields."""
+    response, and the inner status, header fields and content."""
     config = decode_key_configs(state.keys.key_configs())[0]
     url = f"http://127.0.0.1:{port}{GATEWAY_PATH}"
     if chunked:
@@ -465,7 +473,7 @@ def _raw_exchange(state: AppState, port: int, inner: BHTTPRequest, *,
         outer = httpx2.post(url, content=body, headers={"content-type": MediaType.REQUEST})
         answer = decode_response(context.open_response(outer.content))
     fields = {n.decode(): v.decode() for n, v in answer.headers}
-    return outer, answer.status, fields
+    return outer, answer.status, fields, answer.content
 
 
 def _dated(*fields: tuple[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
@@ -481,7 +489,7 @@ def test_a_sealed_request_with_an_expectation_is_refused(gateway: tuple[AppState
     inner = BHTTPRequest(b"POST", b"http", b"t", b"/echo",
                          _dated((b"expect", b"100-continue"), (b"content-type", b"application/json")),
                          b"1")
-    outer, status, _ = _raw_exchange(state, port, inner, chunked=chunked)
+    outer, status, _, _ = _raw_exchange(state, port, inner, chunked=chunked)
     assert (outer.status_code, status) == (200, 417)
     assert not state.requests
     with _sealed(state, port) as sealed:
@@ -495,7 +503,7 @@ def test_a_sealed_method_keeps_its_case(gateway: tuple[AppState, int]) -> None:
     refused by the server's parser)."""
     state, port = gateway
     inner = BHTTPRequest(b"post", b"http", b"t", b"/echo", _dated(), b"1")
-    _, status, _ = _raw_exchange(state, port, inner, chunked=False)
+    _, status, _, _ = _raw_exchange(state, port, inner, chunked=False)
     assert status == 405 and not state.requests
 
 
@@ -503,10 +511,158 @@ def test_a_chunked_answer_asks_relays_to_pass_chunks_on(gateway: tuple[AppState,
     """The chunked draft (§3): chunked requests and responses carry ``Incremental: ?1``, so a
     relay that follows it forwards each chunk instead of buffering the whole stream."""
     state, port = gateway
-    outer, status, _ = _raw_exchange(state, port, BHTTPRequest(b"POST", b"http", b"t", b"/echo",
+    outer, status, _, _ = _raw_exchange(state, port, BHTTPRequest(b"POST", b"http", b"t", b"/echo",
                                                                _dated(), b"1"), chunked=True)
     assert status == 200 and outer.headers["incremental"] == "?1"
     config = decode_key_configs(state.keys.key_configs())[0]
     request = httpx2.Request("POST", "http://g/v1/chat/completions", content=b'{"stream": true}')
     prepared = seal(request, b'{"stream": true}', config, "http://g" + GATEWAY_PATH)
     assert prepared.outer.headers["incremental"] == "?1"
+
+
+class _CountingTransport(AsyncSealedTransport):
+    """Counts the sealed requests client-proxy sends (a measurement tool)."""
+
+    sent = 0
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        type(self).sent += 1
+        return await super().handle_async_request(request)
+
+
+def test_client_proxy_tells_clients_not_to_resend_a_refused_request(
+        gateway: tuple[AppState, int]) -> None:
+    """A refusal outside the seal may be forged on the path after the gateway served the
+    request: the official SDK resent the 502 twice, each resend sealed afresh (the replay guard
+    cannot stop it). ``x-should-retry: false`` makes it send once, as SealedTransport does."""
+    _, port = gateway
+    origin = f"http://127.0.0.1:{port}"
+    foreign = StaticKeySource(encode_key_configs([GatewayKey.generate(200).config]))
+    _CountingTransport.sent = 0
+    transport = _CountingTransport(gateway_url=origin + GATEWAY_PATH, key_source=foreign)
+    with serve(server_config(ClientProxy(transport, origin))) as proxy_port:
+        raw = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"x": 1})
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key="k",
+                               max_retries=2)
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert raw.status_code == 502 and raw.headers["x-should-retry"] == "false"
+    assert raw.json()["error"]["code"] == "gateway_rejected"
+    assert _CountingTransport.sent == 2  # one each: the raw request, the SDK's
+
+
+@pytest.mark.parametrize("front", [True, False])
+def test_client_proxy_answers_an_http_1_0_client_whole(monkeypatch: pytest.MonkeyPatch,
+                                                       front: bool) -> None:
+    """An HTTP/1.0 answer ends where the connection closes, so a sealed stream cut short (no
+    final chunk) looked complete to such a client; it gets the whole stream with its length,
+    or a 502 when the stream fails to open."""
+    monkeypatch.setattr(_apps, "FRONT", front)
+    state = AppState()
+    state.release.set()
+
+    @post("/fault-injecting-cut", status_code=200)
+    async def cut() -> Stream:
+        async def events() -> AsyncIterator[bytes]:
+            yield b"data: one\n\n"
+            raise RuntimeError("the inner app fails mid-stream")
+
+        return Stream(events(), media_type="text/event-stream")
+
+    app = build_app(state)
+    app.register(cut)
+    with serve(app) as gateway_port:
+        origin = f"http://127.0.0.1:{gateway_port}"
+        source = StaticKeySource(state.keys.key_configs())
+        transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
+        with serve(server_config(ClientProxy(transport, origin))) as proxy_port:
+            answers = {}
+            for path in ("/sse", "/fault-injecting-cut"):
+                body = b'{"stream": true}'
+                answers[path] = _raw(proxy_port, b"POST %s HTTP/1.0\r\nContent-Type: application/json"
+                                                  b"\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (path.encode(), len(body), body))
+    head, _, body = answers["/sse"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: %d" % len(body) in head.lower()
+    assert body.count(b"data: ") == 5
+    head, _, body = answers["/fault-injecting-cut"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 ") and b"x-should-retry: false" in head.lower()
+    assert json.loads(body)["error"]["code"] == "response_invalid"
+
+
+def _header_echo(app: Any) -> None:
+    """Adds ``POST /headers``: the request's field names, answered with a field the answer's
+    ``Connection`` names (what a hop would add for itself)."""
+
+    @post("/headers", status_code=200)
+    async def headers(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        return Response({"names": sorted(request.headers.keys())},
+                        headers={"connection": "x-inner-hop", "x-inner-hop": "gateway-internal"})
+
+    app.register(headers)
+
+
+def test_fields_the_connection_field_names_stay_on_their_hop(gateway: tuple[AppState, int]) -> None:
+    """RFC 9110 §7.6.1: an intermediary removes the fields ``Connection`` names. client-proxy
+    sealed them into the inner request, and the gateway passed on those of a sealed request and
+    of its inner answer."""
+    state, _ = gateway
+    app = build_app(state)
+    _header_echo(app)
+    with serve(app) as port:
+        origin = f"http://127.0.0.1:{port}"
+        inner = BHTTPRequest(b"POST", b"http", b"t", b"/headers",
+                             _dated((b"connection", b"x-a"), (b"x-a", b"1"), (b"x-b", b"2")), b"")
+        _, status, fields, content = _raw_exchange(state, port, inner, chunked=False)
+        source = StaticKeySource(state.keys.key_configs())
+        transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
+        with serve(server_config(ClientProxy(transport, origin))) as proxy_port:
+            local = httpx2.post(f"http://127.0.0.1:{proxy_port}/headers", content=b"",
+                                headers={"connection": "keep-alive, X-Local-Hop",
+                                         "x-local-hop": "local-only-secret", "x-kept": "1"})
+    assert status == 200 and "x-inner-hop" not in fields
+    assert "x-b" in json.loads(content)["names"] and "x-a" not in json.loads(content)["names"]
+    assert "x-kept" in local.json()["names"] and "x-local-hop" not in local.json()["names"]
+    assert "x-inner-hop" not in local.headers
+
+
+def test_a_sealed_openai_client_sends_nothing_over_websockets(gateway: tuple[AppState, int]) -> None:
+    """The SDK's Realtime and Responses WebSocket APIs connect beside ``http_client``: with the
+    documented setup they sent the API key and the prompt frames, unsealed, to whatever
+    answered at the gateway's address (the ingress). ``sealed_openai`` points them where
+    nothing answers; its HTTP requests are sealed."""
+    state, port = gateway
+    key = "sg-CANARY-KEY"
+    with socket.create_server(("127.0.0.1", 0)) as ingress:
+        ingress.setblocking(False)
+        base = f"http://127.0.0.1:{ingress.getsockname()[1]}"
+        client = sealed_openai(base, StaticKeySource(state.keys.key_configs()), api_key=key)
+        for connect in (lambda: client.realtime.connect(model="m"), client.responses.connect):
+            with pytest.raises(OSError), connect():
+                pass
+        with pytest.raises(BlockingIOError):
+            ingress.accept()  # nothing came to the gateway's address
+    sealed = sealed_openai(f"http://127.0.0.1:{port}", StaticKeySource(state.keys.key_configs()),
+                           api_key=key)
+    answer = sealed.chat.completions.create(model="m", messages=[{"role": "user", "content": "a b"}])
+    assert answer.choices[0].message.content == "b a" and state.requests == [True]
+    with pytest.raises(TypeError, match="sets http_client itself"):
+        sealed_openai(base, StaticKeySource(state.keys.key_configs()), http_client=httpx2.Client())
+
+
+def test_an_async_sealed_openai_client_seals_and_refuses_websockets(
+        gateway: tuple[AppState, int]) -> None:
+    state, port = gateway
+    client = async_sealed_openai(f"http://127.0.0.1:{port}",
+                                 StaticKeySource(state.keys.key_configs()), api_key="sg-k")
+
+    async def run() -> str | None:
+        with pytest.raises(OSError):
+            async with client.realtime.connect(model="m"):
+                pass
+        answer = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "c d"}])
+        await client.close()
+        return answer.choices[0].message.content
+
+    assert asyncio.run(run()) == "d c" and state.requests == [True]
