@@ -192,6 +192,20 @@ class OpenAIConfig:
                 raise ValueError(f"{name} must be a finite number of seconds")
         if self.max_connections < 1:
             raise ValueError("max_connections must be 1 or more")
+        check_base_url(self.url)
+
+
+def check_base_url(url: str) -> None:
+    """``ValueError`` unless ``url`` is an ``http://`` or ``https://`` URL with a host: anything
+    else (no scheme, another one) started and failed every request as unreachable. The URL is
+    not quoted in the message: it may hold credentials."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        parsed = None
+    if (parsed is None or parsed.scheme not in ("http", "https") or not parsed.host
+            or url != url.strip()):
+        raise ValueError("url must be an http:// or https:// URL with a host")
 
 
 def api_key(variable: str) -> str:

@@ -26,7 +26,7 @@ import structlog
 
 from inference._base import GenerationKind, Json
 from inference._errors import BackendUnavailable
-from inference._openai import OpenAIBackend, OpenAIConfig, api_key
+from inference._openai import OpenAIBackend, OpenAIConfig, api_key, check_base_url
 from inference._ports import port_free, port_holder
 
 __all__ = ["VLLMBackend", "VLLMConfig"]
@@ -102,6 +102,8 @@ class VLLMConfig:
             raise ValueError("max_restarts must be 0 or more")
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be 1 or more")
+        if self.url:  # empty: a supervised child
+            check_base_url(self.url)
         for arg in self.extra_args:
             if _reserved(arg):
                 raise ValueError(f"extra_args may not set {arg.split('=')[0]}: the gateway fixes "

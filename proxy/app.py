@@ -41,7 +41,7 @@ from proxy.attestation import IdentityService, detect_provider, identity_handler
 from proxy.config import BackendSettings, Settings
 from proxy.dashboard import DashboardService, dashboard_router
 from proxy.enclave import enclave_facts
-from proxy.errors import SealedChannelRequired, exception_handler
+from proxy.errors import ConfigError, SealedChannelRequired, exception_handler
 from proxy.evidence import record_startup_state
 from proxy.gate import PolicyAuditGate
 from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers, gateway_front, sealed_channel
@@ -134,6 +134,10 @@ class Services:
 
     async def start(self) -> None:
         settings = self.settings
+        try:  # read now: a folder it cannot use failed every identity check on the dashboard
+            await asyncio.to_thread(self.dashboard.collateral)
+        except ValueError as exc:
+            raise ConfigError(f"collateral_dir: {exc}") from None
         self.audit = await AuditLog.open(
             settings.audit_db_url, self.log_key, settings.log_origin,
             checkpoint_every_n=settings.checkpoint_every_n,

@@ -7,6 +7,7 @@ Every field has a docstring; :meth:`Settings.redacted` is what ``sealgate config
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -183,6 +184,7 @@ class Settings:
         unknown = set(doc) - set(simple)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        _refuse_misspelt(env, simple)
         values: dict[str, Any] = {}
         for name, f in simple.items():
             raw = env.get(f"SEALGATE_{name.upper()}")
@@ -212,6 +214,13 @@ class Settings:
                               "generated)")
         if not self.host.strip():  # uvicorn would listen on every interface
             raise ConfigError("host must not be empty")
+        if any(c.isspace() for c in self.host):  # it started, then failed to bind
+            raise ConfigError("host must not contain spaces")
+        if self.deployment_mode == "production" and self.allow_plaintext:
+            # The policy ignores the flag in production (every plaintext request is denied):
+            # a setting that cannot take effect is a mistake to say at start.
+            raise ConfigError("allow_plaintext is for development only; it cannot be set with "
+                              "deployment_mode = 'production'")
         try:
             check_note_name(self.log_origin)
         except ValueError:
@@ -235,6 +244,11 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"trusted_proxies: {entry!r} is not an IP address or network "
                                   "(CIDR)") from None
+        folder = self.collateral_dir
+        if folder and not (os.path.isdir(folder) and os.access(folder, os.R_OK | os.X_OK)):
+            # Read when the dashboard first shows an identity: a bad folder failed every check
+            # there, long after start.
+            raise ConfigError("collateral_dir is not a readable folder")
         for route in self.models.values():
             if route.backend not in self.backends:
                 raise ConfigError(f"model {route.name!r} names unknown backend {route.backend!r}")
@@ -474,3 +488,17 @@ def _mask_args(values: list[Any]) -> list[Any]:
         else:
             out.append(_mask(value))
     return out
+
+
+def _refuse_misspelt(env: Mapping[str, str], names: Mapping[str, Any]) -> None:
+    """A ``SEALGATE_*`` variable that is no setting but nearly spells one (``SEALGATE_DEPLOYMENT``)
+    is refused, as an unknown key in the file is: ignored, it left the default in force (a
+    development deployment). Variables that other Sealgate tools read spell no setting."""
+    settings = [name.upper() for name in names]
+    for variable in env:
+        if not variable.startswith("SEALGATE_") or variable[9:].lower() in names:
+            continue
+        near = difflib.get_close_matches(variable[9:], settings, 1, 0.8)
+        if near:
+            raise ConfigError(f"environment variable {variable} is not a setting; did you mean "
+                              f"SEALGATE_{near[0]}?")

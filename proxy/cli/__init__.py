@@ -57,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
+    if sys.stdout is None:  # started with standard output closed: nothing could be shown
+        print("sealgate: standard output is closed", file=sys.stderr)
+        return 2
+    from proxy.telemetry import configure_logging
+
+    configure_logging()  # JSON lines on stderr, with the server's schema (unknown fields dropped)
     try:
         status: int = args.func(args)
         sys.stdout.flush()  # here, so that a reader that left is seen below

@@ -35,41 +35,66 @@ def _serve(args: argparse.Namespace) -> int:
     banner = (f"sealgate: serving on http://{settings.host}:{settings.port} "
               f"(models: {', '.join(settings.models)}; data: {settings.data_dir})")
     # A failed start-up is said once, below, with its cause and code.
-    logging.getLogger("uvicorn.error").addFilter(
-        lambda record: record.getMessage() != "Application startup failed. Exiting.")
+    failures = _StartupFailures()
+    logging.getLogger("uvicorn.error").addFilter(failures)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)  # exits on a failed start-up or bind
+            print(banner, flush=True)  # listening now, not merely started
+
+    config = uvicorn.Config(
+        _quiet_failure(app), host=settings.host, port=settings.port, log_level="warning",
+        access_log=False, server_header=False, date_header=True,
+        ws="none",  # no WebSocket routes; the ws library echoes bad handshake keys
+        timeout_graceful_shutdown=10, proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxy_list)
+    server = Server(config)
     try:
-        uvicorn.run(_announcing(app, banner), host=settings.host, port=settings.port,
-                    log_level="warning", access_log=False, server_header=False, date_header=True,
-                    ws="none",  # no WebSocket routes; the ws library echoes bad handshake keys
-                    timeout_graceful_shutdown=10, proxy_headers=True,
-                    forwarded_allow_ips=settings.trusted_proxy_list)
+        server.run()
     except SystemExit:
         error = app.state["services"].startup_error
-        if error is None:
+        if error is not None:
+            detail = _message(error) or f"internal error ({type(error).__name__})"
+        elif failures.bind is not None:
+            reason = (failures.bind.strerror or type(failures.bind).__name__).rsplit(": ", 1)[-1]
+            detail = f"cannot listen on {settings.host}:{settings.port} ({reason.lower()})"
+        else:
             raise
-        detail = _message(error) or f"internal error ({type(error).__name__})"
         print(f"sealgate: start-up failed: {detail}", file=sys.stderr)
         return 2
-    return 0
+    return 0 if server.started else 2
 
 
-def _announcing(app: Any, banner: str) -> Any:
-    """The app, printing ``banner`` once start-up has succeeded (not before: the audit log,
-    evidence and backends start in the lifespan) and keeping the framework's traceback of a
-    failed start-up out of the output (the cause is printed once, with its code)."""
+class _StartupFailures(logging.Filter):
+    """Keeps uvicorn's own lines about a failed start-up out of the output (the cause is said
+    once, with its code) and remembers a failure to listen."""
 
-    async def announcing(scope: Any, receive: Any, send: Any) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.bind: OSError | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, OSError):  # logged as it is when binding fails
+            self.bind = record.msg
+            return False
+        return record.getMessage() != "Application startup failed. Exiting."
+
+
+def _quiet_failure(app: Any) -> Any:
+    """The app, keeping the framework's traceback of a failed start-up out of the output (the
+    cause is printed once, with its code)."""
+
+    async def quiet(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
             return
 
         async def watched(message: Any) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                print(banner, flush=True)
-            elif message["type"] == "lifespan.startup.failed":
+            if message["type"] == "lifespan.startup.failed":
                 message = {**message, "message": ""}
             await send(message)
 
         await app(scope, receive, watched)
 
-    return announcing
+    return quiet

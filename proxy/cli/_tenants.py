@@ -98,10 +98,19 @@ def _tenant_list(args: argparse.Namespace) -> int:
 def _key_create(args: argparse.Namespace) -> int:
     import sys
 
+    from proxy.cli._common import fail
+
     def act(store) -> int:  # type: ignore[no-untyped-def]
         info, key = store.create_key(args.tenant)
         print(f"created key {info.id} for tenant {info.tenant}; it is shown once:", file=sys.stderr)
-        print(key)
+        try:
+            print(key, flush=True)
+        except (OSError, ValueError):
+            # The only copy of the key is gone (a full disk, a reader that left): a key nobody
+            # holds must not stay active.
+            store.revoke_key(info.id)
+            return fail(f"the key could not be written to standard output; key {info.id} "
+                        "was revoked")
         return 0
 
     return int(_run(args, act))

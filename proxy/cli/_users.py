@@ -73,11 +73,13 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    from proxy.cli._common import fail, load_settings
+    from proxy.cli._common import fail, load_settings, missing_state
     from proxy.errors import SealgateError
     from proxy.users import UserError, UserStore
 
     settings = load_settings(args)
+    if problem := missing_state(settings):  # a mistyped data directory: nothing to change
+        return fail(problem)
     try:
         password = _password(args)
         store = UserStore(settings.tenants_url)
@@ -92,11 +94,13 @@ def _passwd(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from proxy.cli._common import fail, load_settings
+    from proxy.cli._common import fail, load_settings, missing_state
     from proxy.errors import SealgateError
     from proxy.users import UserError, UserStore
 
     settings = load_settings(args)
+    if problem := missing_state(settings):  # a mistyped data directory: nothing to remove
+        return fail(problem)
     try:
         store = UserStore(settings.tenants_url)
         try:

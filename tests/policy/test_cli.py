@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from policy import PolicyBundle
 from proxy.cli import main
@@ -108,3 +109,20 @@ def test_policy_test_fails_on_failing_rego_test(tmp_path: Path, capsys: pytest.C
     (tmp_path / "rego" / "z_test.rego").write_text("package z_test\n\ntest_never if {\n\tfalse\n}\n")
     assert main(["policy", "test", "--bundle", str(tmp_path)]) == 1
     assert "FAIL  z_test.test_never" in capsys.readouterr().out
+
+
+def test_cli_log_lines_are_json_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside ``serve``, structlog printed its default console lines on standard output, mixed
+    into the command's own JSON (an engine's warning during ``policy eval``), and without the
+    processor that drops unknown fields."""
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(tmp_path))
+    assert main(["policy", "digest"]) == 0
+    out = capsys.readouterr().out
+    structlog.get_logger("sealgate.policy").warning(
+        "policy_evaluation_abandoned", engine="regopy", count=1, prompt="CANARY")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    line = json.loads(captured.err)
+    assert line["event"] == "policy_evaluation_abandoned" and "CANARY" not in captured.err
+    assert out.strip().startswith("sha256:")

@@ -83,6 +83,17 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ('log_level = "verbose"', {}),
     ("", {"SEALGATE_LOG_ORIGIN": "my origin"}),  # the log could not sign its checkpoints
     ("", {"SEALGATE_LOG_ORIGIN": ""}),
+    # started, then failed every request as unreachable (and was shown unmasked)
+    ('[backends.b]\ntype = "openai"\nurl = "127.0.0.1:8000/v1"', {}),
+    ('[backends.b]\ntype = "openai"\nurl = "svc:hunter2@api.example.com/v1"', {}),
+    ('[backends.b]\ntype = "openai"\nurl = "ftp://files.example/v1"', {}),
+    ('[backends.v]\ntype = "vllm"\nurl = "vllm:8000/v1"', {}),
+    ("", {"SEALGATE_HOST": "127.0.0.1 "}),  # it started, then failed to bind
+    # the policy ignores the flag in production: a setting that cannot take effect
+    ('deployment_mode = "production"\nallow_plaintext = true', {}),
+    ("", {"SEALGATE_COLLATERAL_DIR": "/nonexistent/collateral"}),  # failed on the dashboard only
+    ("", {"SEALGATE_DEPLOYMENT": "production"}),  # ignored: the default (development) stood
+    ("", {"SEALGATE_ALLOW_PLAINTXT": "1"}),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
     path = tmp_path / "c.toml"
@@ -304,6 +315,38 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert main(["serve", "--port", "18099"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sealgate: simulated_not_allowed: ") and "Traceback" not in err
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_nearly_spells() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.load(None, env={"SEALGATE_DEPLOYMENT": "production"})
+    assert info.value.detail == ("environment variable SEALGATE_DEPLOYMENT is not a setting; "
+                                 "did you mean SEALGATE_DEPLOYMENT_MODE?")
+    # What other Sealgate tools read (the client's verification policy, the test suite's own
+    # switches) spells no setting, and is left alone.
+    others = {name: "1" for name in (
+        "SEALGATE_VERIFY_POLICY", "SEALGATE_ALLOWED_MEASUREMENTS", "SEALGATE_ALLOW_SIMULATED",
+        "SEALGATE_ALLOW_ANY_MEASUREMENT", "SEALGATE_REQUIRE_ALL", "SEALGATE_VECTORS")}
+    assert Settings.load(None, env=others).deployment_mode == "development"
+
+
+def test_a_port_already_taken_is_one_line_and_no_banner(tmp_path: Path) -> None:
+    """The banner said "serving on" once start-up was done, before the port was bound; a port
+    in use then printed uvicorn's own error line. (A child process, as below.)"""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)],
+            env={**os.environ, "SEALGATE_DATA_DIR": str(tmp_path)}, capture_output=True,
+            text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"sealgate: start-up failed: cannot listen on 127.0.0.1:{port} "
+                           "(address already in use)\n")
 
 
 def test_a_failed_start_up_prints_its_cause_once_and_no_banner(tmp_path: Path) -> None:

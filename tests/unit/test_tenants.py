@@ -238,3 +238,34 @@ def test_the_cache_answers_only_keys_it_looked_up(data_dir: Path) -> None:
     with pytest.raises(AuthenticationError, match="missing API key"):
         store.cached("Basic x")
     store.close()
+
+
+def test_a_key_that_could_not_be_shown_is_revoked(store: TenantStore, data_dir: Path) -> None:
+    """The key is stored before it is printed: when printing fails (a full disk here), its only
+    copy is gone, and it was left active. (A child process: its standard output is the file.)"""
+    import os
+    import subprocess
+    import sys
+
+    store.create_tenant("acme")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "proxy.cli", "keys", "create", "--tenant", "acme"],
+                              env={**os.environ, "SEALGATE_DATA_DIR": str(data_dir)}, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "was revoked" in done.stderr and "Traceback" not in done.stderr
+    (info,) = store.keys("acme")
+    assert info.revoked_at is not None
+    closed = subprocess.run([sys.executable, "-m", "proxy.cli", "keys", "create", "--tenant", "acme"],
+                            env={**os.environ, "SEALGATE_DATA_DIR": str(data_dir)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+                            preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 2 and closed.stderr == "sealgate: standard output is closed\n"
+    assert len(store.keys("acme")) == 1  # no key made that nobody could see
+
+
+@pytest.mark.parametrize("argv", [["users", "remove", "bob"], ["users", "passwd", "bob"]])
+def test_user_changes_in_a_mistyped_data_directory_create_nothing(
+        data_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(argv) == 1
+    assert "no state database at" in capsys.readouterr().err
+    assert not (data_dir / "sealgate.db").exists()
