@@ -450,14 +450,16 @@ def _refuse_unsupported(kind: GenerationKind, body: Mapping[str, Any], caps: _Ca
 # repetition bound into grammar rules, so a large bound, or a minimum above its maximum (an
 # unsigned underflow there), takes gigabytes. It spells an integer bound out digit by digit
 # too: one of 16 digits or more took gigabytes, and a range holding no integer left it no
-# grammar at all (a 500 from the model, or an unconstrained answer). A pattern that names the
-# NUL character (``\u0000``, ``\x00``) fails generation once the grammar requires it: a 500
-# from the model, mid-stream when streaming. Such schemas are refused before they reach it.
+# grammar at all (a 500 from the model, or an unconstrained answer). A pattern that requires
+# the NUL character (``\u0000`` outside a class, or a class of NUL alone) fails generation once
+# the grammar gets there: a 500 from the model, mid-stream when streaming; one holding a raw NUL
+# fails to parse and is written to stderr with the grammar. Such schemas are refused before
+# they reach it. (Classes that merely include NUL, ``[\x00-\x7F]`` or ``[^\x00]``, are served.)
 _REPEAT_BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"))
 _MAX_REPEAT = 4096
 _QUANTIFIER = re.compile(r"\{([0-9]*)(?:(,)([0-9]*))?\}")
-# An escape (not an escaped backslash followed by text) that names NUL.
-_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\(?:u0000|x00|u\{0+\})")
+# An escape that names NUL, at the backslash (the spellings llama.cpp's converter reads).
+_NUL_ESCAPE = re.compile(r"\\(?:x00|u0000|U00000000|u\{0+\})")
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _MAX_BOUND = 10**15
 
@@ -509,13 +511,45 @@ def _check_grammar_schema(schema: Any, param: str) -> None:
 
 def _pattern_ok(pattern: str) -> bool:
     if (len(pattern) < 2 or not pattern.startswith("^") or not pattern.endswith("$")
-            or _NUL_ESCAPE.search(pattern)):
+            or _requires_nul(pattern)):
         return False
     for low, comma, high in _QUANTIFIER.findall(pattern):
         bounds = [_repeat(b) for b in (low, high) if b]
         if any(b > _MAX_REPEAT for b in bounds) or (comma and low and high and bounds[0] > bounds[1]):
             return False
     return True
+
+
+def _requires_nul(pattern: str) -> bool:
+    """Whether ``pattern`` holds a raw NUL, or asks for NUL where nothing else would do: an
+    escape naming it outside a class, or a class (not negated) of nothing but such escapes."""
+    if "\x00" in pattern:
+        return True
+    i, end = 0, len(pattern)
+    while i < end:
+        if pattern[i] == "\\":
+            if _NUL_ESCAPE.match(pattern, i):
+                return True
+            i += 2  # an escaped character, a backslash included
+        elif pattern[i] == "[":
+            i += 1
+            negated = pattern.startswith("^", i)
+            i += negated
+            members: set[str] = set()
+            while i < end and pattern[i] != "]":
+                nul = _NUL_ESCAPE.match(pattern, i)
+                if nul:
+                    members.add("nul")
+                    i = nul.end()
+                else:
+                    members.add("-" if pattern[i] == "-" else "other")
+                    i += 2 if pattern[i] == "\\" else 1
+            if not negated and "nul" in members and members <= {"nul", "-"}:
+                return True
+            i += 1
+        else:
+            i += 1
+    return False
 
 
 def _repeat(digits: str) -> int:

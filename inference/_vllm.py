@@ -138,8 +138,9 @@ _RESERVED = ("--host", "--port", "--uds", "--model", "--served-model-name",
 
 
 def _reserved(arg: str) -> bool:
-    # vLLM's parser reads ``_`` in an option name as ``-`` (``--enable_log_requests``).
-    name = arg.split("=", 1)[0].replace("_", "-")
+    # vLLM's parser reads ``_`` in an option name as ``-`` (``--enable_log_requests``), and
+    # ``--name.key value`` (``+`` appending to a list) as ``--name '{"key": value}'``.
+    name = arg.split("=", 1)[0].split(".", 1)[0].rstrip("+").replace("_", "-")
     if not name.startswith("--") or len(name) < 3:
         return False
     return "log-requests" in name or "log-outputs" in name or "log-config" in name or any(

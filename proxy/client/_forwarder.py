@@ -174,7 +174,7 @@ class ClientProxy:
             return
         try:
             if scope.get("http_version") == "1.0":
-                await _relay_whole(response, send)
+                await _relay_whole(response, send, head=scope["method"] == "HEAD")
             else:
                 await _relay(response, send)
         finally:
@@ -211,17 +211,25 @@ async def _relay(response: httpx2.Response, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _relay_whole(response: httpx2.Response, send: Send) -> None:
+async def _relay_whole(response: httpx2.Response, send: Send, *, head: bool) -> None:
     """The answer for an HTTP/1.0 client, whole: its answers end where the connection closes,
     so a stream cut short (a sealed stream without its final chunk) would look complete. It is
-    read first, and one that fails to open is an error answer instead."""
+    read first, and one that fails to open or arrive whole is an error answer instead. (An
+    answer to HEAD keeps its length: it has no content.)"""
     try:
         body = await response.aread()
     except SealedTransportError as err:
         await _send_error(send, err)
         return
-    headers = end_to_end(response.headers.raw, _HOP_BY_HOP | {b"content-length"})
-    headers.append((b"content-length", str(len(body)).encode()))
+    except httpx2.HTTPError as exc:  # the outer answer broke off: the request may have run
+        broken = SealedTransportError(
+            "response_invalid", f"the gateway's answer broke off ({type(exc).__name__})")
+        await _send_error(send, broken)
+        return
+    dropped = _HOP_BY_HOP if head else _HOP_BY_HOP | {b"content-length"}
+    headers = end_to_end(response.headers.raw, dropped)
+    if not head:
+        headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -186,9 +186,10 @@ def test_the_chart_refuses_every_vllm_option_the_gateway_refuses(chart: Any, fla
     """The chart's list of vLLM options it will not pass is the gateway's (inference/_vllm.py):
     a chart that let one through would start vLLM with it before the gateway could refuse."""
     helm = helm_module()
-    with pytest.raises(helm.HelmRenderError) as caught:
-        chart.render({"vllm": {"extraArgs": [f"{flag}=x"]}}, name="sealgate", namespace="sealgate")
-    assert f"may not set {flag}" in str(caught.value)
+    for arg in (f"{flag}=x", f"{flag}.key", f"--{flag[2:].replace('-', '_')}.key+=x"):  # vLLM's forms
+        with pytest.raises(helm.HelmRenderError) as caught:
+            chart.render({"vllm": {"extraArgs": [arg]}}, name="sealgate", namespace="sealgate")
+        assert f"may not set {flag}" in str(caught.value)
 
 
 def test_created_secret_holds_the_url_and_nothing_else_does(render: Any) -> None:

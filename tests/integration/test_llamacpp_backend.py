@@ -357,10 +357,12 @@ def test_uncompilable_json_schema_is_refused(llama_gateway: Gateway, key: str,
     {"type": "string", "pattern": "^a{" + "9" * 5000 + "}$"},  # past int()'s digit limit: a 500
     {"type": "string", "pattern": "^\\u0000$"},  # generation fails on NUL: a 503, or mid-stream
     {"type": "string", "pattern": "^[\\x00]$"},
+    {"type": "string", "pattern": "^\\U00000000$"},
+    {"type": "string", "pattern": f"^{CANARY}\x00$"},  # a raw NUL: the grammar went to stderr
 ], ids=["unanchored-pattern", "min-above-max", "long-string", "long-array", "long-pattern",
         "huge-minimum", "huge-negative-maximum", "huge-exclusive-minimum", "empty-range",
         "empty-fractional-range", "empty-exclusive-range", "huge-quantifier", "nul-escape",
-        "nul-class"])
+        "nul-class", "nul-long-escape", "nul-raw"])
 def test_json_schemas_the_grammar_converter_mishandles_are_refused(
         llama_gateway: Gateway, key: str, schema: dict[str, Any]) -> None:
     """The core's schema-to-grammar converter prints an unanchored pattern verbatim to stderr
@@ -371,10 +373,12 @@ def test_json_schemas_the_grammar_converter_mishandles_are_refused(
     _refused(llama_gateway, _post(llama_gateway, key, "/v1/chat/completions", body), "response_format")
     assert "JSON schema conversion" not in llama_gateway.output()
     anchored = {"type": "string", "pattern": "^[a-z]{1,8}$", "maxLength": 8}
+    # Classes that merely include NUL ("no control characters") are served.
+    printable = {"type": "string", "pattern": "^[^\\x00-\\x1F]{1,8}$", "maxLength": 8}
     # Bounds that leave an integer, and a property that is only called "minimum".
     bounded = {"type": "object", "required": ["minimum"], "properties": {
         "minimum": {"type": "integer", "exclusiveMinimum": 0.5, "maximum": 9}}}
-    for fine in (anchored, bounded):
+    for fine in (anchored, bounded, printable):
         body["response_format"]["json_schema"]["schema"] = fine
         served = _post(llama_gateway, key, "/v1/chat/completions", body)
         assert served.status_code == 200, served.text

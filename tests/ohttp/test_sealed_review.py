@@ -590,6 +590,35 @@ def test_client_proxy_answers_an_http_1_0_client_whole(monkeypatch: pytest.Monke
     assert json.loads(body)["error"]["code"] == "response_invalid"
 
 
+def test_client_proxy_answers_an_http_1_0_head_with_its_length(
+        client_proxy: tuple[AppState, int], gateway: tuple[AppState, int]) -> None:
+    _, proxy_port = client_proxy
+    _, port = gateway
+    direct = httpx2.head(f"http://127.0.0.1:{port}/echo")
+    answer = _raw(proxy_port, b"HEAD /echo HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and body == b""
+    assert b"content-length: %s" % direct.headers["content-length"].encode() in head.lower()
+
+
+def test_client_proxy_answers_an_http_1_0_client_whose_answer_broke_off(
+        gateway: tuple[AppState, int]) -> None:
+    """A stream that stops arriving (here past the forwarder's read timeout) is a JSON 502 not
+    to resend, not the server's bare 500 with a traceback."""
+    state, port = gateway
+    origin = f"http://127.0.0.1:{port}"
+    source = StaticKeySource(state.keys.key_configs())
+    transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH, key_source=source)
+    proxy = ClientProxy(transport, origin, timeout=httpx2.Timeout(10, read=0.5))
+    with serve(server_config(proxy)) as proxy_port:
+        body = b'{"stream": true}'
+        answer = _raw(proxy_port, b"POST /sse HTTP/1.0\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    head, _, content = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 ") and b"x-should-retry: false" in head.lower()
+    assert json.loads(content)["error"]["code"] == "response_invalid"
+
+
 def _header_echo(app: Any) -> None:
     """Adds ``POST /headers``: the request's field names, answered with a field the answer's
     ``Connection`` names (what a hop would add for itself)."""

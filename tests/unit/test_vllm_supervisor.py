@@ -165,7 +165,11 @@ def fast_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
                                  "--collect-detailed-traces", "--tool-parser-plugin=x.py",
                                  "--reasoning-parser-plugin", "--io-processor-plugin",
                                  "--logits-processors", "--worker-cls", "--worker-extension-cls",
-                                 "--scheduler-cls", "--allowed-local-media-path=/"])
+                                 "--scheduler-cls", "--allowed-local-media-path=/",
+                                 # vLLM's dotted form sets one key of a JSON option
+                                 "--kv-events-config.publisher", "--kv-events.publisher=zmq",
+                                 "--kv-transfer-config.kv_connector=X", "--ec_transfer_config.x",
+                                 "--kv-events-config.endpoint+"])
 def test_options_the_gateway_fixes_are_refused(arg: str) -> None:
     with pytest.raises(ValueError, match="extra_args may not set"):
         VLLMConfig(model="m", extra_args=(arg, "x"))

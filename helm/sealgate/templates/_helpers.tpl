@@ -196,8 +196,9 @@ content out (inference/_vllm.py, _RESERVED). argparse takes any unambiguous abbr
 prefix of one is refused too. */}}
 {{- $reserved := list "--host" "--port" "--uds" "--model" "--served-model-name" "--tensor-parallel-size" "--enable-log-requests" "--no-enable-log-requests" "--enable-log-outputs" "--disable-log-requests" "--disable-uvicorn-access-log" "--middleware" "--config" "--log-config-file" "--kv-events-config" "--kv-transfer-config" "--ec-transfer-config" "--otlp-traces-endpoint" "--collect-detailed-traces" "--tool-parser-plugin" "--reasoning-parser-plugin" "--io-processor-plugin" "--logits-processors" "--worker-cls" "--worker-extension-cls" "--scheduler-cls" "--allowed-local-media-path" }}
 {{- range $arg := $v.vllm.extraArgs }}
-{{- /* vLLM's parser reads "_" as "-" in option names */}}
-{{- $flag := replace "_" "-" (first (splitList "=" $arg)) }}
+{{- /* vLLM's parser reads "_" as "-" in option names, and "--name.key value" as a JSON
+value of "--name" */}}
+{{- $flag := replace "_" "-" (trimSuffix "+" (first (splitList "." (first (splitList "=" $arg))))) }}
 {{- $hit := or (contains "log-requests" $flag) (contains "log-outputs" $flag) (contains "log-config" $flag) }}
 {{- if and (hasPrefix "--" $flag) (gt (len $flag) 2) }}
 {{- range $reserved }}
