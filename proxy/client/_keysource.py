@@ -173,12 +173,17 @@ class AttestedKeySource:
             if (config := self._fresh()) is not None:  # another thread fetched it meanwhile
                 return config
             nonce, body = self._request_body()
+            deadline = time.monotonic() + IDENTITY_DEADLINE_S
             try:
-                with httpx2.Client(transport=self._transport, timeout=self._timeout) as client:
-                    response = client.post(self.identity_url, content=body, headers=_JSON)
+                with httpx2.Client(transport=self._transport, timeout=self._timeout) as client, \
+                        client.stream("POST", self.identity_url, content=body, headers=_JSON) as response:
+                    _check_length(response)
+                    content = bytearray()
+                    for chunk in response.iter_bytes():
+                        _grow(content, chunk, deadline)
             except httpx2.HTTPError as exc:
                 raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc
-            return self._accept(response.status_code, response.content, nonce)
+            return self._accept(response.status_code, bytes(content), nonce)
 
     async def akey_config(self) -> KeyConfig:
         if (config := self._fresh()) is not None:
@@ -200,13 +205,42 @@ class AttestedKeySource:
 
     async def _afetch(self) -> KeyConfig:
         nonce, body = self._request_body()
+        deadline = time.monotonic() + IDENTITY_DEADLINE_S
         try:
-            async with httpx2.AsyncClient(transport=self._async_transport, timeout=self._timeout) as client:
-                response = await client.post(self.identity_url, content=body, headers=_JSON)
+            async with asyncio.timeout(IDENTITY_DEADLINE_S), \
+                    httpx2.AsyncClient(transport=self._async_transport, timeout=self._timeout) as client, \
+                    client.stream("POST", self.identity_url, content=body, headers=_JSON) as response:
+                _check_length(response)
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    _grow(content, chunk, deadline)
+        except TimeoutError as exc:
+            raise _unverified("the identity document did not arrive in time") from exc
         except httpx2.HTTPError as exc:
             raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc
         # Verification checks certificate chains: off the event loop, which serves other streams.
-        return await asyncio.to_thread(self._accept, response.status_code, response.content, nonce)
+        return await asyncio.to_thread(self._accept, response.status_code, bytes(content), nonce)
+
+
+# An identity document is tens of kilobytes (a report, its certificate chain, GPU reports): the
+# ingress answering it is not trusted, and a body without end would be held whole before it
+# could be refused, and fetched again after every refusal it forges.
+MAX_IDENTITY_BYTES = 4 << 20
+IDENTITY_DEADLINE_S = 30.0
+
+
+def _check_length(response: httpx2.Response) -> None:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_IDENTITY_BYTES:
+        raise _unverified(f"identity document larger than {MAX_IDENTITY_BYTES} bytes")
+
+
+def _grow(content: bytearray, chunk: bytes, deadline: float) -> None:
+    content += chunk
+    if len(content) > MAX_IDENTITY_BYTES:
+        raise _unverified(f"identity document larger than {MAX_IDENTITY_BYTES} bytes")
+    if time.monotonic() > deadline:
+        raise _unverified("the identity document did not arrive in time")
 
 
 def _retrieved(task: asyncio.Task[KeyConfig]) -> None:

@@ -444,3 +444,50 @@ def test_a_source_keeps_no_event_loop_it_fetched_on() -> None:
         assert asyncio.run(source.akey_config()) is not None
         source.invalidate()
     assert len(calls) == 5 and len(source._fetches) == 0
+
+
+def _chunks(size: int, pause: float) -> Any:
+    """Chunks of ``size`` bytes without end, ``pause`` seconds apart (a fault: an endless or
+    trickling answer)."""
+    while True:
+        time.sleep(pause)
+        yield b" " * size
+
+
+def test_client_stops_reading_an_identity_answer_past_its_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingress answering the identity request is not trusted: an answer without end was
+    read whole before it was refused (memory grew three times its size), and a forged refusal
+    makes the client fetch again. Both clients stop at the limit, or at the deadline."""
+    import proxy.client._keysource as keysource
+
+    def endless(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=_chunks(1 << 20, 0))
+
+    def declared(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=b"{}", headers={"content-length": str(1 << 40)})
+
+    def trickle(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=_chunks(1, 0.05))
+
+    async def aendless(request: httpx2.Request) -> httpx2.Response:
+        async def chunks() -> Any:
+            while True:
+                await asyncio.sleep(0)
+                yield b" " * (1 << 20)
+
+        return httpx2.Response(200, content=chunks())
+
+    monkeypatch.setattr(keysource, "IDENTITY_DEADLINE_S", 0.5)
+    for handler, detail in ((endless, "larger than"), (declared, "larger than"),
+                            (trickle, "did not arrive in time")):
+        source = AttestedKeySource("https://gw.example", PINNED,
+                                   transport=httpx2.MockTransport(handler))
+        with pytest.raises(SealedTransportError) as info:
+            source.key_config()
+        assert info.value.code == "enclave_unverified" and detail in info.value.detail
+    source = AttestedKeySource("https://gw.example", PINNED,
+                               async_transport=httpx2.MockTransport(aendless))
+    with pytest.raises(SealedTransportError) as info:
+        asyncio.run(source.akey_config())
+    assert "larger than" in info.value.detail
