@@ -7,6 +7,9 @@ values (``p50_ms``, ``p99_ms``, ``p50_us``, ``per_s``, …) and ``target``. Huma
 
 from __future__ import annotations
 
+import policy  # noqa: F401  first, as the server does: rego-cpp before any other C++ library
+
+# isort: split
 import argparse
 import importlib
 import json
