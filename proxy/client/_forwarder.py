@@ -42,6 +42,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 # The forwarder sets its own Host for the sealed inner request.
 _HOP_BY_HOP = HOP_BY_HOP_FIELDS | {b"host"}
+_HOP_AND_LENGTH = _HOP_BY_HOP | {b"content-length"}  # a whole body's length is set anew
 # How long the sealed request may wait on the gateway: to connect, and between any two pieces of
 # its answer (a whole answer waits for the generation; the OpenAI SDK's own default is 600 s).
 GATEWAY_TIMEOUT = httpx2.Timeout(600.0, connect=10.0)
@@ -125,7 +126,7 @@ class ClientProxy:
             raise httpx2.InvalidURL("the request target is not a path")
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        headers = end_to_end(scope["headers"], _HOP_BY_HOP | {b"content-length"})
+        headers = end_to_end(scope["headers"], _HOP_AND_LENGTH)
         url = self._origin + target.decode("latin-1")
         return httpx2.Request(scope["method"], url, headers=headers, content=body,
                               extensions={"timeout": self._timeout})
@@ -226,8 +227,7 @@ async def _relay_whole(response: httpx2.Response, send: Send, *, head: bool) -> 
             "response_invalid", f"the gateway's answer broke off ({type(exc).__name__})")
         await _send_error(send, broken)
         return
-    dropped = _HOP_BY_HOP if head else _HOP_BY_HOP | {b"content-length"}
-    headers = end_to_end(response.headers.raw, dropped)
+    headers = end_to_end(response.headers.raw, _HOP_BY_HOP if head else _HOP_AND_LENGTH)
     if not head:
         headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})

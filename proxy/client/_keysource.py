@@ -205,7 +205,6 @@ class AttestedKeySource:
 
     async def _afetch(self) -> KeyConfig:
         nonce, body = self._request_body()
-        deadline = time.monotonic() + IDENTITY_DEADLINE_S
         try:
             async with asyncio.timeout(IDENTITY_DEADLINE_S), \
                     httpx2.AsyncClient(transport=self._async_transport, timeout=self._timeout) as client, \
@@ -213,7 +212,7 @@ class AttestedKeySource:
                 _check_length(response)
                 content = bytearray()
                 async for chunk in response.aiter_bytes():
-                    _grow(content, chunk, deadline)
+                    _grow(content, chunk)  # the deadline is the timeout around it all
         except TimeoutError as exc:
             raise _unverified("the identity document did not arrive in time") from exc
         except httpx2.HTTPError as exc:
@@ -231,15 +230,18 @@ IDENTITY_DEADLINE_S = 30.0
 
 def _check_length(response: httpx2.Response) -> None:
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_IDENTITY_BYTES:
+    _check_size(int(declared) if declared.isdigit() else 0)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_IDENTITY_BYTES:
         raise _unverified(f"identity document larger than {MAX_IDENTITY_BYTES} bytes")
 
 
-def _grow(content: bytearray, chunk: bytes, deadline: float) -> None:
+def _grow(content: bytearray, chunk: bytes, deadline: float | None = None) -> None:
     content += chunk
-    if len(content) > MAX_IDENTITY_BYTES:
-        raise _unverified(f"identity document larger than {MAX_IDENTITY_BYTES} bytes")
-    if time.monotonic() > deadline:
+    _check_size(len(content))
+    if deadline is not None and time.monotonic() > deadline:
         raise _unverified("the identity document did not arrive in time")
 
 

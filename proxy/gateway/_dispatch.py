@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import anyio
 
 from proxy.ohttp import (
+    HOP_BY_HOP_FIELDS,
     BHTTPRequest,
     BHTTPResponse,
     ChunkedResponseSealer,
@@ -33,6 +34,9 @@ Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
 Receive = Callable[[], Awaitable[Any]]
 
+# Inner request fields the app does not see: connection-specific ones, and a length the
+# scope states itself (from the content).
+_NOT_PASSED = HOP_BY_HOP_FIELDS | {b"content-length"}
 _DISCONNECT_GRACE_S = 1.0
 # Messages a streamed inner response may run ahead of the client: beyond this the inner app
 # waits, so a slow reader slows generation down (as a socket's send buffer would) instead of
@@ -58,13 +62,12 @@ def build_scope(request: BHTTPRequest, channel: SealedChannel) -> dict[str, Any]
         raise _bad("request line is not ASCII") from None
     if not method.isalpha() or scheme not in ("http", "https") or not path.startswith("/"):
         raise _bad("invalid method, scheme or path")
-    headers = [(n.lower(), v) for n, v in end_to_end(request.headers)]
+    headers = [(n.lower(), v) for n, v in end_to_end(request.headers, _NOT_PASSED)]
     if any(n == b"expect" for n, _ in headers):
         # RFC 9458 §5.1: the gateway MUST generate an error for a 100-continue expectation;
         # the inner request arrives whole, so no other expectation can be met either.
         raise GatewayError("expectation_failed", "a sealed request cannot carry an Expect field",
                            417)
-    headers = [(n, v) for n, v in headers if n != b"content-length"]
     if request.authority and not any(n == b"host" for n, _ in headers):
         headers.insert(0, (b"host", request.authority))
     if request.content or method in ("POST", "PUT", "PATCH"):
