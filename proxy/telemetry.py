@@ -8,7 +8,9 @@ content, cannot pass), and the event name itself must be a snake_case word.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -16,7 +18,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["ALLOWED_FIELDS", "Metrics", "configure_logging", "drop_unknown_fields"]
+__all__ = ["ALLOWED_FIELDS", "Metrics", "configure_logging", "detach_native_stderr", "drop_unknown_fields"]
 
 ALLOWED_FIELDS = frozenset({
     "event", "level", "timestamp", "logger",
@@ -69,6 +71,32 @@ def configure_logging(level: str = "info", stream: Any = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def detach_native_stderr() -> None:
+    """Point file descriptor 2 at /dev/null, keeping Python's own output (these JSON logs,
+    start-up errors, warnings, a fatal error's traceback) on the original stream.
+
+    Native code in the server process writes its diagnostics straight to descriptor 2, past
+    every processor here, and some of them quote the request: the in-process model's grammar
+    converter prints a JSON schema ``pattern`` it cannot honour, verbatim. ``sys.stderr`` moves
+    to a duplicate of the original descriptor first, so only native writes are discarded. A
+    no-op when ``sys.stderr`` is not descriptor 2 (output captured by a test harness)."""
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stderr.flush()
+    kept = os.dup(2)  # not inherited by child processes
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+    finally:
+        os.close(null)
+    sys.stderr = os.fdopen(kept, "w", buffering=1, encoding=sys.stderr.encoding,
+                           errors="backslashreplace")
+    faulthandler.enable(sys.stderr)  # code locations only, never data
 
 
 class Metrics:

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.datastructures import Cookie, FormMultiDict
-from litestar.exceptions import ClientException
+from litestar.exceptions import ClientException, HTTPException
 from litestar.params import Parameter
 
 from audit import AuditError
@@ -27,6 +27,9 @@ from ._service import DashboardService, Viewer
 from ._views import PAGE_SIZE, RecordFilter, fmt_us, overview, query_records
 
 __all__ = ["dashboard_router"]
+
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_MAX_FORM_BYTES = 64 << 10  # the sign-in and export forms hold a few short fields
 
 SESSION, PRE = "sg_session", "sg_login"
 Req = Request[Any, Any, Any]
@@ -67,8 +70,13 @@ async def _viewer(request: Req, dashboard: DashboardService) -> Viewer:
 
 
 async def _form(request: Req) -> FormMultiDict:
-    """The posted form. Litestar decodes multipart fields strictly, in the charset a part
-    names: undecodable bytes or an unknown charset are the client's error (a 400), not a 500."""
+    """The posted form: URL-encoded, as the dashboard's own forms send it, and at most
+    ``_MAX_FORM_BYTES`` (413 past that). A multipart body is refused unread (415): its parts
+    would be spooled to a temporary file past 1 MiB, before any session or token check, and
+    no dashboard form takes a file. Undecodable bytes are the client's error (a 400)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != _FORM_TYPE:
+        raise HTTPException(status_code=415, detail=f"forms are sent as {_FORM_TYPE}")
     try:
         return await request.form()
     except (UnicodeDecodeError, LookupError) as exc:
@@ -309,6 +317,7 @@ async def _sent(bundle: IO[bytes]) -> AsyncGenerator[bytes, None]:
 
 dashboard_router = Router(
     path="/dashboard",
+    request_max_body_size=_MAX_FORM_BYTES,
     route_handlers=[login_form, login, logout, overview_page, records_page, record_detail,
                     policies, enclave, health, export_form, export],
     exception_handlers={LoginRequired: _login_required},

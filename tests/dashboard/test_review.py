@@ -1,4 +1,4 @@
-"""Review regressions: undecodable forms, an expired sign-in form, the HTML Content-Type, user
+"""Review regressions: multipart and oversized forms, an expired sign-in form, the HTML Content-Type, user
 names no account can have, and what the log health page claims and where it does its work."""
 
 from __future__ import annotations
@@ -44,20 +44,26 @@ def _multipart(fields: dict[str, bytes], part_headers: bytes = b"") -> dict[str,
             "headers": {"content-type": "multipart/form-data; boundary=zz"}}
 
 
-def test_undecodable_multipart_forms_are_a_400_not_a_500(traffic: Traffic, accounts: Any) -> None:
+def test_multipart_forms_are_refused_unread(traffic: Traffic, accounts: Any) -> None:
+    """The dashboard's forms are URL-encoded: a multipart body, which would be spooled to a
+    temporary file past 1 MiB before any token check, is a 415; a larger form a 413."""
     anonymous = _client(traffic)
     token = CSRF.search(anonymous.get("/dashboard/login").text)
     assert token is not None
-    for fields, headers in (({"csrf": token.group(1).encode(), "username": b"\xff\xfe",
-                              "password": b"\xed\xa0\x80"}, b""),
-                            ({"csrf": token.group(1).encode()},
-                             b"Content-Type: text/plain; charset=no-such-charset\r\n")):
-        response = anonymous.post("/dashboard/login", **_multipart(fields, headers))
-        assert response.status_code == 400, response.text[:200]
+    fields = {"csrf": token.group(1).encode(), "username": b"admin1", "password": PASSWORD.encode()}
+    response = anonymous.post("/dashboard/login", **_multipart(fields))
+    assert response.status_code == 415, response.text[:200]
+    large = _multipart({"csrf": b"x", "upload": b"CANARY" * 400_000})  # 2.4 MB
+    assert anonymous.post("/dashboard/login", **large).status_code in (413, 415)
+    stuffed = anonymous.post("/dashboard/login", data={"csrf": "x", "username": "u" * 70_000})
+    assert stuffed.status_code == 413, stuffed.text[:200]
     auditor = _sign_in(traffic, "admin1")
     for path in ("/dashboard/logout", "/dashboard/export"):
         response = auditor.post(path, **_multipart({"csrf": b"\xff"}))
-        assert response.status_code == 400, (path, response.text[:200])
+        assert response.status_code == 415, (path, response.text[:200])
+        undecodable = auditor.post(path, content=b"csrf=%FF%FE&x=\xff",
+                                   headers={"content-type": "application/x-www-form-urlencoded"})
+        assert undecodable.status_code in (400, 403), (path, undecodable.text[:200])
     assert auditor.get("/dashboard/").status_code == 200  # still signed in
 
 

@@ -384,6 +384,25 @@ def test_json_schemas_the_grammar_converter_mishandles_are_refused(
         assert served.status_code == 200, served.text
 
 
+@pytest.mark.parametrize("pattern", [
+    f"^{CANARY}(?<=x)$", f"^{CANARY}\\p{{L}}$", f"^[[:alpha:]]{CANARY}$", f"^[\\w-]{CANARY}$",
+    f"^{CANARY}$x$",
+], ids=["lookbehind", "unicode-property", "posix-class", "escape-in-class", "inner-anchor"])
+def test_patterns_the_converter_cannot_honour_never_reach_the_logs(
+        llama_gateway: Gateway, key: str, pattern: str) -> None:
+    """The core's converter prints an anchored pattern it cannot honour to descriptor 2,
+    verbatim, from native code: the server sends that descriptor to /dev/null, and its own
+    JSON logs still arrive."""
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": pattern}}}
+    body = {"messages": HI, "max_tokens": 2,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}
+    response = _post(llama_gateway, key, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    output = llama_gateway.output()
+    assert CANARY not in output and "JSON schema conversion" not in output
+    assert '"event": "request"' in output or '"event":"request"' in output, output[-2000:]
+
+
 def test_more_choices_than_slots_are_refused_by_name(llama_gateway: Gateway) -> None:
     """The core runs a prompt's choices side by side, one per slot (n_parallel = 1 here); a
     tenant whose contract allows n = 2 is told which parameter the backend cannot honour."""

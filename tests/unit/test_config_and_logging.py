@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -421,3 +423,28 @@ def test_a_reader_that_leaves_early_is_not_an_error(tmp_path: Path) -> None:
     done.stdout.close()  # before anything is read
     err = done.stderr.read()
     assert done.wait(timeout=60) == 0 and err == b""
+
+
+_DETACHED = """
+import ctypes, sys, warnings
+from proxy.telemetry import configure_logging, detach_native_stderr
+import structlog
+detach_native_stderr()
+configure_logging()
+ctypes.CDLL(None).write(2, b"NATIVE-CANARY\\n", 14)  # as a native library writes
+structlog.get_logger().info("still_logged")
+warnings.warn("python_warning_kept")
+print("sealgate: python_output_kept", file=sys.stderr)
+"""
+
+
+def test_native_writes_to_stderr_are_discarded_and_python_output_kept() -> None:
+    """Native code writes diagnostics to descriptor 2 (the model's grammar converter quotes
+    request text there): ``sealgate serve`` points it at /dev/null, keeping its own output."""
+    done = subprocess.run([sys.executable, "-c", _DETACHED], capture_output=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    err = done.stderr.decode()
+    assert "NATIVE-CANARY" not in err
+    assert '"event": "still_logged"' in err
+    assert "python_warning_kept" in err and "sealgate: python_output_kept" in err
