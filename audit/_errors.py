@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuditBusy",
     "AuditError",
     "AuditUnavailable",
     "CorruptStore",
@@ -34,6 +35,11 @@ class AuditUnavailable(AuditError):
 
     code = "audit_unavailable"
     status = 503
+
+
+class AuditBusy(AuditUnavailable):
+    """The store is locked by another process and the caller chose not to wait: nothing was
+    written (the log writer then commits the record itself, waiting for the lock)."""
 
 
 class CorruptStore(AuditError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,6 +16,7 @@ from ._proofs import ConsistencyProof, InclusionProof, TreeReader
 from ._receipt import Receipt
 from ._record import IDENTIFIER, Record
 from ._store import LogStore, _bytes, _int
+from ._witness import Witness
 from ._writer import LogIdentity, LogWriter, Pending, Sealed, seal
 
 __all__ = ["AuditLog"]
@@ -44,8 +46,11 @@ class AuditLog:
         *,
         checkpoint_every_n: int = 1000,
         checkpoint_every_ms: int = 1000,
+        witness: str | Path | None = None,
     ) -> AuditLog:
-        """Open (migrating and recovering) the log at ``url``; see ``LogStore.open`` for URLs."""
+        """Open (migrating and recovering) the log at ``url``; see ``LogStore.open`` for URLs.
+        ``witness``: a file beside the signing key that keeps the last checkpoint signed, which
+        the stored tree must extend (``audit._witness``)."""
         try:
             check_name(origin)
         except ValueError as exc:
@@ -58,7 +63,8 @@ class AuditLog:
         def start() -> AuditLog:
             store = LogStore.open(url)
             try:
-                writer = LogWriter(store, ident, checkpoint_every_n, checkpoint_every_ms)
+                writer = LogWriter(store, ident, checkpoint_every_n, checkpoint_every_ms,
+                                   Witness(witness) if witness is not None else None)
                 writer.recover()
             except BaseException:
                 store.close()
@@ -80,6 +86,14 @@ class AuditLog:
     def vkey(self) -> str:
         """The note verifier key: ``origin+keyid+base64(0x01 || pubkey)``."""
         return self._writer.ident.vkey
+
+    @property
+    def accepting(self) -> bool:
+        """Whether appends can succeed: the log is open and neither refused (a stored log that
+        cannot be continued) nor left without its writer. A store that is down for a moment
+        still counts as accepting: each append says so itself."""
+        writer = self._writer
+        return not (self._closed or writer.refused is not None or writer.dead)
 
     @property
     def store(self) -> LogStore:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from ._errors import AuditError, AuditUnavailable, CorruptStore
+from ._errors import AuditBusy, AuditError, AuditUnavailable, CorruptStore
 from ._tables import VERSION_TABLE, CheckpointRow, LogRow, NodeRow, RecordRow
 
 __all__ = ["LogStore", "normalize_url"]
@@ -127,13 +127,23 @@ def _read_only_uri(path: str) -> str:
     return uri
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """SQLite refused a lock another connection holds (SQLITE_BUSY, with no wait)."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY)
+
+
 class LogStore:
     """Persistence of records, Merkle nodes and checkpoints for one or more logs."""
 
     def __init__(self, engine: Engine, *, synchronous: str = "FULL") -> None:
         self.engine = engine
         self.synchronous = synchronous
-        self._appender: PoolProxiedConnection | None = None
+        # Appends go through connections kept open for them: the writer's, which waits up to
+        # the busy timeout for a lock another process holds, and the inline one (the event
+        # loop's thread), which never waits (``AuditBusy``: hand the record to the writer).
+        self._appenders: dict[bool, PoolProxiedConnection] = {}
+        self._file: tuple[int, int] | None = None  # (device, inode) of the SQLite file opened
         # Errors of the driver itself (appends and tree growth call it directly).
         self._driver_errors: tuple[type[Exception], ...] = (engine.dialect.loaded_dbapi.Error,)
         # Driver SQL for the write hot path, built once (qmark for SQLite, format for psycopg).
@@ -164,6 +174,7 @@ class LogStore:
                 event.listen(engine, "connect", _sqlite_pragmas(synchronous))
             store = cls(engine, synchronous=synchronous)
             store._migrate()
+            store.remember_file()
             return store
 
     @classmethod
@@ -206,10 +217,50 @@ class LogStore:
             command.upgrade(cfg, "head")
 
     def close(self) -> None:
-        if self._appender is not None:
-            self._appender.close()
-            self._appender = None
+        for conn in self._appenders.values():
+            conn.close()
+        self._appenders.clear()
         self.engine.dispose()
+
+    def reset_connections(self) -> None:
+        """After a failure, open every connection afresh: one SQLite opened while its file could
+        not be written stays read-only for good, and the pool would keep handing it out."""
+        for conn in self._appenders.values():
+            conn.invalidate()
+        self._appenders.clear()
+        self.engine.dispose()
+
+    def remember_file(self) -> None:
+        """Note which file the SQLite store opened (see ``check_file``); connections opened
+        from now on never create one (``mode=rw``): a new empty database in place of a removed
+        one would start the log over under the same key."""
+        if not self.is_sqlite:
+            return
+        path = os.path.abspath(self._sqlite_path())
+        st = os.stat(path)
+        self._file = (st.st_dev, st.st_ino)
+        existing = f"file:{urllib.parse.quote(path)}?mode=rw"
+
+        def connect(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+            cargs[:1] = [existing]
+            cparams["uri"] = True
+
+        event.listen(self.engine, "do_connect", connect)
+
+    def check_file(self) -> None:
+        """``AuditUnavailable`` when the SQLite file opened has been removed or replaced: its
+        open connections would go on writing records into a file nobody can read again."""
+        if self._file is None:
+            return
+        try:
+            st = os.stat(self._sqlite_path())
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._file:
+            raise AuditUnavailable("the audit database file was removed or replaced")
+
+    def _sqlite_path(self) -> str:
+        return str(self.engine.url.database)
 
     def checkpoint_wal(self) -> None:
         """Copy committed WAL frames into the SQLite database file without waiting for readers
@@ -265,26 +316,37 @@ class LogStore:
         cursor.execute(self._set_size, (size, log_id))
 
     def insert_records(self, rows: Sequence[dict[str, Any]], *, nodes: Sequence[tuple[int, bytes]] = (),
-                       size: int | None = None) -> None:
+                       size: int | None = None, inline: bool = False) -> None:
         """Insert a batch of records in one transaction (group commit), with the tree nodes they
         complete and the new integrated size when given (all rows of one log).
 
         The write hot path talks to the driver directly (prebuilt SQL, one cursor, the driver's
         own transaction and commit): SQLAlchemy's per-statement and per-transaction layers cost
         more than the SQLite work itself. Appends go through one connection kept open for them;
-        the log writer serializes its calls. After a failure that connection is discarded."""
+        the log writer serializes its calls. After a failure that connection is discarded.
+        ``inline`` (SQLite): never wait for a lock another process holds; ``AuditBusy`` then,
+        with nothing written."""
         with _translated("write records", self._driver_errors):
-            self._insert_batch(rows, nodes, size, retry=self._appender is not None)
+            self._insert_batch(rows, nodes, size, inline, retry=inline in self._appenders)
+
+    def _appender(self, inline: bool) -> PoolProxiedConnection:
+        conn = self._appenders.get(inline)
+        if conn is None:
+            conn = self.engine.raw_connection()
+            if inline and self.is_sqlite:
+                cursor = conn.cursor()
+                cursor.execute("PRAGMA busy_timeout=0")
+                cursor.close()
+            self._appenders[inline] = conn
+        return conn
 
     def _insert_batch(self, rows: Sequence[dict[str, Any]], nodes: Sequence[tuple[int, bytes]],
-                      size: int | None, *, retry: bool) -> None:
+                      size: int | None, inline: bool, *, retry: bool) -> None:
         """One attempt on the kept connection. That connection is never pre-pinged: if it was
         closed under it while idle (a server restart, failover or idle timeout) and fails before
         the commit was sent, its transaction died uncommitted and ``retry`` writes the batch
         once more on a new connection; a failed commit may have landed and is never retried."""
-        conn = self._appender
-        if conn is None:
-            conn = self._appender = self.engine.raw_connection()
+        conn = self._appender(inline)
         committing = False
         try:
             cursor = conn.cursor()
@@ -300,11 +362,13 @@ class LogStore:
             return
         except BaseException as exc:
             stale = retry and not committing and self._is_disconnect(exc, conn)
-            self._appender = None
+            self._appenders.pop(inline, None)
             conn.invalidate()  # closes the driver connection, rolling back what it held
+            if inline and not committing and _is_busy(exc):
+                raise AuditBusy("the audit database is locked by another process") from exc
             if not stale:
                 raise
-        self._insert_batch(rows, nodes, size, retry=False)
+        self._insert_batch(rows, nodes, size, inline, retry=False)
 
     def _is_disconnect(self, exc: BaseException, conn: PoolProxiedConnection) -> bool:
         return isinstance(exc, self._driver_errors) and self.engine.dialect.is_disconnect(

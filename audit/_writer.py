@@ -29,13 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._checkpoint import SignedCheckpoint
 from ._dsse import seal_envelope
-from ._errors import AuditError, AuditUnavailable, InvalidRecord, VerificationError
+from ._errors import AuditBusy, AuditError, AuditUnavailable, InvalidRecord, VerificationError
 from ._merkle import NODE_ID_SHIFT, CompactRange, leaf_hash, node_id, perfect_subtrees
 from ._note import NoteVerifier
 from ._receipt import Receipt
 from ._record import Record
 from ._rows import checked_row, names_log, time_us
 from ._store import LogStore
+from ._witness import Witness
 
 __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
 
@@ -136,8 +137,9 @@ def _resolve(items: list[tuple[Pending, Any]]) -> None:
 class LogWriter:
     """Owns the append sequence, the compact range and checkpoint publication of one log."""
 
-    def __init__(self, store: LogStore, ident: LogIdentity, every_n: int, every_ms: int) -> None:
-        self.store, self.ident = store, ident
+    def __init__(self, store: LogStore, ident: LogIdentity, every_n: int, every_ms: int,
+                 witness: Witness | None = None) -> None:
+        self.store, self.ident, self.witness = store, ident, witness
         self.every_n, self.every_s = max(1, every_n), max(1, every_ms) / 1000
         self.queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
         self.range = CompactRange()
@@ -156,6 +158,10 @@ class LogWriter:
         # SQLite WAL checkpoints copy and fsync; a thread of their own keeps appends moving.
         self.wal_wanted = threading.Event()
         self.stopping = False
+        self.dead = False  # the writer thread ended on an unexpected error: nothing is written
+        self.held: list[Pending] = []  # taken off the queue by the writer thread, not yet answered
+        self.submit_lock = threading.Lock()  # orders submissions with the end of the thread
+        self.publish_failing = False
         self.wal_thread = (threading.Thread(target=self._wal_loop, name="audit-wal", daemon=True)
                            if store.is_sqlite else None)
 
@@ -171,8 +177,10 @@ class LogWriter:
 
     # -- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Load the tree state, integrate every committed but unintegrated record, publish."""
+        """Load the tree state, integrate every committed but unintegrated record, check that
+        it extends the last checkpoint signed (the witness kept outside the store), publish."""
         last = self._catch_up()
+        self._check_witness(last)
         if last is None or last.size != self.range.size:
             self._publish()
         else:
@@ -241,6 +249,34 @@ class LogWriter:
         self.next_index = max(self.next_index, self.range.size)
         return last
 
+    def _check_witness(self, last: SignedCheckpoint | None) -> None:
+        """The stored tree must extend the last checkpoint this key signed as the witness
+        recorded it: a store removed, emptied or replaced by an older copy must not start the
+        log over under the same key (fail closed: a new log takes a new key)."""
+        if self.witness is None:
+            return
+        log_id = self.ident.log_id
+        try:
+            kept = self.witness.last_signed(log_id)
+        except AuditUnavailable:
+            self._refuse(self.range.size, "checkpoint_witness_unreadable")
+        if kept is None:
+            return
+        size, root = kept
+        signed = last.size if last is not None else 0
+        if signed < size:
+            self._refuse(signed, "store_behind_witness")
+        if last is not None and signed == size:
+            at_size = last.root_hash
+        else:
+            ids = [node_id(lv, i) for lv, i in perfect_subtrees(0, size)]
+            stored = self.store.get_nodes(log_id, ids)
+            if len(stored) != len(ids):
+                self._refuse(signed, "store_not_the_witness")
+            at_size = CompactRange(size, [stored[n] for n in ids]).root()
+        if at_size != root:
+            self._refuse(signed, "store_not_the_witness")
+
     def _legacy(self, signed: int) -> bool:
         """Whether records that name no log may still be integrated: only in a log whose last
         signed leaf names none, written before records named their log (its records from then
@@ -281,28 +317,44 @@ class LogWriter:
         raise AuditUnavailable(self.refused)
 
     # -- commits ---------------------------------------------------------------------------------
-    def _commit(self, sealed: list[Sealed]) -> int:
+    def _commit(self, sealed: list[Sealed], inline: bool = False) -> int:
         """Store ``sealed`` at the next indices, with their tree nodes unless the tree must first
-        catch up from the database; returns the first index (caller holds the lock)."""
+        catch up from the database; returns the first index (caller holds the lock).
+        ``inline``: on the event loop's thread, which never waits for a lock (``AuditBusy``)."""
         first = self.next_index
         rows = []
         for offset, item in enumerate(sealed):
             item.row["leaf_index"] = first + offset
             rows.append(item.row)
         try:
+            self._check_file()
             if self.reload or self.range.size != first:
                 if self.refused is not None:  # the stored log cannot be continued: fail closed
                     raise AuditUnavailable(self.refused)
-                self.store.insert_records(rows)
+                self.store.insert_records(rows, inline=inline)
             else:
                 rng, nodes = _extended(self.range, [item.leaf for item in sealed])
-                self.store.insert_records(rows, nodes=nodes, size=rng.size)
+                self.store.insert_records(rows, nodes=nodes, size=rng.size, inline=inline)
                 self.range = rng
-        except AuditUnavailable:
+        except AuditBusy:
+            raise  # nothing was written
+        except AuditError as exc:
             self._resync()
-            raise
+            raise _unavailable(exc) from exc
         self.next_index = first + len(sealed)
         return first
+
+    def _check_file(self) -> None:
+        """Refuse to go on when the store's file was removed or replaced (fail closed): the
+        records would go to a file nobody can read, and the log would be lost."""
+        try:
+            self.store.check_file()
+        except AuditUnavailable as exc:
+            if self.refused is None:
+                _log.error("audit_log_refused", log_id=self.ident.log_id, size=self.range.size,
+                           reason="database_file_replaced")
+                self.refused = f"{exc.detail}; refusing to continue the log"
+            raise AuditUnavailable(self.refused) from exc
 
     def _publish(self) -> None:
         """Sign and store a checkpoint of the integrated tree (caller holds the lock)."""
@@ -311,6 +363,8 @@ class LogWriter:
         self.store.integrate(ident.log_id, [], rng.size, (cp.root_hash, cp.note, _now_us()))
         self.latest = cp
         self.last_publish = time.monotonic()
+        if self.witness is not None:
+            self.witness.signed(ident.log_id, cp.size, cp.root_hash)
 
     def _unpublished(self) -> int:
         return self.range.size - (self.latest.size if self.latest is not None else 0)
@@ -324,17 +378,29 @@ class LogWriter:
             if not (force or due or self.reload or self._unpublished() >= self.every_n):
                 return
             try:
+                self._check_file()
                 if self.reload:
                     self._catch_up()
                 if self._unpublished() or self.latest is None:
                     self._publish()
                 else:
                     self.last_publish = time.monotonic()
-            except AuditError:
-                # Records stay durable; retry from the database after one more period.
+            except AuditError as exc:
+                # Records stay durable; retry from the database, on fresh connections, after
+                # one more period. Said once per outage, and when it ends.
                 self.reload = True
                 self.last_publish = time.monotonic()
+                if self.refused is None:
+                    self.store.reset_connections()
+                if not self.publish_failing:
+                    self.publish_failing = True
+                    _log.error("checkpoint_not_published", log_id=self.ident.log_id,
+                               error_type=type(exc.__cause__ or exc).__name__)
                 return
+            if self.publish_failing:
+                self.publish_failing = False
+                _log.warning("checkpoint_published_again", log_id=self.ident.log_id,
+                             size=self.range.size)
         self._checkpoint_wal()
 
     def _checkpoint_wal(self) -> None:
@@ -347,7 +413,8 @@ class LogWriter:
             self.wal_wanted.wait()
             self.wal_wanted.clear()
             try:
-                self.store.checkpoint_wal()
+                if self.refused is None:
+                    self.store.checkpoint_wal()
             except AuditError:
                 pass  # the next publication tries again; the WAL keeps every commit meanwhile
             if self.stopping:
@@ -358,8 +425,8 @@ class LogWriter:
         sealed = [p.sealed for p in items if p.sealed is not None]
         try:
             first = self._commit(sealed)
-        except AuditUnavailable as exc:
-            _resolve([(p, exc) for p in items])
+        except AuditError as exc:
+            _resolve([(p, _unavailable(exc)) for p in items])
             return
         finally:
             self.committed += len(sealed)
@@ -375,20 +442,26 @@ class LogWriter:
             self.last_append = time.monotonic()
             return None
         try:
-            index = self._commit([sealed])
+            index = self._commit([sealed], inline=True)
             if self._unpublished() == self.every_n:  # wake the writer to publish
                 self.queue.put(Pending(None, None, control="due"))
             return sealed.receipt(index)
+        except AuditBusy:
+            return None  # another process holds the lock: the writer thread waits for it
         finally:
             self.lock.release()
             self.last_append = time.monotonic()
 
     def _resync(self) -> None:
-        """After a failed commit the database is the truth (a commit may have landed)."""
+        """After a failed commit the database is the truth (a commit may have landed), read
+        on fresh connections."""
         self.reload = True
+        if self.refused is not None:
+            return  # nothing more is written: a fresh connection might even create a new file
+        self.store.reset_connections()
         try:
             self.next_index = self.store.next_index(self.ident.log_id)
-        except AuditUnavailable:
+        except AuditError:
             return
 
     # -- thread loop ---------------------------------------------------------------------------
@@ -418,18 +491,45 @@ class LogWriter:
         return items, None
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug or a store answering nonsense: fail closed
+            _log.error("audit_writer_failed", log_id=self.ident.log_id,
+                       error_type=type(exc).__name__)
+            self._end(f"the audit log writer stopped ({type(exc).__name__})")
+
+    def _end(self, reason: str) -> None:
+        """After the thread's unexpected end: refuse every append, fail what waits and what is
+        submitted from now on, and let the WAL thread end too."""
+        self.refused = self.refused or reason
+        self.reload = True
+        with self.submit_lock:
+            self.dead = True
+        waiting, self.held = self.held, []
+        while True:
+            try:
+                waiting.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        _resolve([(p, AuditUnavailable(self.refused)) for p in waiting])
+        self.stopping = True
+        self.wal_wanted.set()
+
+    def _loop(self) -> None:
         while True:
             first = self._take()
             if first is None:
                 self._maybe_publish(force=True)
                 continue
             items, control = self._drain(first)
+            self.held = items + ([control] if control is not None else [])
             if items:
                 with self.lock:
                     self._write(items)
             self._maybe_publish(force=False)
             if control is not None and self._control(control):
                 return
+            self.held = []
 
     def _control(self, control: Pending) -> bool:
         if control.control == "due":
@@ -452,9 +552,21 @@ class LogWriter:
         return stop
 
     def submit(self, pending: Pending) -> None:
-        if pending.sealed is not None:
-            self.submitted += 1
-        self.queue.put(pending)
+        with self.submit_lock:
+            if not self.dead:
+                if pending.sealed is not None:
+                    self.submitted += 1
+                self.queue.put(pending)
+                return
+        _resolve([(pending, AuditUnavailable(self.refused or "the audit log writer stopped"))])
+
+
+def _unavailable(exc: AuditError) -> AuditUnavailable:
+    """What an append's caller is told of any store failure: the record is not durable
+    (a store that answers nonsense, ``CorruptStore``, is unavailable for appends too)."""
+    if isinstance(exc, AuditUnavailable):
+        return exc
+    return AuditUnavailable(f"audit store failed ({exc.code})")
 
 
 def _now_us() -> int:

@@ -8,7 +8,7 @@ from policy import _native  # noqa: F401  first: rego-cpp before any other C++ l
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +141,8 @@ class Services:
         self.audit = await AuditLog.open(
             settings.audit_db_url, self.log_key, settings.log_origin,
             checkpoint_every_n=settings.checkpoint_every_n,
-            checkpoint_every_ms=settings.checkpoint_every_ms)
+            checkpoint_every_ms=settings.checkpoint_every_ms,
+            witness=settings.data_dir / "keys" / "log-signed-checkpoints.json")
         facts = await enclave_facts(self.identity)
         await record_startup_state(settings.data_dir, self.policy.bundle, self.identity)
         self.gate = PolicyAuditGate(
@@ -208,17 +209,31 @@ class Services:
         return self.ohttp_keys.key_configs(), self.policy.bundle_digest
 
     async def stop(self) -> None:
+        """Release everything, each part whatever happened to the ones before (a log that
+        cannot publish its final checkpoint still lets the policy engine and the state database
+        go)."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.router.close()
+        await _released("backends", self.router.close())
         if self.gate is not None:
-            await self.gate.drain()
-        await self.dashboard.aclose()
+            await _released("completion_records", self.gate.drain())
+        await _released("dashboard", self.dashboard.aclose())
         if self.audit is not None:
-            await self.audit.close()
-        await self.policy.aclose()
-        self.tenants.close()
+            await _released("audit", self.audit.close())
+        await _released("policy", self.policy.aclose())
+        try:
+            self.tenants.close()
+        except Exception as exc:
+            _log.error("shutdown_step_failed", reason="tenants", error_type=type(exc).__name__)
+
+
+async def _released(name: str, step: Awaitable[None]) -> None:
+    """Await one part's release at shutdown; a failure is logged, and shutdown goes on."""
+    try:
+        await step
+    except Exception as exc:
+        _log.error("shutdown_step_failed", reason=name, error_type=type(exc).__name__)
 
 
 def create_app(settings: Settings | None = None, *,

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Response, get
 
+from audit import AuditLog
 from inference import BackendRouter
 from proxy.api.openai import OpenAIService
 
@@ -17,12 +18,14 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness: every backend answers", tags=["health"])
-async def readyz(backend_router: BackendRouter) -> Response[dict[str, Any]]:
+@get("/readyz", summary="Readiness: every backend answers and the audit log takes records",
+     tags=["health"])
+async def readyz(backend_router: BackendRouter, audit_log: AuditLog) -> Response[dict[str, Any]]:
     backends = await backend_router.ready()
-    ready = all(backends.values())
-    return Response({"status": "ready" if ready else "not_ready", "backends": backends},
-                    status_code=200 if ready else 503)
+    audit = audit_log.accepting
+    ready = all(backends.values()) and audit
+    return Response({"status": "ready" if ready else "not_ready", "backends": backends,
+                     "audit_log": audit}, status_code=200 if ready else 503)
 
 
 @get("/metrics", summary="Prometheus metrics (content-free counters)", tags=["health"],

@@ -25,7 +25,7 @@ def _close_under_it(store: LogStore) -> None:
     """End the kept append connection from outside, as a server restart, a failover or an idle
     timeout does: PostgreSQL terminates its backend; on SQLite (fault injection) the driver
     connection is closed beneath the pool."""
-    kept = store._appender
+    kept = store._appenders.get(True) or store._appenders.get(False)  # inline, or the writer's
     assert kept is not None and kept.driver_connection is not None
     if store.is_sqlite:
         kept.driver_connection.close()
@@ -64,7 +64,7 @@ async def test_a_connection_lost_at_commit_is_not_written_twice(
 
     def commit_then_lose(self: Any) -> None:
         self.driver_connection.commit()
-        if self is log.store._appender and not lost:
+        if self is log.store._appenders.get(False) and not lost:
             lost.append(True)
             self.driver_connection.close()
             self.driver_connection.commit()  # raises: Cannot operate on a closed database

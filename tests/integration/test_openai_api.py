@@ -251,6 +251,7 @@ def test_health_and_openapi(gateway: Gateway) -> None:
     ready = httpx.get(f"{gateway.url}/readyz")
     assert ready.json()["backends"]["local"] is True
     assert ready.json()["backends"]["down"] is False and ready.status_code == 503
+    assert ready.json()["audit_log"] is True
     schema = httpx.get(f"{gateway.url}/schema/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"] and "/v1/embeddings" in schema["paths"]
     # The document itself at /schema too, never a viewer page loading scripts from a CDN.
