@@ -127,6 +127,15 @@ BAD_COMBINATIONS = [
         {"metrics": {"serviceMonitor": {"enabled": True}}},
         "needs metrics.enabled",
     ),
+    # SEALGATE_* variables win over sealgate.toml: a setting the chart controls would be ignored.
+    ("extra-config-sets-region", {"proxy": {"extraConfig": 'region = "eu"\n'}},
+     "may not set region, which the chart controls"),
+    ("extra-config-quoted-key",
+     {"proxy": {"extraConfig": "policy_timeout_ms = 500\n  'log_level' = 'debug'\n"}},
+     "use proxy.logLevel"),
+    ("extra-config-sets-audit-url",
+     {"proxy": {"extraConfig": 'audit_url = "postgresql+psycopg://u:p@db/sealgate"\n'}},
+     "use postgresql.existingSecret"),
 ]
 
 
@@ -456,3 +465,36 @@ def test_extra_config_holds_top_level_settings_and_names_with_at_and_plus_load(
     assert (settings.policy_timeout_ms, settings.audit_sync) == (500, "full")
     assert "team@v1+fast" in settings.models and "llama-3.1-8b-instruct" in settings.models
 
+
+def test_extra_config_may_not_set_what_the_chart_controls(chart: Any, render: Any) -> None:
+    """Every setting the chart passes as a SEALGATE_* variable, or as a serve argument, wins
+    over sealgate.toml: in proxy.extraConfig it is refused, not silently ignored."""
+    helm = helm_module()
+    rendered: Rendered = render({
+        "proxy": {"trustedProxies": ["10.0.0.0/8"], "tenantMaxConcurrent": 4,
+                  "tenantRequestsPerMinute": 60, "tenantTokensPerMinute": 10000,
+                  "releaseMeasurement": "ab" * 48,
+                  "sessionSecret": {"existingSecret": "session"}},
+        "policy": {"files": {"rego/authz.rego": "package sealgate.authz\n"}},
+        "postgresql": {"enabled": True, "existingSecret": "audit-db", "egress": DB_EGRESS},
+    })
+    (proxy,) = [c for c in rendered.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+                ["containers"] if c["name"] == "proxy"]
+    keys = {e["name"].removeprefix("SEALGATE_").lower() for e in proxy["env"]
+            if e["name"].startswith("SEALGATE_")}
+    assert {"region", "log_origin", "opa_url", "database_url"} <= keys
+    keys |= {a.removeprefix("--") for a in proxy["args"] if a in ("--host", "--port")}
+    for key in sorted(keys):
+        with pytest.raises(helm.HelmRenderError) as caught:
+            chart.render({"proxy": {"extraConfig": f"{key} = 1\n"}},
+                         name="sealgate", namespace="sealgate")
+        assert f"may not set {key}," in str(caught.value)
+
+
+def test_extra_config_tables_may_hold_keys_named_like_controlled_settings(render: Any) -> None:
+    """Only top-level keys are the chart's: the same name inside a table is another setting."""
+    extra = ('policy_timeout_ms = 500\n\n[backends."local"]  # a supervised vLLM child\n'
+             'type = "vllm"\nmodel = "/models/m"\nport = 8012\n')
+    rendered: Rendered = render({"proxy": {"extraConfig": extra}})
+    toml = rendered.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"]
+    assert "port = 8012" in toml

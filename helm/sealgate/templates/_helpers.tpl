@@ -211,6 +211,23 @@ value of "--name" */}}
 {{- fail (printf "vllm.extraArgs may not set %s: the chart fixes vLLM's address, model and request logging (off), and keeps content inside vLLM" $flag) }}
 {{- end }}
 {{- end }}
+{{- /* Settings the chart controls itself: its SEALGATE_* variables (deployment.yaml) and
+serve's --host/--port win over sealgate.toml, so proxy.extraConfig setting one would be ignored.
+A top-level key is one on a line before the first table header. */}}
+{{- $controlled := dict "host" "the chart listens on 0.0.0.0" "port" "use proxy.port" "log_origin" "the chart derives it from the pod name" "deployment_mode" "use proxy.deploymentMode" "data_dir" "use proxy.dataDir" "region" "use proxy.region" "log_level" "use proxy.logLevel" "trusted_proxies" "use proxy.trustedProxies" "tenant_max_concurrent" "use proxy.tenantMaxConcurrent" "tenant_requests_per_minute" "use proxy.tenantRequestsPerMinute" "tenant_tokens_per_minute" "use proxy.tenantTokensPerMinute" "evidence_provider" "use confidential.evidenceProvider" "policy_engine" "use policy.engine" "policy_bundle" "use policy.files or the chart's policy/ folder" "opa_url" "use opa.port" "audit_url" "use postgresql.existingSecret" "database_url" "use postgresql.existingSecret" "release_measurement" "use proxy.releaseMeasurement" "session_secret" "use proxy.sessionSecret.existingSecret" }}
+{{- $topLevel := true }}
+{{- range $line := splitList "\n" $v.proxy.extraConfig }}
+{{- if regexMatch `^\s*\[.*\]\s*(#.*)?$` $line }}
+{{- $topLevel = false }}
+{{- end }}
+{{- if $topLevel }}
+{{- range $key, $instead := $controlled }}
+{{- if regexMatch (printf `^\s*(%s|"%s"|'%s')\s*=` $key $key $key) $line }}
+{{- fail (printf "proxy.extraConfig may not set %s, which the chart controls (its SEALGATE_* variables and serve arguments win over sealgate.toml): %s" $key $instead) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range $name, $m := $models }}
 {{- if not (hasKey (include "sealgate.backends" $ | fromJson) $m.backend) }}
 {{- fail (printf "model %q names backend %q, which is neither in backends nor the vLLM backend" $name $m.backend) }}
