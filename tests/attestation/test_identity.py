@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime as dt
 import functools
+import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from proxy.attestation import (
     VerificationError,
     VerificationPolicy,
     compute_report_data,
+    gpu_nonce,
     verify_identity,
 )
 from proxy.attestation._binding import binding_object
@@ -39,20 +41,25 @@ from tests.attestation._support import (
     snp_case,
 )
 from tests.conftest import load_vector, vector_path
+from tests.ohttp._vectors import h, ohttp_vector
 
 M = "a1" * 48
-KEY_CONFIGS = bytes.fromhex(
-    "01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003"
-)
 AUDIT_KEY = bytes(range(32))
 PINNED = VerificationPolicy(allowed_measurements=frozenset({M}), allow_simulated=True)
+
+
+def key_configs() -> bytes:
+    """The key configuration of RFC 9458 Appendix A, from the shared vectors (skips, or fails
+    under SEALGATE_REQUIRE_ALL=1, when they are absent)."""
+    return h(ohttp_vector("rfc9458-appendix-a.json")["key_config"])
 
 
 class Inputs:
     """Mutable inputs so the cache behaviour can be observed."""
 
-    def __init__(self) -> None:
-        self.key_configs, self.digest = KEY_CONFIGS, "sha256:" + "ab" * 32
+    def __init__(self, configs: bytes | None = None) -> None:
+        self.key_configs = key_configs() if configs is None else configs
+        self.digest = "sha256:" + "ab" * 32
 
     def service(self, measurement: str = M, **kw: Any) -> IdentityService:
         self.provider = CountingSimulatedProvider(measurement)
@@ -84,11 +91,11 @@ def test_round_trip_accepts_pinned_measurement() -> None:
     nonce = b"n" * 32
     doc = _doc(nonce=nonce)
     identity = verify_identity(doc, PINNED, nonce=nonce)
-    assert identity.key_configs == KEY_CONFIGS and identity.audit_public_key == AUDIT_KEY
+    assert identity.key_configs == key_configs() and identity.audit_public_key == AUDIT_KEY
     assert identity.measurement == M and identity.simulated and identity.platform == "simulated"
     assert identity.evidence_digest.startswith("sha256:") and identity.tcb_status is None
     assert any("INSECURE" in n for n in identity.notes)
-    expected = compute_report_data(KEY_CONFIGS, AUDIT_KEY, doc["policy_digest"], M, nonce,
+    expected = compute_report_data(key_configs(), AUDIT_KEY, doc["policy_digest"], M, nonce,
                                    doc["created"])
     assert doc["report_data"] == expected.hex() and len(expected) == 64
 
@@ -99,6 +106,58 @@ def test_binding_encoding_is_canonical() -> None:
     assert rfc8785.dumps(obj) == (
         b'{"audit_key":"YQ==","created":"2026-01-01T00:00:00+00:00","key_configs":"aw==",'
         b'"measurement":"m","nonce":null,"policy_digest":"sha256:00"}')
+
+
+# Known answers for docs/attestation.md "REPORT_DATA encoding", written out by hand from the
+# spec: the inputs are chosen so that standard base64 (RFC 4648 §4) differs from the URL-safe
+# alphabet ('+', '/') and carries padding.
+KAT_KEY_CONFIGS = b"\xfb\xff\xfe\x00"  # base64 "+//+AA=="
+KAT_AUDIT_KEY = bytes(range(32))  # base64 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+KAT_NONCE = b"\xfb\xef\xbe" * 5 + b"\xff"  # base64 "++++++++++++++++++++/w=="
+KAT_DIGEST = "sha256:" + "0f" * 32
+KAT_CREATED = "2026-01-01T00:00:00+00:00"
+KAT_WITH_NONCE = (
+    b'{"audit_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",'
+    b'"created":"2026-01-01T00:00:00+00:00",'
+    b'"key_configs":"+//+AA==",'
+    b'"measurement":"' + M.encode() + b'",'
+    b'"nonce":"++++++++++++++++++++/w==",'
+    b'"policy_digest":"sha256:' + b"0f" * 32 + b'"}'
+)
+KAT_WITHOUT_NONCE = KAT_WITH_NONCE.replace(b'"++++++++++++++++++++/w=="', b"null")
+
+
+@pytest.mark.parametrize(("nonce", "encoding"), [(KAT_NONCE, KAT_WITH_NONCE),
+                                                  (None, KAT_WITHOUT_NONCE)],
+                         ids=["nonce", "no-nonce"])
+def test_report_data_known_answer(nonce: bytes | None, encoding: bytes) -> None:
+    """REPORT_DATA is SHA-512 over the six-key JCS encoding, 64 bytes, and each GPU's SPDM
+    request nonce is SHA-256 of it (docs/attestation.md), checked against hashlib directly."""
+    expected = hashlib.sha512(encoding).digest()
+    got = compute_report_data(KAT_KEY_CONFIGS, KAT_AUDIT_KEY, KAT_DIGEST, M, nonce, KAT_CREATED)
+    assert got == expected and len(got) == 64
+    assert gpu_nonce(got) == hashlib.sha256(expected).digest()
+
+
+def test_identity_service_binds_the_documented_report_data() -> None:
+    """A document the service builds carries SHA-512 of the hand-written encoding of its own
+    fields, hands exactly that to the CPU provider, and SHA-256 of it to each GPU collector."""
+    seen: list[bytes] = []
+
+    async def collector(nonce: bytes) -> tuple[bytes, bytes]:
+        seen.append(nonce)
+        return b"spdm", b""
+
+    service = IdentityService(SimulatedProvider(M), lambda: KAT_KEY_CONFIGS, KAT_AUDIT_KEY,
+                              lambda: KAT_DIGEST, M, gpu_providers=[NvidiaGpuProvider(collector)])
+    doc = asyncio.run(service.document(KAT_NONCE))
+    encoding = KAT_WITH_NONCE.replace(b'"created":"2026-01-01T00:00:00+00:00"',
+                                      b'"created":"' + doc["created"].encode() + b'"')
+    expected = hashlib.sha512(encoding).digest()
+    assert doc["report_data"] == expected.hex()
+    simulated = json.loads(base64.b64decode(doc["evidence"]["report"]))
+    assert simulated["body"]["report_data"] == expected.hex()
+    assert seen == [hashlib.sha256(expected).digest()]
 
 
 def test_other_measurement_refused() -> None:
@@ -116,14 +175,14 @@ def test_simulated_refused_by_default() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("key_configs", base64.b64encode(KEY_CONFIGS[:-1] + b"\x04").decode()),
-    ("audit_public_key", base64.b64encode(bytes(32)).decode()),
-    ("policy_digest", "sha256:" + "cd" * 32),
-    ("nonce", base64.b64encode(b"x" * 16).decode()),
+    ("key_configs", lambda: base64.b64encode(key_configs()[:-1] + b"\x04").decode()),
+    ("audit_public_key", lambda: base64.b64encode(bytes(32)).decode()),
+    ("policy_digest", lambda: "sha256:" + "cd" * 32),
+    ("nonce", lambda: base64.b64encode(b"x" * 16).decode()),
 ])
-def test_swapped_field_breaks_binding(field: str, value: str) -> None:
+def test_swapped_field_breaks_binding(field: str, value: Any) -> None:
     doc = _doc()
-    doc[field] = value
+    doc[field] = value()
     assert _code(doc) == "report_data_mismatch"
 
 
@@ -189,7 +248,7 @@ def test_no_nonce_document_cached_until_input_changes() -> None:
     async def run() -> list[dict[str, Any]]:
         first = await service.document()
         second = await service.document()
-        inputs.key_configs = KEY_CONFIGS + b"\x00"
+        inputs.key_configs = key_configs() + b"\x00"
         third = await service.document()
         fresh = [await service.document(b"q" * 16), await service.document(b"q" * 16)]
         return [first, second, third, *fresh]
@@ -226,7 +285,7 @@ def _snp_document(forge: SnpForge, nonce: bytes) -> dict[str, Any]:
     raw = bytearray(forge.report)
     raw[0x90:0xC0] = b"\xee" * 48  # the launch measurement of whatever image was booted
     measurement = bytes(raw[0x90:0xC0]).hex()
-    raw[0x50:0x90] = compute_report_data(KEY_CONFIGS, AUDIT_KEY, "sha256:" + "11" * 32,
+    raw[0x50:0x90] = compute_report_data(key_configs(), AUDIT_KEY, "sha256:" + "11" * 32,
                                          measurement, nonce, created)
     evidence = Evidence(platform="sev-snp", report=forge.sign(bytes(raw)),
                         certificates=forge.certs(), provider="configfs-tsm")
@@ -236,7 +295,7 @@ def _snp_document(forge: SnpForge, nonce: bytes) -> dict[str, Any]:
 def _document(evidence: Evidence, measurement: str, nonce: bytes, created: str) -> dict[str, Any]:
     """An identity document for the test keys around hardware ``evidence``."""
     return {"version": 1, "platform": evidence.platform,
-            "key_configs": base64.b64encode(KEY_CONFIGS).decode(),
+            "key_configs": base64.b64encode(key_configs()).decode(),
             "audit_public_key": base64.b64encode(AUDIT_KEY).decode(),
             "policy_digest": "sha256:" + "11" * 32, "measurement": measurement,
             "nonce": base64.b64encode(nonce).decode(), "evidence": evidence.to_json(),
@@ -286,7 +345,7 @@ def _tdx_document(forge: TdxForge, nonce: bytes) -> dict[str, Any]:
     measurement = quote.body.mr_td.hex()
     signed = bytearray(quote.signed)
     signed[48 + 520:48 + 584] = compute_report_data(  # v4: 48-byte header, REPORTDATA at 520
-        KEY_CONFIGS, AUDIT_KEY, "sha256:" + "11" * 32, measurement, nonce, created)
+        key_configs(), AUDIT_KEY, "sha256:" + "11" * 32, measurement, nonce, created)
     evidence = Evidence(platform="tdx", report=forge.resigned(bytes(signed)), certificates=b"",
                         provider="configfs-tsm")
     return _document(evidence, measurement, nonce, created)
@@ -378,8 +437,7 @@ def test_client_refuses_an_identity_answer_nested_too_deeply() -> None:
 def _slow_identity() -> tuple[Any, Any, list[int]]:
     """Identity endpoint handlers (async, sync) answering a real simulated document for each
     nonce after 50 ms (long enough for every concurrent caller to arrive), and their calls."""
-    inputs = Inputs()
-    inputs.key_configs = encode_key_configs([GatewayKey.generate(3).config])
+    inputs = Inputs(encode_key_configs([GatewayKey.generate(3).config]))
     service, calls = inputs.service(), []
 
     async def answer(request: httpx2.Request) -> httpx2.Response:

@@ -21,6 +21,8 @@ ACCOUNTS = {
     "auditor1": ("auditor", None),
     "rev-acme": ("reviewer", "acme"),
     "rev-globex": ("reviewer", "globex"),
+    "lockout1": ("auditor", None),  # tests/dashboard/test_security.py locks it out: no one else
+    "csrf1": ("auditor", None),  # tests/dashboard/test_security.py signs it out
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from policy import bundle_digest
-from tests.dashboard.conftest import PASSWORD
+from tests.dashboard.conftest import CSRF, PASSWORD, sign_in
 from tests.evidence.conftest import Traffic
 
 
@@ -53,11 +53,42 @@ def test_posts_need_the_csrf_token(traffic: Traffic, accounts: Any) -> None:
     assert login.status_code == 403
 
 
+# The lockout lasts the limiter's window (300 s) for the user name and the client address, so
+# the test that trips it uses an account and an address of its own: any other test, in any
+# order, signs in unhindered.
+LOCKED_USER, LOCKED_ADDRESS = "lockout1", "127.0.0.9"
+
+
 def test_failed_logins_are_rate_limited(traffic: Traffic, accounts: Any) -> None:
-    statuses = [_login(traffic, "auditor1", "wrong password!!")[1].status_code for _ in range(6)]
+    statuses = [_login(traffic, LOCKED_USER, "wrong password!!", LOCKED_ADDRESS)[1].status_code
+                for _ in range(6)]
     assert statuses[:5] == [401] * 5 and statuses[5] == 429
     # the limit holds even for the right password until the window passes
-    assert _login(traffic, "auditor1")[1].status_code == 429
+    assert _login(traffic, LOCKED_USER, address=LOCKED_ADDRESS)[1].status_code == 429
+
+
+def test_a_form_token_works_only_in_its_own_session(traffic: Traffic, accounts: Any) -> None:
+    """The CSRF token is bound to the session's nonce: session B's token, though genuine and
+    for the same account, is refused in session A, and a refused sign-out ends nothing."""
+    url, address = traffic.gateway.url, "127.0.0.12"
+    first, second = sign_in(url, "csrf1", address), sign_in(url, "csrf1", address)
+
+    def token(client: httpx.Client) -> str:
+        found = CSRF.search(client.get("/dashboard/export").text)
+        assert found is not None
+        return found.group(1)
+
+    window = {"from": "2020-01-01", "to": "2020-01-31"}
+    foreign = first.post("/dashboard/export", data={"csrf": token(second), **window})
+    assert foreign.status_code == 403 and "Invalid form token." in foreign.text
+    refused = first.post("/dashboard/logout", data={"csrf": token(second)})
+    assert refused.status_code == 403 and "Invalid form token." in refused.text
+    assert first.get("/dashboard/").status_code == 200  # still signed in
+    # The same requests with each session's own token are accepted.
+    own = first.post("/dashboard/export", data={"csrf": token(first), **window})
+    assert own.status_code == 200 and own.headers["content-type"] == "application/zip"
+    signed_out = second.post("/dashboard/logout", data={"csrf": token(second)})
+    assert signed_out.status_code == 303 and signed_out.headers["location"] == "/dashboard/login"
 
 
 def test_non_ascii_tokens_and_cookies_are_refused_not_a_crash(traffic: Traffic,
@@ -79,7 +110,7 @@ def test_a_scoped_reviewer_sees_only_its_policy_versions_and_rules(traffic: Traf
                                                                   accounts: Any) -> None:
     """Bundle data files hold every tenant's contract, and a version no record of the tenant
     cites is none of its business: a tenant's reviewer gets neither, an auditor both."""
-    admin, _ = _login(traffic, "admin1", address="127.0.0.5")  # auditor1 is locked out above
+    admin, _ = _login(traffic, "admin1", address="127.0.0.5")
     current = re.search(r'<code id="current">([^<]+)</code>', admin.get("/dashboard/policies").text)
     assert current is not None
     folder = traffic.gateway.data_dir / "policies" / current.group(1).removeprefix("sha256:")

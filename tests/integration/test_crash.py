@@ -59,7 +59,13 @@ def test_kill_9_under_load(workdir: Path, fast_upstream: Proc) -> None:
         result = run_cli(restarted.env, "audit", "verify", "--from-checkpoint", str(saved), "--json")
         assert result.returncode == 0, result.stdout + result.stderr
         reports = json.loads(result.stdout)
-        assert reports
+        # `audit verify --json` (proxy/cli/_audit.py): {"ok": true, "logs": [...]} on success.
+        assert reports["ok"] is True and len(reports["logs"]) == 1
+        (log,) = reports["logs"]
+        assert log["origin"] == last_note.split("\n")[0]  # the log that signed the kept note
+        # The restart integrated every record the crash left committed, and published a
+        # checkpoint over all of them (the extension of the kept note is what exit 0 means).
+        assert log["records"] == log["integrated"] == log["size"], log
         for header in receipts:
             record_id = header.split(";")[0].removeprefix("id=")
             response = httpx.get(f"{restarted.url}/v1/audit/records/{record_id}",

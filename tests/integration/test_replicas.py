@@ -17,6 +17,8 @@ from proxy.client import SealedTransportError, verify_response_receipt
 from tests.pg import PgCluster, postgresql  # noqa: F401  (session fixture)
 from tests.server import Gateway, Proc, fast_config, run_cli, start_gateway
 
+THREADS, PER_THREAD = 2, 60  # per replica
+
 
 def _hammer(gw: Gateway, key: str, n: int, ok: list[int]) -> None:
     body = {"model": "fast", "messages": [{"role": "user", "content": "x"}]}
@@ -59,13 +61,14 @@ def test_two_replicas_one_postgres(workdir: Path, fast_upstream: Proc,
         log_origin=f"sealgate.test/replica-{n}", checkpoint_every_ms=100)) for n in (1, 2)]
     try:
         statuses: list[int] = []
-        threads = [threading.Thread(target=_hammer, args=(gw, gw.new_key("acme"), 60, statuses))
-                   for gw in replicas for _ in range(2)]
+        threads = [threading.Thread(target=_hammer, args=(gw, gw.new_key("acme"), PER_THREAD,
+                                                          statuses))
+                   for gw in replicas for _ in range(THREADS)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert statuses.count(200) == 240
+        assert statuses.count(200) == len(statuses) == 2 * THREADS * PER_THREAD
         notes = [httpx.get(f"{gw.url}/v1/audit/checkpoint").text for gw in replicas]
         assert notes[0].split("\n")[0] != notes[1].split("\n")[0]  # separate origins / logs
         _receipt_verifies_through_the_other_replica(*replicas)
@@ -75,7 +78,16 @@ def test_two_replicas_one_postgres(workdir: Path, fast_upstream: Proc,
     result = run_cli(replicas[0].env, "audit", "verify", "--db", url, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     reports = json.loads(result.stdout)
-    logs = reports if isinstance(reports, list) else reports.get("logs", [])
-    assert len(logs) == 2
-    assert all(r.get("ok", True) for r in logs)
-    assert sum(int(r.get("records", r.get("size", 0))) for r in logs) >= 480  # intent + completion
+    # `audit verify --json` (proxy/cli/_audit.py): {"ok": true, "logs": [one object per log]}
+    # on success; any discrepancy exits 1 with no JSON.
+    assert reports["ok"] is True
+    origins = sorted(r["origin"] for r in reports["logs"])
+    assert origins == ["sealgate.test/replica-1", "sealgate.test/replica-2"]  # one log each
+    logs = {r["origin"]: r for r in reports["logs"]}
+    for report in logs.values():
+        # Stopped cleanly: every record integrated and under the final checkpoint.
+        assert report["records"] == report["integrated"] == report["size"], report
+    # An intent and a completion record per request: THREADS * PER_THREAD hammered into each
+    # replica, and the one roaming request sent to the first.
+    assert logs["sealgate.test/replica-1"]["records"] == 2 * (THREADS * PER_THREAD + 1)
+    assert logs["sealgate.test/replica-2"]["records"] == 2 * THREADS * PER_THREAD

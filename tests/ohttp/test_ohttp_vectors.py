@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pyhpke import AEADId, CipherSuite, KDFId, KEMId
+from pyhpke.kem_key import KEMKeyPair
 
 from proxy.ohttp import (
     ChunkedRequestOpener,
@@ -65,6 +67,52 @@ def test_rfc9458_exchange_gateway_side_and_back() -> None:
     assert client.commitment_key == server.commitment_key
     assert len(client.commitment_key) == 32
     assert client.open_response(response) == h(vector["bhttp_response"])
+
+
+def _pyhpke_commitment_keys(vector: Any) -> tuple[bytes, bytes]:
+    """docs/protocol.md "Commitment key": Export("sealgate commitment key", 32) of the request's
+    HPKE context, computed by pyhpke alone from the vector's keys and HPKE info, on the
+    recipient side (gateway key, enc) and on the sender side (the client's ephemeral key)."""
+    suite_ids = vector["suite"]
+    suite = CipherSuite.new(KEMId(suite_ids["kem_id"]), KDFId(suite_ids["kdf_id"]),
+                            AEADId(suite_ids["aead_id"]))
+    info = h(vector["hpke_info"])
+    recipient = suite.create_recipient_context(
+        h(vector["client_pk_e"]), suite.kem.deserialize_private_key(h(vector["gateway_sk_r"])),
+        info=info)
+    ephemeral = KEMKeyPair(suite.kem.deserialize_private_key(h(vector["client_sk_e"])),
+                           suite.kem.deserialize_public_key(h(vector["client_pk_e"])))
+    enc, sender = suite.create_sender_context(
+        suite.kem.deserialize_public_key(h(vector["gateway_public_key"])), info=info, eks=ephemeral)
+    assert enc == h(vector["client_pk_e"])
+    label = b"sealgate commitment key"
+    return recipient.export(label, 32), sender.export(label, 32)
+
+
+def test_rfc9458_commitment_key_known_answer() -> None:
+    """Both ends' commitment_key for the RFC 9458 exchange equals the documented export."""
+    vector = ohttp_vector(RFC9458)
+    by_recipient, by_sender = _pyhpke_commitment_keys(vector)
+    assert by_recipient == by_sender and len(by_recipient) == 32
+    _, server = decapsulate_request(h(vector["encapsulated_request"]), {1: _gateway_key(vector)}.get)
+    _, client = encapsulate_request(KeyConfig.decode(h(vector["key_config"])),
+                                    h(vector["bhttp_request"]),
+                                    ephemeral_sk_for_testing=h(vector["client_sk_e"]))
+    assert server.commitment_key == by_recipient
+    assert client.commitment_key == by_recipient
+
+
+def test_chunked_commitment_key_known_answer() -> None:
+    """The chunked exchange exports the same label from its own context (docs/protocol.md)."""
+    vector = ohttp_vector(CHUNKED)
+    by_recipient, by_sender = _pyhpke_commitment_keys(vector)
+    assert by_recipient == by_sender and len(by_recipient) == 32
+    opener = ChunkedRequestOpener({1: _gateway_key(vector)}.get)
+    assert opener.feed(h(vector["encapsulated_request"])) and opener.context is not None
+    sealer = ChunkedRequestSealer(KeyConfig.decode(h(vector["key_config"])),
+                                  ephemeral_sk_for_testing=h(vector["client_sk_e"]))
+    assert opener.context.commitment_key == by_recipient
+    assert sealer.context.commitment_key == by_recipient
 
 
 def _chunked_request_parts(vector: Any) -> list[bytes]:
