@@ -15,9 +15,10 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
@@ -41,7 +42,7 @@ from proxy.attestation import IdentityService, detect_provider, identity_handler
 from proxy.config import BackendSettings, Settings
 from proxy.dashboard import DashboardService, dashboard_router
 from proxy.enclave import enclave_facts
-from proxy.errors import ConfigError, SealedChannelRequired, exception_handler
+from proxy.errors import ConfigError, SealedChannelRequired, error_response, exception_handler
 from proxy.evidence import record_startup_state
 from proxy.gate import PolicyAuditGate
 from proxy.gateway import KeyManager, ReplayGuard, build_gateway_handlers, gateway_front, sealed_channel
@@ -228,6 +229,14 @@ class Services:
             _log.error("shutdown_step_failed", reason="tenants", error_type=type(exc).__name__)
 
 
+async def _schema_not_found(response: Response[Any]) -> Response[Any]:
+    """Any other path under /schema is the framework's HTML "404 Not found" page: answered as
+    every other unknown path is, with the JSON error envelope."""
+    if response.status_code != 404:
+        return response
+    return error_response(NotFoundException())
+
+
 async def _released(name: str, step: Awaitable[None]) -> None:
     """Await one part's release at shutdown; a failure is logged, and shutdown goes on."""
     try:
@@ -296,7 +305,10 @@ def create_app(settings: Settings | None = None, *,
         openapi_config=OpenAPIConfig(title="Sealgate", version="0.1.0", path="/schema",
                                      # The document only: interactive viewers load their
                                      # scripts from a CDN, and nothing is fetched at run time.
-                                     render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()]),
+                                     render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+                                     openapi_router=Router(
+                                         "/schema", route_handlers=[], include_in_schema=False,
+                                         after_request=_schema_not_found)),
         state=State({"services": services}),
         debug=False,
         logging_config=None,

@@ -28,6 +28,7 @@ __all__ = [
     "SealedChannelRequired",
     "SealgateError",
     "error_envelope",
+    "error_response",
     "exception_handler",
     "observe_errors",
     "set_error_headers",
@@ -165,6 +166,11 @@ def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Respon
     if observer is not None:
         observer(response.status_code, code)
     return response
+
+
+def error_response(exc: Exception) -> Response[bytes]:
+    """The envelope answer to ``exc`` outside a request's exception handling."""
+    return _mapped(exc)[0]
 
 
 def _mapped(exc: Exception) -> tuple[Response[bytes], str]:

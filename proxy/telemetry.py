@@ -8,17 +8,20 @@ content, cannot pass), and the event name itself must be a snake_case word.
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import logging
 import os
 import re
+import resource
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["ALLOWED_FIELDS", "Metrics", "configure_logging", "detach_native_stderr", "drop_unknown_fields"]
+__all__ = ["ALLOWED_FIELDS", "Metrics", "configure_logging", "detach_native_stderr", "drop_unknown_fields",
+           "forbid_core_dumps"]
 
 ALLOWED_FIELDS = frozenset({
     "event", "level", "timestamp", "logger",
@@ -97,6 +100,23 @@ def detach_native_stderr() -> None:
     sys.stderr = os.fdopen(kept, "w", buffering=1, encoding=sys.stderr.encoding,
                            errors="backslashreplace")
     faulthandler.enable(sys.stderr)  # code locations only, never data
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def forbid_core_dumps() -> None:
+    """No core file of the server, nor of the children it starts (a supervised vLLM): a crash
+    would write the prompts and completions in memory to disk. The core size limit is 0, soft
+    and hard (children inherit it), and the process is not dumpable (Linux: no core file
+    whatever the limit or ``core_pattern`` says, and no ``ptrace`` attach by another process
+    of the same user)."""
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError):
+        pass  # already lower than the caller may raise it: 0 is the floor anyway
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 class Metrics:

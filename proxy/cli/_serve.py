@@ -26,13 +26,14 @@ def _serve(args: argparse.Namespace) -> int:
     from proxy.app import create_app
     from proxy.cli import _message
     from proxy.cli._common import load_settings
-    from proxy.telemetry import detach_native_stderr
+    from proxy.telemetry import detach_native_stderr, forbid_core_dumps
 
     settings = load_settings(args)
     changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.replace(**changes)
     settings.validate()
     detach_native_stderr()  # before any native library starts: none can log request text
+    forbid_core_dumps()  # no core file holding what is in memory
     app = create_app(settings)
     banner = (f"sealgate: serving on http://{settings.host}:{settings.port} "
               f"(models: {', '.join(settings.models)}; data: {settings.data_dir})")

@@ -258,6 +258,9 @@ def test_health_and_openapi(gateway: Gateway) -> None:
     root = httpx.get(f"{gateway.url}/schema")
     assert root.headers["content-type"].startswith("application/") and root.json() == schema
     assert "openapi" in yaml.safe_load(httpx.get(f"{gateway.url}/schema/openapi.yaml").text)
+    for viewer in ("/schema/swagger", "/schema/redoc", "/schema/nothing.json"):
+        missing = httpx.get(f"{gateway.url}{viewer}")  # the JSON envelope, not an HTML page
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'sealgate_requests_total{endpoint="/v1/chat/completions"' in metrics
     assert "sealgate_tokens_total" in metrics

@@ -448,3 +448,23 @@ def test_native_writes_to_stderr_are_discarded_and_python_output_kept() -> None:
     assert "NATIVE-CANARY" not in err
     assert '"event": "still_logged"' in err
     assert "python_warning_kept" in err and "sealgate: python_output_kept" in err
+
+
+_HARDENED = """
+import ctypes, resource, subprocess, sys
+from proxy.telemetry import forbid_core_dumps
+forbid_core_dumps()
+dumpable = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+child = subprocess.run([sys.executable, "-c", "import resource; print(resource.getrlimit("
+                        "resource.RLIMIT_CORE))"], capture_output=True, text=True).stdout.strip()
+print(resource.getrlimit(resource.RLIMIT_CORE), dumpable, child)
+"""
+
+
+def test_the_server_process_and_its_children_dump_no_core() -> None:
+    """A core file would hold the prompts and completions in memory: ``sealgate serve`` sets
+    the core size limit to 0 (its children, a supervised vLLM, inherit it) and is not dumpable."""
+    done = subprocess.run([sys.executable, "-c", _HARDENED], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(0,", "0)", "0", "(0,", "0)"], done.stdout
