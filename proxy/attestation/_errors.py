@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
-__all__ = ["VerificationError", "translate"]
+__all__ = ["VerificationError", "translate", "translated"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# What parsing hostile evidence can raise besides VerificationError: malformed values, an
+# unknown key type, a certificate or CRL with a bad version field (cryptography's InvalidVersion
+# is not a ValueError), JSON nested past the recursion limit.
+_FOREIGN = (ValueError, TypeError, KeyError, IndexError, UnicodeError, UnsupportedAlgorithm,
+            x509.InvalidVersion, RecursionError)
 
 
 class VerificationError(Exception):
@@ -19,7 +30,7 @@ class VerificationError(Exception):
     ``root_not_trusted``, ``collateral_expired``, ``collateral_invalid``, ``collateral_missing``,
     ``crl_revoked``, ``fmspc_mismatch``, ``tcb_revoked``, ``tcb_status_not_allowed``,
     ``qe_identity_mismatch``, ``chip_id_mismatch``, ``tcb_mismatch``, ``tcb_below_minimum``,
-    ``debug_enabled``, ``migration_agent_allowed``, ``measurement_not_allowed``,
+    ``debug_enabled``, ``migration_agent_allowed``, ``measurement_not_allowed``, ``claim_not_allowed``,
     ``measurement_mismatch``, ``report_data_mismatch``, ``nonce_mismatch``, ``gpu_nonce_mismatch``,
     ``simulated_not_allowed``, ``platform_not_allowed``, ``document_malformed``,
     ``document_expired``, ``policy_invalid``, ``evidence_unavailable``, ``evidence_race``,
@@ -39,6 +50,20 @@ def translate(code: str, what: str) -> Iterator[None]:
         yield
     except VerificationError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, UnicodeError,
-            UnsupportedAlgorithm) as exc:  # the last: an unknown key type in a certificate
+    except _FOREIGN as exc:
         raise VerificationError(code, f"{what}: {type(exc).__name__}") from exc
+
+
+def translated(code: str, what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a public verifier: nothing but a `VerificationError` leaves it, whatever the
+    evidence holds (a clear refusal, never a traceback)."""
+
+    def wrap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def verified(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            with translate(code, what):
+                return fn(*args, **kwargs)
+
+        return verified
+
+    return wrap

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from ._errors import VerificationError
+from ._errors import VerificationError, translated
 from ._verdict import EvidenceVerdict, Trace
 from ._x509 import build_chain, load_certificates, pinned_root, resolve_time, verify_chain
 
@@ -127,6 +127,7 @@ def _signed_by_key(parsed: SpdmMeasurements, cert: x509.Certificate) -> bool:
     return True
 
 
+@translated("report_malformed", "NVIDIA GPU evidence")
 def verify_nvidia(
     report: bytes,
     certificates: bytes,

@@ -31,8 +31,15 @@ _FLAGS = ("allow_simulated", "allow_debug", "allow_migration_agent", "allow_any_
 # A misspelt key must not quietly drop a check ("max_age" for "max_age_s" would accept evidence
 # of any age): keys and platform names outside these are policy_invalid.
 _KEYS = frozenset({"allowed_measurements", "release_manifest", "allowed_platforms",
-                   "allowed_tcb_statuses", "max_age_s", "min_tcb", *_FLAGS})
+                   "allowed_tcb_statuses", "max_age_s", "min_tcb", "required_claims", *_FLAGS})
 _PLATFORMS = frozenset({"sev-snp", "tdx"})
+# Fields beside the launch measurement that tell one workload from another on the same
+# firmware or guest image (Kata puts its init-data digest in HOST_DATA; RTMRs extend the TD's
+# boot chain): ``required_claims`` pins them, each to one value or a list of accepted values.
+_INT_CLAIMS = frozenset({"vmpl", "guest_svn"})
+_CLAIMS = {"sev-snp": frozenset({"host_data", "id_key_digest", *_INT_CLAIMS}),
+           "tdx": frozenset({"mr_config_id", "mr_owner", "mr_seam",
+                             "rtmr0", "rtmr1", "rtmr2", "rtmr3"})}
 
 
 def _frozen(mapping: Mapping[str, Mapping[str, int]]) -> Mapping[str, Mapping[str, int]]:
@@ -66,6 +73,10 @@ class VerificationPolicy:
     export the guest's memory."""
     max_age_s: float | None = None
     """Refuse documents whose ``created`` time is older than this many seconds."""
+    required_claims: Mapping[str, Mapping[str, frozenset[str | int]]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    """Per platform, evidence fields beside the measurement and the values accepted for each,
+    e.g. ``{"sev-snp": {"host_data": {"<hex>"}, "vmpl": {0}}}`` (``_CLAIMS`` names them)."""
 
     def check(self, verdict: EvidenceVerdict) -> list[str]:
         """Apply this policy to a verified piece of CPU evidence; see `apply_policy`."""
@@ -75,18 +86,7 @@ class VerificationPolicy:
     def from_file(cls, path: str | Path) -> VerificationPolicy:
         """Load a JSON or TOML policy (see docs/attestation.md for the keys)."""
         path = Path(path)
-        try:
-            text = path.read_text()
-            doc = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except OSError as exc:
-            raise VerificationError("policy_invalid",
-                                    f"cannot read policy {path} ({exc.strerror})") from exc
-        except ValueError as exc:  # the parsers name a line and column, never the text
-            kind = "TOML" if path.suffix == ".toml" else "JSON"
-            raise VerificationError("policy_invalid", f"policy {path} is not {kind}: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise VerificationError("policy_invalid", "policy must be an object")
-        return cls.from_mapping(doc, base=path.parent)
+        return cls.from_mapping(_read(path), base=path.parent)
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], base: Path = Path()) -> VerificationPolicy:
@@ -112,6 +112,7 @@ class VerificationPolicy:
             tcb = doc.get("min_tcb", {})
             kwargs["min_tcb"] = _frozen({p: {k: int(v) for k, v in c.items()}
                                          for p, c in tcb.items()})
+            kwargs["required_claims"] = _required_claims(doc.get("required_claims", {}))
         except (TypeError, ValueError, AttributeError) as exc:
             raise VerificationError("policy_invalid", "a policy field has the wrong type") from exc
         named = {*kwargs.get("allowed_platforms", ()), *kwargs["min_tcb"]}
@@ -125,8 +126,17 @@ class VerificationPolicy:
         """``SEALGATE_VERIFY_POLICY`` (file), ``SEALGATE_ALLOWED_MEASUREMENTS`` (comma list),
         ``SEALGATE_ALLOW_SIMULATED`` and ``SEALGATE_ALLOW_ANY_MEASUREMENT`` (1/true)."""
         env = os.environ if env is None else env
-        policy = cls.from_file(env["SEALGATE_VERIFY_POLICY"]) if env.get(
-            "SEALGATE_VERIFY_POLICY") else cls()
+        policy, doc = cls(), {}
+        if env.get("SEALGATE_VERIFY_POLICY"):
+            path = Path(env["SEALGATE_VERIFY_POLICY"])
+            doc = _read(path)
+            policy = cls.from_mapping(doc, base=path.parent)
+        # The environment may tighten the file, never loosen what it forbids in so many words.
+        for name in ("allow_simulated", "allow_any_measurement"):
+            variable = f"SEALGATE_{name.upper()}"
+            if doc.get(name) is False and _env_flag(env, variable, False):
+                raise VerificationError("policy_invalid", f"{variable} contradicts "
+                                                          f"{name} = false in the policy file")
         raw = env.get("SEALGATE_ALLOWED_MEASUREMENTS", "")
         listed = [m.strip().lower() for m in raw.split(",")]
         if any(listed):
@@ -138,6 +148,49 @@ class VerificationPolicy:
             allow_any_measurement=_env_flag(env, "SEALGATE_ALLOW_ANY_MEASUREMENT",
                                             policy.allow_any_measurement),
         )
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """A policy file's document: JSON, or TOML by its suffix."""
+    try:
+        text = path.read_text()
+        doc = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise VerificationError("policy_invalid",
+                                f"cannot read policy {path} ({exc.strerror})") from exc
+    except ValueError as exc:  # the parsers name a line and column, never the text
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise VerificationError("policy_invalid", f"policy {path} is not {kind}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise VerificationError("policy_invalid", "policy must be an object")
+    return doc
+
+
+def _required_claims(doc: Mapping[str, Any]) -> Mapping[str, Mapping[str, frozenset[str | int]]]:
+    """Parse ``required_claims``: hex fields as lower-case hex text, ``vmpl``/``guest_svn`` as
+    integers; each a value or a non-empty list. An unknown field is ``policy_invalid``."""
+    out: dict[str, Mapping[str, frozenset[str | int]]] = {}
+    for platform, fields in doc.items():
+        known = _CLAIMS.get(platform)
+        if known is None:
+            raise VerificationError("policy_invalid", f"unknown platform {platform!r} "
+                                                      "(sev-snp or tdx)")
+        parsed: dict[str, frozenset[str | int]] = {}
+        for name, value in fields.items():
+            if name not in known:
+                raise VerificationError("policy_invalid", f"unknown {platform} claim {name!r} "
+                                                          f"in required_claims")
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise ValueError("an empty list accepts nothing")
+            if name in _INT_CLAIMS:
+                if any(type(v) is not int for v in values):
+                    raise TypeError(name)
+                parsed[name] = frozenset(values)
+            else:
+                parsed[name] = frozenset(bytes.fromhex(str(v)).hex() for v in values)
+        out[platform] = MappingProxyType(parsed)
+    return MappingProxyType(out)
 
 
 def _env_flag(env: Mapping[str, str], name: str, current: bool) -> bool:
@@ -188,7 +241,20 @@ def apply_policy(verdict: EvidenceVerdict, policy: VerificationPolicy) -> list[s
         raise VerificationError("migration_agent_allowed", detail)
     _check_tcb(verdict, policy)
     _check_measurement(verdict, policy, notes)
+    _check_claims(verdict, policy)
     return notes
+
+
+def _check_claims(verdict: EvidenceVerdict, policy: VerificationPolicy) -> None:
+    for name, accepted in policy.required_claims.get(verdict.platform, {}).items():
+        value: Any = verdict.claims.get(name)
+        rtmrs = verdict.claims.get("rtmrs")
+        if name.startswith("rtmr") and isinstance(rtmrs, list) and int(name[4:]) < len(rtmrs):
+            value = rtmrs[int(name[4:])]
+        if value is None:
+            raise VerificationError("claim_not_allowed", f"the evidence reports no {name}")
+        if value not in accepted:
+            raise VerificationError("claim_not_allowed", f"{name} is not an accepted value")
 
 
 def _check_measurement(verdict: EvidenceVerdict, policy: VerificationPolicy,

@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ._errors import VerificationError, translate
+from ._errors import VerificationError, translate, translated
 from ._evidence import Evidence, EvidenceProvider
 from ._verdict import EvidenceVerdict, Trace
 
@@ -47,6 +47,7 @@ class SimulatedProvider(EvidenceProvider):
         return Evidence(platform="simulated", report=rfc8785.dumps(report), provider=self.name)
 
 
+@translated("report_malformed", "simulated report")
 def verify_simulated(report: bytes, *, trace: Trace | None = None) -> EvidenceVerdict:
     """Check the simulated report's self-signature (integrity only, no trust)."""
     trace = [] if trace is None else trace

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from . import _der
-from ._errors import VerificationError
+from ._errors import VerificationError, translated
 from ._snp_report import SnpReport, decode_tcb, parse_snp_report
 from ._verdict import EvidenceVerdict, Trace
 from ._x509 import build_chain, load_certificates, pinned_root, resolve_time, verify_chain
@@ -94,6 +94,7 @@ def _check_binding(report: SnpReport, leaf: x509.Certificate, tcb: dict[str, int
             raise VerificationError("tcb_mismatch", f"REPORTED_TCB {name} differs from the cert")
 
 
+@translated("report_malformed", "SEV-SNP evidence")
 def verify_sev_snp(
     report: bytes,
     certificates: bytes,
@@ -115,10 +116,18 @@ def verify_sev_snp(
     tcb = decode_tcb(parsed.reported_tcb, product)
     _check_binding(parsed, chain[0], tcb)
     trace.append("chip id and REPORTED_TCB match the signing certificate")
+    # A guest launched under older firmware keeps what that firmware let in, whatever it
+    # runs under now: ``min_tcb`` judges the lowest of the reported, launch and committed
+    # TCB, component by component.
+    launch = decode_tcb(parsed.launch_tcb, product)
+    committed = decode_tcb(parsed.committed_tcb, product)
+    judged = {k: min(v, launch[k], committed[k]) for k, v in tcb.items()}
+    claims = _claims(parsed, product) | {
+        "reported_tcb": tcb, "launch_tcb": launch, "committed_tcb": committed}
     return EvidenceVerdict(
         platform="sev-snp", report_data=parsed.report_data,
         measurement=parsed.measurement.hex(), debug=parsed.debug,
-        migration_agent=parsed.migrate_ma, tcb=tcb, claims=_claims(parsed, product),
+        migration_agent=parsed.migrate_ma, tcb=judged, claims=claims,
         checks=tuple(trace),
     )
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from . import _der
 from ._collateral import Collateral
-from ._errors import VerificationError, translate
+from ._errors import VerificationError, translate, translated
 from ._tdx_collateral import TcbEvaluation, evaluate_collateral
 from ._tdx_quote import TdxQuote, parse_tdx_quote
 from ._verdict import EvidenceVerdict, Trace
@@ -86,6 +86,7 @@ def _check_quote(quote: TdxQuote, trace: Trace) -> None:
     trace.append("QE report binds the attestation key")
 
 
+@translated("report_malformed", "TDX evidence")
 def verify_tdx(
     quote: bytes,
     collateral: Collateral | None = None,

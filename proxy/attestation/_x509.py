@@ -52,7 +52,7 @@ def load_certificates(data: bytes, what: str) -> list[x509.Certificate]:
             if b"-----BEGIN" in data:
                 return x509.load_pem_x509_certificates(data)
             return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise VerificationError("cert_chain_invalid", f"{what}: not a certificate") from exc
 
 
@@ -85,8 +85,16 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> N
     try:
         cert.verify_directly_issued_by(issuer)
     except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
-        detail = f"{what}: {cert.subject.rfc4514_string()} is not signed by its issuer"
+        detail = f"{what}: {_name(cert)} is not signed by its issuer"
         raise VerificationError("cert_chain_invalid", detail) from exc
+
+
+def _name(cert: x509.Certificate) -> str:
+    """The certificate's subject for an error message; a malformed one is only named so."""
+    try:
+        return cert.subject.rfc4514_string()
+    except ValueError:
+        return "a certificate with a malformed subject"
 
 
 def build_chain(
@@ -118,7 +126,7 @@ def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
     except x509.ExtensionNotFound:
         return None
     except (ValueError, x509.DuplicateExtension) as exc:
-        name = cert.subject.rfc4514_string()
+        name = _name(cert)
         raise VerificationError("cert_chain_invalid", f"{name}: malformed extensions") from exc
 
 
@@ -139,7 +147,7 @@ def _check_ca_path(path: Sequence[x509.Certificate], what: str) -> None:
     if _constraints(path[0])[0]:
         raise VerificationError("cert_chain_invalid", f"{what}: the leaf is a CA certificate")
     for below, issuer in enumerate(path[1:]):  # ``below``: CA certificates under it, not the leaf
-        name = issuer.subject.rfc4514_string()
+        name = _name(issuer)
         if not _is_ca(issuer, "key_cert_sign"):
             raise VerificationError("cert_chain_invalid", f"{what}: {name} is not a CA")
         limit = _constraints(issuer)[1]
@@ -169,7 +177,7 @@ def verify_chain(
         path.append(root)
     _check_ca_path(path, what)
     for cert in path:
-        name = cert.subject.rfc4514_string()
+        name = _name(cert)
         check_window(cert.not_valid_before_utc, cert.not_valid_after_utc, when, f"{what}: {name}")
     return root
 
@@ -189,13 +197,13 @@ def check_crl(
     if not _is_ca(issuer, "crl_sign"):
         raise VerificationError("collateral_invalid", f"{what}: CRL issuer is not a CRL-signing CA")
     if crl.issuer != issuer.subject:
-        detail = f"{what}: CRL is not from {issuer.subject.rfc4514_string()}"
+        detail = f"{what}: CRL is not from {_name(issuer)}"
         raise VerificationError("collateral_invalid", detail)
     if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
         raise VerificationError("collateral_invalid", f"{what}: CRL signature does not verify")
     check_window(crl.last_update_utc, crl.next_update_utc, when, f"{what} CRL")
     for cert in certs:
-        name = cert.subject.rfc4514_string()
+        name = _name(cert)
         if not _issued(cert, issuer):
             raise VerificationError("collateral_invalid", f"{what}: CRL does not cover {name}")
         if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
