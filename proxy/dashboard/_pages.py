@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import difflib
+import hashlib
 import json
 from datetime import datetime
 from typing import Any
@@ -78,7 +79,10 @@ def _kept_documents_policy(svc: DashboardService, collateral: bool) -> Verificat
 
 
 def _verify_doc(svc: DashboardService, name: str, doc: dict[str, Any]) -> tuple[bool, str]:
-    if name not in svc.identity_verdicts:
+    """The verdict on a kept identity document, cached by its name and content: a document
+    edited in place is verified again, not shown with the verdict its earlier content got."""
+    key = f"{name}:{hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()}"
+    if key not in svc.identity_verdicts:
         try:
             collateral = svc.collateral()
             created = datetime.fromisoformat(str(doc.get("created")))
@@ -91,10 +95,10 @@ def _verify_doc(svc: DashboardService, name: str, doc: dict[str, Any]) -> tuple[
                 text += " (TCB status not checked: no collateral_dir configured)"
             elif found.tcb_status is not None:
                 text += f" (TCB status {found.tcb_status})"
-            svc.identity_verdicts[name] = (True, text)
+            svc.identity_verdicts[key] = (True, text)
         except (VerificationError, ValueError, TypeError) as exc:
-            svc.identity_verdicts[name] = (False, str(exc))
-    return svc.identity_verdicts[name]
+            svc.identity_verdicts[key] = (False, str(exc))
+    return svc.identity_verdicts[key]
 
 
 async def enclave_page(svc: DashboardService, viewer: Viewer) -> dict[str, Any]:
