@@ -29,6 +29,7 @@ from policy import PolicyBundle, contract_owner
 from proxy.attestation import Evidence
 from proxy.attestation import VerificationError as AttestationError
 
+from ._archive import MAX_DIRECTORY, MAX_ENTRIES
 from ._errors import ExportFailed
 from ._manifest import parse_vkey, raw_public, sign_manifest
 from ._records import (
@@ -104,7 +105,7 @@ class ExportOptions:
     """The gateway's ``log_origin``: which log to export when the key signs several."""
     tenant_name: str | None = None
     """The name of ``tenant`` (the pseudonym's): its bundle withholds the contract files of
-    every other tenant (``policy.contract_owner``), keeping their hashes."""
+    every other tenant (``policy.contract_owner``), keeping their paths and hashes."""
 
 
 def _select_log(store: LogStore, key: Ed25519PrivateKey,
@@ -223,12 +224,22 @@ def _unsound(detail: str) -> str:
 
 
 class _Zip:
+    """The bundle's zip: regular files, deflated, back to back (``out`` is seekable, so no data
+    descriptors), no extra fields, no comment, no zip64 records; within the verifier's caps on
+    entries and central directory size, or ``ExportFailed``."""
+
     def __init__(self, out: IO[bytes]) -> None:
         self.zf = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED)
         self.hashes: dict[str, str] = {}
+        self.directory = 0  # bytes of central directory so far
 
-    @staticmethod
-    def _info(name: str) -> zipfile.ZipInfo:
+    def _info(self, name: str) -> zipfile.ZipInfo:
+        """A new entry, counted against the caps."""
+        self.directory += 46 + len(name.encode())  # a central directory header and the name
+        if len(self.hashes) >= MAX_ENTRIES or self.directory > MAX_DIRECTORY:
+            raise ExportFailed(f"the bundle would hold more than {MAX_ENTRIES:,} files or a zip "
+                               f"central directory over {MAX_DIRECTORY >> 20} MiB, which "
+                               "verifiers refuse; export a shorter window")
         info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
         return info
@@ -369,7 +380,8 @@ def _attests(doc: Mapping[str, Any], audit_key: bytes) -> bool:
 def _add_policies(out: _Zip, data_dir: Path, seen: dict[str, list[Any]],
                   opts: ExportOptions) -> list[dict[str, Any]]:
     """The kept bundles the records cite, and the current one. A tenant's export withholds
-    the files of other tenants' contracts, listing their hashes, which the digest needs."""
+    the contents of other tenants' contract files, listing their paths (which name those
+    tenants) and hashes, which the digest needs (docs/procurement.md)."""
     current = snapshot_policy(data_dir, opts.policy_bundle or None)
     snapshots = policy_snapshots(data_dir)
     index = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,7 +15,7 @@ from policy import PolicyBundleError, contract_owner, listing_digest
 from proxy.attestation import Collateral, VerificationPolicy, verify_identity
 from proxy.attestation import VerificationError as AttestationError
 
-from ._archive import Archive, open_archive
+from ._archive import MAX_ENTRIES, Archive, open_archive
 from ._errors import BundleInvalid
 from ._fields import array, load, obj, string
 from ._manifest import Manifest, parse_vkey, raw_public, verify_manifest
@@ -29,6 +28,9 @@ T = TypeVar("T")
 _SIGNED = ("manifest.json", "manifest.sig")
 # Files every export writes (proxy/evidence/_export.py), besides what other checks require.
 _REQUIRED = ("log.json", "report.html", "policies/index.json", "records/records.jsonl")
+_MAX_POLICIES = MAX_ENTRIES
+"""Policies in ``policies/index.json``: an export lists each with its modules in the archive
+(only contracts are withheld), so never more than the archive has entries."""
 _SIMULATED = ("simulated evidence (development only, proves nothing about the machine) is "
               "refused; verify with --allow-simulated to accept it as insecure")
 
@@ -148,23 +150,35 @@ class _Verifier:
         return digests
 
     def check_policies(self) -> set[str]:
+        """Each listed policy's folder hashes to its digest. The files are sorted into their
+        folders once, so the check takes time linear in the bundle, however many are listed."""
         name = "policies/index.json"
         try:
             index = array(load(self.files.get(name, b""), "policy index"), "policy index", obj)
+            if len(index) > _MAX_POLICIES:
+                raise BundleInvalid(f"policy index lists more than {_MAX_POLICIES:,} policies")
             entries = [(string(e.get("digest"), "policy digest"),
                         array(e.get("files"), "policy files", string),
                         _withheld(e.get("withheld", {}))) for e in index]
         except BundleInvalid as exc:
             self.add("policy digest", False, f"missing or malformed policy index: {exc.detail}", name)
             return set()
+        folders: dict[str, dict[str, str]] = {}  # folder → path in it → SHA-256 hex
+        for path, hexdigest in self.archive.digests.items():
+            top, sep, rel = path.partition("/")[2].partition("/")
+            if path.startswith("policies/") and sep:
+                folders.setdefault(f"policies/{top}/", {})[rel] = hexdigest
         good: set[str] = set()
+        checked: set[str] = set()
         for digest, rels, withheld in entries:
             folder = f"policies/{digest.removeprefix('sha256:')}/"
-            files = {k.removeprefix(folder): v for k, v in self.files.items()
-                     if k.startswith(folder)}
-            if sorted(files) == sorted(rels) and not set(files) & set(withheld) and _digest(
-                    {**{rel: hashlib.sha256(raw).hexdigest() for rel, raw in files.items()},
-                     **withheld}) == digest:
+            if folder in checked:
+                self.add("policy digest", False, "policy listed twice in the index", folder)
+                continue
+            checked.add(folder)
+            files = folders.get(folder, {})
+            if sorted(files) == sorted(rels) and not files.keys() & withheld.keys() and _digest(
+                    {**files, **withheld}) == digest:
                 good.add(digest)
                 kept = f", {len(withheld)} other tenants' contract files by hash" if withheld else ""
                 self.add("policy digest", True,

@@ -1,10 +1,12 @@
-"""A tenant's evidence bundle withholds the contract files of other tenants (their names and
-terms), keeping their hashes so the policy digest still verifies; nothing else is withheld."""
+"""A tenant's evidence bundle withholds the contents of other tenants' contract files, listing
+each by its path (which names the tenant) and SHA-256 so the policy digest still verifies;
+nothing else is withheld. A random comment line in a contract file makes its hash unguessable."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -137,3 +139,17 @@ def test_a_contract_file_is_a_tenants_own_only_when_it_holds_that_contract_alone
 def test_contract_owner(rel: str, owner: str | None) -> None:
     assert contract_owner(rel) == owner
 
+
+def test_a_comment_line_changes_a_contracts_hash_and_nothing_else(tmp_path: Path) -> None:
+    """The terms of ``globex.yaml`` can be guessed and checked against its hash; a comment line
+    with a random value changes the hash, while the contract and its owner stay."""
+    root = _bundle_dir(tmp_path)
+    path = root / "data" / "contracts" / "globex.yaml"
+    plain = load_bundle(root)
+    path.write_text(f"# nonce: {secrets.token_hex(16)}\n" + path.read_text())
+    salted = load_bundle(root)
+    rel = "data/contracts/globex.yaml"
+    assert hashlib.sha256(salted.files[rel]).digest() != hashlib.sha256(plain.files[rel]).digest()
+    assert salted.digest != plain.digest
+    assert salted.contract("globex") == plain.contract("globex")
+    assert contract_owner(rel, salted.files[rel]) == "globex"
