@@ -17,9 +17,11 @@ import sys
 import time
 from typing import Any
 
+# Counters tests poll instead of sleeping: a held whole answer counts in ``whole_started`` when
+# its request arrives, then in ``whole_finished`` or ``whole_cancelled``.
 STATS: dict[str, int] = {"streams_started": 0, "streams_cancelled": 0, "streams_finished": 0,
-                         "streams_cancelled_in_prefill": 0, "whole_cancelled": 0,
-                         "whole_finished": 0}
+                         "streams_cancelled_in_prefill": 0, "whole_started": 0,
+                         "whole_cancelled": 0, "whole_finished": 0}
 
 
 def _chat(model: str, n: int) -> dict[str, Any]:
@@ -141,6 +143,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                              prefill=prefill, filtered=float(body.get("frequency_penalty") or 0) > 0)
     held = n * delay + float(body.get("presence_penalty") or 0)
     if held:
+        STATS["whole_started"] += 1
         finished = await _generating(receive, held)
         STATS["whole_finished" if finished else "whole_cancelled"] += 1
         if not finished:

@@ -121,21 +121,27 @@ class LoginLimiter:
 
     An attempt is counted *before* its password is checked (:meth:`attempt`) and refunded
     when it succeeds, so concurrent guesses cannot all pass the check before any failure is
-    counted. Past ``max_keys`` expired entries go first, then the oldest address entries; a
-    user name inside its window is never forgotten, so no flood unlocks an account."""
+    counted. User names and addresses are kept apart: past ``max_keys`` addresses, expired
+    ones go first, then the oldest (never one being counted now), so a flood of user names
+    cannot flush the addresses; a user name inside its window is never forgotten, so no flood
+    unlocks an account."""
 
     def __init__(self, limit: int = 5, window_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
         self._limit, self._window, self._clock, self._max = limit, window_s, clock, max_keys
-        self._failures: dict[str, list[float]] = {}
+        self._users: dict[str, list[float]] = {}
+        self._addresses: dict[str, list[float]] = {}
+
+    def _table(self, key: str) -> dict[str, list[float]]:
+        return self._users if key.startswith("user:") else self._addresses
 
     def _recent(self, key: str) -> list[float]:
-        now = self._clock()
-        recent = [t for t in self._failures.get(key, ()) if now - t < self._window]
+        now, table = self._clock(), self._table(key)
+        recent = [t for t in table.get(key, ()) if now - t < self._window]
         if recent:
-            self._failures[key] = recent
+            table[key] = recent
         else:
-            self._failures.pop(key, None)
+            table.pop(key, None)
         return recent
 
     def blocked(self, *keys: str) -> bool:
@@ -146,25 +152,26 @@ class LoginLimiter:
         is at the limit; pass the returned stamp to :meth:`succeeded` if it was right."""
         if self.blocked(*keys):
             return None
-        self._evict()
+        self._evict(set(keys))
         stamp = self._clock()
         for key in keys:
-            self._failures.setdefault(key, []).append(stamp)
+            self._table(key).setdefault(key, []).append(stamp)
         return stamp
 
     def succeeded(self, stamp: float, address: str, user: str) -> None:
         """A right password: its attempt is refunded and the user name's failures cleared."""
-        self._failures.pop(user, None)
-        times = self._failures.get(address, [])
+        self._users.pop(user, None)
+        times = self._addresses.get(address, [])
         if stamp in times:
             times.remove(stamp)
 
-    def _evict(self) -> None:
-        if len(self._failures) < self._max:
-            return
-        for key in list(self._failures):
-            self._recent(key)
-        for key in [k for k in self._failures if not k.startswith("user:")]:
-            if len(self._failures) < self._max:
+    def _evict(self, keep: set[str]) -> None:
+        for table in (self._users, self._addresses):
+            if len(table) >= self._max:
+                for key in list(table):
+                    self._recent(key)
+        for key in list(self._addresses):
+            if len(self._addresses) < self._max:
                 break
-            del self._failures[key]
+            if key not in keep:
+                del self._addresses[key]

@@ -16,6 +16,7 @@ from sqlalchemy.pool import _ConnectionFairy
 
 from audit import AuditLog, AuditUnavailable, LogStore, verify_log
 from tests.audit.conftest import ORIGIN, make_record
+from tests.conftest import need
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,8 +90,8 @@ async def test_read_only_open_reads_a_log_on_read_only_storage(
     """A cleanly closed log (no -wal file left) on a read-only medium, as handed to an auditor:
     ``mode=ro`` alone would have to create the WAL index there and fails to open it."""
     unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("unshare is not available")
+    need(unshare is not None, "unshare (util-linux) is not available")
+    assert unshare is not None
     folder = tmp_path / "evidence"
     url = f"sqlite:///{folder / 'audit.db'}"
     log = await AuditLog.open(url, log_key, ORIGIN)
@@ -107,8 +108,8 @@ async def test_read_only_open_reads_a_log_on_read_only_storage(
         [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh",
          str(folder), sys.executable, "-c", probe, url],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-    if child.returncode == 77 or "unshare:" in child.stderr:
-        pytest.skip("no private mount namespace here")
+    need(child.returncode != 77 and "unshare:" not in child.stderr,
+         "no private mount namespace here (unshare --user --map-root-user --mount)")
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip() == "3"
     assert sorted(p.name for p in folder.iterdir()) == ["audit.db"]

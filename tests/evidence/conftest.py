@@ -61,20 +61,47 @@ def _keys(gw: Gateway, names: tuple[str, ...]) -> dict[str, str]:
         store.close()
 
 
+def _checkpointed(gw: Gateway, sent: list[tuple[str, httpx.Response]], timeout: float = 60) -> None:
+    """Wait until every record of the ``sent`` (key, response) pairs is written (a completion
+    record is appended after its answer) and in a published checkpoint."""
+    deadline = time.monotonic() + timeout
+    leaves = [0]
+    for key, response in sent:
+        final = {200: "completion", 403: "denial"}.get(response.status_code)
+        if final is None:  # refused as not served here, after the policy allowed it: no record
+            continue
+        while True:
+            found = httpx.get(f"{gw.url}/v1/audit/requests/{response.headers['x-request-id']}",
+                              headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
+            records = found.get("records", [])
+            if any(r["kind"] == final for r in records):
+                break
+            assert time.monotonic() < deadline, f"no {final} record of a request"
+            time.sleep(0.05)
+        leaves += [r["leaf"] for r in records]
+    while int(httpx.get(f"{gw.url}/v1/audit/checkpoint", timeout=30).text.split("\n")[1]) <= max(leaves):
+        assert time.monotonic() < deadline, "no checkpoint covers every record"
+        time.sleep(0.05)
+
+
 def drive(gw: Gateway) -> Traffic:
     keys = _keys(gw, ("acme", "globex"))
     allowed = denied = 0
+    sent: list[tuple[str, httpx.Response]] = []
     for name, key in keys.items():
         for _ in range(3 if name == "acme" else 2):
-            assert _chat(gw, key).status_code == 200
+            sent.append((key, _chat(gw, key)))
+            assert sent[-1][1].status_code == 200
             allowed += 1
-        assert _chat(gw, key, store=True).status_code == 403
+        sent.append((key, _chat(gw, key, store=True)))
+        assert sent[-1][1].status_code == 403
         response = httpx.post(f"{gw.url}/v1/fine_tuning/jobs", timeout=30,
                               json={"model": "fast-echo", "training_file": "file-x"},
                               headers={"Authorization": f"Bearer {key}"})
         assert response.status_code in (403, 404)
+        sent.append((key, response))
         denied += 2
-    time.sleep(0.5)  # one checkpoint interval (100 ms) several times over
+    _checkpointed(gw, sent)
     return Traffic(gw, keys, allowed, denied)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from inference import LlamaCppBackend
 from tests.integration.conftest import MODEL
+from tests.integration.core_counter import counting, until
 from tests.server import Gateway
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,6 +24,8 @@ PROMPTS = ["Once upon a time", "Hello, my name"]
 # A story the model keeps writing to max_tokens (seeded), far longer than any test waits.
 LONG = {"model": MODEL, "max_tokens": 1500, "temperature": 1.0, "seed": 1,
         "prompt": "Chapter 1.\n\nThe long, long story of the kingdom begins"}
+# The same, unable to end on its own (ignore_eos): only its max_tokens or a cancellation end it.
+GENERATING = LONG | {"ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
@@ -156,40 +158,51 @@ async def _drain(model: LlamaCppBackend, body: dict[str, Any]) -> None:
 
 def test_generations_leave_the_default_executor_free(one_slot: LlamaCppBackend) -> None:
     """The audit log, policy reloads and the dashboard run in the default executor: a
-    generation that held one of its threads for its whole length stalled them."""
-    async def run() -> float:
+    generation that held one of its threads for its whole length stalled them. With its one
+    thread, the default executor runs a job while a generation is still going."""
+    async def run() -> None:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
-        task = asyncio.create_task(_drain(one_slot, dict(LONG)))
-        await asyncio.sleep(1.0)
-        assert not task.done()
-        started = time.monotonic()
-        await asyncio.wait_for(asyncio.to_thread(int), 30)
-        waited = time.monotonic() - started
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return waited
+        with counting(one_slot) as core:
+            task = asyncio.create_task(_drain(one_slot, GENERATING))
+            await until(lambda: core.calls and core.calls[0].text_chunks, "first token")
+            await asyncio.wait_for(asyncio.to_thread(int), 300)
+            (generating,) = core.calls
+            # Held by it, the job would have waited for all 1500 tokens ("length"), on any machine.
+            assert not generating.returned and generating.finish_reason is None, generating
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
-    assert asyncio.run(run()) < 2
+    asyncio.run(run())
 
 
 def test_a_queued_request_whose_caller_left_costs_nothing(one_slot: LlamaCppBackend) -> None:
     """With the one slot busy, a request whose caller leaves while it waits is dropped at once:
     it neither waits for the slot nor runs its prefill once the slot is free."""
-    async def run() -> float:
-        busy = asyncio.create_task(_drain(one_slot, dict(LONG)))
-        await asyncio.sleep(1.0)
-        queued = asyncio.create_task(one_slot.generate("completions", dict(LONG)))
-        await asyncio.sleep(0.5)
-        started = time.monotonic()
-        queued.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await queued
-        left = time.monotonic() - started
-        assert not busy.done()
-        busy.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await busy
-        return left
+    async def run() -> None:
+        with counting(one_slot) as core:
+            busy = asyncio.create_task(_drain(one_slot, GENERATING))
+            await until(lambda: core.calls and core.calls[0].text_chunks, "first token")
+            queued = asyncio.create_task(one_slot.generate("completions", dict(LONG)))
+            # Waiting for the slot: its job is in the backend's pool, behind the busy one.
+            await until(lambda: one_slot._pool._work_queue.qsize() == 1, "queued call")
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            # Dropped while the busy call still generates (waiting for the slot, it would have
+            # been dropped only after all 1500 of its tokens, on any machine), never having
+            # reached the core.
+            generating = core.calls[0]
+            assert not generating.returned and generating.finish_reason is None, core.calls
+            assert len(core.calls) == 1, core.calls
+            assert not busy.done()
+            busy.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await busy
+            assert generating.returned
+            # The slot is free: the next call runs, and the one whose caller left never does.
+            await one_slot.generate("completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+            assert [c.max_tokens for c in core.calls] == [LONG["max_tokens"], 2]
 
-    assert asyncio.run(run()) < 2
+    asyncio.run(run())

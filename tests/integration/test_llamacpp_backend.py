@@ -12,7 +12,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from inference import BackendRejected, BackendUnavailable, LlamaCppBackend
+from tests.conftest import need
 from tests.integration.conftest import request_counts, request_log, request_records
+from tests.integration.core_counter import CoreCall, counting, counting_env, gateway_calls, until
 from tests.server import Gateway, start_gateway
 
 pytestmark = pytest.mark.timeout(300)
@@ -86,8 +88,7 @@ def _rss_mb() -> float:
 def test_past_prompts_are_not_cached_and_memory_stays_flat(one_slot: LlamaCppBackend) -> None:
     """llama.cpp's host-memory prompt cache (8 GiB by default) kept every past prompt's KV
     state, every tenant's, after its request ended: about 230 KB more per completion."""
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs /proc (Linux) to read this process's memory")
+    need(Path("/proc/self/status").exists(), "needs /proc (Linux) to read this process's memory")
 
     async def completions(first: int, count: int) -> None:
         for i in range(first, first + count):
@@ -201,23 +202,28 @@ def test_echo_puts_each_text_prompt_before_its_completion(one_slot: LlamaCppBack
 
 
 def test_cancelled_whole_answer_stops_generating(one_slot: LlamaCppBackend) -> None:
-    async def run() -> tuple[float, float]:
-        # ignore_eos: the model cannot end on its own, only the cancellation stops it.
-        task = asyncio.create_task(one_slot.generate("completions", LONG | {"ignore_eos": True}))
-        await asyncio.sleep(1.5)
-        assert not task.done()
-        started = time.monotonic()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        cancelled = time.monotonic() - started
-        started = time.monotonic()
-        await one_slot.generate("completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
-        return cancelled, time.monotonic() - started
+    """Cancelled once its first token is out, a whole answer's call to the core returns at
+    once, unfinished: the slot is free when the cancellation is through."""
+    async def run() -> list[CoreCall]:
+        with counting(one_slot) as core:
+            # ignore_eos: the model cannot end on its own, only the cancellation stops it.
+            task = asyncio.create_task(one_slot.generate("completions", LONG | {"ignore_eos": True}))
+            await until(lambda: core.calls and core.calls[0].text_chunks, "first token")
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            (left,) = core.calls
+            assert left.returned  # the core's call is over: the slot is free
+            answer = await one_slot.generate("completions",
+                                             {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+            assert answer["usage"]["completion_tokens"] == 2
+            return core.calls
 
-    cancelled, next_request = asyncio.run(run())
-    # 1500 tokens take 15 s or more here; the slot is free again within a token or two.
-    assert cancelled < 5 and next_request < 5
+    left, after = asyncio.run(run())
+    # Run on, it would have ended with "length" after all 1500 tokens, on any machine.
+    assert left.finish_reason is None and left.text_chunks < LONG["max_tokens"], left
+    assert after.returned and after.finish_reason == "length"
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -291,8 +297,14 @@ def test_one_tenant_never_reuses_another_tenants_prompt(llama_gateway: Gateway, 
     cached = [_cached_tokens(a.json()) for a in answers]
     assert cached[1] > 400 and cached[2] == 0 and cached[3] == 0, cached
 @pytest.fixture(scope="module")
-def llama_gateway(workdir: Path) -> Iterator[Gateway]:
-    gw = start_gateway(workdir, CONFIG)
+def core_calls(workdir: Path) -> Path:
+    """Where the gateway's CountingCore (measurement tool) writes the calls to its model."""
+    return workdir / f"llamacpp-core-calls-{secrets.token_hex(4)}.jsonl"
+
+
+@pytest.fixture(scope="module")
+def llama_gateway(workdir: Path, core_calls: Path) -> Iterator[Gateway]:
+    gw = start_gateway(workdir, CONFIG, extra_env=counting_env(core_calls))
     yield gw
     gw.stop()
 
@@ -481,17 +493,47 @@ def test_what_can_be_honoured_is_served(llama_gateway: Gateway, key: str) -> Non
     assert _post(gw, key, "/v1/completions", {"prompt": "Hi", "best_of": 1}).status_code == 200
 
 
-def test_whole_answer_stops_when_the_client_leaves(llama_gateway: Gateway, key: str) -> None:
+def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
+    """``condition()`` once it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
+    return found
+
+
+def test_whole_answer_stops_when_the_client_leaves(llama_gateway: Gateway, key: str,
+                                                  core_calls: Path) -> None:
+    """A client that leaves a whole answer once its first token is generated: the gateway
+    stops the model's call there, unfinished (run on, it would end with "length" after all
+    1500 tokens, on any machine), and records the request as left, with no answer."""
+    seen = len(gateway_calls(core_calls))
+    log_from = len(llama_gateway.output())
     body = json.dumps(LONG).encode()
     request = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", llama_gateway.port)) as sock:
         sock.sendall(request + body)
-        time.sleep(1.5)
-    started = time.monotonic()
+        _wait_for(lambda: seen in gateway_calls(core_calls), "first token")
+    left = _wait_for(lambda: (call := gateway_calls(core_calls)[seen])["returned"] and call,
+                     "end of the model's call")
+    assert left["max_tokens"] == LONG["max_tokens"]
+    assert left["finish_reason"] is None and left["text_chunks"] < LONG["max_tokens"], left
+
+    def logged() -> list[dict[str, Any]]:
+        lines = (json.loads(line) for line in llama_gateway.output()[log_from:].splitlines()
+                 if line.startswith("{"))
+        return [line for line in lines if line.get("event") == "request"]
+
+    (line,) = _wait_for(logged, "request log line")
+    assert (line["status"], line["reason"], line["completion_tokens"]) == (
+        499, "client_disconnected", 0)
+    completion = request_records(llama_gateway, key, line["request_id"])["completion"]
+    assert completion["abort_reason"] == "client_disconnected"
+    assert completion["completion_tokens"] == 0
+    # The one slot is free: the next request is served.
     response = _post(llama_gateway, key, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
-    # With one slot, a generation left running would hold this request for its 1500 tokens.
-    assert response.status_code == 200 and time.monotonic() - started < 8
+    assert response.status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])

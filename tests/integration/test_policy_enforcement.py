@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import gateway_config, predicate, request_records
-from tests.policy.opa_servers import FaultInjectingOPAServer, OPATestServer
+from tests.policy.opa_servers import FakeOPAServer, FaultInjectingOPAServer
 from tests.server import Gateway, Proc, start_gateway
 
 
@@ -101,7 +101,7 @@ def _engine_gateway(workdir: Path, fast: Proc, engine_url: str) -> Gateway:
 
 
 def test_opa_engine_path(workdir: Path, fast_upstream: Proc) -> None:
-    with OPATestServer() as opa:
+    with FakeOPAServer() as opa:
         gw = _engine_gateway(workdir, fast_upstream, opa.url)
         try:
             key = gw.new_key("acme")

@@ -12,11 +12,17 @@ from pathlib import Path
 import httpx
 import httpx2
 
+from audit import Receipt
 from proxy.client import SealedTransport, StaticKeySource, verify_response_receipt
 from proxy.ohttp import BHTTPRequest, decode_key_configs, decode_response, encapsulate_request, encode_request
-from tests.server import Proc, fast_config, start_gateway
+from tests.server import Gateway, Proc, fast_config, start_gateway
 
 CHAT = {"model": "fast", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+
+
+def _checkpoint_size(gw: Gateway) -> int:
+    """The tree size of the latest published checkpoint (the signed note's second line)."""
+    return int(httpx.get(f"{gw.url}/v1/audit/checkpoint", timeout=30).text.split("\n")[1])
 
 
 def _code(response: httpx2.Response) -> str | None:
@@ -91,7 +97,13 @@ def test_receipts_verify_while_the_keyless_share_is_used_up(workdir: Path,
                                  headers={"Authorization": f"Bearer {key}"})
             assert answer.status_code == 200
             assert [sealed.get(f"{gw.url}/healthz").status_code for _ in range(5)] == [200] * 4 + [503]
-            time.sleep(0.3)  # the record is in a published checkpoint
+            # Until the record is in a published checkpoint (read in plaintext: the checkpoint
+            # is public, and this wait must not use up more of the sealed keyless share).
+            leaf = Receipt.parse(answer.headers["sealgate-receipt"]).leaf_index
+            deadline = time.monotonic() + 60
+            while _checkpoint_size(gw) <= leaf:
+                assert time.monotonic() < deadline, "no checkpoint covers the request's record"
+                time.sleep(0.05)
             verified = verify_response_receipt(
                 sealed, gw.url, answer.headers["sealgate-receipt"],
                 base64.b64decode(identity["audit_public_key"]), api_key=key)

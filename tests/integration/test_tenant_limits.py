@@ -30,6 +30,8 @@ CHAT = "/v1/chat/completions"
 SLOW = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 150, "temperature": 2}
 QUICK = {"model": "fast-echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+# Held ~6 s by the fast upstream: a window far wider than refusing a request takes.
+HELD = {**SLOW, "max_tokens": 300}
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +52,28 @@ def _post(gw: Gateway, key: str, body: dict[str, Any], path: str = CHAT) -> http
                       headers={"Authorization": f"Bearer {key}"})
 
 
-def test_past_the_cap_a_request_is_refused_at_once(limited: Gateway) -> None:
+def _stats(upstream: Proc) -> dict[str, int]:
+    return dict(httpx.get(f"{upstream.url}/stats", timeout=30).json())
+
+
+def test_past_the_cap_a_request_is_refused_at_once(limited: Gateway, fast_upstream: Proc) -> None:
     key, other = limited.new_key("busy"), limited.new_key("patient")
+    before = _stats(fast_upstream)
     with ThreadPoolExecutor(CAP) as pool:
-        slow = [pool.submit(_post, limited, key, SLOW) for _ in range(CAP)]
-        time.sleep(1.0)  # both admitted, both still generating
-        started = time.monotonic()
+        slow = [pool.submit(_post, limited, key, HELD) for _ in range(CAP)]
+        deadline = time.monotonic() + 60  # both admitted and forwarded: generating upstream
+        while _stats(fast_upstream)["whole_started"] < before["whole_started"] + CAP:
+            assert time.monotonic() < deadline, "the held requests never reached the upstream"
+            assert not any(f.done() for f in slow), [f.result().text for f in slow if f.done()]
+            time.sleep(0.02)
         refused = _post(limited, key, QUICK)
-        took = time.monotonic() - started
+        # At once: while both places were still taken, not once one was given back.
+        assert _stats(fast_upstream)["whole_finished"] == before["whole_finished"]
+        assert not any(f.done() for f in slow)
         served = _post(limited, other, QUICK)
         assert [f.result().status_code for f in slow] == [200] * CAP
     assert refused.status_code == 429, refused.text
-    assert refused.headers["retry-after"] == "1" and took < 1.0
+    assert refused.headers["retry-after"] == "1"
     error = refused.json()["error"]
     assert error["code"] == "concurrency_limit_exceeded" and error["type"] == "rate_limit_error"
     assert served.status_code == 200  # another tenant is not held up

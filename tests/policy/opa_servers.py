@@ -1,13 +1,19 @@
-"""Loopback HTTP servers that speak OPA's REST API, for exercising ``OPAEngine``.
+"""Stand-ins for an OPA server on loopback, for exercising ``OPAEngine`` (the ``opa`` engine):
+fakes, not OPA. No OPA binary is available here.
 
-``OPATestServer`` keeps what it is given, as an OPA server started with no files does:
-policies (``GET /v1/policies``, ``PUT``/``DELETE /v1/policies/ID``; a write that leaves the
-modules it holds not compiling is refused, as OPA refuses it), data (``GET``/``PUT``/
-``DELETE /v1/data/KEY``) and ad-hoc queries with input (``POST /v1/query``), evaluated with
-regopy over the modules and data it holds (no OPA binary is available here). Tests may write to
-it behind the engine's back, as anything else reaching the server could.
-``FaultInjectingOPAServer`` hangs or answers 500 / garbage / undefined to every query, to check
-that the engine fails closed.
+``FakeOPAServer`` is a stand-in that speaks OPA's REST API over the embedded engine (regopy,
+the same rego-cpp evaluator the ``regopy`` engine uses): it keeps what it is given, as an OPA
+server started with no files does: policies (``GET /v1/policies``, ``PUT``/``DELETE
+/v1/policies/ID``; a write that leaves the modules it holds not compiling is refused, as OPA
+refuses it), data (``GET``/``PUT``/``DELETE /v1/data/KEY``) and ad-hoc queries with input
+(``POST /v1/query``). Tests that use it check the ``opa`` engine's client protocol: the URLs and
+payloads it sends, how it installs a bundle (and notices a server that lost or never held it),
+its timeouts and its fail-closed handling. They do not check OPA's own evaluation of the policy:
+every decision the fake returns is rego-cpp's. Tests may write to it behind the engine's back,
+as anything else reaching a server could.
+
+``FaultInjectingOPAServer`` (fault injection) hangs or answers 500 / garbage / undefined to
+every query, to check that the engine fails closed.
 """
 
 from __future__ import annotations
@@ -71,8 +77,10 @@ def _compiles(modules: dict[str, str], written: str) -> bool:
         return False
 
 
-class OPATestServer(_Server):
-    """The parts of OPA's REST API that ``OPAEngine`` uses, over regopy."""
+class FakeOPAServer(_Server):
+    """A stand-in for OPA, not OPA: the parts of OPA's REST API that ``OPAEngine`` uses, served
+    over the embedded engine (regopy). What it checks is the client's side of the protocol;
+    the decisions it answers are rego-cpp's, never OPA's."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ from policy import (
 )
 from proxy.evidence import policy_snapshots, snapshot_policy
 from tests.policy.conftest import SHIPPED
-from tests.policy.opa_servers import OPATestServer
+from tests.policy.opa_servers import FakeOPAServer
 
 
 def test_digest_is_sha256_over_sorted_sha256sum_listing(bundle: PolicyBundle) -> None:
@@ -318,7 +318,7 @@ def test_watcher_reloads_changed_bundle_and_keeps_old_on_error(
     assert engine.bundle_digest == digest
 
 
-class _FlakyOPAServer(OPATestServer):
+class _FlakyFakeOPAServer(FakeOPAServer):
     """Speaks OPA's APIs, or answers every request 503 while ``down`` (fault injection)."""
 
     down = False
@@ -337,7 +337,7 @@ def test_a_bundle_reverted_before_it_reached_opa_is_not_installed(
     longer on disk never decides (the watcher compared with the installed digest: no change)."""
     original = load_bundle(bundle_dir)
 
-    async def scenario(server: _FlakyOPAServer) -> tuple[str, tuple[str, ...]]:
+    async def scenario(server: _FlakyFakeOPAServer) -> tuple[str, tuple[str, ...]]:
         engine = OPAEngine(server.url, original, timeout_s=2.0)
         watcher = BundleWatcher(engine, bundle_dir)
         try:
@@ -356,6 +356,6 @@ def test_a_bundle_reverted_before_it_reached_opa_is_not_installed(
         finally:
             await engine.aclose()
 
-    with _FlakyOPAServer() as server:
+    with _FlakyFakeOPAServer() as server:
         digest, rules = asyncio.run(scenario(server))
     assert digest == original.digest and rules == ()

@@ -13,7 +13,7 @@ from policy import PolicyBundle
 from proxy.cli import main
 
 from .conftest import load_cases, patched
-from .opa_servers import OPATestServer
+from .opa_servers import FakeOPAServer
 
 BASE, _ = load_cases()
 
@@ -50,7 +50,7 @@ def test_eval_allows_and_prints_digest(
 
 
 def test_eval_through_opa(tmp_path: Path, capsys: pytest.CaptureFixture[str], bundle: PolicyBundle) -> None:
-    with OPATestServer() as server:
+    with FakeOPAServer() as server:
         status, decision = _eval(
             tmp_path,
             capsys,

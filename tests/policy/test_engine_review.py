@@ -23,7 +23,7 @@ from policy import (
 )
 from tests.policy.conftest import patched
 
-from .opa_servers import OPATestServer
+from .opa_servers import FakeOPAServer
 
 # A rule that denies every `store: true`, in a module of its own.
 STORE_RULE = ('deny contains {"rule": "SG-STORE-901", "message": "store"} '
@@ -151,7 +151,7 @@ def test_a_closed_opa_engine_decides_nothing(bundle: PolicyBundle, base_input: d
             await engine.decide(base_input)
         await engine.aclose()
 
-    with OPATestServer() as server:
+    with FakeOPAServer() as server:
         asyncio.run(scenario(server.url))
         assert len(server.queries) == 1
 

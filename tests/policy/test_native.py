@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import need
 from tests.server import ROOT
 
 _PROBE = """
@@ -44,8 +45,7 @@ def _probe(first: str) -> tuple[dict[str, object], str]:
 
 @pytest.fixture(autouse=True)
 def _linux() -> None:
-    if not Path("/proc/self/maps").exists():
-        pytest.skip("needs /proc (Linux) to see which libraries are loaded")
+    need(Path("/proc/self/maps").exists(), "needs /proc (Linux) to see which libraries are loaded")
 
 
 def test_sealgate_loads_rego_cpp_first_and_decisions_do_not_leak() -> None:

@@ -1,4 +1,6 @@
-"""OPAEngine against loopback Data API servers: same decisions as regopy, fail closed on faults."""
+"""OPAEngine (the ``opa`` engine) against stand-in OPA servers on loopback (``opa_servers``):
+its client protocol (queries, bundle installation, revision checks) and failing closed on
+faults. The stand-ins evaluate with regopy, not OPA: nothing here tests OPA's evaluation."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from policy import OPAEngine, PolicyBundle, PolicyError, PolicyUnavailable, Rego
 from policy._opa import POLICY_PREFIX, QUERY, REVISION, opa_policies
 
 from .conftest import load_cases, patched
-from .opa_servers import FaultInjectingOPAServer, OPATestServer
+from .opa_servers import FakeOPAServer, FaultInjectingOPAServer
 
 BASE, CASES = load_cases()
 SAMPLE = [c for c in CASES if not c.get("input_error")][::4]
@@ -27,9 +29,15 @@ async def _decide_all(engine: OPAEngine, docs: list[dict[str, Any]]) -> list[dic
         await engine.aclose()
 
 
-def test_opa_engine_matches_regopy(bundle: PolicyBundle, engine: RegopyEngine) -> None:
+def test_opa_engine_protocol_round_trips_decisions(bundle: PolicyBundle,
+                                                  engine: RegopyEngine) -> None:
+    """The client side of OPA's REST API, against ``FakeOPAServer``: one ad-hoc query per
+    decision, with the documented body; the bundle installed as these policies and this data;
+    each answer read back into the decision the fake's evaluator (regopy) made. Equal to the
+    ``regopy`` engine's decisions, that shows the input and the answer cross the protocol
+    unchanged; it says nothing about OPA's own evaluation of the bundle."""
     docs = [patched(BASE, c["patch"]) for c in SAMPLE]
-    with OPATestServer() as server:
+    with FakeOPAServer() as server:
         opa = OPAEngine(server.url, bundle, timeout_s=2.0)
         got = asyncio.run(_decide_all(opa, docs))
         assert len(server.queries) == len(docs)
@@ -94,7 +102,7 @@ def test_decisions_report_only_the_bundle_the_server_holds(bundle: PolicyBundle,
     weak = _weakened(bundle_dir)
     doc = patched(BASE, {"backend.retention_tier": "none"})
 
-    async def scenario(url: str, server: OPATestServer) -> None:
+    async def scenario(url: str, server: FakeOPAServer) -> None:
         opa, other = OPAEngine(url, bundle, timeout_s=2.0), OPAEngine(url, weak, timeout_s=2.0)
         try:
             await opa.settle()
@@ -117,11 +125,11 @@ def test_decisions_report_only_the_bundle_the_server_holds(bundle: PolicyBundle,
             await opa.aclose()
             await other.aclose()
 
-    with OPATestServer() as server:
+    with FakeOPAServer() as server:
         asyncio.run(scenario(server.url, server))
 
 
-class _ForgetfulOPAServer(OPATestServer):
+class _ForgetfulFakeOPAServer(FakeOPAServer):
     """Takes every write, but its revision document never changes: a server that does not
     hold what it is given."""
 
@@ -133,14 +141,14 @@ class _ForgetfulOPAServer(OPATestServer):
 
 
 def test_a_server_that_does_not_hold_the_bundle_fails_closed(bundle: PolicyBundle) -> None:
-    with _ForgetfulOPAServer() as server:
+    with _ForgetfulFakeOPAServer() as server:
         opa = OPAEngine(server.url, bundle, timeout_s=2.0)
         with pytest.raises(PolicyUnavailable, match="does not hold"):
             asyncio.run(_decide_all(opa, [BASE]))
         assert len(server.queries) == 2  # once, then once more after installing it again
 
 
-class _FailingOnceOPAServer(OPATestServer):
+class _FailingOnceFakeOPAServer(FakeOPAServer):
     """Refuses the revision write of one bundle (``refused``), once: an install that stops half
     way."""
 
@@ -161,7 +169,7 @@ def test_an_install_that_stops_half_way_leaves_no_data_behind(bundle: PolicyBund
     (bundle_dir / "data" / "overrides.yaml").write_text("overrides:\n  allow_everything: true\n")
     extra = load_bundle(bundle_dir)
 
-    async def scenario(url: str, server: _FailingOnceOPAServer) -> None:
+    async def scenario(url: str, server: _FailingOnceFakeOPAServer) -> None:
         opa = OPAEngine(url, bundle, timeout_s=2.0)
         try:
             await opa.settle()
@@ -177,7 +185,7 @@ def test_an_install_that_stops_half_way_leaves_no_data_behind(bundle: PolicyBund
         finally:
             await opa.aclose()
 
-    with _FailingOnceOPAServer() as server:
+    with _FailingOnceFakeOPAServer() as server:
         asyncio.run(scenario(server.url, server))
 
 
@@ -192,7 +200,7 @@ def test_a_packages_modules_are_installed_as_one_policy_with_their_imports(bundl
     head = policies["sealgate.authz"].splitlines()[:2]
     assert head == ["package sealgate.authz", "import rego.v1"]
     assert "# rego/zz_extra.rego\nextra_note := count(deny)" in policies["sealgate.authz"]
-    with OPATestServer() as server:  # refuses what would not compile, as OPA does
+    with FakeOPAServer() as server:  # refuses what would not compile, as OPA does
         opa = OPAEngine(server.url, load_bundle(bundle_dir), timeout_s=2.0)
         asyncio.run(_decide_all(opa, [BASE]))
         assert list(server.policies) == [POLICY_PREFIX + "sealgate.authz"]
