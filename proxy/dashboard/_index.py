@@ -41,16 +41,27 @@ class Key:
 
 @dataclass
 class Seen:
-    """First and last time (µs) a digest was cited, and by how many records (per tenant)."""
+    """First and last time (µs) a digest was cited, and by how many records; in all, and per
+    tenant (a reviewer scoped to one tenant sees only that tenant's times and counts)."""
 
     first_us: int
     last_us: int
     by_tenant: Counter[str] = field(default_factory=Counter)
+    span_by_tenant: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def add(self, tenant: str, time_us: int) -> None:
         self.first_us = min(self.first_us, time_us)
         self.last_us = max(self.last_us, time_us)
         self.by_tenant[tenant] += 1
+        first, last = self.span_by_tenant.get(tenant, (time_us, time_us))
+        self.span_by_tenant[tenant] = (min(first, time_us), max(last, time_us))
+
+    def of(self, tenant: str | None) -> Seen:
+        """What ``tenant`` may see (None: everything)."""
+        if tenant is None:
+            return self
+        first, last = self.span_by_tenant.get(tenant, (self.first_us, self.last_us))
+        return Seen(first, last, Counter({tenant: self.by_tenant[tenant]}))
 
 
 def _predicate(envelope: bytes) -> dict[str, Any]:
@@ -119,5 +130,5 @@ class RecordIndex:
         for digest, seen in list(table.items()):
             count = sum(seen.by_tenant.values()) if tenant is None else seen.by_tenant[tenant]
             if count:
-                out.append((digest, seen, count))
+                out.append((digest, seen.of(tenant), count))
         return sorted(out, key=lambda item: item[1].first_us)

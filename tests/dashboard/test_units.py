@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit import AuditLog
+from proxy.dashboard._index import RecordIndex, Seen
 from proxy.dashboard._pages import record_page
 from proxy.dashboard._query import EARLIEST, LATEST, MAX_PAGE, BadQuery, page_number, time_us, when
 from proxy.dashboard._session import LoginLimiter, SessionCodec, load_secret
@@ -249,6 +250,20 @@ def test_a_flood_of_user_names_does_not_flush_the_address_limit() -> None:
         now[0] += 0.01
         passed += limiter.attempt(f"ip:{'ab'[i % 2]}", f"user:target-{i}") is not None
     assert passed == 10  # five per address, then none
+
+
+def test_a_scoped_reviewer_sees_its_own_tenants_first_and_last_use_only() -> None:
+    """Policies and Enclave list when each digest was first and last cited: a reviewer of one
+    tenant sees that tenant's times and count, not when another tenant last made a request."""
+    index = RecordIndex.__new__(RecordIndex)  # the fold alone: no store is read here
+    index.policies = {}
+    for tenant, at in (("acme", 10), ("globex", 5), ("acme", 20), ("globex", 90)):
+        index.policies.setdefault("sha256:p", Seen(at, at)).add(tenant, at)
+    (_, mine, count), = index.seen(index.policies, "acme")
+    assert (mine.first_us, mine.last_us, count) == (10, 20, 2)
+    (_, everyone, count), = index.seen(index.policies, None)
+    assert (everyone.first_us, everyone.last_us, count) == (5, 90, 4)
+    assert index.seen(index.policies, "initech") == []
 
 
 @given(st.text(max_size=30))
