@@ -150,7 +150,9 @@ def test_a_long_event_line_is_split_in_linear_time() -> None:
         return short, long
 
     short, long = asyncio.run(run())
-    assert long < 4 * short + 0.1, f"one long line {long:.2f} s, short lines {short:.2f} s"
+    # Linear: about the same time for the same bytes; rescanning the line at each of its 16,384
+    # pieces takes thousands of times longer.
+    assert long < 20 * short + 0.5, f"one long line {long:.2f} s, short lines {short:.2f} s"
 
 
 @pytest.mark.parametrize(("header", "seconds"), [

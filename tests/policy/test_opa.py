@@ -67,7 +67,7 @@ def test_hanging_server_fails_closed_within_timeout(bundle: PolicyBundle) -> Non
         start = time.monotonic()
         with pytest.raises(PolicyUnavailable):
             asyncio.run(_decide_all(opa, [BASE]))
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 1.8  # the server hangs 2 s: the 0.2 s timeout ended it
 
 
 def test_unreachable_server_fails_closed(bundle: PolicyBundle) -> None:
