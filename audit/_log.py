@@ -90,10 +90,9 @@ class AuditLog:
     @property
     def accepting(self) -> bool:
         """Whether appends can succeed: the log is open and neither refused (a stored log that
-        cannot be continued) nor left without its writer. A store that is down for a moment
-        still counts as accepting: each append says so itself."""
-        writer = self._writer
-        return not (self._closed or writer.refused is not None or writer.dead)
+        cannot be continued, or left without its writer, which refuses it too). A store that is
+        down for a moment still counts as accepting: each append says so itself."""
+        return not (self._closed or self._writer.refused is not None)
 
     @property
     def store(self) -> LogStore:

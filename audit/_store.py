@@ -143,7 +143,7 @@ class LogStore:
         # the busy timeout for a lock another process holds, and the inline one (the event
         # loop's thread), which never waits (``AuditBusy``: hand the record to the writer).
         self._appenders: dict[bool, PoolProxiedConnection] = {}
-        self._file: tuple[int, int] | None = None  # (device, inode) of the SQLite file opened
+        self._file: tuple[str, int, int] | None = None  # SQLite: (path, device, inode) opened
         # Errors of the driver itself (appends and tree growth call it directly).
         self._driver_errors: tuple[type[Exception], ...] = (engine.dialect.loaded_dbapi.Error,)
         # Driver SQL for the write hot path, built once (qmark for SQLite, format for psycopg).
@@ -236,9 +236,9 @@ class LogStore:
         one would start the log over under the same key."""
         if not self.is_sqlite:
             return
-        path = os.path.abspath(self._sqlite_path())
+        path = os.path.abspath(str(self.engine.url.database))
         st = os.stat(path)
-        self._file = (st.st_dev, st.st_ino)
+        self._file = (path, st.st_dev, st.st_ino)
         existing = f"file:{urllib.parse.quote(path)}?mode=rw"
 
         def connect(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
@@ -252,15 +252,13 @@ class LogStore:
         open connections would go on writing records into a file nobody can read again."""
         if self._file is None:
             return
+        path, device, inode = self._file
         try:
-            st = os.stat(self._sqlite_path())
+            st = os.stat(path)
         except OSError:
             st = None
-        if st is None or (st.st_dev, st.st_ino) != self._file:
+        if st is None or (st.st_dev, st.st_ino) != (device, inode):
             raise AuditUnavailable("the audit database file was removed or replaced")
-
-    def _sqlite_path(self) -> str:
-        return str(self.engine.url.database)
 
     def checkpoint_wal(self) -> None:
         """Copy committed WAL frames into the SQLite database file without waiting for readers

@@ -338,9 +338,9 @@ class LogWriter:
                 self.range = rng
         except AuditBusy:
             raise  # nothing was written
-        except AuditError as exc:
+        except AuditUnavailable:
             self._resync()
-            raise _unavailable(exc) from exc
+            raise
         self.next_index = first + len(sealed)
         return first
 
@@ -425,8 +425,8 @@ class LogWriter:
         sealed = [p.sealed for p in items if p.sealed is not None]
         try:
             first = self._commit(sealed)
-        except AuditError as exc:
-            _resolve([(p, _unavailable(exc)) for p in items])
+        except AuditUnavailable as exc:
+            _resolve([(p, exc) for p in items])
             return
         finally:
             self.committed += len(sealed)
@@ -457,7 +457,7 @@ class LogWriter:
         on fresh connections."""
         self.reload = True
         if self.refused is not None:
-            return  # nothing more is written: a fresh connection might even create a new file
+            return  # nothing more is written to this store
         self.store.reset_connections()
         try:
             self.next_index = self.store.next_index(self.ident.log_id)
@@ -559,14 +559,6 @@ class LogWriter:
                 self.queue.put(pending)
                 return
         _resolve([(pending, AuditUnavailable(self.refused or "the audit log writer stopped"))])
-
-
-def _unavailable(exc: AuditError) -> AuditUnavailable:
-    """What an append's caller is told of any store failure: the record is not durable
-    (a store that answers nonsense, ``CorruptStore``, is unavailable for appends too)."""
-    if isinstance(exc, AuditUnavailable):
-        return exc
-    return AuditUnavailable(f"audit store failed ({exc.code})")
 
 
 def _now_us() -> int:

@@ -8,7 +8,7 @@ from policy import _native  # noqa: F401  first: rego-cpp before any other C++ l
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,17 +216,20 @@ class Services:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await _released("backends", self.router.close())
+        with _releasing("backends"):
+            await self.router.close()
         if self.gate is not None:
-            await _released("completion_records", self.gate.drain())
-        await _released("dashboard", self.dashboard.aclose())
+            with _releasing("completion_records"):
+                await self.gate.drain()
+        with _releasing("dashboard"):
+            await self.dashboard.aclose()
         if self.audit is not None:
-            await _released("audit", self.audit.close())
-        await _released("policy", self.policy.aclose())
-        try:
+            with _releasing("audit"):
+                await self.audit.close()
+        with _releasing("policy"):
+            await self.policy.aclose()
+        with _releasing("tenants"):
             self.tenants.close()
-        except Exception as exc:
-            _log.error("shutdown_step_failed", reason="tenants", error_type=type(exc).__name__)
 
 
 async def _schema_not_found(response: Response[Any]) -> Response[Any]:
@@ -237,10 +240,11 @@ async def _schema_not_found(response: Response[Any]) -> Response[Any]:
     return error_response(NotFoundException())
 
 
-async def _released(name: str, step: Awaitable[None]) -> None:
-    """Await one part's release at shutdown; a failure is logged, and shutdown goes on."""
+@contextlib.contextmanager
+def _releasing(name: str) -> Iterator[None]:
+    """One part's release at shutdown: a failure is logged, and shutdown goes on."""
     try:
-        await step
+        yield
     except Exception as exc:
         _log.error("shutdown_step_failed", reason=name, error_type=type(exc).__name__)
 

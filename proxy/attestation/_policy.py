@@ -247,14 +247,19 @@ def apply_policy(verdict: EvidenceVerdict, policy: VerificationPolicy) -> list[s
 
 def _check_claims(verdict: EvidenceVerdict, policy: VerificationPolicy) -> None:
     for name, accepted in policy.required_claims.get(verdict.platform, {}).items():
-        value: Any = verdict.claims.get(name)
-        rtmrs = verdict.claims.get("rtmrs")
-        if name.startswith("rtmr") and isinstance(rtmrs, list) and int(name[4:]) < len(rtmrs):
-            value = rtmrs[int(name[4:])]
+        value = _claim(verdict, name)
         if value is None:
             raise VerificationError("claim_not_allowed", f"the evidence reports no {name}")
         if value not in accepted:
             raise VerificationError("claim_not_allowed", f"{name} is not an accepted value")
+
+
+def _claim(verdict: EvidenceVerdict, name: str) -> Any:
+    """A claim by its policy name: ``rtmrN`` is the TDX claim ``rtmrs``' item N."""
+    if not name.startswith("rtmr"):
+        return verdict.claims.get(name)
+    rtmrs, index = verdict.claims.get("rtmrs") or [], int(name[4:])
+    return rtmrs[index] if index < len(rtmrs) else None
 
 
 def _check_measurement(verdict: EvidenceVerdict, policy: VerificationPolicy,
