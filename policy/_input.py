@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -29,6 +30,8 @@ MAX_SAFE_INTEGER = 2**53 - 1
 # Request metadata as the OpenAI API bounds it. Its keys reach the policy (SG-STORE-004), so
 # they are also printable: a NUL would end the string early in a C engine and hide a term.
 MAX_METADATA_PAIRS, MAX_METADATA_KEY = 16, 64
+# NFKD makes at most 18 characters of one (U+FDFA): the longest a folded key can be.
+MAX_FOLDED_KEY = 18 * MAX_METADATA_KEY
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
 METADATA_LIMITS = (f"metadata has at most {MAX_METADATA_PAIRS} keys of at most "
                    f"{MAX_METADATA_KEY} printable characters")
@@ -83,22 +86,34 @@ def _stored_reference(body: Mapping[str, Any]) -> bool:
 
 
 def _metadata_keys(body: Mapping[str, Any], lenient: bool) -> tuple[str, ...]:
-    """Sorted ``metadata`` keys. Metadata holds at most 16 pairs whose keys are printable text
-    of at most 64 characters (the OpenAI API's limits, which the request schema enforces); a
-    map beyond them is an error, or counts as absent under ``lenient``."""
+    """The ``metadata`` keys, folded (``fold_key``) and sorted. Metadata holds at most 16 pairs
+    whose keys are printable text of at most 64 characters (the OpenAI API's limits, which the
+    request schema enforces); a map beyond them is an error, or counts as absent under
+    ``lenient``."""
     metadata = body.get("metadata")
     if not isinstance(metadata, Mapping):
         return ()
-    keys = tuple(sorted(k for k in metadata if isinstance(k, str)))
+    keys = tuple(k for k in metadata if isinstance(k, str))
     if len(keys) == len(metadata) and _metadata_ok(keys):
-        return keys
+        return tuple(sorted(fold_key(k) for k in keys))
     _check(lenient, METADATA_LIMITS)
     return ()
 
 
-def _metadata_ok(keys: tuple[str, ...]) -> bool:
+def fold_key(key: str) -> str:
+    """A metadata key as the policy matches it: compatibility-decomposed (NFKD: ligatures and
+    full-width letters become plain ones), combining marks dropped, lowercased, so that
+    ``FİNE_TUNE``, ``ﬁnetune`` and ``Évals`` read as ``fine_tune``, ``finetune`` and ``evals``.
+    The policy lowercases keys as well, and the engines do not agree on it beyond ASCII
+    (rego-cpp lowercases ASCII only, OPA all of Unicode); folded keys are already lowercase,
+    so both match them alike. Letters that only look Latin (Cyrillic a, U+0430) stay as they are."""
+    decomposed = unicodedata.normalize("NFKD", key)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+
+
+def _metadata_ok(keys: tuple[str, ...], limit: int = MAX_METADATA_KEY) -> bool:
     return len(keys) <= MAX_METADATA_PAIRS and all(
-        len(k) <= MAX_METADATA_KEY and _PRINTABLE.fullmatch(k) for k in keys)
+        len(k) <= limit and _PRINTABLE.fullmatch(k) for k in keys)
 
 
 def _present(body: Mapping[str, Any], key: str) -> bool:
@@ -122,7 +137,7 @@ class RequestParams:
     conversation: bool = False
     """A ``conversation`` object or id is present (its value is not carried)."""
     metadata_keys: tuple[str, ...] = ()
-    """Sorted keys of ``metadata``; values are never carried."""
+    """Keys of ``metadata``, folded (``fold_key``) and sorted; values are never carried."""
     purpose: str | None = None
     """``purpose`` of a file or upload request."""
     stored_references: bool = False
@@ -143,7 +158,9 @@ class RequestParams:
             isinstance(self.metadata_keys, tuple) and all(isinstance(k, str) for k in self.metadata_keys),
             "metadata_keys must be a tuple of strings",
         )
-        _check(_metadata_ok(self.metadata_keys), METADATA_LIMITS)
+        _check(_metadata_ok(self.metadata_keys, MAX_FOLDED_KEY),
+               f"metadata_keys has at most {MAX_METADATA_PAIRS} printable keys of at most "
+               f"{MAX_FOLDED_KEY} characters")
         _check(self.purpose is None or (isinstance(self.purpose, str) and "\x00" not in self.purpose),
                "purpose must be a string without NUL characters")
         _check(isinstance(self.stored_references, bool), "stored_references must be a boolean")

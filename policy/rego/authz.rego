@@ -23,11 +23,14 @@
 # rule's value is computed once per decision. A name is undefined exactly when its input field
 # is missing, so each rule means what it would with the field written out.
 #
-# A denial states its check in its own body, negated (`not store == null`), rather than
-# through a helper rule that holds when the request passes (`store_ok`): a missing field still
-# denies, as `store == null` is then undefined and `not` holds, and the embedded engine takes
-# about a fifth less time per decision, since each helper rule it evaluates costs it more
-# than the comparison inside.
+# A denial states an equality check in its own body, negated (`not store == null`): a missing
+# field still denies, as `store == null` is then undefined and `not` holds, in both engines.
+# Any other check (`<=`, `in`, `is_array`, ...) is a helper rule that holds when the request
+# passes (`tokens_within_limit`), and the denial says `not` of that rule. Written inline,
+# `not max_tokens <= limit` would let a missing field through on OPA, which evaluates the
+# operands of a negated call before the negation: an undefined operand leaves the whole
+# body undefined there, not the negation true. `opa test` and `sealgate policy test` run the
+# same unit tests (authz_test.rego, "missing fields deny").
 package sealgate.authz
 
 default allow := false
@@ -56,11 +59,17 @@ contract := object.get(data.contracts, tenant_name, data.contracts["default"])
 
 # SG-INPUT-001: the input fields that no other rule checks positively must have the shape
 # the gateway builds (docs/policy.md, "Input document"): a known deployment mode (the enclave
-# rules depend on it) and a list of metadata keys. Every other rule already denies when its
-# field is missing or has an unexpected value.
+# rules depend on it) and a list of metadata keys that are strings. Every other rule already
+# denies when its field is missing or has an unexpected value (a token limit that is not a
+# number included).
 malformed_input := denial("SG-INPUT-001", "the policy input document is incomplete or malformed")
 
-deny contains malformed_input if not is_array(metadata_keys)
+deny contains malformed_input if not metadata_keys_listed
+
+metadata_keys_listed if {
+	is_array(metadata_keys)
+	count([key | some key in metadata_keys; not is_string(key)]) == 0
+}
 
 deny contains malformed_input if {
 	not mode == "production"
@@ -73,12 +82,16 @@ deny contains malformed_input if {
 # without `expires` do not lapse.
 no_contract := denial("SG-CONTRACT-001", "the tenant's contract is missing or has expired")
 
-deny contains no_contract if not is_object(contract)
+deny contains no_contract if not contract_found
+
+contract_found if is_object(contract)
 
 deny contains no_contract if {
-	expires := contract.expires
-	not request_time < expires
+	contract.expires
+	not before_expiry
 }
+
+before_expiry if request_time < contract.expires
 
 # The input fields, read once per decision (docs/policy.md, "Input document"). The request,
 # endpoint, enclave and deployment objects are read once too, and their fields from them.

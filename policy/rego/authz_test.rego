@@ -35,8 +35,10 @@ decide(inp) := d if {
 		with input.dev as inp.dev
 }
 
-# `inp` with inp[top] set to `value`, and with inp[top][key] set to `value`.
-set1(inp, top, value) := object.union(inp, {top: value})
+# `inp` with inp[top] set to `value`, and with inp[top][key] set to `value`. inp[top] is
+# removed first: OPA's object.union merges nested objects (so a key removed from `value`
+# would come back from `inp`), rego-cpp's replaces them; on disjoint keys both agree.
+set1(inp, top, value) := object.union(object.remove(inp, [top]), {top: value})
 
 set2(inp, top, key, value) := set1(inp, top, object.union(inp[top], {key: value}))
 

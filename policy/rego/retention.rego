@@ -28,7 +28,9 @@ deny contains retention_denied if {
 }
 
 # Without an endpoint path it cannot be told whether content is sent: no tier passes.
-deny contains retention_denied if not is_string(path)
+deny contains retention_denied if not path_given
+
+path_given if is_string(path)
 
 # SG-STORE-001: `store: true` asks the backend to keep the completion (chat completions,
 # responses). It is denied, or, when the contract sets `rewrite_store: true`, the decision
@@ -89,5 +91,6 @@ deny contains denial(
 	"metadata marked for distillation, evals or training is not allowed",
 ) if {
 	some key in metadata_keys
+	is_string(key) # any other is malformed input (SG-INPUT-001)
 	regex.match(training_terms, lower(key))
 }

@@ -7,17 +7,22 @@ deny contains denial(
 	"SG-MODEL-001",
 	"this model is not allowed for the tenant",
 ) if {
-	not model in contract.models
-	not "*" in contract.models
+	not model_allowed
 	forwards_content
 }
+
+model_allowed if model in contract.models
+
+model_allowed if "*" in contract.models
 
 # SG-REGION-001: data residency. The gateway's deployment region must be one of the
 # contract's `regions`; there is no wildcard.
 deny contains denial(
 	"SG-REGION-001",
 	"the deployment region is outside the tenant's data residency regions",
-) if not region in contract.regions
+) if not region_allowed
+
+region_allowed if region in contract.regions
 
 # SG-TOKENS-001: a requested output-token limit may not exceed the contract's `max_tokens`.
 # A request without a limit is bounded by the backend.
@@ -26,7 +31,12 @@ deny contains denial(
 	"max_tokens exceeds the tenant's limit",
 ) if {
 	not max_tokens == null
-	not max_tokens <= contract.max_tokens
+	not tokens_within_limit
+}
+
+tokens_within_limit if {
+	is_number(max_tokens)
+	max_tokens <= contract.max_tokens
 }
 
 # SG-TOKENS-002: the number of choices `n` may not exceed the contract's `max_n`.
@@ -35,7 +45,12 @@ deny contains denial(
 	"n exceeds the tenant's limit on choices",
 ) if {
 	not choices == null
-	not choices <= contract.max_n
+	not choices_within_limit
+}
+
+choices_within_limit if {
+	is_number(choices)
+	choices <= contract.max_n
 }
 
 # SG-STREAM-001: streaming responses only when the contract sets `allow_streaming: true`.

@@ -1,5 +1,5 @@
-"""Stand-ins for an OPA server on loopback, for exercising ``OPAEngine`` (the ``opa`` engine):
-fakes, not OPA. No OPA binary is available here.
+"""Stand-ins for an OPA server on loopback, for exercising ``OPAEngine`` (the ``opa`` engine).
+No OPA binary is available here.
 
 ``FakeOPAServer`` is a stand-in that speaks OPA's REST API over the embedded engine (regopy,
 the same rego-cpp evaluator the ``regopy`` engine uses): it keeps what it is given, as an OPA
@@ -11,6 +11,9 @@ payloads it sends, how it installs a bundle (and notices a server that lost or n
 its timeouts and its fail-closed handling. They do not check OPA's own evaluation of the policy:
 every decision the fake returns is rego-cpp's. Tests may write to it behind the engine's back,
 as anything else reaching a server could.
+
+``OPAEvaluatorServer`` is the same stand-in with OPA's own evaluator behind it (OPA v1.20.2's Go
+``rego`` package, through ``opa-golib-python-bindings``): the decisions it answers are OPA's.
 
 ``FaultInjectingOPAServer`` (fault injection) hangs or answers 500 / garbage / undefined to
 every query, to check that the engine fails closed.
@@ -27,6 +30,13 @@ from typing import Any, Literal
 import regopy
 
 from tests.loopback import LoopbackHTTPServer
+
+try:  # OPA's evaluator, for OPAEvaluatorServer; tests that use it say when it is missing
+    from opa_bindings import OpaEngine, OpaError
+    HAVE_OPA_EVALUATOR = True
+except ImportError:  # pragma: no cover - installed by the Makefile
+    OpaEngine = OpaError = None
+    HAVE_OPA_EVALUATOR = False
 
 Fault = Literal["hang", "500", "garbage", "undefined"]
 _NOT_FOUND = (404, b'{"code": "resource_not_found", "message": "not found"}')
@@ -60,11 +70,15 @@ class _Server(LoopbackHTTPServer):
         return Handler
 
 
+def _package(source: str) -> str | None:
+    return next((line.split()[1] for line in source.splitlines() if line.startswith("package ")),
+                None)
+
+
 def _compiles(modules: dict[str, str], written: str) -> bool:
     """Whether ``modules`` compile together, as far as evaluating the package ``written``
     declares tells (rego-cpp reports a rule that uses an undefined name only then)."""
-    package = next((line.split()[1] for line in written.splitlines()
-                    if line.startswith("package ")), None)
+    package = _package(written)
     if package is None:
         return False
     interpreter = regopy.Interpreter()
@@ -108,7 +122,7 @@ class FakeOPAServer(_Server):
             return 200, json.dumps({"result": listed}).encode()
         if method == "PUT" and policy_id:
             held = {**self.policies, policy_id: body.decode()}
-            if not _compiles(held, body.decode()):  # as OPA compiles what it holds at a write
+            if not self.compiles(held, body.decode()):  # as OPA compiles what it holds at a write
                 return 400, b'{"code": "invalid_parameter", "message": "compile error"}'
             self.policies, self.writes = held, self.writes + 1
             return 200, b"{}"
@@ -131,15 +145,23 @@ class FakeOPAServer(_Server):
             return 204, b""
         return _NOT_FOUND
 
+    def compiles(self, modules: dict[str, str], written: str) -> bool:
+        """Whether ``modules`` compile together after the write of ``written``."""
+        return _compiles(modules, written)
+
     def _query(self, body: dict[str, Any]) -> tuple[int, bytes]:
         self.queries.append(body)
+        return self.evaluate(body["query"], body.get("input"))
+
+    def evaluate(self, query: str, input: Any) -> tuple[int, bytes]:
+        """OPA's answer to an ad-hoc query: every result's bindings (none when undefined)."""
         interpreter = regopy.Interpreter()
         try:
             for name, source in self.policies.items():
                 interpreter.add_module(name, source)
             interpreter.add_data_json(json.dumps(self.data))
-            interpreter.set_input(regopy.Input(body.get("input")))
-            out = interpreter.query(body["query"])
+            interpreter.set_input(regopy.Input(input))
+            out = interpreter.query(query)
         except (regopy.RegoError, ValueError) as exc:
             return 400, json.dumps({"code": "invalid_parameter", "message": str(exc)}).encode()
         if not out.ok():
@@ -148,6 +170,59 @@ class FakeOPAServer(_Server):
         # An undefined reference leaves no binding: OPA answers no result at all then.
         results = [r for r in results if {"decision", "revision"} <= set(r)]
         return 200, json.dumps({"result": results}).encode()
+
+
+class OPAEvaluatorServer(FakeOPAServer):
+    """The same REST stand-in, with OPA's own evaluator behind it: the Go ``rego`` package of
+    OPA v1.20.2, the library the ``opa`` server is built on, loaded in-process through
+    ``opa-golib-python-bindings`` (``make`` installs it). OPA compiles the modules held at each
+    policy write and evaluates every query, so the decisions this server answers are OPA's;
+    only the HTTP layer is this file's. No ``opa`` binary can be installed here, so this is as
+    close to a real OPA server as these tests get."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._engine: Any = None
+        self._loaded: tuple[dict[str, str], str] | None = None
+
+    def compiles(self, modules: dict[str, str], written: str) -> bool:
+        package = _package(written)
+        if package is None:
+            return False
+        engine = _opa_engine(modules, {})
+        try:
+            engine.eval_query(f"x = data.{package}")
+            return True
+        except OpaError:
+            return False
+        finally:
+            engine.close()
+
+    def evaluate(self, query: str, input: Any) -> tuple[int, bytes]:
+        held = (dict(self.policies), json.dumps(self.data, sort_keys=True))
+        if self._loaded != held:  # a write since the last query: load what is held now
+            if self._engine is not None:
+                self._engine.close()
+            self._engine, self._loaded = _opa_engine(self.policies, self.data), held
+        try:
+            results = self._engine.eval_query(query, input)
+        except OpaError as exc:
+            return 400, json.dumps({"code": "invalid_parameter", "message": str(exc)}).encode()
+        return 200, json.dumps({"result": results}).encode()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def _opa_engine(modules: dict[str, str], data: dict[str, Any]) -> Any:
+    engine = OpaEngine()
+    for name, source in modules.items():
+        engine.add_policy(name, source)
+    engine.add_data(data)
+    return engine
 
 
 class FaultInjectingOPAServer(_Server):

@@ -1,6 +1,7 @@
 """OPAEngine (the ``opa`` engine) against stand-in OPA servers on loopback (``opa_servers``):
 its client protocol (queries, bundle installation, revision checks) and failing closed on
-faults. The stand-ins evaluate with regopy, not OPA: nothing here tests OPA's evaluation."""
+faults. The stand-ins evaluate with regopy, not OPA: OPA's own evaluation of the bundle is
+tested in ``test_opa_evaluator``."""
 
 from __future__ import annotations
 
