@@ -31,4 +31,5 @@ async def enclave_facts(identity: IdentityService) -> EnclaveFacts:
                                 f"{verdict.measurement!r}")
     return EnclaveFacts(platform=verdict.platform, measurement=verdict.measurement,
                         simulated=verdict.simulated, debug=verdict.debug,
-                        evidence_digest=evidence.digest())
+                        evidence_digest=evidence.digest(),
+                        policy_digest=str(document["policy_digest"]))

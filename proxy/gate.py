@@ -35,6 +35,11 @@ class EnclaveFacts:
     simulated: bool
     debug: bool
     evidence_digest: str
+    policy_digest: str
+    """The policy bundle digest that evidence binds (its REPORT_DATA)."""
+
+
+_KEPT_FACTS = 4  # enclave facts kept per policy digest: the current bundle's and a few before
 
 
 class _MinuteClock:
@@ -61,6 +66,8 @@ class PolicyAuditGate:
                  mode: str, region: str, allow_plaintext: bool, timeout_s: float) -> None:
         self.engine = engine
         self._audit = audit
+        self._bound: dict[str, EnclaveFacts] = {}  # policy digest -> the latest facts binding it
+        self._changed = asyncio.Event()
         self.enclave = enclave
         self._mode = mode
         self._region = region
@@ -68,6 +75,40 @@ class PolicyAuditGate:
         self._timeout = timeout_s
         self._pending: set[asyncio.Task[None]] = set()
         self._clock = _MinuteClock()
+
+    @property
+    def enclave(self) -> EnclaveFacts:
+        """The enclave facts of the current identity document (new evidence after a policy
+        reload or a key rotation replaces them)."""
+        return self._enclave
+
+    @enclave.setter
+    def enclave(self, facts: EnclaveFacts) -> None:
+        self._enclave = facts
+        self._bound.pop(facts.policy_digest, None)
+        self._bound[facts.policy_digest] = facts
+        while len(self._bound) > _KEPT_FACTS:
+            del self._bound[next(iter(self._bound))]
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _facts_for(self, digest: str) -> EnclaveFacts:
+        """The enclave facts whose evidence binds the policy bundle ``digest``, for a record of
+        a decision made on it. A reload switches the engine to a new bundle before the evidence
+        that binds it is collected (a hardware report can take a while): a decision on the new
+        bundle waits for that evidence, within the policy timeout, and fails closed
+        (``policy_unavailable``) without it, so that no record pairs one bundle's digest with
+        evidence that binds another."""
+        facts = self._bound.get(digest)
+        if facts is not None:
+            return facts
+        try:
+            async with asyncio.timeout(self._timeout):
+                while (facts := self._bound.get(digest)) is None:
+                    await self._changed.wait()
+        except TimeoutError as exc:
+            raise PolicyUnavailable("no enclave evidence binds the policy bundle yet") from exc
+        return facts
 
     def policy_input(self, ctx: CallContext, params: Mapping[str, Any], *,
                      lenient: bool = False) -> PolicyInput:
@@ -104,11 +145,10 @@ class PolicyAuditGate:
             raise PolicyUnavailable("the policy engine did not decide in time") from exc
 
     def _base(self, kind: str, ctx: CallContext, decision: Decision,
-              enclave: EnclaveFacts | None = None) -> RecordBuilder:
-        """The fields every record of ``ctx`` carries; ``enclave``: the facts it ran under
-        (default: the current ones)."""
+              enclave: EnclaveFacts) -> RecordBuilder:
+        """The fields every record of ``ctx`` carries; ``enclave``: the facts whose evidence
+        binds ``decision``'s bundle."""
         assert ctx.tenant is not None
-        enclave = enclave or self.enclave
         builder = RecordBuilder(kind).set(
             tenant=ctx.tenant.pseudonym, request_id=ctx.request_id, endpoint=ctx.endpoint,
             decision="allow" if decision.allow else "deny", channel=ctx.channel,
@@ -126,7 +166,9 @@ class PolicyAuditGate:
         if not decision.allow:
             await self._record_denial(ctx, decision)
             raise PolicyDenied([d.rule for d in decision.deny], [d.message for d in decision.deny])
-        record = self._base("intent", ctx, decision).set(stream=bool(params.get("stream"))).build()
+        enclave = await self._facts_for(decision.bundle_digest)
+        record = self._base("intent", ctx, decision, enclave).set(
+            stream=bool(params.get("stream"))).build()
         receipt = await self._audit.append(record)  # AuditUnavailable → 503, nothing forwarded
         return Admission(obligations=decision.obligations, decision=decision,
                          receipt=receipt.to_header(), intent_id=receipt.record_id)
@@ -140,11 +182,12 @@ class PolicyAuditGate:
             raise PolicyDenied([d.rule for d in decision.deny], [d.message for d in decision.deny])
 
     async def _record_denial(self, ctx: CallContext, decision: Decision) -> None:
-        record = self._base("denial", ctx, decision).set(
-            status=403, latency_ms=max(ctx.elapsed_ms(), 0.001)).build()
         try:
+            enclave = await self._facts_for(decision.bundle_digest)
+            record = self._base("denial", ctx, decision, enclave).set(
+                status=403, latency_ms=max(ctx.elapsed_ms(), 0.001)).build()
             await self._audit.append(record)
-        except AuditUnavailable:
+        except (AuditUnavailable, PolicyUnavailable):
             _log.error("denial_not_recorded", request_id=ctx.request_id)
 
     async def finish(self, ctx: CallContext, admission: Admission, outcome: Outcome) -> None:
@@ -162,9 +205,12 @@ class PolicyAuditGate:
             fields["abort_reason"] = outcome.aborted
         # Off the response path: the intent record was durable before forwarding; this one is
         # built, signed and appended in the background and drained at shutdown, whatever the
-        # client does. Its time and the enclave facts are the request's end's, taken now.
+        # client does. Its time and the enclave facts are the request's end's, taken now: the
+        # latest that bind its decision's bundle (the intent record's, or newer evidence of the
+        # same bundle).
         fields["time"] = datetime.now(UTC)
-        task = asyncio.create_task(self._append_completion(ctx, decision, self.enclave, fields))
+        enclave = self._bound.get(decision.bundle_digest, self.enclave)
+        task = asyncio.create_task(self._append_completion(ctx, decision, enclave, fields))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
