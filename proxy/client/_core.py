@@ -36,6 +36,8 @@ __all__ = [
 
 # Fields the inner request never carries: connection-specific ones (and those ``Connection``
 # names), fields of the outer hop (host, length), the client's own Date, and expectations.
+GATEWAY_PATH = "/.well-known/ohttp-gateway"
+"""Where a gateway takes sealed requests, below the origin it is published at."""
 _HOP_BY_HOP = HOP_BY_HOP_FIELDS | {
     b"host",
     b"content-length",
@@ -93,14 +95,34 @@ def _field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     return field
 
 
-def _inner(request: httpx2.Request, body: bytes) -> BHTTPRequest:
+def _inner(request: httpx2.Request, body: bytes, prefix: bytes) -> BHTTPRequest:
     url = request.url
     headers = [_field(name, value) for name, value in end_to_end(request.headers.raw, _HOP_BY_HOP)]
     # RFC 9458 §6.5: the gateway checks freshness against the inner Date.
     headers.append((b"date", formatdate(usegmt=True).encode()))
-    return BHTTPRequest(
-        request.method.encode(), url.scheme.encode(), url.netloc, url.raw_path, tuple(headers), body
-    )
+    return BHTTPRequest(request.method.encode(), url.scheme.encode(), url.netloc,
+                        _target(url.raw_path, prefix), tuple(headers), body)
+
+
+def _prefix(gateway_url: httpx2.URL) -> bytes:
+    """The path a gateway is published under: ``/sealgate`` for
+    ``https://host/sealgate/.well-known/ohttp-gateway`` (an ingress routes that path to it and
+    strips the prefix); empty for a gateway at the root or a relay's own URL."""
+    path: bytes = gateway_url.raw_path.split(b"?", 1)[0]
+    suffix = GATEWAY_PATH.encode()
+    return path.removesuffix(suffix).rstrip(b"/") if path.endswith(suffix) else b""
+
+
+def _target(raw_path: bytes, prefix: bytes) -> bytes:
+    """The inner request's path and query, relative to the gateway: without the prefix it is
+    published under, which the ingress strips from the outer request only (the gateway serves
+    the inner one at its own root, as it serves the OpenAI API)."""
+    if not prefix or not raw_path.startswith(prefix):
+        return raw_path
+    rest = raw_path[len(prefix):]
+    if rest[:1] == b"/":
+        return rest
+    return b"/" + rest if rest[:1] in (b"?", b"") else raw_path  # else /sealgatex: not under it
 
 
 def seal(
@@ -115,7 +137,7 @@ def seal(
     chunked = wants_stream(request, body)
     prepared = presealer.take(config, chunked=chunked) if presealer is not None else None
     try:
-        bhttp = encode_request(_inner(request, body))
+        bhttp = encode_request(_inner(request, body, _prefix(httpx2.URL(gateway_url))))
         if chunked:
             sealer = ChunkedRequestSealer(config, prepared=prepared)
             sealed, context = sealer.seal(bhttp, final=True), sealer.context

@@ -21,7 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from proxy.ohttp import HOP_BY_HOP_FIELDS, end_to_end
 
-from ._core import GatewayRejected
+from ._core import GATEWAY_PATH, GatewayRejected
 from ._errors import SealedTransportError
 from ._keysource import KeySource
 from ._transport import AsyncSealedTransport
@@ -35,7 +35,6 @@ __all__ = [
     "server_config",
 ]
 
-GATEWAY_PATH = "/.well-known/ohttp-gateway"
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]

@@ -16,7 +16,47 @@ from ._errors import SealedTransportError
 from ._keysource import KeySource
 from ._presealer import Presealer
 
-__all__ = ["AsyncSealedTransport", "SealedTransport"]
+__all__ = ["MAX_REFUSAL_BYTES", "MAX_SEALED_RESPONSE_BYTES", "AsyncSealedTransport",
+           "SealedTransport"]
+
+# What is read of an answer before it is authenticated: the relay and the ingress in between
+# are not trusted, and neither is what they say a body's length is.
+MAX_SEALED_RESPONSE_BYTES = (256 << 20) + (64 << 10)
+"""A whole (not chunked) sealed answer: the gateway's largest answer (256 MiB, a batch of
+float embeddings) and its sealing."""
+MAX_REFUSAL_BYTES = 64 << 10
+"""A refusal (any status but 200): an error document, unauthenticated, read for its code."""
+
+
+def _too_large(limit: int) -> SealedTransportError:
+    return SealedTransportError("response_invalid", f"gateway answer larger than {limit} bytes")
+
+
+def _declared(response: httpx2.Response, limit: int) -> None:
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+
+
+def _read(response: httpx2.Response, limit: int) -> bytes:
+    """The whole body of ``response``, refused past ``limit`` bytes before more is read."""
+    _declared(response, limit)
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+async def _aread(response: httpx2.Response, limit: int) -> bytes:
+    _declared(response, limit)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
 
 
 def _response(
@@ -48,7 +88,8 @@ def _failure(keys: KeySource, status: int, content: bytes) -> SealedTransportErr
 
 def _check_media(response: httpx2.Response, chunked: bool) -> None:
     expected = MediaType.CHUNKED_RESPONSE if chunked else MediaType.RESPONSE
-    if response.headers.get("content-type", "").split(";")[0].strip() != expected:
+    # Media types are case-insensitive (RFC 9110 §8.3.1): a relay may write them otherwise.
+    if response.headers.get("content-type", "").split(";")[0].strip().lower() != expected:
         raise SealedTransportError("response_invalid", "gateway answer has the wrong media type")
 
 
@@ -117,7 +158,7 @@ class SealedTransport(httpx2.BaseTransport):
         if outer.status_code == 200:
             return self._open(request, prepared, outer)
         try:
-            raise _failure(self._keys, outer.status_code, outer.read())
+            raise _failure(self._keys, outer.status_code, _read(outer, MAX_REFUSAL_BYTES))
         finally:
             outer.close()
 
@@ -125,7 +166,7 @@ class SealedTransport(httpx2.BaseTransport):
         try:
             _check_media(outer, prepared.exchange.chunked)
             if not prepared.exchange.chunked:
-                status, headers, content = open_plain(prepared, outer.read())
+                status, headers, content = open_plain(prepared, _read(outer, MAX_SEALED_RESPONSE_BYTES))
                 outer.close()
                 return _response(request, prepared, (status, headers), httpx2.ByteStream(content))
             opener = StreamOpener(prepared)
@@ -169,7 +210,7 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
         if outer.status_code == 200:
             return await self._open(request, prepared, outer)
         try:
-            raise _failure(self._keys, outer.status_code, await outer.aread())
+            raise _failure(self._keys, outer.status_code, await _aread(outer, MAX_REFUSAL_BYTES))
         finally:
             await outer.aclose()
 
@@ -179,7 +220,8 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
         try:
             _check_media(outer, prepared.exchange.chunked)
             if not prepared.exchange.chunked:
-                status, headers, content = open_plain(prepared, await outer.aread())
+                content_bytes = await _aread(outer, MAX_SEALED_RESPONSE_BYTES)
+                status, headers, content = open_plain(prepared, content_bytes)
                 await outer.aclose()
                 return _response(request, prepared, (status, headers), httpx2.ByteStream(content))
             opener = StreamOpener(prepared)
