@@ -26,7 +26,7 @@ from inference import LlamaCppConfig, ModelRoute, OpenAIConfig, RetentionTier, V
 from policy import OPAEngine, PolicyError
 from proxy.errors import ConfigError
 
-__all__ = ["BackendSettings", "Settings"]
+__all__ = ["OTHER_VARIABLES", "BackendSettings", "Settings", "ignored_variables"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -490,10 +490,32 @@ def _mask_args(values: list[Any]) -> list[Any]:
     return out
 
 
+OTHER_VARIABLES = frozenset({
+    "CONFIG",  # the TOML file (Settings.from_env)
+    "VERIFY_POLICY", "ALLOWED_MEASUREMENTS", "ALLOW_SIMULATED", "ALLOW_ANY_MEASUREMENT",
+    "COLLATERAL_DIR", "SEV_GUEST_CERTS",  # the attestation verifier and evidence providers
+    "REQUIRE_ALL", "VECTORS", "FUZZ_EXAMPLES", "FUZZ_SEED", "HYPOTHESIS_EXAMPLES",
+    "TEST_CORE_COUNTS", "VLLM_PYTHON", "VLLM_VENV", "VLLM_MODEL", "VLLM_MODEL_DIR",
+    "VLLM_STARTUP_S", "VLLM_RESTART_S",  # the test suite (tests/, .ci/run)
+})
+"""``SEALGATE_*`` variables that are no setting but that other parts of Sealgate read."""
+
+
+def ignored_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """``SEALGATE_*`` variables that no part of Sealgate reads (a name misspelt beyond what
+    ``_refuse_misspelt`` catches, ``SEALGATE_DATA`` for ``SEALGATE_DATA_DIR``): the commands
+    warn about each, since the setting meant keeps its default."""
+    env = os.environ if env is None else env
+    names = {f.name.upper() for f in dataclasses.fields(Settings)}
+    return sorted(v for v in env if v.startswith("SEALGATE_") and v[9:] not in names
+                  and v[9:] not in OTHER_VARIABLES)
+
+
 def _refuse_misspelt(env: Mapping[str, str], names: Mapping[str, Any]) -> None:
     """A ``SEALGATE_*`` variable that is no setting but nearly spells one (``SEALGATE_DEPLOYMENT``)
     is refused, as an unknown key in the file is: ignored, it left the default in force (a
-    development deployment). Variables that other Sealgate tools read spell no setting."""
+    development deployment). Variables that other Sealgate tools read spell no setting; any
+    other unknown one is warned about (``ignored_variables``)."""
     settings = [name.upper() for name in names]
     for variable in env:
         if not variable.startswith("SEALGATE_") or variable[9:].lower() in names:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from proxy.config import Settings
+from proxy.config import Settings, ignored_variables
 
 __all__ = ["add_config_arg", "fail", "load_settings", "missing_state", "print_json"]
 
@@ -18,8 +18,14 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
+    """The effective settings; a warning on stderr for each ``SEALGATE_*`` variable that nothing
+    reads (its setting, if one was meant, keeps its default)."""
     path = getattr(args, "config", None)
-    return Settings.load(path) if path else Settings.from_env()
+    settings = Settings.load(path) if path else Settings.from_env()
+    for variable in ignored_variables():
+        print(f"sealgate: warning: {variable} is not a setting and is ignored "
+              "(`sealgate config show` lists the settings)", file=sys.stderr)
+    return settings
 
 
 def print_json(value: Any) -> None:

@@ -85,7 +85,7 @@ def _server_document(url: str) -> Any:
 
 def _export(args: argparse.Namespace) -> int:
     from audit import AuditError, LogStore, load_or_create_signing_key
-    from proxy.cli._common import fail, load_settings
+    from proxy.cli._common import fail, load_settings, missing_state
     from proxy.evidence import EvidenceError, ExportOptions, write_bundle
     from proxy.tenants import TenantStore
 
@@ -105,6 +105,8 @@ def _export(args: argparse.Namespace) -> int:
     try:
         tenant = None
         if args.tenant is not None:  # an empty name (an unset variable) names no tenant
+            if (missing := missing_state(settings)) is not None:
+                return fail(missing)
             store = TenantStore(settings.tenants_url)
             try:
                 tenant = store.tenant(args.tenant).pseudonym

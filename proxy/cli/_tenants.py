@@ -145,9 +145,17 @@ def _key_list(args: argparse.Namespace) -> int:
 
 
 def _key_revoke(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     def act(store) -> int:  # type: ignore[no-untyped-def]
+        asked = datetime.now(UTC)
         info = store.revoke_key(args.key)
-        print(f"revoked {info.id} (tenant {info.tenant})")
+        when = info.revoked_at if info.revoked_at.tzinfo else info.revoked_at.replace(tzinfo=UTC)
+        if when < asked:  # revoked before: said so, in case another key was meant
+            print(f"{info.id} (tenant {info.tenant}) was already revoked at "
+                  f"{when.isoformat(timespec='seconds').replace('+00:00', 'Z')}")
+        else:
+            print(f"revoked {info.id} (tenant {info.tenant})")
         return 0
 
     return int(_run(args, act))

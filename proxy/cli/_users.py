@@ -38,20 +38,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _password(args: argparse.Namespace) -> str:
     if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
-        raise ValueError("the passwords differ")
-    return first
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the passwords differ")
+    try:  # bytes that are not UTF-8 arrive as lone surrogates, which no hash can take
+        password.encode()
+    except UnicodeEncodeError:
+        raise ValueError("invalid_password: the password is not valid UTF-8 text") from None
+    return password
 
 
 def _create(args: argparse.Namespace) -> int:
-    from proxy.cli._common import fail, load_settings
+    from proxy.cli._common import fail, load_settings, missing_state
     from proxy.errors import SealgateError
     from proxy.tenants import TenantStore
     from proxy.users import UserError, UserStore
 
     settings = load_settings(args)
+    # A reviewer's tenant must exist already: without a state database (a mistyped data
+    # directory) say so, rather than create an empty one and then refuse the tenant.
+    if args.tenant is not None and (missing := missing_state(settings)) is not None:
+        return fail(missing)
     try:
         password = _password(args)
         if args.tenant is not None:  # "" too: it names no tenant

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,26 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, s
     with pytest.raises(ConfigError) as info:
         Settings.load(path, env=env)
     assert str(info.value).startswith("invalid_config: ")
+
+
+def test_variables_nothing_reads_are_warned_about(tmp_path: Path) -> None:
+    """A name too far from any setting to be refused as misspelt (``SEALGATE_DATA`` for
+    ``SEALGATE_DATA_DIR``) left the default in force without a word: every command now warns,
+    and still does what it was asked."""
+    from proxy.config import ignored_variables
+
+    env = {"SEALGATE_DATA": "/elsewhere", "SEALGATE_PRODUCTION": "1", "SEALGATE_DATA_DIR": "x",
+           "SEALGATE_CONFIG": "", "SEALGATE_VERIFY_POLICY": "", "SEALGATE_REQUIRE_ALL": "1",
+           "OTHER": "1"}
+    assert ignored_variables(env) == ["SEALGATE_DATA", "SEALGATE_PRODUCTION"]
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("SEALGATE_")}
+    run_env.update(SEALGATE_DATA_DIR=str(tmp_path / "state"), SEALGATE_DATA=str(tmp_path / "meant"))
+    done = subprocess.run([sys.executable, "-m", "proxy.cli", "tenants", "create", "acme"],
+                          env=run_env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("tenant acme ")
+    assert done.stderr == ("sealgate: warning: SEALGATE_DATA is not a setting and is ignored "
+                           "(`sealgate config show` lists the settings)\n")
+    assert (tmp_path / "state" / "sealgate.db").exists() and not (tmp_path / "meant").exists()
 
 
 _ROUTE = '[backends.up]\ntype = "openai"\n[models.m]\nbackend = "up"\n'

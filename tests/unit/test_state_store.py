@@ -323,3 +323,31 @@ def test_a_new_database_file_is_owner_only(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "data" / "sealgate.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_reviewer_for_a_tenant_needs_the_state_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``users create --tenant`` in a mistyped data directory says there is no state database;
+    it used to create an empty one before refusing the tenant, after which every listing there
+    printed nothing instead of saying so."""
+    data = tmp_path / "typo"
+    monkeypatch.setenv("SEALGATE_DATA_DIR", str(data))
+    monkeypatch.delenv("SEALGATE_DATABASE_URL", raising=False)
+    monkeypatch.setattr(sys, "stdin", _Lines(PASSWORD + "\n"))
+    assert main(["users", "create", "bob", "--role", "reviewer", "--tenant", "acme",
+                 "--password-stdin"]) == 1
+    assert capsys.readouterr().err == f"sealgate: no state database at {data / 'sealgate.db'} " \
+                                      "(check SEALGATE_DATA_DIR or the config's data_dir)\n"
+    assert not (data / "sealgate.db").exists()
+    assert main(["tenants", "list"]) == 1
+    assert "no state database" in capsys.readouterr().err
+
+
+def test_a_password_that_is_not_utf8_is_one_coded_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALGATE_")}
+    env["SEALGATE_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "proxy.cli", "users", "create", "fay", "--role",
+                           "admin", "--password-stdin"], input=b"\xff\xfe correct horse\n", env=env,
+                          capture_output=True, check=False)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr == b"sealgate: invalid_password: the password is not valid UTF-8 text\n"

@@ -117,6 +117,14 @@ def test_cli_revoke_refuses_a_shared_prefix(store: TenantStore, data_dir: Path,
     with pytest.raises(AuthenticationError):
         store.authenticate("Bearer " + alice_key)
     assert store.authenticate("Bearer " + bob_key).name == "bob"
+    # Again: said to be done before, with when, in case another key was meant.
+    revoked_at = store.keys("alice")[0].revoked_at
+    assert revoked_at is not None
+    assert main(["keys", "revoke", alice.id]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{alice.id} (tenant alice) was already revoked at "
+                          f"{revoked_at.isoformat(timespec='seconds')[:19]}")
+    assert out.endswith("Z\n")
 
 
 def test_cli_revoke_unknown_key_fails(store: TenantStore, capsys: pytest.CaptureFixture[str]) -> None:
