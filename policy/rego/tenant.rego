@@ -25,7 +25,9 @@ deny contains denial(
 region_allowed if region in contract.regions
 
 # SG-TOKENS-001: a requested output-token limit may not exceed the contract's `max_tokens`.
-# A request without a limit is bounded by the backend.
+# A request without a limit is bounded by the backend, not given the contract's: OpenAI-style
+# servers reserve the whole limit in the model's context, so a limit larger than what is left
+# of it refuses a prompt that would fit (`context_length_exceeded`).
 deny contains denial(
 	"SG-TOKENS-001",
 	"max_tokens exceeds the tenant's limit",
