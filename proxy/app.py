@@ -272,7 +272,7 @@ def create_app(settings: Settings | None = None, *,
             contract.get("max_concurrent_requests", settings.tenant_max_concurrent),
             contract.get("requests_per_minute", settings.tenant_requests_per_minute),
             contract.get("tokens_per_minute", settings.tenant_tokens_per_minute),
-            contract.get("max_tokens", 0))
+            contract.get("max_tokens", 0), tuple(contract.get("models", ("*",))))
 
     service = OpenAIService(router, tenants, None, allow_plaintext=settings.allow_plaintext,
                             max_body_bytes=settings.max_body_bytes,

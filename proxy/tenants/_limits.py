@@ -42,6 +42,12 @@ class TenantLimits(NamedTuple):
     max_tokens: int = 0
     """The output limit a request may ask for (the contract's ``max_tokens``): what a request
     that asked for none is charged when its backend never counted."""
+    models: tuple[str, ...] = ("*",)
+    """The models the tenant may use (the contract's ``models``; ``*``: any): the model list
+    it is shown."""
+
+    def may_use(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
 
 
 class TenantLimitExceeded(SealgateError):
@@ -121,7 +127,7 @@ class TenantLimiter:
         """A lease for one more of ``tenant``'s requests, or :class:`TenantBusy`,
         :class:`TenantRateLimited` or :class:`TenantTokensExhausted` (a refused request uses up
         nothing). ``limits`` are this tenant's own, when they differ from the limiter's."""
-        limit, per_minute, tokens_per_minute, _ = limits if limits is not None else self.limits
+        limit, per_minute, tokens_per_minute = (limits if limits is not None else self.limits)[:3]
         if limit <= 0 and per_minute <= 0 and tokens_per_minute <= 0:
             return Lease(self, tenant, held=False, tokens_per_minute=0)
         with self._lock:

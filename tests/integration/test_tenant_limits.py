@@ -214,6 +214,40 @@ def _contract(name: str, limits: str) -> str:
             f"    rewrite_store: false\n{limits}")
 
 
+def test_the_model_list_shows_what_a_tenants_contract_allows(workdir: Path,
+                                                             fast_upstream: Proc) -> None:
+    """``GET /v1/models`` lists the models the tenant's contract lets it use, and retrieving
+    another answers as for a model not served (404 ``model_not_found``); a contract with
+    ``*`` sees every model."""
+    bundle_dir = workdir / "bundle-models"
+    shutil.copytree(load_bundle().root, bundle_dir,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    contracts = bundle_dir / "data" / "contracts.yaml"
+    contracts.write_text(contracts.read_text() + _contract("picky", "").replace(
+        'models: ["*"]', 'models: ["fast-echo", "not-served"]'))
+    config = (f'policy_bundle = "{bundle_dir}"\n'
+              + gateway_config(fast_upstream.port, allow_plaintext=True, local=False))
+    gw = start_gateway(workdir, config)
+    try:
+        picky, free = gw.new_key("picky"), gw.new_key("free")
+
+        def listed(key: str) -> list[str]:
+            answer = httpx.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200
+            return [m["id"] for m in answer.json()["data"]]
+
+        assert listed(picky) == ["fast-echo"]
+        assert {"fast-echo", "acme/fast-echo", "down-model"} <= set(listed(free))
+        for model, status in (("fast-echo", 200), ("acme/fast-echo", 404)):
+            answer = httpx.get(f"{gw.url}/v1/models/{model}",
+                               headers={"Authorization": f"Bearer {picky}"})
+            assert answer.status_code == status
+        unknown = httpx.get(f"{gw.url}/v1/models/nowhere", headers={"Authorization": f"Bearer {picky}"})
+        assert answer.json() == unknown.json()  # the same answer as for a model not served
+    finally:
+        gw.stop()
+
+
 def test_a_tenants_contract_sets_its_own_limits(workdir: Path, fast_upstream: Proc) -> None:
     """A contract's ``max_concurrent_requests`` replaces the gateway's setting for that tenant
     (here: none); a reloaded bundle's limits apply from the reload on."""

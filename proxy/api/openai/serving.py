@@ -17,7 +17,7 @@ import multipart
 from litestar import Request, Response
 from litestar.types import Receive
 
-from inference import BackendRouter, GenerationKind, ModelRoute
+from inference import BackendRouter, GenerationKind, ModelNotFound, ModelRoute
 from proxy.api.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -142,9 +142,18 @@ class OpenAIService:
 
     # -- models -------------------------------------------------------------------------------
     async def models(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        """The models the tenant's contract lets it use (the policy refuses the others)."""
         ctx, _ = await self._decided(request)
-        listing = {"object": "list", "data": [self._model(r) for r in self._router.routes]}
+        usable = self._usable(ctx)
+        listing = {"object": "list",
+                   "data": [self._model(r) for r in self._router.routes if usable(r.name)]}
         return Response(listing, headers=_headers(ctx, None))
+
+    def _usable(self, ctx: CallContext) -> Callable[[str], bool]:
+        assert ctx.tenant is not None
+        if self._tenant_limits is None:
+            return lambda _: True
+        return self._tenant_limits(ctx.tenant.name).may_use
 
     async def model(self, request: Request[Any, Any, Any], model_id: str) -> Response[dict[str, Any]]:
         ctx, route = await self._decided(request, model_id)
@@ -159,6 +168,8 @@ class OpenAIService:
         lease = self._lease(ctx)  # within its tenant's limits, as every other request
         try:
             route = None if model_id is None else self._router.route(model_id)[0]
+            if route is not None and not self._usable(ctx)(route.name):
+                raise ModelNotFound("the requested model does not exist")  # as for one not served
             if route is not None:
                 ctx.endpoint = model_endpoint(route.name)
             if self.gate is not None:
