@@ -46,6 +46,11 @@ def _serve(args: argparse.Namespace) -> int:
             await super().startup(sockets)  # exits on a failed start-up or bind
             print(banner, flush=True)  # listening now, not merely started
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Requests cut off from here on are the server's doing: their records say so.
+            app.state["services"].openai.stopping = True
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(
         _quiet_failure(app), host=settings.host, port=settings.port, log_level="warning",
         access_log=False, server_header=False, date_header=True,

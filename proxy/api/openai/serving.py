@@ -78,6 +78,9 @@ class OpenAIService:
         self._allow_plaintext = allow_plaintext
         self._max_body = max_body_bytes
         self._created = int(time.time())
+        self.stopping = False
+        """The server is shutting down (``sealgate serve`` sets it on SIGTERM or SIGINT): a
+        request cut off from now on is recorded as ``gateway_shutdown``, not as its client's."""
         # Cache scopes: one per tenant, keyed by a secret of this process, so that no one
         # who sees a scope (a vLLM server's cache_salt) can tell the tenant or forge another's.
         self._scope_key = secrets.token_bytes(32)
@@ -133,6 +136,8 @@ class OpenAIService:
         """Log and record how the request ended; charge its tokens to its tenant: the backend's
         count, else ``unreported`` (an estimate, for a request whose client left first or whose
         backend answered without counting)."""
+        if self.stopping and outcome.aborted in ("client_disconnected", "cancelled"):
+            outcome.aborted = "gateway_shutdown"  # the server cut it off
         if lease is not None:
             reported = outcome.prompt_tokens + outcome.completion_tokens
             lease.charge(reported or unreported)
@@ -242,6 +247,9 @@ class OpenAIService:
             # is charged like one whose client left; one that refused or was never reached not.
             spent = outcome.aborted == "client_disconnected" or getattr(exc, "spent", False)
             raise
+        except asyncio.CancelledError:  # the server cancelled it (at shutdown): answered 500
+            outcome = Outcome(500, aborted="cancelled")
+            raise
         finally:
             await self._finish(ctx, admission, outcome, lease, unreported if spent else 0)
         return Response(payload, media_type="application/json", headers=_headers(ctx, admission))
@@ -265,8 +273,8 @@ class OpenAIService:
                         ahead.append(chunk)
         except StopAsyncIteration:
             return _prepend(ahead, chunks)
-        except Exception as exc:
-            outcome = _failed(exc)
+        except (Exception, asyncio.CancelledError) as exc:  # cancelled: by the server, at shutdown
+            outcome = _failed(exc) if isinstance(exc, Exception) else Outcome(500, aborted="cancelled")
             try:
                 await _aclose(chunks)
             finally:  # a client that left during the prefill is charged its prompt
