@@ -137,8 +137,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return await _send_json(send, {"error": {"message": "not found"}}, 404)
     delay = float(body.get("temperature") or 0) / 100  # per token: 10 ms at temperature 1
     if body.get("stream"):
-        # presence_penalty, in seconds: time before the first chunk (queueing and prefill).
-        prefill = float(body.get("presence_penalty") or 0)
+        # presence_penalty, in seconds: time before the first chunk (queueing and prefill);
+        # a seed of 1000 or more adds seed/1000 seconds (the penalty stops at 2).
+        seed = body.get("seed")
+        prefill = float(body.get("presence_penalty") or 0) + (
+            seed / 1000 if isinstance(seed, int) and seed >= 1000 else 0)
         return await _stream(send, receive, model, n, delay, text=path == "/v1/completions",
                              prefill=prefill, filtered=float(body.get("frequency_penalty") or 0) > 0)
     held = n * delay + float(body.get("presence_penalty") or 0)

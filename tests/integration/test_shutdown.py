@@ -18,13 +18,14 @@ from typing import Any
 
 import httpx
 
-from tests.integration.conftest import request_records
+from tests.integration.conftest import predicate, request_records
 from tests.server import Gateway, Proc, fast_config, start_gateway
 
 WHOLE = 4  # whole answers held by the fast upstream (presence_penalty: seconds)
 STREAMS = 4  # streams of many tokens, 20 ms apart (temperature 2: 20 ms a token)
 LEGACY = 2  # legacy completions streams, as slow
 LONG = 2  # streams longer than uvicorn's graceful shutdown (10 s): cut off, then recorded
+PREFILL = 1  # a stream still waiting for its first chunk when the graceful shutdown runs out
 CUT = "\n<cut off>"
 
 
@@ -38,7 +39,9 @@ def _bodies() -> list[tuple[str, dict[str, Any]]]:
                                    "temperature": 2.0, "stream": True}) for _ in range(LEGACY)]
     long = [("/v1/chat/completions", {**chat, "max_tokens": 2000, "temperature": 2.0,
                                       "stream": True}) for _ in range(LONG)]
-    return whole + streams + legacy + long
+    prefill = [("/v1/chat/completions", {**chat, "max_tokens": 4, "stream": True,
+                                         "seed": 30_000}) for _ in range(PREFILL)]  # 30 s
+    return whole + streams + legacy + long + prefill
 
 
 def _call(url: str, key: str, path: str, body: dict[str, Any],
@@ -56,7 +59,7 @@ def _call(url: str, key: str, path: str, body: dict[str, Any],
                     text += chunk
             except httpx.RemoteProtocolError:
                 text += CUT
-            answers.append((response.headers["x-request-id"], response.status_code, text))
+            answers.append((response.headers.get("x-request-id", ""), response.status_code, text))
     except httpx.HTTPError as exc:
         failures.append(f"{path} stream={body.get('stream', False)}: {type(exc).__name__}")
 
@@ -78,6 +81,18 @@ def _wait_for(what: str, check: Any, timeout: float = 20.0) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def _shutdown_completions(data_dir: Path) -> int:
+    """Completion records saying the gateway cut their request off."""
+    db = sqlite3.connect(f"file:{data_dir / 'audit.db'}?mode=ro", uri=True)
+    try:
+        envelopes = [row[0] for row in db.execute(
+            "SELECT envelope FROM audit_records WHERE kind = 'completion'")]
+    finally:
+        db.close()
+    return sum(predicate(envelope).get("abort_reason") == "gateway_shutdown"
+               for envelope in envelopes)
 
 
 def _kinds_in_store(data_dir: Path, request_id: str) -> list[str]:
@@ -122,11 +137,14 @@ def test_sigterm_drains_completions_and_publishes_final_checkpoint(
     assert "completion_not_recorded" not in output and "shutdown_step_failed" not in output
 
     # Graceful shutdown (10 s) lets every in-flight request that fits in it finish with its
-    # whole answer; the longer streams are cut off when it runs out, after their first chunks.
-    assert failures == []
-    assert len(answers) == len(bodies)
-    for request_id, status, text in answers:
-        assert status == 200, (request_id, text[:200])
+    # whole answer; the longer streams are cut off when it runs out, after their first chunks,
+    # and the one still waiting for its first chunk is answered 500 by the server (or not at
+    # all, its connection closed).
+    refused = [a for a in answers if a[1] != 200]
+    assert len(refused) + len(failures) == PREFILL, (refused, failures)
+    assert all(status == 500 for _, status, _ in refused)
+    answers = [a for a in answers if a[1] == 200]
+    assert len(answers) == len(bodies) - PREFILL
     streamed = [text for _, _, text in answers if text.startswith("data: ")]
     assert len(streamed) == STREAMS + LEGACY + LONG
     done = [text for text in streamed if text.rstrip().endswith("data: [DONE]")]
@@ -140,8 +158,10 @@ def test_sigterm_drains_completions_and_publishes_final_checkpoint(
     report = json.loads(result.stdout)
     assert report["ok"] is True and len(report["logs"]) == 1, report
     (log,) = report["logs"]
-    # Records of this test: key creation writes none; each request an intent and a completion.
+    # Records of this test: key creation writes none; each request an intent and a completion,
+    # the one cut off before its first chunk included (gateway_shutdown).
     assert log["records"] == 2 * len(bodies), log
+    assert _shutdown_completions(gw.data_dir) == LONG + PREFILL
     assert log["records"] == log["integrated"] == log["size"], log
     for request_id, _, _ in answers:
         assert _kinds_in_store(gw.data_dir, request_id) == ["completion", "intent"], request_id
