@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from typing import Any
@@ -89,13 +90,38 @@ class _StartupFailures(logging.Filter):
         return record.getMessage() != "Application startup failed. Exiting."
 
 
+_STOPPING = (b'{"error": {"message": "the gateway is shutting down; retry the request", '
+             b'"type": "api_error", "param": null, "code": "gateway_shutdown"}}')
+
+
 def _quiet_failure(app: Any) -> Any:
     """The app, keeping the framework's traceback of a failed start-up out of the output (the
-    cause is printed once, with its code)."""
+    cause is printed once, with its code). A request the server cancels when its graceful
+    shutdown runs out (uvicorn cancels what is still running) is answered 503
+    ``gateway_shutdown``, an OpenAI error the SDKs retry, instead of uvicorn's plain-text 500
+    and a traceback; one whose answer had begun is cut off, with one line in the log."""
 
     async def quiet(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
-            await app(scope, receive, send)
+            started = False
+
+            async def sending(message: Any) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await app(scope, receive, sending)
+            except asyncio.CancelledError:
+                if scope["type"] != "http":
+                    raise
+                if not started:
+                    await send({"type": "http.response.start", "status": 503, "headers": [
+                        (b"content-type", b"application/json"), (b"retry-after", b"1"),
+                        (b"content-length", str(len(_STOPPING)).encode())]})
+                    await send({"type": "http.response.body", "body": _STOPPING})
+                # else a stream that had begun: uvicorn closes its connection unfinished, and
+                # the client sees it cut off (its completion record says gateway_shutdown)
             return
 
         async def watched(message: Any) -> None:

@@ -247,8 +247,8 @@ class OpenAIService:
             # is charged like one whose client left; one that refused or was never reached not.
             spent = outcome.aborted == "client_disconnected" or getattr(exc, "spent", False)
             raise
-        except asyncio.CancelledError:  # the server cancelled it (at shutdown): answered 500
-            outcome = Outcome(500, aborted="cancelled")
+        except asyncio.CancelledError:  # the server cancelled it (at shutdown): answered 503
+            outcome = Outcome(503, aborted="cancelled")
             raise
         finally:
             await self._finish(ctx, admission, outcome, lease, unreported if spent else 0)
@@ -274,7 +274,7 @@ class OpenAIService:
         except StopAsyncIteration:
             return _prepend(ahead, chunks)
         except (Exception, asyncio.CancelledError) as exc:  # cancelled: by the server, at shutdown
-            outcome = _failed(exc) if isinstance(exc, Exception) else Outcome(500, aborted="cancelled")
+            outcome = _failed(exc) if isinstance(exc, Exception) else Outcome(503, aborted="cancelled")
             try:
                 await _aclose(chunks)
             finally:  # a client that left during the prefill is charged its prompt
