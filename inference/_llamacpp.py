@@ -240,9 +240,10 @@ class LlamaCppBackend:
         sampled_only = kind == "completions" and body.get("logprobs") == 0
         if sampled_only:
             request["logprobs"] = 1
-        # Chat takes top_logprobs=0 as "per-token logprobs, no alternatives"; the core sends
-        # none at 0, so it is asked for one and the alternatives are dropped (``_no_alternatives``).
-        no_alternatives = kind == "chat" and body.get("logprobs") is True and body.get("top_logprobs") == 0
+        # Chat takes top_logprobs=0, or none given, as "per-token logprobs, no alternatives"; the
+        # core sends none at 0 and twenty when none is given, so it is asked for one and the
+        # alternatives are dropped (``_chat_logprobs``).
+        no_alternatives = kind == "chat" and body.get("logprobs") is True and not body.get("top_logprobs")
         if no_alternatives:
             request["top_logprobs"] = 1
         offsets: dict[Any, int] = {}
@@ -292,8 +293,8 @@ class LlamaCppBackend:
                 _add_counts(usage, last.pop("usage", None) or {})
                 if kind == "completions":
                     _legacy_logprobs(last, offsets, sampled_only=sampled_only)
-                elif no_alternatives:
-                    _no_alternatives(last)
+                else:
+                    _chat_logprobs(last, alternatives=not no_alternatives)
                 if echo is not None:
                     _echoed(last, echo)
                 if last.get("choices"):
@@ -695,13 +696,20 @@ def _merge(choice: Json, part: Json) -> None:
         target["function"]["arguments"] += function.get("arguments") or ""
 
 
-def _no_alternatives(chunk: Json) -> None:
-    """Chat logprobs asked with ``top_logprobs: 0``: each token's own, no alternatives."""
+def _chat_logprobs(chunk: Json, *, alternatives: bool) -> None:
+    """Chat logprobs in the OpenAI shape: without the core's token ``id`` (no OpenAI field),
+    and without alternatives unless ``top_logprobs`` asked for some."""
     for choice in chunk.get("choices") or ():
         logprobs = choice.get("logprobs")
         for item in (logprobs.get("content") or ()) if isinstance(logprobs, dict) else ():
-            if isinstance(item, dict):
+            if not isinstance(item, dict):
+                continue
+            item.pop("id", None)
+            if not alternatives:
                 item["top_logprobs"] = []
+            for top in item.get("top_logprobs") or ():
+                if isinstance(top, dict):
+                    top.pop("id", None)
 
 
 def _prompts_once(usage: Json, n: int) -> Json:

@@ -85,6 +85,9 @@ def _events(echo: str) -> dict[str, list[Any]]:
                           for i in range(2)] + [
             {**_chunk(id="gen-2", choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]),
              "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, "[DONE]"],
+        # Choices without their index (the OpenAI shape requires one).
+        "ok-no-index": [_chunk(choices=[{"delta": {"content": "a"}, "finish_reason": None}]),
+                        usage, "[DONE]"],
         # Raw U+2028/U+2029/U+0085 (as vLLM and llama.cpp send them), CRLF line ends.
         "ok-separators": [_chunk(choices=[{"index": 0, "delta": {"content": SEPARATORS},
                                            "finish_reason": None}]), "[DONE]"],
@@ -142,7 +145,7 @@ BUSY = "rate-limited"
 """The upstream answers 429 with ``Retry-After: 7`` (and the request quoted in its message)."""
 WHOLE_FAULTS = tuple(sorted(m for m in _whole("") if not m.startswith("ok")))
 STREAM_FAULTS = (*sorted(m for m in _events("") if not m.startswith("ok")), "stream-as-json")
-MODELS = ("ok", "ok-cached", "ok-uncounted", "ok-annotated", "ok-logprobs", "ok-unprefixed",
+MODELS = ("ok", "ok-cached", "ok-uncounted", "ok-annotated", "ok-logprobs", "ok-unprefixed", "ok-no-index",
           "ok-separators", "ok-bare", "ok-bare-embeddings", "ok-stray-message", BUSY, REJECTED,
           *CONTEXT_EXCEEDED, *WHOLE_FAULTS, *STREAM_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""

@@ -84,15 +84,30 @@ def test_a_prompt_is_counted_once_whatever_its_choices(gateway: Gateway, several
                                                    + two.json()["usage"]["completion_tokens"])
 
 
-def test_chat_logprobs_without_alternatives(gateway: Gateway, api_key: str) -> None:
-    """``top_logprobs: 0``: every token's own logprob, and empty lists of alternatives."""
+@pytest.mark.parametrize("top", [{"top_logprobs": 0}, {}], ids=["zero", "unset"])
+def test_chat_logprobs_without_alternatives(gateway: Gateway, api_key: str,
+                                            top: dict[str, int]) -> None:
+    """``top_logprobs: 0``, or none given (as the OpenAI API takes it): every token's own
+    logprob, empty lists of alternatives, and only the OpenAI fields."""
     body = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 3,
-            "temperature": 0, "logprobs": True, "top_logprobs": 0}
+            "temperature": 0, "logprobs": True, **top}
     response = _post(gateway, api_key, "/v1/chat/completions", body)
     assert response.status_code == 200, response.text
     content = response.json()["choices"][0]["logprobs"]["content"]
     assert content and all(isinstance(t["logprob"], float) and t["top_logprobs"] == []
                            for t in content)
+    assert all(set(t) == {"token", "logprob", "bytes", "top_logprobs"} for t in content), content
+
+
+def test_chat_top_logprobs_carry_only_the_openai_fields(gateway: Gateway, api_key: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 3,
+            "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    response = _post(gateway, api_key, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    for token in response.json()["choices"][0]["logprobs"]["content"]:
+        assert set(token) == {"token", "logprob", "bytes", "top_logprobs"}, token
+        assert 1 <= len(token["top_logprobs"]) <= 2
+        assert all(set(top) == {"token", "logprob", "bytes"} for top in token["top_logprobs"])
 
 
 # -- legacy completions logprobs -----------------------------------------------------------------

@@ -249,6 +249,14 @@ def test_complete_stream_ends_with_done(seam_gateway: Gateway, key: str, model: 
     assert records["completion"]["status"] == 200 and "abort_reason" not in records["completion"]
 
 
+def test_stream_choices_get_their_index(seam_gateway: Gateway, key: str) -> None:
+    response = _post(seam_gateway, key, {"model": "ok-no-index", "messages": MESSAGES,
+                                         "stream": True})
+    chunks = [json.loads(line[6:]) for line in response.text.splitlines()
+              if line.startswith("data: {")]
+    assert chunks and all(choice["index"] == 0 for c in chunks for choice in c["choices"])
+
+
 @pytest.mark.parametrize("include_usage", [True, False])
 def test_stream_chunks_share_one_id_and_usage_comes_alone(seam_gateway: Gateway, key: str,
                                                           include_usage: bool) -> None:

@@ -149,6 +149,16 @@ def test_invalid_utf8_inside_json_is_invalid_json(gateway: Gateway, api_key: str
     # As the OpenAI API answers: stream options belong to a stream.
     (b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], '
      b'"stream_options": {"include_usage": true}}', "stream_options"),
+    # Likewise: alternatives belong to logprobs.
+    (b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}',
+     "top_logprobs"),
+    (b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "logprobs": false, '
+     b'"top_logprobs": 2}', "top_logprobs"),
+    # Inside a map the parameter is the map (its keys are the client's).
+    (b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"12": 101}}',
+     "logit_bias"),
+    (b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "metadata": {"k": 1}}',
+     "metadata"),
 ])
 def test_schema_violation_names_param(gateway: Gateway, api_key: str, body: bytes, param: str) -> None:
     response = _post(gateway, "/v1/chat/completions", body, api_key)
@@ -156,6 +166,22 @@ def test_schema_violation_names_param(gateway: Gateway, api_key: str, body: byte
     assert response.status_code == 400
     assert error["code"] == "invalid_request_error" and error["param"] == param
     assert "wizard" not in error["message"] and "many" not in error["message"]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/embeddings", b'{"model": "fast-echo", "input": ""}', "input"),
+    ("/v1/embeddings", b'{"model": "fast-echo", "input": ["a", ""]}', "input[1]"),
+    ("/v1/embeddings", b'{"model": "fast-echo", "input": [[]]}', "input[0]"),
+    ("/v1/completions", b'{"model": "fast-echo", "prompt": [[1], []]}', "prompt[1]"),
+])
+def test_empty_inputs_are_refused_by_name(gateway: Gateway, api_key: str, path: str, body: bytes,
+                                          param: str) -> None:
+    """As the OpenAI API refuses them, before any backend sees them."""
+    response = _post(gateway, path, body, api_key)
+    assert response.status_code == 400, response.text
+    error = _error(response)
+    assert (error["code"], error["param"], error["message"]) == (
+        "invalid_request_error", param, "must not be empty")
 
 
 def test_missing_and_bad_key(client: openai.OpenAI, gateway: Gateway) -> None:

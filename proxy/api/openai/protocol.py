@@ -55,6 +55,7 @@ MAX_SCHEMA_DEPTH = 32
 _TOO_DEEP = "JSON Schema nested too deeply"
 _BEST_OF = "best_of must be at least n"
 _STREAM_OPTIONS = "stream_options is only allowed when stream is true"
+_TOP_LOGPROBS = "top_logprobs is only allowed when logprobs is true"
 
 
 def _check_depth(value: object) -> None:
@@ -224,7 +225,7 @@ class _Sampling(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_
     max_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    n: Annotated[int, msgspec.Meta(ge=1, le=8)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None  # the contract's max_n limits it
     stop: str | list[str] | None = None
     seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     presence_penalty: Penalty | None = None
@@ -261,6 +262,11 @@ class ChatCompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     previous_response_id: str | None = None
     conversation: str | ConversationRef | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.top_logprobs is not None and self.logprobs is not True:  # as the OpenAI API
+            raise ValueError(_TOP_LOGPROBS)
 
 
 class CompletionRequest(_Sampling, frozen=True, omit_defaults=True, kw_only=True):
@@ -352,6 +358,10 @@ def _validation_error(text: str) -> InvalidRequest:
         return InvalidRequest(_BEST_OF, param="best_of")
     if head == _STREAM_OPTIONS:
         return InvalidRequest(_STREAM_OPTIONS, param="stream_options")
+    if head == _TOP_LOGPROBS:
+        return InvalidRequest(_TOP_LOGPROBS, param="top_logprobs")
+    if param is not None and "[...]" in param:  # inside a map (logit_bias, metadata): the map
+        param = param[:param.index("[...]")]
     where = f"'{param}'" if param else "the request body"
     if param is None and _WRONG_TYPE.match(head):
         message = "the request body must be a JSON object"
@@ -371,12 +381,19 @@ def _validation_error(text: str) -> InvalidRequest:
 
 
 def _uniform(value: Any, param: str) -> None:
-    """A prompt/input list is all strings, all token ids, or all token-id lists (one kind)."""
+    """A prompt/input list is all strings, all token ids, or all token-id lists (one kind), and
+    none of its token-id lists is empty; an embedding input is no empty string either (the
+    OpenAI API refuses both)."""
     if isinstance(value, list):
         if not value:
             raise InvalidRequest("must not be empty", param=param)
         if len({type(item) for item in value}) > 1:
             raise InvalidRequest("mixes strings and token ids", param=param)
+        for position, item in enumerate(value):
+            if item == [] or (param == "input" and item == ""):
+                raise InvalidRequest("must not be empty", param=f"{param}[{position}]")
+    elif param == "input" and value == "":
+        raise InvalidRequest("must not be empty", param=param)
 
 
 def decode_request(body: bytes, schema: type[T]) -> T:

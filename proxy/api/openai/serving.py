@@ -468,8 +468,8 @@ def _shape(doc: dict[str, Any], kind: GenerationKind, route: ModelRoute, *, chun
     for field in ("timings", "system_fingerprint"):
         doc.pop(field, None)
     for position, choice in enumerate(doc.get("choices") or ()):
-        if not chunk:  # required in whole responses (logprobs nullable), optional in chunks
-            choice.setdefault("index", position)
+        choice.setdefault("index", position)  # required in whole responses and chunks alike
+        if not chunk:  # required in whole responses (nullable), optional in chunks
             choice.setdefault("logprobs", None)
         logprobs = choice.get("logprobs")
         if kind == "chat" and isinstance(logprobs, dict):
