@@ -360,7 +360,7 @@ _HI = [{"role": "user", "content": "hi"}]
      "tool_choice"),
     ("/v1/chat/completions", {"model": "x", "messages": _HI, "n": CANARY}, "n"),
     ("/v1/chat/completions", {"model": "x", "messages": _HI, "metadata": {CANARY: 1}},
-     "metadata[...]"),
+     "metadata"),
     ("/v1/embeddings", {"model": "x", "input": "a", "encoding_format": CANARY}, "encoding_format"),
 ])
 def test_validation_errors_never_echo_values(gateway: Gateway, api_key: str, path: str,
@@ -420,7 +420,7 @@ def test_content_parts_and_tools_are_checked(gateway: Gateway, api_key: str,
     ("/v1/completions", {"best_of": 0}, "best_of", None),
     ("/v1/completions", {"n": 3, "best_of": 2}, "best_of", "best_of must be at least n"),
     ("/v1/chat/completions", {"modalities": ["text", "audio"]}, "modalities[1]", None),
-    ("/v1/chat/completions", {"logit_bias": {"50256": 101}}, "logit_bias[...]", None),
+    ("/v1/chat/completions", {"logit_bias": {"50256": 101}}, "logit_bias", None),
     ("/v1/chat/completions", {"logit_bias": {"token": 1}}, "logit_bias", "invalid key in 'logit_bias'"),
     ("/v1/chat/completions", {"reasoning_effort": "extreme"}, "reasoning_effort", None),
 ])
