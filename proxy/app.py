@@ -20,7 +20,6 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from audit import AuditLog, load_or_create_signing_key
 from inference import (
@@ -37,6 +36,7 @@ from policy import BundleWatcher, OPAEngine, PolicyEngine, PolicyUnavailable, Re
 from proxy.api.audit import audit_handlers
 from proxy.api.health import health_handlers
 from proxy.api.openai import OpenAIService, openai_handlers
+from proxy.api.openapi import JsonDocument, YamlDocument
 from proxy.api.refused import refused_handlers
 from proxy.attestation import IdentityService, detect_provider, identity_handlers
 from proxy.config import BackendSettings, Settings
@@ -309,7 +309,7 @@ def create_app(settings: Settings | None = None, *,
         openapi_config=OpenAPIConfig(title="Sealgate", version="0.1.0", path="/schema",
                                      # The document only: interactive viewers load their
                                      # scripts from a CDN, and nothing is fetched at run time.
-                                     render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+                                     render_plugins=[JsonDocument(), YamlDocument()],
                                      openapi_router=Router(
                                          "/schema", route_handlers=[], include_in_schema=False,
                                          after_request=_schema_not_found)),

@@ -83,3 +83,57 @@ def test_models_shape(gateway: Gateway, api_key: str) -> None:
 def test_error_shape(post: Any) -> None:
     response = post("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]})
     validate("ErrorResponse", response.json())
+
+
+# -- the gateway's own OpenAPI document (/schema) ----------------------------------------------
+@pytest.fixture(scope="module")
+def document(gateway: Gateway) -> dict[str, Any]:
+    answer = httpx.get(f"{gateway.url}/schema/openapi.json")
+    assert answer.status_code == 200
+    served: dict[str, Any] = answer.json()
+    assert yaml.safe_load(httpx.get(f"{gateway.url}/schema/openapi.yaml").text) == served
+    return served
+
+
+def _body_schema(document: dict[str, Any], path: str) -> jsonschema.Draft202012Validator:
+    ref = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    return jsonschema.Draft202012Validator({**ref, "components": document["components"]})
+
+
+@pytest.mark.parametrize(("path", "valid", "invalid"), [
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+     {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 9}),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 4}, {"model": MODEL}),
+    ("/v1/embeddings", {"model": MODEL, "input": ["a", "b"]},
+     {"model": MODEL, "input": "a", "encoding_format": "hex"}),
+])
+def test_the_document_names_each_request_body_the_gateway_validates(
+        document: dict[str, Any], post: Any, path: str, valid: dict[str, Any],
+        invalid: dict[str, Any]) -> None:
+    """The request bodies are the schemas the gateway validates with: what the document admits
+    the gateway takes, and what it refuses the gateway answers 400."""
+    schema = _body_schema(document, path)
+    assert schema.is_valid(valid) and not schema.is_valid(invalid)
+    assert post(path, valid).status_code == 200
+    assert post(path, invalid).status_code == 400
+
+
+def test_the_document_says_how_the_api_answers_and_authenticates(document: dict[str, Any]) -> None:
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    envelope = jsonschema.Draft202012Validator(document["components"]["schemas"]["Error"])
+    assert envelope.is_valid({"error": {"message": "m", "type": "t", "param": None, "code": "c"}})
+    for path in ("/v1/models", "/v1/models/{model_id}", "/v1/chat/completions",
+                 "/v1/completions", "/v1/embeddings"):
+        (method, operation), = document["paths"][path].items()
+        assert operation["security"] == [{"bearer": []}], path
+        for status in ("400", "401", "403", "413", "429", "503"):
+            content = operation["responses"][status]["content"]["application/json"]
+            assert content["schema"] == {"$ref": "#/components/schemas/Error"}, (path, status)
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        assert "text/event-stream" in document["paths"][path]["post"]["responses"]["200"]["content"]
+    (model_id,) = document["paths"]["/v1/models/{model_id}"]["get"]["parameters"]
+    assert model_id["schema"] == {"type": "string"}  # names hold "/", and are no URIs
+    keys = document["paths"]["/.well-known/ohttp-gateway"]["get"]["responses"]["200"]["content"]
+    assert list(keys) == ["application/ohttp-keys"]
+    # Nowhere the framework's own 400 shape, which the gateway never sends.
+    assert '"status_code"' not in json.dumps(document["paths"])
