@@ -35,6 +35,8 @@ class BackendUnavailable(BackendError):
     code = "backend_unavailable"
     status = 503
     spent = False
+    retry_after = 1
+    """Seconds the client is told to wait (``Retry-After``): an upstream's own 503 says."""
 
 
 class BackendTimedOut(BackendUnavailable):

@@ -351,12 +351,21 @@ async def _check_status(response: httpx.Response, path: str, timeout: float) -> 
     if response.status_code == 400 and await _exceeds_context(response, min(timeout, _ERROR_READ_S)):
         raise ContextLengthExceeded("this request needs more tokens than the model holds",
                                     _PROMPT_FIELDS[path])
-    if response.status_code in (400, 404, 413, 422):
-        raise BackendRejected(f"the upstream rejected the request (HTTP {response.status_code})")
-    if response.status_code == 429:
+    status = response.status_code
+    if status in (400, 413, 422):
+        raise BackendRejected(f"the upstream rejected the request (HTTP {status})")
+    if status == 429:
         raise BackendBusy("the upstream is rate-limiting requests (HTTP 429)",
                           _retry_after(response.headers.get("retry-after", "")))
-    raise BackendUnavailable(f"the upstream failed (HTTP {response.status_code})")
+    if status in (401, 403, 404):  # the gateway's own settings (url, model, key), not the client's
+        raise BackendError(f"the upstream refused the gateway's request (HTTP {status}); the "
+                           "gateway's backend settings need attention")
+    failure = BackendUnavailable(f"the upstream failed (HTTP {status})")
+    if status == 503:  # overloaded or starting: its own wait, not a retry storm after 1 s
+        failure.retry_after = _retry_after(response.headers.get("retry-after", ""))
+    else:  # reached, and it may have generated (a proxy's 504 after a long generation)
+        failure.spent = True
+    raise failure
 
 
 async def _exceeds_context(response: httpx.Response, timeout: float) -> bool:

@@ -141,13 +141,16 @@ REJECTED = "rejected-quoting"
 """The upstream answers 400 quoting the request, and then words that say it is too long."""
 CONTEXT_EXCEEDED = tuple(sorted(m for m in _rejections("") if m != REJECTED))
 """Model names the upstream answers with a 400 saying the request does not fit the context."""
+STATUS_FAULTS = {"status-401": (401, None), "status-404": (404, None),
+                 "status-500": (500, None), "status-503": (503, "30"), "status-504": (504, None)}
+"""Model names the upstream answers with that status (and ``Retry-After``), quoting the request."""
 BUSY = "rate-limited"
 """The upstream answers 429 with ``Retry-After: 7`` (and the request quoted in its message)."""
 WHOLE_FAULTS = tuple(sorted(m for m in _whole("") if not m.startswith("ok")))
 STREAM_FAULTS = (*sorted(m for m in _events("") if not m.startswith("ok")), "stream-as-json")
 MODELS = ("ok", "ok-cached", "ok-uncounted", "ok-annotated", "ok-logprobs", "ok-unprefixed", "ok-no-index",
           "ok-separators", "ok-bare", "ok-bare-embeddings", "ok-stray-message", BUSY, REJECTED,
-          *CONTEXT_EXCEEDED, *WHOLE_FAULTS, *STREAM_FAULTS)
+          *CONTEXT_EXCEEDED, *WHOLE_FAULTS, *STREAM_FAULTS, *STATUS_FAULTS)
 """Model names to route to the upstream: each is its fault (``ok`` answers properly)."""
 
 
@@ -277,6 +280,10 @@ class FaultInjectingUpstream(LoopbackHTTPServer):
                     _limit_fault(self, fault)
                 elif fault in (rejections := _rejections(echo)):
                     self._send("application/json", json.dumps(rejections[fault]).encode(), 400)
+                elif fault in STATUS_FAULTS:
+                    status, wait = STATUS_FAULTS[fault]
+                    self._send("application/json", json.dumps({"error": {"message": echo}}).encode(),
+                               status, *((("Retry-After", wait),) if wait else ()))
                 elif fault == BUSY:
                     self._send("application/json", json.dumps({"error": {"message": echo}}).encode(),
                                429, ("Retry-After", "7"))

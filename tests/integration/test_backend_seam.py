@@ -165,6 +165,25 @@ def test_an_upstream_429_is_passed_on_with_its_wait(seam_gateway: Gateway, key: 
     assert records["completion"]["status"] == 429
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("model", "status", "code", "wait"), [
+    # The gateway's own settings (url, model, key): not the client's request to fix.
+    ("status-401", 502, "backend_error", None), ("status-404", 502, "backend_error", None),
+    # Overloaded: its own wait, not a retry after a second.
+    ("status-503", 503, "backend_unavailable", "30"),
+    ("status-500", 503, "backend_unavailable", "1"), ("status-504", 503, "backend_unavailable", "1"),
+])
+def test_upstream_statuses_are_answered_by_what_they_mean(
+        seam_gateway: Gateway, key: str, stream: bool, model: str, status: int, code: str,
+        wait: str | None) -> None:
+    response = _post(seam_gateway, key, {"model": model, "messages": MESSAGES, "stream": stream})
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    assert response.headers.get("retry-after") == wait
+    _clean(seam_gateway, response)
+    records = request_records(seam_gateway, key, response.headers["x-request-id"])
+    assert records["completion"]["status"] == status
+
+
 @pytest.mark.parametrize("endpoint", sorted(PROMPTS))
 @pytest.mark.parametrize("model", CONTEXT_EXCEEDED)
 def test_an_upstream_context_overflow_is_passed_on_by_its_code(

@@ -124,7 +124,7 @@ def test_the_document_says_how_the_api_answers_and_authenticates(document: dict[
     assert envelope.is_valid({"error": {"message": "m", "type": "t", "param": None, "code": "c"}})
     for path in ("/v1/models", "/v1/models/{model_id}", "/v1/chat/completions",
                  "/v1/completions", "/v1/embeddings"):
-        (method, operation), = document["paths"][path].items()
+        ((_, operation),) = document["paths"][path].items()
         assert operation["security"] == [{"bearer": []}], path
         for status in ("400", "401", "403", "413", "429", "503"):
             content = operation["responses"][status]["content"]["application/json"]
