@@ -55,7 +55,11 @@ _USAGE_COUNTERS = frozenset({"prompt_tokens", "completion_tokens", "total_tokens
                              "prompt_tokens_details", "completion_tokens_details"})
 _EOL = re.compile(rb"\r\n|\r|\n")  # the only line ends of an event stream (WHATWG HTML §9.2.5)
 _MAX_LINE = 16 << 20  # one event's line; a longer one is not an OpenAI chunk
-_MAX_BODY = 256 << 20  # one whole answer (the largest is a batch of float embeddings)
+_MAX_BODY = 256 << 20  # one whole answer of embeddings (a batch of float vectors)
+# One whole chat or text answer: a few choices of thousands of tokens with 20 alternatives each
+# take tens of MiB. Decoded, a JSON answer takes several times its size (up to some 25 times,
+# for one made of small objects), so each kind is held to what its answers need.
+_MAX_GENERATION = 64 << 20
 _DRAIN_S = 1.0  # how long the end of a body is awaited after data: [DONE]
 _MAX_RETRY_AFTER = 3600  # the longest wait relayed from an upstream's Retry-After
 _MAX_ERROR = 64 << 10  # what is read of a 400's error document, to tell a context overflow
@@ -459,7 +463,8 @@ class OpenAIBackend:
             return False
         return response.status_code == 200
 
-    async def _post(self, path: str, body: Mapping[str, Any], schema: type[_Document]) -> Json:
+    async def _post(self, path: str, body: Mapping[str, Any], schema: type[_Document],
+                    limit: int | None = None) -> Json:
         """One whole answer within ``timeout_s`` in all: the transport's timeouts bound each
         socket operation only, so an upstream that reads slowly or answers a byte at a time
         would otherwise hold the request (and its connection) forever."""
@@ -468,7 +473,7 @@ class OpenAIBackend:
                 response = await self._send("POST", path, msgspec.json.encode(body))
                 try:
                     await _check_status(response, path, self._config.timeout_s)
-                    content = await _body(response)
+                    content = await _body(response, _MAX_GENERATION if limit is None else limit)
                 finally:
                     await response.aclose()
             return self._relayable(_checked(msgspec.json.decode(content), schema))
@@ -501,7 +506,8 @@ class OpenAIBackend:
                                 _WHOLE[kind])
 
     async def embed(self, body: Mapping[str, Any], *, cache_scope: str | None = None) -> Json:
-        return await self._post("/embeddings", self._salted(body, cache_scope), _Embeddings)
+        return await self._post("/embeddings", self._salted(body, cache_scope), _Embeddings,
+                                _MAX_BODY)
 
     async def stream(self, kind: GenerationKind, body: Mapping[str, Any], *,
                      cache_scope: str | None = None) -> AsyncIterator[Json]:

@@ -68,12 +68,14 @@ def test_a_compressed_answer_is_refused_unread(upstream: FaultInjectingUpstream)
 def test_a_huge_whole_answer_is_refused_not_buffered(upstream: FaultInjectingUpstream,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      fault: str) -> None:
-    monkeypatch.setattr(openai_backend, "_MAX_BODY", HUGE // 2)
+    # A chat answer is held to what chat answers need; embeddings to the larger bound.
+    monkeypatch.setattr(openai_backend, "_MAX_GENERATION", HUGE // 2)
+    monkeypatch.setattr(openai_backend, "_MAX_BODY", HUGE * 2)
     result, _ = _run(f"{upstream.url}/v1", 10, lambda b: b.generate(
         "chat", {"model": fault, "messages": MESSAGES}))
     assert type(result) is BackendError
     assert str(result) == "backend_error: the upstream sent a malformed response"
-    monkeypatch.setattr(openai_backend, "_MAX_BODY", HUGE * 2)
+    monkeypatch.setattr(openai_backend, "_MAX_GENERATION", HUGE * 2)
     result, _ = _run(f"{upstream.url}/v1", 10, lambda b: b.generate(
         "chat", {"model": fault, "messages": MESSAGES}))
     assert result["choices"][0]["message"]["content"] == "0" * HUGE
