@@ -202,22 +202,34 @@ class LlamaCppBackend:
         if dimensions is not None and dimensions != self._caps.embedding_size:
             raise _unsupported("dimensions", "'dimensions'")
 
-        def run() -> Any:
+        inputs = _embedding_inputs(body.get("input"))
+        gone = threading.Event()  # the caller left: no more inputs are embedded
+
+        def run() -> list[Json] | None:
             # Embeddings read no cached prefix (every token's output is pooled) and leave none
-            # a completion could reuse, so the slot keeps its owner.
+            # a completion could reuse, so the slot keeps its owner. One input at a time: the
+            # core cannot be stopped within a call, and a caller that leaves frees the slot
+            # after the input under way, not after the whole batch.
             slot, _ = self._slots.take(None)
             try:
-                return server.handle_embeddings({**body, "id_slot": slot, "cache_prompt": False})
+                answers = []
+                for value in inputs:
+                    if gone.is_set():
+                        return None
+                    answers.append(_checked(server.handle_embeddings(
+                        {**body, "input": value, "id_slot": slot, "cache_prompt": False})))
+                return answers
             finally:
                 self._slots.release(slot, None, keep_owner=True)
 
         loop = asyncio.get_running_loop()
-        result = _checked(await loop.run_in_executor(self._pool, run))
-        result["model"] = body.get("model", self._config.model_name)
-        for i, item in enumerate(result.get("data", [])):
-            item.setdefault("object", "embedding")
-            item.setdefault("index", i)
-        return result
+        try:
+            answers = await loop.run_in_executor(self._pool, run)
+        except asyncio.CancelledError:
+            gone.set()
+            raise
+        assert answers is not None  # None only once the caller was cancelled
+        return _embeddings_merged(answers, body.get("model", self._config.model_name))
 
     async def stream(self, kind: GenerationKind, body: Mapping[str, Any], *,
                      cache_scope: str | None = None) -> AsyncGenerator[Json, None]:
@@ -613,6 +625,30 @@ def _translated(exc: Exception, body: Mapping[str, Any]) -> BackendError:
             return error
         return BackendRejected("the model rejected the request parameters")
     return BackendUnavailable("the model failed to answer")
+
+
+def _embedding_inputs(value: Any) -> list[Any]:
+    """The separate inputs of an embeddings request: a string or one token-id list is one; a
+    list of strings or of token-id lists is one each."""
+    if isinstance(value, list) and value and all(isinstance(v, str | list) for v in value):
+        return list(value)
+    return [value]
+
+
+def _embeddings_merged(answers: list[Json], model: str) -> Json:
+    """One embeddings list from the answers to each input: indices in request order, usage
+    summed."""
+    data: list[Json] = []
+    prompt = 0
+    for answer in answers:
+        for item in answer.get("data") or ():
+            if isinstance(item, dict):
+                data.append({**item, "object": "embedding", "index": len(data)})
+        usage = answer.get("usage")
+        counted = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        prompt += counted if isinstance(counted, int) else 0
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
 
 
 def _checked(result: Any, field: str = "input", output: int = 0) -> Json:

@@ -551,3 +551,26 @@ def test_prompt_progress_reports_never_reach_the_client(llama_gateway: Gateway, 
     assert response.status_code == 200 and whole.status_code == 200
     assert b"data: [DONE]" in streamed
     assert b"prompt_progress" not in streamed and b"prompt_progress" not in whole.content
+
+
+def test_an_embeddings_batch_whose_caller_left_frees_its_slot(one_slot: LlamaCppBackend) -> None:
+    """The core cannot be stopped within a call: a batch is embedded one input at a time, so a
+    caller that leaves (``_CancelOnDisconnect`` cancels its await) frees the slot after the
+    input under way, not after the whole batch, and a tenant cannot keep every slot busy with
+    abandoned work."""
+    text = " ".join(f"item{i}" for i in range(120))
+
+    async def scenario() -> tuple[float, float]:
+        started = time.monotonic()
+        await one_slot.embed({"model": MODEL, "input": text})
+        one = time.monotonic() - started
+        batch = asyncio.create_task(one_slot.embed({"model": MODEL, "input": [text] * 6}))
+        await asyncio.sleep(one / 2)
+        batch.cancel()
+        started = time.monotonic()
+        answer = await one_slot.embed({"model": MODEL, "input": ["hi", "there"]})
+        assert [item["index"] for item in answer["data"]] == [0, 1]
+        return one, time.monotonic() - started
+
+    one, waited = asyncio.run(scenario())
+    assert waited < 3 * one, (one, waited)  # the whole batch would hold the slot ~5 times longer
