@@ -129,6 +129,8 @@ class _Capabilities:
     """Whether its chat template renders ``tools``; llama.cpp ignores them silently if not."""
     context: int = 0
     """Tokens one slot holds, a prompt and its output together; 0 when not known."""
+    vocabulary: int = 0
+    """Token ids the model knows (0 to this, exclusive); 0 when not known."""
 
 
 class LlamaCppBackend:
@@ -374,13 +376,30 @@ def _probe(server: Any, n_ctx: int) -> _Capabilities:
     longer when one is given; a slot holds ``_context`` tokens."""
     embedding = _checked(server.handle_embeddings({"input": "probe"}))["data"][0]["embedding"]
     plain = _checked(server.handle_chat_completions(dict(_PROBE)))["usage"]["prompt_tokens"]
-    context = _context(server, n_ctx)
+    context, vocabulary = _context(server, n_ctx), _vocabulary(server)
     try:
         tooled = _checked(server.handle_chat_completions({**_PROBE, "tools": _PROBE_TOOLS}))
     except (ValueError, BackendError):  # the template cannot take tools at all
-        return _Capabilities(len(embedding), tools=False, context=context)
+        return _Capabilities(len(embedding), tools=False, context=context, vocabulary=vocabulary)
     return _Capabilities(len(embedding), tools=tooled["usage"]["prompt_tokens"] != plain,
-                         context=context)
+                         context=context, vocabulary=vocabulary)
+
+
+def _vocabulary(server: Any) -> int:
+    """Token ids the model knows: the first one the core refuses in a prompt (it refuses every
+    id past its vocabulary), found by bisection in some 31 one-token calls. 0 if not known."""
+
+    def known(token: int) -> bool:
+        answer = server.handle_completions({"prompt": [token], "max_tokens": 1})
+        return isinstance(answer, dict) and answer.get("error") is None
+
+    if not known(0):
+        return 0
+    low, high = 0, 1 << 31  # known, and past any id a prompt may hold (PromptTokenId)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if known(middle) else (low, middle)
+    return high
 
 
 def _context(server: Any, n_ctx: int) -> int:
@@ -430,6 +449,13 @@ def _unsupported(param: str, what: str) -> BackendRejected:
 
 
 def _refuse_unsupported(kind: GenerationKind, body: Mapping[str, Any], caps: _Capabilities) -> None:
+    bias = body.get("logit_bias")
+    if caps.vocabulary and isinstance(bias, Mapping) and any(
+            int(token) >= caps.vocabulary for token in bias):  # the core would wrap or drop it
+        error = BackendRejected(f"'logit_bias' names a token id the model does not have (its ids "
+                                f"are below {caps.vocabulary})")
+        error.param = "logit_bias"
+        raise error
     if kind == "chat":
         for i, message in enumerate(body.get("messages") or ()):
             content = message.get("content") if isinstance(message, Mapping) else None

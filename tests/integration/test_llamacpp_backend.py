@@ -574,3 +574,17 @@ def test_an_embeddings_batch_whose_caller_left_frees_its_slot(one_slot: LlamaCpp
 
     one, waited = asyncio.run(scenario())
     assert waited < 3 * one, (one, waited)  # the whole batch would hold the slot ~5 times longer
+
+
+def test_logit_bias_token_ids_past_the_vocabulary_are_refused(one_slot: LlamaCppBackend) -> None:
+    """The core wraps an id past 32 bits onto another token and drops one past its vocabulary,
+    silently: both are refused, naming the parameter; an id it has is taken."""
+    vocabulary = one_slot._caps.vocabulary
+    assert vocabulary == 49152  # SmolLM2's
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 2, "temperature": 0}
+    for token in (vocabulary, 4294968296):
+        with pytest.raises(BackendRejected) as refused:
+            asyncio.run(one_slot.generate("completions", {**body, "logit_bias": {str(token): 5}}))
+        assert refused.value.param == "logit_bias"
+    answer = asyncio.run(one_slot.generate("completions", {**body, "logit_bias": {"1000": 5}}))
+    assert answer["choices"][0]["text"]
