@@ -168,17 +168,18 @@ class OpenAIService:
     async def _decided(self, request: Request[Any, Any, Any],
                        model_id: str | None = None) -> tuple[CallContext, ModelRoute | None]:
         """Authenticate, look the model up (404 if unknown), then let the policy decide (a
-        denial is raised and recorded). Nothing is forwarded."""
+        denial is raised and recorded), then 404 for a model the tenant's contract does not
+        list, as for one not served. Nothing is forwarded."""
         ctx, _ = await self._begin(request)
         lease = self._lease(ctx)  # within its tenant's limits, as every other request
         try:
             route = None if model_id is None else self._router.route(model_id)[0]
-            if route is not None and not self._usable(ctx)(route.name):
-                raise ModelNotFound("the requested model does not exist")  # as for one not served
             if route is not None:
                 ctx.endpoint = model_endpoint(route.name)
             if self.gate is not None:
                 await self.gate.deny_or_pass(ctx, {})
+            if route is not None and not self._usable(ctx)(route.name):
+                raise ModelNotFound("the requested model does not exist")  # as for one not served
             Outcome(200).log(ctx, self.metrics)
             return ctx, route
         finally:
