@@ -257,7 +257,8 @@ class LlamaCppBackend:
         # Chat takes top_logprobs=0, or none given, as "per-token logprobs, no alternatives"; the
         # core sends none at 0 and twenty when none is given, so it is asked for one and the
         # alternatives are dropped (``_chat_logprobs``).
-        no_alternatives = kind == "chat" and body.get("logprobs") is True and not body.get("top_logprobs")
+        chat_logprobs = kind == "chat" and body.get("logprobs") is True
+        no_alternatives = chat_logprobs and not body.get("top_logprobs")
         if no_alternatives:
             request["top_logprobs"] = 1
         offsets: dict[Any, int] = {}
@@ -307,7 +308,7 @@ class LlamaCppBackend:
                 _add_counts(usage, last.pop("usage", None) or {})
                 if kind == "completions":
                     _legacy_logprobs(last, offsets, sampled_only=sampled_only)
-                else:
+                elif chat_logprobs:
                     _chat_logprobs(last, alternatives=not no_alternatives)
                 if echo is not None:
                     _echoed(last, echo)

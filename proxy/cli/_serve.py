@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -103,25 +104,19 @@ def _quiet_failure(app: Any) -> Any:
 
     async def quiet(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
-            started = False
-
-            async def sending(message: Any) -> None:
-                nonlocal started
-                started = started or message["type"] == "http.response.start"
-                await send(message)
-
             try:
-                await app(scope, receive, sending)
+                await app(scope, receive, send)
             except asyncio.CancelledError:
                 if scope["type"] != "http":
                     raise
-                if not started:
+                # A stream that had begun refuses another start (the server raises): uvicorn
+                # closes its connection unfinished, and the client sees it cut off (its
+                # completion record says gateway_shutdown).
+                with contextlib.suppress(RuntimeError):
                     await send({"type": "http.response.start", "status": 503, "headers": [
                         (b"content-type", b"application/json"), (b"retry-after", b"1"),
                         (b"content-length", str(len(_STOPPING)).encode())]})
                     await send({"type": "http.response.body", "body": _STOPPING})
-                # else a stream that had begun: uvicorn closes its connection unfinished, and
-                # the client sees it cut off (its completion record says gateway_shutdown)
             return
 
         async def watched(message: Any) -> None:

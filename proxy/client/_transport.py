@@ -38,14 +38,18 @@ def _declared(response: httpx2.Response, limit: int) -> None:
         raise _too_large(limit)
 
 
+def _grow(body: bytearray, chunk: bytes, limit: int) -> None:
+    body += chunk
+    if len(body) > limit:
+        raise _too_large(limit)
+
+
 def _read(response: httpx2.Response, limit: int) -> bytes:
     """The whole body of ``response``, refused past ``limit`` bytes before more is read."""
     _declared(response, limit)
     body = bytearray()
     for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+        _grow(body, chunk, limit)
     return bytes(body)
 
 
@@ -53,9 +57,7 @@ async def _aread(response: httpx2.Response, limit: int) -> bytes:
     _declared(response, limit)
     body = bytearray()
     async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+        _grow(body, chunk, limit)
     return bytes(body)
 
 

@@ -214,16 +214,23 @@ def _contract(name: str, limits: str) -> str:
             f"    rewrite_store: false\n{limits}")
 
 
+def _bundle_with(bundle_dir: Path, contracts: str) -> tuple[Path, str]:
+    """A copy of the shipped bundle at ``bundle_dir`` with ``contracts`` added to its
+    contracts file; and that file's shipped text."""
+    shutil.copytree(load_bundle().root, bundle_dir,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    path = bundle_dir / "data" / "contracts.yaml"
+    shipped = path.read_text()
+    path.write_text(shipped + contracts)
+    return bundle_dir, shipped
+
+
 def test_the_model_list_shows_what_a_tenants_contract_allows(workdir: Path,
                                                              fast_upstream: Proc) -> None:
     """``GET /v1/models`` lists the models the tenant's contract lets it use, and retrieving
     another answers as for a model not served (404 ``model_not_found``); a contract with
     ``*`` sees every model."""
-    bundle_dir = workdir / "bundle-models"
-    shutil.copytree(load_bundle().root, bundle_dir,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    contracts = bundle_dir / "data" / "contracts.yaml"
-    contracts.write_text(contracts.read_text() + _contract("picky", "").replace(
+    bundle_dir, _ = _bundle_with(workdir / "bundle-models", _contract("picky", "").replace(
         'models: ["*"]', 'models: ["fast-echo", "not-served"]'))
     config = (f'policy_bundle = "{bundle_dir}"\n'
               + gateway_config(fast_upstream.port, allow_plaintext=True, local=False))
@@ -251,13 +258,10 @@ def test_the_model_list_shows_what_a_tenants_contract_allows(workdir: Path,
 def test_a_tenants_contract_sets_its_own_limits(workdir: Path, fast_upstream: Proc) -> None:
     """A contract's ``max_concurrent_requests`` replaces the gateway's setting for that tenant
     (here: none); a reloaded bundle's limits apply from the reload on."""
-    bundle_dir = workdir / "bundle-limits"
-    shutil.copytree(load_bundle().root, bundle_dir,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    bundle_dir, shipped = _bundle_with(
+        workdir / "bundle-limits", _contract("solo", "    max_concurrent_requests: 1\n")
+        + _contract("frugal", "    tokens_per_minute: 100\n"))
     contracts = bundle_dir / "data" / "contracts.yaml"
-    shipped = contracts.read_text()
-    contracts.write_text(shipped + _contract("solo", "    max_concurrent_requests: 1\n")
-                         + _contract("frugal", "    tokens_per_minute: 100\n"))
     config = (f'policy_bundle = "{bundle_dir}"\npolicy_reload_s = 1\n'
               + gateway_config(fast_upstream.port, allow_plaintext=True, local=False))
     gw = start_gateway(workdir, config)
