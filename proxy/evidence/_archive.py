@@ -11,12 +11,16 @@ place of the verified one. Entries are regular files: unzip tools make a symboli
 entry whose attributes say so, its data the target.
 
 Every entry name is checked and every size capped from the central directory, before anything
-is inflated. Members are inflated a MiB at a time (``ZipFile.read`` inflates a member's whole
-compressed stream in one step, however small its declared size, before cutting it down to that
-size), so the declared sizes bound what is held. Members are read whole, except
-``records/records.jsonl``, which grows with the window: it is hashed once as a stream and later
-read line by line, each line capped. Entries carry no extra fields: a Unicode Path field (0x7075)
-is covered by no hash, and unzip tools extract under its name rather than the verified one.
+is inflated. Members are inflated here, a MiB at a time, from exactly the compressed bytes their
+entries declare, and each must be exactly one whole deflate stream (or stored data) of its
+declared size and CRC-32. ``zipfile`` stops reading a member at its declared size, and checks
+the CRC over what it read: data past that size (more deflate output, or more stored bytes),
+with its CRC forged to match the whole, would be extracted by unzip tools, yet never verified.
+Members are read whole, except ``records/records.jsonl``, which grows with the window: it is
+hashed once as a stream and later read line by line, each line capped. Entries carry no extra
+fields: a Unicode Path field (0x7075) is covered by no hash, and unzip tools extract under its
+name rather than the verified one. Every other header field is what an export writes (versions,
+time, attributes), so that no byte of the archive escapes the checks.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ import io
 import stat
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NamedTuple, cast
+from typing import IO, NamedTuple
 
 from ._errors import BundleInvalid, kind_of
 
-__all__ = ["MAX_DIRECTORY", "MAX_ENTRIES", "MAX_LINE", "STREAMED", "Archive", "open_archive"]
+__all__ = ["ATTRIBUTES", "MADE_BY", "MAX_DIRECTORY", "MAX_ENTRIES", "MAX_LINE", "NEEDED", "STREAMED",
+           "Archive", "open_archive"]
 
 STREAMED = "records/records.jsonl"
 MAX_LINE = 1 << 20
@@ -55,7 +61,8 @@ _MAX_RATIO = 100
 """Inflated / compressed size: exports reach about 6; a zip bomb about 1,000."""
 _RATIO_FLOOR = 1 << 20
 """Members up to this size may compress as well as they like: they cannot exhaust memory."""
-_PIECE = 1 << 20  # bytes inflated at a time
+_PIECE = 1 << 20  # bytes inflated at a time, at most
+_READ = 1 << 16  # compressed bytes read at a time
 _END = struct.Struct("<4s4H2LH")
 """The end record: signature, disk numbers (this one, the central directory's), entries (on
 this disk, in all), central directory size and offset, comment length."""
@@ -69,6 +76,13 @@ needed to its extra field length (bytes 6 to 32 there); then the name."""
 _ZIP64_LOCATOR, _ZIP64_LOCATOR_SIZE = b"PK\x06\x07", 20  # right before the end record
 _UTF8 = 0x800  # flag: the name is UTF-8 (zipfile sets it for names beyond ASCII)
 _DOS_DIRECTORY, _DOS_REPARSE = 0x10, 0x400  # MS-DOS and Windows attributes
+# What an export writes in every entry (``_export._Zip``): made by Unix (3), zip 2.0 (20) to
+# make and to extract; 1980-01-01 00:00 (MS-DOS time 0, date (0 << 9) | (1 << 5) | 1); internal
+# attributes 0; external attributes: Unix mode 0600 and no file type (a regular file).
+MADE_BY = (3 << 8) | 20
+NEEDED = 20
+_DOS_TIME, _DOS_DATE = 0, 33
+ATTRIBUTES = 0o600 << 16
 
 
 class _Entry(NamedTuple):
@@ -77,13 +91,19 @@ class _Entry(NamedTuple):
     name: str
     raw: bytes  # the name's bytes
     restated: bytes  # what its local header must restate (central directory bytes 6 to 32)
+    made_by: int
+    needed: int
     flags: int
     method: int
+    time: int
+    date: int
+    crc: int
     compressed: int
     size: int
     extra: int  # extra field length
     comment: int  # comment length
     disk: int
+    internal: int  # attributes
     attributes: int  # external
     offset: int  # of its local header
 
@@ -128,8 +148,7 @@ def _directory(fp: IO[bytes]) -> tuple[list[_Entry], int]:
             name = raw.decode("utf-8" if flags & _UTF8 else "cp437")  # as zipfile decodes it
         except UnicodeDecodeError:
             raise BundleInvalid(f"zip entry name {raw[:80]!r} is not UTF-8") from None
-        entries.append(_Entry(name, raw, header[6:32], flags, fields[4], *fields[8:10],
-                              *fields[11:14], *fields[15:17]))
+        entries.append(_Entry(name, raw, header[6:32], *fields[1:10], *fields[11:17]))
         at += _CENTRAL.size + sum(fields[10:13])
     if at != length:
         raise BundleInvalid("malformed zip central directory")
@@ -177,6 +196,11 @@ def _check_entry(entry: _Entry, seen: set[str]) -> None:
     if entry.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise BundleInvalid(f"zip entry {name!r} uses compression method {entry.method} "
                             "(exports deflate)")
+    if (entry.made_by, entry.needed, entry.time, entry.date, entry.internal, entry.attributes) \
+            != (MADE_BY, NEEDED, _DOS_TIME, _DOS_DATE, 0, ATTRIBUTES):
+        raise BundleInvalid(f"zip entry {name!r} has header fields an export does not write "
+                            "(versions, time, or attributes other than a regular file's with "
+                            "mode 0600)")
 
 
 def _kind(entry: _Entry) -> str | None:
@@ -236,54 +260,108 @@ def _check_layout(fp: IO[bytes], entries: list[_Entry], directory: int) -> None:
 class Archive:
     """An open bundle: every member's SHA-256, and the bytes of all but ``STREAMED``."""
 
-    zf: zipfile.ZipFile
+    fp: IO[bytes]
+    entries: dict[str, _Entry]
     files: dict[str, bytes]
     digests: dict[str, str]
     """SHA-256 hex of every entry, ``STREAMED`` included."""
 
     @classmethod
-    def read(cls, zf: zipfile.ZipFile, entries: list[_Entry]) -> Archive:
-        """Every member of ``zf``, whose central directory ``entries`` were checked."""
-        infos = zf.infolist()
-        if [(i.filename, i.header_offset) for i in infos] != [(e.name, e.offset) for e in entries]:
-            raise BundleInvalid("zipfile reads other entries than the central directory holds")
+    def read(cls, fp: IO[bytes], entries: list[_Entry]) -> Archive:
+        """Every member of the archive in ``fp``, whose central directory ``entries`` and
+        layout were checked."""
         files, digests = {}, {}
-        for info in infos:
-            if info.filename == STREAMED:
-                digests[STREAMED] = _stream_digest(zf, info)
+        for entry in entries:
+            digest = hashlib.sha256()
+            if entry.name == STREAMED:
+                for piece in _member(fp, entry):
+                    digest.update(piece)
             else:
-                files[info.filename] = _read_member(zf, info)
-                digests[info.filename] = hashlib.sha256(files[info.filename]).hexdigest()
-        return cls(zf, files, digests)
+                files[entry.name] = b"".join(_member(fp, entry))
+                digest.update(files[entry.name])
+            digests[entry.name] = digest.hexdigest()
+        return cls(fp, {e.name: e for e in entries}, files, digests)
 
     def lines(self) -> Iterator[bytes | None]:
         """The lines of ``STREAMED`` without their ``\\n``, ``None`` for one longer than
         ``MAX_LINE`` (skipped, never held whole); none when the bundle lacks it."""
         if STREAMED not in self.digests:
             return
-        # ZipFile.open gives a ZipExtFile (typed IO[bytes]), whose readline(limit) reads 512
-        # bytes at a time; a BufferedReader over it splits lines at C speed.
-        member = cast(zipfile.ZipExtFile, self.zf.open(STREAMED))
-        with io.BufferedReader(member, 1 << 16) as stream:  # closes the member too
+        raw = _Pieces(_member(self.fp, self.entries[STREAMED]))
+        with io.BufferedReader(raw, 1 << 16) as stream:  # splits lines at C speed
             yield from _lines(stream)
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """A member's bytes, inflated a piece at a time: never more than its declared size (and its
-    CRC checked at the end, as ``ZipFile.read`` does)."""
-    data = bytearray()
-    with zf.open(info) as stream:
-        while chunk := stream.read(_PIECE):
-            data += chunk
-    return bytes(data)
+def _member(fp: IO[bytes], entry: _Entry) -> Iterator[bytes]:
+    """A member's bytes, a piece at a time, from exactly its compressed bytes: one whole
+    deflate stream (or stored data) that ends where they do, inflating to exactly its declared
+    size, with its CRC-32; ``BundleInvalid`` otherwise. Inflated output is bounded by the
+    declared size (plus one piece) before it is refused."""
+    name = entry.name[:80]
+    fp.seek(entry.offset + _LOCAL.size + len(entry.raw))
+    if entry.method == zipfile.ZIP_STORED and entry.compressed != entry.size:
+        raise BundleInvalid(f"zip entry {name!r} is stored with two different sizes")
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS) if entry.method == zipfile.ZIP_DEFLATED else None
+    left, size, crc = entry.compressed, 0, 0
+    while left or (inflater is not None and inflater.unconsumed_tail):
+        data = b""
+        if left:
+            data = fp.read(min(left, _READ))
+            if not data:
+                raise BundleInvalid(f"zip entry {name!r} is cut short")
+            left -= len(data)
+        for piece in _inflated(inflater, data):
+            size += len(piece)
+            if size > entry.size:
+                raise BundleInvalid(f"zip entry {name!r} holds more than its declared size")
+            crc = zlib.crc32(piece, crc)
+            yield piece
+    if inflater is not None and (not inflater.eof or inflater.unused_data):
+        raise BundleInvalid(f"zip entry {name!r}: its compressed data is not one whole deflate "
+                            "stream ending where the entry does")
+    if size != entry.size:
+        raise BundleInvalid(f"zip entry {name!r} is shorter than its declared size")
+    if crc != entry.crc:
+        raise BundleInvalid(f"zip entry {name!r} fails its CRC-32 check")
 
 
-def _stream_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
-    digest = hashlib.sha256()
-    with zf.open(info) as stream:  # inflating it all also checks its CRC, up front
-        while chunk := stream.read(_PIECE):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _inflated(inflater: zlib._Decompress | None, data: bytes) -> Iterator[bytes]:
+    """What ``data`` inflates to, a piece (at most ``_PIECE`` bytes) at a time; stored data
+    as it is."""
+    if inflater is None:
+        if data:
+            yield data
+        return
+    data = data or inflater.unconsumed_tail
+    while data:
+        try:
+            piece = inflater.decompress(data, _PIECE)
+        except zlib.error as exc:
+            raise BundleInvalid(f"a zip entry's compressed data is corrupt ({exc})") from None
+        if piece:
+            yield piece
+        data = inflater.unconsumed_tail
+
+
+class _Pieces(io.RawIOBase):
+    """A readable stream over an iterator of byte strings."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces, self._held = pieces, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._held:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._held = memoryview(piece)
+        n = min(len(buffer), len(self._held))
+        buffer[:n] = self._held[:n]
+        self._held = self._held[n:]
+        return n
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes | None]:
@@ -320,5 +398,5 @@ def open_archive(source: str | Path | bytes) -> Iterator[Archive]:
                 _check_entry(entry, seen)
             _check_sizes(entries)
             _check_layout(handle, entries, directory)
-            archive = Archive.read(stack.enter_context(zipfile.ZipFile(handle)), entries)
+            archive = Archive.read(handle, entries)
         yield archive

@@ -29,7 +29,7 @@ from policy import PolicyBundle, contract_owner
 from proxy.attestation import Evidence
 from proxy.attestation import VerificationError as AttestationError
 
-from ._archive import MAX_DIRECTORY, MAX_ENTRIES
+from ._archive import ATTRIBUTES, MADE_BY, MAX_DIRECTORY, MAX_ENTRIES
 from ._errors import ExportFailed
 from ._manifest import parse_vkey, raw_public, sign_manifest
 from ._records import (
@@ -242,6 +242,8 @@ class _Zip:
                                "verifiers refuse; export a shorter window")
         info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
+        # What verifiers require, whatever system exports (zipfile says Windows made it there).
+        info.create_system, info.external_attr = MADE_BY >> 8, ATTRIBUTES
         return info
 
     def add(self, name: str, data: bytes) -> None:

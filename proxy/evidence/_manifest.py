@@ -47,11 +47,14 @@ def raw_public(key: Ed25519PublicKey) -> bytes:
 
 
 def verify_manifest(manifest: bytes, signature: bytes, key: Ed25519PublicKey) -> bool:
+    """``signature`` (``manifest.sig``) is exactly what ``sign_manifest`` writes, and valid:
+    canonical base64 and one newline, so that no byte of it goes unchecked."""
     try:
-        key.verify(base64.b64decode(signature.strip(), validate=True), DOMAIN + manifest)
+        raw = base64.b64decode(signature.removesuffix(b"\n"), validate=True)
+        key.verify(raw, DOMAIN + manifest)
     except (InvalidSignature, ValueError, binascii.Error):
         return False
-    return True
+    return signature == base64.b64encode(raw) + b"\n"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -132,3 +133,41 @@ def test_a_malformed_signature_line_of_another_signer_makes_the_note_malformed(
     _, vkey, cp = signed
     with pytest.raises(VerificationError, match="malformed"):
         SignedCheckpoint.parse(cp.note + extra, vkey)
+
+
+def _unsigned(vector_id: str) -> dict:
+    found = [v for v in VECTOR_LIST if v.get("id") == vector_id]
+    if not found:
+        pytest.skip(f"signed-note vector {vector_id} is absent (SEALGATE_VECTORS)")
+    return found[0]
+
+
+@pytest.mark.parametrize("vector_id", ["c2sp-tlog-checkpoint-example", "c2sp-tlog-cosignature-example"])
+def test_published_checkpoint_examples_parse(vector_id: str) -> None:
+    """The C2SP examples publish no key: their text and signature lines parse as the spec
+    writes them, the checkpoint body reads back its origin, size and root, and signatures from
+    keys the verifier does not know are ignored (so none verifies it)."""
+    from audit._note import _parse_sig_line, _split_note
+
+    vector = _unsigned(vector_id)
+    note = vector["note"]
+    text, lines = _split_note(note)
+    signers = [_parse_sig_line(line) for line in lines]
+    assert signers[0][0] == "example.com/behind-the-sofa" and len(signers[0][2]) == 64
+    if vector_id.endswith("cosignature-example"):
+        # type 0x04 cosignature: key id, then an 8-byte timestamp and the 64-byte signature
+        assert signers[1][0] == "witness.example.com/w1" and len(signers[1][2]) == 8 + 64
+    checkpoint = SignedCheckpoint._parse_body(text, note, "example.com/behind-the-sofa")
+    assert checkpoint.size == 20852163
+    assert checkpoint.root_hash == base64.b64decode("CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=")
+    other = vkey_for("example.com/behind-the-sofa", Ed25519PrivateKey.generate().public_key())
+    with pytest.raises(VerificationError, match="no signature from a known key"):
+        verify_note(note, [NoteVerifier.parse(other)])
+
+
+def test_sumdb_tree_note_golden_is_our_checkpoint_body() -> None:
+    """golang/mod's TestFormatTree golden: the same three lines our checkpoint body writes."""
+    vector = _unsigned("golang-sumdb-formattree-golden")
+    root = hashlib.sha256(b"\x00hello world").digest()  # tlog.RecordHash("hello world")
+    body = SignedCheckpoint.body("go.sum database tree", vector["tree_size"], root)
+    assert body == vector["note_text_only"]

@@ -146,9 +146,17 @@ def unzip(data: bytes) -> dict[str, bytes]:
         return {n: zf.read(n) for n in zf.namelist()}
 
 
+def export_entry(name: str, method: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
+    """A zip entry with the header fields an export writes (the verifier requires them)."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type, info.create_system, info.external_attr = method, 3, 0o600 << 16
+    return info
+
+
 def rezip(files: dict[str, bytes]) -> bytes:
+    """``files`` zipped as an export zips them."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for name, data in files.items():
-            zf.writestr(name, data)
+            zf.writestr(export_entry(name), data)
     return buffer.getvalue()

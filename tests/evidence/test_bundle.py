@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -279,6 +280,31 @@ def test_resigned_with_another_key_is_caught(bundle: bytes) -> None:
     names = {check for check, _ in _failed(rezip(files))}
     # the signature verifies under the bundle's stated key, but that key is not the forger's
     assert "manifest signature" in names
+
+
+def _padding_bit(signature: bytes) -> bytes:
+    """The same signature in non-canonical base64: a padding bit of its last character set."""
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    at = signature.index(b"=") - 1
+    return signature[:at] + bytes([alphabet[alphabet.index(signature[at]) ^ 1]]) + signature[at + 1:]
+
+
+@pytest.mark.parametrize("change", [
+    lambda sig: sig.replace(b"\n", b"\x0b"),
+    lambda sig: sig + b"\n",
+    lambda sig: b" " + sig,
+    lambda sig: sig.removesuffix(b"\n"),
+    _padding_bit,
+], ids=["vertical tab for the newline", "a second newline", "a leading space", "no newline",
+        "non-canonical base64"])
+def test_manifest_signature_is_checked_byte_for_byte(bundle: bytes, change: Any) -> None:
+    """The signature still verifies once decoded; the file is not the one the export wrote."""
+    files = unzip(bundle)
+    changed = change(files["manifest.sig"])
+    assert changed != files["manifest.sig"]
+    assert base64.b64decode(changed.strip()) == base64.b64decode(files["manifest.sig"])
+    files["manifest.sig"] = changed
+    assert ("manifest signature", "manifest.json, manifest.sig") in _failed(rezip(files))
 
 
 @pytest.mark.parametrize("name", ["report.html", "log.json"])

@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from audit import load_or_create_signing_key
 from proxy.cli import main
 from proxy.evidence import BundleInvalid, BundleVerdict, Check, ExportFailed, verify_bundle
+from proxy.evidence._archive import ATTRIBUTES, MADE_BY
 from proxy.evidence._export import _Zip
 from proxy.evidence._manifest import sign_manifest
-from tests.evidence.conftest import Traffic, rezip, unzip
+from tests.evidence.conftest import Traffic, export_entry, rezip, unzip
 
 Files = dict[str, bytes]
 
@@ -177,7 +178,7 @@ def _deflate_bomb(files: Files) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for name, data in {**files, "report.html": bytes(4 << 20)}.items():
-            zf.writestr(name, data, zipfile.ZIP_DEFLATED if name == "report.html" else None)
+            zf.writestr(export_entry(name), data)
     return buffer.getvalue()
 
 
@@ -229,18 +230,19 @@ def _lying_bomb(files: Files) -> bytes:
     with zipfile.ZipFile(buffer, "w") as zf:
         for name, data in files.items():
             if name != "report.html":
-                zf.writestr(name, data)
+                zf.writestr(export_entry(name), data)
     raw = bytearray(buffer.getvalue())
     eocd = len(raw) - 22  # the member goes in last: its header, then the central directory
     central_at = int.from_bytes(raw[eocd + 16:eocd + 20], "little")
     central, entries = raw[central_at:eocd], int.from_bytes(raw[eocd + 10:eocd + 12], "little")
     name, crc = b"report.html", zlib.crc32(bytes(1000))
     sizes = crc.to_bytes(4, "little") + len(stream).to_bytes(4, "little") + (1000).to_bytes(4, "little")
+    when = bytes(2) + (33).to_bytes(2, "little")  # 1980-01-01 00:00, as exports write
     local = (b"PK\x03\x04" + (20).to_bytes(2, "little") + bytes(2) + (8).to_bytes(2, "little")
-             + bytes(4) + sizes + len(name).to_bytes(2, "little") + bytes(2) + name)
-    header = (b"PK\x01\x02" + (20).to_bytes(2, "little") * 2 + bytes(2) + (8).to_bytes(2, "little")
-              + bytes(4) + sizes + len(name).to_bytes(2, "little") + bytes(8) + bytes(4)
-              + central_at.to_bytes(4, "little") + name)
+             + when + sizes + len(name).to_bytes(2, "little") + bytes(2) + name)
+    header = (b"PK\x01\x02" + struct.pack("<2H", MADE_BY, 20) + bytes(2) + (8).to_bytes(2, "little")
+              + when + sizes + len(name).to_bytes(2, "little") + bytes(8)
+              + ATTRIBUTES.to_bytes(4, "little") + central_at.to_bytes(4, "little") + name)
     body = raw[:central_at] + local + stream
     directory = central + header
     tail = (b"PK\x05\x06" + bytes(4) + (entries + 1).to_bytes(2, "little") * 2
@@ -279,7 +281,7 @@ def _self_extracting(files: Files) -> bytes:
     buffer = io.BytesIO(_SCRIPT)
     with zipfile.ZipFile(buffer, "a") as zf:
         for name, data in files.items():
-            zf.writestr(name, data)
+            zf.writestr(export_entry(name), data)
     return buffer.getvalue()
 
 
@@ -349,9 +351,72 @@ def _streamed(files: Files) -> bytes:
 
 
 # name → (the zip bytes from the bundle's files and bytes, a phrase of the BundleInvalid detail)
+def _export_zip(members: list[tuple[str, int, bytes, int, int, int]]) -> bytes:
+    """An archive laid out as an export's, from raw members: (name, method, the bytes stored
+    for it, declared inflated size, CRC-32, external attributes)."""
+    body, directory = bytearray(), bytearray()
+    for name, method, data, size, crc, attributes in members:
+        raw = name.encode()
+        directory += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", MADE_BY, 20, 0, method, 0, 33, crc,
+                                 len(data), size, len(raw), 0, 0, 0, 0, attributes, len(body)) + raw
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 33, crc, len(data),
+                            size, len(raw), 0) + raw + data
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members),
+                      len(directory), len(body), 0)
+    return bytes(body + directory + end)
+
+
+def _deflated(data: bytes) -> bytes:
+    squeeze = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return squeeze.compress(data) + squeeze.flush()
+
+
+def _smuggled(files: Files, name: str, how: str) -> bytes:
+    """The files as an export zips them, but member ``name`` carrying more than the verified
+    bytes that ``zipfile`` reads (unzip tools extract it all): deflate output past its declared
+    size, stored bytes past it, or a stream that is not one whole deflate stream. The declared
+    size and CRC are the verified file's, so ``zipfile`` reads exactly that file."""
+    forged = b"<h1>ALL CHECKS PASSED (forged)</h1>"
+    members = []
+    for entry, data in files.items():
+        method, stored, size, crc = zipfile.ZIP_DEFLATED, _deflated(data), len(data), zlib.crc32(data)
+        if entry == name and how == "deflated past its size":
+            stored = _deflated(data + forged)
+        elif entry == name and how == "stored past its size":
+            method, stored = zipfile.ZIP_STORED, data + forged
+        elif entry == name and how == "bytes after the stream":
+            stored = _deflated(data) + forged
+        elif entry == name and how == "no final block":
+            stored = bytes([stored[0] & 0xFE]) + stored[1:]
+        members.append((entry, method, stored, size, crc, ATTRIBUTES))
+    return _export_zip(members)
+
+
+def _attributes(files: Files, name: str, attributes: int) -> bytes:
+    return _export_zip([(entry, zipfile.ZIP_DEFLATED, _deflated(data), len(data), zlib.crc32(data),
+                         attributes if entry == name else ATTRIBUTES)
+                        for entry, data in files.items()])
+
+
 ZIP_CASES: dict[str, tuple[Callable[[Files, bytes], bytes], str]] = {
-    "corrupt deflate stream": (lambda f, raw: _corrupt_deflate(raw), "zlib.error"),
+    "corrupt deflate stream": (lambda f, raw: _corrupt_deflate(raw), "compressed data is corrupt"),
     "unknown compression method": (lambda f, raw: _compression_99(raw), "method 99"),
+    "deflate output past the declared size": (
+        lambda f, raw: _smuggled(f, "report.html", "deflated past its size"),
+        "'report.html' holds more than its declared size"),
+    "stored bytes past the declared size": (
+        lambda f, raw: _smuggled(f, "records/records.jsonl", "stored past its size"),
+        "'records/records.jsonl' is stored with two different sizes"),
+    "bytes after the deflate stream": (
+        lambda f, raw: _smuggled(f, "report.html", "bytes after the stream"),
+        "'report.html': its compressed data is not one whole deflate stream"),
+    "deflate stream without its final block": (
+        lambda f, raw: _smuggled(f, "log.json", "no final block"),
+        "'log.json': its compressed data is not one whole deflate stream"),
+    "setuid mode": (lambda f, raw: _attributes(f, "report.html", 0o104777 << 16),
+                    "'report.html' has header fields an export does not write"),
+    "world-writable mode": (lambda f, raw: _attributes(f, "log.json", 0o100666 << 16),
+                            "'log.json' has header fields an export does not write"),
     "duplicate entry (unsigned copy first)": (
         lambda f, raw: _with_entries(f, ("report.html", b"<h1>all fine</h1>"), first=True),
         "duplicate zip entry 'report.html'"),
@@ -519,9 +584,17 @@ def test_records_are_read_in_bounded_memory(bundle: bytes) -> None:
 
 def test_a_member_is_never_inflated_past_its_declared_size(bundle: bytes) -> None:
     """``ZipFile.read`` inflates a member's whole stream before cutting it to the declared
-    size: 256 MiB here, for a member declared as 1,000 bytes. Read by pieces, it stays small."""
-    verdict, peak = _verified_with_peak(_lying_bomb(unzip(bundle)))
-    assert not verdict.ok  # report.html is not the one the manifest lists
+    size: 256 MiB here, for a member declared as 1,000 bytes. Read by pieces, it is refused
+    once it passes that size, in little memory."""
+    data = _lying_bomb(unzip(bundle))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleInvalid) as info:
+            verify_bundle(data, allow_simulated=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "'report.html' holds more than its declared size" in str(info.value)
     assert peak < 32 << 20, peak
 
 
@@ -678,3 +751,26 @@ def test_simulated_evidence_needs_the_verifiers_consent(traffic: Traffic, bundle
     result = traffic.gateway.cli("evidence", "verify", str(path), "--json")
     doc = json.loads(result.stdout)
     assert result.returncode == 1 and doc["ok"] is False and doc["insecure"] is False
+
+
+def test_no_bit_of_the_zip_structure_escapes_the_checks(bundle: bytes) -> None:
+    """Bit 0 of every byte of every local header, the central directory and the end record,
+    flipped in turn: each flip fails verification, by refusal or by a failed check (versions,
+    times and attributes included: unzip tools honour what they say, a setuid bit among them)."""
+    structure: list[int] = []
+    with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
+        for info in zf.infolist():
+            start = info.header_offset
+            structure += range(start, start + 30 + len(info.filename.encode()))
+    structure += range(int.from_bytes(bundle[-6:-2], "little"), len(bundle))
+    escaped = []
+    for at in structure:
+        flipped = bytearray(bundle)
+        flipped[at] ^= 0x01
+        try:
+            ok = verify_bundle(bytes(flipped), allow_simulated=True).ok
+        except BundleInvalid:
+            ok = False
+        if ok:
+            escaped.append(at)
+    assert escaped == [], escaped
