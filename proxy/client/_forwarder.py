@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +40,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+_log = logging.getLogger("sealgate.client_proxy")
+# Failures before any byte of the request was sent: resending it cannot run it twice.
+_UNSENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
 # The forwarder sets its own Host for the sealed inner request.
 _HOP_BY_HOP = HOP_BY_HOP_FIELDS | {b"host"}
 _HOP_AND_LENGTH = _HOP_BY_HOP | {b"content-length"}  # a whole body's length is set anew
@@ -167,10 +171,15 @@ class ClientProxy:
         except SealedTransportError as err:
             await _send_error(send, err)
             return
-        except httpx2.HTTPError as exc:  # the outer request failed: nothing was answered
+        except _UNSENT as exc:  # no connection: the request was not sent, a resend is safe
             unreachable = SealedTransportError(
                 "gateway_unreachable", f"the gateway could not be reached ({type(exc).__name__})")
             await _send_whole(send, *_error(502, unreachable))
+            return
+        except httpx2.HTTPError as exc:  # sent, at least in part: the gateway may have run it
+            broken = SealedTransportError(
+                "response_invalid", f"the gateway's answer broke off ({type(exc).__name__})")
+            await _send_error(send, broken)
             return
         try:
             if scope.get("http_version") == "1.0":
@@ -204,10 +213,19 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
 
 
 async def _relay(response: httpx2.Response, send: Send) -> None:
+    """The answer as it arrives. One that breaks off (the gateway went away, a sealed chunk
+    failed to open, the stream lacks its final chunk) is left unfinished: the connection
+    closes without the end of the chunked body, which tells the local client it was cut
+    short (a clean end would pass the truncated answer as whole)."""
     headers = end_to_end(response.headers.raw, _HOP_BY_HOP)
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    async for chunk in response.stream:  # type: ignore[union-attr]
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    try:
+        async for chunk in response.stream:  # type: ignore[union-attr]
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (SealedTransportError, httpx2.HTTPError) as exc:
+        code = exc.code if isinstance(exc, SealedTransportError) else type(exc).__name__
+        _log.warning("sealgate client-proxy: the gateway's answer broke off (%s)", code)
+        return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

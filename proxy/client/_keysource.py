@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import socket
 import threading
 import time
 import weakref
@@ -173,16 +175,21 @@ class AttestedKeySource:
             if (config := self._fresh()) is not None:  # another thread fetched it meanwhile
                 return config
             nonce, body = self._request_body()
-            deadline = time.monotonic() + IDENTITY_DEADLINE_S
+            deadline = _Deadline(IDENTITY_DEADLINE_S)
             try:
                 with httpx2.Client(transport=self._transport, timeout=self._timeout) as client, \
-                        client.stream("POST", self.identity_url, content=body, headers=_JSON) as response:
+                        client.stream("POST", self.identity_url, content=body, headers=_JSON,
+                                      extensions={"trace": deadline.trace}) as response:
                     _check_length(response)
                     content = bytearray()
                     for chunk in response.iter_bytes():
-                        _grow(content, chunk, deadline)
+                        _grow(content, chunk, deadline.at)
             except httpx2.HTTPError as exc:
+                if deadline.expired:
+                    raise _unverified("the identity document did not arrive in time") from exc
                 raise _unverified(f"identity endpoint unreachable: {type(exc).__name__}") from exc
+            finally:
+                deadline.cancel()
             return self._accept(response.status_code, bytes(content), nonce)
 
     async def akey_config(self) -> KeyConfig:
@@ -226,6 +233,38 @@ class AttestedKeySource:
 # could be refused, and fetched again after every refusal it forges.
 MAX_IDENTITY_BYTES = 4 << 20
 IDENTITY_DEADLINE_S = 30.0
+
+
+class _Deadline:
+    """The whole identity fetch's deadline, on the blocking (sync) path. A read timeout bounds
+    each read, not the exchange: a server trickling its header bytes would hold the fetch, and
+    the lock every thread sharing the key source waits on, for ever. So at the deadline the
+    fetch's socket is shut down (which ends a read blocked on it), found through the
+    connection's trace events; a transport that reports none is bounded as its body arrives."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        if event != "connection.connect_tcp.complete" or self._timer is not None:
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            self._timer = threading.Timer(max(self.at - time.monotonic(), 0.0), self._expire, (sock,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self, sock: socket.socket) -> None:
+        self.expired = True
+        with contextlib.suppress(OSError):  # already closed: the fetch has ended
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _check_length(response: httpx2.Response) -> None:

@@ -8,6 +8,8 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -549,3 +551,40 @@ def test_client_stops_reading_an_identity_answer_past_its_limit(
     with pytest.raises(SealedTransportError) as info:
         asyncio.run(source.akey_config())
     assert "larger than" in info.value.detail
+
+
+def test_sync_client_gives_up_on_identity_headers_that_trickle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server on loopback (a fault) that sends the identity answer's status line and then one
+    header byte at a time, each well within the read timeout: the blocking client gives up at
+    the fetch's deadline instead of waiting on it for ever, holding the lock every thread using
+    the source waits on."""
+    import proxy.client._keysource as keysource
+
+    monkeypatch.setattr(keysource, "IDENTITY_DEADLINE_S", 0.5)
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as trickling:
+        def serve() -> None:
+            conn, _ = trickling.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not stop.is_set():
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        return
+                    time.sleep(0.05)
+
+        threading.Thread(target=serve, daemon=True).start()
+        source = AttestedKeySource(f"http://127.0.0.1:{trickling.getsockname()[1]}", PINNED,
+                                   timeout=10.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(SealedTransportError) as info:
+                source.key_config()
+        finally:
+            stop.set()
+    assert time.monotonic() - started < 5.0
+    assert info.value.code == "enclave_unverified"
+    assert "did not arrive in time" in info.value.detail

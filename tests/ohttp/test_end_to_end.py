@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -268,7 +269,8 @@ def test_client_proxy_answers_an_unreachable_gateway_with_an_error(
 def test_client_proxy_gives_up_on_a_gateway_that_never_answers(
         gateway: tuple[AppState, int]) -> None:
     """A gateway host that accepts the connection and then stays silent: the local client gets
-    502 ``gateway_unreachable`` once the forwarder's timeout passes, not an endless wait."""
+    502 ``response_invalid`` once the forwarder's timeout passes, not an endless wait, and is
+    told not to resend (the request went out; the gateway may have run it)."""
     state, _ = gateway
     with socket.create_server(("127.0.0.1", 0)) as silent:
         origin = f"http://127.0.0.1:{silent.getsockname()[1]}"
@@ -279,5 +281,49 @@ def test_client_proxy_gives_up_on_a_gateway_that_never_answers(
             response = httpx2.post(f"http://127.0.0.1:{proxy_port}/echo", json={"prompt": CANARY},
                                    timeout=30)
     assert response.status_code == 502
-    assert response.json()["error"]["code"] == "gateway_unreachable"
+    assert response.json()["error"]["code"] == "response_invalid"
     assert "ReadTimeout" in response.json()["error"]["message"]
+    assert response.headers["x-should-retry"] == "false"
+
+
+def test_client_proxy_does_not_have_a_request_resent_that_the_gateway_may_have_run(
+        gateway: tuple[AppState, int]) -> None:
+    """A gateway host that reads each sealed request whole and then drops the connection: the
+    request may have run there, so the OpenAI SDK (which resends 5xx answers by itself) is told
+    not to resend it, and the gateway host sees it once. Connection refused, by contrast, is
+    ``gateway_unreachable`` without that header (nothing was sent)."""
+    state, _ = gateway
+    delivered: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as dropping:
+        dropping.settimeout(10)
+
+        def drop_each() -> None:
+            while True:
+                try:
+                    conn, _ = dropping.accept()
+                except OSError:
+                    return
+                with conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                      if line.lower().startswith(b"content-length:")))
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    delivered.append(body)
+
+        threading.Thread(target=drop_each, daemon=True).start()
+        origin = f"http://127.0.0.1:{dropping.getsockname()[1]}"
+        transport = AsyncSealedTransport(gateway_url=origin + GATEWAY_PATH,
+                                         key_source=StaticKeySource(state.keys.key_configs()))
+        with serve(server_config(ClientProxy(transport, origin))) as proxy_port:
+            sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key="sk-test",
+                                max_retries=3)
+            with pytest.raises(openai.InternalServerError) as failed:
+                sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": CANARY}])
+    assert failed.value.status_code == 502
+    assert failed.value.response.json()["error"]["code"] == "response_invalid"
+    assert len(delivered) == 1
+    assert CANARY.encode() not in delivered[0]
