@@ -36,6 +36,7 @@ _SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "
 _PLAIN_QUERY = frozenset({"sslmode", "synchronous", "connect_timeout", "application_name",
                           "target_session_attrs", "api-version", "mode", "cache"})
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_EVIDENCE_PROVIDERS = ("simulated", "configfs-tsm", "sev-guest", "auto")
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII only: int() also reads other scripts' digits
 
 
@@ -216,6 +217,13 @@ class Settings:
             raise ConfigError("host must not be empty")
         if any(c.isspace() for c in self.host):  # it started, then failed to bind
             raise ConfigError("host must not contain spaces")
+        if self.evidence_provider.strip() not in _EVIDENCE_PROVIDERS:
+            raise ConfigError(f"evidence_provider must be one of {', '.join(_EVIDENCE_PROVIDERS)}")
+        if self.evidence_provider.strip() != "simulated" and not self.release_measurement.strip():
+            # On hardware the identity document must state the evidence's measurement, or
+            # start-up fails (measurement_mismatch): say so before anything starts.
+            raise ConfigError("release_measurement must be set (the measurement published in "
+                              "the release manifest) with a hardware evidence provider")
         if self.deployment_mode == "production" and self.allow_plaintext:
             # The policy ignores the flag in production (every plaintext request is denied):
             # a setting that cannot take effect is a mistake to say at start.
@@ -412,6 +420,8 @@ def _parse_models(table: Any, backends: Mapping[str, BackendSettings]) -> dict[s
             route = msgspec.convert(body, _ModelTable)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"model {name!r}: {exc}") from exc
+        if route.backend not in backends:  # before the tier rule, which would misname it
+            raise ConfigError(f"model {name!r} names unknown backend {route.backend!r}")
         tier = route.retention_tier
         if tier is None:
             if not _inside(backends.get(route.backend)):

@@ -298,3 +298,13 @@ def test_each_replica_signs_under_its_own_log_origin(production_render: Rendered
     signed = SignedCheckpoint.sign(pod_origin, 1, b"\0" * 32, key)
     assert SignedCheckpoint.parse(signed.note, vkey_for(pod_origin, key.public_key())) == signed
 
+
+
+def test_commands_run_in_the_pod_read_the_deployed_config(each_render: Rendered) -> None:
+    """`kubectl exec ... sealgate config show` (or `audit verify`, `keys create`) reads the file
+    `serve --config` reads, not the built-in defaults."""
+    spec = each_render.get("Deployment", "sealgate")["spec"]["template"]["spec"]
+    (proxy,) = [c for c in spec["containers"] if c["name"] == "proxy"]
+    config = proxy["args"][proxy["args"].index("--config") + 1]
+    assert _proxy_env(each_render)["SEALGATE_CONFIG"] == config
+    assert config in {m["mountPath"] for m in proxy["volumeMounts"]}

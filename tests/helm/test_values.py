@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import tomllib
@@ -19,6 +18,7 @@ from tests.helm.conftest import (
     KUBE_VERSION,
     Rendered,
     helm_module,
+    installable,
     kube_validate_module,
     production_values,
 )
@@ -113,6 +113,11 @@ BAD_COMBINATIONS = [
         {"backends": {n: {"type": "openai", "url": "https://up.example/v1",
                           "apiKeySecret": {"name": n, "key": "k"}} for n in ("a-b", "a_b")}},
         "share the API key variable UPSTREAM_API_KEY_A_B",
+    ),
+    (
+        "hardware-evidence-without-release-measurement",
+        {"confidential": {"evidenceProvider": "configfs-tsm"}},
+        "proxy.releaseMeasurement is required with a hardware evidence provider",
     ),
     ("vllm-request-logging-on", {"vllm": {"extraArgs": ["--enable-log-requests"]}},
      "may not set --enable-log-requests"),
@@ -375,7 +380,7 @@ def _chart_copy_with_policy(tmp_path: Path, files: dict[str, str]) -> Path:
 def _render_dir(chart_dir: Path, values: dict[str, Any] | None = None) -> Rendered:
     helm = helm_module()
     with helm.Chart.load(chart_dir) as loaded:
-        return Rendered(loaded.render(copy.deepcopy(values), name="sealgate", namespace="sealgate"))
+        return Rendered(loaded.render(installable(values), name="sealgate", namespace="sealgate"))
 
 
 def _mounted_bundle(rendered: Rendered, into: Path) -> Path:
@@ -480,8 +485,9 @@ def test_extra_config_may_not_set_what_the_chart_controls(chart: Any, render: An
     })
     (proxy,) = [c for c in rendered.get("Deployment", "sealgate")["spec"]["template"]["spec"]
                 ["containers"] if c["name"] == "proxy"]
+    # SEALGATE_CONFIG names the file extraConfig goes into, not a setting.
     keys = {e["name"].removeprefix("SEALGATE_").lower() for e in proxy["env"]
-            if e["name"].startswith("SEALGATE_")}
+            if e["name"].startswith("SEALGATE_") and e["name"] != "SEALGATE_CONFIG"}
     assert {"region", "log_origin", "opa_url", "database_url"} <= keys
     keys |= {a.removeprefix("--") for a in proxy["args"] if a in ("--host", "--port")}
     for key in sorted(keys):

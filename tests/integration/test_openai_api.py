@@ -274,10 +274,17 @@ def test_client_leaving_before_the_first_chunk_cancels_backend(gateway: Gateway,
 
 def test_health_and_openapi(gateway: Gateway) -> None:
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
+    # A backend that is down is reported; the gateway is still ready (it answers requests for
+    # that backend's models 503 backend_unavailable, and serves the others).
     ready = httpx.get(f"{gateway.url}/readyz")
     assert ready.json()["backends"]["local"] is True
-    assert ready.json()["backends"]["down"] is False and ready.status_code == 503
-    assert ready.json()["audit_log"] is True
+    assert ready.json()["backends"]["down"] is False and ready.status_code == 200
+    assert ready.json()["audit_log"] is True and ready.json()["status"] == "ready"
+    every = httpx.get(f"{gateway.url}/readyz", params={"backends": "all"})
+    assert every.status_code == 503 and every.json()["status"] == "not_ready"
+    assert every.json()["backends"] == ready.json()["backends"]
+    odd = httpx.get(f"{gateway.url}/readyz", params={"backends": "some"})
+    assert odd.status_code == 400 and odd.json()["error"]["param"] == "backends"
     schema = httpx.get(f"{gateway.url}/schema/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"] and "/v1/embeddings" in schema["paths"]
     # The document itself at /schema too, never a viewer page loading scripts from a CDN.

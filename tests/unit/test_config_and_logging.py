@@ -97,6 +97,11 @@ def test_toml_then_env(tmp_path: Path) -> None:
     ("", {"SEALGATE_COLLATERAL_DIR": "/nonexistent/collateral"}),  # failed on the dashboard only
     ("", {"SEALGATE_DEPLOYMENT": "production"}),  # ignored: the default (development) stood
     ("", {"SEALGATE_ALLOW_PLAINTXT": "1"}),
+    # found only by `serve`, after `config show` had accepted it
+    ('evidence_provider = "bogus"', {}),
+    # hardware evidence with no release measurement to state: start-up would fail on it
+    ('evidence_provider = "configfs-tsm"', {}),
+    ("", {"SEALGATE_EVIDENCE_PROVIDER": "auto"}),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
     path = tmp_path / "c.toml"
@@ -160,6 +165,15 @@ def test_a_route_to_an_upstream_elsewhere_must_state_its_tier(tmp_path: Path, ba
     with pytest.raises(ConfigError, match="model 'm': backend 'b' runs outside this process; "
                                           "say its retention_tier"):
         Settings.load(path, env={})
+
+
+def test_a_model_naming_an_unknown_backend_says_so(tmp_path: Path) -> None:
+    """Not that the backend "runs outside this process" (the tier rule, which came first)."""
+    path = tmp_path / "c.toml"
+    path.write_text('[models.m]\nbackend = "nosuch"\n')
+    with pytest.raises(ConfigError) as info:
+        Settings.load(path, env={})
+    assert str(info.value) == "invalid_config: model 'm' names unknown backend 'nosuch'"
 
 
 def test_model_table_without_a_backend_names_the_key(tmp_path: Path) -> None:

@@ -249,4 +249,7 @@ A top-level key is one on a line before the first table header. */}}
 {{- if and $v.proxy.autoscaling.enabled (lt (int $v.proxy.autoscaling.maxReplicas) (int $v.proxy.autoscaling.minReplicas)) }}
 {{- fail "proxy.autoscaling.maxReplicas must be at least minReplicas" }}
 {{- end }}
+{{- if and (ne $v.confidential.evidenceProvider "simulated") (not $v.proxy.releaseMeasurement) }}
+{{- fail "proxy.releaseMeasurement is required with a hardware evidence provider: the measurement from the release manifest (the proxy refuses to start without it, as every client would refuse its identity)" }}
+{{- end }}
 {{- end }}
