@@ -36,33 +36,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     checkpoint.set_defaults(func=_checkpoint)
 
 
-def _fail(message: str) -> int:
-    print(f"sealgate: {message}", file=sys.stderr)
-    return 1
-
-
 def _with_store(args: argparse.Namespace, action: Any) -> int:
     from sqlalchemy.engine import make_url
 
     from audit import AuditError, LogStore
-    from proxy.cli._common import load_settings
+    from proxy.cli._common import fail_json, load_settings
 
     url = args.db or load_settings(args).audit_db_url
     try:
         parsed = make_url(url)
     except Exception:
-        return _fail("invalid audit database URL")
+        return fail_json(args, "invalid audit database URL")
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        return _fail(f"no audit database at {parsed.database}")
+        return fail_json(args, f"no audit database at {parsed.database}", code="state_unavailable")
     try:
         store = LogStore.open(url, read_only=True)
     except AuditError as exc:
-        return _fail(str(exc))
+        return fail_json(args, str(exc))
     try:
         status: int = action(store)
         return status
     except AuditError as exc:
-        return _fail(str(exc))
+        return fail_json(args, str(exc))
     finally:
         store.close()
 
@@ -75,6 +70,7 @@ def _progress(done: int, total: int) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from audit import verify_log
+    from proxy.cli._common import fail_json
 
     trusted = None
     if args.from_checkpoint:
@@ -82,7 +78,7 @@ def _verify(args: argparse.Namespace) -> int:
             trusted = Path(args.from_checkpoint).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            return _fail(f"cannot read the checkpoint file {args.from_checkpoint}: {reason}")
+            return fail_json(args, f"cannot read the checkpoint file {args.from_checkpoint}: {reason}")
 
     def action(store: Any) -> int:
         reports = verify_log(store, trusted, _progress, vkey=args.vkey)
@@ -103,15 +99,18 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from proxy.cli._common import fail_json
+
     def action(store: Any) -> int:
         row = store.get_record(args.id)
         if row is None:
-            return _fail("no such record")
+            return fail_json(args, "no such record", code="record_not_found")
         try:  # shown as stored; `sealgate audit verify` checks its signature
             envelope = json.loads(bytes(row.envelope))
             statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
         except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
-            return _fail(f"record {args.id} is malformed in the store")
+            return fail_json(args, f"record {args.id} is malformed in the store",
+                             code="record_malformed")
         out = {"record_id": row.record_id, "log_id": row.log_id, "leaf_index": row.leaf_index,
                "envelope": envelope, "statement": statement}  # fmt: skip
         print(json.dumps(out, indent=None if args.json else 2, sort_keys=True))
@@ -122,6 +121,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _checkpoint(args: argparse.Namespace) -> int:
     from audit import SignedCheckpoint, VerificationError
+    from proxy.cli._common import fail_json
 
     def action(store: Any) -> int:
         notes = []
@@ -132,10 +132,11 @@ def _checkpoint(args: argparse.Namespace) -> int:
             try:  # a stored note is printed only once it verifies under its log's key
                 signed = SignedCheckpoint.parse(latest[2], vkey)
             except VerificationError as exc:
-                return _fail(f"the latest checkpoint of log {log_id} does not verify: {exc.detail}")
+                return fail_json(args, f"the latest checkpoint of log {log_id} does not verify: "
+                                       f"{exc.detail}", code=exc.code)
             notes.append({"log_id": log_id, "vkey": vkey, "size": signed.size, "note": latest[2]})
         if not notes:
-            return _fail("no checkpoint published yet")
+            return fail_json(args, "no checkpoint published yet", code="no_checkpoint")
         if args.json:
             print(json.dumps(notes, indent=2))
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -35,6 +36,21 @@ def print_json(value: Any) -> None:
 def fail(message: str, status: int = 1) -> int:
     print(f"sealgate: {message}", file=sys.stderr)
     return status
+
+
+_CODED = re.compile(r"([a-z][a-z0-9_]*): (.+)", re.DOTALL)
+
+
+def fail_json(args: argparse.Namespace, message: str, status: int = 1, *,
+              code: str = "invalid_argument") -> int:
+    """``fail``; with ``--json``, stdout also carries ``{"ok": false, "error": {"code",
+    "detail"}}``, so a script reading it gets a document whatever happened. ``message`` may
+    be an error's ``"code: detail"``; else ``code`` names it."""
+    if getattr(args, "json", False):
+        coded = _CODED.fullmatch(message)
+        code, detail = (coded.group(1), coded.group(2)) if coded else (code, message)
+        print(json.dumps({"ok": False, "error": {"code": code, "detail": detail}}, indent=2))
+    return fail(message, status)
 
 
 def missing_state(settings: Settings) -> str | None:

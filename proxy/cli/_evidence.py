@@ -167,13 +167,13 @@ def _umask() -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from proxy.attestation import VerificationError, VerificationPolicy, load_collateral
-    from proxy.cli._common import fail
+    from proxy.cli._common import fail_json
     from proxy.evidence import EvidenceError, verify_bundle
 
     try:
         collateral = load_collateral(args.collateral)
     except ValueError as exc:
-        return fail(str(exc))
+        return fail_json(args, str(exc))
     try:
         policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy()
         if args.allow_any_measurement:
@@ -181,7 +181,7 @@ def _verify(args: argparse.Namespace) -> int:
         verdict = verify_bundle(args.bundle, vkey=args.vkey, allow_simulated=args.allow_simulated,
                                 policy=policy, collateral=collateral)
     except (EvidenceError, VerificationError) as exc:
-        return fail(str(exc))
+        return fail_json(args, str(exc))
     if args.json:
         print(json.dumps(verdict.to_json(), indent=2))
     else:

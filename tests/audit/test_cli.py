@@ -54,6 +54,25 @@ def test_verify_fails_on_tampering(data_dir: tuple[Path, str],
     store.close()
     assert main(["audit", "verify"]) == 1
     assert "verification_failed" in capsys.readouterr().err
+    # With --json, a failure is a document on stdout too, not only a line on stderr.
+    assert main(["audit", "verify", "--json"]) == 1
+    captured = capsys.readouterr()
+    failed = json.loads(captured.out)
+    assert failed["ok"] is False and failed["error"]["code"] == "verification_failed"
+    assert f"verification_failed: {failed['error']['detail']}" in captured.err
+
+
+def test_json_failures_are_documents(tmp_path: Path, data_dir: tuple[Path, str],
+                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Every `--json` failure prints {"ok": false, "error": {"code", "detail"}} on stdout."""
+    for argv, code in (
+            (["audit", "verify", "--db", f"sqlite:///{tmp_path / 'none.db'}"], "state_unavailable"),
+            (["audit", "show", "0" * 32], "record_not_found"),
+            (["audit", "verify", "--from-checkpoint", str(tmp_path / "none.note")], "invalid_argument"),
+            (["evidence", "verify", str(tmp_path / "audit.db")], "bundle_invalid")):
+        assert main([*argv, "--json"]) == 1
+        out = json.loads(capsys.readouterr().out)
+        assert out["ok"] is False and out["error"]["code"] == code, out
 
 
 def test_checkpoint_prints_only_a_note_that_verifies(data_dir: tuple[Path, str],
