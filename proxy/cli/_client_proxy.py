@@ -102,9 +102,13 @@ def run(args: argparse.Namespace) -> int:
         check_loopback(host.strip("[]"))
         gateway_urls(args.gateway)
         key_source = _key_source(args)
-        print(f"sealgate client-proxy: listening on http://{args.listen}/v1, sealing to "
-              f"{args.gateway}", file=sys.stderr, flush=True)
-        serve_client_proxy(args.gateway, key_source, host=host.strip("[]"), port=int(port))
+
+        def listening() -> None:
+            print(f"sealgate client-proxy: listening on http://{args.listen}/v1, sealing to "
+                  f"{args.gateway}", file=sys.stderr, flush=True)
+
+        serve_client_proxy(args.gateway, key_source, host=host.strip("[]"), port=int(port),
+                           on_listening=listening)
     except (ValueError, OSError, SealedTransportError, VerificationError) as exc:
         print(f"sealgate client-proxy: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -405,10 +406,44 @@ def server_config(app: ClientProxy, *, host: str = "127.0.0.1", port: int = 8787
 
 
 def serve_client_proxy(
-    gateway: str, key_source: KeySource, *, host: str = "127.0.0.1", port: int = 8787
+    gateway: str, key_source: KeySource, *, host: str = "127.0.0.1", port: int = 8787,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
-    """Run the forwarder on ``host:port`` (loopback only) until interrupted."""
+    """Run the forwarder on ``host:port`` (loopback only) until interrupted; ``on_listening``
+    is called once it listens. ``ValueError`` when it cannot listen there (the port is taken),
+    said before anything else starts."""
     check_loopback(host)
     origin, gateway_url = gateway_urls(gateway)
+    sock = _bound(host, port)
     transport = AsyncSealedTransport(gateway_url=gateway_url, key_source=key_source)
-    uvicorn.Server(server_config(ClientProxy(transport, origin), host=host, port=port)).run()
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_listening is not None:
+                on_listening()
+
+    try:
+        Server(server_config(ClientProxy(transport, origin), host=host, port=port)).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, as uvicorn would bind it, or a one-line ``ValueError``."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {host}:{port} ({_reason(exc)})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} ({_reason(exc)})") from None
+    return sock
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()

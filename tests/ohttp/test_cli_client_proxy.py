@@ -101,3 +101,23 @@ def test_a_pinned_key_says_that_nothing_is_verified(tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith("sealgate client-proxy: WARNING: the key is pinned from --key-config")
     assert "identity is not verified (--allow-simulated ignored)" in err
+
+
+def test_a_port_already_taken_is_one_line_and_no_banner(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """It said it listened, then uvicorn printed its own error; now one line, exit 2."""
+    import socket
+
+    from proxy.gateway import KeyManager
+
+    pinned = tmp_path / "keys.bin"
+    pinned.write_bytes(KeyManager().key_configs())
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        args = _parse("--gateway", "http://127.0.0.1:1", "--listen", f"127.0.0.1:{port}",
+                      "--key-config", str(pinned))
+        assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "listening" not in err
+    assert err.splitlines()[-1] == (f"sealgate client-proxy: cannot listen on 127.0.0.1:{port} "
+                                    "(address already in use)")
