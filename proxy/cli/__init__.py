@@ -39,6 +39,7 @@ _COMMANDS = {"keys": "tenants", "client-proxy": "client_proxy"}
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sealgate", description="Sealgate confidential LLM gateway")
+    parser.add_argument("--version", action="version", version=f"sealgate {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     wanted = _COMMANDS.get(command or "", command)
@@ -51,6 +52,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (what release manifests and upgrades name)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sealgate")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

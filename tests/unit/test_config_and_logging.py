@@ -503,3 +503,12 @@ def test_the_server_process_and_its_children_dump_no_core() -> None:
                           timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["(0,", "0)", "0", "(0,", "0)"], done.stdout
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"sealgate {version('sealgate')}\n"
