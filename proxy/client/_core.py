@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 
 import httpx2
 
@@ -31,7 +32,8 @@ from ._errors import SealedTransportError
 from ._presealer import Presealer
 
 __all__ = [
-    "GatewayRejected", "Prepared", "SealedExchange", "StreamOpener", "gateway_failure", "open_plain", "seal",
+    "GatewayClock", "GatewayRejected", "Prepared", "SealedExchange", "StreamOpener", "gateway_failure",
+    "open_plain", "seal", "stale_candidate",
 ]
 
 # Fields the inner request never carries: connection-specific ones (and those ``Connection``
@@ -95,11 +97,49 @@ def _field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     return field
 
 
-def _inner(request: httpx2.Request, body: bytes, prefix: bytes) -> BHTTPRequest:
+class GatewayClock:
+    """The gateway's clock as this client last learned it (RFC 9458 §6.5): the inner ``Date``
+    of each request is this clock's. A gateway refuses a request dated outside its window as
+    ``stale_request``, sealed, with its own ``Date``; that answer is authenticated (only the
+    enclave could seal it), so its ``Date`` corrects this client's clock from then on, and the
+    refused request, which the gateway did not run, may be sealed again (once)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        """Seconds to add to this machine's clock."""
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def learn(self, status: int, headers: httpx2.Headers, content: bytes) -> bool:
+        """From an opened (authenticated) inner answer: whether it was a ``stale_request``
+        refusal whose ``Date`` moved this clock by more than a second (``Date`` has whole
+        seconds), so that sealing the request again may pass."""
+        if status != 400 or "date" not in headers or b"stale_request" not in content:
+            return False
+        try:
+            code = json.loads(content)["error"]["code"]
+            gateway = parsedate_to_datetime(headers["date"]).timestamp()
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
+            return False
+        if code != "stale_request":
+            return False
+        offset, self.offset = self.offset, gateway - time.time()
+        return abs(self.offset - offset) > 1.0
+
+
+def stale_candidate(status: int, headers: Fields | httpx2.Headers) -> bool:
+    """An inner answer that may be a ``stale_request`` refusal, read whole before it is given
+    back (it is a few hundred bytes) so that :class:`GatewayClock` can learn from it."""
+    names = headers.keys() if isinstance(headers, httpx2.Headers) else (n for n, _ in headers)
+    return status == 400 and any(n in (b"date", "date") for n in names)
+
+
+def _inner(request: httpx2.Request, body: bytes, prefix: bytes, now: float | None) -> BHTTPRequest:
     url = request.url
     headers = [_field(name, value) for name, value in end_to_end(request.headers.raw, _HOP_BY_HOP)]
     # RFC 9458 §6.5: the gateway checks freshness against the inner Date.
-    headers.append((b"date", formatdate(usegmt=True).encode()))
+    headers.append((b"date", formatdate(now, usegmt=True).encode()))
     return BHTTPRequest(request.method.encode(), url.scheme.encode(), url.netloc,
                         _target(url.raw_path, prefix), tuple(headers), body)
 
@@ -131,13 +171,15 @@ def seal(
     config: KeyConfig,
     gateway_url: httpx2.URL | str,
     presealer: Presealer | None = None,
+    now: float | None = None,
 ) -> Prepared:
     """Seal ``request`` to ``config`` as an outer POST to ``gateway_url``, with a sender setup
-    made ahead of time by ``presealer`` when one is ready."""
+    made ahead of time by ``presealer`` when one is ready; its inner ``Date`` is ``now``
+    (this machine's clock when ``None``)."""
     chunked = wants_stream(request, body)
     prepared = presealer.take(config, chunked=chunked) if presealer is not None else None
     try:
-        bhttp = encode_request(_inner(request, body, _prefix(httpx2.URL(gateway_url))))
+        bhttp = encode_request(_inner(request, body, _prefix(httpx2.URL(gateway_url)), now))
         if chunked:
             sealer = ChunkedRequestSealer(config, prepared=prepared)
             sealed, context = sealer.seal(bhttp, final=True), sealer.context

@@ -5,13 +5,23 @@ Both transports are thin I/O loops around the shared sans-I/O core in ``_core``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 
 import httpx2
 
 from proxy.ohttp import MediaType
 
-from ._core import Fields, Prepared, StreamOpener, gateway_failure, is_stale_key, open_plain, seal
+from ._core import (
+    Fields,
+    GatewayClock,
+    Prepared,
+    StreamOpener,
+    gateway_failure,
+    is_stale_key,
+    open_plain,
+    seal,
+    stale_candidate,
+)
 from ._errors import SealedTransportError
 from ._keysource import KeySource
 from ._presealer import Presealer
@@ -47,17 +57,26 @@ def _grow(body: bytearray, chunk: bytes, limit: int) -> None:
 def _read(response: httpx2.Response, limit: int) -> bytes:
     """The whole body of ``response``, refused past ``limit`` bytes before more is read."""
     _declared(response, limit)
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        _grow(body, chunk, limit)
-    return bytes(body)
+    return _whole(response.iter_bytes(), limit)
 
 
 async def _aread(response: httpx2.Response, limit: int) -> bytes:
     _declared(response, limit)
+    return await _awhole(response.aiter_bytes(), limit)
+
+
+def _whole(stream: Iterable[bytes], limit: int) -> bytes:
+    """All of ``stream``, refused past ``limit`` bytes before more is read."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        _grow(body, chunk, limit)
+    for piece in stream:
+        _grow(body, piece, limit)
+    return bytes(body)
+
+
+async def _awhole(stream: AsyncIterable[bytes], limit: int) -> bytes:
+    body = bytearray()
+    async for piece in stream:
+        _grow(body, piece, limit)
     return bytes(body)
 
 
@@ -152,10 +171,21 @@ class SealedTransport(httpx2.BaseTransport):
         self._gateway_url = httpx2.URL(gateway_url)  # parsed once, not per request
         self._keys = key_source
         self._presealer = Presealer()
+        self.clock = GatewayClock()
+        """The gateway's clock as its ``stale_request`` answers told it (every inner ``Date``)."""
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = request.read()
+        response = self._send(request, body)
+        if stale_candidate(response.status_code, response.headers) and \
+                self.clock.learn(response.status_code, response.headers, response.read()):
+            response.close()  # refused unrun for its Date: sealed again on the corrected clock
+            response = self._send(request, body)
+        return response
+
+    def _send(self, request: httpx2.Request, body: bytes) -> httpx2.Response:
         config = self._keys.key_config()
-        prepared = seal(request, request.read(), config, self._gateway_url, self._presealer)
+        prepared = seal(request, body, config, self._gateway_url, self._presealer, self.clock.now())
         outer = self._inner.handle_request(prepared.outer)
         if outer.status_code == 200:
             return self._open(request, prepared, outer)
@@ -180,7 +210,12 @@ class SealedTransport(httpx2.BaseTransport):
             else:
                 opener.finish()
             assert opener.head is not None
-            return _response(request, prepared, opener.head, _SyncBody(opener, rest, outer))
+            stream = _SyncBody(opener, rest, outer)
+            if stale_candidate(*opener.head):  # a refusal, a few hundred bytes: read whole
+                content = _whole(stream, MAX_REFUSAL_BYTES)
+                outer.close()
+                return _response(request, prepared, opener.head, httpx2.ByteStream(content))
+            return _response(request, prepared, opener.head, stream)
         except BaseException:
             outer.close()
             raise
@@ -204,10 +239,21 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
         self._gateway_url = httpx2.URL(gateway_url)  # parsed once, not per request
         self._keys = key_source
         self._presealer = Presealer()
+        self.clock = GatewayClock()
+        """The gateway's clock as its ``stale_request`` answers told it (every inner ``Date``)."""
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = await request.aread()
+        response = await self._send(request, body)
+        if stale_candidate(response.status_code, response.headers) and \
+                self.clock.learn(response.status_code, response.headers, await response.aread()):
+            await response.aclose()  # refused unrun for its Date: sealed again, corrected
+            response = await self._send(request, body)
+        return response
+
+    async def _send(self, request: httpx2.Request, body: bytes) -> httpx2.Response:
         config = await self._keys.akey_config()
-        prepared = seal(request, await request.aread(), config, self._gateway_url, self._presealer)
+        prepared = seal(request, body, config, self._gateway_url, self._presealer, self.clock.now())
         outer = await self._inner.handle_async_request(prepared.outer)
         if outer.status_code == 200:
             return await self._open(request, prepared, outer)
@@ -235,7 +281,12 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
                     break
                 opener.feed(data)
             assert opener.head is not None
-            return _response(request, prepared, opener.head, _AsyncBody(opener, rest, outer))
+            stream = _AsyncBody(opener, rest, outer)
+            if stale_candidate(*opener.head):  # a refusal, a few hundred bytes: read whole
+                content = await _awhole(stream, MAX_REFUSAL_BYTES)
+                await outer.aclose()
+                return _response(request, prepared, opener.head, httpx2.ByteStream(content))
+            return _response(request, prepared, opener.head, stream)
         except BaseException:
             await outer.aclose()
             raise

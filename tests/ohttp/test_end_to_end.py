@@ -3,10 +3,13 @@ chunk-by-chunk delivery, disconnect propagation, attested keys, and the client p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
 import threading
+import time
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -327,3 +330,82 @@ def test_client_proxy_does_not_have_a_request_resent_that_the_gateway_may_have_r
     assert failed.value.response.json()["error"]["code"] == "response_invalid"
     assert len(delivered) == 1
     assert CANARY.encode() not in delivered[0]
+
+
+class _Counting(httpx2.HTTPTransport):
+    """Counts the sealed requests that reach the gateway."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.sent += 1
+        return super().handle_request(request)
+
+
+def _skewed(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """This client's clock ``seconds`` ahead of the gateway's (a fault: a clock that drifted)."""
+    import time
+
+    import proxy.client._core as core
+
+    monkeypatch.setattr(core, "time", types.SimpleNamespace(time=lambda: time.time() + seconds))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_client_whose_clock_is_off_learns_the_gateways(
+        gateway: tuple[AppState, int], monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """RFC 9458 §6.5: the gateway refuses a request dated outside its window, sealed, with its
+    own Date. That refusal is authenticated and the request was not run, so the client corrects
+    its clock from it and seals the request once more; later requests go out right first time."""
+    state, port = gateway
+    _skewed(monkeypatch, 90.0)
+    inner = _Counting()
+    transport = SealedTransport(inner, gateway_url=f"http://127.0.0.1:{port}{GATEWAY_PATH}",
+                                key_source=StaticKeySource(state.keys.key_configs()))
+    client = _openai(f"http://127.0.0.1:{port}/v1", transport)
+    messages = [{"role": "user", "content": CANARY}]
+    for _ in range(2):
+        if stream:
+            chunks = client.chat.completions.create(model="m", messages=messages, stream=True)  # type: ignore[arg-type]
+            assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == CANARY[::-1]
+        else:
+            completion = client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+            assert completion.choices[0].message.content == CANARY[::-1]
+    assert inner.sent == 3 and state.requests == [True, True]  # refused once, run twice
+    assert -92 < transport.clock.offset < -88
+
+
+def test_an_async_client_whose_clock_is_off_learns_the_gateways(
+        gateway: tuple[AppState, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    state, port = gateway
+    _skewed(monkeypatch, -120.0)
+    transport = AsyncSealedTransport(gateway_url=f"http://127.0.0.1:{port}{GATEWAY_PATH}",
+                                     key_source=StaticKeySource(state.keys.key_configs()))
+
+    async def call() -> openai.types.chat.ChatCompletion:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test",
+                                    http_client=httpx2.AsyncClient(transport=transport), max_retries=0)
+        async with client:
+            return await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": CANARY}])
+
+    assert asyncio.run(call()).choices[0].message.content == CANARY[::-1]
+    assert state.requests == [True] and 118 < transport.clock.offset < 122
+
+
+def test_a_stale_refusal_that_moves_no_clock_is_not_resent(
+        gateway: tuple[AppState, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that went stale on its way (the clocks agree) is refused and handed back as
+    is: sealing it again would not help."""
+    state, port = gateway
+    state.guard._clock = lambda: time.time() + 300  # a fault: the gateway's window moved on
+    inner = _Counting()
+    transport = SealedTransport(inner, gateway_url=f"http://127.0.0.1:{port}{GATEWAY_PATH}",
+                                key_source=StaticKeySource(state.keys.key_configs()))
+    with httpx2.Client(transport=transport) as client:
+        answer = client.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                             json={"model": "m", "messages": []})
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "stale_request"
+    assert inner.sent == 1 and state.requests == [] and transport.clock.offset < 1.5
