@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from proxy.attestation import VerificationError, VerificationPolicy, load_collateral
 from proxy.client import (
     AttestedKeySource,
+    InsecureEnclaveWarning,
     KeySource,
     SealedTransportError,
     StaticKeySource,
@@ -73,6 +75,8 @@ def _key_source(args: argparse.Namespace) -> KeySource:
               file=sys.stderr)
         return StaticKeySource(args.key_config.read_bytes())
     origin, _ = gateway_urls(args.gateway)
+    # What the policy lets through is said once, here (_warn), not again on each verification.
+    warnings.simplefilter("ignore", InsecureEnclaveWarning)
     policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy.from_env()
     if args.allow_simulated:
         policy = replace(policy, allow_simulated=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from ._core import SealedExchange
 from ._errors import SealedTransportError
 from ._forwarder import ClientProxy, serve_client_proxy
-from ._keysource import AttestedKeySource, KeySource, StaticKeySource
+from ._keysource import AttestedKeySource, InsecureEnclaveWarning, KeySource, StaticKeySource
 from ._openai import NO_WEBSOCKET, async_sealed_openai, sealed_openai
 from ._receipts import VerifiedReceipt, verify_request_records, verify_response_receipt
 from ._transport import AsyncSealedTransport, SealedTransport
@@ -26,6 +26,7 @@ __all__ = [
     "AsyncSealedTransport",
     "AttestedKeySource",
     "ClientProxy",
+    "InsecureEnclaveWarning",
     "KeySource",
     "SealedExchange",
     "SealedTransport",

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -24,7 +25,8 @@ from proxy.ohttp import KeyConfig, OHTTPError, decode_key_configs
 
 from ._errors import SealedTransportError
 
-__all__ = ["IDENTITY_PATH", "AttestedKeySource", "KeySource", "StaticKeySource"]
+__all__ = ["IDENTITY_PATH", "AttestedKeySource", "InsecureEnclaveWarning", "KeySource",
+           "StaticKeySource"]
 
 IDENTITY_PATH = "/.well-known/sealgate/identity"
 VerifyFn = Callable[..., Any]
@@ -73,6 +75,22 @@ class StaticKeySource:
 
     def invalidate(self) -> None:
         """A pinned key cannot be refreshed."""
+
+
+class InsecureEnclaveWarning(UserWarning):
+    """The enclave was accepted under a policy a production client must not use: simulated
+    evidence, or any measurement (no allowlist). ``SEALGATE_ALLOW_SIMULATED`` and
+    ``SEALGATE_ALLOW_ANY_MEASUREMENT`` relax the default policy this way."""
+
+
+def _warn_insecure(notes: Any) -> None:
+    """Say what the verifying policy let through that a production client must not: a
+    variable left set in the environment would otherwise relax the SDK without a word. Python
+    shows a warning once per place it comes from, unless told otherwise."""
+    for note in notes if isinstance(notes, tuple | list) else ():
+        if isinstance(note, str) and (note.startswith("INSECURE") or "no measurement allowlist" in note):
+            warnings.warn(f"sealgate accepted the enclave insecurely ({note})",
+                          InsecureEnclaveWarning, stacklevel=4)
 
 
 def _default_verify() -> VerifyFn:
@@ -162,6 +180,7 @@ class AttestedKeySource:
         config = _first_config(key_configs)
         self._cached = (config, self._clock() + self._lifetime)
         self.verified = verified
+        _warn_insecure(getattr(verified, "notes", ()))
         return config
 
     def _request_body(self) -> tuple[bytes, bytes]:

@@ -11,6 +11,8 @@ import json
 import socket
 import threading
 import time
+import types
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,7 +35,7 @@ from proxy.attestation import (
 )
 from proxy.attestation._binding import binding_object
 from proxy.attestation._tdx_quote import parse_tdx_quote
-from proxy.client import AttestedKeySource, SealedTransportError
+from proxy.client import AttestedKeySource, InsecureEnclaveWarning, SealedTransportError
 from proxy.ohttp import GatewayKey, encode_key_configs
 from tests.attestation._support import (
     SNP_AT,
@@ -588,3 +590,25 @@ def test_sync_client_gives_up_on_identity_headers_that_trickle(
     assert time.monotonic() - started < 5.0
     assert info.value.code == "enclave_unverified"
     assert "did not arrive in time" in info.value.detail
+
+
+def test_an_enclave_accepted_insecurely_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEALGATE_ALLOW_SIMULATED left set where the SDK runs relaxes its default policy: the
+    key source says so (a Python warning) instead of sealing to a simulated enclave quietly.
+    A strict policy's acceptance warns nothing."""
+    _, answer_sync, _ = _slow_identity()
+    for name in ("SEALGATE_VERIFY_POLICY", "SEALGATE_ALLOW_ANY_MEASUREMENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SEALGATE_ALLOWED_MEASUREMENTS", M)
+    monkeypatch.setenv("SEALGATE_ALLOW_SIMULATED", "1")
+    source = AttestedKeySource("https://gw.example", transport=httpx2.MockTransport(answer_sync))
+    with pytest.warns(InsecureEnclaveWarning, match="INSECURE: simulated evidence accepted"):
+        assert source.key_config() is not None
+    strict = AttestedKeySource("https://gw.example", PINNED,
+                               verify=lambda doc, policy, nonce: types.SimpleNamespace(
+                                   key_configs=encode_key_configs([GatewayKey.generate(4).config]),
+                                   notes=()),
+                               transport=httpx2.MockTransport(answer_sync))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InsecureEnclaveWarning)
+        assert strict.key_config() is not None

@@ -70,6 +70,7 @@ def test_client_exports() -> None:
             "AsyncSealedTransport",
             "AttestedKeySource",
             "ClientProxy",
+            "InsecureEnclaveWarning",
             "KeySource",
             "SealedExchange",
             "SealedTransport",
