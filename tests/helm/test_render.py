@@ -73,6 +73,7 @@ def test_expected_objects_default(default_render: Rendered) -> None:
         ("NetworkPolicy", "sealgate-vllm"),
         ("PodDisruptionBudget", "sealgate"),
         ("Pod", "sealgate-test-identity"),
+        ("Secret", "sealgate-vllm-api-key"),
         ("Service", "sealgate"),
         ("Service", "sealgate-vllm"),
         ("ServiceAccount", "sealgate"),
@@ -82,7 +83,9 @@ def test_expected_objects_default(default_render: Rendered) -> None:
 def test_expected_objects_production(production_render: Rendered) -> None:
     kinds = {o["kind"] for o in production_render.objects}
     assert {"HorizontalPodAutoscaler", "ServiceMonitor", "PodDisruptionBudget"} <= kinds
-    assert production_render.of_kind("Secret") == []  # the URL comes from an existing Secret
+    # The database URL comes from an existing Secret; the one the chart makes is vLLM's key.
+    assert [s["metadata"]["name"] for s in production_render.of_kind("Secret")] == [
+        "sealgate-vllm-api-key"]
     hpa = production_render.get("HorizontalPodAutoscaler", "sealgate")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {

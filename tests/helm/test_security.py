@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import tomllib
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_vllm_gets_cc_gpus(each_render: Rendered) -> None:
     assert args[args.index("--host") + 1] == "0.0.0.0"
     assert args[args.index("--port") + 1] == "8000"
     assert "--tensor-parallel-size" in args
-    env = {e["name"]: e["value"] for e in vllm["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in vllm["env"]}
     assert env["HF_HUB_OFFLINE"] == "1"
 
 
@@ -95,7 +96,8 @@ def test_proxy_uses_opa_sidecar_on_loopback(each_render: Rendered) -> None:
 
 def test_model_route_points_at_the_vllm_service(each_render: Rendered) -> None:
     config = tomllib.loads(each_render.get("ConfigMap", "sealgate-config")["data"]["sealgate.toml"])
-    assert config["backends"] == {"vllm": {"type": "vllm", "url": "http://sealgate-vllm:8000/v1"}}
+    assert config["backends"] == {"vllm": {"type": "vllm", "url": "http://sealgate-vllm:8000/v1",
+                                           "api_key_env": "UPSTREAM_API_KEY_VLLM"}}
     assert config["models"] == {
         "llama-3.1-8b-instruct": {"backend": "vllm", "retention_tier": "attested-zero"}
     }
@@ -308,3 +310,25 @@ def test_commands_run_in_the_pod_read_the_deployed_config(each_render: Rendered)
     config = proxy["args"][proxy["args"].index("--config") + 1]
     assert _proxy_env(each_render)["SEALGATE_CONFIG"] == config
     assert config in {m["mountPath"] for m in proxy["volumeMounts"]}
+
+
+def test_only_the_proxy_holds_the_key_vllm_requires(each_render: Rendered, render: Any) -> None:
+    """vLLM refuses /v1 requests without the key (VLLM_API_KEY is its --api-key); the proxy
+    sends it (the vllm backend's api_key_env), both from one Secret the chart makes with a
+    random key: a pod the NetworkPolicy fails to keep out still cannot reach the model around
+    policy and audit."""
+    vllm = each_render.get("Deployment", "sealgate-vllm")["spec"]["template"]["spec"]["containers"][0]
+    served = {e["name"]: e.get("valueFrom") for e in vllm["env"]}["VLLM_API_KEY"]
+    sent = _proxy_env(each_render)["UPSTREAM_API_KEY_VLLM"]
+    assert served == sent == {"secretKeyRef": {"name": "sealgate-vllm-api-key", "key": "api-key"}}
+    secret = each_render.get("Secret", "sealgate-vllm-api-key")
+    key = base64.b64decode(secret["data"]["api-key"])
+    assert len(key) == 48 and key.isalnum()
+    assert key != base64.b64decode(render().get("Secret", "sealgate-vllm-api-key")["data"]["api-key"])
+    # An existing Secret instead: none is made, both sides name it.
+    own = render({"vllm": {"apiKeySecret": {"name": "my-vllm-key", "key": "token"}}})
+    assert own.of_kind("Secret") == []
+    vllm = own.get("Deployment", "sealgate-vllm")["spec"]["template"]["spec"]["containers"][0]
+    ref = {"secretKeyRef": {"name": "my-vllm-key", "key": "token"}}
+    assert {e["name"]: e.get("valueFrom") for e in vllm["env"]}["VLLM_API_KEY"] == ref
+    assert _proxy_env(own)["UPSTREAM_API_KEY_VLLM"] == ref

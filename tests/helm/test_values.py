@@ -211,8 +211,7 @@ def test_created_secret_holds_the_url_and_nothing_else_does(render: Any) -> None
     rendered: Rendered = render(
         {"postgresql": {"enabled": True, "createSecret": True, "url": url, "egress": DB_EGRESS}}
     )
-    (secret,) = rendered.of_kind("Secret")
-    assert secret["metadata"]["name"] == "sealgate-audit-db"
+    secret = rendered.get("Secret", "sealgate-audit-db")
     assert "stringData" not in secret
     everything_else = [o for o in rendered.objects if o["kind"] != "Secret"]
     assert "s3cr3t-pw" not in yaml.safe_dump_all(everything_else)

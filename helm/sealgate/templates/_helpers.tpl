@@ -21,6 +21,11 @@
 {{- printf "%s-vllm" (include "sealgate.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The Secret holding the API key vLLM requires and the proxy sends. */}}
+{{- define "sealgate.vllmKeySecret" -}}
+{{- .Values.vllm.apiKeySecret.name | default (printf "%s-vllm-api-key" (include "sealgate.fullname" .) | trunc 63 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "sealgate.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "sealgate.fullname" .) .Values.serviceAccount.name }}
@@ -105,7 +110,8 @@ seccompProfile:
 {{- $backends := dict }}
 {{- if .Values.vllm.enabled }}
 {{- $url := printf "http://%s:%d/v1" (include "sealgate.vllmName" .) (int .Values.vllm.port) }}
-{{- $_ := set $backends "vllm" (dict "type" "vllm" "url" $url) }}
+{{- $key := dict "name" (include "sealgate.vllmKeySecret" .) "key" .Values.vllm.apiKeySecret.key }}
+{{- $_ := set $backends "vllm" (dict "type" "vllm" "url" $url "apiKeySecret" $key) }}
 {{- end }}
 {{- range $name, $b := .Values.backends }}
 {{- $_ := set $backends $name $b }}
