@@ -46,6 +46,23 @@ def _checked() -> Iterator[None]:
         raise _fail("the audit routes answered something malformed") from exc
 
 
+def _sealed_only(client: httpx2.Client, base: str, allow_plaintext: bool) -> None:
+    """The helpers send the tenant's API key: only through the sealed channel, unless the
+    caller says the gateway is a development one (``allow_plaintext``). A plain client would
+    hand the key to the ingress and every hop before the enclave."""
+    if allow_plaintext:
+        return
+    from ._transport import SealedTransport
+
+    find = getattr(client, "_transport_for_url", None)
+    transport = find(httpx2.URL(base)) if callable(find) else getattr(client, "_transport", None)
+    if not isinstance(transport, SealedTransport):
+        raise SealedTransportError(
+            "request_invalid", "receipts are fetched with the tenant's API key, which only a "
+            "SealedTransport carries: pass a client built on one (allow_plaintext=True for a "
+            "development gateway that serves plain HTTP)")
+
+
 def _commitment(key: bytes, data: bytes) -> str:
     return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
 
@@ -78,15 +95,18 @@ def _included(client: httpx2.Client, base: str, receipt: Receipt, envelope: byte
 def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
                             audit_public_key: bytes, *, api_key: str,
                             commitment_key: bytes | None = None,
-                            request_body: bytes | None = None) -> VerifiedReceipt:
+                            request_body: bytes | None = None,
+                            allow_plaintext: bool = False) -> VerifiedReceipt:
     """Check a ``sealgate-receipt`` header: record, signature, inclusion, request commitment.
 
     ``audit_public_key`` is the Ed25519 key from the *verified* identity document, so a log
-    key the enclave did not attest to is refused.
+    key the enclave did not attest to is refused. ``client`` must be built on a
+    :class:`SealedTransport` (the API key goes with each request) unless ``allow_plaintext``.
     """
     with _checked():
         receipt = Receipt.parse(header)
     base = base_url.rstrip("/")
+    _sealed_only(client, base, allow_plaintext)
     envelope = client.get(f"{base}/v1/audit/records/{receipt.record_id}",
                           headers={"Authorization": f"Bearer {api_key}"})
     if envelope.status_code != 200:
@@ -102,14 +122,16 @@ def verify_response_receipt(client: httpx2.Client, base_url: str, header: str,
 
 def verify_request_records(client: httpx2.Client, base_url: str, request_id: str,
                            audit_public_key: bytes, *, api_key: str, commitment_key: bytes,
-                           request_body: bytes, response_body: bytes | None = None
-                           ) -> list[VerifiedReceipt]:
+                           request_body: bytes, response_body: bytes | None = None,
+                           allow_plaintext: bool = False) -> list[VerifiedReceipt]:
     """All records of one request (found by its ``x-request-id``): each signed and included,
     each committing to ``request_body``, and the completion record to ``response_body``. With
     ``response_body``, a listing without a completion record fails (a gateway leaving it out
     would skip that check); so does an empty one. The completion record is appended after the
-    answer, so a caller may retry a while on these "not yet" failures."""
+    answer, so a caller may retry a while on these "not yet" failures. ``client`` as for
+    :func:`verify_response_receipt`."""
     base = base_url.rstrip("/")
+    _sealed_only(client, base, allow_plaintext)
     found = client.get(f"{base}/v1/audit/requests/{request_id}",
                        headers={"Authorization": f"Bearer {api_key}"})
     if found.status_code != 200:

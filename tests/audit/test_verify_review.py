@@ -139,7 +139,7 @@ CRAFTED: dict[str, Callable[[Served], dict[str, Any]]] = {
 
 def test_served_receipt_verifies(served: Served) -> None:
     verified = verify_response_receipt(_client(served), "https://gw", served.header,
-                                       served.public_key, api_key="k")  # fmt: skip
+                                       served.public_key, allow_plaintext=True, api_key="k")  # fmt: skip
     assert verified.checkpoint_size == 5 and verified.receipt.leaf_index == 2
 
 
@@ -149,14 +149,14 @@ def test_response_receipt_failures_are_receipt_invalid(served: Served, what: str
     client = _client(served, **CRAFTED[what](served))
     with pytest.raises(SealedTransportError) as info:
         verify_response_receipt(client, "https://gw", served.header, served.public_key,
-                                api_key="k")  # fmt: skip
+                                allow_plaintext=True, api_key="k")  # fmt: skip
     assert info.value.code == "receipt_invalid"
 
 
 def test_malformed_receipt_header_is_receipt_invalid(served: Served) -> None:
     with pytest.raises(SealedTransportError) as info:
         verify_response_receipt(_client(served), "https://gw", "garbage", served.public_key,
-                                api_key="k")  # fmt: skip
+                                allow_plaintext=True, api_key="k")  # fmt: skip
     assert info.value.code == "receipt_invalid"
 
 
@@ -169,14 +169,14 @@ def test_malformed_receipt_header_is_receipt_invalid(served: Served) -> None:
 def test_malformed_request_listing_is_receipt_invalid(served: Served, listing: Any) -> None:
     with pytest.raises(SealedTransportError) as info:
         verify_request_records(_client(served, listing=listing), "https://gw", "req-2",
-                               served.public_key, api_key="k", commitment_key=b"k" * 32,
+                               served.public_key, allow_plaintext=True, api_key="k", commitment_key=b"k" * 32,
                                request_body=b"in2")  # fmt: skip
     assert info.value.code == "receipt_invalid"
 
 
 def test_request_listing_verifies(served: Served) -> None:
     records = verify_request_records(_client(served), "https://gw", "req-2", served.public_key,
-                                     api_key="k", commitment_key=b"k" * 32,
+                                     allow_plaintext=True, api_key="k", commitment_key=b"k" * 32,
                                      request_body=b"in2")  # fmt: skip
     assert [r.receipt.leaf_index for r in records] == [2]
 
@@ -190,6 +190,23 @@ def test_request_listing_without_the_records_asked_for_is_refused(
     answers = {} if listing is None else {"listing": listing}
     with pytest.raises(SealedTransportError, match="published yet") as info:
         verify_request_records(_client(served, **answers), "https://gw", "req-2",
-                               served.public_key, api_key="k", commitment_key=b"k" * 32,
+                               served.public_key, allow_plaintext=True, api_key="k", commitment_key=b"k" * 32,
                                request_body=b"in2", response_body=response_body)  # fmt: skip
     assert info.value.code == "receipt_invalid"
+
+
+def test_the_helpers_send_the_api_key_only_through_the_sealed_channel(served: Served) -> None:
+    """A plain client would hand the tenant's key to the ingress and every hop before the
+    enclave: refused before anything is sent, unless the gateway is said to be a plain
+    development one."""
+    sent: list[httpx2.Request] = []
+    plain = httpx2.Client(transport=httpx2.MockTransport(lambda r: sent.append(r) or httpx2.Response(500)))
+    for call in (lambda: verify_response_receipt(plain, "https://gw", served.header, served.public_key,
+                                                 api_key="k"),
+                 lambda: verify_request_records(plain, "https://gw", "req-2", served.public_key,
+                                                api_key="k", commitment_key=b"k" * 32,
+                                                request_body=b"in2")):
+        with pytest.raises(SealedTransportError) as info:
+            call()
+        assert info.value.code == "request_invalid" and "SealedTransport" in info.value.detail
+    assert sent == []
