@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
 import threading
 import time
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -409,3 +410,52 @@ def test_a_stale_refusal_that_moves_no_clock_is_not_resent(
                              json={"model": "m", "messages": []})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "stale_request"
     assert inner.sent == 1 and state.requests == [] and transport.clock.offset < 1.5
+
+
+class FaultInjectingAsyncTruncatingTransport(httpx2.AsyncBaseTransport):
+    """The async twin of ``FaultInjectingTruncatingTransport``: a streamed answer cut short."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, keep: int) -> None:
+        self.inner, self.keep = inner, keep
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.inner.handle_async_request(request)
+        keep, stream = self.keep, response.stream
+
+        class Cut(httpx2.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                i = 0
+                async for piece in stream:  # type: ignore[union-attr]
+                    if i >= keep:
+                        return
+                    i += 1
+                    yield piece
+
+            async def aclose(self) -> None:
+                await stream.aclose()  # type: ignore[union-attr]
+
+        return httpx2.Response(response.status_code, headers=response.headers, stream=Cut())
+
+
+def test_client_proxy_cuts_a_broken_stream_off_with_one_line(
+        gateway: tuple[AppState, int], caplog: pytest.LogCaptureFixture) -> None:
+    """A sealed stream that breaks off (here: its final chunk never comes) reaches the local
+    client cut off, not ended cleanly (which would pass it as whole), and the forwarder logs
+    one line naming the failure, not a traceback."""
+    state, port = gateway
+    state.release.set()
+    origin = f"http://127.0.0.1:{port}"
+    transport = AsyncSealedTransport(
+        FaultInjectingAsyncTruncatingTransport(httpx2.AsyncHTTPTransport(), keep=3),
+        gateway_url=origin + GATEWAY_PATH, key_source=StaticKeySource(state.keys.key_configs()))
+    with caplog.at_level(logging.WARNING), serve(server_config(ClientProxy(transport, origin))) as proxy_port:
+        with httpx2.Client() as client, pytest.raises(httpx2.RemoteProtocolError):
+            with client.stream("POST", f"http://127.0.0.1:{proxy_port}/v1/chat/completions",
+                               json={"model": "m", "stream": True,
+                                     "messages": [{"role": "user", "content": CANARY}]}) as answer:
+                assert answer.status_code == 200
+                answer.read()
+    lines = [r.getMessage() for r in caplog.records if r.name == "sealgate.client_proxy"]
+    assert lines == ["sealgate client-proxy: the gateway's answer broke off (response_invalid)"]
+    assert not any("Exception in ASGI application" in r.getMessage() for r in caplog.records)
+    assert all(CANARY not in r.getMessage() for r in caplog.records)
