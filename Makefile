@@ -3,8 +3,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-HOST    ?= 127.0.0.1
-PORT    ?= 8080
+# `make run PORT=8181` (or SEALGATE_PORT / SEALGATE_HOST in the environment) to serve elsewhere.
+HOST    ?= $(or $(SEALGATE_HOST),127.0.0.1)
+PORT    ?= $(or $(SEALGATE_PORT),8080)
 
 .PHONY: run test bench lint test-vllm clean
 

@@ -119,6 +119,9 @@ def forbid_core_dumps() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
+_MODEL_PATH = "/v1/models/"
+
+
 class Metrics:
     """Content-free counters in the Prometheus text format (``GET /metrics``).
 
@@ -126,8 +129,8 @@ class Metrics:
     codes, channel), so no request value can appear in a label.
     """
 
-    _ENDPOINTS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions",
-                            "/v1/embeddings"})
+    _ENDPOINTS = frozenset({"/v1/models", "/v1/models/{model}", "/v1/chat/completions",
+                            "/v1/completions", "/v1/embeddings"})
 
     def __init__(self, models: frozenset[str]) -> None:
         self._models = models
@@ -138,6 +141,8 @@ class Metrics:
 
     def observe(self, endpoint: str, model: str | None, channel: str, status: int,
                 latency_ms: float, prompt_tokens: int, completion_tokens: int) -> None:
+        if endpoint.startswith(_MODEL_PATH):  # GET /v1/models/{id}: one label, the model its own
+            model, endpoint = model or endpoint[len(_MODEL_PATH):], _MODEL_PATH + "{model}"
         endpoint = endpoint if endpoint in self._ENDPOINTS else "other"
         model = model if model in self._models else "none"
         key = (endpoint, model, channel, str(status))

@@ -40,6 +40,9 @@ def _password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
+        if not sys.stdin.isatty():  # getpass would warn that it echoes, then read the pipe
+            raise ValueError("no_terminal: no terminal to ask for the password on; pipe it "
+                             "with --password-stdin")
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
             raise ValueError("the passwords differ")

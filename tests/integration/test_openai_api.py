@@ -350,6 +350,13 @@ def test_failed_requests_are_logged_and_counted(gateway: Gateway, api_key: str) 
     listed = httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {api_key}"})
     assert listed.status_code == 200
     assert request_log(gateway, listed.headers["x-request-id"])[0]["status"] == 200
+    # A model retrieval is counted under its own endpoint, with the model when it is served.
+    for name, model in ((MODEL, MODEL), ("CANARY-model", "none")):
+        labels = ("/v1/models/{model}", model, "plaintext", 200 if model != "none" else 404)
+        counted = request_counts(gateway).get(labels, 0)
+        got = httpx.get(f"{gateway.url}/v1/models/{name}", headers={"Authorization": f"Bearer {api_key}"})
+        assert got.status_code == labels[3]
+        assert request_counts(gateway).get(labels, 0) == counted + 1, labels
     assert "CANARY" not in gateway.output() + httpx.get(f"{gateway.url}/metrics").text
 
 

@@ -351,3 +351,15 @@ def test_a_password_that_is_not_utf8_is_one_coded_line(tmp_path: Path) -> None:
                           capture_output=True, check=False)
     assert done.returncode == 1 and done.stdout == b""
     assert done.stderr == b"sealgate: invalid_password: the password is not valid UTF-8 text\n"
+
+
+def test_asking_for_a_password_without_a_terminal_names_password_stdin(tmp_path: Path) -> None:
+    """getpass warned that the password may be echoed, then failed on the ended pipe."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALGATE_")}
+    env["SEALGATE_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "proxy.cli", "users", "create", "fay", "--role",
+                           "admin"], stdin=subprocess.DEVNULL, env=env, capture_output=True,
+                          check=False)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr == (b"sealgate: no_terminal: no terminal to ask for the password on; "
+                           b"pipe it with --password-stdin\n")
