@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from proxy._listen import bind_listener
     from proxy.app import create_app
     from proxy.cli import _message
     from proxy.cli._common import load_settings
@@ -34,14 +35,18 @@ def _serve(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.replace(**changes)
     settings.validate()
+    try:  # bound first: a port in use is said now, not after the model has loaded
+        sock = bind_listener(settings.host, settings.port)
+    except ValueError as exc:
+        print(f"sealgate: start-up failed: {exc}", file=sys.stderr)
+        return 2
     detach_native_stderr()  # before any native library starts: none can log request text
     forbid_core_dumps()  # no core file holding what is in memory
     app = create_app(settings)
     banner = (f"sealgate: serving on http://{settings.host}:{settings.port} "
               f"(models: {', '.join(settings.models)}; data: {settings.data_dir})")
     # A failed start-up is said once, below, with its cause and code.
-    failures = _StartupFailures()
-    logging.getLogger("uvicorn.error").addFilter(failures)
+    logging.getLogger("uvicorn.error").addFilter(_StartupFailures())
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -61,33 +66,22 @@ def _serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=settings.trusted_proxy_list)
     server = Server(config)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit:
         error = app.state["services"].startup_error
-        if error is not None:
-            detail = _message(error) or f"internal error ({type(error).__name__})"
-        elif failures.bind is not None:
-            reason = (failures.bind.strerror or type(failures.bind).__name__).rsplit(": ", 1)[-1]
-            detail = f"cannot listen on {settings.host}:{settings.port} ({reason.lower()})"
-        else:
+        if error is None:
             raise
+        detail = _message(error) or f"internal error ({type(error).__name__})"
         print(f"sealgate: start-up failed: {detail}", file=sys.stderr)
         return 2
     return 0 if server.started else 2
 
 
 class _StartupFailures(logging.Filter):
-    """Keeps uvicorn's own lines about a failed start-up out of the output (the cause is said
-    once, with its code) and remembers a failure to listen."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bind: OSError | None = None
+    """Keeps uvicorn's own line about a failed start-up out of the output (the cause is said
+    once, with its code)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, OSError):  # logged as it is when binding fails
-            self.bind = record.msg
-            return False
         return record.getMessage() != "Application startup failed. Exiting."
 
 

@@ -21,6 +21,7 @@ import msgspec
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from proxy._listen import bind_listener
 from proxy.ohttp import HOP_BY_HOP_FIELDS, end_to_end
 
 from ._core import GATEWAY_PATH, GatewayRejected
@@ -414,7 +415,7 @@ def serve_client_proxy(
     said before anything else starts."""
     check_loopback(host)
     origin, gateway_url = gateway_urls(gateway)
-    sock = _bound(host, port)
+    sock = bind_listener(host, port)
     transport = AsyncSealedTransport(gateway_url=gateway_url, key_source=key_source)
 
     class Server(uvicorn.Server):
@@ -428,22 +429,3 @@ def serve_client_proxy(
     finally:
         sock.close()
 
-
-def _bound(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port``, as uvicorn would bind it, or a one-line ``ValueError``."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ValueError(f"cannot listen on {host}:{port} ({_reason(exc)})") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ValueError(f"cannot listen on {host}:{port} ({_reason(exc)})") from None
-    return sock
-
-
-def _reason(exc: OSError) -> str:
-    return (exc.strerror or type(exc).__name__).lower()

@@ -384,6 +384,8 @@ def test_a_port_already_taken_is_one_line_and_no_banner(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (f"sealgate: start-up failed: cannot listen on 127.0.0.1:{port} "
                            "(address already in use)\n")
+    # Said before the gateway starts: nothing was created (the model, the audit log, keys).
+    assert not (tmp_path / "audit.db").exists() and not (tmp_path / "keys").exists()
 
 
 def test_a_failed_start_up_prints_its_cause_once_and_no_banner(tmp_path: Path) -> None:
