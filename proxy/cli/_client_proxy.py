@@ -96,6 +96,23 @@ def _warn(policy: VerificationPolicy) -> None:
               file=sys.stderr)
 
 
+def _check_enclave(key_source: KeySource) -> None:
+    """Verify the enclave once before serving and say how it went: a refusal otherwise showed
+    only as each request's 503. The forwarder serves either way, and verifies again on the
+    next request (the gateway may be starting)."""
+    if not isinstance(key_source, AttestedKeySource):
+        return
+    try:
+        key_source.key_config()
+    except SealedTransportError as exc:
+        print(f"sealgate client-proxy: WARNING: the enclave is not verified ({exc.detail}); "
+              "requests are answered 503 enclave_unverified until it is", file=sys.stderr)
+        return
+    verified = key_source.verified
+    print(f"sealgate client-proxy: enclave verified: {verified.platform}, measurement "
+          f"{verified.measurement}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
@@ -106,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         check_loopback(host.strip("[]"))
         gateway_urls(args.gateway)
         key_source = _key_source(args)
+        _check_enclave(key_source)
 
         def listening() -> None:
             print(f"sealgate client-proxy: listening on http://{args.listen}/v1, sealing to "

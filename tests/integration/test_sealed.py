@@ -181,7 +181,9 @@ def test_sdk_through_client_proxy(sealed_gateway: Gateway, sealed_key: str, work
                             stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", 30, proc)
-        assert f"listening on http://127.0.0.1:{port}/v1" in log.read_text()  # once it does
+        said = log.read_text()
+        assert f"listening on http://127.0.0.1:{port}/v1" in said  # once it does
+        assert f"enclave verified: simulated, measurement {MEASUREMENT}" in said  # checked first
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=sealed_key,
                                max_retries=0)
         assert MODEL in [m.id for m in client.models.list().data]

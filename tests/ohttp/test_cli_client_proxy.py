@@ -121,3 +121,19 @@ def test_a_port_already_taken_is_one_line_and_no_banner(tmp_path: Path,
     assert "listening" not in err
     assert err.splitlines()[-1] == (f"sealgate client-proxy: cannot listen on 127.0.0.1:{port} "
                                     "(address already in use)")
+
+
+def test_an_enclave_that_does_not_verify_at_start_is_said_then_served(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked once before serving: a refusal said at start, not only as each request's 503."""
+    import socket
+
+    from proxy.client import AttestedKeySource
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        dead = probe.getsockname()[1]
+    _client_proxy._check_enclave(AttestedKeySource(f"http://127.0.0.1:{dead}", timeout=2.0))
+    err = capsys.readouterr().err
+    assert err.startswith("sealgate client-proxy: WARNING: the enclave is not verified "
+                          "(identity endpoint unreachable: ConnectError)")
+    assert err.endswith("requests are answered 503 enclave_unverified until it is\n")
