@@ -387,10 +387,14 @@ class LogStore:
         with _translated("read a record"), self.engine.connect() as conn:
             return conn.execute(select(RECORDS).where(RECORDS.c.record_id == record_id)).first()
 
-    def records_for_request(self, tenant: str, request_id: str) -> list[Any]:
-        """The records (intent, completion or denial) of one request, in log order."""
-        query = (select(RECORDS).where(RECORDS.c.tenant == tenant, RECORDS.c.request_id == request_id)
-                 .order_by(RECORDS.c.time_us).limit(8))
+    def records_for_request(self, tenant: str | None, request_id: str) -> list[Any]:
+        """The records (intent, completion or denial) of one request, in log order; of any
+        tenant when ``tenant`` is None (the operator's CLI; without the tenant the lookup reads
+        every record)."""
+        where = [RECORDS.c.request_id == request_id]
+        if tenant is not None:
+            where.append(RECORDS.c.tenant == tenant)
+        query = select(RECORDS).where(*where).order_by(RECORDS.c.time_us).limit(8)
         with _translated("read a request's records"), self.engine.connect() as conn:
             return list(conn.execute(query).all())
 

@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument("--from-checkpoint", metavar="FILE",
                         help="a signed checkpoint kept earlier; the log must extend it")
     verify.add_argument("--vkey", help="pin the log's note verifier key (name+id+key)")
-    show = cmd.add_parser("show", help="print one record (envelope and statement)")
-    show.add_argument("id")
+    show = cmd.add_parser("show", help="print one record (envelope and statement), or every "
+                                       "record of one request")
+    show.add_argument("id", help="a record id (a receipt's), or a request id (x-request-id)")
     checkpoint = cmd.add_parser("checkpoint", help="print the latest signed checkpoint")
     for parser in (verify, show, checkpoint):
         parser.add_argument("--db", metavar="URL", default=None,
@@ -101,19 +102,27 @@ def _verify(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from proxy.cli._common import fail_json
 
-    def action(store: Any) -> int:
-        row = store.get_record(args.id)
-        if row is None:
-            return fail_json(args, "no such record", code="record_not_found")
+    def shown(row: Any) -> dict[str, Any] | None:
         try:  # shown as stored; `sealgate audit verify` checks its signature
             envelope = json.loads(bytes(row.envelope))
             statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
         except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
-            return fail_json(args, f"record {args.id} is malformed in the store",
+            return None
+        return {"record_id": row.record_id, "log_id": row.log_id, "leaf_index": row.leaf_index,
+                "envelope": envelope, "statement": statement}  # fmt: skip
+
+    def action(store: Any) -> int:
+        row = store.get_record(args.id)
+        rows = [row] if row is not None else store.records_for_request(None, args.id)
+        if not rows:
+            return fail_json(args, "no record or request with this id (a receipt's record id, "
+                                   "or a response's x-request-id)", code="record_not_found")
+        out = [shown(r) for r in rows]
+        if None in out:
+            return fail_json(args, f"a record of {args.id} is malformed in the store",
                              code="record_malformed")
-        out = {"record_id": row.record_id, "log_id": row.log_id, "leaf_index": row.leaf_index,
-               "envelope": envelope, "statement": statement}  # fmt: skip
-        print(json.dumps(out, indent=None if args.json else 2, sort_keys=True))
+        document = out[0] if row is not None else {"request_id": args.id, "records": out}
+        print(json.dumps(document, indent=None if args.json else 2, sort_keys=True))
         return 0
 
     return _with_store(args, action)

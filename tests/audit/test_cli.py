@@ -94,7 +94,18 @@ def test_missing_database_and_record(tmp_path: Path, data_dir: tuple[Path, str],
                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     assert main(["audit", "verify", "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
     assert main(["audit", "show", "0" * 32]) == 1
-    assert "no such record" in capsys.readouterr().err
+    assert "no record or request with this id" in capsys.readouterr().err
+
+
+def test_show_finds_a_request_by_its_request_id(data_dir: tuple[Path, str],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The x-request-id that logs and answers carry finds the request's records too."""
+    _, record_id = data_dir
+    assert main(["audit", "show", "req-5", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["request_id"] == "req-5"
+    assert [r["record_id"] for r in shown["records"]] == [record_id]
+    assert shown["records"][0]["statement"]["predicate"]["request_id"] == "req-5"
 
 
 def test_verify_from_checkpoint_errors_are_clear(data_dir: tuple[Path, str], tmp_path: Path,
@@ -158,7 +169,7 @@ def test_show_and_checkpoint_on_an_edited_store(data_dir: tuple[Path, str],
         conn.execute(text("UPDATE audit_checkpoints SET size = 1000000 WHERE size = 12"))
     store.close()
     assert main(["audit", "show", record_id]) == 1
-    assert f"record {record_id} is malformed in the store" in capsys.readouterr().err
+    assert f"a record of {record_id} is malformed in the store" in capsys.readouterr().err
     assert main(["audit", "checkpoint", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["size"] == 12
 
