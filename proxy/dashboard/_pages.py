@@ -48,8 +48,21 @@ async def record_page(svc: DashboardService, viewer: Viewer, record_id: str) -> 
             proof["error"] = str(exc)
     else:
         proof["pending"] = True
-    return {"row": row, "time": fmt_us(int(row.time_us)), "predicate": statement["predicate"],
-            "proof": proof, "checkpoint": latest.note}
+    fields = [(key, _shown(value)) for key, value in sorted(statement["predicate"].items())]
+    return {"row": row, "time": fmt_us(int(row.time_us)), "fields": fields, "proof": proof,
+            "checkpoint": latest.note}
+
+
+def _shown(value: Any) -> str:
+    """A record field for people: lists comma-separated (``none`` when empty), objects one
+    ``key: value`` per line, JSON's ``true``/``false``/``null`` for the rest, not Python's."""
+    if isinstance(value, list):
+        return ", ".join(_shown(v) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_shown(v)}" for k, v in sorted(value.items())) or "none"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 async def health_page(svc: DashboardService) -> dict[str, Any]:

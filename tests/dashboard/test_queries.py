@@ -123,3 +123,20 @@ def test_no_query_makes_a_server_error(admin: httpx.Client, query: dict[str, str
     response = admin.get(path, params=query)
     assert response.status_code in (200, 400, 403), (response.status_code, query)
     assert response.headers["content-type"].startswith("text/html")
+
+
+def test_a_record_page_shows_values_for_people(traffic: Traffic, admin: httpx.Client) -> None:
+    """Commitments one per line, lists comma-separated or "none", JSON's true/false: not a
+    Python dict, list or bool printed as they are."""
+    from audit import Receipt
+
+    answer = httpx.post(f"{traffic.gateway.url}/v1/chat/completions", timeout=30,
+                        json={"model": "fast-echo", "messages": [{"role": "user", "content": "x"}]},
+                        headers={"Authorization": f"Bearer {next(iter(traffic.keys.values()))}"})
+    assert answer.status_code == 200
+    record_id = Receipt.parse(answer.headers["sealgate-receipt"]).record_id
+    page = admin.get(f"/dashboard/records/{record_id}").text
+    assert re.search(r"<th>commitments</th><td><code>request: hmac-sha256:[0-9a-f]{64}</code>", page)
+    assert "<th>rule_ids</th><td><code>none</code>" in page
+    assert "<th>stream</th><td><code>false</code>" in page
+    assert "{&#39;" not in page and "[]" not in page and "False" not in page
