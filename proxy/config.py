@@ -37,6 +37,7 @@ _PLAIN_QUERY = frozenset({"sslmode", "synchronous", "connect_timeout", "applicat
                           "target_session_attrs", "api-version", "mode", "cache"})
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _EVIDENCE_PROVIDERS = ("simulated", "configfs-tsm", "sev-guest", "auto")
+_REGION = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII only: int() also reads other scripts' digits
 
 
@@ -260,6 +261,13 @@ class Settings:
         for route in self.models.values():
             if route.backend not in self.backends:
                 raise ConfigError(f"model {route.name!r} names unknown backend {route.backend!r}")
+        if not _REGION.fullmatch(self.region):  # contracts list regions by such names
+            raise ConfigError("region must be 1-64 of A-Z a-z 0-9 . _ : - (e.g. eu-west-1)")
+        for name, backend in self.backends.items():
+            options = backend.options
+            if isinstance(options, VLLMConfig) and not options.url and options.port == self.port:
+                # It would fail to start (the gateway holds the port), or answer as the gateway.
+                raise ConfigError(f"backend {name!r}: vllm port {options.port} is the gateway's own")
 
     # -- derived values -----------------------------------------------------------------------
     @property

@@ -102,6 +102,11 @@ def test_toml_then_env(tmp_path: Path) -> None:
     # hardware evidence with no release measurement to state: start-up would fail on it
     ('evidence_provider = "configfs-tsm"', {}),
     ("", {"SEALGATE_EVIDENCE_PROVIDER": "auto"}),
+    # matched against contracts' regions: an empty or spaced one can only ever deny
+    ('region = ""', {}),
+    ('region = "eu west"', {}),
+    # a supervised vLLM on the gateway's own port
+    ('port = 8011\n[backends.v]\ntype = "vllm"', {}),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, toml: str, env: dict[str, str]) -> None:
     path = tmp_path / "c.toml"
