@@ -37,6 +37,13 @@ class AuditUnavailable(AuditError):
     status = 503
 
 
+class DatabaseTooNew(AuditUnavailable):
+    """The audit database's schema is a newer release's: this one neither reads nor upgrades
+    it."""
+
+    code = "database_too_new"
+
+
 class AuditBusy(AuditUnavailable):
     """The store is locked by another process and the caller chose not to wait: nothing was
     written (the log writer then commits the record itself, waiting for the lock)."""

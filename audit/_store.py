@@ -210,8 +210,14 @@ class LogStore:
     def _migrate(self) -> None:
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
+        # One transaction holding the migration lock: an advisory lock on PostgreSQL, the write
+        # lock on SQLite (BEGIN IMMEDIATE; without it the driver runs DDL outside any
+        # transaction, so two first starts both created the tables, and a crash part-way left
+        # tables without a revision that no start could get past).
         with self.engine.begin() as conn:
-            if not self.is_sqlite:
+            if self.is_sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -262,11 +268,28 @@ class LogStore:
 
     def checkpoint_wal(self) -> None:
         """Copy committed WAL frames into the SQLite database file without waiting for readers
-        or writers (a passive checkpoint); a no-op on PostgreSQL."""
+        or writers (a passive checkpoint); a no-op on PostgreSQL. On a connection of its own,
+        closed after: one opened while the file could not be written (a full or read-only disk,
+        when publication fails too) stays read-only, and must not go back to the pool."""
         if not self.is_sqlite:
             return
-        with _translated("checkpoint the WAL"), self.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        with _translated("checkpoint the WAL", self._driver_errors):
+            conn = self.engine.raw_connection()
+            try:
+                cursor = conn.cursor()
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor.close()
+            finally:
+                conn.invalidate()
+
+    def wal_bytes(self) -> int:
+        """The size of the SQLite WAL file (0 on PostgreSQL, or when there is none)."""
+        if self._file is None:
+            return 0
+        try:
+            return os.stat(self._file[0] + "-wal").st_size
+        except OSError:
+            return 0
 
     def _begin(self) -> contextlib.AbstractContextManager[Connection]:
         return self.engine.begin()

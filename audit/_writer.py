@@ -43,6 +43,7 @@ __all__ = ["LogIdentity", "LogWriter", "Pending", "Sealed", "seal"]
 MAX_BATCH = 2048
 INLINE_GAP_S = 0.00025  # an append this soon after the last one is batched, not committed inline
 RECOVERY_CHUNK = 10_000  # records per transaction when catching up
+WAL_RESET_BYTES = 32 << 20  # a SQLite WAL past this is checkpointed with no commit beside it
 _log = structlog.get_logger("sealgate.audit")
 
 
@@ -396,6 +397,9 @@ class LogWriter:
                     self.publish_failing = True
                     _log.error("checkpoint_not_published", log_id=self.ident.log_id,
                                error_type=type(exc.__cause__ or exc).__name__)
+                # A full disk fails publication too: copying the WAL back into the database
+                # file, and starting it afresh, is what frees the space.
+                self._checkpoint_wal()
                 return
             if self.publish_failing:
                 self.publish_failing = False
@@ -415,10 +419,22 @@ class LogWriter:
             try:
                 if self.refused is None:
                     self.store.checkpoint_wal()
+                    if self.store.wal_bytes() > WAL_RESET_BYTES:
+                        self._settle_wal()
             except AuditError:
                 pass  # the next publication tries again; the WAL keeps every commit meanwhile
             if self.stopping:
                 return
+
+    def _settle_wal(self) -> None:
+        """A checkpoint that no commit runs beside. SQLite starts the WAL afresh (and cuts the
+        file to its size limit) only once a checkpoint has copied every frame in it, and a
+        passive one beside a steady stream of commits never catches the last one: the WAL, and
+        the disk it fills, grew without end. Holding the writer's lock, this pass copies what
+        the one before it left (little: that one ran just now), and the next commit starts the
+        WAL from its beginning. Inline commits do not wait for the lock; they queue."""
+        with self.lock:
+            self.store.checkpoint_wal()
 
     def _write(self, items: list[Pending]) -> None:
         """Group commit of queued appends (caller holds the lock)."""

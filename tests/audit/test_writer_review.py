@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import subprocess
 import sys
@@ -113,3 +114,36 @@ async def test_read_only_open_reads_a_log_on_read_only_storage(
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip() == "3"
     assert sorted(p.name for p in folder.iterdir()) == ["audit.db"]
+
+
+async def test_the_sqlite_wal_stays_bounded_under_steady_appends(
+    tmp_path: Path, log_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A passive checkpoint beside a steady stream of commits never copies the last frame, so
+    SQLite never started the WAL afresh: it grew by megabytes a second until the disk was full
+    (and then stayed full). Past its limit the WAL is now checkpointed with no commit beside
+    it, and the next commit starts it from its beginning. (Limits made small to see it soon.)"""
+    import audit._store as store_module
+    import audit._writer as writer_module
+
+    monkeypatch.setattr(store_module, "_WAL_SIZE_LIMIT", 1 << 20)
+    monkeypatch.setattr(writer_module, "WAL_RESET_BYTES", 1 << 20)
+    path = tmp_path / "audit.db"
+    log = await AuditLog.open(f"sqlite:///{path}?synchronous=normal", log_key, ORIGIN)
+    wal, sizes, written = Path(f"{path}-wal"), [0], 0
+    try:
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + 6.0
+        while loop.time() < ends:
+            await asyncio.gather(*(log.append(make_record(written + i)) for i in range(64)))
+            written += 64
+            sizes.append(wal.stat().st_size if wal.exists() else 0)
+    finally:
+        await log.close()
+    # The WAL started afresh again and again (its file cut back to the limit each time); one
+    # that never does only grows. What it holds between two is what a publication period
+    # writes (megabytes on a fast disk), not everything since the start.
+    restarts = sum(1 for before, after in itertools.pairwise(sizes) if after < before)
+    assert restarts >= 3, (restarts, max(sizes))
+    assert max(sizes) < 48 << 20, max(sizes)
+    assert verify_log(LogStore.open(f"sqlite:///{path}"))[0].records == written
