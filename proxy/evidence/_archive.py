@@ -303,13 +303,11 @@ def _member(fp: IO[bytes], entry: _Entry) -> Iterator[bytes]:
         raise BundleInvalid(f"zip entry {name!r} is stored with two different sizes")
     inflater = zlib.decompressobj(-zlib.MAX_WBITS) if entry.method == zipfile.ZIP_DEFLATED else None
     left, size, crc = entry.compressed, 0, 0
-    while left or (inflater is not None and inflater.unconsumed_tail):
-        data = b""
-        if left:
-            data = fp.read(min(left, _READ))
-            if not data:
-                raise BundleInvalid(f"zip entry {name!r} is cut short")
-            left -= len(data)
+    while left:
+        data = fp.read(min(left, _READ))
+        if not data:
+            raise BundleInvalid(f"zip entry {name!r} is cut short")
+        left -= len(data)
         for piece in _inflated(inflater, data):
             size += len(piece)
             if size > entry.size:
@@ -327,13 +325,12 @@ def _member(fp: IO[bytes], entry: _Entry) -> Iterator[bytes]:
 
 def _inflated(inflater: zlib._Decompress | None, data: bytes) -> Iterator[bytes]:
     """What ``data`` inflates to, a piece (at most ``_PIECE`` bytes) at a time; stored data
-    as it is."""
+    as it is. A full piece may leave output still held back with the input all used (zlib even
+    says the stream ended): inflating goes on until a piece comes short."""
     if inflater is None:
-        if data:
-            yield data
+        yield data
         return
-    data = data or inflater.unconsumed_tail
-    while data:
+    while True:
         try:
             piece = inflater.decompress(data, _PIECE)
         except zlib.error as exc:
@@ -341,6 +338,8 @@ def _inflated(inflater: zlib._Decompress | None, data: bytes) -> Iterator[bytes]
         if piece:
             yield piece
         data = inflater.unconsumed_tail
+        if not data and len(piece) < _PIECE:
+            return
 
 
 class _Pieces(io.RawIOBase):
