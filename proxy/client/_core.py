@@ -111,15 +111,16 @@ class GatewayClock:
     def now(self) -> float:
         return time.time() + self.offset
 
-    def learn(self, status: int, headers: httpx2.Headers, content: bytes) -> bool:
+    def learn(self, status: int, headers: Fields, content: bytes) -> bool:
         """From an opened (authenticated) inner answer: whether it was a ``stale_request``
         refusal whose ``Date`` moved this clock by more than a second (``Date`` has whole
         seconds), so that sealing the request again may pass."""
-        if status != 400 or "date" not in headers or b"stale_request" not in content:
+        date = _date(status, headers)
+        if date is None or b"stale_request" not in content:
             return False
         try:
             code = json.loads(content)["error"]["code"]
-            gateway = parsedate_to_datetime(headers["date"]).timestamp()
+            gateway = parsedate_to_datetime(date.decode("latin-1")).timestamp()
         except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
             return False
         if code != "stale_request":
@@ -128,11 +129,15 @@ class GatewayClock:
         return abs(self.offset - offset) > 1.0
 
 
-def stale_candidate(status: int, headers: Fields | httpx2.Headers) -> bool:
+def _date(status: int, headers: Fields) -> bytes | None:
+    """The ``Date`` of a 400 answer, which the gateway's own refusals carry."""
+    return next((v for n, v in headers if n == b"date"), None) if status == 400 else None
+
+
+def stale_candidate(status: int, headers: Fields) -> bool:
     """An inner answer that may be a ``stale_request`` refusal, read whole before it is given
     back (it is a few hundred bytes) so that :class:`GatewayClock` can learn from it."""
-    names = headers.keys() if isinstance(headers, httpx2.Headers) else (n for n, _ in headers)
-    return status == 400 and any(n in (b"date", "date") for n in names)
+    return _date(status, headers) is not None
 
 
 def _inner(request: httpx2.Request, body: bytes, prefix: bytes, now: float | None) -> BHTTPRequest:

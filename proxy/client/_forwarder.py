@@ -428,4 +428,3 @@ def serve_client_proxy(
         Server(server_config(ClientProxy(transport, origin), host=host, port=port)).run(sockets=[sock])
     finally:
         sock.close()
-

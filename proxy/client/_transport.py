@@ -176,14 +176,14 @@ class SealedTransport(httpx2.BaseTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         body = request.read()
-        response = self._send(request, body)
-        if stale_candidate(response.status_code, response.headers) and \
-                self.clock.learn(response.status_code, response.headers, response.read()):
-            response.close()  # refused unrun for its Date: sealed again on the corrected clock
-            response = self._send(request, body)
+        response, stale = self._send(request, body)
+        if stale:  # refused unrun for its Date: sealed again on the corrected clock
+            response.close()
+            response, _ = self._send(request, body)
         return response
 
-    def _send(self, request: httpx2.Request, body: bytes) -> httpx2.Response:
+    def _send(self, request: httpx2.Request, body: bytes) -> tuple[httpx2.Response, bool]:
+        """The opened answer, and whether it was a ``stale_request`` the clock learned from."""
         config = self._keys.key_config()
         prepared = seal(request, body, config, self._gateway_url, self._presealer, self.clock.now())
         outer = self._inner.handle_request(prepared.outer)
@@ -194,13 +194,15 @@ class SealedTransport(httpx2.BaseTransport):
         finally:
             outer.close()
 
-    def _open(self, request: httpx2.Request, prepared: Prepared, outer: httpx2.Response) -> httpx2.Response:
+    def _open(self, request: httpx2.Request, prepared: Prepared,
+              outer: httpx2.Response) -> tuple[httpx2.Response, bool]:
         try:
             _check_media(outer, prepared.exchange.chunked)
             if not prepared.exchange.chunked:
                 status, headers, content = open_plain(prepared, _read(outer, MAX_SEALED_RESPONSE_BYTES))
                 outer.close()
-                return _response(request, prepared, (status, headers), httpx2.ByteStream(content))
+                return (_response(request, prepared, (status, headers), httpx2.ByteStream(content)),
+                        self.clock.learn(status, headers, content))
             opener = StreamOpener(prepared)
             rest = iter(outer.stream)  # type: ignore[arg-type]
             for data in rest:
@@ -214,8 +216,9 @@ class SealedTransport(httpx2.BaseTransport):
             if stale_candidate(*opener.head):  # a refusal, a few hundred bytes: read whole
                 content = _whole(stream, MAX_REFUSAL_BYTES)
                 outer.close()
-                return _response(request, prepared, opener.head, httpx2.ByteStream(content))
-            return _response(request, prepared, opener.head, stream)
+                return (_response(request, prepared, opener.head, httpx2.ByteStream(content)),
+                        self.clock.learn(*opener.head, content))
+            return _response(request, prepared, opener.head, stream), False
         except BaseException:
             outer.close()
             raise
@@ -244,14 +247,13 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         body = await request.aread()
-        response = await self._send(request, body)
-        if stale_candidate(response.status_code, response.headers) and \
-                self.clock.learn(response.status_code, response.headers, await response.aread()):
-            await response.aclose()  # refused unrun for its Date: sealed again, corrected
-            response = await self._send(request, body)
+        response, stale = await self._send(request, body)
+        if stale:  # refused unrun for its Date: sealed again on the corrected clock
+            await response.aclose()
+            response, _ = await self._send(request, body)
         return response
 
-    async def _send(self, request: httpx2.Request, body: bytes) -> httpx2.Response:
+    async def _send(self, request: httpx2.Request, body: bytes) -> tuple[httpx2.Response, bool]:
         config = await self._keys.akey_config()
         prepared = seal(request, body, config, self._gateway_url, self._presealer, self.clock.now())
         outer = await self._inner.handle_async_request(prepared.outer)
@@ -264,14 +266,15 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
 
     async def _open(
         self, request: httpx2.Request, prepared: Prepared, outer: httpx2.Response
-    ) -> httpx2.Response:
+    ) -> tuple[httpx2.Response, bool]:
         try:
             _check_media(outer, prepared.exchange.chunked)
             if not prepared.exchange.chunked:
                 content_bytes = await _aread(outer, MAX_SEALED_RESPONSE_BYTES)
                 status, headers, content = open_plain(prepared, content_bytes)
                 await outer.aclose()
-                return _response(request, prepared, (status, headers), httpx2.ByteStream(content))
+                return (_response(request, prepared, (status, headers), httpx2.ByteStream(content)),
+                        self.clock.learn(status, headers, content))
             opener = StreamOpener(prepared)
             rest = aiter(outer.stream)  # type: ignore[arg-type]
             while opener.head is None:
@@ -285,8 +288,9 @@ class AsyncSealedTransport(httpx2.AsyncBaseTransport):
             if stale_candidate(*opener.head):  # a refusal, a few hundred bytes: read whole
                 content = await _awhole(stream, MAX_REFUSAL_BYTES)
                 await outer.aclose()
-                return _response(request, prepared, opener.head, httpx2.ByteStream(content))
-            return _response(request, prepared, opener.head, stream)
+                return (_response(request, prepared, opener.head, httpx2.ByteStream(content)),
+                        self.clock.learn(*opener.head, content))
+            return _response(request, prepared, opener.head, stream), False
         except BaseException:
             await outer.aclose()
             raise
